@@ -1,0 +1,22 @@
+/* linear — fully connected layer out = inp @ w^T + b, PyTorch's nn.Linear layout.
+ *
+ * Both directions are GEMMs through cblas_sgemm. Backward accumulates (+=) into
+ * dinp, dw and db so that several uses of a tensor sum their gradients; any of the
+ * three may be NULL when that gradient is not wanted. */
+#ifndef MIMIC_LINEAR_H
+#define MIMIC_LINEAR_H
+
+/* out (M,N); inp (M,K); w (N,K); b (N) or NULL */
+void linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int K,
+                    int N);
+/* dinp (M,K) +=, dw (N,K) +=, db (N) +=; dout (M,N); inp (M,K); w (N,K) */
+void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int M, int K, int N);
+
+/* Plain triple-loop references, kept to test the BLAS path against. */
+void linear_forward_ref(float *out, const float *inp, const float *w, const float *b, int M,
+                        int K, int N);
+void linear_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int K, int N);
+
+#endif

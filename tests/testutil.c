@@ -1,0 +1,97 @@
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int testutil_failures;
+
+void testutil_check(int ok, const char *expr, const char *file, int line) {
+    if (!ok) {
+        fprintf(stderr, "FAIL %s:%d: %s\n", file, line, expr);
+        testutil_failures++;
+    }
+}
+
+double testutil_rel_err(const float *a, const float *b, size_t n) {
+    double maxdiff = 0.0, maxref = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= maxdiff)) maxdiff = d; /* also catches NaN */
+        if (fabs((double)b[i]) > maxref) maxref = fabs((double)b[i]);
+    }
+    return maxdiff / (maxref > 1e-30 ? maxref : 1e-30);
+}
+
+void testutil_close(const char *name, const float *a, const float *b, size_t n, double tol) {
+    double e = testutil_rel_err(a, b, n);
+    int ok = e <= tol;
+    printf("%-48s rel err %.3e %s\n", name, e, ok ? "ok" : "FAIL");
+    if (!ok) testutil_failures++;
+}
+
+void testutil_fill(float *x, size_t n, float lo, float hi, unsigned long long *seed) {
+    for (size_t i = 0; i < n; i++) {
+        *seed = *seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(*seed >> 40) / (double)(1ULL << 24);
+        x[i] = lo + (hi - lo) * (float)u;
+    }
+}
+
+void testutil_fd_check(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                       const float *grad, size_t n, int max_checks, double h, double rtol,
+                       double atol) {
+    size_t stride = n > (size_t)max_checks ? n / (size_t)max_checks : 1;
+    int bad = 0;
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i += stride) {
+        float saved = param[i];
+        param[i] = (float)(saved + h);
+        double lp = loss(ctx);
+        param[i] = (float)(saved - h);
+        double lm = loss(ctx);
+        param[i] = saved;
+        double fd = (lp - lm) / (2.0 * h);
+        double diff = fabs(fd - (double)grad[i]);
+        double excess = diff - (atol + rtol * fabs(fd));
+        if (excess > worst) worst = excess;
+        if (excess > 0) {
+            if (bad < 5)
+                fprintf(stderr, "  %s[%zu]: finite diff %.6g analytic %.6g\n", name, i, fd,
+                        (double)grad[i]);
+            bad++;
+        }
+    }
+    printf("%-48s finite-difference %s\n", name, bad ? "FAIL" : "ok");
+    if (bad) testutil_failures++;
+}
+
+const char *testutil_src_path(const char *rel) {
+    static char buf[4096];
+    const char *root = getenv("MIMIC_SOURCE_DIR");
+    snprintf(buf, sizeof buf, "%s/%s", root ? root : ".", rel);
+    return buf;
+}
+
+const char *testutil_tmpdir(void) {
+    static char buf[4096];
+    if (buf[0]) return buf;
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, sizeof buf, "%s/mimic-test-XXXXXX", t ? t : "/tmp");
+    if (!mkdtemp(buf)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    return buf;
+}
+
+int testutil_summary(const char *test_name) {
+    if (testutil_failures) {
+        printf("%s: %d check(s) FAILED\n", test_name, testutil_failures);
+        return 1;
+    }
+    printf("%s: all checks passed\n", test_name);
+    return 0;
+}

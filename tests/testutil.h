@@ -1,0 +1,39 @@
+/* testutil — tiny helpers shared by the C tests: checks that count failures, a
+ * relative-error comparison, finite-difference gradient checking and paths to the
+ * source tree. A test's main returns testutil_summary(), non-zero on any failure. */
+#ifndef MIMIC_TESTUTIL_H
+#define MIMIC_TESTUTIL_H
+
+#include <stddef.h>
+
+extern int testutil_failures;
+
+#define T_CHECK(cond)                                                                              \
+    testutil_check((cond), #cond, __FILE__, __LINE__)
+void testutil_check(int ok, const char *expr, const char *file, int line);
+
+/* max |a-b| / max(|b|, tiny): a norm-wise relative error robust to zeros in b. */
+double testutil_rel_err(const float *a, const float *b, size_t n);
+/* Checks rel_err(a, b) <= tol, printing "name: rel err X" either way. */
+void testutil_close(const char *name, const float *a, const float *b, size_t n, double tol);
+
+/* Fills x with uniform values in [lo, hi) from a fixed-seed generator. */
+void testutil_fill(float *x, size_t n, float lo, float hi, unsigned long long *seed);
+
+/* Loss callback for finite differences: returns a scalar for the current params. */
+typedef double (*testutil_loss_fn)(void *ctx);
+/* Compares analytic gradient `grad` of the `n` floats at `param` with central
+ * differences of loss(ctx) (step h, perturbing up to `max_checks` evenly spaced
+ * entries). Passes when |fd - an| <= atol + rtol*|fd| for every entry checked. */
+void testutil_fd_check(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                       const float *grad, size_t n, int max_checks, double h, double rtol,
+                       double atol);
+
+/* Path under the source tree ($MIMIC_SOURCE_DIR, set by ctest). Static buffer. */
+const char *testutil_src_path(const char *rel);
+/* A fresh temporary directory for this test (mkdtemp under $TMPDIR or /tmp). */
+const char *testutil_tmpdir(void);
+
+int testutil_summary(const char *test_name);
+
+#endif
