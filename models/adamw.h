@@ -1,0 +1,28 @@
+/* adamw — decoupled-weight-decay Adam (torch.optim.AdamW) over a range of the flat
+ * parameter vector, and MAE's learning-rate schedule.
+ *
+ * adamw_update works on any key range [lo,hi) of the flat vector, so a parameter
+ * server applies it to its shard and a single process to the whole vector; the table
+ * tells which tensors are decayed. Moment buffers m, v are owned by the caller and
+ * indexed like w (element lo is at index 0). */
+#ifndef MIMIC_ADAMW_H
+#define MIMIC_ADAMW_H
+
+#include "params.h"
+
+#include <stddef.h>
+
+typedef struct {
+    float beta1, beta2, eps, weight_decay;
+} adamw_cfg_t;
+
+/* One step (t >= 1 counts steps taken, including this one) on elements [lo,hi):
+ * w, g, m, v point at element lo. Matches torch.optim.AdamW. */
+void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g, float *m,
+                  float *v, size_t lo, size_t hi, float lr, long t);
+
+/* Linear warmup over warmup steps to lr, then half-cosine to min_lr at total steps
+ * (MAE's per-iteration schedule). step counts from 0. */
+float adamw_lr(long step, long warmup, long total, float lr, float min_lr);
+
+#endif

@@ -1,0 +1,147 @@
+#include "checkpoint.h"
+
+#include "common.h"
+#include "safetensors.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CKPT_FORMAT "mimicps-checkpoint"
+#define CKPT_VERSION "1"
+
+static int is_encoder(const char *name) {
+    return strcmp(name, "cls_token") == 0 || strncmp(name, "patch_embed.", 12) == 0 ||
+           strncmp(name, "blocks.", 7) == 0 || strncmp(name, "norm.", 5) == 0;
+}
+
+/* Names of the optimiser tensors live as long as the writer: one buffer per save. */
+typedef struct {
+    char (*names)[PARAMS_NAME_MAX + 32];
+    int n;
+} namebuf_t;
+
+static int save(const char *path, const mae_t *model, const float *m, const float *v,
+                const checkpoint_state_t *st, const char *config_ini, int encoder_only) {
+    const params_t *p = model->p;
+    int rc = MIMIC_ENOMEM;
+    st_writer_t *w = st_writer_new();
+    namebuf_t nb = {calloc((size_t)p->n * 2 + 1, sizeof *nb.names), 0};
+    if (!w || !nb.names) goto fail;
+    int64_t pos_shape[3] = {1, 1 + model->L, model->cfg.embed_dim};
+    int64_t dpos_shape[3] = {1, 1 + model->L, model->cfg.decoder_embed_dim};
+    for (int i = 0; i < p->n; i++) {
+        const params_tensor_t *t = &p->t[i];
+        if (encoder_only && !is_encoder(t->name)) continue;
+        if ((rc = st_writer_add(w, t->name, "F32", t->shape, t->ndim, p->w + t->offset))) goto fail;
+        /* keep state_dict-like order: the fixed embeddings follow their tokens */
+        if (strcmp(t->name, "cls_token") == 0 &&
+            (rc = st_writer_add(w, "pos_embed", "F32", pos_shape, 3, model->pos_embed)))
+            goto fail;
+        if (strcmp(t->name, "mask_token") == 0 &&
+            (rc = st_writer_add(w, "decoder_pos_embed", "F32", dpos_shape, 3,
+                                model->dec_pos_embed)))
+            goto fail;
+    }
+    for (int pass = 0; pass < 2 && m && v && !encoder_only; pass++)
+        for (int i = 0; i < p->n; i++) {
+            const params_tensor_t *t = &p->t[i];
+            snprintf(nb.names[nb.n], sizeof nb.names[0], "optimizer.%s.%s",
+                     pass ? "exp_avg_sq" : "exp_avg", t->name);
+            if ((rc = st_writer_add(w, nb.names[nb.n++], "F32", t->shape, t->ndim,
+                                    (pass ? v : m) + t->offset)))
+                goto fail;
+        }
+    char buf[64];
+    const mae_cfg_t *c = &model->cfg;
+    struct {
+        const char *k;
+        double v;
+    } meta[] = {{"img_size", c->img_size},
+                {"in_chans", c->in_chans},
+                {"patch_size", c->patch_size},
+                {"embed_dim", c->embed_dim},
+                {"depth", c->depth},
+                {"num_heads", c->num_heads},
+                {"mlp_ratio", c->mlp_ratio},
+                {"decoder_embed_dim", c->decoder_embed_dim},
+                {"decoder_depth", c->decoder_depth},
+                {"decoder_num_heads", c->decoder_num_heads},
+                {"mask_ratio", c->mask_ratio},
+                {"norm_pix_loss", c->norm_pix_loss}};
+    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) {
+        snprintf(buf, sizeof buf, "%.9g", meta[i].v);
+        if ((rc = st_writer_meta(w, meta[i].k, buf))) goto fail;
+    }
+    if ((rc = st_writer_meta(w, "format", encoder_only ? "mimicps-encoder" : CKPT_FORMAT)) ||
+        (rc = st_writer_meta(w, "version", CKPT_VERSION)))
+        goto fail;
+    if (st) {
+        snprintf(buf, sizeof buf, "%ld", st->step);
+        if ((rc = st_writer_meta(w, "step", buf))) goto fail;
+        snprintf(buf, sizeof buf, "%" PRIu64, st->epoch);
+        if ((rc = st_writer_meta(w, "epoch", buf))) goto fail;
+        snprintf(buf, sizeof buf, "%" PRIu64, st->cursor);
+        if ((rc = st_writer_meta(w, "cursor", buf))) goto fail;
+    }
+    if (config_ini && (rc = st_writer_meta(w, "config", config_ini))) goto fail;
+    rc = st_writer_save(w, path);
+fail:
+    st_writer_destroy(&w);
+    free(nb.names);
+    return rc;
+}
+
+int checkpoint_save(const char *path, const mae_t *model, const float *m, const float *v,
+                    const checkpoint_state_t *st, const char *config_ini) {
+    return save(path, model, m, v, st, config_ini, 0);
+}
+
+int checkpoint_export_encoder(const char *path, const mae_t *model) {
+    return save(path, model, NULL, NULL, NULL, NULL, 1);
+}
+
+static int meta_u64(const st_file_t *f, const char *key, uint64_t *out) {
+    const char *s = st_meta(f, key);
+    char *end;
+    if (!s || !*s) return mimic_err(MIMIC_EFORMAT, "%s: metadata '%s' missing", st_path(f), key);
+    unsigned long long x = strtoull(s, &end, 10);
+    if (*end) return mimic_err(MIMIC_EFORMAT, "%s: metadata '%s' is not a number", st_path(f), key);
+    *out = x;
+    return 0;
+}
+
+int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoint_state_t *st) {
+    st_file_t *f = NULL;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    const params_t *p = model->p;
+    const char *fmt = st_meta(f, "format");
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0) {
+        rc = mimic_err(MIMIC_EFORMAT, "%s: not a mimicps checkpoint (format '%s')", path,
+                       fmt ? fmt : "");
+        goto out;
+    }
+    char name[PARAMS_NAME_MAX + 32];
+    for (int i = 0; i < p->n; i++) {
+        const params_tensor_t *t = &p->t[i];
+        if ((rc = st_read_f32(f, t->name, p->w + t->offset, t->shape, t->ndim))) goto out;
+        for (int pass = 0; pass < 2 && m && v; pass++) {
+            snprintf(name, sizeof name, "optimizer.%s.%s", pass ? "exp_avg_sq" : "exp_avg",
+                     t->name);
+            if ((rc = st_read_f32(f, name, (pass ? v : m) + t->offset, t->shape, t->ndim)))
+                goto out;
+        }
+    }
+    if (st) {
+        uint64_t step;
+        if ((rc = meta_u64(f, "step", &step)) || (rc = meta_u64(f, "epoch", &st->epoch)) ||
+            (rc = meta_u64(f, "cursor", &st->cursor)))
+            goto out;
+        st->step = (long)step;
+    }
+out:
+    st_close(&f);
+    return rc;
+}

@@ -1,0 +1,32 @@
+/* checkpoint — MAE training state as a safetensors file PyTorch users can load.
+ *
+ * Tensor names follow timm/MAE (`blocks.0.attn.qkv.weight`, ...); the fixed position
+ * embeddings are included so models_mae.MaskedAutoencoderViT loads the file with
+ * load_state_dict after dropping the `optimizer.` entries (AdamW moments
+ * `optimizer.exp_avg.<name>` / `optimizer.exp_avg_sq.<name>`). Metadata records the
+ * format tag, step and data cursor, so a resumed run continues the same run. Writes are
+ * atomic (safetensors.c: temp file, fsync, rename). */
+#ifndef MIMIC_CHECKPOINT_H
+#define MIMIC_CHECKPOINT_H
+
+#include "mae.h"
+
+#include <stdint.h>
+
+typedef struct {
+    long step;       /* optimiser steps taken */
+    uint64_t epoch;  /* epoch of the next sample */
+    uint64_t cursor; /* position of the next sample in that epoch's permutation */
+} checkpoint_state_t;
+
+/* m, v may be NULL (an export without optimiser state). config_ini may be NULL. */
+int checkpoint_save(const char *path, const mae_t *model, const float *m, const float *v,
+                    const checkpoint_state_t *st, const char *config_ini);
+/* Loads weights (and m, v when non-NULL: then they must be in the file) and the state.
+ * Every tensor's shape is checked against the model; errors name the file and tensor. */
+int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoint_state_t *st);
+/* Writes only the encoder (cls_token, pos_embed, patch_embed, blocks, norm): loads into
+ * a timm VisionTransformer(global_pool='token') with strict=False (no head). */
+int checkpoint_export_encoder(const char *path, const mae_t *model);
+
+#endif

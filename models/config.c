@@ -1,0 +1,275 @@
+#include "config.h"
+
+#include "common.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { K_INT, K_LONG, K_U64, K_FLOAT, K_STR, K_FLOAT4 } kind_t;
+
+typedef struct {
+    const char *section, *key;
+    kind_t kind;
+    size_t offset, size; /* size: string capacity */
+    const char *def, *help;
+} key_t_;
+
+#define F(sec, key, kind, field, def, help)                                                        \
+    { sec, key, kind, offsetof(mimic_cfg_t, field), sizeof(((mimic_cfg_t *)0)->field), def, help }
+
+static const key_t_ KEYS[] = {
+    F("model", "img_size", K_INT, model.img_size, "32", "input image side in pixels"),
+    F("model", "in_chans", K_INT, model.in_chans, "1", "image channels (1 gray, 3 RGB)"),
+    F("model", "patch_size", K_INT, model.patch_size, "4", "ViT patch side"),
+    F("model", "embed_dim", K_INT, model.embed_dim, "192", "encoder width"),
+    F("model", "depth", K_INT, model.depth, "12", "encoder blocks"),
+    F("model", "num_heads", K_INT, model.num_heads, "3", "encoder attention heads"),
+    F("model", "mlp_ratio", K_FLOAT, model.mlp_ratio, "4", "MLP hidden = ratio * width"),
+    F("mae", "decoder_embed_dim", K_INT, model.decoder_embed_dim, "128", "decoder width"),
+    F("mae", "decoder_depth", K_INT, model.decoder_depth, "2", "decoder blocks"),
+    F("mae", "decoder_num_heads", K_INT, model.decoder_num_heads, "4", "decoder heads"),
+    F("mae", "mask_ratio", K_FLOAT, model.mask_ratio, "0.75", "fraction of patches removed"),
+    F("mae", "norm_pix_loss", K_INT, model.norm_pix_loss, "1",
+      "regress per-patch normalised pixels (1) or raw pixels (0)"),
+    F("data", "kind", K_STR, data.kind, "idx", "idx | imagefolder | csv | labellist"),
+    F("data", "path", K_STR, data.path,
+      "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
+      "IDX images file, ImageFolder root, FER2013 CSV, or image root of a label list"),
+    F("data", "labels", K_STR, data.labels,
+      "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz",
+      "IDX labels file or RAF-DB-style list (`name label` lines); empty = none"),
+    F("data", "usage", K_STR, data.usage, "", "FER2013 CSV: keep rows with this Usage"),
+    F("data", "scale_min", K_FLOAT, data.scale_min, "0.2", "RandomResizedCrop lower area scale"),
+    F("data", "scale_max", K_FLOAT, data.scale_max, "1.0", "RandomResizedCrop upper area scale"),
+    F("data", "hflip", K_INT, data.hflip, "1", "random horizontal flip (0/1)"),
+    F("data", "mean", K_FLOAT4, data.mean, "0.2860", "per-channel normalisation mean, comma list"),
+    F("data", "std", K_FLOAT4, data.std, "0.3530", "per-channel normalisation std, comma list"),
+    F("data", "threads", K_INT, data.num_workers_threads, "1",
+      "decode/augment threads running ahead of the training step"),
+    F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
+    F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
+    F("train", "blr", K_FLOAT, train.blr, "1.5e-4", "base lr; lr = blr * global_batch / 256"),
+    F("train", "lr", K_FLOAT, train.lr, "0", "absolute lr (overrides blr when > 0)"),
+    F("train", "min_lr", K_FLOAT, train.min_lr, "0", "lr at the end of the cosine"),
+    F("train", "weight_decay", K_FLOAT, train.weight_decay, "0.05", "AdamW decoupled decay"),
+    F("train", "beta1", K_FLOAT, train.beta1, "0.9", "AdamW beta1"),
+    F("train", "beta2", K_FLOAT, train.beta2, "0.95", "AdamW beta2"),
+    F("train", "eps", K_FLOAT, train.eps, "1e-8", "AdamW epsilon"),
+    F("train", "warmup_steps", K_LONG, train.warmup_steps, "100", "linear warmup steps"),
+    F("train", "seed", K_U64, train.seed, "0", "seed of init, masking, augmentation, sharding"),
+    F("train", "out_dir", K_STR, train.out_dir, "runs/mae", "metrics, checkpoints, traces"),
+    F("train", "log_every", K_INT, train.log_every, "10", "steps between progress lines"),
+    F("train", "ckpt_every", K_INT, train.ckpt_every, "500", "steps between checkpoints (0: end only)"),
+    F("train", "resume", K_STR, train.resume, "", "checkpoint to resume from (\"auto\": latest in out_dir)"),
+    F("train", "threads", K_INT, train.threads, "0", "compute threads (0: OPENBLAS_NUM_THREADS or all cores)"),
+    F("cluster", "scheduler", K_STR, cluster.scheduler, "",
+      "scheduler address tcp://HOST:PORT (elastic launch; env MIMIC_SCHEDULER)"),
+    F("cluster", "bind_host", K_STR, cluster.bind_host, "127.0.0.1",
+      "interface the scheduler/servers bind and advertise"),
+    F("cluster", "servers", K_INT, cluster.servers, "1", "parameter servers"),
+    F("cluster", "workers", K_INT, cluster.workers, "2", "workers expected before step 0"),
+    F("cluster", "consistency", K_STR, cluster.consistency, "bsp", "bsp | asp | ssp"),
+    F("cluster", "staleness", K_INT, cluster.staleness, "2", "SSP bound s"),
+    F("cluster", "heartbeat_ms", K_INT, cluster.heartbeat_ms, "500", "heartbeat period"),
+    F("cluster", "dead_ms", K_INT, cluster.dead_ms, "3000", "silence after which a peer is dead"),
+    F("cluster", "chunk_size", K_INT, cluster.chunk_size, "512", "samples per work-queue chunk"),
+    F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500", "steps between cluster checkpoints"),
+    F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "", "checkpoint directory (default out_dir/ckpt)"),
+    F("cluster", "trace", K_INT, cluster.trace, "0", "write Chrome trace-event JSON per process"),
+    F("cluster", "max_msg_mb", K_LONG, cluster.max_msg_mb, "256", "largest accepted message payload"),
+};
+#undef F
+
+static const key_t_ *find_key(const char *section, const char *key) {
+    for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++)
+        if (strcmp(KEYS[i].section, section) == 0 && strcmp(KEYS[i].key, key) == 0)
+            return &KEYS[i];
+    return NULL;
+}
+
+static int parse_float(const char *v, float *out) {
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end != '\0' || errno || !isfinite(d)) return -1;
+    *out = (float)d;
+    return 0;
+}
+
+static int parse_long(const char *v, long long *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (end == v || *end != '\0' || errno) return -1;
+    *out = x;
+    return 0;
+}
+
+int config_set(mimic_cfg_t *c, const char *section, const char *key, const char *value) {
+    const key_t_ *k = find_key(section, key);
+    if (!k) return mimic_err(MIMIC_EINVAL, "unknown config key %s.%s", section, key);
+    char *dst = (char *)c + k->offset;
+    long long x;
+    float f;
+    switch (k->kind) {
+    case K_INT:
+        if (parse_long(value, &x) || x < -2147483647LL || x > 2147483647LL) goto bad;
+        *(int *)dst = (int)x;
+        return 0;
+    case K_LONG:
+        if (parse_long(value, &x)) goto bad;
+        *(long *)dst = (long)x;
+        return 0;
+    case K_U64:
+        if (parse_long(value, &x) || x < 0) goto bad;
+        *(uint64_t *)dst = (uint64_t)x;
+        return 0;
+    case K_FLOAT:
+        if (parse_float(value, &f)) goto bad;
+        *(float *)dst = f;
+        return 0;
+    case K_STR:
+        if (strlen(value) >= k->size)
+            return mimic_err(MIMIC_EINVAL, "config %s.%s: value longer than %zu bytes", section,
+                             key, k->size - 1);
+        memcpy(dst, value, strlen(value) + 1);
+        return 0;
+    case K_FLOAT4: {
+        float vals[4];
+        int n = 0;
+        char buf[256];
+        if (strlen(value) >= sizeof buf) goto bad;
+        strcpy(buf, value);
+        for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
+            if (n == 4 || parse_float(tok, &vals[n])) goto bad;
+            n++;
+        }
+        if (n == 0) goto bad;
+        for (int i = 0; i < 4; i++) ((float *)dst)[i] = vals[i < n ? i : n - 1];
+        return 0;
+    }
+    }
+bad:
+    return mimic_err(MIMIC_EINVAL, "config %s.%s: cannot parse '%s'", section, key, value);
+}
+
+void config_defaults(mimic_cfg_t *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {
+        int rc = config_set(c, KEYS[i].section, KEYS[i].key, KEYS[i].def);
+        MIMIC_CHECK(rc == 0);
+    }
+}
+
+typedef struct {
+    mimic_cfg_t *c;
+    const char *path;
+    int rc;
+} load_ctx_t;
+
+static int cfg_ini_line(void *user, const char *section, const char *name, const char *value) {
+    load_ctx_t *ctx = user;
+    int rc = config_set(ctx->c, section, name, value);
+    if (rc) {
+        mimic_err(rc, "%s: %s", ctx->path, mimic_last_error());
+        if (!ctx->rc) ctx->rc = rc;
+        return 0;
+    }
+    return 1;
+}
+
+int config_load(mimic_cfg_t *c, const char *path) {
+    load_ctx_t ctx = {c, path, 0};
+    int line = ini_parse(path, cfg_ini_line, &ctx);
+    if (line == -1) return mimic_err(MIMIC_EIO, "%s: cannot open config file", path);
+    if (line == -2) return mimic_err(MIMIC_ENOMEM, "%s: out of memory parsing", path);
+    if (ctx.rc) return ctx.rc;
+    if (line > 0) return mimic_err(MIMIC_EFORMAT, "%s:%d: malformed line", path, line);
+    return 0;
+}
+
+int config_override(mimic_cfg_t *c, const char *assignment) {
+    const char *dot = strchr(assignment, '.'), *eq = strchr(assignment, '=');
+    if (!dot || !eq || dot > eq)
+        return mimic_err(MIMIC_EINVAL, "flag --%s: expected --section.key=value", assignment);
+    char section[64], key[64];
+    size_t ns = (size_t)(dot - assignment), nk = (size_t)(eq - dot - 1);
+    if (ns >= sizeof section || nk >= sizeof key)
+        return mimic_err(MIMIC_EINVAL, "flag --%s: key too long", assignment);
+    memcpy(section, assignment, ns);
+    section[ns] = 0;
+    memcpy(key, dot + 1, nk);
+    key[nk] = 0;
+    return config_set(c, section, key, eq + 1);
+}
+
+float config_lr(const mimic_cfg_t *c, int global_batch) {
+    if (c->train.lr > 0) return c->train.lr;
+    return c->train.blr * (float)global_batch / 256.0f;
+}
+
+void config_print_help(FILE *f) {
+    const char *sec = "";
+    for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {
+        if (strcmp(sec, KEYS[i].section) != 0) {
+            sec = KEYS[i].section;
+            fprintf(f, "[%s]\n", sec);
+        }
+        fprintf(f, "  %-20s %-12s %s\n", KEYS[i].key, KEYS[i].def[0] ? KEYS[i].def : "\"\"",
+                KEYS[i].help);
+    }
+}
+
+void config_write(const mimic_cfg_t *c, FILE *f) {
+    const char *sec = "";
+    for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {
+        const key_t_ *k = &KEYS[i];
+        if (strcmp(sec, k->section) != 0) {
+            sec = k->section;
+            fprintf(f, "[%s]\n", sec);
+        }
+        const char *src = (const char *)c + k->offset;
+        fprintf(f, "%s = ", k->key);
+        switch (k->kind) {
+        case K_INT: fprintf(f, "%d\n", *(const int *)src); break;
+        case K_LONG: fprintf(f, "%ld\n", *(const long *)src); break;
+        case K_U64: fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)src); break;
+        case K_FLOAT: fprintf(f, "%.9g\n", *(const float *)src); break;
+        case K_STR: fprintf(f, "%s\n", src); break;
+        case K_FLOAT4: {
+            const float *v = (const float *)src;
+            fprintf(f, "%.9g,%.9g,%.9g,%.9g\n", v[0], v[1], v[2], v[3]);
+            break;
+        }
+        }
+    }
+}
+
+int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *rest_n) {
+    const char *file = NULL;
+    int nr = 0, rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) file = argv[++i];
+        else if (i == 1 && argv[i][0] != '-') file = argv[i];
+    }
+    if (file && (rc = config_load(c, file))) return rc;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (i == 1 && a[0] != '-') continue;
+        const char *eq = strchr(a, '='), *dot = strchr(a, '.');
+        if (strncmp(a, "--", 2) == 0 && eq && dot && dot < eq) {
+            if ((rc = config_override(c, a + 2))) return rc;
+        } else {
+            rest[nr++] = argv[i];
+        }
+    }
+    *rest_n = nr;
+    return 0;
+}

@@ -1,0 +1,74 @@
+/* config — the one configuration struct every binary reads, filled from an INI file
+ * (libinih) and then overridden by `--section.key=value` flags.
+ *
+ * Every key, its type, default and one-line documentation live in the table in
+ * config.c and nowhere else: config_defaults applies it, config_set parses into it,
+ * config_print_help documents it (README points at `mimic-worker --help-config`). */
+#ifndef MIMIC_CONFIG_H
+#define MIMIC_CONFIG_H
+
+#include "mae.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_PATH_MAX 1024
+
+typedef struct {
+    mae_cfg_t model; /* sections [model] and [mae] */
+    struct {
+        char kind[16]; /* idx | imagefolder | csv | labellist */
+        char path[CFG_PATH_MAX];
+        char labels[CFG_PATH_MAX];
+        char usage[32];
+        float scale_min, scale_max;
+        int hflip;
+        float mean[4], std[4];
+        int num_workers_threads; /* decode threads per process */
+    } data;
+    struct {
+        int batch_size;
+        long steps;
+        float blr, lr, min_lr, weight_decay, beta1, beta2, eps;
+        long warmup_steps;
+        uint64_t seed;
+        char out_dir[CFG_PATH_MAX];
+        int log_every, ckpt_every;
+        char resume[CFG_PATH_MAX];
+        int threads;
+    } train;
+    struct {
+        char scheduler[256]; /* tcp://host:port of the scheduler (elastic launch) */
+        char bind_host[128]; /* address servers/scheduler bind and advertise */
+        int servers, workers;
+        char consistency[8]; /* bsp | asp | ssp */
+        int staleness;
+        int heartbeat_ms, dead_ms;
+        int chunk_size;
+        int ckpt_every;
+        char ckpt_dir[CFG_PATH_MAX];
+        int trace;
+        long max_msg_mb;
+    } cluster;
+} mimic_cfg_t;
+
+void config_defaults(mimic_cfg_t *c);
+/* Loads an INI file over the current values; errors name the file, line and key. */
+int config_load(mimic_cfg_t *c, const char *path);
+/* Sets one key ("section", "key", "value"); errors name the key and the bad value. */
+int config_set(mimic_cfg_t *c, const char *section, const char *key, const char *value);
+/* Applies a "section.key=value" override (the part after "--"). */
+int config_override(mimic_cfg_t *c, const char *assignment);
+/* Effective learning rate: train.lr if set, else blr * batch / 256 (MAE's rule). */
+float config_lr(const mimic_cfg_t *c, int global_batch);
+void config_print_help(FILE *f);
+/* Writes every key as INI (for run directories: what exactly ran). */
+void config_write(const mimic_cfg_t *c, FILE *f);
+
+#endif
+
+/* Shared command-line handling of all three binaries: an optional first positional
+ * argument is the INI file, `--section.key=value` flags override it, and `--config F`
+ * also names the file. Other arguments are left in rest[] (rest_n of them) in order
+ * for the binary's own flags. The file is loaded before any override is applied. */
+int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *rest_n);

@@ -1,0 +1,404 @@
+#include "mae.h"
+
+#include "common.h"
+#include "layernorm.h"
+#include "linear.h"
+#include "posemb.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int bad_cfg(const char *key, const char *why) {
+    return mimic_err(MIMIC_EINVAL, "config %s: %s", key, why);
+}
+
+static int check_cfg(const mae_cfg_t *c) {
+    if (c->patch_size <= 0) return bad_cfg("model.patch_size", "must be positive");
+    if (c->img_size <= 0 || c->img_size % c->patch_size)
+        return bad_cfg("model.img_size", "must be a positive multiple of patch_size");
+    if (c->in_chans <= 0 || c->in_chans > 4) return bad_cfg("model.in_chans", "must be 1..4");
+    if (c->embed_dim <= 0 || c->embed_dim % 4)
+        return bad_cfg("model.embed_dim", "must be a positive multiple of 4");
+    if (c->num_heads <= 0 || c->embed_dim % c->num_heads)
+        return bad_cfg("model.num_heads", "must divide embed_dim");
+    if (c->depth < 1) return bad_cfg("model.depth", "must be >= 1");
+    if (!(c->mlp_ratio > 0) || c->mlp_ratio > 64) return bad_cfg("model.mlp_ratio", "out of range");
+    if (c->decoder_embed_dim <= 0 || c->decoder_embed_dim % 4)
+        return bad_cfg("mae.decoder_embed_dim", "must be a positive multiple of 4");
+    if (c->decoder_num_heads <= 0 || c->decoder_embed_dim % c->decoder_num_heads)
+        return bad_cfg("mae.decoder_num_heads", "must divide decoder_embed_dim");
+    if (c->decoder_depth < 0) return bad_cfg("mae.decoder_depth", "must be >= 0");
+    if (!(c->mask_ratio >= 0.0f && c->mask_ratio < 1.0f))
+        return bad_cfg("mae.mask_ratio", "must be in [0,1)");
+    return 0;
+}
+
+static int add(params_t *p, const char *name, int ndim, int64_t a, int64_t b, int64_t c,
+               int64_t d) {
+    int64_t shape[4] = {a, b, c, d};
+    return params_add(p, name, ndim, shape);
+}
+
+int mae_new(mae_t **out, const mae_cfg_t *cfg) {
+    *out = NULL;
+    int rc = check_cfg(cfg);
+    if (rc) return rc;
+    mae_t *m = calloc(1, sizeof *m);
+    if (!m) return mimic_err(MIMIC_ENOMEM, "out of memory for the MAE model");
+    m->cfg = *cfg;
+    const mae_cfg_t *c = &m->cfg;
+    m->grid = c->img_size / c->patch_size;
+    m->L = m->grid * m->grid;
+    m->keep = (int)((float)m->L * (1.0f - c->mask_ratio)); /* int(L*(1-r)) as the reference */
+    if (m->keep < 1) {
+        rc = bad_cfg("mae.mask_ratio", "leaves no visible patch");
+        goto fail;
+    }
+    m->cpp = c->in_chans * c->patch_size * c->patch_size;
+    int D = c->embed_dim, Dd = c->decoder_embed_dim, P = c->patch_size;
+    int ppc = m->cpp;
+    m->p = params_new();
+    if (!m->p) {
+        rc = MIMIC_ENOMEM;
+        goto fail;
+    }
+    params_t *p = m->p;
+    rc = MIMIC_EINVAL;
+    if ((m->cls_token = add(p, "cls_token", 3, 1, 1, D, 0)) < 0) goto fail;
+    if ((m->patch_w = add(p, "patch_embed.proj.weight", 4, D, c->in_chans, P, P)) < 0) goto fail;
+    if ((m->patch_b = add(p, "patch_embed.proj.bias", 1, D, 0, 0, 0)) < 0) goto fail;
+    if (vit_stack_register(&m->enc, p, "blocks", c->depth, D, c->num_heads,
+                           (int)((float)D * c->mlp_ratio)))
+        goto fail;
+    if ((m->norm_w = add(p, "norm.weight", 1, D, 0, 0, 0)) < 0) goto fail;
+    if ((m->norm_b = add(p, "norm.bias", 1, D, 0, 0, 0)) < 0) goto fail;
+    if ((m->mask_token = add(p, "mask_token", 3, 1, 1, Dd, 0)) < 0) goto fail;
+    if ((m->dec_embed_w = add(p, "decoder_embed.weight", 2, Dd, D, 0, 0)) < 0) goto fail;
+    if ((m->dec_embed_b = add(p, "decoder_embed.bias", 1, Dd, 0, 0, 0)) < 0) goto fail;
+    if (vit_stack_register(&m->dec, p, "decoder_blocks", c->decoder_depth, Dd,
+                           c->decoder_num_heads, (int)((float)Dd * c->mlp_ratio)))
+        goto fail;
+    if ((m->dec_norm_w = add(p, "decoder_norm.weight", 1, Dd, 0, 0, 0)) < 0) goto fail;
+    if ((m->dec_norm_b = add(p, "decoder_norm.bias", 1, Dd, 0, 0, 0)) < 0) goto fail;
+    if ((m->dec_pred_w = add(p, "decoder_pred.weight", 2, ppc, Dd, 0, 0)) < 0) goto fail;
+    if ((m->dec_pred_b = add(p, "decoder_pred.bias", 1, ppc, 0, 0, 0)) < 0) goto fail;
+    if ((rc = params_finalize(p))) goto fail;
+    m->pos_embed = mimic_alloc((size_t)(1 + m->L) * (size_t)D * sizeof(float));
+    m->dec_pos_embed = mimic_alloc((size_t)(1 + m->L) * (size_t)Dd * sizeof(float));
+    if (!m->pos_embed || !m->dec_pos_embed) {
+        rc = MIMIC_ENOMEM;
+        goto fail;
+    }
+    posemb_sincos_2d(m->pos_embed, D, m->grid, 1);
+    posemb_sincos_2d(m->dec_pos_embed, Dd, m->grid, 1);
+    *out = m;
+    return 0;
+fail:
+    mae_destroy(&m);
+    return rc;
+}
+
+void mae_destroy(mae_t **mm) {
+    if (!mm || !*mm) return;
+    mae_t *m = *mm;
+    vit_stack_free(&m->enc);
+    vit_stack_free(&m->dec);
+    params_destroy(&m->p);
+    mimic_free(m->pos_embed);
+    mimic_free(m->dec_pos_embed);
+    free(m);
+    *mm = NULL;
+}
+
+static void fill(float *x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+void mae_init(mae_t *m, uint64_t seed) {
+    rng_t r;
+    rng_seed(&r, seed);
+    params_t *p = m->p;
+    const mae_cfg_t *c = &m->cfg;
+    int D = c->embed_dim, Dd = c->decoder_embed_dim;
+    /* the patch projection is initialised as a Linear on its flattened (D, C*p*p) view */
+    vit_xavier_uniform(params_w(p, m->patch_w), D, m->cpp, &r);
+    fill(params_w(p, m->patch_b), (size_t)D, 0.0f);
+    for (int i = 0; i < D; i++) params_w(p, m->cls_token)[i] = 0.02f * rng_normal(&r);
+    for (int i = 0; i < Dd; i++) params_w(p, m->mask_token)[i] = 0.02f * rng_normal(&r);
+    vit_stack_init(&m->enc, p, &r);
+    vit_stack_init(&m->dec, p, &r);
+    fill(params_w(p, m->norm_w), (size_t)D, 1.0f);
+    fill(params_w(p, m->norm_b), (size_t)D, 0.0f);
+    fill(params_w(p, m->dec_norm_w), (size_t)Dd, 1.0f);
+    fill(params_w(p, m->dec_norm_b), (size_t)Dd, 0.0f);
+    vit_xavier_uniform(params_w(p, m->dec_embed_w), Dd, D, &r);
+    fill(params_w(p, m->dec_embed_b), (size_t)Dd, 0.0f);
+    vit_xavier_uniform(params_w(p, m->dec_pred_w), m->cpp, Dd, &r);
+    fill(params_w(p, m->dec_pred_b), (size_t)m->cpp, 0.0f);
+}
+
+int mae_batch_alloc(mae_batch_t **out, const mae_t *m, int B) {
+    *out = NULL;
+    if (B <= 0) return mimic_err(MIMIC_EINVAL, "batch size must be positive (got %d)", B);
+    mae_batch_t *b = calloc(1, sizeof *b);
+    if (!b) return mimic_err(MIMIC_ENOMEM, "out of memory for a batch");
+    b->B = b->cap = B;
+    size_t D = (size_t)m->cfg.embed_dim, Dd = (size_t)m->cfg.decoder_embed_dim;
+    size_t L = (size_t)m->L, K = (size_t)m->keep, P = (size_t)m->cpp, nB = (size_t)B;
+    size_t T1 = 1 + K, T2 = 1 + L;
+    b->ids_shuffle = calloc(nB * L, sizeof(int));
+    b->ids_restore = calloc(nB * L, sizeof(int));
+    struct {
+        float **dst;
+        size_t n;
+    } want[] = {
+        {&b->mask, nB * L},          {&b->cols, nB * K * P},       {&b->xvis, nB * K * D},
+        {&b->x0, nB * T1 * D},       {&b->latent, nB * T1 * D},    {&b->lat_mean, nB * T1},
+        {&b->lat_rstd, nB * T1},     {&b->y, nB * T1 * Dd},        {&b->z, nB * T2 * Dd},
+        {&b->dn, nB * T2 * Dd},      {&b->dn_mean, nB * T2},       {&b->dn_rstd, nB * T2},
+        {&b->pred, nB * T2 * P},     {&b->target, nB * L * P},     {&b->d_pred, nB * T2 * P},
+        {&b->d_dn, nB * T2 * Dd},    {&b->d_decout, nB * T2 * Dd}, {&b->d_z, nB * T2 * Dd},
+        {&b->d_y, nB * T1 * Dd},     {&b->d_lat, nB * T1 * D},     {&b->d_encout, nB * T1 * D},
+        {&b->d_x0, nB * T1 * D},     {&b->d_vis, nB * K * D},
+    };
+    int rc = MIMIC_ENOMEM;
+    if (!b->ids_shuffle || !b->ids_restore) goto fail;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!(*want[i].dst = mimic_alloc(want[i].n * sizeof(float)))) goto fail;
+    if ((rc = vit_acts_alloc(&b->enc, &m->enc, B, (int)T1))) goto fail;
+    if ((rc = vit_acts_alloc(&b->dec, &m->dec, B, (int)T2))) goto fail;
+    *out = b;
+    return 0;
+fail:
+    mae_batch_free(&b);
+    return rc;
+}
+
+void mae_batch_free(mae_batch_t **bb) {
+    if (!bb || !*bb) return;
+    mae_batch_t *b = *bb;
+    vit_acts_free(&b->enc);
+    vit_acts_free(&b->dec);
+    free(b->ids_shuffle);
+    free(b->ids_restore);
+    float *all[] = {b->mask,    b->cols,     b->xvis,    b->x0,       b->latent, b->lat_mean,
+                    b->lat_rstd, b->y,       b->z,       b->dn,       b->dn_mean, b->dn_rstd,
+                    b->pred,    b->target,   b->d_pred,  b->d_dn,     b->d_decout, b->d_z,
+                    b->d_y,     b->d_lat,    b->d_encout, b->d_x0,    b->d_vis};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mimic_free(all[i]);
+    free(b);
+    *bb = NULL;
+}
+
+void mae_batch_resize(mae_batch_t *b, int n) {
+    MIMIC_CHECK(n > 0 && n <= b->cap);
+    b->B = b->enc.B = b->dec.B = n;
+}
+
+/* Stable argsort of one sample's noise (ties keep index order, like
+ * torch.argsort(stable=True)); insertion sort is fine for L <= a few hundred. */
+static void argsort_stable(int *idx, const float *v, int n) {
+    for (int i = 0; i < n; i++) {
+        int cur = i, j = i;
+        while (j > 0 && v[idx[j - 1]] > v[cur]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = cur;
+    }
+}
+
+/* One patch in the embedding's (c,i,j) order. */
+static void gather_patch(float *dst, const float *img, int C, int H, int W, int P, int pr,
+                         int pc) {
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < P; i++) {
+            const float *src = img + ((size_t)c * H + (size_t)(pr * P + i)) * W + (size_t)pc * P;
+            memcpy(dst, src, (size_t)P * sizeof(float));
+            dst += P;
+        }
+}
+
+float mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise) {
+    const mae_cfg_t *c = &m->cfg;
+    const params_t *p = m->p;
+    int B = b->B, L = m->L, K = m->keep, C = c->in_chans, H = c->img_size, W = c->img_size;
+    int P = c->patch_size, D = c->embed_dim, Dd = c->decoder_embed_dim, ppc = m->cpp;
+    int T1 = 1 + K, T2 = 1 + L;
+    size_t img_sz = (size_t)C * H * W;
+
+    /* per-sample masking: keep the K patches with the smallest noise */
+    for (int s = 0; s < B; s++) {
+        int *shuf = b->ids_shuffle + (size_t)s * L, *rest = b->ids_restore + (size_t)s * L;
+        argsort_stable(shuf, noise + (size_t)s * L, L);
+        for (int j = 0; j < L; j++) rest[shuf[j]] = j;
+        for (int l = 0; l < L; l++) b->mask[(size_t)s * L + l] = rest[l] < K ? 0.0f : 1.0f;
+        for (int j = 0; j < K; j++) {
+            int l = shuf[j];
+            gather_patch(b->cols + ((size_t)s * K + j) * ppc, imgs + s * img_sz, C, H, W, P,
+                         l / m->grid, l % m->grid);
+        }
+    }
+    /* embed visible patches only: the masked ones never reach the encoder */
+    linear_forward(b->xvis, b->cols, params_w(p, m->patch_w), params_w(p, m->patch_b), B * K,
+                   ppc, D);
+    const float *cls = params_w(p, m->cls_token);
+    for (int s = 0; s < B; s++) {
+        float *row = b->x0 + (size_t)s * T1 * D;
+        for (int d = 0; d < D; d++) row[d] = cls[d] + m->pos_embed[d];
+        for (int j = 0; j < K; j++) {
+            const float *pe = m->pos_embed + (size_t)(1 + b->ids_shuffle[(size_t)s * L + j]) * D;
+            const float *xv = b->xvis + ((size_t)s * K + j) * D;
+            float *dst = row + (size_t)(1 + j) * D;
+            for (int d = 0; d < D; d++) dst[d] = xv[d] + pe[d];
+        }
+    }
+    b->enc_out = vit_stack_forward(&m->enc, p, &b->enc, b->x0);
+    layernorm_forward(b->latent, b->lat_mean, b->lat_rstd, b->enc_out, params_w(p, m->norm_w),
+                      params_w(p, m->norm_b), B * T1, D, m->enc.eps);
+
+    /* decoder: embed, put mask tokens at removed positions, unshuffle, add positions */
+    linear_forward(b->y, b->latent, params_w(p, m->dec_embed_w), params_w(p, m->dec_embed_b),
+                   B * T1, D, Dd);
+    const float *mtok = params_w(p, m->mask_token);
+    for (int s = 0; s < B; s++) {
+        const float *ys = b->y + (size_t)s * T1 * Dd;
+        float *zs = b->z + (size_t)s * T2 * Dd;
+        for (int t = 0; t < T2; t++) {
+            const float *src = ys; /* cls row */
+            if (t > 0) {
+                int r = b->ids_restore[(size_t)s * L + (t - 1)];
+                src = r < K ? ys + (size_t)(1 + r) * Dd : mtok;
+            }
+            const float *pe = m->dec_pos_embed + (size_t)t * Dd;
+            float *dst = zs + (size_t)t * Dd;
+            for (int d = 0; d < Dd; d++) dst[d] = src[d] + pe[d];
+        }
+    }
+    b->dec_out = vit_stack_forward(&m->dec, p, &b->dec, b->z);
+    layernorm_forward(b->dn, b->dn_mean, b->dn_rstd, b->dec_out, params_w(p, m->dec_norm_w),
+                      params_w(p, m->dec_norm_b), B * T2, Dd, m->dec.eps);
+    linear_forward(b->pred, b->dn, params_w(p, m->dec_pred_w), params_w(p, m->dec_pred_b),
+                   B * T2, Dd, ppc);
+
+    /* target: the image's patches in (i,j,c) order, normalised per patch */
+    double loss = 0.0, msum = 0.0;
+    for (int s = 0; s < B; s++) {
+        const float *img = imgs + s * img_sz;
+        for (int l = 0; l < L; l++) {
+            float *t = b->target + ((size_t)s * L + l) * ppc;
+            int pr = l / m->grid, pc = l % m->grid;
+            for (int i = 0; i < P; i++)
+                for (int j = 0; j < P; j++)
+                    for (int ch = 0; ch < C; ch++)
+                        t[(i * P + j) * C + ch] =
+                            img[((size_t)ch * H + (size_t)(pr * P + i)) * W + (size_t)(pc * P + j)];
+            if (c->norm_pix_loss) {
+                double mean = 0.0, var = 0.0;
+                for (int k = 0; k < ppc; k++) mean += t[k];
+                mean /= ppc;
+                for (int k = 0; k < ppc; k++) var += (t[k] - mean) * (t[k] - mean);
+                var /= (ppc > 1 ? ppc - 1 : 1); /* unbiased, as torch.var */
+                double inv = 1.0 / sqrt(var + 1e-6);
+                for (int k = 0; k < ppc; k++) t[k] = (float)((t[k] - mean) * inv);
+            }
+            float mk = b->mask[(size_t)s * L + l];
+            if (mk == 0.0f) continue;
+            const float *pr_row = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
+            double e = 0.0;
+            for (int k = 0; k < ppc; k++) e += (double)(pr_row[k] - t[k]) * (pr_row[k] - t[k]);
+            loss += mk * e / ppc;
+            msum += mk;
+        }
+    }
+    b->mask_sum = msum;
+    return msum > 0 ? (float)(loss / msum) : 0.0f;
+}
+
+static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+
+void mae_backward(mae_t *m, mae_batch_t *b) {
+    const mae_cfg_t *c = &m->cfg;
+    params_t *p = m->p;
+    int B = b->B, L = m->L, K = m->keep, D = c->embed_dim, Dd = c->decoder_embed_dim;
+    int ppc = m->cpp, T1 = 1 + K, T2 = 1 + L;
+
+    /* d loss / d pred, only at removed patches */
+    zero(b->d_pred, (size_t)B * T2 * ppc);
+    float scale = b->mask_sum > 0 ? (float)(2.0 / ((double)ppc * b->mask_sum)) : 0.0f;
+    for (int s = 0; s < B; s++)
+        for (int l = 0; l < L; l++) {
+            float mk = b->mask[(size_t)s * L + l];
+            if (mk == 0.0f) continue;
+            size_t row = (size_t)s * T2 + 1 + l;
+            const float *pr = b->pred + row * ppc, *t = b->target + ((size_t)s * L + l) * ppc;
+            float *dp = b->d_pred + row * ppc;
+            for (int k = 0; k < ppc; k++) dp[k] = mk * scale * (pr[k] - t[k]);
+        }
+    zero(b->d_dn, (size_t)B * T2 * Dd);
+    linear_backward(b->d_dn, params_g(p, m->dec_pred_w), params_g(p, m->dec_pred_b), b->d_pred,
+                    b->dn, params_w(p, m->dec_pred_w), B * T2, Dd, ppc);
+    zero(b->d_decout, (size_t)B * T2 * Dd);
+    layernorm_backward(b->d_decout, params_g(p, m->dec_norm_w), params_g(p, m->dec_norm_b),
+                       b->d_dn, b->dec_out, params_w(p, m->dec_norm_w), b->dn_mean, b->dn_rstd,
+                       B * T2, Dd);
+    zero(b->d_z, (size_t)B * T2 * Dd);
+    vit_stack_backward(&m->dec, p, &b->dec, b->d_z, b->z, b->d_decout);
+
+    /* route the decoder-input gradient back to visible tokens and the mask token */
+    float *gmask = params_g(p, m->mask_token);
+    for (int s = 0; s < B; s++) {
+        const float *dz = b->d_z + (size_t)s * T2 * Dd;
+        float *dy = b->d_y + (size_t)s * T1 * Dd;
+        memcpy(dy, dz, (size_t)Dd * sizeof(float));
+        for (int l = 0; l < L; l++) {
+            int r = b->ids_restore[(size_t)s * L + l];
+            const float *src = dz + (size_t)(1 + l) * Dd;
+            float *dst = r < K ? dy + (size_t)(1 + r) * Dd : gmask;
+            if (r < K) memcpy(dst, src, (size_t)Dd * sizeof(float));
+            else
+                for (int d = 0; d < Dd; d++) dst[d] += src[d];
+        }
+    }
+    zero(b->d_lat, (size_t)B * T1 * D);
+    linear_backward(b->d_lat, params_g(p, m->dec_embed_w), params_g(p, m->dec_embed_b), b->d_y,
+                    b->latent, params_w(p, m->dec_embed_w), B * T1, D, Dd);
+    zero(b->d_encout, (size_t)B * T1 * D);
+    layernorm_backward(b->d_encout, params_g(p, m->norm_w), params_g(p, m->norm_b), b->d_lat,
+                       b->enc_out, params_w(p, m->norm_w), b->lat_mean, b->lat_rstd, B * T1, D);
+    zero(b->d_x0, (size_t)B * T1 * D);
+    vit_stack_backward(&m->enc, p, &b->enc, b->d_x0, b->x0, b->d_encout);
+
+    float *gcls = params_g(p, m->cls_token);
+    for (int s = 0; s < B; s++) {
+        const float *dx = b->d_x0 + (size_t)s * T1 * D;
+        for (int d = 0; d < D; d++) gcls[d] += dx[d];
+        memcpy(b->d_vis + (size_t)s * K * D, dx + D, (size_t)K * D * sizeof(float));
+    }
+    linear_backward(NULL, params_g(p, m->patch_w), params_g(p, m->patch_b), b->d_vis, b->cols,
+                    params_w(p, m->patch_w), B * K, m->cpp, D);
+}
+
+void mae_pred(const mae_t *m, const mae_batch_t *b, float *out) {
+    int L = m->L, ppc = m->cpp, T2 = 1 + L;
+    for (int s = 0; s < b->B; s++)
+        memcpy(out + (size_t)s * L * ppc, b->pred + ((size_t)s * T2 + 1) * ppc,
+               (size_t)L * ppc * sizeof(float));
+}
+
+static double stack_flops(const vit_stack_t *s, int T) {
+    double C = s->dim, H = s->hidden, t = T;
+    double per = 2 * t * C * 3 * C + 2 * t * C * C + 2 * 2 * t * C * H + 2 * 2 * t * t * C;
+    return per * s->depth;
+}
+
+double mae_train_flops_per_image(const mae_t *m) {
+    double D = m->cfg.embed_dim, Dd = m->cfg.decoder_embed_dim, K = m->keep, L = m->L;
+    double fwd = 2 * K * m->cpp * D                 /* patch embedding of visible patches */
+                 + stack_flops(&m->enc, 1 + m->keep) /* encoder */
+                 + 2 * (1 + K) * D * Dd              /* decoder embed */
+                 + stack_flops(&m->dec, 1 + m->L)    /* decoder */
+                 + 2 * (1 + L) * Dd * m->cpp;        /* prediction head */
+    return 3.0 * fwd;
+}

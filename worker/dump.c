@@ -1,0 +1,101 @@
+#include "checkpoint.h"
+#include "common.h"
+#include "safetensors.h"
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Loads every trainable tensor of `m` from a weights file by name (the fixed position
+ * embeddings are recomputed, not read: they are not parameters). */
+static int load_weights(mae_t *m, const char *path) {
+    st_file_t *f = NULL;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    const params_t *p = m->p;
+    for (int i = 0; i < p->n && !rc; i++)
+        rc = st_read_f32(f, p->t[i].name, params_w(p, i), p->t[i].shape, p->t[i].ndim);
+    st_close(&f);
+    return rc;
+}
+
+int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *batch,
+                      const char *out) {
+    mae_t *m = NULL;
+    mae_batch_t *b = NULL;
+    st_file_t *in = NULL;
+    st_writer_t *w = NULL;
+    float *imgs = NULL, *noise = NULL, *pred = NULL;
+    char (*names)[PARAMS_NAME_MAX + 8] = NULL;
+    int rc = mae_new(&m, &cfg->model);
+    if (rc) return rc;
+    if ((rc = load_weights(m, weights))) goto out;
+    if ((rc = st_open(&in, batch))) goto out;
+    const st_tensor_t *ti = st_find(in, "images");
+    if (!ti || ti->ndim != 4) {
+        rc = mimic_err(MIMIC_EFORMAT, "%s: tensor 'images' (B,C,H,W) missing", batch);
+        goto out;
+    }
+    int B = (int)ti->shape[0], C = m->cfg.in_chans, S = m->cfg.img_size, L = m->L;
+    int64_t ishape[4] = {B, C, S, S}, nshape[2] = {B, L};
+    imgs = malloc((size_t)B * C * S * S * sizeof(float));
+    noise = malloc((size_t)B * L * sizeof(float));
+    pred = malloc((size_t)B * L * m->cpp * sizeof(float));
+    names = calloc((size_t)m->p->n, sizeof *names);
+    if (!imgs || !noise || !pred || !names) {
+        rc = mimic_err(MIMIC_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = st_read_f32(in, "images", imgs, ishape, 4)) ||
+        (rc = st_read_f32(in, "noise", noise, nshape, 2)))
+        goto out;
+    if ((rc = mae_batch_alloc(&b, m, B))) goto out;
+    float loss = mae_forward(m, b, imgs, noise);
+    params_zero_grad(m->p);
+    mae_backward(m, b);
+    mae_pred(m, b, pred);
+
+    w = st_writer_new();
+    if (!w) {
+        rc = MIMIC_ENOMEM;
+        goto out;
+    }
+    int64_t one = 1, pshape[3] = {B, L, m->cpp}, lshape[3] = {B, 1 + m->keep, m->cfg.embed_dim};
+    if ((rc = st_writer_add(w, "loss", "F32", &one, 1, &loss)) ||
+        (rc = st_writer_add(w, "pred", "F32", pshape, 3, pred)) ||
+        (rc = st_writer_add(w, "mask", "F32", nshape, 2, b->mask)) ||
+        (rc = st_writer_add(w, "latent", "F32", lshape, 3, b->latent)))
+        goto out;
+    for (int i = 0; i < m->p->n; i++) {
+        const params_tensor_t *t = &m->p->t[i];
+        snprintf(names[i], sizeof names[i], "grad.%s", t->name);
+        if ((rc = st_writer_add(w, names[i], "F32", t->shape, t->ndim, params_g(m->p, i))))
+            goto out;
+    }
+    if ((rc = st_writer_meta(w, "format", "mimicps-grads")) ||
+        (rc = st_writer_meta(w, "version", "1")))
+        goto out;
+    rc = st_writer_save(w, out);
+    if (!rc) printf("loss %.8f; %d gradients written to %s\n", loss, m->p->n, out);
+out:
+    st_writer_destroy(&w);
+    st_close(&in);
+    mae_batch_free(&b);
+    mae_destroy(&m);
+    free(imgs);
+    free(noise);
+    free(pred);
+    free(names);
+    return rc;
+}
+
+int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out) {
+    mae_t *m = NULL;
+    int rc = mae_new(&m, &cfg->model);
+    if (rc) return rc;
+    if (!(rc = checkpoint_load(ckpt, m, NULL, NULL, NULL))) rc = checkpoint_export_encoder(out, m);
+    if (!rc) printf("encoder of %s written to %s\n", ckpt, out);
+    mae_destroy(&m);
+    return rc;
+}

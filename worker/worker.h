@@ -1,0 +1,18 @@
+/* worker — the modes of the mimic-worker binary.
+ *
+ * main.c parses flags and dispatches; standalone.c trains MAE in one process (no
+ * servers); dump.c writes the loss and every gradient for a given weights file and
+ * batch, so anyone can check parity with PyTorch on any config. */
+#ifndef MIMIC_WORKER_H
+#define MIMIC_WORKER_H
+
+#include "config.h"
+
+int worker_standalone(const mimic_cfg_t *cfg);
+int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *batch,
+                      const char *out);
+int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out);
+/* Sets OpenBLAS and OpenMP threads from train.threads (0: leave the environment's). */
+void worker_set_threads(const mimic_cfg_t *cfg);
+
+#endif
