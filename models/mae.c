@@ -220,7 +220,7 @@ static void gather_patch(float *dst, const float *img, int C, int H, int W, int 
         }
 }
 
-float mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise) {
+double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise) {
     const mae_cfg_t *c = &m->cfg;
     const params_t *p = m->p;
     int B = b->B, L = m->L, K = m->keep, C = c->in_chans, H = c->img_size, W = c->img_size;
@@ -313,7 +313,7 @@ float mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float
         }
     }
     b->mask_sum = msum;
-    return msum > 0 ? (float)(loss / msum) : 0.0f;
+    return msum > 0 ? loss / msum : 0.0;
 }
 
 static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }

@@ -63,7 +63,7 @@ void mae_batch_free(mae_batch_t **b);
 void mae_batch_resize(mae_batch_t *b, int n);
 
 /* imgs (B,C,H,W), noise (B,L) -> loss. Fills every activation backward needs. */
-float mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise);
+double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise);
 /* Accumulates d loss / d params into m->p->g (call params_zero_grad first). */
 void mae_backward(mae_t *m, mae_batch_t *b);
 /* Copies the per-patch predictions (B,L,ppc), dropping the cls rows. */

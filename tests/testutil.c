@@ -40,32 +40,51 @@ void testutil_fill(float *x, size_t n, float lo, float hi, unsigned long long *s
     }
 }
 
-void testutil_fd_check(const char *name, testutil_loss_fn loss, void *ctx, float *param,
-                       const float *grad, size_t n, int max_checks, double h, double rtol,
-                       double atol) {
+/* Central differences at up to max_checks evenly spaced entries; atol_frac >= 0 makes
+ * the absolute tolerance relative to the largest finite difference seen. */
+static void fd_check(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                     const float *grad, size_t n, int max_checks, double h, double rtol,
+                     double atol, double atol_frac) {
     size_t stride = n > (size_t)max_checks ? n / (size_t)max_checks : 1;
-    int bad = 0;
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i += stride) {
+    size_t count = (n + stride - 1) / stride;
+    double *fds = malloc(count * sizeof *fds);
+    double maxfd = 0.0;
+    for (size_t k = 0, i = 0; i < n; i += stride, k++) {
         float saved = param[i];
         param[i] = (float)(saved + h);
         double lp = loss(ctx);
         param[i] = (float)(saved - h);
         double lm = loss(ctx);
         param[i] = saved;
-        double fd = (lp - lm) / (2.0 * h);
-        double diff = fabs(fd - (double)grad[i]);
-        double excess = diff - (atol + rtol * fabs(fd));
-        if (excess > worst) worst = excess;
-        if (excess > 0) {
+        fds[k] = (lp - lm) / (2.0 * h);
+        if (fabs(fds[k]) > maxfd) maxfd = fabs(fds[k]);
+    }
+    if (atol_frac >= 0) atol = atol_frac * maxfd + 1e-9;
+    int bad = 0;
+    for (size_t k = 0, i = 0; i < n; i += stride, k++) {
+        double diff = fabs(fds[k] - (double)grad[i]);
+        if (!(diff <= atol + rtol * fabs(fds[k]))) {
             if (bad < 5)
-                fprintf(stderr, "  %s[%zu]: finite diff %.6g analytic %.6g\n", name, i, fd,
+                fprintf(stderr, "  %s[%zu]: finite diff %.6g analytic %.6g\n", name, i, fds[k],
                         (double)grad[i]);
             bad++;
         }
     }
+    free(fds);
     printf("%-48s finite-difference %s\n", name, bad ? "FAIL" : "ok");
     if (bad) testutil_failures++;
+}
+
+void testutil_fd_check(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                       const float *grad, size_t n, int max_checks, double h, double rtol,
+                       double atol) {
+    fd_check(name, loss, ctx, param, grad, n, max_checks, h, rtol, atol, -1.0);
+}
+
+void testutil_fd_check_scaled(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                              const float *grad, size_t n, int max_checks, double h, double rtol,
+                              double atol_frac) {
+    fd_check(name, loss, ctx, param, grad, n, max_checks, h, rtol, 0.0, atol_frac);
 }
 
 const char *testutil_src_path(const char *rel) {

@@ -29,6 +29,13 @@ void testutil_fd_check(const char *name, testutil_loss_fn loss, void *ctx, float
                        const float *grad, size_t n, int max_checks, double h, double rtol,
                        double atol);
 
+/* Like testutil_fd_check, but the absolute tolerance is atol_frac * max |fd| over the
+ * entries checked, so a tensor whose gradients are all tiny is still checked tightly
+ * (differences are computed for every checked entry first, then judged). */
+void testutil_fd_check_scaled(const char *name, testutil_loss_fn loss, void *ctx, float *param,
+                              const float *grad, size_t n, int max_checks, double h, double rtol,
+                              double atol_frac);
+
 /* Path under the source tree ($MIMIC_SOURCE_DIR, set by ctest). Static buffer. */
 const char *testutil_src_path(const char *rel);
 /* A fresh temporary directory for this test (mkdtemp under $TMPDIR or /tmp). */

@@ -51,7 +51,7 @@ int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *b
         (rc = st_read_f32(in, "noise", noise, nshape, 2)))
         goto out;
     if ((rc = mae_batch_alloc(&b, m, B))) goto out;
-    float loss = mae_forward(m, b, imgs, noise);
+    float loss = (float)mae_forward(m, b, imgs, noise);
     params_zero_grad(m->p);
     mae_backward(m, b);
     mae_pred(m, b, pred);

@@ -174,7 +174,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
         }
         mae_batch_resize(b, n);
         double t1 = mimic_now();
-        float loss = mae_forward(m, b, imgs, noise);
+        float loss = (float)mae_forward(m, b, imgs, noise);
         double t2 = mimic_now();
         params_zero_grad(m->p);
         mae_backward(m, b);

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian package mimicps needs to build, test and run. Idempotent:
+# packages already present are not touched and apt is not even asked.
+# Usage: deploy/install-deps.sh [--bench]   (--bench adds python3-torch for bench/)
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config
+      libopenblas-dev libopenmpi-dev openmpi-bin
+      libzmq3-dev libmsgpack-dev libturbojpeg0-dev libinih-dev zlib1g-dev
+      dataset-fashion-mnist clang libclang-rt-14-dev)
+if [ "${1:-}" = "--bench" ]; then pkgs+=(python3-torch python3-numpy); fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
