@@ -4,7 +4,7 @@
 # Usage: deploy/install-deps.sh [--bench]   (--bench adds python3-torch for bench/)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config
-      libopenblas-dev libopenmpi-dev openmpi-bin
+      libopenblas-dev libopenblas0-openmp libopenmpi-dev openmpi-bin
       libzmq3-dev libmsgpack-dev libturbojpeg0-dev libinih-dev zlib1g-dev
       dataset-fashion-mnist clang libclang-rt-14-dev)
 if [ "${1:-}" = "--bench" ]; then pkgs+=(python3-torch python3-numpy); fi

@@ -248,12 +248,17 @@ void config_write(const mimic_cfg_t *c, FILE *f) {
     }
 }
 
+static int is_ini_arg(const char *a) {
+    size_t n = strlen(a);
+    return a[0] != '-' && n > 4 && strcmp(a + n - 4, ".ini") == 0;
+}
+
 int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *rest_n) {
     const char *file = NULL;
     int nr = 0, rc;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) file = argv[++i];
-        else if (i == 1 && argv[i][0] != '-') file = argv[i];
+        else if (is_ini_arg(argv[i])) file = argv[i];
     }
     if (file && (rc = config_load(c, file))) return rc;
     for (int i = 1; i < argc; i++) {
@@ -262,7 +267,7 @@ int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *r
             i++;
             continue;
         }
-        if (i == 1 && a[0] != '-') continue;
+        if (is_ini_arg(a)) continue;
         const char *eq = strchr(a, '='), *dot = strchr(a, '.');
         if (strncmp(a, "--", 2) == 0 && eq && dot && dot < eq) {
             if ((rc = config_override(c, a + 2))) return rc;

@@ -67,8 +67,8 @@ void config_write(const mimic_cfg_t *c, FILE *f);
 
 #endif
 
-/* Shared command-line handling of all three binaries: an optional first positional
- * argument is the INI file, `--section.key=value` flags override it, and `--config F`
+/* Shared command-line handling of all three binaries: an argument ending in ".ini"
+ * (anywhere) is the INI file, `--section.key=value` flags override it, and `--config F`
  * also names the file. Other arguments are left in rest[] (rest_n of them) in order
  * for the binary's own flags. The file is loaded before any override is applied. */
 int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *rest_n);
