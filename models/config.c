@@ -51,6 +51,8 @@ static const key_t_ KEYS[] = {
       "decode/augment threads running ahead of the training step"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
+    F("train", "stop_after", K_LONG, train.stop_after, "0",
+      "stop this invocation after N steps, checkpointing (the schedule still spans steps)"),
     F("train", "blr", K_FLOAT, train.blr, "1.5e-4", "base lr; lr = blr * global_batch / 256"),
     F("train", "lr", K_FLOAT, train.lr, "0", "absolute lr (overrides blr when > 0)"),
     F("train", "min_lr", K_FLOAT, train.min_lr, "0", "lr at the end of the cosine"),

@@ -29,6 +29,7 @@ typedef struct {
     struct {
         int batch_size;
         long steps;
+        long stop_after; /* stop this invocation after so many steps (0: run to steps) */
         float blr, lr, min_lr, weight_decay, beta1, beta2, eps;
         long warmup_steps;
         uint64_t seed;

@@ -152,7 +152,10 @@ int worker_standalone(const mimic_cfg_t *cfg) {
 
     double t_win = mimic_now(), t_data = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, loss_win = 0;
     long win_steps = 0, win_imgs = 0, step = st.step;
-    for (; step < cfg->train.steps && !stop_requested; step++) {
+    long last = cfg->train.steps;
+    if (cfg->train.stop_after > 0 && st.step + cfg->train.stop_after < last)
+        last = st.step + cfg->train.stop_after;
+    for (; step < last && !stop_requested; step++) {
         double t0 = mimic_now();
         int n = 0;
         while (n == 0) { /* a batch made only of corrupt files: take the next one */
