@@ -106,6 +106,8 @@ int main(void) {
         T_CHECK(st_read_f32(e, name, params_g(m->p, i), t->shape, t->ndim) == 0);
     }
     float *mo = calloc(m->p->total, sizeof(float)), *ve = calloc(m->p->total, sizeof(float));
+    float *before = malloc(m->p->total * sizeof(float));
+    memcpy(before, m->p->w, m->p->total * sizeof(float));
     adamw_cfg_t oc = {(float)atof(meta_or(ad, "adamw_beta1")), (float)atof(meta_or(ad, "adamw_beta2")),
                       (float)atof(meta_or(ad, "adamw_eps")),
                       (float)atof(meta_or(ad, "adamw_weight_decay"))};
@@ -118,6 +120,18 @@ int main(void) {
         T_CHECK(st_read_f32(ad, name, want + t->offset, t->shape, t->ndim) == 0);
     }
     testutil_close("adamw step (all parameters)", m->p->w, want, m->p->total, TOL);
+    /* the update itself (~1e-3 of a weight) must match too, or a wrongly decayed bias
+     * would hide under the parameters' magnitude; float32 subtraction costs ~6e-5 */
+    float *delta = malloc(m->p->total * sizeof(float));
+    for (int i = 0; i < m->p->n; i++) {
+        const params_tensor_t *t = &m->p->t[i];
+        snprintf(name, sizeof name, "delta.%s", t->name);
+        T_CHECK(st_read_f32(ad, name, want + t->offset, t->shape, t->ndim) == 0);
+    }
+    for (size_t i = 0; i < m->p->total; i++) delta[i] = m->p->w[i] - before[i];
+    testutil_close("adamw update (new - old, all parameters)", delta, want, m->p->total, 3e-4);
+    free(delta);
+    free(before);
     free(want);
     free(mo);
     free(ve);
