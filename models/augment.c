@@ -1,0 +1,284 @@
+#include "augment.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int image_u8_reserve(image_u8 *img, int w, int h, int c) {
+    MIMIC_CHECK(img != NULL);
+    if (w <= 0 || h <= 0 || c <= 0 || c > 4)
+        return mimic_err(MIMIC_EINVAL, "image_u8: bad size %dx%dx%d", w, h, c);
+    size_t need = (size_t)w * (size_t)h * (size_t)c;
+    if (need > img->cap) {
+        uint8_t *p = realloc(img->px, need);
+        if (!p) return mimic_err(MIMIC_ENOMEM, "image_u8: out of memory for %dx%dx%d", w, h, c);
+        img->px = p;
+        img->cap = need;
+    }
+    img->w = w;
+    img->h = h;
+    img->c = c;
+    return 0;
+}
+
+void image_u8_free(image_u8 *img) {
+    if (!img) return;
+    free(img->px);
+    memset(img, 0, sizeof *img);
+}
+
+/* Resampling weights along one axis: output i reads ntaps[i] source samples from
+ * start[i] with weights w[i*maxtaps ..]. Computed once per call so that the pixel loops
+ * only multiply and add. */
+typedef struct {
+    int *start;
+    int *ntaps;
+    float *w;
+    int maxtaps;
+} axis_plan;
+
+static int axis_maxtaps(int in_n, int out_n) {
+    double scale = (double)in_n / (double)out_n;
+    double support = scale > 1.0 ? scale : 1.0;
+    return (int)ceil(2.0 * support) + 2;
+}
+
+/* PIL's precompute_coeffs for the bilinear (triangle) filter over the source segment
+ * [in0, in0 + in_n): when shrinking, the triangle is stretched by the scale so every
+ * source pixel contributes (antialiasing, as torchvision's antialias=True); when
+ * enlarging it is plain half-pixel-centred bilinear. Zero-weight taps are dropped so an
+ * identity resize is a single tap of weight exactly 1. */
+static void axis_plan_fill(axis_plan *p, int in0, int in_n, int out_n) {
+    double scale = (double)in_n / (double)out_n;
+    double support = scale > 1.0 ? scale : 1.0;
+    double ss = 1.0 / support;
+    for (int i = 0; i < out_n; i++) {
+        double center = ((double)i + 0.5) * scale;
+        int lo = (int)(center - support + 0.5);
+        int hi = (int)(center + support + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in_n) hi = in_n;
+        float *w = p->w + (size_t)i * (size_t)p->maxtaps;
+        double sum = 0.0;
+        int n = 0, first = -1;
+        for (int x = lo; x < hi; x++) {
+            double d = fabs(((double)x - center + 0.5) * ss);
+            double v = d < 1.0 ? 1.0 - d : 0.0;
+            if (v <= 0.0 && first < 0) continue; /* leading zero taps */
+            if (first < 0) first = x;
+            w[n++] = (float)v;
+            sum += v;
+        }
+        while (n > 1 && w[n - 1] <= 0.0f)
+            n--; /* trailing zero taps */
+        MIMIC_CHECK(n >= 1 && n <= p->maxtaps && sum > 0.0);
+        float inv = (float)(1.0 / sum);
+        for (int k = 0; k < n; k++)
+            w[k] *= inv;
+        p->start[i] = in0 + first;
+        p->ntaps[i] = n;
+    }
+}
+
+/* Gives every output the same tap count (the largest), zero-padding the weights: the tap
+ * loop of the horizontal pass then never mispredicts its exit. Reads may run up to
+ * ntaps - 1 samples past the segment, so the source row needs that much zeroed tail. */
+static void axis_plan_uniform(axis_plan *p, int out_n) {
+    int nmax = 1;
+    for (int i = 0; i < out_n; i++)
+        if (p->ntaps[i] > nmax) nmax = p->ntaps[i];
+    for (int i = 0; i < out_n; i++) {
+        float *w = p->w + (size_t)i * (size_t)p->maxtaps;
+        for (int k = p->ntaps[i]; k < nmax; k++)
+            w[k] = 0.0f;
+        p->ntaps[i] = nmax;
+    }
+}
+
+/* tmp (cw, cin): vertical pass of output row y over the crop columns starting at x0.
+ * Contiguous along the row, so the compiler vectorises the byte-to-float multiply-add. */
+static void resample_col(float *tmp, const image_u8 *in, int x0, int cw, const axis_plan *py,
+                         int y) {
+    const size_t len = (size_t)cw * (size_t)in->c, stride = (size_t)in->w * (size_t)in->c;
+    const float *w = py->w + (size_t)y * (size_t)py->maxtaps;
+    const uint8_t *src = in->px + (size_t)py->start[y] * stride + (size_t)x0 * (size_t)in->c;
+    const float w0 = w[0];
+    for (size_t j = 0; j < len; j++)
+        tmp[j] = w0 * (float)src[j];
+    for (int k = 1; k < py->ntaps[y]; k++) {
+        const float wk = w[k];
+        const uint8_t *s = src + (size_t)k * stride;
+        for (size_t j = 0; j < len; j++)
+            tmp[j] += wk * (float)s[j];
+    }
+}
+
+/* acc (S, cin): horizontal pass of one row; px indexes tmp (crop-relative columns) and
+ * has one tap count for all outputs (axis_plan_uniform). */
+static inline void resample_row(float *acc, const float *tmp, const axis_plan *px, int S, int cin) {
+    const int mt = px->maxtaps, n = px->ntaps[0];
+    for (int x = 0; x < S; x++) {
+        const float *s = tmp + (size_t)px->start[x] * (size_t)cin;
+        const float *w = px->w + (size_t)x * (size_t)mt;
+        if (cin == 1) {
+            float a0 = 0.0f;
+            for (int k = 0; k < n; k++)
+                a0 += w[k] * s[k];
+            acc[x] = a0;
+        } else { /* cin == 3 */
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+            for (int k = 0; k < n; k++) {
+                a0 += w[k] * s[3 * k];
+                a1 += w[k] * s[3 * k + 1];
+                a2 += w[k] * s[3 * k + 2];
+            }
+            acc[3 * x] = a0;
+            acc[3 * x + 1] = a1;
+            acc[3 * x + 2] = a2;
+        }
+    }
+}
+
+/* out (cout, S, S) row y from acc (S, cin): channel conversion, normalisation folded into
+ * one multiply-add, optional mirror. */
+static void emit_row(float *out, const float *acc, int y, int S, int cin, int cout, int flip,
+                     const float *a, const float *b) {
+    const size_t plane = (size_t)S * (size_t)S;
+    const ptrdiff_t step = flip ? -1 : 1;
+    for (int oc = 0; oc < cout; oc++) {
+        float *o = out + oc * plane + (size_t)y * (size_t)S + (flip ? S - 1 : 0);
+        const float ac = a[oc], bc = b[oc];
+        if (cin == cout) {
+            for (int x = 0; x < S; x++)
+                o[x * step] = acc[cin * x + oc] * ac + bc;
+        } else if (cin == 3) { /* to gray, ITU-R 601 luma */
+            for (int x = 0; x < S; x++)
+                o[x * step] =
+                    (0.299f * acc[3 * x] + 0.587f * acc[3 * x + 1] + 0.114f * acc[3 * x + 2]) * ac +
+                    bc;
+        } else { /* gray replicated */
+            for (int x = 0; x < S; x++)
+                o[x * step] = acc[x] * ac + bc;
+        }
+    }
+}
+
+/* out (cout, S, S) from the crop (x0, y0, cw, ch) of in: per output row, a vertical pass
+ * into one crop-wide float row, then a horizontal pass and the normalised write. */
+static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw, int ch, int S,
+                         int flip, const float *mean, const float *std, int cout) {
+    const int cin = in->c;
+    float a[3], b[3];
+    for (int c = 0; c < cout; c++) {
+        float m = mean ? mean[c] : 0.0f, s = std ? std[c] : 1.0f;
+        if (!(s > 0.0f) || !isfinite(m) || !isfinite(s))
+            return mimic_err(MIMIC_EINVAL, "augment: bad normalisation mean %g std %g", m, s);
+        a[c] = 1.0f / (255.0f * s);
+        b[c] = -m / s;
+    }
+    axis_plan px = {.maxtaps = axis_maxtaps(cw, S)}, py = {.maxtaps = axis_maxtaps(ch, S)};
+    size_t nint = 4 * (size_t)S;
+    const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin; /* zeroed tail */
+    size_t nflt = (size_t)S * (size_t)(px.maxtaps + py.maxtaps) + tmp_len + (size_t)S * (size_t)cin;
+    int *ibuf = malloc(nint * sizeof(int));
+    float *fbuf = malloc(nflt * sizeof(float));
+    if (!ibuf || !fbuf) {
+        free(ibuf);
+        free(fbuf);
+        return mimic_err(MIMIC_ENOMEM, "augment: out of memory for a %dx%d crop", cw, ch);
+    }
+    px.start = ibuf;
+    px.ntaps = ibuf + S;
+    py.start = ibuf + 2 * S;
+    py.ntaps = ibuf + 3 * S;
+    px.w = fbuf;
+    py.w = px.w + (size_t)S * (size_t)px.maxtaps;
+    float *tmp = py.w + (size_t)S * (size_t)py.maxtaps;
+    float *acc = tmp + tmp_len;
+    memset(tmp + (size_t)cw * (size_t)cin, 0, (tmp_len - (size_t)cw * (size_t)cin) * sizeof(float));
+    axis_plan_fill(&px, 0, cw, S); /* columns index tmp, which starts at x0 */
+    axis_plan_uniform(&px, S);
+    axis_plan_fill(&py, y0, ch, S);
+
+    for (int y = 0; y < S; y++) {
+        resample_col(tmp, in, x0, cw, &py, y);
+        if (cin == 1)
+            resample_row(acc, tmp, &px, S, 1);
+        else
+            resample_row(acc, tmp, &px, S, 3);
+        emit_row(out, acc, y, S, cin, cout, flip, a, b);
+    }
+    free(ibuf);
+    free(fbuf);
+    return 0;
+}
+
+static int check_args(const float *out, const image_u8 *in, int S, int cout) {
+    if (!out || !in || !in->px || in->w <= 0 || in->h <= 0)
+        return mimic_err(MIMIC_EINVAL, "augment: empty input image");
+    if (S <= 0 || S > 1 << 15) return mimic_err(MIMIC_EINVAL, "augment: bad output size %d", S);
+    if (in->c != 1 && in->c != 3)
+        return mimic_err(MIMIC_EINVAL, "augment: input has %d channels, need 1 or 3", in->c);
+    if (cout != 1 && cout != 3)
+        return mimic_err(MIMIC_EINVAL, "augment: out_channels %d, need 1 or 3", cout);
+    return 0;
+}
+
+/* torchvision RandomResizedCrop.get_params, including its rounding (Python round is
+ * half-to-even, as nearbyint in the default rounding mode) and draw order. */
+static void rrc_box(int W, int H, float slo, float shi, float rlo, float rhi, rng_t *rng, int *x0,
+                    int *y0, int *cw, int *ch) {
+    const double area = (double)W * (double)H;
+    const double lrlo = log((double)rlo), lrhi = log((double)rhi);
+    for (int attempt = 0; attempt < 10; attempt++) {
+        double target = area * ((double)slo + (double)(shi - slo) * rng_uniform(rng));
+        double ar = exp(lrlo + (lrhi - lrlo) * rng_uniform(rng));
+        double w = nearbyint(sqrt(target * ar)), h = nearbyint(sqrt(target / ar));
+        if (w > 0.0 && w <= W && h > 0.0 && h <= H) {
+            *cw = (int)w;
+            *ch = (int)h;
+            *y0 = (int)rng_below(rng, (uint64_t)(H - *ch + 1));
+            *x0 = (int)rng_below(rng, (uint64_t)(W - *cw + 1));
+            return;
+        }
+    }
+    double in_ratio = (double)W / (double)H;
+    int w = W, h = H;
+    if (in_ratio < rlo)
+        h = (int)nearbyint(W / (double)rlo);
+    else if (in_ratio > rhi)
+        w = (int)nearbyint(H * (double)rhi);
+    if (w < 1) w = 1;
+    if (h < 1) h = 1;
+    if (w > W) w = W;
+    if (h > H) h = H;
+    *cw = w;
+    *ch = h;
+    *y0 = (H - h) / 2;
+    *x0 = (W - w) / 2;
+}
+
+int augment_rrc(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
+                float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
+                int out_channels, rng_t *rng) {
+    int rc = check_args(out, in, S, out_channels);
+    if (rc) return rc;
+    MIMIC_CHECK(rng != NULL);
+    if (!(scale_lo > 0.0f && scale_lo <= scale_hi && isfinite(scale_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad scale range (%g, %g)", scale_lo, scale_hi);
+    if (!(ratio_lo > 0.0f && ratio_lo <= ratio_hi && isfinite(ratio_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad ratio range (%g, %g)", ratio_lo, ratio_hi);
+    int x0, y0, cw, ch;
+    rrc_box(in->w, in->h, scale_lo, scale_hi, ratio_lo, ratio_hi, rng, &x0, &y0, &cw, &ch);
+    int flip = hflip && rng_uniform(rng) < 0.5f;
+    return resample_crop(out, in, x0, y0, cw, ch, S, flip, mean, std, out_channels);
+}
+
+int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,
+                   int out_channels) {
+    int rc = check_args(out, in, S, out_channels);
+    if (rc) return rc;
+    return resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels);
+}

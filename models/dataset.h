@@ -1,0 +1,67 @@
+/* dataset — random access to labelled image data sets on local disk, by sample index.
+ *
+ * A dataset_t owns what it takes to produce sample i: the decoded pixels of small sets
+ * (IDX as in Fashion-MNIST, FER2013 CSV: loaded whole at open) or the sorted file list of
+ * JPEG sets (ImageFolder, RAF-DB label lists: decoded on demand with libjpeg-turbo, using
+ * DCT scaling when a file is much larger than the training resolution). Access is by
+ * index because the scheduler hands workers chunks of a seeded permutation:
+ *   dataset_open(&ds, &opts); dataset_get(ds, i, &img, 224); augment_rrc(out, &img, ...);
+ * dataset_get reuses buffers inside the dataset_t: use one dataset_t per thread. */
+#ifndef MIMIC_DATASET_H
+#define MIMIC_DATASET_H
+
+#include <stddef.h>
+
+#include "augment.h"
+
+typedef enum { DATASET_IDX, DATASET_IMAGEFOLDER, DATASET_CSV, DATASET_LABELLIST } dataset_kind;
+
+/* What to open (strings are copied, the caller keeps ownership):
+ * - DATASET_IDX: path = ubyte images file (N,H,W) or (N,H,W,C), gzip or raw; labels =
+ *   matching ubyte labels file (N), or NULL (every label is then -1).
+ * - DATASET_IMAGEFOLDER: path = root with one sub-folder per class; sorted folder names
+ *   give labels 0..K-1; .jpg/.jpeg files (any case, sub-folders included, dot-files
+ *   skipped) in sorted name order.
+ * - DATASET_CSV: path = FER2013-style CSV with header "emotion,pixels,Usage" (Usage
+ *   optional, column order free); pixels = a square number of 0..255 values separated
+ *   by spaces, the same count in every row; usage = keep only rows whose Usage equals
+ *   it (e.g. "Training", "PublicTest"), NULL keeps all.
+ * - DATASET_LABELLIST: labels = text file of "name label" lines (RAF-DB's
+ *   list_patition_label.txt; blank lines and '#' comments skipped), path = directory the
+ *   names are relative to. Labels are kept as written (RAF-DB counts 1..7, so class 0 is
+ *   then empty and num_classes is 8); names are used verbatim (RAF-DB's aligned images
+ *   need a list naming the *_aligned.jpg files). */
+typedef struct {
+    dataset_kind kind;
+    const char *path;
+    const char *labels;
+    const char *usage;
+} dataset_opts;
+
+typedef struct dataset dataset_t;
+
+/* Opens a data set, checking its format (a malformed IDX header or size, CSV header or
+ * row, list line, or a missing file or directory is reported by mimic_err naming the
+ * file and line). Returns 0 and sets *out, or a negative MIMIC_E* code. */
+int dataset_open(dataset_t **out, const dataset_opts *o);
+void dataset_destroy(dataset_t **ds);
+
+size_t dataset_size(const dataset_t *ds);
+/* max label + 1 over the whole file (0 when unlabelled); ImageFolder: class folders. */
+int dataset_num_classes(const dataset_t *ds);
+/* Label of sample i (i < dataset_size), -1 when the set has no labels. */
+int dataset_label(const dataset_t *ds, size_t i);
+/* Channels dataset_get produces: 1 for IDX (C=1) and CSV, 3 for JPEG sets. */
+int dataset_channels(const dataset_t *ds);
+
+/* Decodes sample i into img (HWC bytes; img's buffer is grown as needed). JPEGs at least
+ * 2*target_size on both sides are decoded with the strongest DCT scaling that keeps both
+ * sides >= target_size (target_size <= 0: full size); in-memory sets ignore it.
+ * A JPEG that is unreadable, corrupt or truncated (libjpeg warnings count as corruption)
+ * returns MIMIC_EFORMAT, warns once naming the file and counts the sample as bad.
+ * Index out of range: MIMIC_EINVAL. */
+int dataset_get(dataset_t *ds, size_t i, image_u8 *img, int target_size);
+/* Number of distinct samples dataset_get found bad so far. */
+size_t dataset_bad_count(const dataset_t *ds);
+
+#endif
