@@ -6,7 +6,12 @@
 #ifndef MIMIC_SHARD_H
 #define MIMIC_SHARD_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* Server s's contiguous key range [*lo, *hi) of a flat vector of `total` floats split
+ * over S servers: equal sizes (byte-balanced), boundaries on 16-float (64-byte) lines. */
+void shard_key_range(size_t total, int S, int s, size_t *lo, size_t *hi);
 
 /* perm (n) = a permutation of 0..n-1 determined by (seed, epoch). */
 void shard_permutation(uint32_t *perm, uint32_t n, uint64_t seed, uint64_t epoch);
