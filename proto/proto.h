@@ -1,0 +1,206 @@
+/* proto — the mimicps wire protocol: the only code that builds or parses messages.
+ *
+ * A message is a ZeroMQ multipart: [identity] + header + [payload]. The identity frame
+ * exists only on ROUTER sockets (proto_send/proto_recv detect the socket type). The
+ * header is a msgpack map with short string keys (proto_hdr_t); the optional payload is
+ * the raw little-endian tensor or index bytes, sent zero-copy and never put into
+ * msgpack. Decoding checks every field's type, the per-type required fields and args,
+ * and the payload size against the header and a caller limit; a failure returns
+ * MIMIC_EFORMAT with a reason naming the field, ready to send back with
+ * proto_reply_error. docs/protocol.md is the message catalogue.
+ *
+ * Usage: proto_hdr_init(&h, PROTO_PUSH, my_id); fill fields; proto_send(...);
+ *        proto_recv(sock, &m, limit, timeout_ms); use m.hdr and proto_msg_data(&m);
+ *        proto_msg_close(&m). */
+#ifndef MIMIC_PROTO_H
+#define MIMIC_PROTO_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#define PROTO_VERSION 1u
+#define PROTO_HDR_MAX 4096 /* encoded header bytes; larger header frames are refused */
+#define PROTO_STR_MAX 1024 /* bytes of "str", excluding the terminating NUL */
+#define PROTO_NARGS 8      /* max entries of "a" and of "f" */
+#define PROTO_ID_MAX 255   /* ZeroMQ routing ids are 1..255 bytes */
+#define PROTO_WHY_MAX 256  /* reason buffer inside proto_msg_t */
+#define PROTO_ID_SCHEDULER 0
+#define PROTO_ID_NONE (-1) /* sender id before REGISTER_ACK */
+
+/* Message types. Values are the wire encoding of "t": append, never renumber. */
+typedef enum {
+    PROTO_INVALID = 0, /* never valid on the wire */
+    PROTO_REGISTER = 1,
+    PROTO_REGISTER_ACK = 2,
+    PROTO_HEARTBEAT = 3,
+    PROTO_LEAVE = 4,
+    PROTO_MEMBERSHIP = 5,
+    PROTO_CHUNK_REQ = 6,
+    PROTO_CHUNK = 7,
+    PROTO_CHUNK_DONE = 8,
+    PROTO_PUSH = 9,
+    PROTO_PUSH_ACK = 10,
+    PROTO_PULL = 11,
+    PROTO_PULL_REPLY = 12,
+    PROTO_QUEUE_PUSH = 13,
+    PROTO_QUEUE_PULL = 14,
+    PROTO_QUEUE_REPLY = 15,
+    PROTO_CKPT = 16,
+    PROTO_CKPT_DONE = 17,
+    PROTO_METRICS = 18,
+    PROTO_SHUTDOWN = 19,
+    PROTO_ERROR = 20,
+    PROTO_ACK = 21,
+    PROTO_TYPE_COUNT
+} proto_type_t;
+
+/* Payload element types ("dt"). Values are the wire encoding. */
+typedef enum {
+    PROTO_DT_NONE = 0,
+    PROTO_DT_F32 = 1,
+    PROTO_DT_I64 = 2,
+    PROTO_DT_U8 = 3,
+    PROTO_DT_I32 = 4,
+    PROTO_DT_U32 = 5,
+    PROTO_DT_COUNT
+} proto_dtype_t;
+
+/* Named indices into a[] per message type, so that no other module hard-codes the
+ * layout. Optional args (marked) may be absent (na smaller); the decoder then reads 0. */
+enum { PROTO_REG_ROLE = 0 };
+enum { PROTO_ROLE_WORKER = 1, PROTO_ROLE_SERVER = 2 };
+enum {
+    PROTO_RACK_ID = 0,       /* id assigned to the registering process */
+    PROTO_RACK_NSERVERS = 1, /* number of parameter servers */
+    PROTO_RACK_NWORKERS = 2, /* live workers at registration time */
+    PROTO_RACK_RANK = 3,     /* rank within its role (a server's key-range index) */
+    PROTO_RACK_EPOCH = 4,    /* optional: membership epoch */
+    PROTO_RACK_NKEYS = 5,    /* optional: total parameter count (float elements) */
+};
+enum { PROTO_MEMB_EPOCH = 0, PROTO_MEMB_LIVE = 1 };
+enum { PROTO_CREQ_EPOCH = 0 /* optional: the epoch the worker is in */ };
+enum {
+    PROTO_CHUNK_EPOCH = 0,
+    PROTO_CHUNK_ID = 1,
+    PROTO_CHUNK_START = 2, /* offset of the chunk in the epoch's permutation */
+    PROTO_CHUNK_COUNT = 3, /* number of sample indices in the payload */
+    PROTO_CHUNK_STATUS = 4 /* optional: PROTO_CHUNK_OK (default), _WAIT or _END */
+};
+enum { PROTO_CHUNK_OK = 0, PROTO_CHUNK_WAIT = 1, PROTO_CHUNK_END = 2 };
+enum { PROTO_CDONE_EPOCH = 0, PROTO_CDONE_ID = 1, PROTO_CDONE_PROCESSED = 2 };
+enum { PROTO_PUSH_BATCH = 0 /* optional: samples behind the gradient */ };
+enum { PROTO_PULL_WHICH = 0, PROTO_PULL_MINSTEP = 1 /* optional: SSP, 0 = any */ };
+enum { PROTO_WHICH_PARAMS = 0, PROTO_WHICH_EMA = 1 };
+enum { PROTO_QPUSH_COUNT = 0, PROTO_QPUSH_DIM = 1 };
+enum { PROTO_QPULL_SINCE = 0 };
+enum {
+    PROTO_QREP_VERSION = 0,  /* keys ever pushed, after this reply */
+    PROTO_QREP_COUNT = 1,    /* rows in the payload */
+    PROTO_QREP_DIM = 2,      /* floats per row */
+    PROTO_QREP_SLOT = 3,     /* ring slot of the first row */
+    PROTO_QREP_CAPACITY = 4, /* ring capacity K */
+};
+enum { PROTO_CKDONE_STATUS = 0 /* 0 or a negative MIMIC_E* code */ };
+enum { PROTO_METRIC_LOSS = 0, PROTO_METRIC_IMGS = 1, PROTO_METRIC_LR = 2 }; /* f[] */
+enum { PROTO_ERR_CODE = 0, PROTO_ERR_REQTYPE = 1 /* optional: the refused type */ };
+enum { PROTO_ACK_TYPE = 0 /* the acknowledged message type */ };
+
+/* Every header field. Absent optional fields decode as 0 ("" for str). */
+typedef struct {
+    uint32_t version;    /* "v": must be PROTO_VERSION */
+    proto_type_t type;   /* "t" */
+    int32_t sender;      /* "s": sender id, PROTO_ID_NONE before registration */
+    uint64_t step;       /* "st" */
+    uint64_t lo, hi;     /* "lo","hi": key range [lo, hi) in float elements */
+    proto_dtype_t dtype; /* "dt": payload element type */
+    uint64_t nbytes;     /* "n": payload bytes */
+    uint64_t seq;        /* "seq": request number, echoed by replies */
+    uint32_t na, nf;     /* entries used in a[] and f[] */
+    int64_t a[PROTO_NARGS];
+    double f[PROTO_NARGS];
+    uint32_t str_len;
+    char str[PROTO_STR_MAX + 1]; /* NUL-terminated, no embedded NUL */
+} proto_hdr_t;
+
+/* A received message. The payload stays in ZeroMQ's buffer (no copy) and is aligned for
+ * its dtype; it lives until proto_msg_close. */
+typedef struct {
+    proto_hdr_t hdr;
+    uint8_t id[PROTO_ID_MAX]; /* ROUTER identity of the sender (idlen 0 otherwise) */
+    size_t idlen;
+    zmq_msg_t payload;
+    int has_payload;
+    char why[PROTO_WHY_MAX]; /* reason when proto_recv failed, "" otherwise */
+} proto_msg_t;
+
+typedef void(proto_free_fn)(void *data, void *hint);
+
+const char *proto_type_name(int type);   /* "PUSH"; "?" when out of range */
+const char *proto_dtype_name(int dtype); /* "f32"; "?" when out of range */
+size_t proto_dtype_size(int dtype);      /* bytes per element; 0 for none/unknown */
+
+/* Zeroes h and sets version, type, sender (dtype none, str ""). */
+void proto_hdr_init(proto_hdr_t *h, proto_type_t type, int32_t sender);
+/* Sets str (truncated to PROTO_STR_MAX bytes). */
+void proto_hdr_set_str(proto_hdr_t *h, const char *s);
+/* 1 when every field is equal (floats compared bitwise), else 0. */
+int proto_hdr_equal(const proto_hdr_t *x, const proto_hdr_t *y);
+
+/* Encodes h into buf (cap bytes; PROTO_HDR_MAX always suffices), *len = bytes used.
+ * Refuses (MIMIC_EINVAL, reason in why) a header that peers would reject. */
+int proto_encode_hdr(const proto_hdr_t *h, void *buf, size_t cap, size_t *len, char *why,
+                     size_t whylen);
+/* Decodes one header frame: syntax, field types, required fields and args of the type,
+ * enums, ranges, n against range/dtype/counts. Socket-free and allocation-bounded.
+ * Returns 0 or MIMIC_EFORMAT with a reason in why. On failure out holds the fields read
+ * before the error (sender and seq come first in our encoding, for the ERROR reply). */
+int proto_decode_hdr(proto_hdr_t *out, const void *buf, size_t len, char *why, size_t whylen);
+/* The semantic checks of proto_decode_hdr on a filled header, plus the payload:
+ * payload_len must equal h->nbytes and be <= max_payload. 0 or MIMIC_EFORMAT. */
+int proto_validate(const proto_hdr_t *h, size_t payload_len, size_t max_payload, char *why,
+                   size_t whylen);
+
+/* Sends [identity] + header + [payload of h->nbytes bytes]. identity is required on a
+ * ROUTER socket and ignored on others. The payload is never copied:
+ *  - free_fn != NULL: ownership of payload moves here; free_fn(payload, hint) runs
+ *    exactly once when ZeroMQ is done with it — possibly on a ZeroMQ I/O thread, and
+ *    also when proto_send fails.
+ *  - free_fn == NULL: the caller keeps the buffer and promises it stays valid and
+ *    unmodified until ZeroMQ is done with it (for inproc: until the receiver closes
+ *    the message). To learn when that is, pass proto_track_release (below).
+ * Returns 0, MIMIC_EINVAL (bad header or arguments), MIMIC_ETIMEOUT (ZMQ_SNDTIMEO
+ * expired), MIMIC_EPEER (unknown identity on a ROUTER with ZMQ_ROUTER_MANDATORY) or
+ * MIMIC_EIO; the reason is recorded with mimic_err. */
+int proto_send(void *sock, const void *identity, size_t idlen, const proto_hdr_t *h,
+               const void *payload, proto_free_fn *free_fn, void *hint);
+
+/* Receives one message: waits up to timeout_ms (-1 forever, 0 poll), reads every frame
+ * of the multipart (the rest is drained on any error, so the socket stays usable),
+ * decodes the header, refuses n > max_payload before touching the payload frame, then
+ * checks the payload frame length against n. Returns 0, MIMIC_ETIMEOUT, MIMIC_EFORMAT
+ * (out->why says why; out->id and what was decoded of out->hdr are filled so that
+ * proto_reply_error can answer) or MIMIC_EIO. Always proto_msg_close(out) afterwards. */
+int proto_recv(void *sock, proto_msg_t *out, size_t max_payload, int timeout_ms);
+const void *proto_msg_data(const proto_msg_t *m); /* NULL when there is no payload */
+size_t proto_msg_size(const proto_msg_t *m);
+void proto_msg_close(proto_msg_t *m); /* releases the payload; safe to call twice */
+
+/* Sends ERROR (a[0] = code, a[1] = req type, str = why, seq echoed) to req's sender. */
+int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why);
+
+/* Completion tracking for caller-kept zero-copy buffers: proto_track_hold before each
+ * proto_send(..., proto_track_release, &t); proto_track_wait returns 0 once ZeroMQ has
+ * released every held send (MIMIC_ETIMEOUT otherwise), after which the buffer may be
+ * reused. */
+typedef struct {
+    atomic_int inflight;
+} proto_track_t;
+static inline void proto_track_hold(proto_track_t *t) {
+    atomic_fetch_add(&t->inflight, 1);
+}
+void proto_track_release(void *data, void *hint);
+int proto_track_wait(proto_track_t *t, int timeout_ms);
+
+#endif
