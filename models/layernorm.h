@@ -1,7 +1,8 @@
 /* layernorm — LayerNorm over the last dimension (PyTorch nn.LayerNorm, biased variance).
  *
  * Forward stores the per-row mean and reciprocal standard deviation that backward
- * needs, so the input is not normalised twice. Backward accumulates (+=). */
+ * needs, so the input is not normalised twice. Backward accumulates (+=); any of its
+ * three gradient outputs may be NULL when that gradient is not wanted. */
 #ifndef MIMIC_LAYERNORM_H
 #define MIMIC_LAYERNORM_H
 
