@@ -167,8 +167,33 @@ static void emit_row(float *out, const float *acc, int y, int S, int cin, int co
 
 /* out (cout, S, S) from the crop (x0, y0, cw, ch) of in: per output row, a vertical pass
  * into one crop-wide float row, then a horizontal pass and the normalised write. */
+/* Grows ws to hold nint ints and nflt floats; after the largest crop was seen once,
+ * a training loop allocates nothing here. */
+static int ws_reserve(augment_ws *ws, size_t nint, size_t nflt) {
+    if (nint > ws->icap) {
+        int *p = realloc(ws->ibuf, nint * sizeof(int));
+        if (!p) return MIMIC_ENOMEM;
+        ws->ibuf = p;
+        ws->icap = nint;
+    }
+    if (nflt > ws->fcap) {
+        float *p = realloc(ws->fbuf, nflt * sizeof(float));
+        if (!p) return MIMIC_ENOMEM;
+        ws->fbuf = p;
+        ws->fcap = nflt;
+    }
+    return 0;
+}
+
+void augment_ws_free(augment_ws *ws) {
+    free(ws->ibuf);
+    free(ws->fbuf);
+    memset(ws, 0, sizeof *ws);
+}
+
 static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw, int ch, int S,
-                         int flip, const float *mean, const float *std, int cout) {
+                         int flip, const float *mean, const float *std, int cout,
+                         augment_ws *ws) {
     const int cin = in->c;
     float a[3], b[3];
     for (int c = 0; c < cout; c++) {
@@ -182,13 +207,10 @@ static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw,
     size_t nint = 4 * (size_t)S;
     const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin; /* zeroed tail */
     size_t nflt = (size_t)S * (size_t)(px.maxtaps + py.maxtaps) + tmp_len + (size_t)S * (size_t)cin;
-    int *ibuf = malloc(nint * sizeof(int));
-    float *fbuf = malloc(nflt * sizeof(float));
-    if (!ibuf || !fbuf) {
-        free(ibuf);
-        free(fbuf);
+    if (ws_reserve(ws, nint, nflt))
         return mimic_err(MIMIC_ENOMEM, "augment: out of memory for a %dx%d crop", cw, ch);
-    }
+    int *ibuf = ws->ibuf;
+    float *fbuf = ws->fbuf;
     px.start = ibuf;
     px.ntaps = ibuf + S;
     py.start = ibuf + 2 * S;
@@ -210,8 +232,6 @@ static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw,
             resample_row(acc, tmp, &px, S, 3);
         emit_row(out, acc, y, S, cin, cout, flip, a, b);
     }
-    free(ibuf);
-    free(fbuf);
     return 0;
 }
 
@@ -263,6 +283,16 @@ static void rrc_box(int W, int H, float slo, float shi, float rlo, float rhi, rn
 int augment_rrc(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
                 float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
                 int out_channels, rng_t *rng) {
+    augment_ws ws = {0};
+    int rc = augment_rrc_ws(out, in, S, scale_lo, scale_hi, ratio_lo, ratio_hi, hflip, mean, std,
+                            out_channels, rng, &ws);
+    augment_ws_free(&ws);
+    return rc;
+}
+
+int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
+                   float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
+                   int out_channels, rng_t *rng, augment_ws *ws) {
     int rc = check_args(out, in, S, out_channels);
     if (rc) return rc;
     MIMIC_CHECK(rng != NULL);
@@ -273,12 +303,15 @@ int augment_rrc(float *out, const image_u8 *in, int S, float scale_lo, float sca
     int x0, y0, cw, ch;
     rrc_box(in->w, in->h, scale_lo, scale_hi, ratio_lo, ratio_hi, rng, &x0, &y0, &cw, &ch);
     int flip = hflip && rng_uniform(rng) < 0.5f;
-    return resample_crop(out, in, x0, y0, cw, ch, S, flip, mean, std, out_channels);
+    return resample_crop(out, in, x0, y0, cw, ch, S, flip, mean, std, out_channels, ws);
 }
 
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,
                    int out_channels) {
     int rc = check_args(out, in, S, out_channels);
     if (rc) return rc;
-    return resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels);
+    augment_ws ws = {0};
+    rc = resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels, &ws);
+    augment_ws_free(&ws);
+    return rc;
 }

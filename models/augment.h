@@ -39,6 +39,19 @@ int augment_rrc(float *out, const image_u8 *in, int S, float scale_lo, float sca
                 float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
                 int out_channels, rng_t *rng);
 
+/* Scratch for the resampling plans; reused across calls so that a training loop
+ * allocates nothing per image. Start zeroed; augment_ws_free releases it. */
+typedef struct {
+    int *ibuf;
+    float *fbuf;
+    size_t icap, fcap;
+} augment_ws;
+void augment_ws_free(augment_ws *ws);
+/* augment_rrc with caller-owned scratch (grown on demand, then reused). */
+int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
+                   float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
+                   int out_channels, rng_t *rng, augment_ws *ws);
+
 /* out (out_channels, S, S): the whole image resized to S x S (aspect ratio not kept),
  * normalised as in augment_rrc. Deterministic: the evaluation transform. */
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,

@@ -10,6 +10,7 @@
 struct loader {
     dataset_t *ds;
     image_u8 img;
+    augment_ws ws; /* resampling scratch, reused for every sample */
     int S, C;
     float scale_lo, scale_hi;
     int hflip;
@@ -74,6 +75,7 @@ void loader_destroy(loader_t **pl) {
     if (!pl || !*pl) return;
     dataset_destroy(&(*pl)->ds);
     image_u8_free(&(*pl)->img);
+    augment_ws_free(&(*pl)->ws);
     free(*pl);
     *pl = NULL;
 }
@@ -92,9 +94,9 @@ int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float 
         if (rc) return rc;
         rng_t r;
         rng_split(&r, ld->seed, shard_sample_stream(epoch, idx[i]));
-        rc = augment_rrc(imgs + (size_t)filled * img_sz, &ld->img, ld->S, ld->scale_lo,
-                         ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean, ld->std,
-                         ld->C, &r);
+        rc = augment_rrc_ws(imgs + (size_t)filled * img_sz, &ld->img, ld->S, ld->scale_lo,
+                            ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean, ld->std,
+                            ld->C, &r, &ld->ws);
         if (rc) return rc;
         if (noise)
             for (int l = 0; l < L; l++) noise[(size_t)filled * L + l] = rng_uniform(&r);
