@@ -8,6 +8,7 @@
 # GEMM calls at the same thread count, and MFU. --record appends to bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source deploy/env.sh
 record=0
 if [ "${1:-}" = "--record" ]; then record=1; shift; fi
 cfg=${1:-deploy/mae-fmnist.ini}

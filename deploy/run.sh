@@ -4,6 +4,7 @@
 # mimic-worker as config overrides, e.g. deploy/run.sh --train.steps=200
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source deploy/env.sh
 bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"

@@ -4,6 +4,7 @@
 # failure. Build trees: build/ and build-asan/ (override with BUILD / BUILD_ASAN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source deploy/env.sh
 bash deploy/install-deps.sh
 BUILD=${BUILD:-build}
 BUILD_ASAN=${BUILD_ASAN:-build-asan}
