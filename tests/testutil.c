@@ -4,7 +4,12 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 int testutil_failures;
 
@@ -104,6 +109,66 @@ const char *testutil_tmpdir(void) {
         exit(2);
     }
     return buf;
+}
+
+int testutil_spawn(char *const argv[], const char *log) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return (int)pid;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int testutil_wait_pid(int pid, int timeout_ms) {
+    for (int waited = 0;; waited += 20) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (r < 0 || waited >= timeout_ms) return -1;
+        sleep_ms(20);
+    }
+}
+
+void testutil_kill(int pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+char *testutil_slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = n >= 0 ? calloc((size_t)n + 1, 1) : NULL;
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) s[0] = 0;
+    fclose(f);
+    return s;
+}
+
+int testutil_wait_file(const char *path, const char *contains, int timeout_ms) {
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        char *s = testutil_slurp(path);
+        int ok = s && (!contains || strstr(s, contains));
+        free(s);
+        if (ok) return 1;
+        sleep_ms(20);
+    }
+    return 0;
 }
 
 int testutil_summary(const char *test_name) {

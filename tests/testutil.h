@@ -41,6 +41,21 @@ const char *testutil_src_path(const char *rel);
 /* A fresh temporary directory for this test (mkdtemp under $TMPDIR or /tmp). */
 const char *testutil_tmpdir(void);
 
+/* Child processes for integration tests (loopback only; killed by pid).
+ * testutil_spawn starts argv[0] with argv (NULL-terminated), stdout and stderr
+ * appended to log; returns the pid or -1. */
+int testutil_spawn(char *const argv[], const char *log);
+/* Waits up to timeout_ms for pid to exit; returns its exit status (128+signal when
+ * killed) or -1 on timeout (the process is left running). */
+int testutil_wait_pid(int pid, int timeout_ms);
+/* SIGKILLs and reaps pid (no-op for pid <= 0). */
+void testutil_kill(int pid);
+/* Waits up to timeout_ms until path exists and (when `contains` is not NULL) its
+ * content contains that text; returns 1 if so, 0 on timeout. */
+int testutil_wait_file(const char *path, const char *contains, int timeout_ms);
+/* Reads a whole file (NUL-terminated, caller frees) or NULL. */
+char *testutil_slurp(const char *path);
+
 int testutil_summary(const char *test_name);
 
 #endif

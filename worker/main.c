@@ -11,6 +11,8 @@
 static void usage(FILE *f) {
     fputs("usage: mimic-worker [CONFIG.ini] [--section.key=value ...] MODE\n"
           "modes:\n"
+          "  (default)                    distributed worker: --scheduler tcp://HOST:PORT,\n"
+          "                               MIMIC_SCHEDULER, cluster.scheduler or mpirun\n"
           "  --standalone                 train MAE in this process (no servers)\n"
           "  --dump-grads --weights W.safetensors --batch X.safetensors --out G.safetensors\n"
           "                               write loss, pred, mask and every gradient\n"
@@ -35,7 +37,7 @@ int main(int argc, char **argv) {
         free(rest);
         return 2;
     }
-    const char *mode = NULL, *weights = NULL, *batch = NULL, *out = NULL, *ckpt = NULL;
+    const char *mode = "--distributed", *sched = NULL, *weights = NULL, *batch = NULL, *out = NULL, *ckpt = NULL;
     for (int i = 0; i < nrest; i++) {
         const char *a = rest[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -52,6 +54,8 @@ int main(int argc, char **argv) {
             mode = a;
             ckpt = rest[++i];
             out = rest[++i];
+        } else if (strcmp(a, "--scheduler") == 0 && i + 1 < nrest) {
+            sched = rest[++i];
         } else if (strcmp(a, "--weights") == 0 && i + 1 < nrest) {
             weights = rest[++i];
         } else if (strcmp(a, "--batch") == 0 && i + 1 < nrest) {
@@ -68,10 +72,8 @@ int main(int argc, char **argv) {
     free(rest);
     worker_set_threads(&cfg);
     int rc;
-    if (!mode) {
-        mimic_err(MIMIC_EINVAL, "mimic-worker: no mode given");
-        usage(stderr);
-        return 2;
+    if (strcmp(mode, "--distributed") == 0) {
+        rc = worker_distributed(&cfg, sched);
     } else if (strcmp(mode, "--standalone") == 0) {
         rc = worker_standalone(&cfg);
     } else if (strcmp(mode, "--dump-grads") == 0) {

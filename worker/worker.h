@@ -1,7 +1,7 @@
 /* worker — the modes of the mimic-worker binary.
  *
  * main.c parses flags and dispatches; standalone.c trains MAE in one process (no
- * servers); dump.c writes the loss and every gradient for a given weights file and
+ * servers); dist.c is the worker of the distributed runtime (docs/runtime.md); dump.c writes the loss and every gradient for a given weights file and
  * batch, so anyone can check parity with PyTorch on any config. */
 #ifndef MIMIC_WORKER_H
 #define MIMIC_WORKER_H
@@ -9,6 +9,9 @@
 #include "config.h"
 
 int worker_standalone(const mimic_cfg_t *cfg);
+/* The distributed worker: scheduler from sched_flag, MIMIC_SCHEDULER,
+ * cluster.scheduler, or the mpirun bootstrap. */
+int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag);
 int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *batch,
                       const char *out);
 int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out);

@@ -1,0 +1,49 @@
+/* member — one process's membership in the cluster: its DEALER to the scheduler, the
+ * id the scheduler gave it, and its heartbeat. Role-neutral: servers and workers both
+ * use it (docs/runtime.md, "Membership").
+ *
+ * member_join connects, sends REGISTER and waits for REGISTER_ACK. REGISTER is sent
+ * again only when the TCP connection to the scheduler was re-established (a restarted
+ * scheduler never saw it), never on a live connection, so a deferred REGISTER_ACK
+ * (workers wait until every server registered) cannot create a second registration.
+ * After the join the caller polls member_socket() for the scheduler's messages, calls
+ * member_tick() every loop (it sends HEARTBEAT when due; member_tick_due_ms says when),
+ * and member_leave() + member_destroy(&m) at the end. Sends never block: a scheduler
+ * that stopped reading costs dropped heartbeats, not a stuck process. */
+#ifndef MIMIC_MEMBER_H
+#define MIMIC_MEMBER_H
+
+#include "proto.h"
+
+#include <stdint.h>
+
+#define MEMBER_HEARTBEAT_MS 500 /* until member_set_heartbeat (cluster.heartbeat_ms) */
+
+typedef struct member member_t;
+
+/* Joins the cluster as role (PROTO_ROLE_WORKER or PROTO_ROLE_SERVER); my_endpoint is
+ * the server's bound ROUTER endpoint (REGISTER.str), NULL for workers. Waits up to
+ * timeout_ms (-1: forever) for REGISTER_ACK and copies its header to *ack_out (may be
+ * NULL). Errors name the scheduler endpoint: MIMIC_ETIMEOUT (no answer), MIMIC_EPEER
+ * (the scheduler answered ERROR), MIMIC_EINVAL (bad arguments), MIMIC_EIO. */
+int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role,
+                const char *my_endpoint, int timeout_ms, proto_hdr_t *ack_out);
+
+void *member_socket(member_t *m); /* the scheduler DEALER, for zmq_poll and proto_send */
+int member_id(const member_t *m); /* id from REGISTER_ACK: the sender of every message */
+const char *member_endpoint(const member_t *m); /* the scheduler's endpoint */
+
+void member_set_heartbeat(member_t *m, int period_ms); /* <= 0 keeps the current period */
+void member_set_step(member_t *m, uint64_t step);      /* HEARTBEAT.st from now on */
+/* Sends HEARTBEAT when the period elapsed since the last one. */
+void member_tick(member_t *m);
+/* Milliseconds until the next heartbeat is due (0 when due): a zmq_poll timeout. */
+int member_tick_due_ms(const member_t *m);
+
+/* Sends LEAVE and waits up to one second for the scheduler's ACK; other messages that
+ * arrive meanwhile are dropped. 0, MIMIC_ETIMEOUT or MIMIC_EIO. */
+int member_leave(member_t *m);
+/* Closes the socket (LEAVE/CKPT_DONE still queued get up to a second to go out). */
+void member_destroy(member_t **m);
+
+#endif

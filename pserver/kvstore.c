@@ -1,0 +1,158 @@
+/* kvstore.c — a server's key range, its AdamW/EMA updates and reply snapshots. */
+#include "kvstore.h"
+
+#include "common.h"
+#include "mae.h"
+#include "shard.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Copies the tensor table of the model (no values): AdamW needs only offsets, sizes and
+ * decay flags, and the full-size value buffers of the model are freed right away. */
+static int copy_table(params_t *dst, const params_t *src) {
+    memset(dst, 0, sizeof *dst);
+    dst->t = malloc((size_t)src->n * sizeof *dst->t);
+    if (!dst->t) return mimic_err(MIMIC_ENOMEM, "out of memory for the parameter table");
+    memcpy(dst->t, src->t, (size_t)src->n * sizeof *dst->t);
+    dst->n = dst->cap = src->n;
+    dst->total = src->total;
+    return 0;
+}
+
+int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank) {
+    int rc;
+    mae_t *model = NULL;
+    *out = NULL;
+    if (servers < 1 || rank < 0 || rank >= servers)
+        return mimic_err(MIMIC_EINVAL, "server rank %d of %d servers is out of range", rank,
+                         servers);
+    kvstore_t *kv = calloc(1, sizeof *kv);
+    if (!kv) return mimic_err(MIMIC_ENOMEM, "out of memory for the key-value store");
+    if ((rc = mae_new(&model, &cfg->model))) goto fail;
+    mae_init(model, cfg->train.seed);
+    if ((rc = copy_table(&kv->table, model->p))) goto fail;
+    kv->total = model->p->total;
+    shard_key_range(kv->total, servers, rank, &kv->lo, &kv->hi);
+    kv->n = kv->hi - kv->lo;
+    if (kv->n == 0) {
+        rc = mimic_err(MIMIC_EINVAL, "server rank %d of %d gets no keys of %zu: too many servers",
+                       rank, servers, kv->total);
+        goto fail;
+    }
+    float **bufs[] = {&kv->w, &kv->m, &kv->v, &kv->ema, &kv->acc};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (!(*bufs[i] = mimic_alloc(kv->n * sizeof(float)))) {
+            rc = MIMIC_ENOMEM;
+            goto fail;
+        }
+    }
+    memcpy(kv->w, model->p->w + kv->lo, kv->n * sizeof(float));
+    memcpy(kv->ema, kv->w, kv->n * sizeof(float));
+    mae_destroy(&model);
+    kv->opt =
+        (adamw_cfg_t){cfg->train.beta1, cfg->train.beta2, cfg->train.eps, cfg->train.weight_decay};
+    kv->base_lr = config_lr(cfg, cfg->train.batch_size * cfg->cluster.workers);
+    kv->min_lr = cfg->train.min_lr;
+    kv->warmup = cfg->train.warmup_steps;
+    kv->steps = cfg->train.steps;
+    kv->ema_momentum = KVSTORE_EMA_MOMENTUM;
+    *out = kv;
+    return 0;
+fail:
+    mae_destroy(&model);
+    kvstore_destroy(&kv);
+    return rc;
+}
+
+void kvstore_destroy(kvstore_t **kvp) {
+    if (!kvp || !*kvp) return;
+    kvstore_t *kv = *kvp;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < KVSTORE_SNAP_MAX; i++) {
+            kvstore_snap_t *s = &kv->snaps[k][i];
+            if (atomic_load(&s->track.inflight) == 0)
+                mimic_free(s->buf);
+            else /* ZeroMQ still reads it: leaking beats a use-after-free */
+                mimic_warn("kvstore: snapshot still held by %d sends, not freed",
+                           atomic_load(&s->track.inflight));
+        }
+    free(kv->table.t);
+    mimic_free(kv->w);
+    mimic_free(kv->m);
+    mimic_free(kv->v);
+    mimic_free(kv->ema);
+    mimic_free(kv->acc);
+    free(kv);
+    *kvp = NULL;
+}
+
+float kvstore_lr(const kvstore_t *kv) {
+    return adamw_lr((long)kv->version, kv->warmup, kv->steps, kv->base_lr, kv->min_lr);
+}
+
+static void ema_update(float *ema, const float *w, size_t n, float mom) {
+    const float a = mom, b = 1.0f - mom;
+    for (size_t i = 0; i < n; i++)
+        ema[i] = a * ema[i] + b * w[i];
+}
+
+void kvstore_step(kvstore_t *kv, const float *g) {
+    double t0 = mimic_now();
+    adamw_update(&kv->opt, &kv->table, kv->w, g, kv->m, kv->v, kv->lo, kv->hi, kvstore_lr(kv),
+                 (long)kv->version + 1);
+    kv->version++;
+    ema_update(kv->ema, kv->w, kv->n, kv->ema_momentum);
+    kv->t_update += mimic_now() - t0;
+    kv->n_update++;
+}
+
+void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
+    const float a = (float)weight;
+    float *acc = kv->acc;
+    for (size_t i = 0; i < kv->n; i++)
+        acc[i] += a * g[i];
+    kv->acc_weight += weight;
+    kv->acc_count++;
+}
+
+void kvstore_step_mean(kvstore_t *kv) {
+    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
+    const float inv = (float)(1.0 / kv->acc_weight);
+    for (size_t i = 0; i < kv->n; i++)
+        kv->acc[i] *= inv;
+    kvstore_step(kv, kv->acc);
+    memset(kv->acc, 0, kv->n * sizeof(float));
+    kv->acc_weight = 0;
+    kv->acc_count = 0;
+}
+
+kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which) {
+    MIMIC_CHECK(which == PROTO_WHICH_PARAMS || which == PROTO_WHICH_EMA);
+    kvstore_snap_t *pool = kv->snaps[which], *pick = NULL;
+    for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
+        if (pool[i].valid && pool[i].version == kv->version) return &pool[i];
+    /* an idle allocated buffer first, then a fresh slot */
+    for (int i = 0; i < KVSTORE_SNAP_MAX && !pick; i++)
+        if (pool[i].buf && atomic_load(&pool[i].track.inflight) == 0) pick = &pool[i];
+    for (int i = 0; i < KVSTORE_SNAP_MAX && !pick; i++)
+        if (!pool[i].buf) pick = &pool[i];
+    if (!pick) {
+        kv->n_snap_fallback++;
+        return NULL;
+    }
+    if (!pick->buf && !(pick->buf = mimic_alloc(kv->n * sizeof(float)))) return NULL;
+    double t0 = mimic_now();
+    memcpy(pick->buf, which == PROTO_WHICH_EMA ? kv->ema : kv->w, kv->n * sizeof(float));
+    kv->t_snap += mimic_now() - t0;
+    kv->n_snap++;
+    pick->version = kv->version;
+    pick->valid = 1;
+    return pick;
+}
+
+void kvstore_invalidate(kvstore_t *kv) {
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
+            kv->snaps[k][i].valid = 0;
+}

@@ -1,0 +1,82 @@
+/* kvstore — what one parameter server holds: its key range [lo, hi) of the flat MAE
+ * parameter vector (values w, AdamW moments m and v, an EMA copy), the gradient
+ * accumulator of the BSP step in progress, and read-only snapshots for PULL replies.
+ *
+ * kvstore_new runs mae_new + mae_init(train.seed) — the init is a pure function of the
+ * seed, so every server starts exactly where the standalone trainer starts — and keeps
+ * only the range plus the tensor table (AdamW needs each tensor's decay flag). Every
+ * update is one AdamW step, on one gradient (ASP/SSP: kvstore_step) or on the weighted
+ * mean of the accumulated ones (BSP: kvstore_accumulate, then kvstore_step_mean); it
+ * bumps the version and then the EMA: ema = mom * ema + (1 - mom) * w.
+ *
+ * Zero-copy replies: w changes at the next update while ZeroMQ may still be sending an
+ * older reply, so replies never point at w. kvstore_snapshot copies w (or ema) once per
+ * version into a pooled buffer shared by every reply of that version; each send holds
+ * the buffer's tracker and ZeroMQ releases it, and a buffer is reused only when no send
+ * holds it. All calls come from the server's one thread. */
+#ifndef MIMIC_KVSTORE_H
+#define MIMIC_KVSTORE_H
+
+#include "adamw.h"
+#include "config.h"
+#include "params.h"
+#include "proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* EMA momentum, fixed for now: the contrastive stage will bring its schedule. */
+#define KVSTORE_EMA_MOMENTUM 0.99f
+/* Snapshots per kind (params, EMA). More are needed only when some peer is so slow
+ * that ZeroMQ still holds replies of KVSTORE_SNAP_MAX older versions. */
+#define KVSTORE_SNAP_MAX 4
+
+typedef struct {
+    float *buf; /* n floats: w or ema of the range at `version` */
+    uint64_t version;
+    int valid;
+    proto_track_t track; /* sends still reading buf */
+} kvstore_snap_t;
+
+typedef struct {
+    params_t table; /* the model's tensor table, no values (decay flags for AdamW) */
+    size_t total;   /* floats in the whole model */
+    size_t lo, hi, n;
+    uint64_t version;       /* optimiser steps applied to this range */
+    float *w, *m, *v, *ema; /* n floats each; element lo is at index 0 */
+    float *acc;             /* BSP: sum of batch * gradient for the current version */
+    double acc_weight;      /* BSP: sum of batch sizes in acc */
+    int acc_count;          /* BSP: pushes in acc */
+    adamw_cfg_t opt;
+    float base_lr, min_lr, ema_momentum;
+    long warmup, steps;
+    kvstore_snap_t snaps[2][KVSTORE_SNAP_MAX]; /* [PROTO_WHICH_PARAMS or _EMA] */
+    /* measurements, logged at exit: time in AdamW+EMA and in snapshot copies */
+    double t_update, t_snap;
+    long n_update, n_snap, n_snap_fallback;
+} kvstore_t;
+
+/* Builds the range [lo, hi) = shard_key_range(total, servers, rank) of the model in
+ * cfg, initialised from cfg->train.seed, version 0. The learning rate is
+ * config_lr(cfg, train.batch_size * cluster.workers) on adamw_lr's schedule. */
+int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank);
+/* Frees the store. Snapshots still held by ZeroMQ are leaked, never freed under it. */
+void kvstore_destroy(kvstore_t **kv);
+
+/* The learning rate of the next step (version -> version + 1). */
+float kvstore_lr(const kvstore_t *kv);
+/* One AdamW step with gradient g (n floats), then version++ and the EMA update. */
+void kvstore_step(kvstore_t *kv, const float *g);
+/* BSP: acc += weight * g. No allocation. */
+void kvstore_accumulate(kvstore_t *kv, const float *g, double weight);
+/* BSP: one step with acc / acc_weight, then clears the accumulator. */
+void kvstore_step_mean(kvstore_t *kv);
+
+/* The buffer holding w (which = PROTO_WHICH_PARAMS) or ema (PROTO_WHICH_EMA) at the
+ * current version, copied at most once per version. NULL when every pooled buffer is
+ * still held by ZeroMQ (or memory ran out): the caller then copies per reply. */
+kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which);
+/* Drops the snapshots' validity (after w/ema were replaced, e.g. by a resume). */
+void kvstore_invalidate(kvstore_t *kv);
+
+#endif

@@ -1,0 +1,103 @@
+/* mimic-pserver — one parameter server process (server.h does the work).
+ *
+ * mimic-pserver [CONFIG.ini] [--section.key=value ...] [--scheduler tcp://H:P]
+ * The scheduler's address comes from --scheduler, else $MIMIC_SCHEDULER, else
+ * cluster.scheduler, else (under mpirun) from the MPI bootstrap. Exit status: 0 after
+ * SHUTDOWN (or SIGINT/SIGTERM), 1 on a runtime error, 2 on bad arguments. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+#include "config.h"
+#include "server.h"
+
+#if __has_include("bootstrap.h")
+#include "bootstrap.h"
+#define PS_HAVE_BOOTSTRAP 1
+#endif
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile sig_atomic_t stop_flag; /* set by SIGINT/SIGTERM, read by the event loop */
+
+static void on_signal(int sig) {
+    stop_flag = sig;
+}
+
+static void usage(FILE *f) {
+    fputs("usage: mimic-pserver [CONFIG.ini] [--section.key=value ...] [--scheduler tcp://H:P]\n"
+          "  --scheduler EP   the scheduler (else $MIMIC_SCHEDULER, else cluster.scheduler,\n"
+          "                   else the mpirun bootstrap)\n"
+          "  --help-config    list every config key with its default\n",
+          f);
+}
+
+/* Picks the scheduler endpoint by the documented precedence into ep (cap bytes). */
+static int find_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep, size_t cap) {
+    const char *env = getenv("MIMIC_SCHEDULER");
+    const char *pick = flag && *flag ? flag : env && *env ? env : cfg->cluster.scheduler;
+    if (pick && *pick) {
+        if (strlen(pick) >= cap) return mimic_err(MIMIC_EINVAL, "scheduler endpoint too long");
+        snprintf(ep, cap, "%s", pick);
+        return 0;
+    }
+#ifdef PS_HAVE_BOOTSTRAP
+    if (bootstrap_under_mpi()) return bootstrap_receive_as(BOOTSTRAP_SERVER, ep, cap);
+#endif
+    return mimic_err(MIMIC_EINVAL, "mimic-pserver: no scheduler: give --scheduler tcp://HOST:PORT, "
+                                   "MIMIC_SCHEDULER or cluster.scheduler, or launch with mpirun");
+}
+
+int main(int argc, char **argv) {
+    mimic_cfg_t cfg;
+    char sched[512];
+    const char *flag = NULL;
+    config_defaults(&cfg);
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int nrest = 0;
+    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) {
+        free(rest);
+        return 2;
+    }
+    for (int i = 0; i < nrest; i++) {
+        if (strcmp(rest[i], "--help") == 0 || strcmp(rest[i], "-h") == 0) {
+            usage(stdout);
+            free(rest);
+            return 0;
+        } else if (strcmp(rest[i], "--help-config") == 0) {
+            config_print_help(stdout);
+            free(rest);
+            return 0;
+        } else if (strcmp(rest[i], "--scheduler") == 0 && i + 1 < nrest) {
+            flag = rest[++i];
+        } else if (strncmp(rest[i], "--scheduler=", 12) == 0) {
+            flag = rest[i] + 12;
+        } else {
+            mimic_err(MIMIC_EINVAL, "mimic-pserver: unknown or incomplete flag '%s'", rest[i]);
+            usage(stderr);
+            free(rest);
+            return 2;
+        }
+    }
+    int rc = find_scheduler(&cfg, flag, sched, sizeof sched);
+    free(rest);
+    if (rc) return 2;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    server_t *s = NULL;
+    if (server_new(&s, &cfg, sched)) {
+        fprintf(stderr, "[pserver ?] not started: %s\n", mimic_last_error());
+        return 1;
+    }
+    rc = server_run(s, &stop_flag);
+    server_destroy(&s);
+    return rc ? 1 : 0;
+}

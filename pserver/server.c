@@ -1,0 +1,808 @@
+/* server.c — the parameter server's event loop and message handlers.
+ *
+ * State machine per version v (BSP): pushes for v are summed (batch-weighted) until
+ * every live worker pushed, then one AdamW step makes v+1; pulls asking for a version
+ * not reached yet wait in a small table and are answered after each step. ASP/SSP apply
+ * each push at once; SSP holds a pull of clock c until the slowest live worker's clock
+ * is >= c - staleness. Checkpoints are written right after the step that reaches their
+ * version, before the next message is read, so a shard is exactly version N. */
+#define _POSIX_C_SOURCE 200809L
+#include "server.h"
+
+#include "common.h"
+#include "kvstore.h"
+#include "member.h"
+#include "negqueue.h"
+#include "proto.h"
+#include "shardckpt.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PS_LINGER_MS 1000
+#define PS_BURST 64          /* messages read from one socket before looking at the other */
+#define PS_PULLS_MAX 4096    /* held pulls; more are refused with ERROR */
+#define PS_WORKERS_MAX 65536 /* distinct worker ids tracked */
+#define PS_CKPTS_MAX 16      /* pending CKPT requests */
+
+typedef enum { PS_BSP, PS_ASP, PS_SSP } ps_mode_t;
+
+typedef struct {
+    int32_t id;
+    int live;
+    uint64_t bsp_mark; /* BSP: 1 + the version this worker last pushed for; 0 = none */
+    uint64_t clock;    /* SSP: pushes applied */
+} ps_worker_t;
+
+/* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
+typedef struct {
+    uint8_t id[PROTO_ID_MAX];
+    size_t idlen;
+    int32_t sender;
+    uint64_t seq, want, lo, hi;
+    int which;
+} ps_pull_t;
+
+typedef struct {
+    uint64_t step;
+    char dir[PROTO_STR_MAX + 1];
+} ps_ckpt_t;
+
+struct server {
+    mimic_cfg_t cfg;
+    void *zctx, *router;
+    member_t *member;
+    char endpoint[256];
+    int id, rank, servers;
+    kvstore_t *kv;
+    negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
+    ps_mode_t mode;
+    uint64_t staleness;
+    size_t max_payload;
+    ps_worker_t *workers;
+    int nworkers, capworkers;
+    int membership_known;
+    int64_t memb_epoch;
+    ps_pull_t *pulls;
+    int npulls;
+    ps_ckpt_t ckpts[PS_CKPTS_MAX];
+    int nckpts;
+    int have_written;
+    uint64_t last_written;
+    int done, warned_finished;
+};
+
+__attribute__((format(printf, 2, 3))) static void ps_log(const server_t *s, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (s->rank >= 0)
+        fprintf(stderr, "[pserver %d] %s\n", s->rank, line);
+    else
+        fprintf(stderr, "[pserver ?] %s\n", line);
+}
+
+/* Answers m with ERROR(code, why) and logs it; the server then carries on. */
+__attribute__((format(printf, 5, 6))) static void
+reply_err(server_t *s, void *sock, const proto_msg_t *m, int code, const char *fmt, ...) {
+    char why[PROTO_STR_MAX + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    ps_log(s, "refused %s from sender %d: %s", proto_type_name(m->hdr.type), (int)m->hdr.sender,
+           why);
+    if (proto_reply_error(sock, s->id, m, code, why) != 0)
+        ps_log(s, "ERROR reply not sent: %s", mimic_last_error());
+}
+
+/* ---- workers ------------------------------------------------------------------------- */
+
+static ps_worker_t *worker_find(server_t *s, int32_t id) {
+    for (int i = 0; i < s->nworkers; i++)
+        if (s->workers[i].id == id) return &s->workers[i];
+    return NULL;
+}
+
+/* The entry of worker id, created (not live, SSP clock clock0) when new; NULL when the
+ * table is full. */
+static ps_worker_t *worker_get(server_t *s, int32_t id, uint64_t clock0) {
+    ps_worker_t *w = worker_find(s, id);
+    if (w) return w;
+    if (s->nworkers == s->capworkers) {
+        if (s->capworkers >= PS_WORKERS_MAX) return NULL;
+        int cap = s->capworkers ? 2 * s->capworkers : 16;
+        ps_worker_t *nw = realloc(s->workers, (size_t)cap * sizeof *nw);
+        if (!nw) return NULL;
+        s->workers = nw;
+        s->capworkers = cap;
+    }
+    w = &s->workers[s->nworkers++];
+    *w = (ps_worker_t){.id = id, .clock = clock0};
+    return w;
+}
+
+/* Workers a step waits for: the live set once MEMBERSHIP arrived; before that, every
+ * worker seen, and at least cluster.workers of them. */
+static int worker_counts(const server_t *s, const ps_worker_t *w) {
+    return s->membership_known ? w->live : 1;
+}
+
+static int bsp_all_pushed(const server_t *s) {
+    uint64_t mark = s->kv->version + 1;
+    int pushed = 0;
+    if (s->kv->acc_count == 0) return 0;
+    for (int i = 0; i < s->nworkers; i++) {
+        const ps_worker_t *w = &s->workers[i];
+        if (!worker_counts(s, w)) continue;
+        if (w->bsp_mark != mark) return 0;
+        pushed++;
+    }
+    return s->membership_known || pushed >= s->cfg.cluster.workers;
+}
+
+/* SSP: the slowest counted worker's clock (UINT64_MAX when nobody counts). */
+static uint64_t ssp_min_clock(const server_t *s) {
+    uint64_t mn = UINT64_MAX;
+    int counted = 0;
+    for (int i = 0; i < s->nworkers; i++) {
+        const ps_worker_t *w = &s->workers[i];
+        if (!worker_counts(s, w)) continue;
+        counted++;
+        if (w->clock < mn) mn = w->clock;
+    }
+    if (!s->membership_known && counted < s->cfg.cluster.workers) return 0;
+    return mn;
+}
+
+/* ---- pulls ----------------------------------------------------------------------------- */
+
+static int training_over(const server_t *s) {
+    return s->cfg.train.steps > 0 && s->kv->version >= (uint64_t)s->cfg.train.steps;
+}
+
+static int pull_ready(const server_t *s, uint64_t want) {
+    if (training_over(s)) return 1; /* nothing newer will ever exist */
+    if (s->mode == PS_SSP) {
+        uint64_t mn = ssp_min_clock(s);
+        return mn == UINT64_MAX || mn + s->staleness >= want;
+    }
+    return s->kv->version >= want;
+}
+
+static void free_copy(void *data, void *hint) {
+    mimic_free(data);
+}
+
+static void send_pull_reply(server_t *s, const uint8_t *id, size_t idlen, int32_t sender,
+                            uint64_t seq, uint64_t lo, uint64_t hi, int which) {
+    kvstore_t *kv = s->kv;
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
+    h.seq = seq;
+    h.step = kv->version;
+    h.lo = lo;
+    h.hi = hi;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = (hi - lo) * sizeof(float);
+    h.na = 1;
+    h.a[PROTO_PULL_WHICH] = which;
+    size_t off = (size_t)(lo - kv->lo);
+    kvstore_snap_t *snap = kvstore_snapshot(kv, which);
+    int rc;
+    if (snap) {
+        proto_track_hold(&snap->track);
+        rc = proto_send(s->router, id, idlen, &h, snap->buf + off, proto_track_release,
+                        &snap->track);
+    } else { /* every snapshot is still held by slow peers: this reply gets its own copy */
+        float *copy = mimic_alloc((size_t)h.nbytes);
+        if (!copy) {
+            ps_log(s, "PULL_REPLY to worker %d dropped: out of memory", (int)sender);
+            return;
+        }
+        memcpy(copy, (which == PROTO_WHICH_EMA ? kv->ema : kv->w) + off, (size_t)h.nbytes);
+        rc = proto_send(s->router, id, idlen, &h, copy, free_copy, NULL);
+    }
+    if (rc) ps_log(s, "PULL_REPLY to worker %d dropped: %s", (int)sender, mimic_last_error());
+}
+
+/* Answers every held pull whose condition now holds (order kept for the rest). */
+static void release_pulls(server_t *s) {
+    int keep = 0;
+    for (int i = 0; i < s->npulls; i++) {
+        ps_pull_t *p = &s->pulls[i];
+        if (pull_ready(s, p->want))
+            send_pull_reply(s, p->id, p->idlen, p->sender, p->seq, p->lo, p->hi, p->which);
+        else if (keep != i)
+            s->pulls[keep++] = *p;
+        else
+            keep++;
+    }
+    s->npulls = keep;
+}
+
+static void on_pull(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    const kvstore_t *kv = s->kv;
+    if (h->lo < kv->lo || h->lo >= kv->hi) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PULL header field 'lo': %" PRIu64 " is outside this server's range [%zu, %zu)",
+                  h->lo, kv->lo, kv->hi);
+        return;
+    }
+    if (h->hi <= h->lo || h->hi > kv->hi) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PULL header field 'hi': %" PRIu64 " is not in (lo, %zu] of this server's range "
+                  "[%zu, %zu)",
+                  h->hi, kv->hi, kv->lo, kv->hi);
+        return;
+    }
+    int which = (int)h->a[PROTO_PULL_WHICH];
+    if (pull_ready(s, h->step)) {
+        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi, which);
+        return;
+    }
+    if (s->npulls >= PS_PULLS_MAX) {
+        reply_err(s, s->router, m, MIMIC_ENOMEM, "%d pulls already wait for later versions",
+                  PS_PULLS_MAX);
+        return;
+    }
+    ps_pull_t *p = &s->pulls[s->npulls++];
+    memcpy(p->id, m->id, m->idlen);
+    p->idlen = m->idlen;
+    p->sender = h->sender;
+    p->seq = h->seq;
+    p->want = h->step;
+    p->lo = h->lo;
+    p->hi = h->hi;
+    p->which = which;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+static void send_ckpt_done(server_t *s, uint64_t step, int status, const char *text) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_CKPT_DONE, s->id);
+    h.step = step;
+    h.na = 1;
+    h.a[PROTO_CKDONE_STATUS] = status;
+    proto_hdr_set_str(&h, text);
+    if (proto_send(member_socket(s->member), NULL, 0, &h, NULL, NULL, NULL) != 0)
+        ps_log(s, "CKPT_DONE for step %" PRIu64 " not sent: %s", step, mimic_last_error());
+}
+
+static void write_ckpt(server_t *s, const char *dir) {
+    char path[4096] = "";
+    double t0 = mimic_now();
+    int rc = shardckpt_save(s->kv, dir, s->rank, s->servers, path, sizeof path);
+    if (rc) {
+        ps_log(s, "checkpoint of step %" PRIu64 " failed: %s", s->kv->version, mimic_last_error());
+        send_ckpt_done(s, s->kv->version, rc, mimic_last_error());
+        return;
+    }
+    s->have_written = 1;
+    s->last_written = s->kv->version;
+    ps_log(s, "checkpoint step %" PRIu64 " written: %s (%.0f ms)", s->kv->version, path,
+           (mimic_now() - t0) * 1e3);
+    send_ckpt_done(s, s->kv->version, 0, path);
+}
+
+/* Writes the pending checkpoints whose step is the current version; drops (with an
+ * error to the scheduler) those that can no longer be written. */
+static void check_ckpts(server_t *s) {
+    int keep = 0;
+    for (int i = 0; i < s->nckpts; i++) {
+        ps_ckpt_t *c = &s->ckpts[i];
+        if (c->step == s->kv->version) {
+            write_ckpt(s, c->dir);
+        } else if (c->step < s->kv->version) {
+            char why[256];
+            snprintf(why, sizeof why, "server passed step %" PRIu64 " (now %" PRIu64 ")", c->step,
+                     s->kv->version);
+            ps_log(s, "checkpoint %s", why);
+            send_ckpt_done(s, c->step, MIMIC_EINVAL, why);
+        } else {
+            s->ckpts[keep++] = *c;
+        }
+    }
+    s->nckpts = keep;
+}
+
+static void on_ckpt(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    if (s->have_written && h->step == s->last_written && h->step == s->kv->version) {
+        char path[4096] = "";
+        shardckpt_path(path, sizeof path, h->str, s->rank, h->step);
+        send_ckpt_done(s, h->step, 0, path); /* a repeated request: already on disk */
+        return;
+    }
+    for (int i = 0; i < s->nckpts; i++)
+        if (s->ckpts[i].step == h->step) { /* a repeat may name a new directory */
+            snprintf(s->ckpts[i].dir, sizeof s->ckpts[i].dir, "%s", h->str);
+            return;
+        }
+    if (s->nckpts == PS_CKPTS_MAX) {
+        send_ckpt_done(s, h->step, MIMIC_ENOMEM, "too many pending checkpoint requests");
+        return;
+    }
+    ps_ckpt_t *c = &s->ckpts[s->nckpts++];
+    c->step = h->step;
+    snprintf(c->dir, sizeof c->dir, "%s", h->str);
+    check_ckpts(s);
+}
+
+/* ---- pushes and updates ---------------------------------------------------------------- */
+
+/* After the version changed: heartbeat step, checkpoints, then held pulls. */
+static void after_step(server_t *s) {
+    member_set_step(s->member, s->kv->version);
+    check_ckpts(s);
+    release_pulls(s);
+    if (training_over(s)) ps_log(s, "version %" PRIu64 " reached train.steps", s->kv->version);
+}
+
+static void maybe_step_bsp(server_t *s) {
+    if (s->mode != PS_BSP || !bsp_all_pushed(s)) return;
+    kvstore_step_mean(s->kv);
+    after_step(s);
+}
+
+static void send_push_ack(server_t *s, const proto_msg_t *m) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PUSH_ACK, s->id);
+    h.seq = m->hdr.seq;
+    h.step = s->kv->version;
+    h.lo = m->hdr.lo;
+    h.hi = m->hdr.hi;
+    if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
+        ps_log(s, "PUSH_ACK to worker %d dropped: %s", (int)m->hdr.sender, mimic_last_error());
+}
+
+/* Checks a PUSH; returns its worker entry, or NULL after answering ERROR. */
+static ps_worker_t *push_check(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    const kvstore_t *kv = s->kv;
+    if (h->sender < 0) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PUSH header field 's': sender %d is not a registered worker", (int)h->sender);
+        return NULL;
+    }
+    if (h->lo != kv->lo || h->hi != kv->hi) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PUSH header field '%s': range [%" PRIu64 ", %" PRIu64
+                  ") is not this server's range [%zu, %zu)",
+                  h->lo != kv->lo ? "lo" : "hi", h->lo, h->hi, kv->lo, kv->hi);
+        return NULL;
+    }
+    if (h->dtype != PROTO_DT_F32 || proto_msg_size(m) != kv->n * sizeof(float)) {
+        reply_err(s, s->router, m, MIMIC_EFORMAT, "PUSH header field 'n': need %zu bytes of f32",
+                  kv->n * sizeof(float));
+        return NULL;
+    }
+    if (s->mode == PS_BSP && h->step != kv->version) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "stale push: header field 'st' is %" PRIu64
+                  " but the server is at version %" PRIu64,
+                  h->step, kv->version);
+        return NULL;
+    }
+    if (s->mode != PS_BSP && h->step > kv->version) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PUSH header field 'st': %" PRIu64 " is ahead of the server's version %" PRIu64,
+                  h->step, kv->version);
+        return NULL;
+    }
+    ps_worker_t *w = s->membership_known ? worker_find(s, h->sender) : worker_get(s, h->sender, 0);
+    if (!w || (s->membership_known && !w->live)) {
+        reply_err(s, s->router, m, MIMIC_EPEER,
+                  "PUSH from worker %d, which is not in the live set (membership epoch %" PRId64
+                  ")",
+                  (int)h->sender, s->memb_epoch);
+        return NULL;
+    }
+    if (s->mode == PS_BSP && w->bsp_mark == kv->version + 1) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "duplicate push: worker %d already pushed for version %" PRIu64, (int)h->sender,
+                  kv->version);
+        return NULL;
+    }
+    return w;
+}
+
+static void on_push(server_t *s, const proto_msg_t *m) {
+    if (training_over(s)) { /* late pushes of the last step: the ACK's st tells it is over */
+        if (!s->warned_finished)
+            ps_log(s, "ignoring pushes: version %" PRIu64 " reached train.steps", s->kv->version);
+        s->warned_finished = 1;
+        send_push_ack(s, m);
+        return;
+    }
+    ps_worker_t *w = push_check(s, m);
+    if (!w) return;
+    const float *g = proto_msg_data(m);
+    if (s->mode == PS_BSP) {
+        int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
+        kvstore_accumulate(s->kv, g, batch > 0 ? (double)batch : 1.0);
+        w->bsp_mark = s->kv->version + 1;
+        send_push_ack(s, m);
+        maybe_step_bsp(s);
+        return;
+    }
+    kvstore_step(s->kv, g);
+    w->clock++;
+    send_push_ack(s, m);
+    after_step(s);
+}
+
+/* ---- the negative-key queue (rank 0) --------------------------------------------------- */
+
+static int queue_here(server_t *s, const proto_msg_t *m) {
+    if (s->queue) return 1;
+    reply_err(s, s->router, m, MIMIC_EINVAL,
+              "%s: the negative-key queue lives on server rank 0, this is rank %d",
+              proto_type_name(m->hdr.type), s->rank);
+    return 0;
+}
+
+static void on_queue_push(server_t *s, const proto_msg_t *m) {
+    char why[PROTO_STR_MAX + 1];
+    if (!queue_here(s, m)) return;
+    size_t count = (size_t)m->hdr.a[PROTO_QPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_QPUSH_DIM];
+    int rc =
+        negqueue_push(s->queue, proto_msg_data(m), count, dim, s->max_payload, why, sizeof why);
+    if (rc) {
+        reply_err(s, s->router, m, rc, "%s", why);
+        return;
+    }
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_ACK, s->id);
+    h.seq = m->hdr.seq;
+    h.step = s->queue->version;
+    h.na = 1;
+    h.a[PROTO_ACK_TYPE] = PROTO_QUEUE_PUSH;
+    if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
+        ps_log(s, "ACK of QUEUE_PUSH dropped: %s", mimic_last_error());
+}
+
+/* The rows are copied per reply: a later push overwrites ring slots at once, and a
+ * wrapped span is not contiguous anyway. */
+static void on_queue_pull(server_t *s, const proto_msg_t *m) {
+    if (!queue_here(s, m)) return;
+    const negqueue_t *q = s->queue;
+    size_t slot = 0, count = 0;
+    if (negqueue_span(q, (uint64_t)m->hdr.a[PROTO_QPULL_SINCE], &slot, &count) != 0) {
+        reply_err(s, s->router, m, MIMIC_EINVAL, "%s", mimic_last_error());
+        return;
+    }
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_QUEUE_REPLY, s->id);
+    h.seq = m->hdr.seq;
+    h.na = 5;
+    h.a[PROTO_QREP_VERSION] = (int64_t)q->version;
+    h.a[PROTO_QREP_COUNT] = (int64_t)count;
+    h.a[PROTO_QREP_DIM] = q->dim ? (int64_t)q->dim : 1; /* no key pushed yet: count is 0 */
+    h.a[PROTO_QREP_SLOT] = (int64_t)slot;
+    h.a[PROTO_QREP_CAPACITY] = (int64_t)q->cap;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = (uint64_t)count * q->dim * sizeof(float);
+    float *rows = NULL;
+    if (count) {
+        if (!(rows = mimic_alloc((size_t)h.nbytes))) {
+            reply_err(s, s->router, m, MIMIC_ENOMEM, "out of memory for a queue reply");
+            return;
+        }
+        negqueue_copy(q, slot, count, rows);
+    }
+    if (proto_send(s->router, m->id, m->idlen, &h, rows, rows ? free_copy : NULL, NULL) != 0)
+        ps_log(s, "QUEUE_REPLY dropped: %s", mimic_last_error());
+}
+
+/* ---- scheduler messages ----------------------------------------------------------------- */
+
+static void send_ack(server_t *s, const proto_msg_t *m) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_ACK, s->id);
+    h.seq = m->hdr.seq;
+    h.na = 1;
+    h.a[PROTO_ACK_TYPE] = m->hdr.type;
+    if (proto_send(member_socket(s->member), NULL, 0, &h, NULL, NULL, NULL) != 0)
+        ps_log(s, "ACK of %s not sent: %s", proto_type_name(m->hdr.type), mimic_last_error());
+}
+
+static void on_membership(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    int64_t epoch = h->a[PROTO_MEMB_EPOCH], live = h->a[PROTO_MEMB_LIVE];
+    const int32_t *ids = proto_msg_data(m);
+    if (s->membership_known && epoch < s->memb_epoch) {
+        ps_log(s, "ignoring MEMBERSHIP epoch %" PRId64 " older than %" PRId64, epoch,
+               s->memb_epoch);
+        send_ack(s, m);
+        return;
+    }
+    if (live > 0 && (!ids || proto_msg_size(m) != (size_t)live * sizeof(int32_t))) {
+        reply_err(s, member_socket(s->member), m, MIMIC_EFORMAT,
+                  "MEMBERSHIP header field 'n' does not hold %" PRId64 " i32 ids", live);
+        return;
+    }
+    /* SSP: a joining worker starts at the slowest live worker's clock, so that it does
+     * not hold everybody back until it has made as many pushes as they have. */
+    uint64_t mn = ssp_min_clock(s), clock0 = mn == UINT64_MAX ? 0 : mn;
+    for (int64_t i = 0; i < live; i++)
+        if (ids[i] >= 0 && !worker_get(s, ids[i], clock0)) {
+            reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM,
+                      "MEMBERSHIP: more than %d workers", PS_WORKERS_MAX);
+            return;
+        }
+    for (int i = 0; i < s->nworkers; i++)
+        s->workers[i].live = 0;
+    for (int64_t i = 0; i < live; i++)
+        if (ids[i] >= 0) worker_find(s, ids[i])->live = 1;
+    s->membership_known = 1;
+    s->memb_epoch = epoch;
+    ps_log(s, "membership epoch %" PRId64 ": %" PRId64 " live workers", epoch, live);
+    send_ack(s, m);
+    maybe_step_bsp(s); /* a shrink may leave only workers that already pushed */
+    release_pulls(s);  /* SSP: the slowest worker may have left */
+}
+
+static void on_sched(server_t *s, const proto_msg_t *m) {
+    switch (m->hdr.type) {
+    case PROTO_MEMBERSHIP:
+        on_membership(s, m);
+        break;
+    case PROTO_CKPT:
+        on_ckpt(s, m);
+        break;
+    case PROTO_SHUTDOWN:
+        ps_log(s, "shutdown at version %" PRIu64 "%s%s", s->kv->version, m->hdr.str[0] ? ": " : "",
+               m->hdr.str);
+        s->done = 1;
+        break;
+    case PROTO_ERROR:
+        ps_log(s, "scheduler reports an error: %s", m->hdr.str);
+        break;
+    case PROTO_ACK:
+    case PROTO_REGISTER_ACK:
+        break;
+    default:
+        reply_err(s, member_socket(s->member), m, MIMIC_EINVAL,
+                  "%s is not a message a server accepts from the scheduler",
+                  proto_type_name(m->hdr.type));
+    }
+}
+
+static void on_data(server_t *s, const proto_msg_t *m) {
+    switch (m->hdr.type) {
+    case PROTO_PULL:
+        on_pull(s, m);
+        break;
+    case PROTO_PUSH:
+        on_push(s, m);
+        break;
+    case PROTO_QUEUE_PUSH:
+        on_queue_push(s, m);
+        break;
+    case PROTO_QUEUE_PULL:
+        on_queue_pull(s, m);
+        break;
+    default:
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "%s is not accepted on a parameter server's data socket",
+                  proto_type_name(m->hdr.type));
+    }
+}
+
+/* Reads and handles one message of sock; 1 when none was waiting. */
+static int serve_one(server_t *s, void *sock) {
+    proto_msg_t m;
+    int rc = proto_recv(sock, &m, s->max_payload, 0);
+    if (rc == 0) {
+        if (sock == s->router)
+            on_data(s, &m);
+        else
+            on_sched(s, &m);
+    } else if (rc == MIMIC_EFORMAT) {
+        reply_err(s, sock, &m, rc, "%s", m.why);
+    } else if (rc == MIMIC_EIO) {
+        ps_log(s, "receive failed: %s", m.why);
+    }
+    proto_msg_close(&m);
+    return rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO;
+}
+
+int server_run(server_t *s, const volatile sig_atomic_t *stop) {
+    zmq_pollitem_t items[2] = {{s->router, 0, ZMQ_POLLIN, 0},
+                               {member_socket(s->member), 0, ZMQ_POLLIN, 0}};
+    while (!s->done) {
+        if (stop && *stop) {
+            ps_log(s, "stopping on a signal at version %" PRIu64, s->kv->version);
+            break;
+        }
+        member_tick(s->member);
+        int n = zmq_poll(items, 2, member_tick_due_ms(s->member));
+        if (n < 0) {
+            if (zmq_errno() == EINTR) continue;
+            return mimic_err(MIMIC_EIO, "pserver: zmq_poll: %s", zmq_strerror(zmq_errno()));
+        }
+        /* Bounded bursts per socket: a flood of pulls cannot starve the scheduler. */
+        for (int k = 0; k < PS_BURST && !s->done && (items[0].revents & ZMQ_POLLIN); k++)
+            if (serve_one(s, s->router)) break;
+        for (int k = 0; k < PS_BURST && !s->done && (items[1].revents & ZMQ_POLLIN); k++)
+            if (serve_one(s, items[1].socket)) break;
+    }
+    return 0;
+}
+
+/* ---- setup ------------------------------------------------------------------------------ */
+
+static int parse_mode(server_t *s) {
+    const char *c = s->cfg.cluster.consistency;
+    if (strcmp(c, "bsp") == 0)
+        s->mode = PS_BSP;
+    else if (strcmp(c, "asp") == 0)
+        s->mode = PS_ASP;
+    else if (strcmp(c, "ssp") == 0)
+        s->mode = PS_SSP;
+    else
+        return mimic_err(MIMIC_EINVAL, "cluster.consistency: '%s' is not bsp, asp or ssp", c);
+    if (s->cfg.cluster.staleness < 0)
+        return mimic_err(MIMIC_EINVAL, "cluster.staleness: %d is negative",
+                         s->cfg.cluster.staleness);
+    s->staleness = (uint64_t)s->cfg.cluster.staleness;
+    if (s->cfg.cluster.max_msg_mb <= 0 || s->cfg.cluster.max_msg_mb > (1L << 20))
+        return mimic_err(MIMIC_EINVAL, "cluster.max_msg_mb: %ld is not in 1..%ld",
+                         s->cfg.cluster.max_msg_mb, 1L << 20);
+    s->max_payload = (size_t)s->cfg.cluster.max_msg_mb << 20;
+    return 0;
+}
+
+static int set_int(void *sock, int opt, int value) {
+    return zmq_setsockopt(sock, opt, &value, sizeof value);
+}
+
+static int bind_router(server_t *s) {
+    const char *host = s->cfg.cluster.bind_host;
+    char ep[300];
+    if (!host[0]) return mimic_err(MIMIC_EINVAL, "cluster.bind_host is empty");
+    s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
+    if (!s->router) return mimic_err(MIMIC_EIO, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+    /* Replies to vanished peers fail (EPEER) instead of vanishing; a full pipe to a
+     * stuck peer fails at once (the reply is dropped) instead of blocking the loop;
+     * frames far beyond any legal message make ZeroMQ drop the peer. Moderately
+     * oversized ones still reach proto_recv, which answers ERROR. */
+    int64_t maxmsg = (int64_t)s->max_payload * 2 + (1 << 20);
+    if (set_int(s->router, ZMQ_ROUTER_MANDATORY, 1) || set_int(s->router, ZMQ_SNDTIMEO, 0) ||
+        set_int(s->router, ZMQ_LINGER, PS_LINGER_MS) ||
+        zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
+        return mimic_err(MIMIC_EIO, "zmq_setsockopt: %s", zmq_strerror(zmq_errno()));
+    snprintf(ep, sizeof ep, "tcp://%s:*", host);
+    if (zmq_bind(s->router, ep) != 0)
+        return mimic_err(MIMIC_EINVAL, "cluster.bind_host: cannot bind %s: %s", ep,
+                         zmq_strerror(zmq_errno()));
+    size_t len = sizeof s->endpoint;
+    if (zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->endpoint, &len) != 0)
+        return mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
+    if (strstr(s->endpoint, "://0.0.0.0:") || strstr(s->endpoint, "://*:"))
+        ps_log(s,
+               "warning: advertising %s, which other hosts cannot connect to; set "
+               "cluster.bind_host to this host's address",
+               s->endpoint);
+    return 0;
+}
+
+/* Resumes from the shard of step `text` (REGISTER_ACK.str). */
+static int resume(server_t *s, const char *text) {
+    char dir[CFG_PATH_MAX + 8], *end;
+    errno = 0;
+    unsigned long long step = strtoull(text, &end, 10);
+    if (end == text || *end || errno || text[0] == '-')
+        return mimic_err(MIMIC_EFORMAT,
+                         "scheduler %s: REGISTER_ACK field 'str': resume step '%s' is not a number",
+                         member_endpoint(s->member), text);
+    if (s->cfg.cluster.ckpt_dir[0])
+        snprintf(dir, sizeof dir, "%s", s->cfg.cluster.ckpt_dir);
+    else
+        snprintf(dir, sizeof dir, "%s/ckpt", s->cfg.train.out_dir);
+    int rc = shardckpt_load(s->kv, dir, s->rank, s->servers, step);
+    if (rc) return rc;
+    member_set_step(s->member, s->kv->version);
+    ps_log(s, "resumed from %s/server-%d-step-%llu.safetensors", dir, s->rank, step);
+    return 0;
+}
+
+static int apply_ack(server_t *s, const proto_hdr_t *ack) {
+    const char *sched = member_endpoint(s->member);
+    s->id = member_id(s->member);
+    s->servers = (int)ack->a[PROTO_RACK_NSERVERS];
+    s->rank = (int)ack->a[PROTO_RACK_RANK];
+    if (ack->a[PROTO_RACK_NSERVERS] < 1 || ack->a[PROTO_RACK_NSERVERS] > 65536 ||
+        ack->a[PROTO_RACK_RANK] >= ack->a[PROTO_RACK_NSERVERS]) {
+        s->rank = -1;
+        return mimic_err(MIMIC_EFORMAT,
+                         "scheduler %s: REGISTER_ACK gives rank %" PRId64 " of %" PRId64 " servers",
+                         sched, ack->a[PROTO_RACK_RANK], ack->a[PROTO_RACK_NSERVERS]);
+    }
+    if (s->servers != s->cfg.cluster.servers)
+        ps_log(s, "the scheduler runs %d servers (cluster.servers here says %d)", s->servers,
+               s->cfg.cluster.servers);
+    return 0;
+}
+
+int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoint) {
+    int rc;
+    proto_hdr_t ack;
+    *out = NULL;
+    server_t *s = calloc(1, sizeof *s);
+    if (!s) return mimic_err(MIMIC_ENOMEM, "out of memory for the server");
+    s->cfg = *cfg;
+    s->rank = -1;
+    s->id = PROTO_ID_NONE;
+    if ((rc = parse_mode(s))) goto fail;
+    if (!(s->pulls = calloc(PS_PULLS_MAX, sizeof *s->pulls))) {
+        rc = mimic_err(MIMIC_ENOMEM, "out of memory for the pull table");
+        goto fail;
+    }
+    if (!(s->zctx = zmq_ctx_new())) {
+        rc = mimic_err(MIMIC_EIO, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if ((rc = bind_router(s))) goto fail;
+    /* A scheduler silent for 20 death periods (60 s by default) is not there. */
+    int join_ms = cfg->cluster.dead_ms > 50 ? 20 * cfg->cluster.dead_ms : 1000;
+    rc = member_join(&s->member, s->zctx, sched_endpoint, PROTO_ROLE_SERVER, s->endpoint, join_ms,
+                     &ack);
+    if (rc) goto fail;
+    member_set_heartbeat(s->member, cfg->cluster.heartbeat_ms);
+    if ((rc = apply_ack(s, &ack))) goto fail;
+    if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank))) goto fail;
+    if (s->rank == 0 && (rc = negqueue_new(&s->queue, NEGQUEUE_CAPACITY))) goto fail;
+    if (ack.na > PROTO_RACK_NKEYS && ack.a[PROTO_RACK_NKEYS] > 0 &&
+        (uint64_t)ack.a[PROTO_RACK_NKEYS] != s->kv->total) {
+        rc = mimic_err(MIMIC_EINVAL,
+                       "scheduler %s: REGISTER_ACK says the model has %" PRId64
+                       " parameters, this [model] config has %zu",
+                       sched_endpoint, ack.a[PROTO_RACK_NKEYS], s->kv->total);
+        goto fail;
+    }
+    ps_log(s,
+           "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
+           "%s, serving at %s",
+           sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
+           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, s->endpoint);
+    if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
+    *out = s;
+    return 0;
+fail:
+    server_destroy(&s);
+    return rc;
+}
+
+void server_destroy(server_t **sp) {
+    if (!sp || !*sp) return;
+    server_t *s = *sp;
+    kvstore_t *kv = s->kv;
+    if (kv && kv->n_update + kv->n_snap > 0)
+        ps_log(s,
+               "%ld updates (%.2f ms each: AdamW + EMA over %zu floats), %ld reply snapshots "
+               "(%.2f ms each), %ld replies copied because snapshots were busy",
+               kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0, kv->n,
+               kv->n_snap, kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0,
+               kv->n_snap_fallback);
+    member_destroy(&s->member);
+    if (s->router) zmq_close(s->router);
+    /* Terminating the context waits (up to the linger) until ZeroMQ let go of every
+     * zero-copy reply, so the snapshots can be freed after it. */
+    if (s->zctx) zmq_ctx_term(s->zctx);
+    kvstore_destroy(&s->kv);
+    negqueue_destroy(&s->queue);
+    free(s->workers);
+    free(s->pulls);
+    free(s);
+    *sp = NULL;
+}

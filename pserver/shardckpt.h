@@ -1,0 +1,30 @@
+/* shardckpt — one server's part of a cluster checkpoint (docs/runtime.md, "Checkpoints").
+ *
+ * DIR/server-<rank>-step-<N>.safetensors holds the F32 tensors w, m, v, ema of the
+ * server's key range (shape [hi - lo]) and the metadata format=mimicps-shard,
+ * version=1, rank, servers, lo, hi, total, step. Writes are atomic (st_writer_save:
+ * temp file, fsync, rename), so a crash leaves the previous file or the new one.
+ * Loading checks every metadata field and tensor shape against the running server and
+ * names the file and field that differ. */
+#ifndef MIMIC_SHARDCKPT_H
+#define MIMIC_SHARDCKPT_H
+
+#include "kvstore.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHARDCKPT_FORMAT "mimicps-shard"
+#define SHARDCKPT_VERSION 1
+
+/* DIR/server-<rank>-step-<step>.safetensors into out (cap bytes); MIMIC_EINVAL if longer. */
+int shardckpt_path(char *out, size_t cap, const char *dir, int rank, uint64_t step);
+/* Writes the store at its current version (creating dir if needed); the path written
+ * goes to path_out (cap bytes, may be NULL). */
+int shardckpt_save(const kvstore_t *kv, const char *dir, int rank, int servers, char *path_out,
+                   size_t cap);
+/* Loads the file of (rank, step) from dir into kv and sets kv->version = step. On any
+ * error kv is unchanged. */
+int shardckpt_load(kvstore_t *kv, const char *dir, int rank, int servers, uint64_t step);
+
+#endif

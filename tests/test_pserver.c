@@ -1,0 +1,840 @@
+// TIMEOUT: 120
+/* test_pserver — a real mimic-pserver process driven by an in-process fake scheduler
+ * (ROUTER) and fake workers (DEALERs) on loopback: registration and key range, the
+ * initial values, BSP weighted aggregation against a local AdamW step, held pulls,
+ * membership shrink, stale and malformed input, ASP, SSP, checkpoint and resume. */
+#define _XOPEN_SOURCE 700
+#include "testutil.h"
+
+#include "adamw.h"
+#include "common.h"
+#include "config.h"
+#include "mae.h"
+#include "proto.h"
+#include "shard.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define WAIT_MS 10000 /* anything slower than this is a failure, not a slow machine */
+#define QUIET_MS 200  /* "nothing arrives" window */
+#define MAXPAY (64u << 20)
+
+static const char *const BASE_ARGS[] = {"--model.img_size=8",
+                                        "--model.patch_size=4",
+                                        "--model.in_chans=1",
+                                        "--model.embed_dim=16",
+                                        "--model.depth=1",
+                                        "--model.num_heads=2",
+                                        "--mae.decoder_embed_dim=8",
+                                        "--mae.decoder_depth=1",
+                                        "--mae.decoder_num_heads=2",
+                                        "--train.seed=7",
+                                        "--train.steps=50",
+                                        "--train.warmup_steps=3",
+                                        "--train.lr=0.01",
+                                        "--train.min_lr=0.001",
+                                        "--train.batch_size=4",
+                                        "--cluster.workers=2",
+                                        "--cluster.heartbeat_ms=50",
+                                        "--cluster.max_msg_mb=1",
+                                        "--cluster.bind_host=127.0.0.1"};
+#define NBASE ((int)(sizeof BASE_ARGS / sizeof BASE_ARGS[0]))
+
+/* ---- the fake scheduler ---------------------------------------------------------------- */
+
+typedef struct {
+    void *router;
+    char ep[256];
+    int beats;
+} fsched_t;
+
+typedef struct {
+    int pid;
+    uint8_t id[PROTO_ID_MAX]; /* the server's identity on the scheduler ROUTER */
+    size_t idlen;
+    char ep[PROTO_STR_MAX + 1]; /* its data endpoint */
+    char log[1024];
+} child_t;
+
+/* Receives the next message of `type`, skipping (and counting) heartbeats. */
+static int sched_expect(fsched_t *f, proto_msg_t *m, int type) {
+    for (;;) {
+        int rc = proto_recv(f->router, m, MAXPAY, WAIT_MS);
+        if (rc) {
+            fprintf(stderr, "scheduler: waiting for %s: %s\n", proto_type_name(type), m->why);
+            return rc;
+        }
+        if (m->hdr.type == PROTO_HEARTBEAT) {
+            f->beats++;
+            proto_msg_close(m);
+            continue;
+        }
+        if ((int)m->hdr.type == type) return 0;
+        fprintf(stderr, "scheduler: wanted %s, got %s (%s)\n", proto_type_name(type),
+                proto_type_name(m->hdr.type), m->hdr.str);
+        proto_msg_close(m);
+        return -1;
+    }
+}
+
+static void free_buf(void *data, void *hint) {
+    free(data);
+}
+
+static void sched_send(fsched_t *f, const child_t *c, proto_hdr_t *h, const void *payload) {
+    void *copy = NULL;
+    if (h->nbytes && payload) {
+        copy = malloc((size_t)h->nbytes);
+        memcpy(copy, payload, (size_t)h->nbytes);
+    }
+    int rc = proto_send(f->router, c->id, c->idlen, h, copy, copy ? free_buf : NULL, NULL);
+    T_CHECK(rc == 0);
+}
+
+static void sched_membership(fsched_t *f, const child_t *c, int64_t epoch, const int32_t *ids,
+                             int n) {
+    proto_hdr_t h;
+    proto_msg_t m;
+    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER);
+    h.seq = 900 + (uint64_t)epoch;
+    h.na = 2;
+    h.a[PROTO_MEMB_EPOCH] = epoch;
+    h.a[PROTO_MEMB_LIVE] = n;
+    h.dtype = PROTO_DT_I32;
+    h.nbytes = (uint64_t)n * 4;
+    sched_send(f, c, &h, ids);
+    T_CHECK(sched_expect(f, &m, PROTO_ACK) == 0);
+    T_CHECK(m.hdr.a[PROTO_ACK_TYPE] == PROTO_MEMBERSHIP && m.hdr.seq == h.seq);
+    proto_msg_close(&m);
+}
+
+static void sched_simple(fsched_t *f, const child_t *c, proto_type_t type, uint64_t step,
+                         const char *str) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, type, PROTO_ID_SCHEDULER);
+    h.step = step;
+    proto_hdr_set_str(&h, str);
+    sched_send(f, c, &h, NULL);
+}
+
+/* Starts mimic-pserver with BASE_ARGS + extra + --scheduler ep; its output goes to
+ * <tmpdir>/<name>.log. Returns 0 or -1. */
+static int spawn_server(child_t *c, const char *name, const char *ep, const char *const *extra) {
+    char *argv[64];
+    int n = 0;
+    static char bin[1024];
+    const char *build = getenv("MIMIC_BUILD_DIR");
+    snprintf(bin, sizeof bin, "%s/pserver/mimic-pserver", build ? build : ".");
+    memset(c, 0, sizeof *c);
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr, "%s is missing: build the mimic-pserver target first\n", bin);
+        return -1;
+    }
+    argv[n++] = bin;
+    for (int i = 0; i < NBASE; i++)
+        argv[n++] = (char *)BASE_ARGS[i];
+    for (int i = 0; extra && extra[i]; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n++] = "--scheduler";
+    argv[n++] = (char *)ep;
+    argv[n] = NULL;
+    snprintf(c->log, sizeof c->log, "%s/%s.log", testutil_tmpdir(), name);
+    c->pid = testutil_spawn(argv, c->log);
+    return c->pid > 0 ? 0 : -1;
+}
+
+/* Receives the server's REGISTER on f and records its identity and endpoint. */
+static int expect_register(fsched_t *f, child_t *c) {
+    proto_msg_t m;
+    if (sched_expect(f, &m, PROTO_REGISTER) != 0) return -1;
+    T_CHECK(m.hdr.a[PROTO_REG_ROLE] == PROTO_ROLE_SERVER);
+    T_CHECK(strncmp(m.hdr.str, "tcp://127.0.0.1:", 16) == 0);
+    snprintf(c->ep, sizeof c->ep, "%s", m.hdr.str);
+    memcpy(c->id, m.id, m.idlen);
+    c->idlen = m.idlen;
+    proto_msg_close(&m);
+    return 0;
+}
+
+static void ack_register(fsched_t *f, const child_t *c, int S, int rank, const char *resume) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER);
+    h.seq = 1;
+    h.na = 4;
+    h.a[PROTO_RACK_ID] = 100 + rank;
+    h.a[PROTO_RACK_NSERVERS] = S;
+    h.a[PROTO_RACK_NWORKERS] = 2;
+    h.a[PROTO_RACK_RANK] = rank;
+    proto_hdr_set_str(&h, resume);
+    sched_send(f, c, &h, NULL);
+}
+
+/* spawn + REGISTER + REGISTER_ACK(servers S, rank, resume step text). 0 or -1. */
+static int start_server(fsched_t *f, child_t *c, const char *name, const char *const *extra, int S,
+                        int rank, const char *resume) {
+    if (spawn_server(c, name, f->ep, extra) != 0 || expect_register(f, c) != 0) return -1;
+    ack_register(f, c, S, rank, resume);
+    return 0;
+}
+
+/* SHUTDOWN, then the exit status (SIGKILL after a timeout). */
+static int stop_server(fsched_t *f, child_t *c) {
+    sched_simple(f, c, PROTO_SHUTDOWN, 0, "test done");
+    int st = testutil_wait_pid(c->pid, WAIT_MS);
+    if (st < 0) testutil_kill(c->pid);
+    if (st != 0) {
+        char *log = testutil_slurp(c->log);
+        fprintf(stderr, "--- %s (exit %d) ---\n%s\n", c->log, st, log ? log : "");
+        free(log);
+    }
+    c->pid = 0;
+    return st;
+}
+
+/* ---- fake workers ---------------------------------------------------------------------- */
+
+typedef struct {
+    void *sock;
+    int32_t id;
+    uint64_t seq;
+} fworker_t;
+
+static void worker_open(fworker_t *w, void *ctx, const char *ep, int32_t id) {
+    int zero = 0;
+    w->sock = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_connect(w->sock, ep) == 0);
+    w->id = id;
+}
+
+static void worker_close(fworker_t *w) {
+    if (w->sock) zmq_close(w->sock);
+    w->sock = NULL;
+}
+
+static uint64_t w_pull(fworker_t *w, uint64_t step, size_t lo, size_t hi, int which) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PULL, w->id);
+    h.seq = ++w->seq;
+    h.step = step;
+    h.lo = lo;
+    h.hi = hi;
+    h.na = 1;
+    h.a[PROTO_PULL_WHICH] = which;
+    T_CHECK(proto_send(w->sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    return h.seq;
+}
+
+static uint64_t w_push(fworker_t *w, uint64_t step, size_t lo, size_t hi, int64_t batch,
+                       const float *g) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PUSH, w->id);
+    h.seq = ++w->seq;
+    h.step = step;
+    h.lo = lo;
+    h.hi = hi;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = (hi - lo) * sizeof(float);
+    if (batch > 0) {
+        h.na = 1;
+        h.a[PROTO_PUSH_BATCH] = batch;
+    }
+    float *copy = malloc((size_t)h.nbytes);
+    memcpy(copy, g, (size_t)h.nbytes);
+    T_CHECK(proto_send(w->sock, NULL, 0, &h, copy, free_buf, NULL) == 0);
+    return h.seq; // cppcheck-suppress memleak ; proto_send owns copy
+}
+
+/* Receives one message of `type` answering `seq`; 0 or -1 (printed). */
+static int w_expect(fworker_t *w, proto_msg_t *m, int type, uint64_t seq) {
+    int rc = proto_recv(w->sock, m, MAXPAY, WAIT_MS);
+    if (rc) {
+        fprintf(stderr, "worker %d: waiting for %s: %s\n", w->id, proto_type_name(type), m->why);
+        return -1;
+    }
+    if ((int)m->hdr.type != type || m->hdr.seq != seq) {
+        fprintf(stderr, "worker %d: wanted %s seq %llu, got %s seq %llu (%s)\n", w->id,
+                proto_type_name(type), (unsigned long long)seq, proto_type_name(m->hdr.type),
+                (unsigned long long)m->hdr.seq, m->hdr.str);
+        proto_msg_close(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* A PULL_REPLY for seq: checks version and range, copies the values to out. */
+static void w_reply(fworker_t *w, uint64_t seq, uint64_t version, size_t lo, size_t hi,
+                    float *out) {
+    proto_msg_t m;
+    if (w_expect(w, &m, PROTO_PULL_REPLY, seq) != 0) {
+        T_CHECK(!"PULL_REPLY received");
+        return;
+    }
+    T_CHECK(m.hdr.step == version);
+    T_CHECK(m.hdr.lo == lo && m.hdr.hi == hi);
+    T_CHECK(proto_msg_size(&m) == (hi - lo) * sizeof(float));
+    if (proto_msg_size(&m) == (hi - lo) * sizeof(float))
+        memcpy(out, proto_msg_data(&m), (hi - lo) * sizeof(float));
+    proto_msg_close(&m);
+}
+
+static void w_ack(fworker_t *w, uint64_t seq) {
+    proto_msg_t m;
+    T_CHECK(w_expect(w, &m, PROTO_PUSH_ACK, seq) == 0);
+    proto_msg_close(&m);
+}
+
+/* An ERROR answering seq (0 = any) whose reason contains `text`. */
+static void w_error(fworker_t *w, uint64_t seq, const char *text) {
+    proto_msg_t m;
+    int rc = proto_recv(w->sock, &m, MAXPAY, WAIT_MS);
+    T_CHECK(rc == 0 && m.hdr.type == PROTO_ERROR);
+    if (rc == 0 && m.hdr.type == PROTO_ERROR) {
+        T_CHECK(m.hdr.a[PROTO_ERR_CODE] < 0);
+        T_CHECK(seq == 0 || m.hdr.seq == seq);
+        if (!strstr(m.hdr.str, text)) fprintf(stderr, "ERROR '%s' lacks '%s'\n", m.hdr.str, text);
+        T_CHECK(strstr(m.hdr.str, text) != NULL);
+    }
+    proto_msg_close(&m);
+}
+
+/* 1 when nothing arrives on the worker's socket for QUIET_MS. */
+static int w_quiet(fworker_t *w) {
+    zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+    return zmq_poll(&it, 1, QUIET_MS) == 0;
+}
+
+/* Sends frames as given (for malformed input the proto API refuses to build). */
+static void w_raw(fworker_t *w, const void *hdr, size_t hlen, const void *pay, size_t plen) {
+    T_CHECK(zmq_send(w->sock, hdr, hlen, pay ? ZMQ_SNDMORE : 0) == (int)hlen);
+    if (pay) T_CHECK(zmq_send(w->sock, pay, plen, 0) == (int)plen);
+}
+
+static uint64_t w_qpush(fworker_t *w, const float *rows, int64_t count, int64_t dim) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_QUEUE_PUSH, w->id);
+    h.seq = ++w->seq;
+    h.na = 2;
+    h.a[PROTO_QPUSH_COUNT] = count;
+    h.a[PROTO_QPUSH_DIM] = dim;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = (uint64_t)(count * dim) * sizeof(float);
+    float *copy = malloc((size_t)h.nbytes);
+    memcpy(copy, rows, (size_t)h.nbytes);
+    T_CHECK(proto_send(w->sock, NULL, 0, &h, copy, free_buf, NULL) == 0);
+    return h.seq; // cppcheck-suppress memleak ; proto_send owns copy
+}
+
+static uint64_t w_qpull(fworker_t *w, int64_t since) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_QUEUE_PULL, w->id);
+    h.seq = ++w->seq;
+    h.na = 1;
+    h.a[PROTO_QPULL_SINCE] = since;
+    T_CHECK(proto_send(w->sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    return h.seq;
+}
+
+/* A QUEUE_REPLY for seq with (version, count, slot); row j must be key `first + j`,
+ * whose row is {k, -k} (dim 2). */
+static void w_qreply(fworker_t *w, uint64_t seq, int64_t version, int64_t count, int64_t slot,
+                     int64_t first) {
+    proto_msg_t m;
+    if (w_expect(w, &m, PROTO_QUEUE_REPLY, seq) != 0) {
+        T_CHECK(!"QUEUE_REPLY received");
+        return;
+    }
+    T_CHECK(m.hdr.a[PROTO_QREP_VERSION] == version && m.hdr.a[PROTO_QREP_COUNT] == count);
+    T_CHECK(m.hdr.a[PROTO_QREP_SLOT] == slot && m.hdr.a[PROTO_QREP_CAPACITY] == 4096);
+    T_CHECK(proto_msg_size(&m) == (size_t)count * 2 * sizeof(float));
+    const float *r = proto_msg_data(&m);
+    int ok = 1;
+    for (int64_t j = 0; r && j < count; j++)
+        ok &= r[2 * j] == (float)(first + j) && r[2 * j + 1] == -(float)(first + j);
+    T_CHECK(ok);
+    proto_msg_close(&m);
+}
+
+/* The negative-key queue on rank 0: versions, wrap-around, a reader far behind. */
+static void test_queue(fworker_t *w) {
+    const int64_t N1 = 3000, N2 = 2000;
+    float *rows = malloc((size_t)(N1 + N2) * 2 * sizeof(float));
+    for (int64_t k = 0; k < N1 + N2; k++) {
+        rows[2 * k] = (float)k;
+        rows[2 * k + 1] = -(float)k;
+    }
+    w_qreply(w, w_qpull(w, 0), 0, 0, 0, 0); /* empty */
+    proto_msg_t m;
+    T_CHECK(w_expect(w, &m, PROTO_ACK, w_qpush(w, rows, N1, 2)) == 0);
+    proto_msg_close(&m);
+    w_qreply(w, w_qpull(w, 1000), N1, N1 - 1000, 1000, 1000);
+    T_CHECK(w_expect(w, &m, PROTO_ACK, w_qpush(w, rows + 2 * N1, N2, 2)) == 0); /* wraps */
+    proto_msg_close(&m);
+    w_qreply(w, w_qpull(w, 0), N1 + N2, 4096, (N1 + N2 - 4096) % 4096, N1 + N2 - 4096);
+    w_qreply(w, w_qpull(w, 4500), N1 + N2, 500, 4500 % 4096, 4500);
+    w_error(w, w_qpull(w, N1 + N2 + 1), "since");
+    w_error(w, w_qpush(w, rows, 4, 3), "dim");
+    free(rows);
+}
+
+/* ---- the local reference: what the server must compute --------------------------------- */
+
+typedef struct {
+    mimic_cfg_t cfg;
+    mae_t *model;
+    size_t lo, hi, n;
+    float *w, *m, *v, *ema;
+    long t;
+    adamw_cfg_t oc;
+    float base_lr;
+} mirror_t;
+
+static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank) {
+    memset(r, 0, sizeof *r);
+    config_defaults(&r->cfg);
+    for (int i = 0; i < NBASE; i++)
+        MIMIC_CHECK(config_override(&r->cfg, BASE_ARGS[i] + 2) == 0);
+    for (int i = 0; extra && extra[i]; i++)
+        if (strncmp(extra[i], "--", 2) == 0 && strchr(extra[i], '='))
+            MIMIC_CHECK(config_override(&r->cfg, extra[i] + 2) == 0);
+    MIMIC_CHECK(mae_new(&r->model, &r->cfg.model) == 0);
+    mae_init(r->model, r->cfg.train.seed);
+    shard_key_range(r->model->p->total, S, rank, &r->lo, &r->hi);
+    r->n = r->hi - r->lo;
+    r->w = calloc(r->n, sizeof(float));
+    r->m = calloc(r->n, sizeof(float));
+    r->v = calloc(r->n, sizeof(float));
+    r->ema = calloc(r->n, sizeof(float));
+    memcpy(r->w, r->model->p->w + r->lo, r->n * sizeof(float));
+    memcpy(r->ema, r->w, r->n * sizeof(float));
+    r->oc = (adamw_cfg_t){r->cfg.train.beta1, r->cfg.train.beta2, r->cfg.train.eps,
+                          r->cfg.train.weight_decay};
+    r->base_lr = config_lr(&r->cfg, r->cfg.train.batch_size * r->cfg.cluster.workers);
+}
+
+/* One step with the batch-weighted mean of k gradients (the server's arithmetic). */
+static void mirror_step(mirror_t *r, int k, const float *const *g, const int *batch) {
+    float *acc = calloc(r->n, sizeof(float));
+    double wsum = 0;
+    for (int j = 0; j < k; j++) {
+        for (size_t i = 0; i < r->n; i++)
+            acc[i] += (float)batch[j] * g[j][i];
+        wsum += batch[j];
+    }
+    const float inv = (float)(1.0 / wsum);
+    for (size_t i = 0; i < r->n; i++)
+        acc[i] *= inv;
+    float lr = adamw_lr(r->t, r->cfg.train.warmup_steps, r->cfg.train.steps, r->base_lr,
+                        r->cfg.train.min_lr);
+    adamw_update(&r->oc, r->model->p, r->w, acc, r->m, r->v, r->lo, r->hi, lr, ++r->t);
+    for (size_t i = 0; i < r->n; i++)
+        r->ema[i] = 0.99f * r->ema[i] + 0.01f * r->w[i];
+    free(acc);
+}
+
+static void mirror_free(mirror_t *r) {
+    mae_destroy(&r->model);
+    free(r->w);
+    free(r->m);
+    free(r->v);
+    free(r->ema);
+}
+
+static float *grad(size_t n, unsigned long long seed) {
+    float *g = malloc(n * sizeof(float));
+    testutil_fill(g, n, -1.0f, 1.0f, &seed);
+    return g;
+}
+
+/* ---- scenarios -------------------------------------------------------------------------- */
+
+/* BSP on rank 1 of 2, malformed input, then a checkpoint; returns the state at step 3
+ * (params and EMA, r->n floats each) for the resume test. */
+static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float *e3, mirror_t *r) {
+    const char *extra[] = {NULL};
+    mirror_init(r, extra, 2, 1);
+    size_t lo = r->lo, hi = r->hi, n = r->n;
+    printf("model %zu floats, server 1 of 2 holds [%zu, %zu)\n", r->model->p->total, lo, hi);
+    child_t c;
+    if (start_server(f, &c, "bsp", extra, 2, 1, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        return;
+    }
+    fworker_t w1 = {0}, w2 = {0};
+    worker_open(&w1, ctx, c.ep, 10);
+    worker_open(&w2, ctx, c.ep, 11);
+    int32_t both[2] = {10, 11}, one[1] = {10};
+    sched_membership(f, &c, 1, both, 2);
+    float *got = calloc(n, sizeof(float));
+
+    /* the initial values are mae_init's, bit for bit, for PARAMS, EMA and a sub-range */
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 0, lo, hi, got);
+    T_CHECK(memcmp(got, r->w, n * sizeof(float)) == 0);
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_EMA), 0, lo, hi, got);
+    T_CHECK(memcmp(got, r->w, n * sizeof(float)) == 0);
+    w_reply(&w1, w_pull(&w1, 0, lo + 16, lo + 40, PROTO_WHICH_PARAMS), 0, lo + 16, lo + 40, got);
+    T_CHECK(memcmp(got, r->w + 16, 24 * sizeof(float)) == 0);
+
+    /* BSP: the pull for version 1 waits for both pushes; weights 3 and 1 */
+    float *g1 = grad(n, 1), *g2 = grad(n, 2), *g3 = grad(n, 3), *g4 = grad(n, 4);
+    uint64_t held = w_pull(&w1, 1, lo, hi, PROTO_WHICH_PARAMS);
+    w_ack(&w1, w_push(&w1, 0, lo, hi, 3, g1));
+    T_CHECK(w_quiet(&w1)); /* still held after the first push */
+    w_ack(&w2, w_push(&w2, 0, lo, hi, 1, g2));
+    w_reply(&w1, held, 1, lo, hi, got);
+    const float *gs[2] = {g1, g2};
+    int bs[2] = {3, 1};
+    mirror_step(r, 2, gs, bs);
+    testutil_close("BSP step 1 (weights 3, 1) vs local AdamW", got, r->w, n, 1e-6);
+    w_reply(&w2, w_pull(&w2, 1, lo, hi, PROTO_WHICH_EMA), 1, lo, hi, got);
+    testutil_close("EMA after step 1", got, r->ema, n, 1e-6);
+
+    /* a push for version 0 is now stale */
+    uint64_t s = w_push(&w1, 0, lo, hi, 1, g1);
+    w_error(&w1, s, "stale push");
+
+    /* membership shrink: worker 11 leaves, worker 10 already pushed -> step applies */
+    w_ack(&w1, w_push(&w1, 1, lo, hi, 2, g3));
+    held = w_pull(&w2, 2, lo, hi, PROTO_WHICH_PARAMS);
+    T_CHECK(w_quiet(&w2));
+    sched_membership(f, &c, 2, one, 1);
+    w_reply(&w2, held, 2, lo, hi, got);
+    mirror_step(r, 1, (const float *const[]){g3}, (const int[]){2});
+    testutil_close("BSP step 2 released by a membership shrink", got, r->w, n, 1e-6);
+
+    /* malformed input: each answered with ERROR, the server keeps serving */
+    unsigned char junk[37];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (unsigned char)(i * 37 + 11);
+    w_raw(&w1, junk, sizeof junk, NULL, 0);
+    w_error(&w1, 0, "");
+    s = w_pull(&w1, 0, lo - 16, hi, PROTO_WHICH_PARAMS);
+    w_error(&w1, s, "'lo'");
+    s = w_pull(&w1, 0, lo, hi + 16, PROTO_WHICH_PARAMS);
+    w_error(&w1, s, "'hi'");
+    s = w_push(&w1, 2, lo + 16, hi, 1, g1);
+    w_error(&w1, s, "'lo'");
+    size_t big = 300000; /* 1.2 MB > cluster.max_msg_mb = 1 */
+    float *bigg = calloc(big, sizeof(float));
+    s = w_push(&w1, 2, lo, lo + big, 1, bigg);
+    w_error(&w1, s, "exceeds the limit");
+    free(bigg);
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PUSH, w1.id);
+    h.seq = 4242;
+    h.step = 2;
+    h.lo = lo;
+    h.hi = hi;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = n * sizeof(float);
+    unsigned char hb[PROTO_HDR_MAX];
+    size_t hl = 0;
+    char why[PROTO_WHY_MAX];
+    T_CHECK(proto_encode_hdr(&h, hb, sizeof hb, &hl, why, sizeof why) == 0);
+    w_raw(&w1, hb, hl, g1, (n - 1) * sizeof(float)); /* one float short of 'n' */
+    w_error(&w1, 4242, "'n'");
+    proto_hdr_init(&h, PROTO_SHUTDOWN, w1.id); /* control messages come from the scheduler */
+    h.seq = 4243;
+    T_CHECK(proto_send(w1.sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    w_error(&w1, 4243, "not accepted");
+    s = w_push(&w2, 2, lo, hi, 1, g1); /* worker 11 is no longer live */
+    w_error(&w2, s, "live set");
+    w_error(&w1, w_qpull(&w1, 0), "rank 0");
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 2, lo, hi, got);
+    testutil_close("still serving after malformed input", got, r->w, n, 1e-6);
+
+    /* checkpoint at step 3: requested ahead, written when the version gets there */
+    sched_simple(f, &c, PROTO_CKPT, 3, ckdir);
+    T_CHECK(w_quiet(&w1));
+    w_ack(&w1, w_push(&w1, 2, lo, hi, 5, g4));
+    proto_msg_t m;
+    T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
+    T_CHECK(m.hdr.step == 3 && m.hdr.a[PROTO_CKDONE_STATUS] == 0);
+    proto_msg_close(&m);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/server-1-step-3.safetensors", ckdir);
+    T_CHECK(access(path, R_OK) == 0);
+    mirror_step(r, 1, (const float *const[]){g4}, (const int[]){5});
+    w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_PARAMS), 3, lo, hi, p3);
+    testutil_close("BSP step 3", p3, r->w, n, 1e-6);
+    w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, e3);
+    sched_simple(f, &c, PROTO_CKPT, 1, ckdir); /* a step already passed */
+    T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
+    T_CHECK(m.hdr.step == 1 && m.hdr.a[PROTO_CKDONE_STATUS] < 0);
+    proto_msg_close(&m);
+    T_CHECK(f->beats > 0);
+    printf("heartbeats seen: %d\n", f->beats);
+
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&w1);
+    worker_close(&w2);
+    free(got);
+    free(g1);
+    free(g2);
+    free(g3);
+    free(g4);
+}
+
+/* A restarted server told "resume at 3" loads the shard: same values, same moments. */
+static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *p3, const float *e3,
+                        mirror_t *r) {
+    char flag[1100];
+    snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
+    const char *extra[] = {flag, NULL};
+    size_t lo = r->lo, hi = r->hi, n = r->n;
+    child_t c;
+    if (start_server(f, &c, "resume", extra, 2, 1, "3") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        return;
+    }
+    fworker_t w1 = {0};
+    worker_open(&w1, ctx, c.ep, 10);
+    float *got = calloc(n, sizeof(float));
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 3, lo, hi, got);
+    T_CHECK(memcmp(got, p3, n * sizeof(float)) == 0);
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, got);
+    T_CHECK(memcmp(got, e3, n * sizeof(float)) == 0);
+    int32_t one[1] = {10};
+    sched_membership(f, &c, 1, one, 1);
+    float *g5 = grad(n, 5);
+    w_ack(&w1, w_push(&w1, 3, lo, hi, 1, g5));
+    w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_PARAMS), 4, lo, hi, got);
+    mirror_step(r, 1, (const float *const[]){g5}, (const int[]){1});
+    testutil_close("step 4 after resume (moments restored)", got, r->w, n, 1e-6);
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&w1);
+    free(got);
+    free(g5);
+}
+
+/* Resume failures end the process with an error naming the problem. */
+static void test_bad_resume(fsched_t *f, const char *ckdir) {
+    char flag[1100], src[1100], dst[1100];
+    snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
+    const char *extra[] = {flag, NULL};
+    child_t c;
+    /* rank 1's shard under rank 0's name: metadata 'rank' differs */
+    snprintf(src, sizeof src, "%s/server-1-step-3.safetensors", ckdir);
+    snprintf(dst, sizeof dst, "%s/server-0-step-3.safetensors", ckdir);
+    char *bytes = testutil_slurp(src);
+    FILE *fp = fopen(dst, "wb");
+    T_CHECK(bytes && fp);
+    if (fp) {
+        long sz = 0;
+        FILE *in = fopen(src, "rb");
+        if (in) {
+            fseek(in, 0, SEEK_END);
+            sz = ftell(in);
+            fclose(in);
+        }
+        fwrite(bytes, 1, (size_t)sz, fp);
+        fclose(fp);
+    }
+    free(bytes);
+    if (start_server(f, &c, "badrank", extra, 2, 0, "3") == 0) {
+        int st = testutil_wait_pid(c.pid, WAIT_MS);
+        T_CHECK(st > 0 && st < 128);
+        if (st < 0) testutil_kill(c.pid);
+        char *log = testutil_slurp(c.log);
+        T_CHECK(log && strstr(log, "'rank'") && strstr(log, "server-0-step-3"));
+        free(log);
+    } else {
+        testutil_kill(c.pid);
+    }
+    /* no shard for step 7 */
+    if (start_server(f, &c, "nofile", extra, 2, 1, "7") == 0) {
+        int st = testutil_wait_pid(c.pid, WAIT_MS);
+        T_CHECK(st > 0 && st < 128);
+        if (st < 0) testutil_kill(c.pid);
+        char *log = testutil_slurp(c.log);
+        T_CHECK(log && strstr(log, "server-1-step-7"));
+        free(log);
+    } else {
+        testutil_kill(c.pid);
+    }
+}
+
+/* ASP: every push is its own step, a stale one included. */
+static void test_asp(void *ctx, fsched_t *f) {
+    const char *extra[] = {"--cluster.consistency=asp", NULL};
+    mirror_t r;
+    mirror_init(&r, extra, 1, 0);
+    size_t lo = r.lo, hi = r.hi, n = r.n;
+    child_t c;
+    if (start_server(f, &c, "asp", extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        mirror_free(&r);
+        return;
+    }
+    fworker_t w1 = {0}, w2 = {0};
+    worker_open(&w1, ctx, c.ep, 10);
+    worker_open(&w2, ctx, c.ep, 11);
+    int32_t both[2] = {10, 11};
+    sched_membership(f, &c, 1, both, 2);
+    float *g1 = grad(n, 11), *g2 = grad(n, 12), *got = calloc(n, sizeof(float));
+    proto_msg_t m;
+    uint64_t s = w_push(&w1, 0, lo, hi, 4, g1);
+    T_CHECK(w_expect(&w1, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 1);
+    proto_msg_close(&m);
+    s = w_push(&w2, 0, lo, hi, 4, g2); /* computed on version 0: applied anyway */
+    T_CHECK(w_expect(&w2, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 2);
+    proto_msg_close(&m);
+    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 2, lo, hi, got);
+    mirror_step(&r, 1, (const float *const[]){g1}, (const int[]){1});
+    mirror_step(&r, 1, (const float *const[]){g2}, (const int[]){1});
+    testutil_close("ASP: two pushes, two steps", got, r.w, n, 1e-6);
+    s = w_push(&w1, 5, lo, hi, 1, g1);
+    w_error(&w1, s, "ahead");
+    test_queue(&w1);
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&w1);
+    worker_close(&w2);
+    free(g1);
+    free(g2);
+    free(got);
+    mirror_free(&r);
+}
+
+/* SSP(1): a pull at clock 2 waits until the slowest live worker reached clock 1. */
+static void test_ssp(void *ctx, fsched_t *f) {
+    const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1", NULL};
+    mirror_t r;
+    mirror_init(&r, extra, 1, 0);
+    size_t lo = r.lo, hi = r.hi, n = r.n;
+    child_t c;
+    if (start_server(f, &c, "ssp", extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        mirror_free(&r);
+        return;
+    }
+    fworker_t w1 = {0}, w2 = {0};
+    worker_open(&w1, ctx, c.ep, 10);
+    worker_open(&w2, ctx, c.ep, 11);
+    int32_t both[2] = {10, 11};
+    sched_membership(f, &c, 1, both, 2);
+    float *g = grad(n, 21), *got = calloc(n, sizeof(float));
+    w_ack(&w1, w_push(&w1, 0, lo, hi, 1, g));
+    w_reply(&w1, w_pull(&w1, 1, lo, hi, PROTO_WHICH_PARAMS), 1, lo, hi, got); /* 0 + 1 >= 1 */
+    w_ack(&w1, w_push(&w1, 1, lo, hi, 1, g));
+    uint64_t held = w_pull(&w1, 2, lo, hi, PROTO_WHICH_PARAMS); /* needs min clock >= 1 */
+    T_CHECK(w_quiet(&w1));
+    w_ack(&w2, w_push(&w2, 0, lo, hi, 1, g));
+    w_reply(&w1, held, 3, lo, hi, got);
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&w1);
+    worker_close(&w2);
+    free(g);
+    free(got);
+    mirror_free(&r);
+}
+
+/* Joining: an ERROR answer and a silent scheduler end the process with a message naming
+ * the scheduler; a scheduler that restarts before answering gets REGISTER again. */
+static void test_join(void *ctx) {
+    const char *extra[] = {"--cluster.dead_ms=50", NULL}; /* join timeout 20 x 50 ms */
+    fsched_t a = {0}, b = {0};
+    child_t c;
+    int zero = 0;
+    a.router = zmq_socket(ctx, ZMQ_ROUTER);
+    zmq_setsockopt(a.router, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_bind(a.router, "tcp://127.0.0.1:*") == 0);
+    size_t len = sizeof a.ep;
+    zmq_getsockopt(a.router, ZMQ_LAST_ENDPOINT, a.ep, &len);
+
+    /* ERROR instead of REGISTER_ACK */
+    if (spawn_server(&c, "refused", a.ep, extra) == 0 && expect_register(&a, &c) == 0) {
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_ERROR, PROTO_ID_SCHEDULER);
+        h.na = 1;
+        h.a[PROTO_ERR_CODE] = MIMIC_EPEER;
+        proto_hdr_set_str(&h, "no room for another server");
+        sched_send(&a, &c, &h, NULL);
+        T_CHECK(testutil_wait_pid(c.pid, WAIT_MS) == 1);
+        char *log = testutil_slurp(c.log);
+        T_CHECK(log && strstr(log, a.ep) && strstr(log, "no room for another server"));
+        free(log);
+    }
+    testutil_kill(c.pid);
+
+    /* nobody answers: a timeout naming the scheduler */
+    if (spawn_server(&c, "silent", a.ep, extra) == 0 && expect_register(&a, &c) == 0) {
+        T_CHECK(testutil_wait_pid(c.pid, WAIT_MS) == 1);
+        char *log = testutil_slurp(c.log);
+        T_CHECK(log && strstr(log, "no REGISTER_ACK") && strstr(log, a.ep));
+        free(log);
+    }
+    testutil_kill(c.pid);
+
+    /* the scheduler goes away after REGISTER and comes back on the same port */
+    const char *patient[] = {"--cluster.dead_ms=500", NULL};
+    if (spawn_server(&c, "retry", a.ep, patient) == 0 && expect_register(&a, &c) == 0) {
+        zmq_close(a.router);
+        a.router = NULL;
+        b.router = zmq_socket(ctx, ZMQ_ROUTER);
+        zmq_setsockopt(b.router, ZMQ_LINGER, &zero, sizeof zero);
+        snprintf(b.ep, sizeof b.ep, "%s", a.ep);
+        int bound = 0;
+        for (int i = 0; i < 100 && !bound; i++) {
+            bound = zmq_bind(b.router, b.ep) == 0;
+            if (!bound) zmq_poll(NULL, 0, 20); /* sleep 20 ms */
+        }
+        T_CHECK(bound);
+        if (bound && expect_register(&b, &c) == 0) {
+            ack_register(&b, &c, 1, 0, "");
+            T_CHECK(stop_server(&b, &c) == 0);
+            char *log = testutil_slurp(c.log);
+            T_CHECK(log && strstr(log, "sending REGISTER again") && strstr(log, "registered"));
+            free(log);
+        }
+    }
+    testutil_kill(c.pid);
+    if (a.router) zmq_close(a.router);
+    if (b.router) zmq_close(b.router);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    return remove(path);
+}
+
+int main(void) {
+    mimic_set_quiet(1);
+    void *ctx = zmq_ctx_new();
+    fsched_t f = {0};
+    f.router = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(f.router, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_bind(f.router, "tcp://127.0.0.1:*") == 0);
+    size_t len = sizeof f.ep;
+    zmq_getsockopt(f.router, ZMQ_LAST_ENDPOINT, f.ep, &len);
+
+    char ckdir[1024];
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", testutil_tmpdir());
+    mirror_t r;
+    float *p3 = calloc(1 << 16, sizeof(float)), *e3 = calloc(1 << 16, sizeof(float));
+    test_bsp(ctx, &f, ckdir, p3, e3, &r);
+    test_resume(ctx, &f, ckdir, p3, e3, &r);
+    mirror_free(&r);
+    test_bad_resume(&f, ckdir);
+    test_asp(ctx, &f);
+    test_ssp(ctx, &f);
+    test_join(ctx);
+    free(p3);
+    free(e3);
+
+    zmq_close(f.router);
+    zmq_ctx_term(ctx);
+    if (testutil_failures == 0) /* keep the logs and shards of a failed run */
+        nftw(testutil_tmpdir(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    else
+        printf("logs and checkpoint shards kept in %s\n", testutil_tmpdir());
+    return testutil_summary("test_pserver");
+}

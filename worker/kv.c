@@ -1,0 +1,204 @@
+#include "kv.h"
+
+#include "common.h"
+#include "proto.h"
+#include "shard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KV_MAX_SERVERS 64
+
+typedef struct {
+    void *sock;
+    char endpoint[256];
+    size_t lo, hi;
+    int answered; /* for the request in flight */
+    uint64_t version;
+} kv_server_t;
+
+struct kv {
+    kv_server_t srv[KV_MAX_SERVERS];
+    int S;
+    int32_t id;
+    size_t max_payload;
+    uint64_t seq;       /* last request's sequence number = its timestamp */
+    int kind;           /* PROTO_PULL or PROTO_PUSH of the request in flight */
+    float *pull_dst;    /* where a pull's replies land */
+    proto_track_t sent; /* zero-copy push buffers still held by ZeroMQ */
+    uint64_t bytes_out, bytes_in;
+};
+
+int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total,
+           int32_t my_id, size_t max_payload) {
+    *out = NULL;
+    if (nservers < 1 || nservers > KV_MAX_SERVERS)
+        return mimic_err(MIMIC_EINVAL, "kv: %d servers (1..%d supported)", nservers,
+                         KV_MAX_SERVERS);
+    kv_t *kv = calloc(1, sizeof *kv);
+    if (!kv) return mimic_err(MIMIC_ENOMEM, "kv: out of memory");
+    kv->S = nservers;
+    kv->id = my_id;
+    kv->max_payload = max_payload;
+    const char *p = endpoints;
+    int rc = 0;
+    for (int s = 0; s < nservers; s++) {
+        kv_server_t *sv = &kv->srv[s];
+        while (*p == ' ') p++;
+        size_t n = strcspn(p, " ");
+        if (n == 0 || n >= sizeof sv->endpoint) {
+            rc = mimic_err(MIMIC_EFORMAT, "kv: server list '%s' has no endpoint %d", endpoints, s);
+            goto fail;
+        }
+        memcpy(sv->endpoint, p, n);
+        sv->endpoint[n] = 0;
+        p += n;
+        shard_key_range(total, nservers, s, &sv->lo, &sv->hi);
+        sv->sock = zmq_socket(zctx, ZMQ_DEALER);
+        int linger = 0;
+        if (!sv->sock || zmq_setsockopt(sv->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+            zmq_connect(sv->sock, sv->endpoint)) {
+            rc = mimic_err(MIMIC_EIO, "kv: cannot connect to server %d at %s: %s", s,
+                           sv->endpoint, zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+    }
+    *out = kv;
+    return 0;
+fail:
+    kv_destroy(&kv);
+    return rc;
+}
+
+void kv_destroy(kv_t **pkv) {
+    if (!pkv || !*pkv) return;
+    kv_t *kv = *pkv;
+    proto_track_wait(&kv->sent, 1000);
+    for (int s = 0; s < kv->S; s++)
+        if (kv->srv[s].sock) zmq_close(kv->srv[s].sock);
+    free(kv);
+    *pkv = NULL;
+}
+
+static int start(kv_t *kv, int kind) {
+    kv->seq++;
+    kv->kind = kind;
+    for (int s = 0; s < kv->S; s++) kv->srv[s].answered = 0;
+    return (int)(kv->seq & 0x7fffffff);
+}
+
+int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
+    int ts = start(kv, PROTO_PULL);
+    kv->pull_dst = dst;
+    for (int s = 0; s < kv->S; s++) {
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_PULL, kv->id);
+        h.seq = kv->seq;
+        h.step = min_version;
+        h.lo = kv->srv[s].lo;
+        h.hi = kv->srv[s].hi;
+        h.na = 2;
+        h.a[PROTO_PULL_WHICH] = which;
+        h.a[PROTO_PULL_MINSTEP] = (int64_t)min_version;
+        int rc = proto_send(kv->srv[s].sock, NULL, 0, &h, NULL, NULL, NULL);
+        if (rc) return rc;
+    }
+    return ts;
+}
+
+int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
+    int ts = start(kv, PROTO_PUSH);
+    for (int s = 0; s < kv->S; s++) {
+        kv_server_t *sv = &kv->srv[s];
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_PUSH, kv->id);
+        h.seq = kv->seq;
+        h.step = version;
+        h.lo = sv->lo;
+        h.hi = sv->hi;
+        h.dtype = PROTO_DT_F32;
+        h.nbytes = (sv->hi - sv->lo) * sizeof(float);
+        h.na = 1;
+        h.a[PROTO_PUSH_BATCH] = batch;
+        proto_track_hold(&kv->sent);
+        int rc = proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
+        if (rc) return rc;
+        kv->bytes_out += h.nbytes;
+    }
+    return ts;
+}
+
+/* One reply from server s: check it answers the request in flight, land a pull. */
+static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
+    kv_server_t *sv = &kv->srv[s];
+    const proto_hdr_t *h = &m->hdr;
+    if (h->seq != kv->seq) return 0; /* a late answer to an abandoned request */
+    if (h->type == PROTO_ERROR)
+        return mimic_err(MIMIC_EPEER, "server %d (%s) refused %s: %s", s, sv->endpoint,
+                         proto_type_name(kv->kind), h->str);
+    int want = kv->kind == PROTO_PULL ? PROTO_PULL_REPLY : PROTO_ACK;
+    if ((int)h->type != want && !(kv->kind == PROTO_PUSH && h->type == PROTO_PUSH_ACK))
+        return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint,
+                         proto_type_name(kv->kind), proto_type_name(h->type));
+    if (kv->kind == PROTO_PULL) {
+        if (h->lo != sv->lo || h->hi != sv->hi || h->dtype != PROTO_DT_F32 ||
+            proto_msg_size(m) != (sv->hi - sv->lo) * sizeof(float))
+            return mimic_err(MIMIC_EPEER, "server %d (%s): PULL_REPLY range [%llu,%llu) does not "
+                             "match its range [%zu,%zu)",
+                             s, sv->endpoint, (unsigned long long)h->lo,
+                             (unsigned long long)h->hi, sv->lo, sv->hi);
+        memcpy(kv->pull_dst + sv->lo, proto_msg_data(m), proto_msg_size(m));
+        kv->bytes_in += proto_msg_size(m);
+    }
+    sv->version = h->step;
+    sv->answered = 1;
+    return 0;
+}
+
+int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
+    if (ts != (int)(kv->seq & 0x7fffffff))
+        return mimic_err(MIMIC_EINVAL, "kv_wait: timestamp %d is not the request in flight", ts);
+    double deadline = timeout_ms < 0 ? 0 : mimic_now() + timeout_ms / 1000.0;
+    zmq_pollitem_t items[KV_MAX_SERVERS];
+    for (;;) {
+        int pending = 0;
+        for (int s = 0; s < kv->S; s++) {
+            items[s] = (zmq_pollitem_t){kv->srv[s].sock, 0, ZMQ_POLLIN, 0};
+            pending += !kv->srv[s].answered;
+        }
+        if (!pending) break;
+        long wait_ms = -1;
+        if (timeout_ms >= 0) {
+            wait_ms = (long)((deadline - mimic_now()) * 1000.0);
+            if (wait_ms <= 0) return MIMIC_ETIMEOUT;
+        }
+        int n = zmq_poll(items, kv->S, wait_ms);
+        if (n < 0) return mimic_err(MIMIC_EIO, "kv: poll failed: %s", zmq_strerror(zmq_errno()));
+        for (int s = 0; s < kv->S; s++) {
+            if (!(items[s].revents & ZMQ_POLLIN)) continue;
+            proto_msg_t m;
+            int rc = proto_recv(kv->srv[s].sock, &m, kv->max_payload, 0);
+            if (rc == 0) rc = take_reply(kv, s, &m);
+            else if (rc == MIMIC_EFORMAT)
+                rc = mimic_err(MIMIC_EPEER, "server %d (%s): malformed reply: %s", s,
+                               kv->srv[s].endpoint, m.why);
+            proto_msg_close(&m);
+            if (rc && rc != MIMIC_ETIMEOUT) return rc;
+        }
+    }
+    if (kv->kind == PROTO_PUSH && proto_track_wait(&kv->sent, timeout_ms < 0 ? 60000 : timeout_ms))
+        return mimic_err(MIMIC_ETIMEOUT, "kv: ZeroMQ still holds the pushed gradient");
+    if (version) {
+        uint64_t v = UINT64_MAX;
+        for (int s = 0; s < kv->S; s++)
+            if (kv->srv[s].version < v) v = kv->srv[s].version;
+        *version = v;
+    }
+    return 0;
+}
+
+void kv_bytes(const kv_t *kv, uint64_t *sent, uint64_t *received) {
+    *sent = kv->bytes_out;
+    *received = kv->bytes_in;
+}
