@@ -1,0 +1,250 @@
+#define _GNU_SOURCE
+#include "ckpt.h"
+
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    long step;
+    int answered, failed;
+    unsigned char *done; /* per server rank */
+} ckpt_req_t;
+
+struct ckpt {
+    char *dir;
+    long every, end;
+    long planned;  /* last step taken from the plan */
+    int plan_over; /* the end was taken */
+    int nservers;
+    ckpt_req_t win[CKPT_WINDOW];
+    int nwin;
+    long latest;
+};
+
+int ckpt_new(ckpt_t **out, const char *dir, long every, long resume, long end, int nservers) {
+    *out = NULL;
+    ckpt_t *c = calloc(1, sizeof *c);
+    if (!c || !(c->dir = strdup(dir))) {
+        free(c);
+        return mimic_err(MIMIC_ENOMEM, "out of memory for the checkpoint plan");
+    }
+    c->every = every;
+    c->end = end;
+    c->planned = resume;
+    c->nservers = nservers;
+    c->latest = -1;
+    *out = c;
+    return 0;
+}
+
+void ckpt_destroy(ckpt_t **pc) {
+    if (!pc || !*pc) return;
+    for (int i = 0; i < (*pc)->nwin; i++)
+        free((*pc)->win[i].done);
+    free((*pc)->dir);
+    free(*pc);
+    *pc = NULL;
+}
+
+const char *ckpt_dir(const ckpt_t *c) {
+    return c->dir;
+}
+
+/* The plan's next step after c->planned, without taking it; -1 when over. */
+static long plan_peek(const ckpt_t *c) {
+    if (c->plan_over) return -1;
+    long cand = c->every > 0 ? (c->planned / c->every + 1) * c->every : LONG_MAX;
+    return cand >= c->end || cand <= c->planned ? c->end : cand;
+}
+
+int ckpt_next_request(ckpt_t *c, long *step) {
+    long s = plan_peek(c);
+    if (s < 0 || c->nwin == CKPT_WINDOW) return 0;
+    unsigned char *done = calloc((size_t)c->nservers + 1, 1);
+    if (!done) {
+        mimic_warn("out of memory planning checkpoint %ld; retrying later", s);
+        return 0;
+    }
+    c->plan_over = s == c->end;
+    c->planned = s;
+    c->win[c->nwin++] = (ckpt_req_t){.step = s, .done = done};
+    *step = s;
+    return 1;
+}
+
+int ckpt_server_done(ckpt_t *c, long step, int rank, int status, int *complete, int *failed,
+                     char *why, size_t whylen) {
+    *complete = *failed = 0;
+    int i = 0;
+    while (i < c->nwin && c->win[i].step != step)
+        i++;
+    if (i == c->nwin) {
+        snprintf(why, whylen, "no checkpoint of step %ld was requested (or it is complete)", step);
+        return MIMIC_EINVAL;
+    }
+    ckpt_req_t *r = &c->win[i];
+    if (rank < 0 || rank >= c->nservers || r->done[rank]) {
+        snprintf(why, whylen, "server rank %d already answered checkpoint %ld", rank, step);
+        return MIMIC_EINVAL;
+    }
+    r->done[rank] = 1;
+    r->answered++;
+    r->failed += status < 0;
+    if (r->answered < c->nservers) return 0;
+    *complete = 1;
+    *failed = r->failed;
+    free(r->done);
+    memmove(&c->win[i], &c->win[i + 1], (size_t)(c->nwin - i - 1) * sizeof c->win[0]);
+    c->nwin--;
+    return 0;
+}
+
+long ckpt_min_pending(const ckpt_t *c) {
+    long m = plan_peek(c);
+    for (int i = 0; i < c->nwin; i++)
+        if (m < 0 || c->win[i].step < m) m = c->win[i].step;
+    return m;
+}
+
+long ckpt_latest(const ckpt_t *c) {
+    return c->latest;
+}
+
+void ckpt_set_latest(ckpt_t *c, long step) {
+    c->latest = step;
+}
+
+int ckpt_mkdir_p(const char *path) {
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
+    for (char *s = buf + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
+        *s = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
+    return 0;
+bad:
+    return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
+}
+
+int ckpt_write_atomic(const char *path, const char *data, size_t len) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return mimic_err(MIMIC_EIO, "%s: cannot create (%s)", tmp, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) goto fail;
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0) goto fail;
+    if (close(fd) != 0) {
+        fd = -1;
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) goto fail;
+    return 0;
+fail:;
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return mimic_err(MIMIC_EIO, "%s: cannot write (%s)", path, strerror(e));
+}
+
+int ckpt_commit(ckpt_t *c, long step, const workq_t *q) {
+    char path[PATH_MAX], line[32];
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return mimic_err(MIMIC_ENOMEM, "out of memory for the queue snapshot");
+    int rc = workq_snapshot(q, (uint64_t)step, f);
+    if (fclose(f) != 0 && !rc) rc = mimic_err(MIMIC_ENOMEM, "queue snapshot: out of memory");
+    if (rc) goto out;
+    snprintf(path, sizeof path, "%s/scheduler-step-%ld.json", c->dir, step);
+    if ((rc = ckpt_write_atomic(path, text, len))) goto out;
+    if (step > c->latest) {
+        int n = snprintf(line, sizeof line, "%ld\n", step);
+        snprintf(path, sizeof path, "%s/latest", c->dir);
+        if ((rc = ckpt_write_atomic(path, line, (size_t)n))) goto out;
+        c->latest = step;
+    }
+out:
+    free(text);
+    return rc;
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            cap = cap ? 2 * cap : 8192;
+            char *b = realloc(buf, cap + 1);
+            if (!b) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = b;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+int ckpt_read_latest(const char *dir, long *step) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/latest", dir);
+    if (access(path, F_OK) != 0) return 1;
+    size_t len = 0;
+    char *text = slurp(path, &len);
+    if (!text) return mimic_err(MIMIC_EIO, "%s: cannot read", path);
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    while (*end == '\n' || *end == '\r' || *end == ' ')
+        end++;
+    int ok = end != text && *end == 0 && !errno && v >= 0;
+    free(text);
+    if (!ok) return mimic_err(MIMIC_EFORMAT, "%s: expected a step number and a newline", path);
+    *step = v;
+    return 0;
+}
+
+int ckpt_load_queue(const char *dir, long step, workq_t *q) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/scheduler-step-%ld.json", dir, step);
+    size_t len = 0;
+    char *text = slurp(path, &len);
+    if (!text) return mimic_err(MIMIC_EIO, "%s: cannot read the scheduler's queue snapshot", path);
+    int rc = workq_restore(q, text, len, path);
+    free(text);
+    return rc;
+}

@@ -1,0 +1,133 @@
+/* mimic-scheduler: command line, signals, publishing the endpoint; sched.c does the rest. */
+#define _GNU_SOURCE
+#include "ckpt.h"
+#include "common.h"
+#include "config.h"
+#include "sched.h"
+
+#if __has_include("bootstrap.h")
+#include "bootstrap.h"
+#define SCHED_HAVE_BOOTSTRAP 1
+#endif
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) {
+    stop_signal = sig;
+}
+
+static void usage(FILE *f) {
+    fputs("usage: mimic-scheduler [CONFIG.ini] [--section.key=value ...] [--port P]\n"
+          "                       [--endpoint-file F]\n"
+          "  --port P             bind tcp://<cluster.bind_host>:P (default: any free port)\n"
+          "  --endpoint-file F    write the endpoint to F (atomically) once bound\n"
+          "  --help-config        list every config key with its default\n"
+          "Prints `scheduler listening on tcp://HOST:PORT`; give that address to every\n"
+          "mimic-pserver and mimic-worker (--scheduler, MIMIC_SCHEDULER or cluster.scheduler).\n"
+          "Exit codes: 0 trained, 1 checkpoint/I-O failure, 2 bad arguments or input,\n"
+          "3 a server died (restart with --train.resume=auto), 128+N stopped by signal N.\n",
+          f);
+}
+
+/* "--flag V" or "--flag=V"; returns the value and advances *i, or NULL. */
+static const char *flag_value(char **rest, int n, int *i, const char *flag) {
+    size_t len = strlen(flag);
+    if (strncmp(rest[*i], flag, len) != 0) return NULL;
+    if (rest[*i][len] == '=') return rest[*i] + len + 1;
+    if (rest[*i][len] == 0 && *i + 1 < n) return rest[++*i];
+    return NULL;
+}
+
+static int parse_port(const char *v, int *port) {
+    char *end;
+    long p = strtol(v, &end, 10);
+    if (end == v || *end || p < 0 || p > 65535)
+        return mimic_err(MIMIC_EINVAL, "--port: '%s' is not a port number (0..65535)", v);
+    *port = (int)p;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    mimic_cfg_t cfg;
+    config_defaults(&cfg);
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int nrest = 0, port = 0, port_given = 0;
+    const char *epfile = NULL, *v;
+    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) {
+        free(rest);
+        return SCHED_EXIT_USAGE;
+    }
+    for (int i = 0; i < nrest; i++) {
+        if (strcmp(rest[i], "--help") == 0 || strcmp(rest[i], "-h") == 0) {
+            usage(stdout);
+            free(rest);
+            return 0;
+        } else if (strcmp(rest[i], "--help-config") == 0) {
+            config_print_help(stdout);
+            free(rest);
+            return 0;
+        } else if ((v = flag_value(rest, nrest, &i, "--port"))) {
+            if (parse_port(v, &port)) {
+                free(rest);
+                return SCHED_EXIT_USAGE;
+            }
+            port_given = 1;
+        } else if ((v = flag_value(rest, nrest, &i, "--endpoint-file"))) {
+            epfile = v;
+        } else {
+            mimic_err(MIMIC_EINVAL, "mimic-scheduler: unknown or incomplete flag '%s'", rest[i]);
+            usage(stderr);
+            free(rest);
+            return SCHED_EXIT_USAGE;
+        }
+    }
+    free(rest);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: zmq_poll returns EINTR at once */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    sched_t *s = NULL;
+    sched_opts_t opts = {.port = port, .stop = &stop_signal};
+    if (sched_new(&s, &cfg, &opts)) return SCHED_EXIT_USAGE;
+    const char *ep = sched_endpoint(s);
+    printf("scheduler listening on %s\n", ep);
+    fflush(stdout);
+    if (epfile) {
+        char line[600];
+        int n = snprintf(line, sizeof line, "%s\n", ep);
+        if (ckpt_write_atomic(epfile, line, (size_t)n)) {
+            sched_destroy(&s);
+            return SCHED_EXIT_USAGE;
+        }
+    }
+#ifdef SCHED_HAVE_BOOTSTRAP
+    else if (!port_given && bootstrap_under_mpi()) {
+        if (bootstrap_publish(ep)) {
+            sched_destroy(&s);
+            return SCHED_EXIT_USAGE;
+        }
+        int ns = -1, nw = -1;
+        bootstrap_counts(&ns, &nw);
+        if (ns >= 1 && nw >= 0 && (ns != cfg.cluster.servers || nw != cfg.cluster.workers))
+            mimic_log("scheduler: mpirun started %d server(s) and %d worker(s); using these "
+                      "instead of cluster.servers=%d, cluster.workers=%d",
+                      ns, nw, cfg.cluster.servers, cfg.cluster.workers);
+        sched_set_quorum(s, ns, nw);
+    }
+#else
+    (void)port_given;
+#endif
+    int rc = sched_run(s);
+    sched_destroy(&s);
+    return rc;
+}

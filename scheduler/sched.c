@@ -1,0 +1,862 @@
+#define _GNU_SOURCE
+#include "sched.h"
+
+#include "ckpt.h"
+#include "common.h"
+#include "loader.h"
+#include "members.h"
+#include "metrics.h"
+#include "progress.h"
+#include "proto.h"
+#include "trace.h"
+#include "workq.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define MEMB_RESENDS_MAX 20 /* MEMBERSHIP resends per version to a server that does not ACK */
+
+struct sched {
+    mimic_cfg_t cfg;
+    void *zctx, *sock;
+    char endpoint[512];   /* published address */
+    char ckdir[PATH_MAX]; /* absolute checkpoint directory */
+    members_t *mb;
+    workq_t *q;
+    ckpt_t *ck;
+    metrics_t mx;
+    trace_t tr;
+    progress_t pg;
+    int S, W0;
+    int resumed;
+    long resume_step, end_step;
+    int started, finishing, ckpt_failed, over, exit_code;
+    double t0, finish_t, dead_s, resend_s;
+    uint64_t memb_version;
+    volatile sig_atomic_t *stop;
+};
+
+/* ---- output: JSON lines and trace -------------------------------------------------- */
+
+static void jbegin(sched_t *s, const char *event) {
+    metrics_begin(&s->mx, event);
+    metrics_num(&s->mx, "t", mimic_now() - s->t0);
+}
+
+static void mark(sched_t *s, const char *name) {
+    double now = mimic_now();
+    trace_event(&s->tr, name, now, now);
+}
+
+/* ---- sending ----------------------------------------------------------------------- */
+
+static void free_buf(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
+
+/* Sends to a member; never blocks (ZMQ_SNDTIMEO 0). A failure costs this message only. */
+static int send_to(sched_t *s, const member_t *m, const proto_hdr_t *h, const void *payload,
+                   proto_free_fn *fn, void *hint) {
+    int rc = proto_send(s->sock, m->ident, m->identlen, h, payload, fn, hint);
+    if (rc)
+        mimic_warn("scheduler: %s to %s id %d dropped", proto_type_name(h->type),
+                   members_role_name(m->role), m->id);
+    return rc;
+}
+
+__attribute__((format(printf, 4, 5))) static void reply_error(sched_t *s, const proto_msg_t *m,
+                                                              int code, const char *fmt, ...) {
+    char why[PROTO_STR_MAX + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (m->idlen) proto_reply_error(s->sock, PROTO_ID_SCHEDULER, m, code, why);
+}
+
+static void reply_ack(sched_t *s, const proto_msg_t *m, proto_type_t acked) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_ACK, PROTO_ID_SCHEDULER);
+    h.seq = m->hdr.seq;
+    h.na = 1;
+    h.a[PROTO_ACK_TYPE] = acked;
+    proto_send(s->sock, m->id, m->idlen, &h, NULL, NULL, NULL);
+}
+
+static member_t *server_of_rank(sched_t *s, int rank) {
+    for (int i = 0; i < members_size(s->mb); i++) {
+        member_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_SERVER && m->rank == rank) return m;
+    }
+    return NULL;
+}
+
+static int servers_registered(sched_t *s) {
+    int n = 0;
+    for (int i = 0; i < members_size(s->mb); i++)
+        n += members_at(s->mb, i)->role == PROTO_ROLE_SERVER;
+    return n;
+}
+
+static void send_register_ack(sched_t *s, const member_t *m) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER);
+    h.seq = m->reg_seq;
+    h.na = 5;
+    h.a[PROTO_RACK_ID] = m->id;
+    h.a[PROTO_RACK_NSERVERS] = s->S;
+    h.a[PROTO_RACK_NWORKERS] = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    h.a[PROTO_RACK_RANK] = m->rank;
+    h.a[PROTO_RACK_EPOCH] = (int64_t)s->memb_version;
+    if (m->role == PROTO_ROLE_SERVER) {
+        char step[32] = "";
+        if (s->resumed) snprintf(step, sizeof step, "%ld", s->resume_step);
+        proto_hdr_set_str(&h, step);
+        send_to(s, m, &h, NULL, NULL, NULL);
+        return;
+    }
+    /* Workers: the server endpoints in rank order, space-separated in str. */
+    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1, len = 0;
+    char *eps = malloc(cap);
+    if (!eps) {
+        mimic_warn("scheduler: out of memory answering worker id %d", m->id);
+        return;
+    }
+    eps[0] = 0;
+    for (int r = 0; r < s->S; r++) {
+        const member_t *srv = server_of_rank(s, r);
+        len +=
+            (size_t)snprintf(eps + len, cap - len, "%s%s", r ? " " : "", srv ? srv->endpoint : "");
+    }
+    if (len <= PROTO_STR_MAX) {
+        proto_hdr_set_str(&h, eps);
+        free(eps);
+        send_to(s, m, &h, NULL, NULL, NULL);
+        return;
+    }
+    /* Too many servers for str: the addresses go in the optional u8 payload, one a line. */
+    mimic_warn("scheduler: %d server endpoints exceed %d bytes; sending them as the "
+               "REGISTER_ACK payload",
+               s->S, PROTO_STR_MAX);
+    for (size_t i = 0; i < len; i++)
+        if (eps[i] == ' ') eps[i] = '\n';
+    h.dtype = PROTO_DT_U8;
+    h.nbytes = len;
+    send_to(s, m, &h, eps, free_buf, NULL);
+}
+
+static void send_membership(sched_t *s, member_t *srv, double now) {
+    int n = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    int32_t *ids = n ? malloc((size_t)n * sizeof *ids) : NULL;
+    if (n && !ids) {
+        mimic_warn("scheduler: out of memory for MEMBERSHIP");
+        return;
+    }
+    n = members_live_workers(s->mb, ids, n);
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER);
+    h.seq = s->memb_version;
+    h.na = 2;
+    h.a[PROTO_MEMB_EPOCH] = (int64_t)s->memb_version;
+    h.a[PROTO_MEMB_LIVE] = n;
+    h.dtype = PROTO_DT_I32;
+    h.nbytes = (uint64_t)n * sizeof *ids;
+    send_to(s, srv, &h, ids, ids ? free_buf : NULL, NULL);
+    srv->memb_sent = now;
+}
+
+static void membership_changed(sched_t *s, double now) {
+    if (!s->started) return; /* the first MEMBERSHIP goes out with the quorum */
+    s->memb_version++;
+    for (int i = 0; i < members_size(s->mb); i++) {
+        member_t *m = members_at(s->mb, i);
+        if (m->role != PROTO_ROLE_SERVER || m->state != MEMBER_LIVE) continue;
+        m->memb_resends = 0;
+        send_membership(s, m, now);
+    }
+    jbegin(s, "membership");
+    metrics_int(&s->mx, "version", (long long)s->memb_version);
+    metrics_int(&s->mx, "live_workers", members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE));
+    metrics_end(&s->mx);
+    mark(s, "membership");
+}
+
+static void request_checkpoints(sched_t *s) {
+    long step;
+    while (ckpt_next_request(s->ck, &step)) {
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_CKPT, PROTO_ID_SCHEDULER);
+        h.step = (uint64_t)step;
+        proto_hdr_set_str(&h, s->ckdir);
+        for (int i = 0; i < members_size(s->mb); i++) {
+            const member_t *m = members_at(s->mb, i);
+            if (m->role == PROTO_ROLE_SERVER && m->state == MEMBER_LIVE)
+                send_to(s, m, &h, NULL, NULL, NULL);
+        }
+    }
+}
+
+/* SHUTDOWN to every live or waiting peer, and the loop ends with `code`. */
+static void end_run(sched_t *s, int code, const char *why) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_SHUTDOWN, PROTO_ID_SCHEDULER);
+    proto_hdr_set_str(&h, why);
+    int sent = 0;
+    for (int i = 0; i < members_size(s->mb); i++) {
+        const member_t *m = members_at(s->mb, i);
+        if (m->state == MEMBER_LIVE || m->state == MEMBER_PENDING)
+            sent += send_to(s, m, &h, NULL, NULL, NULL) == 0;
+    }
+    progress_flush(&s->pg, mimic_now(), stderr, &s->mx, s->t0);
+    jbegin(s, "end");
+    metrics_int(&s->mx, "exit_code", code);
+    metrics_str(&s->mx, "reason", why);
+    metrics_end(&s->mx);
+    mark(s, "shutdown");
+    mimic_log("scheduler: %s; SHUTDOWN sent to %d peer(s), exit code %d", why, sent, code);
+    s->over = 1;
+    s->exit_code = code;
+}
+
+/* ---- membership events ------------------------------------------------------------- */
+
+static void maybe_start(sched_t *s, double now) {
+    if (s->started || members_count(s->mb, PROTO_ROLE_SERVER, MEMBER_LIVE) < s->S ||
+        members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_PENDING) < s->W0)
+        return;
+    s->started = 1;
+    for (int i = 0; i < members_size(s->mb); i++) {
+        member_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBER_PENDING) {
+            m->state = MEMBER_LIVE;
+            m->last_seen = now; /* its silence while it waited for us does not count */
+        }
+    }
+    /* Servers learn the members and the checkpoint plan before any worker can push. */
+    membership_changed(s, now);
+    request_checkpoints(s);
+    for (int i = 0; i < members_size(s->mb); i++) {
+        const member_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBER_LIVE) send_register_ack(s, m);
+    }
+    progress_init(&s->pg, s->end_step, s->resume_step, now);
+    int W = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    mimic_log("scheduler: %d server(s) and %d worker(s) registered; training %s step %ld to %ld",
+              s->S, W, s->resumed ? "resumes at" : "starts at", s->resume_step, s->end_step);
+    jbegin(s, "quorum");
+    metrics_int(&s->mx, "servers", s->S);
+    metrics_int(&s->mx, "workers", W);
+    metrics_end(&s->mx);
+    mark(s, "quorum");
+}
+
+static void worker_gone(sched_t *s, member_t *m, member_state_t st, double now) {
+    m->state = st;
+    int r = workq_requeue_worker(s->q, m->id);
+    const char *what = st == MEMBER_DEAD ? "worker_dead" : "worker_left";
+    mimic_log("scheduler: worker rank %d (id %d) %s; %d chunk(s) back at the front of the queue",
+              m->rank, m->id, st == MEMBER_DEAD ? "declared dead (no heartbeat)" : "left", r);
+    jbegin(s, what);
+    metrics_int(&s->mx, "id", m->id);
+    metrics_int(&s->mx, "rank", m->rank);
+    metrics_int(&s->mx, "requeued", r);
+    metrics_end(&s->mx);
+    mark(s, what);
+    membership_changed(s, now);
+}
+
+static void server_failed(sched_t *s, member_t *m, const char *what) {
+    char why[256];
+    m->state = MEMBER_DEAD;
+    snprintf(why, sizeof why, "server rank %d (id %d) %s; restart from the last checkpoint",
+             m->rank, m->id, what);
+    end_run(s, SCHED_EXIT_SERVER, why);
+}
+
+static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, double now) {
+    int role = (int)msg->hdr.a[PROTO_REG_ROLE];
+    if (known) {
+        if (known->role == role && known->state == MEMBER_LIVE) {
+            known->reg_seq = msg->hdr.seq; /* a retry: answer again, same id */
+            send_register_ack(s, known);
+        } else if (known->role == role && known->state == MEMBER_PENDING) {
+            known->reg_seq = msg->hdr.seq; /* still deferred; answered at the quorum */
+        } else if (known->role != role) {
+            reply_error(s, msg, MIMIC_EPEER, "this connection registered as a %s (id %d)",
+                        members_role_name(known->role), known->id);
+        } else {
+            reply_error(s, msg, MIMIC_EPEER,
+                        "not a member: this connection was id %d (%s); reconnect to register",
+                        known->id, known->state == MEMBER_DEAD ? "declared dead" : "left");
+        }
+        return;
+    }
+    if (s->finishing) {
+        reply_error(s, msg, MIMIC_EPEER, "training is over");
+        return;
+    }
+    if (role == PROTO_ROLE_SERVER) {
+        int rank = servers_registered(s);
+        if (rank >= s->S) {
+            reply_error(s, msg, MIMIC_EPEER,
+                        "the cluster already has its %d server(s) "
+                        "(cluster.servers)",
+                        s->S);
+            return;
+        }
+        if (!msg->hdr.str[0]) {
+            reply_error(s, msg, MIMIC_EINVAL, "REGISTER of a server needs its endpoint in str");
+            return;
+        }
+        member_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
+        if (!m) {
+            reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
+            return;
+        }
+        m->rank = rank;
+        m->state = MEMBER_LIVE;
+        m->reg_seq = msg->hdr.seq;
+        snprintf(m->endpoint, sizeof m->endpoint, "%s", msg->hdr.str);
+        send_register_ack(s, m);
+        mimic_log("scheduler: server rank %d (id %d) registered at %s", rank, m->id, m->endpoint);
+        jbegin(s, "register");
+        metrics_str(&s->mx, "role", "server");
+        metrics_int(&s->mx, "id", m->id);
+        metrics_int(&s->mx, "rank", rank);
+        metrics_str(&s->mx, "endpoint", m->endpoint);
+        metrics_end(&s->mx);
+        maybe_start(s, now);
+        return;
+    }
+    int rank = members_free_worker_rank(s->mb);
+    member_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
+    if (!m) {
+        reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
+        return;
+    }
+    m->rank = rank;
+    m->reg_seq = msg->hdr.seq;
+    jbegin(s, "register");
+    metrics_str(&s->mx, "role", "worker");
+    metrics_int(&s->mx, "id", m->id);
+    metrics_int(&s->mx, "rank", rank);
+    metrics_int(&s->mx, "deferred", !s->started);
+    metrics_end(&s->mx);
+    if (s->started) { /* an elastic join: answered at once */
+        m->state = MEMBER_LIVE;
+        mimic_log("scheduler: worker rank %d (id %d) joined", rank, m->id);
+        membership_changed(s, now);
+        send_register_ack(s, m);
+        return;
+    }
+    mimic_log("scheduler: worker rank %d (id %d) registered; waiting for %d server(s) and %d "
+              "worker(s)",
+              rank, m->id, s->S - members_count(s->mb, PROTO_ROLE_SERVER, MEMBER_LIVE),
+              s->W0 - members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_PENDING));
+    maybe_start(s, now);
+}
+
+/* ---- work queue, metrics, checkpoints ---------------------------------------------- */
+
+static uint64_t keep_version(const sched_t *s) {
+    long p = ckpt_min_pending(s->ck);
+    return p < 0 ? UINT64_MAX : (uint64_t)p;
+}
+
+static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const member_t *m) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_CHUNK, PROTO_ID_SCHEDULER);
+    h.seq = msg->hdr.seq;
+    h.step = msg->hdr.step;
+    h.dtype = PROTO_DT_U32;
+    if (s->finishing || msg->hdr.step >= (uint64_t)s->end_step) {
+        h.na = 5; /* count 0, status END: training is over */
+        h.a[PROTO_CHUNK_STATUS] = PROTO_CHUNK_END;
+        send_to(s, m, &h, NULL, NULL, NULL);
+        return;
+    }
+    workq_chunk_t c;
+    int rc = workq_next(s->q, m->id, msg->hdr.step, &c);
+    if (rc) {
+        reply_error(s, msg, rc, "work queue: %s", mimic_last_error());
+        return;
+    }
+    h.na = 4;
+    h.a[PROTO_CHUNK_EPOCH] = (int64_t)c.epoch;
+    h.a[PROTO_CHUNK_ID] = c.id;
+    h.a[PROTO_CHUNK_START] = c.start;
+    h.a[PROTO_CHUNK_COUNT] = c.count;
+    h.nbytes = (uint64_t)c.count * sizeof(uint32_t);
+    /* Zero-copy out of the epoch's permutation; the send holds a reference to it. */
+    send_to(s, m, &h, c.idx, workq_release, c.hold);
+}
+
+static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const member_t *m) {
+    const int64_t *a = msg->hdr.a;
+    if (a[PROTO_CDONE_ID] > UINT32_MAX) {
+        reply_error(s, msg, MIMIC_EINVAL, "CHUNK_DONE: chunk id %" PRId64 " out of range",
+                    a[PROTO_CDONE_ID]);
+        return;
+    }
+    workq_epoch_stats_t st;
+    int finished = 0;
+    char why[256];
+    int rc = workq_done(s->q, m->id, (uint64_t)a[PROTO_CDONE_EPOCH], (uint32_t)a[PROTO_CDONE_ID],
+                        &st, &finished, why, sizeof why);
+    if (rc < 0) {
+        reply_error(s, msg, rc, "CHUNK_DONE: %s", why);
+        return;
+    }
+    reply_ack(s, msg, PROTO_CHUNK_DONE);
+    progress_samples(&s->pg, (uint64_t)a[PROTO_CDONE_PROCESSED]);
+    if (rc == WORKQ_DUPLICATE)
+        mimic_warn("scheduler: worker id %d reported chunk %" PRId64 "/%" PRId64 " done again",
+                   m->id, a[PROTO_CDONE_EPOCH], a[PROTO_CDONE_ID]);
+    if (!finished) return;
+    metrics_begin(&s->mx, "epoch_done"); /* exactly the fields of docs/runtime.md */
+    metrics_int(&s->mx, "epoch", (long long)st.epoch);
+    metrics_int(&s->mx, "samples", (long long)st.samples);
+    metrics_int(&s->mx, "covered", (long long)st.covered);
+    metrics_int(&s->mx, "duplicates", (long long)st.duplicates);
+    metrics_int(&s->mx, "requeued_chunks", st.requeued_chunks);
+    metrics_end(&s->mx);
+    mark(s, "epoch_done");
+    mimic_log("scheduler: epoch %" PRIu64 " done: %" PRIu64 "/%" PRIu64 " samples covered, %" PRIu64
+              " duplicates, %u chunk(s) requeued",
+              st.epoch, st.covered, st.samples, st.duplicates, st.requeued_chunks);
+    workq_prune(s->q, keep_version(s));
+}
+
+static void on_metrics(sched_t *s, const proto_msg_t *msg) {
+    const proto_hdr_t *h = &msg->hdr;
+    double lr = h->nf > PROTO_METRIC_LR ? h->f[PROTO_METRIC_LR] : 0;
+    int live = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    progress_metrics(&s->pg, (long)h->step, h->f[PROTO_METRIC_LOSS], lr, live, mimic_now(), stderr,
+                     &s->mx, s->t0);
+}
+
+static void begin_finish(sched_t *s, double now) {
+    s->finishing = 1;
+    s->finish_t = now;
+    progress_flush(&s->pg, now, stderr, &s->mx, s->t0);
+    mimic_log("scheduler: every server wrote step %ld; waiting for the workers to leave",
+              s->end_step);
+}
+
+static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const member_t *m, double now) {
+    long step = (long)msg->hdr.step;
+    int status = (int)msg->hdr.a[PROTO_CKDONE_STATUS], complete, failed;
+    char why[256];
+    if (ckpt_server_done(s->ck, step, m->rank, status, &complete, &failed, why, sizeof why)) {
+        reply_error(s, msg, MIMIC_EINVAL, "CKPT_DONE: %s", why);
+        return;
+    }
+    if (status < 0)
+        mimic_warn("scheduler: server rank %d could not write checkpoint %ld: %s (%s)", m->rank,
+                   step, mimic_strerror(status), msg->hdr.str);
+    if (!complete) return;
+    int rc = failed ? MIMIC_EPEER : ckpt_commit(s->ck, step, s->q);
+    if (rc) {
+        s->ckpt_failed++;
+        jbegin(s, "checkpoint_failed");
+        metrics_int(&s->mx, "step", step);
+        metrics_int(&s->mx, "servers_failed", failed);
+        metrics_end(&s->mx);
+        mimic_warn("scheduler: checkpoint %ld incomplete; %s/latest not updated", step, s->ckdir);
+    } else {
+        jbegin(s, "checkpoint");
+        metrics_int(&s->mx, "step", step);
+        metrics_str(&s->mx, "dir", s->ckdir);
+        metrics_end(&s->mx);
+        mimic_log("scheduler: checkpoint of step %ld complete in %s", step, s->ckdir);
+    }
+    mark(s, "checkpoint");
+    request_checkpoints(s);
+    workq_prune(s->q, keep_version(s));
+    if (step == s->end_step && !s->finishing) begin_finish(s, now);
+}
+
+static void on_ack(sched_t *s, const proto_msg_t *msg, member_t *m) {
+    if (msg->hdr.a[PROTO_ACK_TYPE] == PROTO_MEMBERSHIP && m->role == PROTO_ROLE_SERVER &&
+        msg->hdr.seq > m->memb_acked && msg->hdr.seq <= s->memb_version)
+        m->memb_acked = msg->hdr.seq;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+
+static int only(sched_t *s, const proto_msg_t *msg, const member_t *m, int role) {
+    if (m->role == role) return 1;
+    reply_error(s, msg, MIMIC_EPEER, "only %ss send %s", members_role_name(role),
+                proto_type_name(msg->hdr.type));
+    return 0;
+}
+
+static void handle_member(sched_t *s, const proto_msg_t *msg, member_t *m, double now) {
+    proto_type_t t = msg->hdr.type;
+    if (m->state == MEMBER_DEAD || m->state == MEMBER_LEFT) {
+        reply_error(s, msg, MIMIC_EPEER, "not a member: id %d %s", m->id,
+                    m->state == MEMBER_DEAD ? "was declared dead" : "has left");
+        return;
+    }
+    members_touch(m, now);
+    if (m->state == MEMBER_PENDING) {
+        if (t == PROTO_LEAVE) {
+            m->state = MEMBER_LEFT;
+            reply_ack(s, msg, PROTO_LEAVE);
+        } else if (t != PROTO_HEARTBEAT) {
+            reply_error(s, msg, MIMIC_EPEER,
+                        "not a member yet: REGISTER_ACK follows when the "
+                        "cluster is complete");
+        }
+        return;
+    }
+    /* A heartbeat may still carry "no id" if it crossed our REGISTER_ACK on the wire. */
+    if (msg->hdr.sender != m->id && !(t == PROTO_HEARTBEAT && msg->hdr.sender == PROTO_ID_NONE)) {
+        reply_error(s, msg, MIMIC_EPEER, "sender id %d does not match this connection's id %d",
+                    msg->hdr.sender, m->id);
+        return;
+    }
+    switch (t) {
+    case PROTO_HEARTBEAT:
+        m->step = msg->hdr.step;
+        break;
+    case PROTO_LEAVE:
+        reply_ack(s, msg, PROTO_LEAVE);
+        if (m->role == PROTO_ROLE_WORKER)
+            worker_gone(s, m, MEMBER_LEFT, now);
+        else if (s->finishing)
+            m->state = MEMBER_LEFT;
+        else
+            server_failed(s, m, "left during training");
+        break;
+    case PROTO_CHUNK_REQ:
+        if (only(s, msg, m, PROTO_ROLE_WORKER)) on_chunk_req(s, msg, m);
+        break;
+    case PROTO_CHUNK_DONE:
+        if (only(s, msg, m, PROTO_ROLE_WORKER)) on_chunk_done(s, msg, m);
+        break;
+    case PROTO_METRICS:
+        if (only(s, msg, m, PROTO_ROLE_WORKER)) on_metrics(s, msg);
+        break;
+    case PROTO_CKPT_DONE:
+        if (only(s, msg, m, PROTO_ROLE_SERVER)) on_ckpt_done(s, msg, m, now);
+        break;
+    case PROTO_ACK:
+        on_ack(s, msg, m);
+        break;
+    case PROTO_ERROR:
+        mimic_warn("scheduler: %s id %d refused %s: %s", members_role_name(m->role), m->id,
+                   proto_type_name((int)msg->hdr.a[PROTO_ERR_REQTYPE]), msg->hdr.str);
+        break;
+    default:
+        reply_error(s, msg, MIMIC_EPEER, "the scheduler does not handle %s", proto_type_name(t));
+    }
+}
+
+static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
+    if (rc == MIMIC_EFORMAT) {
+        reply_error(s, msg, rc, "%s", msg->why);
+        return;
+    }
+    if (rc) {
+        mimic_warn("scheduler: receive failed: %s", msg->why);
+        return;
+    }
+    member_t *m = members_by_ident(s->mb, msg->id, msg->idlen);
+    if (msg->hdr.type == PROTO_REGISTER)
+        on_register(s, msg, m, now);
+    else if (!m)
+        reply_error(s, msg, MIMIC_EPEER,
+                    "not a member: %s from an unregistered peer (REGISTER "
+                    "first)",
+                    proto_type_name(msg->hdr.type));
+    else
+        handle_member(s, msg, m, now);
+    trace_event(&s->tr, proto_type_name(msg->hdr.type), now, mimic_now());
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
+static void tick(sched_t *s, double now) {
+    member_t *m;
+    while (!s->over && (m = members_expired(s->mb, now, s->dead_s))) {
+        if (m->role == PROTO_ROLE_SERVER)
+            server_failed(s, m, "stopped sending heartbeats");
+        else
+            worker_gone(s, m, MEMBER_DEAD, now);
+    }
+    if (s->over) return;
+    for (int i = 0; s->started && i < members_size(s->mb); i++) {
+        m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_SERVER && m->state == MEMBER_LIVE &&
+            m->memb_acked < s->memb_version && now - m->memb_sent > s->resend_s &&
+            m->memb_resends < MEMB_RESENDS_MAX) {
+            m->memb_resends++;
+            send_membership(s, m, now);
+        }
+    }
+    progress_tick(&s->pg, now, stderr, &s->mx, s->t0);
+    if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE) == 0 ||
+                         now - s->finish_t > 2 * s->dead_s)) {
+        char why[128];
+        snprintf(why, sizeof why, "training finished at step %ld", s->end_step);
+        end_run(s, s->ckpt_failed ? SCHED_EXIT_FAIL : SCHED_EXIT_OK, why);
+    }
+}
+
+int sched_run(sched_t *s) {
+    while (!s->over) {
+        if (s->stop && *s->stop) {
+            char why[64];
+            int sig = *s->stop;
+            snprintf(why, sizeof why, "scheduler stopped by signal %d", sig);
+            end_run(s, SCHED_EXIT_SIGNAL + sig, why);
+            break;
+        }
+        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
+        int ready = zmq_poll(&it, 1, SCHED_TICK_MS);
+        if (ready < 0 && zmq_errno() != EINTR) {
+            mimic_err(MIMIC_EIO, "scheduler: zmq_poll: %s", zmq_strerror(zmq_errno()));
+            end_run(s, SCHED_EXIT_FAIL, "scheduler socket failed");
+            break;
+        }
+        /* A bounded batch, so that heartbeats are checked even under a flood. */
+        for (int k = 0; ready > 0 && k < 256 && !s->over; k++) {
+            proto_msg_t msg;
+            int rc = proto_recv(s->sock, &msg, SCHED_MAX_PAYLOAD, 0);
+            if (rc != MIMIC_ETIMEOUT) handle(s, &msg, rc, mimic_now());
+            proto_msg_close(&msg);
+            if (rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO) break;
+        }
+        if (!s->over) tick(s, mimic_now());
+    }
+    return s->exit_code;
+}
+
+/* ---- set-up ------------------------------------------------------------------------ */
+
+static int check_cfg(const mimic_cfg_t *c) {
+    if (c->cluster.servers < 1)
+        return mimic_err(MIMIC_EINVAL, "config cluster.servers: %d (need >= 1)",
+                         c->cluster.servers);
+    if (c->cluster.workers < 0)
+        return mimic_err(MIMIC_EINVAL, "config cluster.workers: %d (need >= 0)",
+                         c->cluster.workers);
+    if (c->cluster.heartbeat_ms <= 0 || c->cluster.dead_ms <= c->cluster.heartbeat_ms)
+        return mimic_err(MIMIC_EINVAL,
+                         "config cluster.heartbeat_ms/dead_ms: %d/%d (need 0 < "
+                         "heartbeat_ms < dead_ms)",
+                         c->cluster.heartbeat_ms, c->cluster.dead_ms);
+    if (c->cluster.chunk_size < 0 || (c->cluster.chunk_size == 0 && c->train.batch_size <= 0))
+        return mimic_err(MIMIC_EINVAL,
+                         "config cluster.chunk_size: %d (0 = train.batch_size, "
+                         "which is %d)",
+                         c->cluster.chunk_size, c->train.batch_size);
+    if (c->train.steps < 0)
+        return mimic_err(MIMIC_EINVAL, "config train.steps: %ld", c->train.steps);
+    return 0;
+}
+
+/* Number of samples: the data set is opened once, as the workers will open it. */
+static int count_samples(const mimic_cfg_t *cfg, uint32_t *n) {
+    loader_t *ld = NULL;
+    int rc = loader_new(&ld, cfg);
+    if (rc) return rc;
+    size_t size = loader_size(ld);
+    loader_destroy(&ld);
+    if (size > UINT32_MAX)
+        return mimic_err(MIMIC_EINVAL, "%s: %zu samples; the work queue indexes at most 2^32-1",
+                         cfg->data.path, size);
+    *n = (uint32_t)size;
+    return 0;
+}
+
+static int open_dirs(sched_t *s) {
+    const mimic_cfg_t *c = &s->cfg;
+    char dir[PATH_MAX];
+    int rc = ckpt_mkdir_p(c->train.out_dir);
+    if (rc) return rc;
+    if (c->cluster.ckpt_dir[0])
+        snprintf(dir, sizeof dir, "%s", c->cluster.ckpt_dir);
+    else
+        snprintf(dir, sizeof dir, "%s/ckpt", c->train.out_dir);
+    if ((rc = ckpt_mkdir_p(dir))) return rc;
+    /* Absolute, so servers started elsewhere write where the scheduler reads. */
+    if (!realpath(dir, s->ckdir))
+        return mimic_err(MIMIC_EIO, "%s: cannot resolve (%s)", dir, strerror(errno));
+    return 0;
+}
+
+static int decide_resume(sched_t *s) {
+    const char *r = s->cfg.train.resume;
+    long latest = -1;
+    int have = ckpt_read_latest(s->ckdir, &latest);
+    if (have < 0) return have;
+    if (!r[0]) {
+        if (have == 0)
+            mimic_log("scheduler: %s/latest (step %ld) exists but train.resume is empty; "
+                      "starting fresh",
+                      s->ckdir, latest);
+        return 0;
+    }
+    if (strcmp(r, "auto") != 0) {
+        char real[PATH_MAX];
+        if (!realpath(r, real) || strcmp(real, s->ckdir) != 0)
+            return mimic_err(MIMIC_EINVAL,
+                             "config train.resume: '%s' is neither \"auto\" nor the "
+                             "cluster checkpoint directory %s",
+                             r, s->ckdir);
+        if (have == 1)
+            return mimic_err(MIMIC_EINVAL, "config train.resume: no %s/latest to resume from",
+                             s->ckdir);
+    }
+    if (have == 1) {
+        mimic_log("scheduler: no checkpoint in %s; starting fresh", s->ckdir);
+        return 0;
+    }
+    int rc = ckpt_load_queue(s->ckdir, latest, s->q);
+    if (rc) return rc;
+    s->resumed = 1;
+    s->resume_step = latest;
+    uint64_t e;
+    uint32_t k;
+    workq_position(s->q, &e, &k);
+    mimic_log("scheduler: resuming from checkpoint step %ld in %s (epoch %" PRIu64 ", chunk %u)",
+              latest, s->ckdir, e, k);
+    return 0;
+}
+
+static int open_socket(sched_t *s, int port) {
+    char addr[256], last[256];
+    size_t len = sizeof last;
+    int one = 1, zero = 0, linger = 2000, maxmsg = 1 << 20;
+    s->zctx = zmq_ctx_new();
+    if (!s->zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
+    s->sock = zmq_socket(s->zctx, ZMQ_ROUTER);
+    if (!s->sock) return mimic_err(MIMIC_EIO, "cannot create the scheduler socket");
+    int64_t maxmsg64 = maxmsg;
+    /* Replies to vanished peers fail instead of vanishing; sends never wait; a frame
+     * larger than any legal message drops that peer's connection. */
+    if (zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(s->sock, ZMQ_SNDTIMEO, &zero, sizeof zero) ||
+        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg64, sizeof maxmsg64))
+        return mimic_err(MIMIC_EIO, "scheduler socket options: %s", zmq_strerror(zmq_errno()));
+    if (port)
+        snprintf(addr, sizeof addr, "tcp://%s:%d", s->cfg.cluster.bind_host, port);
+    else
+        snprintf(addr, sizeof addr, "tcp://%s:*", s->cfg.cluster.bind_host);
+    if (zmq_bind(s->sock, addr) != 0)
+        return mimic_err(MIMIC_EIO, "cannot bind %s (cluster.bind_host, --port): %s", addr,
+                         zmq_strerror(zmq_errno()));
+    if (zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, last, &len) != 0)
+        return mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
+    const char *any = "tcp://0.0.0.0:";
+    if (strncmp(last, any, strlen(any)) == 0) { /* advertise a name others can reach */
+        char host[200];
+        if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "127.0.0.1");
+        host[sizeof host - 1] = 0;
+        snprintf(s->endpoint, sizeof s->endpoint, "tcp://%s:%s", host, last + strlen(any));
+    } else {
+        snprintf(s->endpoint, sizeof s->endpoint, "%s", last);
+    }
+    return 0;
+}
+
+int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
+    *out = NULL;
+    int rc = check_cfg(cfg);
+    if (rc) return rc;
+    sched_t *s = calloc(1, sizeof *s);
+    if (!s) return mimic_err(MIMIC_ENOMEM, "out of memory for the scheduler");
+    s->cfg = *cfg;
+    s->t0 = mimic_now();
+    s->stop = o ? o->stop : NULL;
+    s->S = cfg->cluster.servers;
+    s->W0 = cfg->cluster.workers;
+    s->dead_s = cfg->cluster.dead_ms * 1e-3;
+    s->resend_s = 2 * cfg->cluster.heartbeat_ms * 1e-3;
+    uint32_t n = 0;
+    uint32_t cs =
+        (uint32_t)(cfg->cluster.chunk_size ? cfg->cluster.chunk_size : cfg->train.batch_size);
+    char path[PATH_MAX];
+    if ((rc = count_samples(cfg, &n)) || (rc = workq_new(&s->q, n, cs, cfg->train.seed)) ||
+        (rc = open_dirs(s)) || (rc = decide_resume(s)))
+        goto fail;
+    s->end_step = cfg->train.steps;
+    if (cfg->train.stop_after > 0 && s->resume_step + cfg->train.stop_after < s->end_step)
+        s->end_step = s->resume_step + cfg->train.stop_after;
+    if ((rc = ckpt_new(&s->ck, s->ckdir, cfg->cluster.ckpt_every, s->resume_step, s->end_step,
+                       s->S)))
+        goto fail;
+    if (s->resumed) ckpt_set_latest(s->ck, s->resume_step);
+    if (!(s->mb = members_new())) {
+        rc = MIMIC_ENOMEM;
+        goto fail;
+    }
+    snprintf(path, sizeof path, "%s/scheduler.jsonl", cfg->train.out_dir);
+    if ((rc = metrics_open(&s->mx, path))) goto fail;
+    snprintf(path, sizeof path, "%s/trace-scheduler.json", cfg->train.out_dir);
+    if ((rc = trace_open(&s->tr, cfg->cluster.trace ? path : NULL, 0, "scheduler"))) goto fail;
+    if ((rc = open_socket(s, o ? o->port : 0))) goto fail;
+    progress_init(&s->pg, s->end_step, s->resume_step, s->t0);
+    jbegin(s, "start");
+    metrics_str(&s->mx, "endpoint", s->endpoint);
+    metrics_int(&s->mx, "samples", n);
+    metrics_int(&s->mx, "chunk_size", cs);
+    metrics_int(&s->mx, "chunks_per_epoch", workq_chunks_per_epoch(s->q));
+    metrics_int(&s->mx, "servers", s->S);
+    metrics_int(&s->mx, "workers", s->W0);
+    metrics_int(&s->mx, "resume_step", s->resumed ? s->resume_step : -1);
+    metrics_int(&s->mx, "end_step", s->end_step);
+    metrics_end(&s->mx);
+    mimic_log("scheduler: %u samples in chunks of %u (%u per epoch); waiting for %d server(s) "
+              "and %d worker(s)",
+              n, cs, workq_chunks_per_epoch(s->q), s->S, s->W0);
+    *out = s;
+    return 0;
+fail:
+    sched_destroy(&s);
+    return rc;
+}
+
+void sched_set_quorum(sched_t *s, int servers, int workers) {
+    if (s->started) return;
+    if (servers >= 1 && servers != s->S) {
+        ckpt_t *ck = NULL;
+        if (ckpt_new(&ck, s->ckdir, s->cfg.cluster.ckpt_every, s->resume_step, s->end_step,
+                     servers) == 0) {
+            ckpt_set_latest(ck, ckpt_latest(s->ck));
+            ckpt_destroy(&s->ck);
+            s->ck = ck;
+            s->S = servers;
+        }
+    }
+    if (workers >= 0) s->W0 = workers;
+}
+
+const char *sched_endpoint(const sched_t *s) {
+    return s->endpoint;
+}
+
+void sched_destroy(sched_t **ps) {
+    if (!ps || !*ps) return;
+    sched_t *s = *ps;
+    if (s->sock) zmq_close(s->sock); /* LINGER lets the SHUTDOWNs go out */
+    if (s->zctx) zmq_ctx_term(s->zctx);
+    trace_close(&s->tr);
+    metrics_close(&s->mx);
+    members_destroy(&s->mb);
+    ckpt_destroy(&s->ck);
+    workq_destroy(&s->q);
+    free(s);
+    *ps = NULL;
+}

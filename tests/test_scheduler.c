@@ -1,0 +1,778 @@
+// TIMEOUT: 120
+/* test_scheduler — the real mimic-scheduler process against fake servers and workers
+ * (DEALER sockets in this process), on loopback:
+ *  A. registration: server ranks, worker ACKs deferred until the server registered and
+ *     the quorum of workers is reached; MEMBERSHIP to the server with the live ids; the
+ *     chunks of an epoch form the seeded permutation; malformed messages (garbage,
+ *     wrong version, oversized payloads, strangers, wrong sender id) are answered ERROR
+ *     and the scheduler keeps serving; a worker that stops heartbeating is declared dead
+ *     within dead_ms + slack, MEMBERSHIP shrinks and its chunk goes to the other worker;
+ *     the epoch_done line then says covered == N, duplicates == 0, requeued_chunks 1;
+ *     CKPT goes to the server and CKPT_DONE produces latest and the queue snapshot (as
+ *     of the checkpoint's version); SHUTDOWN at the end and exit status 0.
+ *  B. restart with train.resume=auto: the server is told the step, the queue continues
+ *     where the snapshot says; a server that stops heartbeating ends the run (exit 3).
+ *  C. SIGTERM: SHUTDOWN to every peer (also a worker still waiting for its ACK).
+ *  D. a missing data file: exit 2 naming it.
+ *  Q. the work queue's snapshot/restore arithmetic directly (scheduler/workq.c is
+ *     compiled into this test): requeues to the front, the queue "as of version N"
+ *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
+#include "common.h"
+#include "json.h"
+#include "proto.h"
+#include "shard.h"
+#include "testutil.h"
+
+/* The work queue is checked in-process too; tests link only the libraries. */
+#include "../scheduler/workq.c"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#define N_SAMPLES 40
+#define CHUNK 8 /* = train.batch_size; cluster.chunk_size=0 */
+#define SEED 7
+#define HB_MS 100
+#define DEAD_MS 800
+#define INBOX 64
+
+static char bin[4096], imgs[4200];
+static void *zctx;
+static int sched_pid;
+
+/* ---- fake peers -------------------------------------------------------------------- */
+
+typedef struct {
+    proto_hdr_t hdr;
+    void *data;
+    size_t size;
+} rmsg_t;
+
+typedef struct {
+    const char *name;
+    void *sock;
+    int id, rank, hb; /* hb: send heartbeats while pumping */
+    double last_hb;
+    rmsg_t in[INBOX];
+    int nin;
+} peer_t;
+
+static peer_t *peers[8];
+static int npeers;
+
+static void free_copy(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
+
+static void rmsg_free(rmsg_t *m) {
+    free(m->data);
+    m->data = NULL;
+}
+
+static peer_t *peer_new(const char *name, const char *ep) {
+    peer_t *p = calloc(1, sizeof *p);
+    p->name = name;
+    p->id = PROTO_ID_NONE;
+    p->sock = zmq_socket(zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_connect(p->sock, ep) == 0);
+    peers[npeers++] = p;
+    return p;
+}
+
+static void peer_destroy(peer_t **pp) {
+    peer_t *p = *pp;
+    if (!p) return;
+    for (int i = 0; i < p->nin; i++)
+        rmsg_free(&p->in[i]);
+    zmq_close(p->sock);
+    for (int i = 0; i < npeers; i++)
+        if (peers[i] == p) peers[i] = peers[--npeers];
+    free(p);
+    *pp = NULL;
+}
+
+/* Sends h (sender = the peer's id unless set) with a copy of payload. */
+static void peer_send(peer_t *p, proto_hdr_t *h, const void *payload) {
+    void *copy = NULL;
+    if (h->nbytes && payload) {
+        copy = malloc(h->nbytes);
+        memcpy(copy, payload, h->nbytes);
+    }
+    int rc = proto_send(p->sock, NULL, 0, h, copy, copy ? free_copy : NULL, NULL);
+    if (rc)
+        printf("%s: send %s failed: %s\n", p->name, proto_type_name(h->type), mimic_last_error());
+    T_CHECK(rc == 0);
+}
+
+static void simple(peer_t *p, proto_type_t t, uint64_t step, uint64_t seq) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, t, p->id);
+    h.step = step;
+    h.seq = seq;
+    peer_send(p, &h, NULL);
+}
+
+/* Heartbeats for every peer that wants them, and everything that arrived into inboxes. */
+static void pump(int ms) {
+    double end = mimic_now() + ms * 1e-3;
+    do {
+        double now = mimic_now();
+        zmq_pollitem_t items[8];
+        for (int i = 0; i < npeers; i++) {
+            peer_t *p = peers[i];
+            if (p->hb && now - p->last_hb >= HB_MS * 1e-3) {
+                simple(p, PROTO_HEARTBEAT, 0, 0);
+                p->last_hb = now;
+            }
+            items[i] = (zmq_pollitem_t){p->sock, 0, ZMQ_POLLIN, 0};
+        }
+        zmq_poll(items, npeers, 5);
+        for (int i = 0; i < npeers; i++) {
+            peer_t *p = peers[i];
+            for (;;) {
+                proto_msg_t m;
+                int rc = proto_recv(p->sock, &m, 1 << 20, 0);
+                if (rc == MIMIC_ETIMEOUT) {
+                    proto_msg_close(&m);
+                    break;
+                }
+                if (rc) printf("%s: malformed message from the scheduler: %s\n", p->name, m.why);
+                T_CHECK(rc == 0);
+                if (rc == 0 && p->nin < INBOX) {
+                    rmsg_t *r = &p->in[p->nin++];
+                    r->hdr = m.hdr;
+                    r->size = proto_msg_size(&m);
+                    r->data = r->size ? malloc(r->size) : NULL;
+                    if (r->size) memcpy(r->data, proto_msg_data(&m), r->size);
+                }
+                proto_msg_close(&m);
+            }
+        }
+    } while (mimic_now() < end);
+}
+
+/* Takes the oldest message of type t from p's inbox, waiting up to ms. */
+static int expect(peer_t *p, proto_type_t t, int ms, rmsg_t *out) {
+    double end = mimic_now() + ms * 1e-3;
+    for (;;) {
+        for (int i = 0; i < p->nin; i++)
+            if (p->in[i].hdr.type == t) {
+                *out = p->in[i];
+                memmove(&p->in[i], &p->in[i + 1], (size_t)(p->nin - i - 1) * sizeof p->in[0]);
+                p->nin--;
+                return 1;
+            }
+        if (mimic_now() > end) break;
+        pump(10);
+    }
+    printf("%s: no %s within %d ms\n", p->name, proto_type_name(t), ms);
+    memset(out, 0, sizeof *out);
+    return 0;
+}
+
+static int has(const peer_t *p, proto_type_t t) {
+    for (int i = 0; i < p->nin; i++)
+        if (p->in[i].hdr.type == t) return 1;
+    return 0;
+}
+
+/* ---- the scheduler process --------------------------------------------------------- */
+
+static void kill_sched(void) {
+    if (sched_pid > 0) testutil_kill(sched_pid);
+    sched_pid = 0;
+}
+
+static void write_idx(void) {
+    snprintf(imgs, sizeof imgs, "%s/img.idx", testutil_tmpdir());
+    FILE *f = fopen(imgs, "wb");
+    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, N_SAMPLES, 0, 0, 0, 8, 0, 0, 0, 8};
+    fwrite(hdr, 1, 16, f);
+    for (int i = 0; i < N_SAMPLES * 64; i++)
+        fputc((i * 37) & 255, f);
+    fclose(f);
+}
+
+/* Starts the scheduler with the common flags plus extra; fills ep. Returns 0 or -1. */
+static int start(const char *name, const char *extra, char *ep, size_t cap) {
+    char line[16384], epfile[4300], log[4300], store[16384];
+    snprintf(epfile, sizeof epfile, "%s/%s-endpoint", testutil_tmpdir(), name);
+    snprintf(log, sizeof log, "%s/%s-log.txt", testutil_tmpdir(), name);
+    snprintf(line, sizeof line,
+             "--model.img_size=8 --data.kind=idx --data.path=%s --data.labels= "
+             "--train.batch_size=%d --train.seed=%d --train.out_dir=%s/%s "
+             "--cluster.chunk_size=0 --cluster.heartbeat_ms=%d --cluster.dead_ms=%d "
+             "--endpoint-file %s %s",
+             imgs, CHUNK, SEED, testutil_tmpdir(), name, HB_MS, DEAD_MS, epfile, extra);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = bin;
+    memcpy(store, line, sizeof line);
+    for (char *t = strtok(store, " "); t && n < 63; t = strtok(NULL, " "))
+        argv[n++] = t;
+    argv[n] = NULL;
+    remove(epfile); /* a previous run's */
+    sched_pid = testutil_spawn(argv, log);
+    if (sched_pid <= 0 || !testutil_wait_file(epfile, "tcp://", 20000)) {
+        printf("%s: scheduler wrote no endpoint file (log %s)\n", name, log);
+        return -1;
+    }
+    char *s = testutil_slurp(epfile);
+    s[strcspn(s, "\n")] = 0;
+    snprintf(ep, cap, "%s", s);
+    free(s);
+    return 0;
+}
+
+static char *read_out(const char *name, const char *file) {
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s/%s", testutil_tmpdir(), name, file);
+    return testutil_slurp(path);
+}
+
+/* ---- A: one run ------------------------------------------------------------------- */
+
+static void do_register(peer_t *p, int role, const char *endpoint, uint64_t seq) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_REGISTER, PROTO_ID_NONE);
+    h.seq = seq;
+    h.na = 1;
+    h.a[PROTO_REG_ROLE] = role;
+    if (endpoint) proto_hdr_set_str(&h, endpoint);
+    peer_send(p, &h, NULL);
+    p->hb = 1;
+}
+
+static void take_ack(peer_t *p, uint64_t seq, int ms) {
+    rmsg_t r;
+    T_CHECK(expect(p, PROTO_REGISTER_ACK, ms, &r));
+    T_CHECK(r.hdr.seq == seq && r.hdr.na >= 4);
+    p->id = (int)r.hdr.a[PROTO_RACK_ID];
+    p->rank = (int)r.hdr.a[PROTO_RACK_RANK];
+    rmsg_free(&r);
+}
+
+/* CHUNK_REQ for `version`; checks the reply against the permutation of its epoch. */
+static int request_chunk(peer_t *w, uint64_t version, rmsg_t *c, int *seen) {
+    static uint64_t seq = 1000;
+    simple(w, PROTO_CHUNK_REQ, version, ++seq);
+    if (!expect(w, PROTO_CHUNK, 3000, c)) return -1;
+    T_CHECK(c->hdr.seq == seq && c->hdr.dtype == PROTO_DT_U32);
+    if (c->hdr.na > PROTO_CHUNK_STATUS && c->hdr.a[PROTO_CHUNK_STATUS] == PROTO_CHUNK_END) return 1;
+    uint32_t perm[N_SAMPLES];
+    shard_permutation(perm, N_SAMPLES, SEED, (uint64_t)c->hdr.a[PROTO_CHUNK_EPOCH]);
+    int64_t id = c->hdr.a[PROTO_CHUNK_ID], start = c->hdr.a[PROTO_CHUNK_START],
+            count = c->hdr.a[PROTO_CHUNK_COUNT];
+    T_CHECK(start == id * CHUNK && count == CHUNK && c->size == CHUNK * 4);
+    if (c->size == CHUNK * 4 && start + count <= N_SAMPLES) {
+        T_CHECK(memcmp(c->data, perm + start, CHUNK * 4) == 0);
+        const uint32_t *idx = c->data;
+        for (int i = 0; seen && i < count; i++)
+            seen[idx[i]]++;
+    }
+    return 0;
+}
+
+static void chunk_done(peer_t *w, int64_t epoch, int64_t id, int expect_ok) {
+    static uint64_t seq = 5000;
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_CHUNK_DONE, w->id);
+    h.seq = ++seq;
+    h.na = 3;
+    h.a[PROTO_CDONE_EPOCH] = epoch;
+    h.a[PROTO_CDONE_ID] = id;
+    h.a[PROTO_CDONE_PROCESSED] = CHUNK;
+    peer_send(w, &h, NULL);
+    rmsg_t r;
+    int ok = expect(w, expect_ok ? PROTO_ACK : PROTO_ERROR, 3000, &r);
+    T_CHECK(ok && r.hdr.seq == seq);
+    if (ok && expect_ok) T_CHECK(r.hdr.a[PROTO_ACK_TYPE] == PROTO_CHUNK_DONE);
+    if (ok && !expect_ok)
+        printf("  refused CHUNK_DONE %lld/%lld: %s\n", (long long)epoch, (long long)id, r.hdr.str);
+    rmsg_free(&r);
+}
+
+/* A raw DEALER's multipart; returns the ERROR reply's reason (static) or NULL. */
+static const char *raw_exchange(void *sock, const void *hdr, size_t hlen, const void *payload,
+                                size_t plen) {
+    static char why[PROTO_STR_MAX + 1];
+    zmq_send(sock, hdr, hlen, payload ? ZMQ_SNDMORE : 0);
+    if (payload) zmq_send(sock, payload, plen, 0);
+    proto_msg_t m;
+    int rc = proto_recv(sock, &m, 1 << 20, 3000);
+    const char *out = NULL;
+    if (rc == 0 && m.hdr.type == PROTO_ERROR) {
+        snprintf(why, sizeof why, "%s", m.hdr.str);
+        out = why;
+    }
+    proto_msg_close(&m);
+    return out;
+}
+
+static void malformed(const char *ep) {
+    void *bad = zmq_socket(zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(bad, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_connect(bad, ep);
+    uint8_t junk[64], buf[PROTO_HDR_MAX];
+    unsigned long long seed = 11;
+    for (int i = 0; i < 64; i++)
+        junk[i] = (uint8_t)(seed = seed * 6364136223846793005ULL + 1) >> 3;
+    junk[0] = 0xc1; /* never valid msgpack */
+    const char *why = raw_exchange(bad, junk, sizeof junk, NULL, 0);
+    printf("  garbage -> ERROR: %s\n", why ? why : "(none)");
+    T_CHECK(why != NULL);
+
+    /* A valid HEARTBEAT header with "v" patched to 2. */
+    proto_hdr_t h;
+    size_t len = 0;
+    char ewhy[256];
+    proto_hdr_init(&h, PROTO_HEARTBEAT, PROTO_ID_NONE);
+    T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
+    uint8_t *v = memchr(buf, 'v', len);
+    T_CHECK(v && v[1] == PROTO_VERSION);
+    if (v) v[1] = 2;
+    why = raw_exchange(bad, buf, len, NULL, 0);
+    printf("  version 2 -> ERROR: %s\n", why ? why : "(none)");
+    T_CHECK(why && strstr(why, "'v'"));
+
+    /* Payload over the scheduler's limit: 100 000 bytes, header consistent. */
+    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_NONE);
+    h.na = 2;
+    h.a[PROTO_MEMB_LIVE] = 25000;
+    h.dtype = PROTO_DT_I32;
+    h.nbytes = 100000;
+    T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
+    void *big = calloc(1, 100000);
+    why = raw_exchange(bad, buf, len, big, 100000);
+    free(big);
+    printf("  100 kB payload -> ERROR: %s\n", why ? why : "(none)");
+    T_CHECK(why && strstr(why, "exceeds"));
+
+    /* A header announcing 2^40 bytes, with a 4-byte frame. */
+    h.a[PROTO_MEMB_LIVE] = 1LL << 38;
+    h.nbytes = 1ULL << 40;
+    T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
+    why = raw_exchange(bad, buf, len, "abcd", 4);
+    printf("  2^40-byte header -> ERROR: %s\n", why ? why : "(none)");
+    T_CHECK(why && strstr(why, "exceeds"));
+
+    /* A data-plane message from a stranger. */
+    float g[4] = {0};
+    proto_hdr_init(&h, PROTO_PUSH, 3);
+    h.lo = 0;
+    h.hi = 4;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = sizeof g;
+    T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
+    why = raw_exchange(bad, buf, len, g, sizeof g);
+    printf("  PUSH from a stranger -> ERROR: %s\n", why ? why : "(none)");
+    T_CHECK(why && strstr(why, "not a member"));
+    zmq_close(bad);
+}
+
+static void test_run(void) {
+    printf("A. registration, work queue, death, checkpoints, end\n");
+    char ep[512], ckdir[4400], path[4500];
+    if (start("a",
+              "--cluster.servers=1 --cluster.workers=2 --train.steps=4 "
+              "--cluster.ckpt_every=2 --cluster.trace=1 --train.log_every=1",
+              ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    snprintf(ckdir, sizeof ckdir, "%s/a/ckpt", testutil_tmpdir());
+    peer_t *wa = peer_new("worker A", ep), *srv = peer_new("server", ep),
+           *wb = peer_new("worker B", ep);
+    rmsg_t r;
+
+    /* Deferred ACKs: worker A first, then the server, then worker B. */
+    do_register(wa, PROTO_ROLE_WORKER, NULL, 11);
+    pump(400);
+    T_CHECK(!has(wa, PROTO_REGISTER_ACK));
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40001", 21);
+    T_CHECK(expect(srv, PROTO_REGISTER_ACK, 3000, &r));
+    T_CHECK(r.hdr.seq == 21 && r.hdr.a[PROTO_RACK_RANK] == 0 && r.hdr.a[PROTO_RACK_NSERVERS] == 1);
+    T_CHECK(strcmp(r.hdr.str, "") == 0); /* a fresh start */
+    srv->id = (int)r.hdr.a[PROTO_RACK_ID];
+    pump(300);
+    T_CHECK(!has(wa, PROTO_REGISTER_ACK)); /* one worker of two */
+    do_register(wb, PROTO_ROLE_WORKER, NULL, 31);
+    T_CHECK(expect(wa, PROTO_REGISTER_ACK, 3000, &r));
+    T_CHECK(r.hdr.seq == 11 && r.hdr.a[PROTO_RACK_NSERVERS] == 1 &&
+            r.hdr.a[PROTO_RACK_NWORKERS] == 2 && r.hdr.a[PROTO_RACK_RANK] == 0);
+    T_CHECK(strcmp(r.hdr.str, "tcp://127.0.0.1:40001") == 0);
+    wa->id = (int)r.hdr.a[PROTO_RACK_ID];
+    take_ack(wb, 31, 3000);
+    T_CHECK(wb->rank == 1 && wa->id != wb->id && wa->id != srv->id && wb->id != srv->id &&
+            wa->id > 0 && wb->id > 0);
+    printf("  ids: server %d, worker A %d (rank %d), worker B %d (rank %d)\n", srv->id, wa->id,
+           wa->rank, wb->id, wb->rank);
+
+    /* MEMBERSHIP with both workers, then the checkpoint plan: steps 2 and 4. */
+    T_CHECK(expect(srv, PROTO_MEMBERSHIP, 3000, &r));
+    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 2 && r.size == 8);
+    if (r.size == 8) {
+        const int32_t *ids = r.data;
+        T_CHECK((ids[0] == wa->id && ids[1] == wb->id) || (ids[0] == wb->id && ids[1] == wa->id));
+    }
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_ACK, srv->id);
+    h.seq = r.hdr.seq;
+    h.na = 1;
+    h.a[PROTO_ACK_TYPE] = PROTO_MEMBERSHIP;
+    peer_send(srv, &h, NULL);
+    rmsg_free(&r);
+    for (int k = 1; k <= 2; k++) {
+        T_CHECK(expect(srv, PROTO_CKPT, 3000, &r));
+        T_CHECK((long)r.hdr.step == 2 * k && strstr(r.hdr.str, "/a/ckpt"));
+    }
+
+    malformed(ep);
+    proto_hdr_init(&h, PROTO_CHUNK_REQ, 999); /* a member with somebody else's id */
+    h.seq = 77;
+    peer_send(wa, &h, NULL);
+    T_CHECK(expect(wa, PROTO_ERROR, 3000, &r) && r.hdr.seq == 77 && strstr(r.hdr.str, "sender"));
+
+    /* Epoch 0: A takes chunk 0, B chunk 1 and goes silent; A does 2..4. */
+    int seen[N_SAMPLES] = {0};
+    rmsg_t c;
+    T_CHECK(request_chunk(wa, 0, &c, seen) == 0 && c.hdr.a[PROTO_CHUNK_EPOCH] == 0 &&
+            c.hdr.a[PROTO_CHUNK_ID] == 0);
+    rmsg_free(&c);
+    T_CHECK(request_chunk(wb, 0, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 1);
+    rmsg_free(&c);
+    wb->hb = 0;
+    double t_silent = wb->last_hb;
+    chunk_done(wa, 0, 0, 1);
+    for (int k = 2; k < 5; k++) {
+        T_CHECK(request_chunk(wa, 0, &c, seen) == 0 && c.hdr.a[PROTO_CHUNK_ID] == k);
+        rmsg_free(&c);
+        chunk_done(wa, 0, k, 1);
+    }
+    T_CHECK(expect(srv, PROTO_MEMBERSHIP, DEAD_MS + 3000, &r));
+    double dt = mimic_now() - t_silent;
+    printf("  worker B declared dead %.0f ms after its last heartbeat (dead_ms %d)\n", dt * 1e3,
+           DEAD_MS);
+    T_CHECK(dt >= DEAD_MS * 1e-3 && dt <= DEAD_MS * 1e-3 + 1.0);
+    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 1 && r.size == 4 && *(int32_t *)r.data == wa->id);
+    rmsg_free(&r);
+    chunk_done(wb, 0, 1, 0); /* the dead cannot report */
+
+    /* B's chunk goes to A (front of the queue), before epoch 1. */
+    T_CHECK(request_chunk(wa, 0, &c, seen) == 0 && c.hdr.a[PROTO_CHUNK_EPOCH] == 0 &&
+            c.hdr.a[PROTO_CHUNK_ID] == 1);
+    rmsg_free(&c);
+    chunk_done(wa, 0, 1, 1);
+    int perm_ok = 1;
+    for (int i = 0; i < N_SAMPLES; i++)
+        perm_ok &= seen[i] == 1;
+    T_CHECK(perm_ok);
+    char jsonl[4400];
+    snprintf(jsonl, sizeof jsonl, "%s/a/scheduler.jsonl", testutil_tmpdir());
+    const char *want = "{\"event\":\"epoch_done\",\"epoch\":0,\"samples\":40,\"covered\":40,"
+                       "\"duplicates\":0,\"requeued_chunks\":1}";
+    T_CHECK(testutil_wait_file(jsonl, want, 3000));
+    printf("  %s\n", want);
+
+    /* METRICS make a progress line. */
+    proto_hdr_init(&h, PROTO_METRICS, wa->id);
+    h.step = 1;
+    h.nf = 3;
+    h.f[PROTO_METRIC_LOSS] = 0.5;
+    h.f[PROTO_METRIC_IMGS] = 40;
+    h.f[PROTO_METRIC_LR] = 1e-3;
+    peer_send(wa, &h, NULL);
+
+    /* Checkpoint 2: chunk 1/0 was handed out for version 1 (in it), 1/1 for version 2
+     * (not in it: the snapshot puts it back by moving the cursor). */
+    T_CHECK(request_chunk(wa, 1, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_EPOCH] == 1 &&
+            c.hdr.a[PROTO_CHUNK_ID] == 0);
+    rmsg_free(&c);
+    T_CHECK(request_chunk(wa, 2, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 1);
+    rmsg_free(&c);
+    chunk_done(wa, 1, 4, 0); /* never handed out */
+    proto_hdr_init(&h, PROTO_CKPT_DONE, srv->id);
+    h.step = 2;
+    h.na = 1;
+    peer_send(srv, &h, NULL);
+    snprintf(path, sizeof path, "%s/latest", ckdir);
+    T_CHECK(testutil_wait_file(path, "2\n", 3000));
+    snprintf(path, sizeof path, "%s/scheduler-step-2.json", ckdir);
+    char *snap = testutil_slurp(path);
+    json_value_t *root = NULL;
+    char err[256];
+    T_CHECK(snap && json_parse(&root, snap, strlen(snap), err, sizeof err) == 0);
+    if (root) {
+        const json_value_t *e = json_get(root, "epoch"), *k = json_get(root, "next_chunk"),
+                           *rq = json_get(root, "requeued"), *n = json_get(root, "samples");
+        T_CHECK(e && e->i == 1 && k && k->i == 1 && rq && rq->type == JSON_ARRAY && rq->n == 0 &&
+                n && n->i == N_SAMPLES);
+        printf("  scheduler-step-2.json: %s", snap);
+    }
+    json_destroy(&root);
+    free(snap);
+    chunk_done(wa, 1, 0, 1);
+    chunk_done(wa, 1, 1, 1);
+
+    /* The last checkpoint ends training: END to a worker, SHUTDOWN after it left. */
+    proto_hdr_init(&h, PROTO_CKPT_DONE, srv->id);
+    h.step = 4;
+    h.na = 1;
+    peer_send(srv, &h, NULL);
+    snprintf(path, sizeof path, "%s/latest", ckdir);
+    T_CHECK(testutil_wait_file(path, "4\n", 3000));
+    T_CHECK(request_chunk(wa, 3, &c, NULL) == 1 && c.hdr.a[PROTO_CHUNK_COUNT] == 0);
+    rmsg_free(&c);
+    simple(wa, PROTO_LEAVE, 0, 88);
+    T_CHECK(expect(wa, PROTO_ACK, 3000, &r) && r.hdr.seq == 88 &&
+            r.hdr.a[PROTO_ACK_TYPE] == PROTO_LEAVE);
+    wa->hb = 0;
+    T_CHECK(expect(srv, PROTO_SHUTDOWN, 5000, &r));
+    printf("  SHUTDOWN: %s\n", r.hdr.str);
+    int st = testutil_wait_pid(sched_pid, 10000);
+    printf("  scheduler exit status %d\n", st);
+    T_CHECK(st == 0);
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+
+    snprintf(path, sizeof path, "%s/a-log.txt", testutil_tmpdir());
+    char *log = testutil_slurp(path), *trace = read_out("a", "trace-scheduler.json");
+    T_CHECK(log && strstr(log, "scheduler listening on tcp://127.0.0.1:"));
+    T_CHECK(log && strstr(log, "[cluster] step 1/4 | loss 0.5000 | lr 1.00e-03"));
+    T_CHECK(trace && json_parse(&root, trace, strlen(trace), err, sizeof err) == 0 &&
+            strstr(trace, "CHUNK_REQ"));
+    json_destroy(&root);
+    free(log);
+    free(trace);
+    peer_destroy(&wa);
+    peer_destroy(&wb);
+    peer_destroy(&srv);
+}
+
+/* ---- B: resume, then a dead server ------------------------------------------------- */
+
+static void test_resume(void) {
+    printf("B. restart from the checkpoint, then a server dies\n");
+    char ep[512];
+    if (start("a",
+              "--cluster.servers=1 --cluster.workers=1 --train.steps=6 "
+              "--cluster.ckpt_every=2 --train.resume=auto",
+              ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep), *w = peer_new("worker", ep);
+    rmsg_t r, c;
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40002", 1);
+    T_CHECK(expect(srv, PROTO_REGISTER_ACK, 3000, &r));
+    printf("  server told to resume at step '%s'\n", r.hdr.str);
+    T_CHECK(strcmp(r.hdr.str, "4") == 0);
+    srv->id = (int)r.hdr.a[PROTO_RACK_ID];
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    take_ack(w, 2, 3000);
+    T_CHECK(expect(srv, PROTO_CKPT, 3000, &r) && r.hdr.step == 6);
+    /* As of version 4, epoch 1's chunks 0 and 1 were in the model: chunk 2 is next. */
+    T_CHECK(request_chunk(w, 4, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_EPOCH] == 1 &&
+            c.hdr.a[PROTO_CHUNK_ID] == 2);
+    rmsg_free(&c);
+    srv->hb = 0;
+    double t = mimic_now();
+    T_CHECK(expect(w, PROTO_SHUTDOWN, DEAD_MS + 3000, &r));
+    printf("  SHUTDOWN %.0f ms after the server's silence: %s\n", (mimic_now() - t) * 1e3,
+           r.hdr.str);
+    int st = testutil_wait_pid(sched_pid, 10000);
+    printf("  scheduler exit status %d\n", st);
+    T_CHECK(st == 3);
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+    peer_destroy(&srv);
+    peer_destroy(&w);
+}
+
+/* ---- C: SIGTERM; D: bad input ------------------------------------------------------- */
+
+static void test_signal(void) {
+    printf("C. SIGTERM\n");
+    char ep[512];
+    if (start("c", "--cluster.servers=1 --cluster.workers=2", ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep), *w = peer_new("worker", ep);
+    rmsg_t r;
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40003", 1);
+    T_CHECK(expect(srv, PROTO_REGISTER_ACK, 3000, &r));
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    pump(200);
+    kill(sched_pid, SIGTERM);
+    T_CHECK(expect(srv, PROTO_SHUTDOWN, 3000, &r));
+    T_CHECK(expect(w, PROTO_SHUTDOWN, 3000, &r)); /* still waiting for its ACK */
+    int st = testutil_wait_pid(sched_pid, 10000);
+    printf("  scheduler exit status %d\n", st);
+    T_CHECK(st == 128 + SIGTERM);
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+    peer_destroy(&srv);
+    peer_destroy(&w);
+}
+
+static void test_bad_input(void) {
+    printf("D. missing data file\n");
+    char log[4300];
+    snprintf(log, sizeof log, "%s/d-log.txt", testutil_tmpdir());
+    char *argv[] = {bin, "--data.path=/nonexistent/images.idx", "--data.labels=", NULL};
+    sched_pid = testutil_spawn(argv, log);
+    int st = testutil_wait_pid(sched_pid, 20000);
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+    char *text = testutil_slurp(log);
+    printf("  exit %d: %s", st, text ? text : "(no output)\n");
+    T_CHECK(st == 2 && text && strstr(text, "/nonexistent/images.idx"));
+    free(text);
+}
+
+/* ---- Q: the work queue in-process --------------------------------------------------- */
+
+typedef struct {
+    uint64_t epoch;
+    uint32_t id;
+} qref_t;
+
+/* Hands out `n` chunks to worker w for version v; records them. */
+static void q_take(workq_t *q, int32_t w, uint64_t v, int n, qref_t *got) {
+    for (int i = 0; i < n; i++) {
+        workq_chunk_t c;
+        T_CHECK(workq_next(q, w, v, &c) == 0);
+        got[i] = (qref_t){c.epoch, c.id};
+        workq_release((void *)c.idx, c.hold);
+    }
+}
+
+static int q_done(workq_t *q, uint64_t e, uint32_t id, workq_epoch_stats_t *st) {
+    int fin = 0;
+    char why[256];
+    int rc = workq_done(q, 1, e, id, st, &fin, why, sizeof why);
+    T_CHECK(rc >= 0);
+    return fin;
+}
+
+static char *q_snapshot(const workq_t *q, uint64_t v) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    T_CHECK(workq_snapshot(q, v, f) == 0);
+    fclose(f);
+    return text;
+}
+
+static void test_queue(void) {
+    printf("Q. work queue: requeue, snapshot as of a version, restore\n");
+    /* 10 samples in chunks of 3: ids 0..3, the last one of 1 sample. */
+    workq_t *q = NULL, *r = NULL;
+    T_CHECK(workq_new(&q, 10, 3, 5) == 0 && workq_chunks_per_epoch(q) == 4);
+    uint32_t perm[10];
+    shard_permutation(perm, 10, 5, 0);
+    workq_chunk_t c;
+    T_CHECK(workq_next(q, 1, 0, &c) == 0 && c.epoch == 0 && c.id == 0 && c.count == 3 &&
+            memcmp(c.idx, perm, 12) == 0);
+    /* The payload outlives the queue while a send holds it (ASan checks the read). */
+    workq_t *tmp = NULL;
+    workq_chunk_t held;
+    T_CHECK(workq_new(&tmp, 10, 3, 5) == 0 && workq_next(tmp, 1, 0, &held) == 0);
+    workq_destroy(&tmp);
+    T_CHECK(held.idx[0] == perm[0] && tmp == NULL);
+    workq_release((void *)held.idx, held.hold);
+    workq_release((void *)c.idx, c.hold);
+
+    qref_t got[16];
+    workq_epoch_stats_t st;
+    /* Worker 2 takes 0/1, 0/2 at version 0 and dies: both come back first, oldest first. */
+    q_take(q, 2, 0, 2, got);
+    T_CHECK(workq_outstanding(q, 2) == 2 && workq_requeue_worker(q, 2) == 2);
+    q_take(q, 1, 1, 2, got);
+    T_CHECK(got[0].id == 1 && got[1].id == 2 && got[0].epoch == 0);
+    q_take(q, 1, 1, 1, got); /* 0/3, the short one */
+    T_CHECK(got[0].id == 3);
+    for (uint32_t k = 0; k < 3; k++)
+        T_CHECK(!q_done(q, 0, k, &st));
+    T_CHECK(q_done(q, 0, 3, &st) && st.covered == 10 && st.duplicates == 0 &&
+            st.requeued_chunks == 2 && st.samples == 10);
+    T_CHECK(q_done(q, 0, 3, &st) == 0); /* a duplicate: counted, epoch already reported */
+
+    /* Epoch 1: 1/0 (v2), 1/1 (v3) by worker 3, which dies before 1/0 is done; 1/2 (v3),
+     * 1/3 (v4) by worker 1. Epoch 2: 2/0 at v4. Snapshot as of version 3. */
+    q_take(q, 3, 2, 1, got);
+    q_take(q, 3, 3, 1, got);
+    q_take(q, 1, 3, 1, got);
+    q_take(q, 1, 4, 1, got);
+    q_take(q, 1, 4, 1, got);
+    T_CHECK(got[0].epoch == 2 && got[0].id == 0);
+    T_CHECK(workq_requeue_worker(q, 3) == 2); /* 1/0 and 1/1 wait at the front */
+    workq_prune(q, 3);                        /* epoch 0 (all before version 3) goes */
+    char *snap = q_snapshot(q, 3);
+    printf("  as of version 3: %s", snap);
+    /* Pending as of 3: 1/0 and 1/1 (requeued), 1/2 (v3), 1/3 (v4), 2/0 (v4), so the
+     * cursor moves back to 1/0 over all of them: nothing else is listed. */
+    T_CHECK(strstr(snap, "\"epoch\":1,\"next_chunk\":0,\"requeued\":[]") != NULL);
+    free(snap);
+    /* As of version 4: 1/2 (v3) counts as done, so 1/0 and 1/1 stay listed. */
+    snap = q_snapshot(q, 4);
+    printf("  as of version 4: %s", snap);
+    T_CHECK(strstr(snap, "\"epoch\":1,\"next_chunk\":3,\"requeued\":[[1,0],[1,1]]") != NULL);
+
+    /* Restore it: the queue hands out exactly 1/0, 1/1, then 1/3, then epoch 2. */
+    T_CHECK(workq_new(&r, 10, 3, 5) == 0);
+    T_CHECK(workq_restore(r, snap, strlen(snap), "snap") == 0);
+    q_take(r, 1, 4, 4, got);
+    T_CHECK(got[0].epoch == 1 && got[0].id == 0 && got[1].epoch == 1 && got[1].id == 1 &&
+            got[2].epoch == 1 && got[2].id == 3 && got[3].epoch == 2 && got[3].id == 0);
+    T_CHECK(!q_done(r, 1, 0, &st) && !q_done(r, 1, 1, &st));
+    T_CHECK(q_done(r, 1, 3, &st) && st.covered == 10 && st.duplicates == 0 &&
+            st.requeued_chunks == 2);
+    workq_destroy(&r);
+
+    /* Refusals name the field. */
+    T_CHECK(workq_new(&r, 12, 3, 5) == 0);
+    mimic_set_quiet(1);
+    T_CHECK(workq_restore(r, snap, strlen(snap), "snap") == MIMIC_EFORMAT &&
+            strstr(mimic_last_error(), "'samples'"));
+    T_CHECK(workq_restore(r, "{\"format\":1}", 12, "snap") == MIMIC_EFORMAT &&
+            strstr(mimic_last_error(), "'format'"));
+    T_CHECK(workq_restore(r, "[1,", 3, "snap") == MIMIC_EFORMAT);
+    mimic_set_quiet(0);
+    int fin;
+    char why[256];
+    T_CHECK(workq_done(q, 1, 9, 0, &st, &fin, why, sizeof why) == MIMIC_EINVAL &&
+            strstr(why, "not started"));
+    T_CHECK(workq_done(q, 1, 2, 3, &st, &fin, why, sizeof why) == MIMIC_EINVAL &&
+            strstr(why, "never handed out"));
+    T_CHECK(workq_done(q, 1, 1, 7, &st, &fin, why, sizeof why) == MIMIC_EINVAL);
+    free(snap);
+    workq_destroy(&r);
+    workq_destroy(&q);
+}
+
+int main(void) {
+    const char *build = getenv("MIMIC_BUILD_DIR");
+    snprintf(bin, sizeof bin, "%s/scheduler/mimic-scheduler", build ? build : ".");
+    atexit(kill_sched);
+    signal(SIGPIPE, SIG_IGN);
+    zctx = zmq_ctx_new();
+    write_idx();
+    test_queue();
+    test_run();
+    test_resume();
+    test_signal();
+    test_bad_input();
+    kill_sched();
+    zmq_ctx_term(zctx);
+    return testutil_summary("test_scheduler");
+}
