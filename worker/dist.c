@@ -151,6 +151,16 @@ static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, dou
     proto_send(member_socket(d->mb), NULL, 0, &h, NULL, NULL, NULL); /* no reply needed */
 }
 
+/* kv_wait in slices, heartbeating in between: a BSP pull is held while the servers
+ * wait for a slow or dead worker, and this worker must not look dead meanwhile. */
+static int wait_tick(dist_t *d, int ts, uint64_t *version) {
+    for (;;) {
+        member_tick(d->mb);
+        int rc = kv_wait(d->kv, ts, 50, version);
+        if (rc != MIMIC_ETIMEOUT) return rc;
+    }
+}
+
 static int resolve_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep, size_t cap) {
     const char *env = getenv("MIMIC_SCHEDULER");
     const char *src = flag && *flag ? flag : env && *env ? env : cfg->cluster.scheduler;
@@ -211,7 +221,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     uint64_t version = 0, clock = 0;
     double t0 = mimic_now();
     int ts = kv_pull(d.kv, PROTO_WHICH_PARAMS, 0, d.m->p->w);
-    if (ts < 0 || (rc = kv_wait(d.kv, ts, -1, &version))) {
+    if (ts < 0 || (rc = wait_tick(&d, ts, &version))) {
         rc = ts < 0 ? ts : rc;
         goto out;
     }
@@ -226,11 +236,13 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         mae_batch_resize(d.b, d.chunk_n);
         double loss = mae_forward(d.m, d.b, d.imgs, d.noise);
         double tc = mimic_now();
+        member_tick(d.mb);
         params_zero_grad(d.m->p);
         mae_backward(d.m, d.b);
         double td = mimic_now();
+        member_tick(d.mb);
         ts = kv_push(d.kv, version, d.chunk_n, d.m->p->g);
-        if (ts < 0 || (rc = kv_wait(d.kv, ts, -1, NULL))) {
+        if (ts < 0 || (rc = wait_tick(&d, ts, NULL))) {
             if (rc == 0) rc = ts;
             goto out;
         }
@@ -248,7 +260,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
             goto out;
         }
         double tf = mimic_now();
-        if ((rc = kv_wait(d.kv, ts, -1, &version))) goto out;
+        if ((rc = wait_tick(&d, ts, &version))) goto out;
         double tg = mimic_now();
         trace_event(&d.tr, "data", ta, tb);
         trace_event(&d.tr, "forward", tb, tc);
