@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The main job on the bundled default: installs dependencies, builds, and pre-trains
-# an MAE ViT on Fashion-MNIST (deploy/mae-fmnist.ini). Extra arguments are passed to
-# mimic-worker as config overrides, e.g. deploy/run.sh --train.steps=200
+# The main job on the bundled default (deploy/mae-fmnist.ini: MAE pre-training on
+# Fashion-MNIST): installs dependencies, builds, and runs the local cluster with one
+# mpirun — 1 scheduler, 1 parameter server, 2 workers (deploy/cluster.sh).
+#   deploy/run.sh [--servers S] [--workers W] [--section.key=value ...]
+#   deploy/run.sh --standalone [--section.key=value ...]   (one process, no servers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
+if [ "${1:-}" != "--standalone" ]; then exec bash deploy/cluster.sh "$@"; fi
+shift
 bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"

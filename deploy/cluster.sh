@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The local cluster on one machine, launched the cluster way: one mpirun in MPMD form
+# starts 1 scheduler, S parameter servers and W workers (default 1 and 2) on the
+# bundled default (deploy/mae-fmnist.ini). MPI only gives ranks and hands the
+# scheduler's address to everyone; training then runs over ZeroMQ.
+#   deploy/cluster.sh [--servers S] [--workers W] [--section.key=value ...]
+# Each process gets its own thread budget: workers share the cores, one OpenBLAS/OpenMP
+# thread each (OMP_THREADS_PER_WORKER to change); scheduler and servers use one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source deploy/env.sh
+S=1
+W=2
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --servers) S=$2; shift 2 ;;
+    --workers) W=$2; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+bash deploy/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
+cfg=${MIMIC_CONFIG:-deploy/mae-fmnist.ini}
+t=${OMP_THREADS_PER_WORKER:-1}
+root=()
+[ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
+common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster "${args[@]}")
+one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+exec mpirun "${root[@]}" --oversubscribe --bind-to none \
+  -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
+  -np "$S" "${one[@]}" ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
+  -np "$W" env OMP_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
+      ./build/worker/mimic-worker "$cfg" "${common[@]}"
