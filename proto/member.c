@@ -4,6 +4,10 @@
 #define _POSIX_C_SOURCE 200809L
 #include "member.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
 #include "common.h"
 
 #include <errno.h>
@@ -18,6 +22,11 @@
 
 struct member {
     void *sock;
+    void *zctx;
+    pthread_t beat_thread; /* member_beat_thread: heartbeats on its own connection */
+    int beat_running;
+    atomic_int beat_stop;
+    _Atomic uint64_t beat_step;
     char endpoint[MEMBER_EP_MAX];
     int id, role;
     int period_ms;
@@ -179,6 +188,7 @@ int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role
     if (!m) return mimic_err(MIMIC_ENOMEM, "member_join: out of memory");
     snprintf(m->endpoint, sizeof m->endpoint, "%s", sched_endpoint);
     m->role = role;
+    m->zctx = zctx;
     m->id = PROTO_ID_NONE;
     m->period_ms = MEMBER_HEARTBEAT_MS;
     m->sock = zmq_socket(zctx, ZMQ_DEALER);
@@ -230,7 +240,47 @@ void member_set_heartbeat(member_t *m, int period_ms) {
 }
 
 void member_set_step(member_t *m, uint64_t step) {
-    if (m) m->step = step;
+    if (!m) return;
+    m->step = step;
+    atomic_store(&m->beat_step, step);
+}
+
+/* The heartbeat thread: its own DEALER (sockets are not shared across threads), a
+ * HEARTBEAT carrying this member's id every period; the scheduler matches it by id. */
+static void *beat_main(void *arg) {
+    member_t *m = arg;
+    void *sock = zmq_socket(m->zctx, ZMQ_DEALER);
+    if (!sock) return NULL;
+    set_int(sock, ZMQ_SNDTIMEO, 0);
+    set_int(sock, ZMQ_LINGER, 0);
+    if (zmq_connect(sock, m->endpoint) != 0) {
+        zmq_close(sock);
+        return NULL;
+    }
+    uint64_t seq = 0;
+    while (!atomic_load(&m->beat_stop)) {
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_HEARTBEAT, m->id);
+        h.step = atomic_load(&m->beat_step);
+        h.seq = ++seq;
+        proto_send(sock, NULL, 0, &h, NULL, NULL, NULL); /* a dropped beat is the signal */
+        for (int slept = 0; slept < m->period_ms && !atomic_load(&m->beat_stop); slept += 10) {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    zmq_close(sock);
+    return NULL;
+}
+
+int member_beat_thread(member_t *m) {
+    if (!m || m->id < 0) return mimic_err(MIMIC_EINVAL, "member_beat_thread: not joined");
+    if (m->beat_running) return 0;
+    atomic_store(&m->beat_stop, 0);
+    if (pthread_create(&m->beat_thread, NULL, beat_main, m) != 0)
+        return mimic_err(MIMIC_EIO, "scheduler %s: cannot start the heartbeat thread", m->endpoint);
+    m->beat_running = 1;
+    return 0;
 }
 
 void member_tick(member_t *m) {
@@ -284,6 +334,10 @@ int member_leave(member_t *m) {
 void member_destroy(member_t **mp) {
     if (!mp || !*mp) return;
     member_t *m = *mp;
+    if (m->beat_running) {
+        atomic_store(&m->beat_stop, 1);
+        pthread_join(m->beat_thread, NULL);
+    }
     if (m->sock) zmq_close(m->sock);
     free(m);
     *mp = NULL;

@@ -35,6 +35,11 @@ const char *member_endpoint(const member_t *m); /* the scheduler's endpoint */
 
 void member_set_heartbeat(member_t *m, int period_ms); /* <= 0 keeps the current period */
 void member_set_step(member_t *m, uint64_t step);      /* HEARTBEAT.st from now on */
+/* Starts a thread that sends HEARTBEAT every period on a connection of its own (the
+ * scheduler matches heartbeats by sender id), so liveness does not depend on how long
+ * the caller computes between member_tick calls. member_destroy stops it. Call after
+ * member_join and member_set_heartbeat. */
+int member_beat_thread(member_t *m);
 /* Sends HEARTBEAT when the period elapsed since the last one. */
 void member_tick(member_t *m);
 /* Milliseconds until the next heartbeat is due (0 when due): a zmq_poll timeout. */

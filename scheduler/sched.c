@@ -571,6 +571,16 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
         return;
     }
     member_t *m = members_by_ident(s->mb, msg->id, msg->idlen);
+    /* A member's heartbeat thread has its own connection (ZeroMQ sockets are not
+     * thread-safe), so a HEARTBEAT is matched by its sender id, not its connection:
+     * a long forward/backward pass must not make a busy worker look dead. */
+    if (!m && msg->hdr.type == PROTO_HEARTBEAT && msg->hdr.sender >= 0) {
+        member_t *owner = members_by_id(s->mb, msg->hdr.sender);
+        if (owner && (owner->state == MEMBER_LIVE || owner->state == MEMBER_PENDING))
+            members_touch(owner, now);
+        trace_event(&s->tr, "HEARTBEAT", now, mimic_now());
+        return;
+    }
     if (msg->hdr.type == PROTO_REGISTER)
         on_register(s, msg, m, now);
     else if (!m)

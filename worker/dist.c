@@ -188,6 +188,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     proto_hdr_t ack;
     if ((rc = member_join(&d.mb, zctx, ep, PROTO_ROLE_WORKER, NULL, 60000, &ack))) goto out;
     member_set_heartbeat(d.mb, cfg->cluster.heartbeat_ms);
+    if ((rc = member_beat_thread(d.mb))) goto out;
     d.id = (int)ack.a[PROTO_RACK_ID];
     d.S = (int)ack.a[PROTO_RACK_NSERVERS];
     d.W = (int)ack.a[PROTO_RACK_NWORKERS];
