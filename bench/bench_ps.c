@@ -1,0 +1,174 @@
+/* bench_ps — data-plane throughput in one run, two ways on the same bytes:
+ *  raw: a ZeroMQ DEALER sends the vector zero-copy to a ROUTER in a child process,
+ *       which sends it straight back (what one push + one pull move);
+ *  ps:  this process joins a running cluster (scheduler + servers, started by
+ *       bench/ps.sh) as its only worker and times kv_push + kv_pull of the vector.
+ * The server applies AdamW between the two; that time is measured here on the same
+ * vector (adamw_update, one thread) and reported so the transport share is visible.
+ * Usage: bench_ps CONFIG.ini --scheduler tcp://H:P [--bench.iters N] (config: the
+ * same model flags as the cluster, so the vector has the model's size). */
+#include "adamw.h"
+#include "common.h"
+#include "config.h"
+#include "kv.h"
+#include "mae.h"
+#include "member.h"
+#include "proto.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Child: echo every payload back to its sender until the parent closes. */
+static void echo_server(const char *ep_out_path, size_t bytes) {
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[256];
+    size_t len = sizeof ep;
+    if (zmq_bind(s, "tcp://127.0.0.1:*") || zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len)) _exit(1);
+    FILE *f = fopen(ep_out_path, "w");
+    fprintf(f, "%s", ep);
+    fclose(f);
+    for (;;) {
+        zmq_msg_t id, body;
+        zmq_msg_init(&id);
+        zmq_msg_init(&body);
+        if (zmq_msg_recv(&id, s, 0) < 0 || zmq_msg_recv(&body, s, 0) < 0) break;
+        if (zmq_msg_size(&body) != bytes) break;
+        zmq_msg_send(&id, s, ZMQ_SNDMORE);
+        zmq_msg_send(&body, s, 0); /* the received buffer goes back without a copy */
+    }
+    _exit(0);
+}
+
+static void no_free(void *data, void *hint) {
+    (void)data;
+    (void)hint;
+}
+
+static double raw_gbps(size_t bytes, int iters, float *buf) {
+    char path[] = "/tmp/bench_ps_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    remove(path);
+    pid_t pid = fork();
+    if (pid == 0) echo_server(path, bytes);
+    char ep[256] = {0};
+    for (int i = 0; i < 500 && !ep[0]; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (!fgets(ep, sizeof ep, f)) ep[0] = 0;
+            fclose(f);
+        }
+        if (!ep[0]) usleep(10000);
+    }
+    remove(path);
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_connect(s, ep);
+    double t[64];
+    for (int it = -2; it < iters; it++) {
+        double t0 = mimic_now();
+        zmq_msg_t out, in;
+        zmq_msg_init_data(&out, buf, bytes, no_free, NULL);
+        zmq_msg_send(&out, s, 0);
+        zmq_msg_init(&in);
+        zmq_msg_recv(&in, s, 0);
+        memcpy(buf, zmq_msg_data(&in), bytes); /* what a pull does: land in the params */
+        zmq_msg_close(&in);
+        if (it >= 0) t[it] = mimic_now() - t0;
+    }
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    qsort(t, (size_t)iters, sizeof t[0], cmp_double);
+    return 2.0 * (double)bytes / t[iters / 2] / 1e9;
+}
+
+int main(int argc, char **argv) {
+    mimic_cfg_t cfg;
+    config_defaults(&cfg);
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int nrest = 0, iters = 10;
+    const char *sched = NULL;
+    if (config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
+    for (int i = 0; i + 1 < nrest; i += 2) {
+        if (strcmp(rest[i], "--scheduler") == 0) sched = rest[i + 1];
+        else if (strcmp(rest[i], "--bench.iters") == 0) iters = atoi(rest[i + 1]);
+        else {
+            fprintf(stderr, "bench_ps: unknown flag %s\n", rest[i]);
+            return 2;
+        }
+    }
+    free(rest);
+    if (!sched || iters < 1 || iters > 64) {
+        fprintf(stderr, "bench_ps: need --scheduler and 1 <= --bench.iters <= 64\n");
+        return 2;
+    }
+    mae_t *m = NULL;
+    if (mae_new(&m, &cfg.model)) return 1;
+    mae_init(m, cfg.train.seed);
+    size_t n = m->p->total, bytes = n * sizeof(float);
+    float *buf = mimic_alloc(bytes), *mo = mimic_alloc(bytes), *ve = mimic_alloc(bytes);
+    for (size_t i = 0; i < n; i++) buf[i] = 1e-3f * (float)(i % 97);
+    double raw = raw_gbps(bytes, iters, buf);
+
+    /* the optimizer the server runs between a push and the pull that follows */
+    adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
+    double ta[64];
+    for (int it = 0; it < iters; it++) {
+        double t0 = mimic_now();
+        adamw_update(&oc, m->p, m->p->w, buf, mo, ve, 0, n, 1e-4f, it + 1);
+        ta[it] = mimic_now() - t0;
+    }
+    qsort(ta, (size_t)iters, sizeof ta[0], cmp_double);
+
+    void *ctx = zmq_ctx_new();
+    member_t *mb = NULL;
+    kv_t *kv = NULL;
+    proto_hdr_t ack;
+    int rc = member_join(&mb, ctx, sched, PROTO_ROLE_WORKER, NULL, 30000, &ack);
+    if (!rc)
+        rc = kv_new(&kv, ctx, ack.str, (int)ack.a[PROTO_RACK_NSERVERS], n,
+                    (int32_t)ack.a[PROTO_RACK_ID], bytes + 4096);
+    double t[64];
+    uint64_t version = 0;
+    for (int it = -2; it < iters && !rc; it++) {
+        member_tick(mb);
+        double t0 = mimic_now();
+        int ts = kv_push(kv, version, 1, buf);
+        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, NULL))) break;
+        ts = kv_pull(kv, PROTO_WHICH_PARAMS, version + 1, m->p->w);
+        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, &version))) break;
+        if (it >= 0) t[it] = mimic_now() - t0;
+    }
+    if (rc) {
+        fprintf(stderr, "bench_ps: push/pull failed: %s\n", mimic_last_error());
+        return 1;
+    }
+    qsort(t, (size_t)iters, sizeof t[0], cmp_double);
+    double ps = 2.0 * (double)bytes / t[iters / 2] / 1e9;
+    double ps_transport = 2.0 * (double)bytes / (t[iters / 2] - ta[iters / 2]) / 1e9;
+    printf("vector_floats=%zu\n", n);
+    printf("vector_mb=%.2f\n", (double)bytes / 1e6);
+    printf("raw_zmq_gbps=%.3f\n", raw);
+    printf("ps_push_pull_gbps=%.3f\n", ps);
+    printf("server_adamw_ms=%.2f\n", ta[iters / 2] * 1e3);
+    printf("ps_transport_gbps=%.3f\n", ps_transport);
+    printf("ratio_ps_raw=%.3f\n", ps / raw);
+    printf("ratio_transport_raw=%.3f\n", ps_transport / raw);
+    member_leave(mb);
+    kv_destroy(&kv);
+    member_destroy(&mb);
+    zmq_ctx_term(ctx);
+    mae_destroy(&m);
+    return 0;
+}
