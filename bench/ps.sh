@@ -3,7 +3,8 @@
 # deploy/mae-fmnist.ini, a 5.77M-float vector):
 #  1. push+pull throughput of the whole parameter vector through a scheduler and one
 #     server (bench_ps as the only worker), against raw ZeroMQ loopback round trips of
-#     the same bytes; the server's AdamW time between push and pull is reported;
+#     the same bytes; the AdamW time between push and pull (one thread, measured in the
+#     client) is reported; servers get all cores, as in deploy/cluster.sh;
 #  2. distributed step overhead: the local cluster (1 server, 2 workers x batch B/2,
 #     one thread each) against the standalone trainer (batch B, 2 threads), images/s
 #     as the median of the logged windows after the first.
@@ -29,7 +30,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 pids+=($!)
 for _ in $(seq 100); do [ -s "$tmp/ep" ] && break; sleep 0.1; done
 ep=$(cat "$tmp/ep")
-./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 --train.steps=1000000 \
+OMP_NUM_THREADS=$(nproc) ./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 --train.steps=1000000 \
   --train.out_dir="$tmp/ps" --scheduler "$ep" > "$tmp/server.log" 2>&1 &
 pids+=($!)
 ps_out=$(./build/bench/bench_ps "$cfg" --scheduler "$ep" --bench.iters 15)
@@ -53,7 +54,8 @@ common=(--train.batch_size=$((B / 2)) --train.steps=$steps --train.log_every=5 \
         --cluster.workers=2 --train.out_dir="$tmp/cluster")
 mpirun "${root[@]}" --oversubscribe --bind-to none \
   -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
-  -np 1 "${one[@]}" ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
+  -np 1 env OMP_NUM_THREADS="$(nproc)" OPENBLAS_NUM_THREADS=1 \
+      ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
   -np 2 "${one[@]}" ./build/worker/mimic-worker "$cfg" "${common[@]}" > "$tmp/cluster.log" 2>&1
 clus=$(median_ips "$tmp/cluster/scheduler.jsonl" img_per_s)
 overhead=$(awk -v a="$clus" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')

@@ -7,6 +7,8 @@ static void update_slice(const adamw_cfg_t *c, float *w, const float *g, float *
                          size_t n, float lr, float wd, float bc1, float bc2) {
     const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
     const float decay = 1.0f - lr * wd, step = lr / bc1, inv_sqrt_bc2 = 1.0f / sqrtf(bc2);
+    /* element-wise, so any thread count gives the same bits; small tensors stay serial */
+#pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float gi = g[i];
         float mi = b1 * m[i] + (1.0f - b1) * gi;

@@ -93,6 +93,7 @@ float kvstore_lr(const kvstore_t *kv) {
 
 static void ema_update(float *ema, const float *w, size_t n, float mom) {
     const float a = mom, b = 1.0f - mom;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++)
         ema[i] = a * ema[i] + b * w[i];
 }
@@ -110,6 +111,7 @@ void kvstore_step(kvstore_t *kv, const float *g) {
 void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
     const float a = (float)weight;
     float *acc = kv->acc;
+#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
     for (size_t i = 0; i < kv->n; i++)
         acc[i] += a * g[i];
     kv->acc_weight += weight;
@@ -119,6 +121,7 @@ void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
 void kvstore_step_mean(kvstore_t *kv) {
     MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
     const float inv = (float)(1.0 / kv->acc_weight);
+#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
     for (size_t i = 0; i < kv->n; i++)
         kv->acc[i] *= inv;
     kvstore_step(kv, kv->acc);
