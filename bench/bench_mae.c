@@ -138,7 +138,7 @@ int main(int argc, char **argv) {
             loss = mae_forward(m, b, imgs, noise);
             params_zero_grad(m->p);
             mae_backward(m, b);
-            adamw_update(&oc, m->p, m->p->w, m->p->g, mo, ve, 0, total, 1e-4f, ++t);
+            adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mo, ve, 0, total, 1e-4f, ++t);
         }
         if (w >= 0) ips[w] = (double)B * n / (mimic_now() - t0);
     }

@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
     double ta[64];
     for (int it = 0; it < iters; it++) {
         double t0 = mimic_now();
-        adamw_update(&oc, m->p, m->p->w, buf, mo, ve, 0, n, 1e-4f, it + 1);
+        adamw_update(&oc, m->p, m->p->w, buf, 1.0f, mo, ve, 0, n, 1e-4f, it + 1);
         ta[it] = mimic_now() - t0;
     }
     qsort(ta, (size_t)iters, sizeof ta[0], cmp_double);

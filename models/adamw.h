@@ -17,9 +17,11 @@ typedef struct {
 } adamw_cfg_t;
 
 /* One step (t >= 1 counts steps taken, including this one) on elements [lo,hi):
- * w, g, m, v point at element lo. Matches torch.optim.AdamW. */
-void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g, float *m,
-                  float *v, size_t lo, size_t hi, float lr, long t);
+ * w, g, m, v point at element lo; the gradient used is g * gscale (a server passes
+ * 1/sum of batch sizes here instead of rescaling its accumulator in a separate pass).
+ * Matches torch.optim.AdamW. */
+void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
+                  float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t);
 
 /* Linear warmup over warmup steps to lr, then half-cosine to min_lr at total steps
  * (MAE's per-iteration schedule). step counts from 0. */

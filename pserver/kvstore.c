@@ -98,34 +98,39 @@ static void ema_update(float *ema, const float *w, size_t n, float mom) {
         ema[i] = a * ema[i] + b * w[i];
 }
 
-void kvstore_step(kvstore_t *kv, const float *g) {
+/* One AdamW step on g * gscale, then the EMA. */
+static void step_scaled(kvstore_t *kv, const float *g, float gscale) {
     double t0 = mimic_now();
-    adamw_update(&kv->opt, &kv->table, kv->w, g, kv->m, kv->v, kv->lo, kv->hi, kvstore_lr(kv),
-                 (long)kv->version + 1);
+    adamw_update(&kv->opt, &kv->table, kv->w, g, gscale, kv->m, kv->v, kv->lo, kv->hi,
+                 kvstore_lr(kv), (long)kv->version + 1);
     kv->version++;
     ema_update(kv->ema, kv->w, kv->n, kv->ema_momentum);
     kv->t_update += mimic_now() - t0;
     kv->n_update++;
 }
 
+void kvstore_step(kvstore_t *kv, const float *g) { step_scaled(kv, g, 1.0f); }
+
 void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
     const float a = (float)weight;
     float *acc = kv->acc;
+    if (kv->acc_count == 0) { /* the step's first push writes: no zeroing pass needed */
 #pragma omp parallel for simd schedule(static) if (kv->n > 65536)
-    for (size_t i = 0; i < kv->n; i++)
-        acc[i] += a * g[i];
+        for (size_t i = 0; i < kv->n; i++)
+            acc[i] = a * g[i];
+    } else {
+#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
+        for (size_t i = 0; i < kv->n; i++)
+            acc[i] += a * g[i];
+    }
     kv->acc_weight += weight;
     kv->acc_count++;
 }
 
 void kvstore_step_mean(kvstore_t *kv) {
     MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
-    const float inv = (float)(1.0 / kv->acc_weight);
-#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
-    for (size_t i = 0; i < kv->n; i++)
-        kv->acc[i] *= inv;
-    kvstore_step(kv, kv->acc);
-    memset(kv->acc, 0, kv->n * sizeof(float));
+    /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
+    step_scaled(kv, kv->acc, (float)(1.0 / kv->acc_weight));
     kv->acc_weight = 0;
     kv->acc_count = 0;
 }

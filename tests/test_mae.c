@@ -116,7 +116,7 @@ static void test_adamw(void) {
     }
     adamw_cfg_t c = {0.9f, 0.95f, 1e-8f, 0.05f};
     double lr = 1e-2;
-    for (long t = 1; t <= 3; t++) adamw_update(&c, p, p->w, p->g, m, v, 0, 9, (float)lr, t);
+    for (long t = 1; t <= 3; t++) adamw_update(&c, p, p->w, p->g, 1.0f, m, v, 0, 9, (float)lr, t);
     for (int i = 0; i < 9; i++) {
         double w = w0[i], mm = 0, vv = 0, g = p->g[i], wd = i < 6 ? 0.05 : 0.0;
         for (int t = 1; t <= 3; t++) {
@@ -130,7 +130,7 @@ static void test_adamw(void) {
     }
     /* a range update touches only its range */
     float before = p->w[0];
-    adamw_update(&c, p, p->w + 4, p->g + 4, m + 4, v + 4, 4, 9, (float)lr, 4);
+    adamw_update(&c, p, p->w + 4, p->g + 4, 1.0f, m + 4, v + 4, 4, 9, (float)lr, 4);
     T_CHECK(p->w[0] == before);
     params_destroy(&p);
     /* schedule: linear warmup then half cosine */

@@ -93,7 +93,7 @@ int main(void) {
         mae_forward(m, b, imgs, noise);
         params_zero_grad(m->p);
         mae_backward(m, b);
-        adamw_update(&oc, m->p, m->p->w, m->p->g, mo, ve, 0, n, 1e-3f, step + 1);
+        adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mo, ve, 0, n, 1e-3f, step + 1);
     }
     long during = atomic_load(&allocs) - before;
     printf("allocations in 5 training steps after warm-up: %ld\n", during);

@@ -111,7 +111,7 @@ int main(void) {
     adamw_cfg_t oc = {(float)atof(meta_or(ad, "adamw_beta1")), (float)atof(meta_or(ad, "adamw_beta2")),
                       (float)atof(meta_or(ad, "adamw_eps")),
                       (float)atof(meta_or(ad, "adamw_weight_decay"))};
-    adamw_update(&oc, m->p, m->p->w, m->p->g, mo, ve, 0, m->p->total,
+    adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mo, ve, 0, m->p->total,
                  (float)atof(meta_or(ad, "adamw_lr")), 1);
     float *want = malloc(m->p->total * sizeof(float));
     for (int i = 0; i < m->p->n; i++) {

@@ -431,7 +431,7 @@ static void mirror_step(mirror_t *r, int k, const float *const *g, const int *ba
         acc[i] *= inv;
     float lr = adamw_lr(r->t, r->cfg.train.warmup_steps, r->cfg.train.steps, r->base_lr,
                         r->cfg.train.min_lr);
-    adamw_update(&r->oc, r->model->p, r->w, acc, r->m, r->v, r->lo, r->hi, lr, ++r->t);
+    adamw_update(&r->oc, r->model->p, r->w, acc, 1.0f, r->m, r->v, r->lo, r->hi, lr, ++r->t);
     for (size_t i = 0; i < r->n; i++)
         r->ema[i] = 0.99f * r->ema[i] + 0.01f * r->w[i];
     free(acc);

@@ -184,7 +184,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
         double t3 = mimic_now();
         float lr = adamw_lr(step, cfg->train.warmup_steps, cfg->train.steps, base_lr,
                             cfg->train.min_lr);
-        adamw_update(&oc, m->p, m->p->w, m->p->g, mom, vel, 0, total, lr, step + 1);
+        adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mom, vel, 0, total, lr, step + 1);
         double t4 = mimic_now();
         if (!isfinite(loss)) {
             rc = mimic_err(MIMIC_EINVAL, "loss is %f at step %ld: stopping (last checkpoint kept)",
