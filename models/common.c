@@ -1,10 +1,12 @@
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static _Thread_local char last_error[512];
@@ -78,4 +80,20 @@ double mimic_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int mimic_mkdir_p(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
+    for (char *s = buf + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
+        *s = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
+    return 0;
+bad:
+    return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
 }

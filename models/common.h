@@ -45,5 +45,7 @@ void *mimic_alloc(size_t bytes);
 void mimic_free(void *p);
 
 double mimic_now(void); /* monotonic seconds */
+/* mkdir -p: creates path and its missing parents (0755); errors name the directory. */
+int mimic_mkdir_p(const char *path);
 
 #endif

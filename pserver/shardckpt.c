@@ -34,22 +34,6 @@ int shardckpt_path(char *out, size_t cap, const char *dir, int rank, uint64_t st
     return 0;
 }
 
-static int mkdir_p(const char *dir) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return mimic_err(MIMIC_EINVAL, "checkpoint directory '%s' too long", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-    return 0;
-bad:
-    return mimic_err(MIMIC_EIO, "cannot create checkpoint directory %s: %s", buf, strerror(errno));
-}
-
 /* The metadata of a shard of this store, as (key, value) text pairs. */
 typedef struct {
     char val[8][32];
@@ -73,7 +57,7 @@ int shardckpt_save(const kvstore_t *kv, const char *dir, int rank, int servers, 
     char path[4096];
     int rc;
     if ((rc = shardckpt_path(path, sizeof path, dir, rank, kv->version))) return rc;
-    if ((rc = mkdir_p(dir))) return rc;
+    if ((rc = mimic_mkdir_p(dir))) return rc;
     st_writer_t *w = st_writer_new();
     if (!w) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
     int64_t shape[1] = {(int64_t)kv->n};

@@ -122,22 +122,6 @@ void ckpt_set_latest(ckpt_t *c, long step) {
     c->latest = step;
 }
 
-int ckpt_mkdir_p(const char *path) {
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
-    for (char *s = buf + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-        *s = '/';
-    }
-    if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-    return 0;
-bad:
-    return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
-}
-
 int ckpt_write_atomic(const char *path, const char *data, size_t len) {
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)

@@ -48,8 +48,6 @@ int ckpt_read_latest(const char *dir, long *step);
 /* Restores q from DIR/scheduler-step-<step>.json. */
 int ckpt_load_queue(const char *dir, long step, workq_t *q);
 
-/* Helpers shared with main: mkdir -p, and an atomic whole-file write. */
-int ckpt_mkdir_p(const char *path);
 int ckpt_write_atomic(const char *path, const char *data, size_t len);
 
 #endif

@@ -692,13 +692,13 @@ static int count_samples(const mimic_cfg_t *cfg, uint32_t *n) {
 static int open_dirs(sched_t *s) {
     const mimic_cfg_t *c = &s->cfg;
     char dir[PATH_MAX];
-    int rc = ckpt_mkdir_p(c->train.out_dir);
+    int rc = mimic_mkdir_p(c->train.out_dir);
     if (rc) return rc;
     if (c->cluster.ckpt_dir[0])
         snprintf(dir, sizeof dir, "%s", c->cluster.ckpt_dir);
     else
         snprintf(dir, sizeof dir, "%s/ckpt", c->train.out_dir);
-    if ((rc = ckpt_mkdir_p(dir))) return rc;
+    if ((rc = mimic_mkdir_p(dir))) return rc;
     /* Absolute, so servers started elsewhere write where the scheduler reads. */
     if (!realpath(dir, s->ckdir))
         return mimic_err(MIMIC_EIO, "%s: cannot resolve (%s)", dir, strerror(errno));

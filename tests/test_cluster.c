@@ -20,26 +20,9 @@ static char bin[3][1024], data[1024], labels[1024];
 enum { SCHED, SERVER, WORKER };
 
 static void write_idx(int n) {
-    snprintf(data, sizeof data, "%s/img.idx", testutil_tmpdir());
-    snprintf(labels, sizeof labels, "%s/lab.idx", testutil_tmpdir());
-    FILE *f = fopen(data, "wb"), *g = fopen(labels, "wb");
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, (unsigned char)n, 0, 0, 0, 16, 0, 0, 0, 16};
-    unsigned char lhdr[8] = {0, 0, 8, 1, 0, 0, 0, (unsigned char)n};
-    fwrite(hdr, 1, 16, f);
-    fwrite(lhdr, 1, 8, g);
-    unsigned long long seed = 5;
-    for (int i = 0; i < n; i++) {
-        float c[4];
-        testutil_fill(c, 4, 0.0f, 1.0f, &seed);
-        for (int y = 0; y < 16; y++)
-            for (int x = 0; x < 16; x++)
-                fputc((int)(127 + 120 * sin(c[0] * 6 + x * (0.2 + c[1] * 0.4)) *
-                                      cos(c[2] * 6 + y * (0.2 + c[3] * 0.4))),
-                      f);
-        fputc(i % 10, g);
-    }
-    fclose(f);
-    fclose(g);
+    snprintf(data, sizeof data, "%.1000s/img.idx", testutil_tmpdir());
+    snprintf(labels, sizeof labels, "%.1000s/lab.idx", testutil_tmpdir());
+    T_CHECK(testutil_write_idx(data, labels, n, 16, 5) == 0);
 }
 
 typedef struct {

@@ -18,15 +18,7 @@ int main(void) {
     char data[1200], labels[1200];
     snprintf(data, sizeof data, "%s/img.idx", dir);
     snprintf(labels, sizeof labels, "%s/lab.idx", dir);
-    FILE *f = fopen(data, "wb"), *g = fopen(labels, "wb");
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, 64, 0, 0, 0, 16, 0, 0, 0, 16};
-    unsigned char lhdr[8] = {0, 0, 8, 1, 0, 0, 0, 64};
-    fwrite(hdr, 1, 16, f);
-    fwrite(lhdr, 1, 8, g);
-    for (int i = 0; i < 64 * 256; i++) fputc((i * 7 + i / 256 * 13) & 255, f);
-    for (int i = 0; i < 64; i++) fputc(i % 10, g);
-    fclose(f);
-    fclose(g);
+    T_CHECK(testutil_write_idx(data, labels, 64, 16, 9) == 0);
     char flags[4096], cmd[16384];
     snprintf(flags, sizeof flags,
              "--model.img_size=16 --model.patch_size=4 --model.embed_dim=32 --model.depth=2 "

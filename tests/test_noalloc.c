@@ -54,11 +54,7 @@ int main(void) {
     openblas_set_num_threads(1);
     char data[1024];
     snprintf(data, sizeof data, "%.900s/img.idx", testutil_tmpdir());
-    FILE *f = fopen(data, "wb");
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, 64, 0, 0, 0, 20, 0, 0, 0, 20};
-    fwrite(hdr, 1, 16, f);
-    for (int i = 0; i < 64 * 400; i++) fputc((i * 31 + i / 400) & 255, f);
-    fclose(f);
+    T_CHECK(testutil_write_idx(data, NULL, 64, 20, 11) == 0);
     mimic_cfg_t cfg;
     config_defaults(&cfg);
     T_CHECK(config_override(&cfg, "model.img_size=16") == 0);

@@ -192,12 +192,7 @@ static void kill_sched(void) {
 
 static void write_idx(void) {
     snprintf(imgs, sizeof imgs, "%s/img.idx", testutil_tmpdir());
-    FILE *f = fopen(imgs, "wb");
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, N_SAMPLES, 0, 0, 0, 8, 0, 0, 0, 8};
-    fwrite(hdr, 1, 16, f);
-    for (int i = 0; i < N_SAMPLES * 64; i++)
-        fputc((i * 37) & 255, f);
-    fclose(f);
+    T_CHECK(testutil_write_idx(imgs, NULL, N_SAMPLES, 8, 13) == 0);
 }
 
 /* Starts the scheduler with the common flags plus extra; fills ep. Returns 0 or -1. */

@@ -15,29 +15,10 @@
 
 static char worker[4096], data[4096], labels[4096];
 
-/* 96 images 16x16: smooth random blobs, so masked patches are predictable. */
 static void write_idx(void) {
-    snprintf(data, sizeof data, "%s/img.idx", testutil_tmpdir());
-    snprintf(labels, sizeof labels, "%s/lab.idx", testutil_tmpdir());
-    FILE *f = fopen(data, "wb"), *g = fopen(labels, "wb");
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, 96, 0, 0, 0, 16, 0, 0, 0, 16};
-    unsigned char lhdr[8] = {0, 0, 8, 1, 0, 0, 0, 96};
-    fwrite(hdr, 1, 16, f);
-    fwrite(lhdr, 1, 8, g);
-    unsigned long long seed = 3;
-    for (int n = 0; n < 96; n++) {
-        float c[4];
-        testutil_fill(c, 4, 0.0f, 1.0f, &seed);
-        for (int y = 0; y < 16; y++)
-            for (int x = 0; x < 16; x++) {
-                double v = 127 + 120 * sin(c[0] * 6 + x * (0.2 + c[1] * 0.4)) *
-                                     cos(c[2] * 6 + y * (0.2 + c[3] * 0.4));
-                fputc((int)v, f);
-            }
-        fputc(n % 10, g);
-    }
-    fclose(f);
-    fclose(g);
+    snprintf(data, sizeof data, "%.4000s/img.idx", testutil_tmpdir());
+    snprintf(labels, sizeof labels, "%.4000s/lab.idx", testutil_tmpdir());
+    T_CHECK(testutil_write_idx(data, labels, 96, 16, 3) == 0);
 }
 
 static int run(const char *out_dir, const char *extra, const char *log) {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -92,6 +93,34 @@ void testutil_fd_check_scaled(const char *name, testutil_loss_fn loss, void *ctx
     fd_check(name, loss, ctx, param, grad, n, max_checks, h, rtol, 0.0, atol_frac);
 }
 
+int testutil_write_idx(const char *images, const char *labels, int n, int side,
+                       unsigned long long seed) {
+    FILE *f = fopen(images, "wb"), *g = labels ? fopen(labels, "wb") : NULL;
+    if (!f || (labels && !g)) {
+        if (f) fclose(f);
+        if (g) fclose(g);
+        return -1;
+    }
+    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, (unsigned char)n,
+                             0, 0, 0, (unsigned char)side, 0, 0, 0, (unsigned char)side};
+    unsigned char lhdr[8] = {0, 0, 8, 1, 0, 0, 0, (unsigned char)n};
+    fwrite(hdr, 1, 16, f);
+    if (g) fwrite(lhdr, 1, 8, g);
+    for (int i = 0; i < n; i++) {
+        float c[4];
+        testutil_fill(c, 4, 0.0f, 1.0f, &seed);
+        for (int y = 0; y < side; y++)
+            for (int x = 0; x < side; x++)
+                fputc((int)(127 + 120 * sin(c[0] * 6 + x * (0.2 + c[1] * 0.4)) *
+                                      cos(c[2] * 6 + y * (0.2 + c[3] * 0.4))),
+                      f);
+        if (g) fputc(i % 10, g);
+    }
+    fclose(f);
+    if (g) fclose(g);
+    return 0;
+}
+
 const char *testutil_src_path(const char *rel) {
     static char buf[4096];
     const char *root = getenv("MIMIC_SOURCE_DIR");
@@ -99,11 +128,15 @@ const char *testutil_src_path(const char *rel) {
     return buf;
 }
 
+static char tmpdir_buf[4096];
+
+const char *testutil_tmpdir_created(void) { return tmpdir_buf[0] ? tmpdir_buf : NULL; }
+
 const char *testutil_tmpdir(void) {
-    static char buf[4096];
+    char *buf = tmpdir_buf;
     if (buf[0]) return buf;
     const char *t = getenv("TMPDIR");
-    snprintf(buf, sizeof buf, "%s/mimic-test-XXXXXX", t ? t : "/tmp");
+    snprintf(buf, sizeof tmpdir_buf, "%s/mimic-test-XXXXXX", t ? t : "/tmp");
     if (!mkdtemp(buf)) {
         perror("mkdtemp");
         exit(2);
@@ -171,11 +204,21 @@ int testutil_wait_file(const char *path, const char *contains, int timeout_ms) {
     return 0;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
 int testutil_summary(const char *test_name) {
+    const char *dir = testutil_tmpdir_created();
     if (testutil_failures) {
-        printf("%s: %d check(s) FAILED\n", test_name, testutil_failures);
+        printf("%s: %d check(s) FAILED%s%s\n", test_name, testutil_failures,
+               dir ? "; files kept in " : "", dir ? dir : "");
         return 1;
     }
+    if (dir) nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     printf("%s: all checks passed\n", test_name);
     return 0;
 }

@@ -36,10 +36,18 @@ void testutil_fd_check_scaled(const char *name, testutil_loss_fn loss, void *ctx
                               const float *grad, size_t n, int max_checks, double h, double rtol,
                               double atol_frac);
 
+/* Writes an IDX data set of n side x side gray images (smooth random blobs, so that
+ * masked patches are predictable from the visible ones) and, when labels is not NULL,
+ * an IDX label file (i % 10). n <= 255. Returns 0, or -1 if a file cannot be written. */
+int testutil_write_idx(const char *images, const char *labels, int n, int side,
+                       unsigned long long seed);
+
 /* Path under the source tree ($MIMIC_SOURCE_DIR, set by ctest). Static buffer. */
 const char *testutil_src_path(const char *rel);
-/* A fresh temporary directory for this test (mkdtemp under $TMPDIR or /tmp). */
+/* A fresh temporary directory for this test (mkdtemp under $TMPDIR or /tmp); removed
+ * by testutil_summary when every check passed, kept (and named) otherwise. */
 const char *testutil_tmpdir(void);
+const char *testutil_tmpdir_created(void); /* NULL if testutil_tmpdir was never called */
 
 /* Child processes for integration tests (loopback only; killed by pid).
  * testutil_spawn starts argv[0] with argv (NULL-terminated), stdout and stderr

@@ -210,7 +210,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         goto out;
     }
     if ((rc = kv_new(&d.kv, zctx, ack.str, d.S, d.m->p->total, d.id, d.max_payload))) goto out;
-    mkdir(cfg->train.out_dir, 0755);
+    if ((rc = mimic_mkdir_p(cfg->train.out_dir))) goto out;
     snprintf(path, sizeof path, "%s/worker-%d.jsonl", cfg->train.out_dir, d.rank);
     if ((rc = metrics_open(&d.mx, path))) goto out;
     snprintf(path, sizeof path, "%s/trace-worker-%d.json", cfg->train.out_dir, d.rank);

@@ -24,21 +24,6 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
-static int mkdir_p(const char *path) {
-    char buf[CFG_PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *s = buf + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-        *s = '/';
-    }
-    if (mkdir(buf, 0755) && errno != EEXIST) goto bad;
-    return 0;
-bad:
-    return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
-}
-
 static char *config_text(const mimic_cfg_t *cfg) {
     char *text = NULL;
     size_t len = 0;
@@ -104,7 +89,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
         rc = mimic_err(MIMIC_ENOMEM, "out of memory for training buffers");
         goto out;
     }
-    if ((rc = mkdir_p(cfg->train.out_dir))) goto out;
+    if ((rc = mimic_mkdir_p(cfg->train.out_dir))) goto out;
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", cfg->train.out_dir);
     snprintf(path, sizeof path, "%s/config.ini", cfg->train.out_dir);
     FILE *cf = fopen(path, "w");
