@@ -56,9 +56,12 @@ static double sgemm_gflops(const gemm_use_t *u, int n, int reps) {
     float *dA = mimic_alloc(maxa * 4), *dW = mimic_alloc(maxw * 4);
     rng_t r;
     rng_seed(&r, 1);
-    for (size_t i = 0; i < maxa; i++) A[i] = rng_uniform(&r) - 0.5f;
-    for (size_t i = 0; i < maxw; i++) W[i] = rng_uniform(&r) - 0.5f;
-    for (size_t i = 0; i < maxo; i++) O[i] = rng_uniform(&r) - 0.5f;
+    for (size_t i = 0; i < maxa; i++)
+        A[i] = rng_uniform(&r) - 0.5f;
+    for (size_t i = 0; i < maxw; i++)
+        W[i] = rng_uniform(&r) - 0.5f;
+    for (size_t i = 0; i < maxo; i++)
+        O[i] = rng_uniform(&r) - 0.5f;
     double best = 0;
     for (int rep = 0; rep < reps; rep++) {
         double flops = 0, t = 0;
@@ -99,9 +102,12 @@ int main(int argc, char **argv) {
     int nrest = 0, B = 128, windows = 3, steps = 10, warmup = 3;
     if (config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
     for (int i = 0; i + 1 < nrest; i += 2) {
-        if (strcmp(rest[i], "--bench.batch") == 0) B = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.windows") == 0) windows = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.steps") == 0) steps = atoi(rest[i + 1]);
+        if (strcmp(rest[i], "--bench.batch") == 0)
+            B = atoi(rest[i + 1]);
+        else if (strcmp(rest[i], "--bench.windows") == 0)
+            windows = atoi(rest[i + 1]);
+        else if (strcmp(rest[i], "--bench.steps") == 0)
+            steps = atoi(rest[i + 1]);
         else {
             fprintf(stderr, "bench_mae: unknown flag %s\n", rest[i]);
             return 2;
@@ -120,13 +126,14 @@ int main(int argc, char **argv) {
     int nu = model_gemms(m, B, uses);
     double sg = sgemm_gflops(uses, nu, 3);
 
-    size_t total = m->p->total, img = (size_t)cfg.model.in_chans * cfg.model.img_size *
-                                      cfg.model.img_size;
+    size_t total = m->p->total,
+           img = (size_t)cfg.model.in_chans * cfg.model.img_size * cfg.model.img_size;
     float *imgs = mimic_alloc((size_t)B * img * 4), *noise = mimic_alloc((size_t)B * m->L * 4);
     float *mo = mimic_alloc(total * 4), *ve = mimic_alloc(total * 4);
     rng_t r;
     rng_seed(&r, 2);
-    for (size_t i = 0; i < (size_t)B * img; i++) imgs[i] = rng_normal(&r);
+    for (size_t i = 0; i < (size_t)B * img; i++)
+        imgs[i] = rng_normal(&r);
     adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
     double ips[64], loss = 0;
     long t = 0;
@@ -134,7 +141,8 @@ int main(int argc, char **argv) {
         int n = w < 0 ? warmup : steps;
         double t0 = mimic_now();
         for (int s = 0; s < n; s++) {
-            for (size_t i = 0; i < (size_t)B * m->L; i++) noise[i] = rng_uniform(&r);
+            for (size_t i = 0; i < (size_t)B * m->L; i++)
+                noise[i] = rng_uniform(&r);
             loss = mae_forward(m, b, imgs, noise);
             params_zero_grad(m->p);
             mae_backward(m, b);

@@ -33,7 +33,8 @@ static void echo_server(const char *ep_out_path, size_t bytes) {
     void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
     char ep[256];
     size_t len = sizeof ep;
-    if (zmq_bind(s, "tcp://127.0.0.1:*") || zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len)) _exit(1);
+    if (zmq_bind(s, "tcp://127.0.0.1:*") || zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len))
+        _exit(1);
     FILE *f = fopen(ep_out_path, "w");
     fprintf(f, "%s", ep);
     fclose(f);
@@ -101,8 +102,10 @@ int main(int argc, char **argv) {
     const char *sched = NULL;
     if (config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
     for (int i = 0; i + 1 < nrest; i += 2) {
-        if (strcmp(rest[i], "--scheduler") == 0) sched = rest[i + 1];
-        else if (strcmp(rest[i], "--bench.iters") == 0) iters = atoi(rest[i + 1]);
+        if (strcmp(rest[i], "--scheduler") == 0)
+            sched = rest[i + 1];
+        else if (strcmp(rest[i], "--bench.iters") == 0)
+            iters = atoi(rest[i + 1]);
         else {
             fprintf(stderr, "bench_ps: unknown flag %s\n", rest[i]);
             return 2;
@@ -118,7 +121,8 @@ int main(int argc, char **argv) {
     mae_init(m, cfg.train.seed);
     size_t n = m->p->total, bytes = n * sizeof(float);
     float *buf = mimic_alloc(bytes), *mo = mimic_alloc(bytes), *ve = mimic_alloc(bytes);
-    for (size_t i = 0; i < n; i++) buf[i] = 1e-3f * (float)(i % 97);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = 1e-3f * (float)(i % 97);
     double raw = raw_gbps(bytes, iters, buf);
 
     /* the optimizer the server runs between a push and the pull that follows */

@@ -192,8 +192,7 @@ void augment_ws_free(augment_ws *ws) {
 }
 
 static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw, int ch, int S,
-                         int flip, const float *mean, const float *std, int cout,
-                         augment_ws *ws) {
+                         int flip, const float *mean, const float *std, int cout, augment_ws *ws) {
     const int cin = in->c;
     float a[3], b[3];
     for (int c = 0; c < cout; c++) {

@@ -40,8 +40,8 @@ static int save(const char *path, const mae_t *model, const float *m, const floa
             (rc = st_writer_add(w, "pos_embed", "F32", pos_shape, 3, model->pos_embed)))
             goto fail;
         if (strcmp(t->name, "mask_token") == 0 &&
-            (rc = st_writer_add(w, "decoder_pos_embed", "F32", dpos_shape, 3,
-                                model->dec_pos_embed)))
+            (rc =
+                 st_writer_add(w, "decoder_pos_embed", "F32", dpos_shape, 3, model->dec_pos_embed)))
             goto fail;
     }
     for (int pass = 0; pass < 2 && m && v && !encoder_only; pass++)

@@ -14,19 +14,30 @@ static int quiet_flag; /* only tests set it; read-only during training */
 
 const char *mimic_strerror(int code) {
     switch (code) {
-    case MIMIC_OK: return "ok";
-    case MIMIC_EINVAL: return "invalid argument";
-    case MIMIC_EIO: return "i/o error";
-    case MIMIC_EFORMAT: return "malformed input";
-    case MIMIC_ENOMEM: return "out of memory";
-    case MIMIC_ESHAPE: return "shape mismatch";
-    case MIMIC_ETIMEOUT: return "timeout";
-    case MIMIC_EPEER: return "peer error";
-    default: return "unknown error";
+    case MIMIC_OK:
+        return "ok";
+    case MIMIC_EINVAL:
+        return "invalid argument";
+    case MIMIC_EIO:
+        return "i/o error";
+    case MIMIC_EFORMAT:
+        return "malformed input";
+    case MIMIC_ENOMEM:
+        return "out of memory";
+    case MIMIC_ESHAPE:
+        return "shape mismatch";
+    case MIMIC_ETIMEOUT:
+        return "timeout";
+    case MIMIC_EPEER:
+        return "peer error";
+    default:
+        return "unknown error";
     }
 }
 
-void mimic_set_quiet(int quiet) { quiet_flag = quiet; }
+void mimic_set_quiet(int quiet) {
+    quiet_flag = quiet;
+}
 
 void mimic_log(const char *fmt, ...) {
     va_list ap;
@@ -55,7 +66,9 @@ int mimic_err(int code, const char *fmt, ...) {
     return code;
 }
 
-const char *mimic_last_error(void) { return last_error; }
+const char *mimic_last_error(void) {
+    return last_error;
+}
 
 void mimic_check_fail(const char *expr, const char *file, int line) {
     fprintf(stderr, "%s:%d: check failed: %s\n", file, line, expr);
@@ -74,7 +87,9 @@ void *mimic_alloc(size_t bytes) {
     return p;
 }
 
-void mimic_free(void *p) { free(p); }
+void mimic_free(void *p) {
+    free(p);
+}
 
 double mimic_now(void) {
     struct timespec ts;

@@ -64,9 +64,12 @@ static const key_t_ KEYS[] = {
     F("train", "seed", K_U64, train.seed, "0", "seed of init, masking, augmentation, sharding"),
     F("train", "out_dir", K_STR, train.out_dir, "runs/mae", "metrics, checkpoints, traces"),
     F("train", "log_every", K_INT, train.log_every, "10", "steps between progress lines"),
-    F("train", "ckpt_every", K_INT, train.ckpt_every, "500", "steps between checkpoints (0: end only)"),
-    F("train", "resume", K_STR, train.resume, "", "checkpoint to resume from (\"auto\": latest in out_dir)"),
-    F("train", "threads", K_INT, train.threads, "0", "compute threads (0: OPENBLAS_NUM_THREADS or all cores)"),
+    F("train", "ckpt_every", K_INT, train.ckpt_every, "500",
+      "steps between checkpoints (0: end only)"),
+    F("train", "resume", K_STR, train.resume, "",
+      "checkpoint to resume from (\"auto\": latest in out_dir)"),
+    F("train", "threads", K_INT, train.threads, "0",
+      "compute threads (0: OPENBLAS_NUM_THREADS or all cores)"),
     F("cluster", "scheduler", K_STR, cluster.scheduler, "",
       "scheduler address tcp://HOST:PORT (elastic launch; env MIMIC_SCHEDULER)"),
     F("cluster", "bind_host", K_STR, cluster.bind_host, "127.0.0.1",
@@ -79,17 +82,19 @@ static const key_t_ KEYS[] = {
     F("cluster", "dead_ms", K_INT, cluster.dead_ms, "3000", "silence after which a peer is dead"),
     F("cluster", "chunk_size", K_INT, cluster.chunk_size, "0",
       "samples per work-queue chunk (0: train.batch_size, one chunk per worker step)"),
-    F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500", "steps between cluster checkpoints"),
-    F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "", "checkpoint directory (default out_dir/ckpt)"),
+    F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500",
+      "steps between cluster checkpoints"),
+    F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "",
+      "checkpoint directory (default out_dir/ckpt)"),
     F("cluster", "trace", K_INT, cluster.trace, "0", "write Chrome trace-event JSON per process"),
-    F("cluster", "max_msg_mb", K_LONG, cluster.max_msg_mb, "256", "largest accepted message payload"),
+    F("cluster", "max_msg_mb", K_LONG, cluster.max_msg_mb, "256",
+      "largest accepted message payload"),
 };
 #undef F
 
 static const key_t_ *find_key(const char *section, const char *key) {
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++)
-        if (strcmp(KEYS[i].section, section) == 0 && strcmp(KEYS[i].key, key) == 0)
-            return &KEYS[i];
+        if (strcmp(KEYS[i].section, section) == 0 && strcmp(KEYS[i].key, key) == 0) return &KEYS[i];
     return NULL;
 }
 
@@ -151,7 +156,8 @@ int config_set(mimic_cfg_t *c, const char *section, const char *key, const char 
             n++;
         }
         if (n == 0) goto bad;
-        for (int i = 0; i < 4; i++) ((float *)dst)[i] = vals[i < n ? i : n - 1];
+        for (int i = 0; i < 4; i++)
+            ((float *)dst)[i] = vals[i < n ? i : n - 1];
         return 0;
     }
     }
@@ -237,11 +243,21 @@ void config_write(const mimic_cfg_t *c, FILE *f) {
         const char *src = (const char *)c + k->offset;
         fprintf(f, "%s = ", k->key);
         switch (k->kind) {
-        case K_INT: fprintf(f, "%d\n", *(const int *)src); break;
-        case K_LONG: fprintf(f, "%ld\n", *(const long *)src); break;
-        case K_U64: fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)src); break;
-        case K_FLOAT: fprintf(f, "%.9g\n", *(const float *)src); break;
-        case K_STR: fprintf(f, "%s\n", src); break;
+        case K_INT:
+            fprintf(f, "%d\n", *(const int *)src);
+            break;
+        case K_LONG:
+            fprintf(f, "%ld\n", *(const long *)src);
+            break;
+        case K_U64:
+            fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)src);
+            break;
+        case K_FLOAT:
+            fprintf(f, "%.9g\n", *(const float *)src);
+            break;
+        case K_STR:
+            fprintf(f, "%s\n", src);
+            break;
         case K_FLOAT4: {
             const float *v = (const float *)src;
             fprintf(f, "%.9g,%.9g,%.9g,%.9g\n", v[0], v[1], v[2], v[3]);
@@ -260,8 +276,10 @@ int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *r
     const char *file = NULL;
     int nr = 0, rc;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) file = argv[++i];
-        else if (is_ini_arg(argv[i])) file = argv[i];
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            file = argv[++i];
+        else if (is_ini_arg(argv[i]))
+            file = argv[i];
     }
     if (file && (rc = config_load(c, file))) return rc;
     for (int i = 1; i < argc; i++) {

@@ -31,8 +31,8 @@ static int parse_kind(const char *s, dataset_kind *k) {
             *k = kinds[i].kind;
             return 0;
         }
-    return mimic_err(MIMIC_EINVAL, "config data.kind: unknown '%s' (idx, imagefolder, csv, labellist)",
-                     s);
+    return mimic_err(MIMIC_EINVAL,
+                     "config data.kind: unknown '%s' (idx, imagefolder, csv, labellist)", s);
 }
 
 int loader_new(loader_t **out, const mimic_cfg_t *cfg) {
@@ -80,12 +80,18 @@ void loader_destroy(loader_t **pl) {
     *pl = NULL;
 }
 
-size_t loader_size(const loader_t *ld) { return dataset_size(ld->ds); }
-size_t loader_bad(const loader_t *ld) { return dataset_bad_count(ld->ds); }
-const dataset_t *loader_dataset(const loader_t *ld) { return ld->ds; }
+size_t loader_size(const loader_t *ld) {
+    return dataset_size(ld->ds);
+}
+size_t loader_bad(const loader_t *ld) {
+    return dataset_bad_count(ld->ds);
+}
+const dataset_t *loader_dataset(const loader_t *ld) {
+    return ld->ds;
+}
 
-int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs,
-                float *noise, int L, int *labels) {
+int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs, float *noise,
+                int L, int *labels) {
     size_t img_sz = (size_t)ld->C * ld->S * ld->S;
     int filled = 0;
     for (int i = 0; i < n; i++) {
@@ -99,7 +105,8 @@ int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float 
                             ld->C, &r, &ld->ws);
         if (rc) return rc;
         if (noise)
-            for (int l = 0; l < L; l++) noise[(size_t)filled * L + l] = rng_uniform(&r);
+            for (int l = 0; l < L; l++)
+                noise[(size_t)filled * L + l] = rng_uniform(&r);
         if (labels) labels[filled] = dataset_label(ld->ds, idx[i]);
         filled++;
     }

@@ -23,7 +23,7 @@ const dataset_t *loader_dataset(const loader_t *ld);
 /* Builds up to n samples from idx[0..n): imgs (n,C,S,S), noise (n,L) masking noise
  * (may be NULL), labels (n) (may be NULL). Returns how many samples were filled
  * (corrupt ones are skipped), or a negative error. */
-int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs,
-                float *noise, int L, int *labels);
+int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs, float *noise,
+                int L, int *labels);
 
 #endif

@@ -76,8 +76,8 @@ int mae_new(mae_t **out, const mae_cfg_t *cfg) {
     if ((m->mask_token = add(p, "mask_token", 3, 1, 1, Dd, 0)) < 0) goto fail;
     if ((m->dec_embed_w = add(p, "decoder_embed.weight", 2, Dd, D, 0, 0)) < 0) goto fail;
     if ((m->dec_embed_b = add(p, "decoder_embed.bias", 1, Dd, 0, 0, 0)) < 0) goto fail;
-    if (vit_stack_register(&m->dec, p, "decoder_blocks", c->decoder_depth, Dd,
-                           c->decoder_num_heads, (int)((float)Dd * c->mlp_ratio)))
+    if (vit_stack_register(&m->dec, p, "decoder_blocks", c->decoder_depth, Dd, c->decoder_num_heads,
+                           (int)((float)Dd * c->mlp_ratio)))
         goto fail;
     if ((m->dec_norm_w = add(p, "decoder_norm.weight", 1, Dd, 0, 0, 0)) < 0) goto fail;
     if ((m->dec_norm_b = add(p, "decoder_norm.bias", 1, Dd, 0, 0, 0)) < 0) goto fail;
@@ -112,7 +112,8 @@ void mae_destroy(mae_t **mm) {
 }
 
 static void fill(float *x, size_t n, float v) {
-    for (size_t i = 0; i < n; i++) x[i] = v;
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
 }
 
 void mae_init(mae_t *m, uint64_t seed) {
@@ -124,8 +125,10 @@ void mae_init(mae_t *m, uint64_t seed) {
     /* the patch projection is initialised as a Linear on its flattened (D, C*p*p) view */
     vit_xavier_uniform(params_w(p, m->patch_w), D, m->cpp, &r);
     fill(params_w(p, m->patch_b), (size_t)D, 0.0f);
-    for (int i = 0; i < D; i++) params_w(p, m->cls_token)[i] = 0.02f * rng_normal(&r);
-    for (int i = 0; i < Dd; i++) params_w(p, m->mask_token)[i] = 0.02f * rng_normal(&r);
+    for (int i = 0; i < D; i++)
+        params_w(p, m->cls_token)[i] = 0.02f * rng_normal(&r);
+    for (int i = 0; i < Dd; i++)
+        params_w(p, m->mask_token)[i] = 0.02f * rng_normal(&r);
     vit_stack_init(&m->enc, p, &r);
     vit_stack_init(&m->dec, p, &r);
     fill(params_w(p, m->norm_w), (size_t)D, 1.0f);
@@ -153,14 +156,14 @@ int mae_batch_alloc(mae_batch_t **out, const mae_t *m, int B) {
         float **dst;
         size_t n;
     } want[] = {
-        {&b->mask, nB * L},          {&b->cols, nB * K * P},       {&b->xvis, nB * K * D},
-        {&b->x0, nB * T1 * D},       {&b->latent, nB * T1 * D},    {&b->lat_mean, nB * T1},
-        {&b->lat_rstd, nB * T1},     {&b->y, nB * T1 * Dd},        {&b->z, nB * T2 * Dd},
-        {&b->dn, nB * T2 * Dd},      {&b->dn_mean, nB * T2},       {&b->dn_rstd, nB * T2},
-        {&b->pred, nB * T2 * P},     {&b->target, nB * L * P},     {&b->d_pred, nB * T2 * P},
-        {&b->d_dn, nB * T2 * Dd},    {&b->d_decout, nB * T2 * Dd}, {&b->d_z, nB * T2 * Dd},
-        {&b->d_y, nB * T1 * Dd},     {&b->d_lat, nB * T1 * D},     {&b->d_encout, nB * T1 * D},
-        {&b->d_x0, nB * T1 * D},     {&b->d_vis, nB * K * D},
+        {&b->mask, nB * L},       {&b->cols, nB * K * P},       {&b->xvis, nB * K * D},
+        {&b->x0, nB * T1 * D},    {&b->latent, nB * T1 * D},    {&b->lat_mean, nB * T1},
+        {&b->lat_rstd, nB * T1},  {&b->y, nB * T1 * Dd},        {&b->z, nB * T2 * Dd},
+        {&b->dn, nB * T2 * Dd},   {&b->dn_mean, nB * T2},       {&b->dn_rstd, nB * T2},
+        {&b->pred, nB * T2 * P},  {&b->target, nB * L * P},     {&b->d_pred, nB * T2 * P},
+        {&b->d_dn, nB * T2 * Dd}, {&b->d_decout, nB * T2 * Dd}, {&b->d_z, nB * T2 * Dd},
+        {&b->d_y, nB * T1 * Dd},  {&b->d_lat, nB * T1 * D},     {&b->d_encout, nB * T1 * D},
+        {&b->d_x0, nB * T1 * D},  {&b->d_vis, nB * K * D},
     };
     int rc = MIMIC_ENOMEM;
     if (!b->ids_shuffle || !b->ids_restore) goto fail;
@@ -182,11 +185,12 @@ void mae_batch_free(mae_batch_t **bb) {
     vit_acts_free(&b->dec);
     free(b->ids_shuffle);
     free(b->ids_restore);
-    float *all[] = {b->mask,    b->cols,     b->xvis,    b->x0,       b->latent, b->lat_mean,
-                    b->lat_rstd, b->y,       b->z,       b->dn,       b->dn_mean, b->dn_rstd,
-                    b->pred,    b->target,   b->d_pred,  b->d_dn,     b->d_decout, b->d_z,
-                    b->d_y,     b->d_lat,    b->d_encout, b->d_x0,    b->d_vis};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mimic_free(all[i]);
+    float *all[] = {b->mask,     b->cols,   b->xvis,     b->x0,   b->latent,   b->lat_mean,
+                    b->lat_rstd, b->y,      b->z,        b->dn,   b->dn_mean,  b->dn_rstd,
+                    b->pred,     b->target, b->d_pred,   b->d_dn, b->d_decout, b->d_z,
+                    b->d_y,      b->d_lat,  b->d_encout, b->d_x0, b->d_vis};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        mimic_free(all[i]);
     free(b);
     *bb = NULL;
 }
@@ -210,8 +214,7 @@ static void argsort_stable(int *idx, const float *v, int n) {
 }
 
 /* One patch in the embedding's (c,i,j) order. */
-static void gather_patch(float *dst, const float *img, int C, int H, int W, int P, int pr,
-                         int pc) {
+static void gather_patch(float *dst, const float *img, int C, int H, int W, int P, int pr, int pc) {
     for (int c = 0; c < C; c++)
         for (int i = 0; i < P; i++) {
             const float *src = img + ((size_t)c * H + (size_t)(pr * P + i)) * W + (size_t)pc * P;
@@ -232,8 +235,10 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     for (int s = 0; s < B; s++) {
         int *shuf = b->ids_shuffle + (size_t)s * L, *rest = b->ids_restore + (size_t)s * L;
         argsort_stable(shuf, noise + (size_t)s * L, L);
-        for (int j = 0; j < L; j++) rest[shuf[j]] = j;
-        for (int l = 0; l < L; l++) b->mask[(size_t)s * L + l] = rest[l] < K ? 0.0f : 1.0f;
+        for (int j = 0; j < L; j++)
+            rest[shuf[j]] = j;
+        for (int l = 0; l < L; l++)
+            b->mask[(size_t)s * L + l] = rest[l] < K ? 0.0f : 1.0f;
         for (int j = 0; j < K; j++) {
             int l = shuf[j];
             gather_patch(b->cols + ((size_t)s * K + j) * ppc, imgs + s * img_sz, C, H, W, P,
@@ -241,17 +246,19 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
         }
     }
     /* embed visible patches only: the masked ones never reach the encoder */
-    linear_forward(b->xvis, b->cols, params_w(p, m->patch_w), params_w(p, m->patch_b), B * K,
-                   ppc, D);
+    linear_forward(b->xvis, b->cols, params_w(p, m->patch_w), params_w(p, m->patch_b), B * K, ppc,
+                   D);
     const float *cls = params_w(p, m->cls_token);
     for (int s = 0; s < B; s++) {
         float *row = b->x0 + (size_t)s * T1 * D;
-        for (int d = 0; d < D; d++) row[d] = cls[d] + m->pos_embed[d];
+        for (int d = 0; d < D; d++)
+            row[d] = cls[d] + m->pos_embed[d];
         for (int j = 0; j < K; j++) {
             const float *pe = m->pos_embed + (size_t)(1 + b->ids_shuffle[(size_t)s * L + j]) * D;
             const float *xv = b->xvis + ((size_t)s * K + j) * D;
             float *dst = row + (size_t)(1 + j) * D;
-            for (int d = 0; d < D; d++) dst[d] = xv[d] + pe[d];
+            for (int d = 0; d < D; d++)
+                dst[d] = xv[d] + pe[d];
         }
     }
     b->enc_out = vit_stack_forward(&m->enc, p, &b->enc, b->x0);
@@ -273,14 +280,15 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
             }
             const float *pe = m->dec_pos_embed + (size_t)t * Dd;
             float *dst = zs + (size_t)t * Dd;
-            for (int d = 0; d < Dd; d++) dst[d] = src[d] + pe[d];
+            for (int d = 0; d < Dd; d++)
+                dst[d] = src[d] + pe[d];
         }
     }
     b->dec_out = vit_stack_forward(&m->dec, p, &b->dec, b->z);
     layernorm_forward(b->dn, b->dn_mean, b->dn_rstd, b->dec_out, params_w(p, m->dec_norm_w),
                       params_w(p, m->dec_norm_b), B * T2, Dd, m->dec.eps);
-    linear_forward(b->pred, b->dn, params_w(p, m->dec_pred_w), params_w(p, m->dec_pred_b),
-                   B * T2, Dd, ppc);
+    linear_forward(b->pred, b->dn, params_w(p, m->dec_pred_w), params_w(p, m->dec_pred_b), B * T2,
+                   Dd, ppc);
 
     /* target: the image's patches in (i,j,c) order, normalised per patch */
     double loss = 0.0, msum = 0.0;
@@ -296,18 +304,22 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
                             img[((size_t)ch * H + (size_t)(pr * P + i)) * W + (size_t)(pc * P + j)];
             if (c->norm_pix_loss) {
                 double mean = 0.0, var = 0.0;
-                for (int k = 0; k < ppc; k++) mean += t[k];
+                for (int k = 0; k < ppc; k++)
+                    mean += t[k];
                 mean /= ppc;
-                for (int k = 0; k < ppc; k++) var += (t[k] - mean) * (t[k] - mean);
+                for (int k = 0; k < ppc; k++)
+                    var += (t[k] - mean) * (t[k] - mean);
                 var /= (ppc > 1 ? ppc - 1 : 1); /* unbiased, as torch.var */
                 double inv = 1.0 / sqrt(var + 1e-6);
-                for (int k = 0; k < ppc; k++) t[k] = (float)((t[k] - mean) * inv);
+                for (int k = 0; k < ppc; k++)
+                    t[k] = (float)((t[k] - mean) * inv);
             }
             float mk = b->mask[(size_t)s * L + l];
             if (mk == 0.0f) continue;
             const float *pr_row = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
             double e = 0.0;
-            for (int k = 0; k < ppc; k++) e += (double)(pr_row[k] - t[k]) * (pr_row[k] - t[k]);
+            for (int k = 0; k < ppc; k++)
+                e += (double)(pr_row[k] - t[k]) * (pr_row[k] - t[k]);
             loss += mk * e / ppc;
             msum += mk;
         }
@@ -316,7 +328,9 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     return msum > 0 ? loss / msum : 0.0;
 }
 
-static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+static void zero(float *x, size_t n) {
+    memset(x, 0, n * sizeof(float));
+}
 
 void mae_backward(mae_t *m, mae_batch_t *b) {
     const mae_cfg_t *c = &m->cfg;
@@ -334,15 +348,15 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
             size_t row = (size_t)s * T2 + 1 + l;
             const float *pr = b->pred + row * ppc, *t = b->target + ((size_t)s * L + l) * ppc;
             float *dp = b->d_pred + row * ppc;
-            for (int k = 0; k < ppc; k++) dp[k] = mk * scale * (pr[k] - t[k]);
+            for (int k = 0; k < ppc; k++)
+                dp[k] = mk * scale * (pr[k] - t[k]);
         }
     zero(b->d_dn, (size_t)B * T2 * Dd);
     linear_backward(b->d_dn, params_g(p, m->dec_pred_w), params_g(p, m->dec_pred_b), b->d_pred,
                     b->dn, params_w(p, m->dec_pred_w), B * T2, Dd, ppc);
     zero(b->d_decout, (size_t)B * T2 * Dd);
-    layernorm_backward(b->d_decout, params_g(p, m->dec_norm_w), params_g(p, m->dec_norm_b),
-                       b->d_dn, b->dec_out, params_w(p, m->dec_norm_w), b->dn_mean, b->dn_rstd,
-                       B * T2, Dd);
+    layernorm_backward(b->d_decout, params_g(p, m->dec_norm_w), params_g(p, m->dec_norm_b), b->d_dn,
+                       b->dec_out, params_w(p, m->dec_norm_w), b->dn_mean, b->dn_rstd, B * T2, Dd);
     zero(b->d_z, (size_t)B * T2 * Dd);
     vit_stack_backward(&m->dec, p, &b->dec, b->d_z, b->z, b->d_decout);
 
@@ -356,9 +370,11 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
             int r = b->ids_restore[(size_t)s * L + l];
             const float *src = dz + (size_t)(1 + l) * Dd;
             float *dst = r < K ? dy + (size_t)(1 + r) * Dd : gmask;
-            if (r < K) memcpy(dst, src, (size_t)Dd * sizeof(float));
+            if (r < K)
+                memcpy(dst, src, (size_t)Dd * sizeof(float));
             else
-                for (int d = 0; d < Dd; d++) dst[d] += src[d];
+                for (int d = 0; d < Dd; d++)
+                    dst[d] += src[d];
         }
     }
     zero(b->d_lat, (size_t)B * T1 * D);
@@ -373,7 +389,8 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
     float *gcls = params_g(p, m->cls_token);
     for (int s = 0; s < B; s++) {
         const float *dx = b->d_x0 + (size_t)s * T1 * D;
-        for (int d = 0; d < D; d++) gcls[d] += dx[d];
+        for (int d = 0; d < D; d++)
+            gcls[d] += dx[d];
         memcpy(b->d_vis + (size_t)s * K * D, dx + D, (size_t)K * D * sizeof(float));
     }
     linear_backward(NULL, params_g(p, m->patch_w), params_g(p, m->patch_b), b->d_vis, b->cols,
@@ -395,7 +412,7 @@ static double stack_flops(const vit_stack_t *s, int T) {
 
 double mae_train_flops_per_image(const mae_t *m) {
     double D = m->cfg.embed_dim, Dd = m->cfg.decoder_embed_dim, K = m->keep, L = m->L;
-    double fwd = 2 * K * m->cpp * D                 /* patch embedding of visible patches */
+    double fwd = 2 * K * m->cpp * D                  /* patch embedding of visible patches */
                  + stack_flops(&m->enc, 1 + m->keep) /* encoder */
                  + 2 * (1 + K) * D * Dd              /* decoder embed */
                  + stack_flops(&m->dec, 1 + m->L)    /* decoder */

@@ -32,8 +32,10 @@ void metrics_begin(metrics_t *m, const char *event) {
 void metrics_num(metrics_t *m, const char *k, double v) {
     if (!m->f) return;
     key(m, k);
-    if (isfinite(v)) fprintf(m->f, "%.6g", v);
-    else fputs("null", m->f); /* JSON has no NaN */
+    if (isfinite(v))
+        fprintf(m->f, "%.6g", v);
+    else
+        fputs("null", m->f); /* JSON has no NaN */
 }
 
 void metrics_int(metrics_t *m, const char *k, long long v) {
@@ -47,9 +49,12 @@ void metrics_str(metrics_t *m, const char *k, const char *v) {
     key(m, k);
     fputc('"', m->f);
     for (const char *c = v; *c; c++) {
-        if (*c == '"' || *c == '\\') fprintf(m->f, "\\%c", *c);
-        else if ((unsigned char)*c < 0x20) fprintf(m->f, "\\u%04x", *c);
-        else fputc(*c, m->f);
+        if (*c == '"' || *c == '\\')
+            fprintf(m->f, "\\%c", *c);
+        else if ((unsigned char)*c < 0x20)
+            fprintf(m->f, "\\u%04x", *c);
+        else
+            fputc(*c, m->f);
     }
     fputc('"', m->f);
 }

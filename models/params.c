@@ -30,8 +30,7 @@ static int ends_with(const char *s, const char *suffix) {
 int params_add(params_t *p, const char *name, int ndim, const int64_t *shape) {
     MIMIC_CHECK(p->w == NULL); /* registering after finalize would move every tensor */
     if (ndim < 1 || ndim > PARAMS_MAX_DIM || strlen(name) >= PARAMS_NAME_MAX)
-        return mimic_err(MIMIC_EINVAL, "parameter '%s': bad rank %d or name too long", name,
-                         ndim);
+        return mimic_err(MIMIC_EINVAL, "parameter '%s': bad rank %d or name too long", name, ndim);
     if (params_find(p, name) >= 0)
         return mimic_err(MIMIC_EINVAL, "parameter '%s' registered twice", name);
     if (p->n == p->cap) {
@@ -70,4 +69,6 @@ int params_find(const params_t *p, const char *name) {
     return -1;
 }
 
-void params_zero_grad(params_t *p) { memset(p->g, 0, p->total * sizeof(float)); }
+void params_zero_grad(params_t *p) {
+    memset(p->g, 0, p->total * sizeof(float));
+}

@@ -41,7 +41,11 @@ int params_finalize(params_t *p);
 int params_find(const params_t *p, const char *name);
 void params_zero_grad(params_t *p);
 
-static inline float *params_w(const params_t *p, int i) { return p->w + p->t[i].offset; }
-static inline float *params_g(const params_t *p, int i) { return p->g + p->t[i].offset; }
+static inline float *params_w(const params_t *p, int i) {
+    return p->w + p->t[i].offset;
+}
+static inline float *params_g(const params_t *p, int i) {
+    return p->g + p->t[i].offset;
+}
 
 #endif

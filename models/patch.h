@@ -14,10 +14,10 @@ void patch_unpatchify(float *img, const float *patches, int B, int C, int H, int
 
 /* Embedding as im2col + GEMM. cols (B,L,C*p*p) is scratch kept for backward.
  * out (B,L,D); img (B,C,H,W); w (D,C,p,p); b (D) */
-void patch_embed_forward(float *out, float *cols, const float *img, const float *w,
-                         const float *b, int B, int C, int H, int W, int p, int D);
+void patch_embed_forward(float *out, float *cols, const float *img, const float *w, const float *b,
+                         int B, int C, int H, int W, int p, int D);
 /* dw (D,C,p,p) +=, db (D) +=; dout (B,L,D); cols from forward. No image gradient. */
-void patch_embed_backward(float *dw, float *db, const float *dout, const float *cols, int B,
-                          int L, int C, int p, int D);
+void patch_embed_backward(float *dw, float *db, const float *dout, const float *cols, int B, int L,
+                          int C, int p, int D);
 
 #endif

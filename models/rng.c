@@ -10,7 +10,8 @@ static uint64_t splitmix64(uint64_t *x) {
 }
 
 void rng_seed(rng_t *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
 }
 
 void rng_split(rng_t *r, uint64_t seed, uint64_t stream) {
@@ -18,7 +19,9 @@ void rng_split(rng_t *r, uint64_t seed, uint64_t stream) {
     rng_seed(r, splitmix64(&x));
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t rng_u64(rng_t *r) {
     uint64_t *s = r->s;
@@ -33,13 +36,16 @@ uint64_t rng_u64(rng_t *r) {
     return result;
 }
 
-float rng_uniform(rng_t *r) { return (float)(rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+float rng_uniform(rng_t *r) {
+    return (float)(rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}
 
 uint64_t rng_below(rng_t *r, uint64_t n) {
     /* rejection keeps it unbiased */
     uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     uint64_t x;
-    do x = rng_u64(r);
+    do
+        x = rng_u64(r);
     while (x >= limit);
     return x % n;
 }

@@ -3,7 +3,8 @@
 #include "rng.h"
 
 void shard_permutation(uint32_t *perm, uint32_t n, uint64_t seed, uint64_t epoch) {
-    for (uint32_t i = 0; i < n; i++) perm[i] = i;
+    for (uint32_t i = 0; i < n; i++)
+        perm[i] = i;
     rng_t r;
     rng_split(&r, seed, 0x5eed0000ULL + epoch);
     rng_shuffle_u32(&r, perm, n);

@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int add_named(params_t *p, const char *prefix, int i, const char *leaf, int ndim,
-                     int64_t d0, int64_t d1) {
+static int add_named(params_t *p, const char *prefix, int i, const char *leaf, int ndim, int64_t d0,
+                     int64_t d1) {
     char name[PARAMS_NAME_MAX];
     snprintf(name, sizeof name, "%s.%d.%s", prefix, i, leaf);
     int64_t shape[2] = {d0, d1};
@@ -65,7 +65,8 @@ void vit_xavier_uniform(float *w, int fan_out, int fan_in, rng_t *rng) {
 }
 
 static void fill(float *x, size_t n, float v) {
-    for (size_t i = 0; i < n; i++) x[i] = v;
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
 }
 
 void vit_stack_init(const vit_stack_t *s, params_t *p, rng_t *rng) {
@@ -102,12 +103,12 @@ int vit_acts_alloc(vit_acts_t *a, const vit_stack_t *s, int B, int T) {
         float **dst;
         size_t n;
     } want[] = {
-        {&a->ln1, L * BT * C},     {&a->ln1_mean, L * BT},  {&a->ln1_rstd, L * BT},
-        {&a->qkv, L * BT * 3 * C}, {&a->att, L * AT},       {&a->atty, L * BT * C},
-        {&a->res1, L * BT * C},    {&a->ln2, L * BT * C},   {&a->ln2_mean, L * BT},
-        {&a->ln2_rstd, L * BT},    {&a->fc1, L * BT * H},   {&a->act, L * BT * H},
-        {&a->out, L * BT * C},     {&a->d_res1, BT * C},    {&a->d_ln, BT * C},
-        {&a->d_qkv, BT * 3 * C},   {&a->d_atty, BT * C},    {&a->d_hid, BT * H},
+        {&a->ln1, L * BT * C},     {&a->ln1_mean, L * BT}, {&a->ln1_rstd, L * BT},
+        {&a->qkv, L * BT * 3 * C}, {&a->att, L * AT},      {&a->atty, L * BT * C},
+        {&a->res1, L * BT * C},    {&a->ln2, L * BT * C},  {&a->ln2_mean, L * BT},
+        {&a->ln2_rstd, L * BT},    {&a->fc1, L * BT * H},  {&a->act, L * BT * H},
+        {&a->out, L * BT * C},     {&a->d_res1, BT * C},   {&a->d_ln, BT * C},
+        {&a->d_qkv, BT * 3 * C},   {&a->d_atty, BT * C},   {&a->d_hid, BT * H},
         {&a->d_fc1, BT * H},       {&a->d_att, AT},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -121,10 +122,10 @@ int vit_acts_alloc(vit_acts_t *a, const vit_stack_t *s, int B, int T) {
 }
 
 void vit_acts_free(vit_acts_t *a) {
-    float **all[] = {&a->ln1,  &a->ln1_mean, &a->ln1_rstd, &a->qkv,    &a->att,
-                     &a->atty, &a->res1,     &a->ln2,      &a->ln2_mean, &a->ln2_rstd,
-                     &a->fc1,  &a->act,      &a->out,      &a->d_res1, &a->d_ln,
-                     &a->d_qkv, &a->d_atty,  &a->d_hid,    &a->d_fc1,  &a->d_att};
+    float **all[] = {&a->ln1,   &a->ln1_mean, &a->ln1_rstd, &a->qkv,      &a->att,
+                     &a->atty,  &a->res1,     &a->ln2,      &a->ln2_mean, &a->ln2_rstd,
+                     &a->fc1,   &a->act,      &a->out,      &a->d_res1,   &a->d_ln,
+                     &a->d_qkv, &a->d_atty,   &a->d_hid,    &a->d_fc1,    &a->d_att};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         mimic_free(*all[i]);
         *all[i] = NULL;
@@ -151,7 +152,8 @@ static layer_view_t layer_view(const vit_acts_t *a, int l) {
 }
 
 static void add_inplace(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
 }
 
 const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts_t *a,
@@ -178,10 +180,12 @@ const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts
     return xin;
 }
 
-static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+static void zero(float *x, size_t n) {
+    memset(x, 0, n * sizeof(float));
+}
 
-void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx,
-                        const float *x, float *dout) {
+void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx, const float *x,
+                        float *dout) {
     int B = a->B, T = a->T, C = s->dim, H = s->hidden, NH = s->heads, BT = B * T;
     size_t nC = (size_t)BT * C, nH = (size_t)BT * H;
     for (int l = s->depth - 1; l >= 0; l--) {

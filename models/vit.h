@@ -49,7 +49,7 @@ const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts
                                const float *x);
 /* dx (B,T,C) += d loss / d x; dout (B,T,C) is the gradient of the stack output and is
  * used as scratch (clobbered). Parameter gradients accumulate into p->g. */
-void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx,
-                        const float *x, float *dout);
+void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx, const float *x,
+                        float *dout);
 
 #endif

@@ -109,7 +109,9 @@ static void step_scaled(kvstore_t *kv, const float *g, float gscale) {
     kv->n_update++;
 }
 
-void kvstore_step(kvstore_t *kv, const float *g) { step_scaled(kv, g, 1.0f); }
+void kvstore_step(kvstore_t *kv, const float *g) {
+    step_scaled(kv, g, 1.0f);
+}
 
 void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
     const float a = (float)weight;

@@ -85,15 +85,19 @@ static int start(cluster_t *c, const char *name, int S, int W, const char *extra
     char pflags[6000];
     snprintf(pflags, sizeof pflags, "%s --scheduler %s", flags, ep);
     free(ep);
-    for (int i = 0; i < S; i++) c->servers[i] = spawn(SERVER, c, pflags);
-    for (int i = 0; i < W; i++) c->workers[i] = spawn(WORKER, c, pflags);
+    for (int i = 0; i < S; i++)
+        c->servers[i] = spawn(SERVER, c, pflags);
+    for (int i = 0; i < W; i++)
+        c->workers[i] = spawn(WORKER, c, pflags);
     return 0;
 }
 
 static void kill_all(cluster_t *c) {
     testutil_kill(c->sched);
-    for (int i = 0; i < c->S; i++) testutil_kill(c->servers[i]);
-    for (int i = 0; i < c->W; i++) testutil_kill(c->workers[i]);
+    for (int i = 0; i < c->S; i++)
+        testutil_kill(c->servers[i]);
+    for (int i = 0; i < c->W; i++)
+        testutil_kill(c->workers[i]);
     c->sched = 0;
     memset(c->servers, 0, sizeof c->servers);
     memset(c->workers, 0, sizeof c->workers);

@@ -23,9 +23,18 @@ static double loss_fn(void *p) {
 }
 
 static void test_fd(int norm_pix) {
-    mae_cfg_t cfg = {.img_size = 8, .in_chans = 2, .patch_size = 2, .embed_dim = 8, .depth = 2,
-                     .num_heads = 2, .mlp_ratio = 2, .decoder_embed_dim = 8, .decoder_depth = 1,
-                     .decoder_num_heads = 2, .mask_ratio = 0.75f, .norm_pix_loss = norm_pix};
+    mae_cfg_t cfg = {.img_size = 8,
+                     .in_chans = 2,
+                     .patch_size = 2,
+                     .embed_dim = 8,
+                     .depth = 2,
+                     .num_heads = 2,
+                     .mlp_ratio = 2,
+                     .decoder_embed_dim = 8,
+                     .decoder_depth = 1,
+                     .decoder_num_heads = 2,
+                     .mask_ratio = 0.75f,
+                     .norm_pix_loss = norm_pix};
     mae_t *m = NULL;
     mae_batch_t *b = NULL;
     T_CHECK(mae_new(&m, &cfg) == 0);
@@ -64,15 +73,16 @@ static void test_fd(int norm_pix) {
     for (int i = 0; i < m->p->n; i++) {
         const params_tensor_t *t = &m->p->t[i];
         snprintf(name, sizeof name, "mae%s %s", norm_pix ? "" : "(raw pix)", t->name);
-        testutil_fd_check_scaled(name, loss_fn, &c, params_w(m->p, i), params_g(m->p, i),
-                                 t->numel, 16, 1e-2, 3e-2, 5e-2);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(m->p, i), params_g(m->p, i), t->numel,
+                                 16, 1e-2, 3e-2, 5e-2);
     }
     /* backward accumulates: a second pass doubles the gradient */
     float *g1 = malloc(m->p->total * sizeof(float));
     memcpy(g1, m->p->g, m->p->total * sizeof(float));
     mae_forward(m, b, imgs, noise);
     mae_backward(m, b);
-    for (size_t i = 0; i < m->p->total; i++) g1[i] *= 2;
+    for (size_t i = 0; i < m->p->total; i++)
+        g1[i] *= 2;
     testutil_close("mae backward accumulates", m->p->g, g1, m->p->total, 1e-6);
     free(g1);
     free(imgs);
@@ -83,9 +93,18 @@ static void test_fd(int norm_pix) {
 }
 
 static void test_bad_config(void) {
-    mae_cfg_t cfg = {.img_size = 30, .in_chans = 1, .patch_size = 4, .embed_dim = 16, .depth = 1,
-                     .num_heads = 2, .mlp_ratio = 4, .decoder_embed_dim = 8, .decoder_depth = 1,
-                     .decoder_num_heads = 2, .mask_ratio = 0.75f, .norm_pix_loss = 1};
+    mae_cfg_t cfg = {.img_size = 30,
+                     .in_chans = 1,
+                     .patch_size = 4,
+                     .embed_dim = 16,
+                     .depth = 1,
+                     .num_heads = 2,
+                     .mlp_ratio = 4,
+                     .decoder_embed_dim = 8,
+                     .decoder_depth = 1,
+                     .decoder_num_heads = 2,
+                     .mask_ratio = 0.75f,
+                     .norm_pix_loss = 1};
     mae_t *m = NULL;
     mimic_set_quiet(1);
     T_CHECK(mae_new(&m, &cfg) == MIMIC_EINVAL && m == NULL);
@@ -116,7 +135,8 @@ static void test_adamw(void) {
     }
     adamw_cfg_t c = {0.9f, 0.95f, 1e-8f, 0.05f};
     double lr = 1e-2;
-    for (long t = 1; t <= 3; t++) adamw_update(&c, p, p->w, p->g, 1.0f, m, v, 0, 9, (float)lr, t);
+    for (long t = 1; t <= 3; t++)
+        adamw_update(&c, p, p->w, p->g, 1.0f, m, v, 0, 9, (float)lr, t);
     for (int i = 0; i < 9; i++) {
         double w = w0[i], mm = 0, vv = 0, g = p->g[i], wd = i < 6 ? 0.05 : 0.0;
         for (int t = 1; t <= 3; t++) {

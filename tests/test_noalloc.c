@@ -46,7 +46,9 @@ int posix_memalign(void **p, size_t align, size_t n) {
     *p = __libc_memalign(align, n);
     return *p ? 0 : 12;
 }
-void free(void *p) { __libc_free(p); }
+void free(void *p) {
+    __libc_free(p);
+}
 
 int main(void) {
     /* a real data set file, so the loader's decode and augmentation path is included */
@@ -83,7 +85,8 @@ int main(void) {
     long before = 0;
     for (int step = 0; step < 8; step++) {
         if (step == 3) before = atomic_load(&allocs); /* warm-up done: thread pools, crops */
-        for (int i = 0; i < B; i++) idx[i] = (uint32_t)((step * B + i) % 64);
+        for (int i = 0; i < B; i++)
+            idx[i] = (uint32_t)((step * B + i) % 64);
         int got = loader_fill(ld, idx, B, 0, imgs, noise, m->L, NULL);
         T_CHECK(got == B);
         mae_forward(m, b, imgs, noise);

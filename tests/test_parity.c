@@ -57,9 +57,12 @@ static void compare(const st_file_t *got, const st_file_t *want, const char *nam
 
 int main(void) {
     char weights[4096], batch[4096], expect[4096], adamw[4096], out[4200], cmd[20000];
-    snprintf(weights, sizeof weights, "%s", testutil_src_path("tests/golden/mae_tiny_weights.safetensors"));
-    snprintf(batch, sizeof batch, "%s", testutil_src_path("tests/golden/mae_tiny_batch.safetensors"));
-    snprintf(expect, sizeof expect, "%s", testutil_src_path("tests/golden/mae_tiny_expect.safetensors"));
+    snprintf(weights, sizeof weights, "%s",
+             testutil_src_path("tests/golden/mae_tiny_weights.safetensors"));
+    snprintf(batch, sizeof batch, "%s",
+             testutil_src_path("tests/golden/mae_tiny_batch.safetensors"));
+    snprintf(expect, sizeof expect, "%s",
+             testutil_src_path("tests/golden/mae_tiny_expect.safetensors"));
     snprintf(adamw, sizeof adamw, "%s", testutil_src_path("tests/golden/adamw_expect.safetensors"));
     snprintf(out, sizeof out, "%s/grads.safetensors", testutil_tmpdir());
 
@@ -80,8 +83,8 @@ int main(void) {
              "--mae.decoder_embed_dim=%d --mae.decoder_depth=%d --mae.decoder_num_heads=%d "
              "--mae.mask_ratio=%g --mae.norm_pix_loss=%d",
              build ? build : ".", weights, batch, out, c.img_size, c.in_chans, c.patch_size,
-             c.embed_dim, c.depth, c.num_heads, c.mlp_ratio, c.decoder_embed_dim,
-             c.decoder_depth, c.decoder_num_heads, c.mask_ratio, c.norm_pix_loss);
+             c.embed_dim, c.depth, c.num_heads, c.mlp_ratio, c.decoder_embed_dim, c.decoder_depth,
+             c.decoder_num_heads, c.mask_ratio, c.norm_pix_loss);
     int rc = system(cmd);
     T_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
     if (st_open(&g, out)) return testutil_summary("test_parity");
@@ -108,9 +111,9 @@ int main(void) {
     float *mo = calloc(m->p->total, sizeof(float)), *ve = calloc(m->p->total, sizeof(float));
     float *before = malloc(m->p->total * sizeof(float));
     memcpy(before, m->p->w, m->p->total * sizeof(float));
-    adamw_cfg_t oc = {(float)atof(meta_or(ad, "adamw_beta1")), (float)atof(meta_or(ad, "adamw_beta2")),
-                      (float)atof(meta_or(ad, "adamw_eps")),
-                      (float)atof(meta_or(ad, "adamw_weight_decay"))};
+    adamw_cfg_t oc = {
+        (float)atof(meta_or(ad, "adamw_beta1")), (float)atof(meta_or(ad, "adamw_beta2")),
+        (float)atof(meta_or(ad, "adamw_eps")), (float)atof(meta_or(ad, "adamw_weight_decay"))};
     adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mo, ve, 0, m->p->total,
                  (float)atof(meta_or(ad, "adamw_lr")), 1);
     float *want = malloc(m->p->total * sizeof(float));
@@ -128,7 +131,8 @@ int main(void) {
         snprintf(name, sizeof name, "delta.%s", t->name);
         T_CHECK(st_read_f32(ad, name, want + t->offset, t->shape, t->ndim) == 0);
     }
-    for (size_t i = 0; i < m->p->total; i++) delta[i] = m->p->w[i] - before[i];
+    for (size_t i = 0; i < m->p->total; i++)
+        delta[i] = m->p->w[i] - before[i];
     testutil_close("adamw update (new - old, all parameters)", delta, want, m->p->total, 3e-4);
     free(delta);
     free(before);

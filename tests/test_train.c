@@ -8,10 +8,10 @@
 #include "testutil.h"
 
 #include <math.h>
-#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static char worker[4096], data[4096], labels[4096];
 

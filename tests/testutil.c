@@ -1,12 +1,12 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -101,8 +101,10 @@ int testutil_write_idx(const char *images, const char *labels, int n, int side,
         if (g) fclose(g);
         return -1;
     }
-    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, (unsigned char)n,
-                             0, 0, 0, (unsigned char)side, 0, 0, 0, (unsigned char)side};
+    unsigned char hdr[16] = {0, 0, 8, 3,
+                             0, 0, 0, (unsigned char)n,
+                             0, 0, 0, (unsigned char)side,
+                             0, 0, 0, (unsigned char)side};
     unsigned char lhdr[8] = {0, 0, 8, 1, 0, 0, 0, (unsigned char)n};
     fwrite(hdr, 1, 16, f);
     if (g) fwrite(lhdr, 1, 8, g);
@@ -130,7 +132,9 @@ const char *testutil_src_path(const char *rel) {
 
 static char tmpdir_buf[4096];
 
-const char *testutil_tmpdir_created(void) { return tmpdir_buf[0] ? tmpdir_buf : NULL; }
+const char *testutil_tmpdir_created(void) {
+    return tmpdir_buf[0] ? tmpdir_buf : NULL;
+}
 
 const char *testutil_tmpdir(void) {
     char *buf = tmpdir_buf;

@@ -8,8 +8,7 @@
 
 extern int testutil_failures;
 
-#define T_CHECK(cond)                                                                              \
-    testutil_check((cond), #cond, __FILE__, __LINE__)
+#define T_CHECK(cond) testutil_check((cond), #cond, __FILE__, __LINE__)
 void testutil_check(int ok, const char *expr, const char *file, int line);
 
 /* max |a-b| / max(|b|, tiny): a norm-wise relative error robust to zeros in b. */

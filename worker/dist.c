@@ -84,7 +84,9 @@ static int sched_call(dist_t *d, proto_hdr_t *req, proto_type_t want, proto_msg_
     return mimic_err(MIMIC_ETIMEOUT, "scheduler did not answer %s", proto_type_name(req->type));
 }
 
-static uint64_t next_seq(dist_t *d) { return ++d->seq; }
+static uint64_t next_seq(dist_t *d) {
+    return ++d->seq;
+}
 
 /* Asks for the chunk of `version` and loads it (decode, augment, noise). */
 static int load_next(dist_t *d, uint64_t version) {
@@ -180,8 +182,12 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     int rc = resolve_scheduler(cfg, sched_flag, ep, sizeof ep);
     if (rc) return rc;
     const char *cons = cfg->cluster.consistency;
-    d.mode = strcmp(cons, "bsp") == 0 ? 0 : strcmp(cons, "asp") == 0 ? 1 : strcmp(cons, "ssp") == 0 ? 2 : -1;
-    if (d.mode < 0) return mimic_err(MIMIC_EINVAL, "config cluster.consistency: '%s' (bsp, asp, ssp)", cons);
+    d.mode = strcmp(cons, "bsp") == 0   ? 0
+             : strcmp(cons, "asp") == 0 ? 1
+             : strcmp(cons, "ssp") == 0 ? 2
+                                        : -1;
+    if (d.mode < 0)
+        return mimic_err(MIMIC_EINVAL, "config cluster.consistency: '%s' (bsp, asp, ssp)", cons);
     d.max_payload = (size_t)cfg->cluster.max_msg_mb << 20;
     void *zctx = zmq_ctx_new();
     if (!zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
@@ -296,8 +302,8 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         snprintf(path, sizeof path, "%s/model.safetensors", cfg->train.out_dir);
         checkpoint_state_t st = {(long)version, 0, 0};
         if ((rc = checkpoint_save(path, d.m, NULL, NULL, &st, NULL))) goto out;
-        mimic_log("%s trained model (version %llu) written to %s", who,
-                  (unsigned long long)version, path);
+        mimic_log("%s trained model (version %llu) written to %s", who, (unsigned long long)version,
+                  path);
     }
     mimic_log("%s done at version %llu", who, (unsigned long long)version);
 out:

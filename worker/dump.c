@@ -27,7 +27,7 @@ int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *b
     st_file_t *in = NULL;
     st_writer_t *w = NULL;
     float *imgs = NULL, *noise = NULL, *pred = NULL;
-    char (*names)[PARAMS_NAME_MAX + 8] = NULL;
+    char(*names)[PARAMS_NAME_MAX + 8] = NULL;
     int rc = mae_new(&m, &cfg->model);
     if (rc) return rc;
     if ((rc = load_weights(m, weights))) goto out;

@@ -30,8 +30,8 @@ struct kv {
     uint64_t bytes_out, bytes_in;
 };
 
-int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total,
-           int32_t my_id, size_t max_payload) {
+int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
+           size_t max_payload) {
     *out = NULL;
     if (nservers < 1 || nservers > KV_MAX_SERVERS)
         return mimic_err(MIMIC_EINVAL, "kv: %d servers (1..%d supported)", nservers,
@@ -45,7 +45,8 @@ int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t t
     int rc = 0;
     for (int s = 0; s < nservers; s++) {
         kv_server_t *sv = &kv->srv[s];
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         size_t n = strcspn(p, " ");
         if (n == 0 || n >= sizeof sv->endpoint) {
             rc = mimic_err(MIMIC_EFORMAT, "kv: server list '%s' has no endpoint %d", endpoints, s);
@@ -59,8 +60,8 @@ int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t t
         int linger = 0;
         if (!sv->sock || zmq_setsockopt(sv->sock, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_connect(sv->sock, sv->endpoint)) {
-            rc = mimic_err(MIMIC_EIO, "kv: cannot connect to server %d at %s: %s", s,
-                           sv->endpoint, zmq_strerror(zmq_errno()));
+            rc = mimic_err(MIMIC_EIO, "kv: cannot connect to server %d at %s: %s", s, sv->endpoint,
+                           zmq_strerror(zmq_errno()));
             goto fail;
         }
     }
@@ -84,7 +85,8 @@ void kv_destroy(kv_t **pkv) {
 static int start(kv_t *kv, int kind) {
     kv->seq++;
     kv->kind = kind;
-    for (int s = 0; s < kv->S; s++) kv->srv[s].answered = 0;
+    for (int s = 0; s < kv->S; s++)
+        kv->srv[s].answered = 0;
     return (int)(kv->seq & 0x7fffffff);
 }
 
@@ -144,10 +146,11 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
     if (kv->kind == PROTO_PULL) {
         if (h->lo != sv->lo || h->hi != sv->hi || h->dtype != PROTO_DT_F32 ||
             proto_msg_size(m) != (sv->hi - sv->lo) * sizeof(float))
-            return mimic_err(MIMIC_EPEER, "server %d (%s): PULL_REPLY range [%llu,%llu) does not "
+            return mimic_err(MIMIC_EPEER,
+                             "server %d (%s): PULL_REPLY range [%llu,%llu) does not "
                              "match its range [%zu,%zu)",
-                             s, sv->endpoint, (unsigned long long)h->lo,
-                             (unsigned long long)h->hi, sv->lo, sv->hi);
+                             s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
+                             sv->lo, sv->hi);
         memcpy(kv->pull_dst + sv->lo, proto_msg_data(m), proto_msg_size(m));
         kv->bytes_in += proto_msg_size(m);
     }
@@ -179,7 +182,8 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             if (!(items[s].revents & ZMQ_POLLIN)) continue;
             proto_msg_t m;
             int rc = proto_recv(kv->srv[s].sock, &m, kv->max_payload, 0);
-            if (rc == 0) rc = take_reply(kv, s, &m);
+            if (rc == 0)
+                rc = take_reply(kv, s, &m);
             else if (rc == MIMIC_EFORMAT)
                 rc = mimic_err(MIMIC_EPEER, "server %d (%s): malformed reply: %s", s,
                                kv->srv[s].endpoint, m.why);

@@ -15,8 +15,8 @@
 typedef struct kv kv_t;
 
 /* endpoints: the S server endpoints separated by spaces (REGISTER_ACK.str). */
-int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total,
-           int32_t my_id, size_t max_payload);
+int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
+           size_t max_payload);
 void kv_destroy(kv_t **kv);
 /* Pulls the whole vector into dst (which = PROTO_WHICH_PARAMS or _EMA); a server holds
  * its answer until its version >= min_version. Returns a timestamp (> 0) or an error. */

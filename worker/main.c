@@ -37,7 +37,8 @@ int main(int argc, char **argv) {
         free(rest);
         return 2;
     }
-    const char *mode = "--distributed", *sched = NULL, *weights = NULL, *batch = NULL, *out = NULL, *ckpt = NULL;
+    const char *mode = "--distributed", *sched = NULL, *weights = NULL, *batch = NULL, *out = NULL,
+               *ckpt = NULL;
     for (int i = 0; i < nrest; i++) {
         const char *a = rest[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

@@ -67,14 +67,15 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     char path[CFG_PATH_MAX + 64], ckpt[CFG_PATH_MAX + 64];
     int B = cfg->train.batch_size, rc;
     if (B <= 0) return mimic_err(MIMIC_EINVAL, "config train.batch_size: must be positive");
-    if (cfg->train.steps <= 0) return mimic_err(MIMIC_EINVAL, "config train.steps: must be positive");
+    if (cfg->train.steps <= 0)
+        return mimic_err(MIMIC_EINVAL, "config train.steps: must be positive");
 
     if ((rc = mae_new(&m, &cfg->model))) return rc;
     mae_init(m, cfg->train.seed);
     if ((rc = loader_new(&ld, cfg))) goto out;
     if ((rc = mae_batch_alloc(&b, m, B))) goto out;
-    size_t total = m->p->total, img_sz = (size_t)cfg->model.in_chans * cfg->model.img_size *
-                                           cfg->model.img_size;
+    size_t total = m->p->total,
+           img_sz = (size_t)cfg->model.in_chans * cfg->model.img_size * cfg->model.img_size;
     walk.n = (uint32_t)loader_size(ld);
     walk.seed = cfg->train.seed;
     mom = mimic_alloc(total * sizeof(float));
@@ -149,7 +150,8 @@ int worker_standalone(const mimic_cfg_t *cfg) {
             n = 0;
             for (int i = 0; i < B;) {
                 int j = i;
-                while (j < B && ep[j] == ep[i]) j++;
+                while (j < B && ep[j] == ep[i])
+                    j++;
                 int got = loader_fill(ld, idx + i, j - i, ep[i], imgs + (size_t)n * img_sz,
                                       noise + (size_t)n * m->L, m->L, NULL);
                 if (got < 0) {
@@ -167,8 +169,8 @@ int worker_standalone(const mimic_cfg_t *cfg) {
         params_zero_grad(m->p);
         mae_backward(m, b);
         double t3 = mimic_now();
-        float lr = adamw_lr(step, cfg->train.warmup_steps, cfg->train.steps, base_lr,
-                            cfg->train.min_lr);
+        float lr =
+            adamw_lr(step, cfg->train.warmup_steps, cfg->train.steps, base_lr, cfg->train.min_lr);
         adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mom, vel, 0, total, lr, step + 1);
         double t4 = mimic_now();
         if (!isfinite(loss)) {

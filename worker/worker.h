@@ -1,8 +1,9 @@
 /* worker — the modes of the mimic-worker binary.
  *
  * main.c parses flags and dispatches; standalone.c trains MAE in one process (no
- * servers); dist.c is the worker of the distributed runtime (docs/runtime.md); dump.c writes the loss and every gradient for a given weights file and
- * batch, so anyone can check parity with PyTorch on any config. */
+ * servers); dist.c is the worker of the distributed runtime (docs/runtime.md); dump.c writes the
+ * loss and every gradient for a given weights file and batch, so anyone can check parity with
+ * PyTorch on any config. */
 #ifndef MIMIC_WORKER_H
 #define MIMIC_WORKER_H
 
