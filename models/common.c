@@ -112,3 +112,13 @@ int mimic_mkdir_p(const char *path) {
 bad:
     return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
 }
+
+void mimic_zero(float *x, size_t n) {
+    const size_t chunk = 1 << 16; /* 256 KB per task */
+    long tasks = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (tasks > 4)
+    for (long t = 0; t < tasks; t++) {
+        size_t lo = (size_t)t * chunk, len = n - lo < chunk ? n - lo : chunk;
+        memset(x + lo, 0, len * sizeof(float));
+    }
+}

@@ -45,6 +45,9 @@ void *mimic_alloc(size_t bytes);
 void mimic_free(void *p);
 
 double mimic_now(void); /* monotonic seconds */
+/* Sets n floats to 0, large buffers in parallel with OpenMP: backward passes clear
+ * their scratch and gradients every step, and a serial memset leaves a core idle. */
+void mimic_zero(float *x, size_t n);
 /* mkdir -p: creates path and its missing parents (0755); errors name the directory. */
 int mimic_mkdir_p(const char *path);
 

@@ -328,9 +328,6 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     return msum > 0 ? loss / msum : 0.0;
 }
 
-static void zero(float *x, size_t n) {
-    memset(x, 0, n * sizeof(float));
-}
 
 void mae_backward(mae_t *m, mae_batch_t *b) {
     const mae_cfg_t *c = &m->cfg;
@@ -339,7 +336,7 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
     int ppc = m->cpp, T1 = 1 + K, T2 = 1 + L;
 
     /* d loss / d pred, only at removed patches */
-    zero(b->d_pred, (size_t)B * T2 * ppc);
+    mimic_zero(b->d_pred, (size_t)B * T2 * ppc);
     float scale = b->mask_sum > 0 ? (float)(2.0 / ((double)ppc * b->mask_sum)) : 0.0f;
     for (int s = 0; s < B; s++)
         for (int l = 0; l < L; l++) {
@@ -351,13 +348,13 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
             for (int k = 0; k < ppc; k++)
                 dp[k] = mk * scale * (pr[k] - t[k]);
         }
-    zero(b->d_dn, (size_t)B * T2 * Dd);
+    mimic_zero(b->d_dn, (size_t)B * T2 * Dd);
     linear_backward(b->d_dn, params_g(p, m->dec_pred_w), params_g(p, m->dec_pred_b), b->d_pred,
                     b->dn, params_w(p, m->dec_pred_w), B * T2, Dd, ppc);
-    zero(b->d_decout, (size_t)B * T2 * Dd);
+    mimic_zero(b->d_decout, (size_t)B * T2 * Dd);
     layernorm_backward(b->d_decout, params_g(p, m->dec_norm_w), params_g(p, m->dec_norm_b), b->d_dn,
                        b->dec_out, params_w(p, m->dec_norm_w), b->dn_mean, b->dn_rstd, B * T2, Dd);
-    zero(b->d_z, (size_t)B * T2 * Dd);
+    mimic_zero(b->d_z, (size_t)B * T2 * Dd);
     vit_stack_backward(&m->dec, p, &b->dec, b->d_z, b->z, b->d_decout);
 
     /* route the decoder-input gradient back to visible tokens and the mask token */
@@ -377,13 +374,13 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
                     dst[d] += src[d];
         }
     }
-    zero(b->d_lat, (size_t)B * T1 * D);
+    mimic_zero(b->d_lat, (size_t)B * T1 * D);
     linear_backward(b->d_lat, params_g(p, m->dec_embed_w), params_g(p, m->dec_embed_b), b->d_y,
                     b->latent, params_w(p, m->dec_embed_w), B * T1, D, Dd);
-    zero(b->d_encout, (size_t)B * T1 * D);
+    mimic_zero(b->d_encout, (size_t)B * T1 * D);
     layernorm_backward(b->d_encout, params_g(p, m->norm_w), params_g(p, m->norm_b), b->d_lat,
                        b->enc_out, params_w(p, m->norm_w), b->lat_mean, b->lat_rstd, B * T1, D);
-    zero(b->d_x0, (size_t)B * T1 * D);
+    mimic_zero(b->d_x0, (size_t)B * T1 * D);
     vit_stack_backward(&m->enc, p, &b->enc, b->d_x0, b->x0, b->d_encout);
 
     float *gcls = params_g(p, m->cls_token);

@@ -70,5 +70,5 @@ int params_find(const params_t *p, const char *name) {
 }
 
 void params_zero_grad(params_t *p) {
-    memset(p->g, 0, p->total * sizeof(float));
+    mimic_zero(p->g, p->total);
 }

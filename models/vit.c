@@ -180,9 +180,6 @@ const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts
     return xin;
 }
 
-static void zero(float *x, size_t n) {
-    memset(x, 0, n * sizeof(float));
-}
 
 void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx, const float *x,
                         float *dout) {
@@ -194,23 +191,23 @@ void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float 
         const float *xin = l == 0 ? x : layer_view(a, l - 1).out;
         /* MLP branch: out = res1 + fc2(gelu(fc1(ln2(res1)))) */
         memcpy(a->d_res1, dout, nC * sizeof(float));
-        zero(a->d_hid, nH);
+        mimic_zero(a->d_hid, nH);
         linear_backward(a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act,
                         params_w(p, b->fc2_w), BT, H, C);
-        zero(a->d_fc1, nH);
+        mimic_zero(a->d_fc1, nH);
         gelu_backward(a->d_fc1, a->d_hid, v.fc1, nH);
-        zero(a->d_ln, nC);
+        mimic_zero(a->d_ln, nC);
         linear_backward(a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1, v.ln2,
                         params_w(p, b->fc1_w), BT, C, H);
         layernorm_backward(a->d_res1, params_g(p, b->norm2_w), params_g(p, b->norm2_b), a->d_ln,
                            v.res1, params_w(p, b->norm2_w), v.ln2_mean, v.ln2_rstd, BT, C);
         /* attention branch: res1 = xin + proj(attn(qkv(ln1(xin)))) */
-        zero(a->d_atty, nC);
+        mimic_zero(a->d_atty, nC);
         linear_backward(a->d_atty, params_g(p, b->proj_w), params_g(p, b->proj_b), a->d_res1,
                         v.atty, params_w(p, b->proj_w), BT, C, C);
-        zero(a->d_qkv, 3 * nC);
+        mimic_zero(a->d_qkv, 3 * nC);
         attention_backward(a->d_qkv, a->d_att, a->d_atty, v.qkv, v.att, B, T, C, NH);
-        zero(a->d_ln, nC);
+        mimic_zero(a->d_ln, nC);
         linear_backward(a->d_ln, params_g(p, b->qkv_w), params_g(p, b->qkv_b), a->d_qkv, v.ln1,
                         params_w(p, b->qkv_w), BT, C, 3 * C);
         /* the gradient reaching this block's input: residual path + LN1 path; layers
