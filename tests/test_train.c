@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <turbojpeg.h>
 
 static char worker[4096], data[4096], labels[4096];
 
@@ -22,7 +24,7 @@ static void write_idx(void) {
 }
 
 static int run(const char *out_dir, const char *extra, const char *log) {
-    char cmd[16384];
+    char cmd[32768];
     snprintf(cmd, sizeof cmd,
              "%s --standalone --model.img_size=16 --model.patch_size=4 --model.embed_dim=32 "
              "--model.depth=2 --model.num_heads=2 --mae.decoder_embed_dim=16 "
@@ -83,6 +85,100 @@ out:
     st_close(&fb);
 }
 
+/* A w x h RGB JPEG of smooth colour blobs, encoded with TurboJPEG. */
+static int write_jpeg(const char *path, int w, int h, unsigned long long seed) {
+    unsigned char *px = malloc((size_t)w * h * 3), *jpg = NULL;
+    unsigned long size = 0;
+    float c[6];
+    testutil_fill(c, 6, 0.0f, 1.0f, &seed);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int k = 0; k < 3; k++)
+                px[(y * w + x) * 3 + k] =
+                    (unsigned char)(127 + 120 * sin(c[k] * 6 + x * 0.3 * c[3]) *
+                                              cos(y * 0.3 * c[4 + k % 2]));
+    tjhandle t = tjInitCompress();
+    int rc = tjCompress2(t, px, w, 0, h, TJPF_RGB, &jpg, &size, TJSAMP_420, 90, 0);
+    FILE *f = rc == 0 ? fopen(path, "wb") : NULL;
+    if (f) {
+        fwrite(jpg, 1, size, f);
+        fclose(f);
+    }
+    tjFree(jpg);
+    tjDestroy(t);
+    free(px);
+    return f ? 0 : -1;
+}
+
+/* Standalone MAE runs on the other formats: an RGB ImageFolder of JPEGs, the same
+ * files as a RAF-DB-style label list, and a FER2013 CSV (48x48 -> 16x16). */
+static void test_formats(void) {
+    const char *tmp = testutil_tmpdir();
+    char root[1200], path[1600], list[1400], csv[1400], extra[4096], out[1400], log[1400];
+    snprintf(root, sizeof root, "%.1000s/folder", tmp);
+    snprintf(list, sizeof list, "%.1000s/list.txt", tmp);
+    snprintf(csv, sizeof csv, "%.1000s/fer.csv", tmp);
+    snprintf(log, sizeof log, "%.1000s/formats-log.txt", tmp);
+    mkdir(root, 0755);
+    FILE *lf = fopen(list, "w");
+    const char *classes[2] = {"angry", "happy"};
+    for (int c = 0; c < 2; c++) {
+        snprintf(path, sizeof path, "%s/%s", root, classes[c]);
+        mkdir(path, 0755);
+        for (int i = 0; i < 12; i++) {
+            snprintf(path, sizeof path, "%s/%s/%02d.jpg", root, classes[c], i);
+            T_CHECK(write_jpeg(path, 40 + 8 * (i % 3), 36, (unsigned long long)(c * 100 + i)) == 0);
+            fprintf(lf, "%s/%02d.jpg %d\n", classes[c], i, c + 1);
+        }
+    }
+    fclose(lf);
+    FILE *cf = fopen(csv, "w");
+    fprintf(cf, "emotion,pixels,Usage\n");
+    unsigned long long seed = 21;
+    for (int r = 0; r < 40; r++) {
+        float c[2];
+        testutil_fill(c, 2, 0.0f, 1.0f, &seed);
+        fprintf(cf, "%d,", r % 7);
+        for (int i = 0; i < 48 * 48; i++)
+            fprintf(
+                cf, "%s%d", i ? " " : "",
+                (int)(127 + 120 * sin(c[0] * 6 + (i % 48) * 0.2) * cos(c[1] * 6 + (i / 48) * 0.2)));
+        fprintf(cf, ",%s\n", r < 32 ? "Training" : "PublicTest");
+    }
+    fclose(cf);
+    const char *rgb = "--model.in_chans=3 --data.mean=0.5,0.5,0.5 --data.std=0.25,0.25,0.25";
+    struct {
+        const char *name;
+        char flags[3000];
+    } runs[3];
+    runs[0].name = "imagefolder";
+    snprintf(runs[0].flags, sizeof runs[0].flags,
+             "--data.kind=imagefolder --data.path=%s --data.labels= %s", root, rgb);
+    runs[1].name = "labellist";
+    snprintf(runs[1].flags, sizeof runs[1].flags,
+             "--data.kind=labellist --data.path=%s --data.labels=%s %s", root, list, rgb);
+    runs[2].name = "csv";
+    snprintf(runs[2].flags, sizeof runs[2].flags,
+             "--data.kind=csv --data.path=%s --data.labels= --data.usage=Training", csv);
+    for (int k = 0; k < 3; k++) {
+        snprintf(out, sizeof out, "%.1000s/%s", tmp, runs[k].name);
+        snprintf(extra, sizeof extra,
+                 "%s --train.batch_size=8 --train.steps=6 --train.ckpt_every=0", runs[k].flags);
+        int rc = run(out, extra, log);
+        snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+        char *m = slurp(path);
+        int ok = rc == 0 && m && strstr(m, "\"step\":6,") && strstr(m, "\"bad_images\":0");
+        printf("standalone MAE on %-12s %s\n", runs[k].name, ok ? "ok" : "FAIL");
+        if (!ok) {
+            char *l = slurp(log);
+            fprintf(stderr, "%s\n", l ? l : "(no log)");
+            free(l);
+        }
+        T_CHECK(ok);
+        free(m);
+    }
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(worker, sizeof worker, "%s/worker/mimic-worker", build ? build : ".");
@@ -141,5 +237,6 @@ int main(void) {
     txt = slurp(log);
     T_CHECK(txt && strstr(txt, "trunc.idx"));
     free(txt);
+    test_formats();
     return testutil_summary("test_train");
 }
