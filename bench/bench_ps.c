@@ -4,7 +4,8 @@
  *  ps:  this process joins a running cluster (scheduler + servers, started by
  *       bench/ps.sh) as its only worker and times kv_push + kv_pull of the vector.
  * The server applies AdamW between the two; that time is measured here on the same
- * vector (adamw_update, one thread) and reported so the transport share is visible.
+ * vector (adamw_update, one thread) and reported so the transport share is visible;
+ * pulls alone (no update in between) give the data plane's own throughput.
  * Usage: bench_ps CONFIG.ini --scheduler tcp://H:P [--bench.iters N] (config: the
  * same model flags as the cluster, so the vector has the model's size). */
 #include "adamw.h"
@@ -160,6 +161,22 @@ int main(int argc, char **argv) {
     }
     qsort(t, (size_t)iters, sizeof t[0], cmp_double);
     double ps = 2.0 * (double)bytes / t[iters / 2] / 1e9;
+    /* pulls alone: the server answers from its snapshot of the current version, so
+     * this is the data plane without any optimizer work in the way */
+    double tp[64];
+    for (int it = -2; it < iters && !rc; it++) {
+        member_tick(mb);
+        double t0 = mimic_now();
+        int ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
+        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, NULL))) break;
+        if (it >= 0) tp[it] = mimic_now() - t0;
+    }
+    if (rc) {
+        fprintf(stderr, "bench_ps: pull failed: %s\n", mimic_last_error());
+        return 1;
+    }
+    qsort(tp, (size_t)iters, sizeof tp[0], cmp_double);
+    double pull = (double)bytes / tp[iters / 2] / 1e9;
     double ps_transport = 2.0 * (double)bytes / (t[iters / 2] - ta[iters / 2]) / 1e9;
     printf("vector_floats=%zu\n", n);
     printf("vector_mb=%.2f\n", (double)bytes / 1e6);
@@ -169,6 +186,8 @@ int main(int argc, char **argv) {
     printf("ps_transport_gbps=%.3f\n", ps_transport);
     printf("ratio_ps_raw=%.3f\n", ps / raw);
     printf("ratio_transport_raw=%.3f\n", ps_transport / raw);
+    printf("pull_only_gbps=%.3f\n", pull);
+    printf("ratio_pull_raw=%.3f\n", pull / raw);
     member_leave(mb);
     kv_destroy(&kv);
     member_destroy(&mb);

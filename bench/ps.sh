@@ -64,6 +64,7 @@ vector: $(get "$ps_out" vector_floats) floats ($(get "$ps_out" vector_mb) MB)
 raw ZeroMQ loopback round trip (zero-copy send, copy into params on receive): $(get "$ps_out" raw_zmq_gbps) GB/s
 push+pull through scheduler + 1 server: $(get "$ps_out" ps_push_pull_gbps) GB/s = $(get "$ps_out" ratio_ps_raw) of raw
   of which server AdamW+EMA between push and pull: $(get "$ps_out" server_adamw_ms) ms; transport alone $(get "$ps_out" ps_transport_gbps) GB/s = $(get "$ps_out" ratio_transport_raw) of raw
+pull only (no update in between): $(get "$ps_out" pull_only_gbps) GB/s = $(get "$ps_out" ratio_pull_raw) of raw
 step on total batch $B: standalone (1 process, 2 threads) $solo img/s; cluster (1 server, 2 workers x $((B / 2)), 1 thread each) $clus img/s; overhead $overhead%
 TXT
 )
