@@ -46,6 +46,7 @@ typedef struct {
         int staleness;
         int heartbeat_ms, dead_ms;
         int chunk_size;
+        long slice_floats; /* BSP pull replies in slices, overlapping update and send */
         int ckpt_every;
         char ckpt_dir[CFG_PATH_MAX];
         int trace;

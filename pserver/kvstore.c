@@ -137,21 +137,57 @@ void kvstore_step_mean(kvstore_t *kv) {
     kv->acc_count = 0;
 }
 
-kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which) {
-    MIMIC_CHECK(which == PROTO_WHICH_PARAMS || which == PROTO_WHICH_EMA);
+/* A PARAMS or EMA buffer no send is reading (allocated on first use), or NULL. */
+static kvstore_snap_t *free_snap(kvstore_t *kv, int which) {
     kvstore_snap_t *pool = kv->snaps[which], *pick = NULL;
-    for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
-        if (pool[i].valid && pool[i].version == kv->version) return &pool[i];
-    /* an idle allocated buffer first, then a fresh slot */
     for (int i = 0; i < KVSTORE_SNAP_MAX && !pick; i++)
         if (pool[i].buf && atomic_load(&pool[i].track.inflight) == 0) pick = &pool[i];
     for (int i = 0; i < KVSTORE_SNAP_MAX && !pick; i++)
         if (!pool[i].buf) pick = &pool[i];
+    if (pick && !pick->buf && !(pick->buf = mimic_alloc(kv->n * sizeof(float)))) return NULL;
+    return pick;
+}
+
+int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, void *ctx) {
+    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0 && slice > 0);
+    kvstore_snap_t *snap = free_snap(kv, PROTO_WHICH_PARAMS);
+    if (!snap) return -1;
+    snap->valid = 0;
+    const float gscale = (float)(1.0 / kv->acc_weight);
+    const float lr = kvstore_lr(kv);
+    const long t = (long)kv->version + 1;
+    for (size_t a = 0; a < kv->n; a += slice) {
+        size_t b = a + slice < kv->n ? a + slice : kv->n;
+        double t0 = mimic_now();
+        adamw_update(&kv->opt, &kv->table, kv->w + a, kv->acc + a, gscale, kv->m + a, kv->v + a,
+                     kv->lo + a, kv->lo + b, lr, t);
+        ema_update(kv->ema + a, kv->w + a, b - a, kv->ema_momentum);
+        double t1 = mimic_now();
+        memcpy(snap->buf + a, kv->w + a, (b - a) * sizeof(float));
+        kv->t_update += t1 - t0;
+        kv->t_snap += mimic_now() - t1;
+        fn(ctx, snap, a, b, kv->version + 1);
+    }
+    kv->version++;
+    kv->n_update++;
+    kv->n_snap++;
+    snap->version = kv->version;
+    snap->valid = 1;
+    kv->acc_weight = 0;
+    kv->acc_count = 0;
+    return 0;
+}
+
+kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which) {
+    MIMIC_CHECK(which == PROTO_WHICH_PARAMS || which == PROTO_WHICH_EMA);
+    kvstore_snap_t *pool = kv->snaps[which];
+    for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
+        if (pool[i].valid && pool[i].version == kv->version) return &pool[i];
+    kvstore_snap_t *pick = free_snap(kv, which);
     if (!pick) {
         kv->n_snap_fallback++;
         return NULL;
     }
-    if (!pick->buf && !(pick->buf = mimic_alloc(kv->n * sizeof(float)))) return NULL;
     double t0 = mimic_now();
     memcpy(pick->buf, which == PROTO_WHICH_EMA ? kv->ema : kv->w, kv->n * sizeof(float));
     kv->t_snap += mimic_now() - t0;

@@ -76,6 +76,16 @@ void kvstore_step_mean(kvstore_t *kv);
  * current version, copied at most once per version. NULL when every pooled buffer is
  * still held by ZeroMQ (or memory ran out): the caller then copies per reply. */
 kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which);
+/* Called by kvstore_step_mean_sliced once elements [a, b) (offsets in the range) of
+ * version `version` are final; snap->buf + a holds them. */
+typedef void (*kvstore_slice_fn)(void *ctx, kvstore_snap_t *snap, size_t a, size_t b,
+                                 uint64_t version);
+/* kvstore_step_mean in slices of `slice` floats: after each slice's AdamW and EMA, its
+ * new values are copied into the PARAMS snapshot of the new version and fn is called,
+ * so replies can go out while the next slice is computed (ZeroMQ sends from its I/O
+ * thread). The same bits as kvstore_step_mean. Returns 0, or -1 when no snapshot
+ * buffer is free (nothing was done: fall back to kvstore_step_mean). */
+int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, void *ctx);
 /* Drops the snapshots' validity (after w/ema were replaced, e.g. by a resume). */
 void kvstore_invalidate(kvstore_t *kv);
 

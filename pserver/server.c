@@ -45,6 +45,7 @@ typedef struct {
     int32_t sender;
     uint64_t seq, want, lo, hi;
     int which;
+    int sliced; /* answered slice by slice during the step being applied */
 } ps_pull_t;
 
 typedef struct {
@@ -62,6 +63,7 @@ struct server {
     negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
     ps_mode_t mode;
     uint64_t staleness;
+    size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
     ps_worker_t *workers;
     int nworkers, capworkers;
@@ -262,6 +264,7 @@ static void on_pull(server_t *s, const proto_msg_t *m) {
     p->lo = h->lo;
     p->hi = h->hi;
     p->which = which;
+    p->sliced = 0;
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
@@ -347,9 +350,49 @@ static void after_step(server_t *s) {
     if (training_over(s)) ps_log(s, "version %" PRIu64 " reached train.steps", s->kv->version);
 }
 
+/* The sliced step's callback: elements [a, b) of version v are final in snap; send
+ * them to every held full-range PARAMS pull that version v satisfies. */
+static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint64_t v) {
+    server_t *s = ctx;
+    kvstore_t *kv = s->kv;
+    for (int i = 0; i < s->npulls; i++) {
+        ps_pull_t *p = &s->pulls[i];
+        if (p->which != PROTO_WHICH_PARAMS || p->want > v || p->lo != kv->lo || p->hi != kv->hi)
+            continue;
+        p->sliced = 1;
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
+        h.seq = p->seq;
+        h.step = v;
+        h.lo = kv->lo + a;
+        h.hi = kv->lo + b;
+        h.dtype = PROTO_DT_F32;
+        h.nbytes = (b - a) * sizeof(float);
+        h.na = 1;
+        h.a[PROTO_PULL_WHICH] = PROTO_WHICH_PARAMS;
+        proto_track_hold(&snap->track);
+        if (proto_send(s->router, p->id, p->idlen, &h, snap->buf + a, proto_track_release,
+                       &snap->track))
+            ps_log(s, "PULL_REPLY slice to worker %d dropped: %s", (int)p->sender,
+                   mimic_last_error());
+    }
+}
+
 static void maybe_step_bsp(server_t *s) {
     if (s->mode != PS_BSP || !bsp_all_pushed(s)) return;
-    kvstore_step_mean(s->kv);
+    /* Held full-range pulls get the new parameters slice by slice, each sent while the
+     * next slice is updated: the update overlaps the transfer (docs/runtime.md). */
+    int sliced = 0;
+    if (s->slice_floats > 0 && s->kv->n > s->slice_floats)
+        for (int i = 0; i < s->npulls && !sliced; i++)
+            sliced = s->pulls[i].which == PROTO_WHICH_PARAMS && s->pulls[i].lo == s->kv->lo &&
+                     s->pulls[i].hi == s->kv->hi && s->pulls[i].want <= s->kv->version + 1;
+    if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, send_slice, s) != 0)
+        kvstore_step_mean(s->kv);
+    int keep = 0;
+    for (int i = 0; i < s->npulls; i++)
+        if (!s->pulls[i].sliced) s->pulls[keep++] = s->pulls[i];
+    s->npulls = keep;
     after_step(s);
 }
 
@@ -655,6 +698,7 @@ static int parse_mode(server_t *s) {
         return mimic_err(MIMIC_EINVAL, "cluster.staleness: %d is negative",
                          s->cfg.cluster.staleness);
     s->staleness = (uint64_t)s->cfg.cluster.staleness;
+    s->slice_floats = s->cfg.cluster.slice_floats > 0 ? (size_t)s->cfg.cluster.slice_floats : 0;
     if (s->cfg.cluster.max_msg_mb <= 0 || s->cfg.cluster.max_msg_mb > (1L << 20))
         return mimic_err(MIMIC_EINVAL, "cluster.max_msg_mb: %ld is not in 1..%ld",
                          s->cfg.cluster.max_msg_mb, 1L << 20);

@@ -44,7 +44,7 @@ static void build_argv(char **argv, char *store, size_t cap, int role, const cha
              "--mae.decoder_num_heads=2 --data.kind=idx --data.path=%s --data.labels=%s "
              "--data.mean=0.5 --data.std=0.25 --train.warmup_steps=2 --train.lr=2e-3 "
              "--train.log_every=2 --train.out_dir=%s --cluster.heartbeat_ms=100 "
-             "--cluster.dead_ms=1500 %s",
+             "--cluster.dead_ms=1500 --cluster.slice_floats=4096 %s",
              data, labels, dir, extra);
     for (char *tok = strtok(line, " "); tok && n < MAXARGS - 1; tok = strtok(NULL, " ")) {
         size_t len = strlen(tok) + 1;

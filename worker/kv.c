@@ -14,7 +14,8 @@ typedef struct {
     void *sock;
     char endpoint[256];
     size_t lo, hi;
-    int answered; /* for the request in flight */
+    int answered;    /* for the request in flight */
+    size_t got;      /* bytes of a pull's reply received so far (it may come in slices) */
     uint64_t version;
 } kv_server_t;
 
@@ -85,8 +86,10 @@ void kv_destroy(kv_t **pkv) {
 static int start(kv_t *kv, int kind) {
     kv->seq++;
     kv->kind = kind;
-    for (int s = 0; s < kv->S; s++)
+    for (int s = 0; s < kv->S; s++) {
         kv->srv[s].answered = 0;
+        kv->srv[s].got = 0;
+    }
     return (int)(kv->seq & 0x7fffffff);
 }
 
@@ -144,15 +147,23 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
         return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint,
                          proto_type_name(kv->kind), proto_type_name(h->type));
     if (kv->kind == PROTO_PULL) {
-        if (h->lo != sv->lo || h->hi != sv->hi || h->dtype != PROTO_DT_F32 ||
-            proto_msg_size(m) != (sv->hi - sv->lo) * sizeof(float))
+        /* the whole range, or one of the slices a server sends while it updates */
+        size_t total = (sv->hi - sv->lo) * sizeof(float);
+        if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi || h->dtype != PROTO_DT_F32 ||
+            proto_msg_size(m) != (h->hi - h->lo) * sizeof(float) ||
+            sv->got + proto_msg_size(m) > total || (sv->got && h->step != sv->version))
             return mimic_err(MIMIC_EPEER,
-                             "server %d (%s): PULL_REPLY range [%llu,%llu) does not "
-                             "match its range [%zu,%zu)",
-                             s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
-                             sv->lo, sv->hi);
-        memcpy(kv->pull_dst + sv->lo, proto_msg_data(m), proto_msg_size(m));
+                             "server %d (%s): PULL_REPLY range [%llu,%llu) (version %llu) does "
+                             "not fit its range [%zu,%zu)",
+                             s, sv->endpoint, (unsigned long long)h->lo,
+                             (unsigned long long)h->hi, (unsigned long long)h->step, sv->lo,
+                             sv->hi);
+        memcpy(kv->pull_dst + h->lo, proto_msg_data(m), proto_msg_size(m));
         kv->bytes_in += proto_msg_size(m);
+        sv->got += proto_msg_size(m);
+        sv->version = h->step;
+        sv->answered = sv->got == total;
+        return 0;
     }
     sv->version = h->step;
     sv->answered = 1;
