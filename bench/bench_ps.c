@@ -149,9 +149,9 @@ int main(int argc, char **argv) {
     for (int it = -2; it < iters && !rc; it++) {
         member_tick(mb);
         double t0 = mimic_now();
-        int ts = kv_push(kv, version, 1, buf);
-        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, NULL))) break;
-        ts = kv_pull(kv, PROTO_WHICH_PARAMS, version + 1, m->p->w);
+        /* what a BSP worker does: one push-pull (the server streams the new version
+         * back in slices while it computes them) */
+        int ts = kv_pushpull(kv, version, 1, buf, m->p->w);
         if (ts < 0 || (rc = kv_wait(kv, ts, 30000, &version))) break;
         if (it >= 0) t[it] = mimic_now() - t0;
     }

@@ -60,7 +60,7 @@ int main(void) {
     for (int w = 0; w < 2; w++) {
         snprintf(path, sizeof path, "%s/out/worker-%d.jsonl", dir, w);
         char *s = testutil_slurp(path);
-        T_CHECK(s && strstr(s, "\"forward_s\"") && strstr(s, "\"push_s\""));
+        T_CHECK(s && strstr(s, "\"forward_s\"") && strstr(s, "\"push_pull_s\""));
         free(s);
     }
     snprintf(path, sizeof path, "%s/out/scheduler.jsonl", dir);

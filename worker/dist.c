@@ -248,32 +248,45 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         mae_backward(d.m, d.b);
         double td = mimic_now();
         member_tick(d.mb);
-        ts = kv_push(d.kv, version, d.chunk_n, d.m->p->g);
-        if (ts < 0 || (rc = wait_tick(&d, ts, NULL))) {
-            if (rc == 0) rc = ts;
-            goto out;
-        }
-        clock++;
-        double te = mimic_now();
         int n = d.chunk_n;
-        if ((rc = chunk_done(&d)) || d.shutdown) goto out;
+        double te, tf, tg;
+        if (d.mode == 0) {
+            /* BSP: one push-pull; the servers stream version+1 back while computing it */
+            ts = kv_pushpull(d.kv, version, n, d.m->p->g, d.m->p->w);
+            if (ts < 0 || (rc = wait_tick(&d, ts, &version))) {
+                if (rc == 0) rc = ts;
+                goto out;
+            }
+            te = mimic_now();
+            if ((rc = chunk_done(&d)) || d.shutdown) goto out;
+            tf = tg = mimic_now();
+        } else {
+            ts = kv_push(d.kv, version, n, d.m->p->g);
+            if (ts < 0 || (rc = wait_tick(&d, ts, NULL))) {
+                if (rc == 0) rc = ts;
+                goto out;
+            }
+            clock++;
+            te = mimic_now();
+            if ((rc = chunk_done(&d)) || d.shutdown) goto out;
+            uint64_t want = d.mode == 2 ? clock : 0;
+            ts = kv_pull(d.kv, PROTO_WHICH_PARAMS, want, d.m->p->w);
+            if (ts < 0) {
+                rc = ts;
+                goto out;
+            }
+            tf = mimic_now();
+            if ((rc = wait_tick(&d, ts, &version))) goto out;
+            tg = mimic_now();
+        }
         /* The next chunk is asked for only once the parameters it will be used with
          * arrived: a fast worker then cannot take step v+1's chunk before a slow one
          * took step v's, so each step sees the same samples however workers race. */
-        uint64_t want = d.mode == 0 ? version + 1 : d.mode == 2 ? clock : 0;
-        ts = kv_pull(d.kv, PROTO_WHICH_PARAMS, want, d.m->p->w);
-        if (ts < 0) {
-            rc = ts;
-            goto out;
-        }
-        double tf = mimic_now();
-        if ((rc = wait_tick(&d, ts, &version))) goto out;
-        double tg = mimic_now();
         trace_event(&d.tr, "data", ta, tb);
         trace_event(&d.tr, "forward", tb, tc);
         trace_event(&d.tr, "backward", tc, td);
-        trace_event(&d.tr, "push", td, te);
-        trace_event(&d.tr, "pull+wait", tf, tg);
+        trace_event(&d.tr, d.mode == 0 ? "push+pull" : "push", td, te);
+        if (d.mode != 0) trace_event(&d.tr, "pull+wait", tf, tg);
         metrics_begin(&d.mx, "step");
         metrics_int(&d.mx, "version", (long long)version);
         metrics_num(&d.mx, "loss", loss);
@@ -281,9 +294,14 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         metrics_num(&d.mx, "data_s", tb - ta);
         metrics_num(&d.mx, "forward_s", tc - tb);
         metrics_num(&d.mx, "backward_s", td - tc);
-        metrics_num(&d.mx, "push_s", te - td);
-        metrics_num(&d.mx, "chunk_done_s", tf - te);
-        metrics_num(&d.mx, "pull_wait_s", tg - tf);
+        if (d.mode == 0) { /* one push-pull: push, server update and pull overlap */
+            metrics_num(&d.mx, "push_pull_s", te - td);
+            metrics_num(&d.mx, "chunk_done_s", tf - te);
+        } else {
+            metrics_num(&d.mx, "push_s", te - td);
+            metrics_num(&d.mx, "chunk_done_s", tf - te);
+            metrics_num(&d.mx, "pull_wait_s", tg - tf);
+        }
         metrics_end(&d.mx);
         win_loss += loss;
         win_steps++;

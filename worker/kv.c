@@ -10,12 +10,15 @@
 
 #define KV_MAX_SERVERS 64
 
+enum { KV_PULL = 1, KV_PUSH, KV_PUSHPULL };
+
 typedef struct {
     void *sock;
     char endpoint[256];
     size_t lo, hi;
     int answered;    /* for the request in flight */
     size_t got;      /* bytes of a pull's reply received so far (it may come in slices) */
+    int push_acked;  /* the push of the request in flight was acknowledged */
     uint64_t version;
 } kv_server_t;
 
@@ -25,7 +28,7 @@ struct kv {
     int32_t id;
     size_t max_payload;
     uint64_t seq;       /* last request's sequence number = its timestamp */
-    int kind;           /* PROTO_PULL or PROTO_PUSH of the request in flight */
+    int kind;           /* KV_PULL, KV_PUSH or KV_PUSHPULL: the request in flight */
     float *pull_dst;    /* where a pull's replies land */
     proto_track_t sent; /* zero-copy push buffers still held by ZeroMQ */
     uint64_t bytes_out, bytes_in;
@@ -89,64 +92,88 @@ static int start(kv_t *kv, int kind) {
     for (int s = 0; s < kv->S; s++) {
         kv->srv[s].answered = 0;
         kv->srv[s].got = 0;
+        kv->srv[s].push_acked = 0;
     }
     return (int)(kv->seq & 0x7fffffff);
 }
 
+static int send_pull(kv_t *kv, kv_server_t *sv, int which, uint64_t min_version) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PULL, kv->id);
+    h.seq = kv->seq;
+    h.step = min_version;
+    h.lo = sv->lo;
+    h.hi = sv->hi;
+    h.na = 2;
+    h.a[PROTO_PULL_WHICH] = which;
+    h.a[PROTO_PULL_MINSTEP] = (int64_t)min_version;
+    return proto_send(sv->sock, NULL, 0, &h, NULL, NULL, NULL);
+}
+
+static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
+    proto_hdr_t h;
+    proto_hdr_init(&h, PROTO_PUSH, kv->id);
+    h.seq = kv->seq;
+    h.step = version;
+    h.lo = sv->lo;
+    h.hi = sv->hi;
+    h.dtype = PROTO_DT_F32;
+    h.nbytes = (sv->hi - sv->lo) * sizeof(float);
+    h.na = 1;
+    h.a[PROTO_PUSH_BATCH] = batch;
+    proto_track_hold(&kv->sent);
+    int rc = proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
+    if (!rc) kv->bytes_out += h.nbytes;
+    return rc;
+}
+
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
-    int ts = start(kv, PROTO_PULL);
+    int ts = start(kv, KV_PULL);
     kv->pull_dst = dst;
     for (int s = 0; s < kv->S; s++) {
-        proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_PULL, kv->id);
-        h.seq = kv->seq;
-        h.step = min_version;
-        h.lo = kv->srv[s].lo;
-        h.hi = kv->srv[s].hi;
-        h.na = 2;
-        h.a[PROTO_PULL_WHICH] = which;
-        h.a[PROTO_PULL_MINSTEP] = (int64_t)min_version;
-        int rc = proto_send(kv->srv[s].sock, NULL, 0, &h, NULL, NULL, NULL);
+        int rc = send_pull(kv, &kv->srv[s], which, min_version);
         if (rc) return rc;
     }
     return ts;
 }
 
 int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
-    int ts = start(kv, PROTO_PUSH);
+    int ts = start(kv, KV_PUSH);
     for (int s = 0; s < kv->S; s++) {
-        kv_server_t *sv = &kv->srv[s];
-        proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_PUSH, kv->id);
-        h.seq = kv->seq;
-        h.step = version;
-        h.lo = sv->lo;
-        h.hi = sv->hi;
-        h.dtype = PROTO_DT_F32;
-        h.nbytes = (sv->hi - sv->lo) * sizeof(float);
-        h.na = 1;
-        h.a[PROTO_PUSH_BATCH] = batch;
-        proto_track_hold(&kv->sent);
-        int rc = proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
+        int rc = send_push(kv, &kv->srv[s], version, batch, grad);
         if (rc) return rc;
-        kv->bytes_out += h.nbytes;
     }
     return ts;
 }
 
-/* One reply from server s: check it answers the request in flight, land a pull. */
+int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
+    int ts = start(kv, KV_PUSHPULL);
+    kv->pull_dst = dst;
+    for (int s = 0; s < kv->S; s++) {
+        /* the pull first: it is held, so the step the push completes finds it waiting and
+         * streams the new parameters to it slice by slice as they are computed */
+        int rc = send_pull(kv, &kv->srv[s], PROTO_WHICH_PARAMS, version + 1);
+        if (!rc) rc = send_push(kv, &kv->srv[s], version, batch, grad);
+        if (rc) return rc;
+    }
+    return ts;
+}
+
+/* One reply from server s: check it answers the request in flight; land a pull (or
+ * one slice of it). */
 static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
     kv_server_t *sv = &kv->srv[s];
     const proto_hdr_t *h = &m->hdr;
+    const char *what = kv->kind == KV_PULL ? "PULL" : kv->kind == KV_PUSH ? "PUSH" : "PUSH+PULL";
     if (h->seq != kv->seq) return 0; /* a late answer to an abandoned request */
     if (h->type == PROTO_ERROR)
-        return mimic_err(MIMIC_EPEER, "server %d (%s) refused %s: %s", s, sv->endpoint,
-                         proto_type_name(kv->kind), h->str);
-    int want = kv->kind == PROTO_PULL ? PROTO_PULL_REPLY : PROTO_ACK;
-    if ((int)h->type != want && !(kv->kind == PROTO_PUSH && h->type == PROTO_PUSH_ACK))
-        return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint,
-                         proto_type_name(kv->kind), proto_type_name(h->type));
-    if (kv->kind == PROTO_PULL) {
+        return mimic_err(MIMIC_EPEER, "server %d (%s) refused %s: %s", s, sv->endpoint, what,
+                         h->str);
+    int pulls = kv->kind != KV_PUSH, pushes = kv->kind != KV_PULL;
+    if ((h->type == PROTO_PUSH_ACK || h->type == PROTO_ACK) && pushes) {
+        sv->push_acked = 1;
+        if (!pulls) sv->version = h->step;
+    } else if (h->type == PROTO_PULL_REPLY && pulls) {
         /* the whole range, or one of the slices a server sends while it updates */
         size_t total = (sv->hi - sv->lo) * sizeof(float);
         if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi || h->dtype != PROTO_DT_F32 ||
@@ -162,11 +189,12 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
         kv->bytes_in += proto_msg_size(m);
         sv->got += proto_msg_size(m);
         sv->version = h->step;
-        sv->answered = sv->got == total;
-        return 0;
+    } else {
+        return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint, what,
+                         proto_type_name(h->type));
     }
-    sv->version = h->step;
-    sv->answered = 1;
+    sv->answered = (!pushes || sv->push_acked) &&
+                   (!pulls || sv->got == (sv->hi - sv->lo) * sizeof(float));
     return 0;
 }
 
@@ -202,7 +230,7 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             if (rc && rc != MIMIC_ETIMEOUT) return rc;
         }
     }
-    if (kv->kind == PROTO_PUSH && proto_track_wait(&kv->sent, timeout_ms < 0 ? 60000 : timeout_ms))
+    if (kv->kind != KV_PULL && proto_track_wait(&kv->sent, timeout_ms < 0 ? 60000 : timeout_ms))
         return mimic_err(MIMIC_ETIMEOUT, "kv: ZeroMQ still holds the pushed gradient");
     if (version) {
         uint64_t v = UINT64_MAX;

@@ -23,6 +23,10 @@ void kv_destroy(kv_t **kv);
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst);
 /* Pushes the mean gradient over `batch` samples computed on parameters `version`. */
 int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad);
+/* BSP's step in one request (ps-lite's PushPull): a pull of version+1 into dst, then
+ * the push of the gradient computed on `version`. The held pull lets the servers send
+ * the new parameters slice by slice while they compute them. */
+int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
 /* Waits for every server's answer to ts (timeout_ms < 0: forever). For a pull,
  * *version is the lowest version the servers answered with. 0 or an error naming the
  * server; MIMIC_ETIMEOUT when the time ran out. */
