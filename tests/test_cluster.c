@@ -248,6 +248,48 @@ static void test_worker_death(void) {
     T_CHECK(epochs >= 3 && good == epochs);
 }
 
+/* Elastic: the run starts with one worker; two more join mid-training and take part
+ * in the synchronous steps; every process ends cleanly and epochs stay exact. */
+static void test_worker_join(void) {
+    cluster_t c;
+    T_CHECK(start(&c, "join", 1, 1, "--train.batch_size=8 --train.steps=60") == 0);
+    char wlog[1400], flags[4096];
+    snprintf(wlog, sizeof wlog, "%s/worker-0.jsonl", c.dir);
+    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+    char *ep = testutil_slurp(c.epfile);
+    ep[strcspn(ep, "\n")] = 0;
+    snprintf(flags, sizeof flags,
+             "--cluster.servers=1 --cluster.workers=1 --train.batch_size=8 --train.steps=60 "
+             "--scheduler %s",
+             ep);
+    free(ep);
+    c.workers[1] = spawn(WORKER, &c, flags);
+    c.workers[2] = spawn(WORKER, &c, flags);
+    c.W = 3;
+    T_CHECK(finish(&c, 180000));
+    char path[1400];
+    snprintf(path, sizeof path, "%s/scheduler.jsonl", c.dir);
+    char *s = testutil_slurp(path);
+    int peak = 0, epochs = 0, exact = 0;
+    for (char *p = s; p && (p = strstr(p, "\"live_workers\":")); p++)
+        if (atoi(p + 15) > peak) peak = atoi(p + 15);
+    for (char *p = s; p && (p = strstr(p, "\"event\":\"epoch_done\"")); p++) {
+        char *cov = strstr(p, "\"covered\":"), *dup = strstr(p, "\"duplicates\":");
+        epochs++;
+        exact += cov && dup && atoi(cov + 10) == 96 && atoi(dup + 13) == 0;
+    }
+    free(s);
+    for (int w = 1; w <= 2; w++) {
+        snprintf(path, sizeof path, "%s/worker-%d.jsonl", c.dir, w);
+        char *l = testutil_slurp(path);
+        T_CHECK(l && strstr(l, "\"loss\":")); /* the joiners trained */
+        free(l);
+    }
+    printf("workers joining: peak %d live, %d epochs, %d covered exactly once\n", peak, epochs,
+           exact);
+    T_CHECK(peak == 3 && epochs >= 2 && exact == epochs);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin[SCHED], sizeof bin[0], "%s/scheduler/mimic-scheduler", build ? build : ".");
@@ -258,5 +300,6 @@ int main(void) {
     test_equivalence(2);
     test_restart();
     test_worker_death();
+    test_worker_join();
     return testutil_summary("test_cluster");
 }
