@@ -104,20 +104,28 @@ static void kill_all(cluster_t *c) {
 }
 
 /* Waits for every process to exit 0 (workers: skip those marked dead with pid 0). */
+/* testutil_wait_pid, forgetting the pid once reaped so that no later kill can hit a
+ * recycled pid. */
+static int reap(int *pid, int timeout_ms) {
+    int st = testutil_wait_pid(*pid, timeout_ms);
+    if (st >= 0) *pid = 0;
+    return st;
+}
+
 static int finish(cluster_t *c, int timeout_ms) {
     int ok = 1;
-    int st = testutil_wait_pid(c->sched, timeout_ms);
+    int st = reap(&c->sched, timeout_ms);
     if (st != 0) {
         fprintf(stderr, "scheduler exit status %d (log %s)\n", st, c->log);
         ok = 0;
     }
     for (int i = 0; i < c->S; i++)
-        if ((st = testutil_wait_pid(c->servers[i], 10000)) != 0) {
+        if ((st = reap(&c->servers[i], 10000)) != 0) {
             fprintf(stderr, "server %d exit status %d (log %s)\n", i, st, c->log);
             ok = 0;
         }
     for (int i = 0; i < c->W; i++)
-        if (c->workers[i] > 0 && (st = testutil_wait_pid(c->workers[i], 10000)) != 0) {
+        if (c->workers[i] > 0 && (st = reap(&c->workers[i], 10000)) != 0) {
             fprintf(stderr, "worker %d exit status %d (log %s)\n", i, st, c->log);
             ok = 0;
         }
@@ -197,25 +205,30 @@ static void test_equivalence(int S) {
 }
 
 static void test_restart(void) {
-    char extra[512], latest[4400], a[4400], b[4400];
+    char extra[512], latest[4400], a[4400], b[4400], want[64];
     cluster_t c;
-    const char *common = "--train.batch_size=8 --train.steps=8 --cluster.ckpt_every=4";
+    const char *common = "--train.batch_size=8 --train.steps=40 --cluster.ckpt_every=4";
     T_CHECK(start(&c, "straight", 1, 2, common) == 0);
     T_CHECK(finish(&c, 120000));
     T_CHECK(start(&c, "restarted", 1, 2, common) == 0);
     snprintf(latest, sizeof latest, "%s/ckpt/latest", c.dir);
-    int got = testutil_wait_file(latest, "4", 60000);
-    T_CHECK(got);
+    T_CHECK(testutil_wait_file(latest, NULL, 60000)); /* a first checkpoint is complete */
     kill_all(&c); /* every process, SIGKILL, whatever it was doing */
+    char *l = testutil_slurp(latest);
+    int at = l ? atoi(l) : -1;
+    free(l);
+    printf("killed every process with the latest checkpoint at step %d of 40\n", at);
+    T_CHECK(at >= 4 && at < 40 && at % 4 == 0); /* the kill landed mid-run */
     snprintf(extra, sizeof extra, "%s --train.resume=auto", common);
     T_CHECK(start(&c, "restarted", 1, 2, extra) == 0);
     T_CHECK(finish(&c, 120000));
     char *log = testutil_slurp(c.log);
-    T_CHECK(log && strstr(log, "resum"));
+    snprintf(want, sizeof want, "resuming from checkpoint step %d", at);
+    T_CHECK(log && strstr(log, want));
     free(log);
     snprintf(a, sizeof a, "%s/model.safetensors", c.dir);
     snprintf(b, sizeof b, "%s/straight/model.safetensors", testutil_tmpdir());
-    compare_models("restart at 4 of 8 == uninterrupted", a, b, 1e-6);
+    compare_models("restart after SIGKILL == uninterrupted", a, b, 1e-6);
 }
 
 static void test_worker_death(void) {
@@ -290,6 +303,25 @@ static void test_worker_join(void) {
     T_CHECK(peak == 3 && epochs >= 2 && exact == epochs);
 }
 
+/* A server SIGKILLed mid-run: the scheduler ends the run (exit 3: restart from the last
+ * checkpoint) and every worker stops with an error instead of waiting forever. */
+static void test_server_death(void) {
+    cluster_t c;
+    T_CHECK(start(&c, "sdeath", 1, 2, "--train.batch_size=8 --train.steps=100000") == 0);
+    char wlog[1400];
+    snprintf(wlog, sizeof wlog, "%s/worker-0.jsonl", c.dir);
+    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+    testutil_kill(c.servers[0]);
+    c.servers[0] = 0;
+    int sched = reap(&c.sched, 30000);
+    int w0 = reap(&c.workers[0], 30000), w1 = reap(&c.workers[1], 30000);
+    printf("server killed: scheduler exit %d, workers exit %d and %d\n", sched, w0, w1);
+    T_CHECK(sched == 3);
+    T_CHECK(w0 > 0 && w0 < 128 && w1 > 0 && w1 < 128); /* an error exit, not a hang or crash */
+    c.S = 0;
+    kill_all(&c);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin[SCHED], sizeof bin[0], "%s/scheduler/mimic-scheduler", build ? build : ".");
@@ -301,5 +333,6 @@ int main(void) {
     test_restart();
     test_worker_death();
     test_worker_join();
+    test_server_death();
     return testutil_summary("test_cluster");
 }

@@ -153,13 +153,44 @@ static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, dou
     proto_send(member_socket(d->mb), NULL, 0, &h, NULL, NULL, NULL); /* no reply needed */
 }
 
-/* kv_wait in slices, heartbeating in between: a BSP pull is held while the servers
- * wait for a slow or dead worker, and this worker must not look dead meanwhile. */
+/* Messages the scheduler sent while we wait on the servers: SHUTDOWN (the run ended,
+ * e.g. because a server died) or ERROR (we were declared dead) end the wait. */
+static int check_scheduler(dist_t *d) {
+    for (;;) {
+        proto_msg_t m;
+        int rc = proto_recv(member_socket(d->mb), &m, d->max_payload, 0);
+        if (rc == MIMIC_ETIMEOUT) {
+            proto_msg_close(&m);
+            return 0;
+        }
+        int type = rc == 0 ? (int)m.hdr.type : PROTO_INVALID;
+        char why[PROTO_STR_MAX + 1];
+        snprintf(why, sizeof why, "%s", rc == 0 ? m.hdr.str : m.why);
+        proto_msg_close(&m);
+        if (type == PROTO_SHUTDOWN) {
+            d->shutdown = 1;
+            return mimic_err(MIMIC_EPEER,
+                             "scheduler ended the run while waiting on the servers%s%s",
+                             why[0] ? ": " : "", why);
+        }
+        if (type == PROTO_ERROR) return mimic_err(MIMIC_EPEER, "scheduler: %s", why);
+    }
+}
+
+/* kv_wait in slices, heartbeating and listening to the scheduler in between: a BSP
+ * pull is held while the servers wait for a slow or dead worker (this worker must not
+ * look dead meanwhile), and a dead server makes the scheduler end the run (this worker
+ * must not wait forever). */
 static int wait_tick(dist_t *d, int ts, uint64_t *version) {
+    const double limit = 600.0 + 0.1 * d->cfg->cluster.dead_ms; /* a last resort */
+    double start = mimic_now();
     for (;;) {
         member_tick(d->mb);
         int rc = kv_wait(d->kv, ts, 50, version);
         if (rc != MIMIC_ETIMEOUT) return rc;
+        if ((rc = check_scheduler(d))) return rc;
+        if (mimic_now() - start > limit)
+            return mimic_err(MIMIC_ETIMEOUT, "no answer from the servers for %.0f s", limit);
     }
 }
 
