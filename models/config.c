@@ -235,6 +235,18 @@ void config_print_help(FILE *f) {
     }
 }
 
+int config_help_flag(const char *arg, void (*usage)(FILE *)) {
+    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+        usage(stdout);
+        return 1;
+    }
+    if (strcmp(arg, "--help-config") == 0) {
+        config_print_help(stdout);
+        return 1;
+    }
+    return 0;
+}
+
 void config_write(const mimic_cfg_t *c, FILE *f) {
     const char *sec = "";
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {

@@ -64,6 +64,10 @@ int config_override(mimic_cfg_t *c, const char *assignment);
 /* Effective learning rate: train.lr if set, else blr * batch / 256 (MAE's rule). */
 float config_lr(const mimic_cfg_t *c, int global_batch);
 void config_print_help(FILE *f);
+/* The help flags every binary shares: "--help"/"-h" prints usage(stdout),
+ * "--help-config" the key table. Returns 1 when arg was one of them (the caller then
+ * exits 0), else 0. */
+int config_help_flag(const char *arg, void (*usage)(FILE *));
 /* Writes every key as INI (for run directories: what exactly ran). */
 void config_write(const mimic_cfg_t *c, FILE *f);
 

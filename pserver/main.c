@@ -61,12 +61,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     for (int i = 0; i < nrest; i++) {
-        if (strcmp(rest[i], "--help") == 0 || strcmp(rest[i], "-h") == 0) {
-            usage(stdout);
-            free(rest);
-            return 0;
-        } else if (strcmp(rest[i], "--help-config") == 0) {
-            config_print_help(stdout);
+        if (config_help_flag(rest[i], usage)) {
             free(rest);
             return 0;
         } else if (strcmp(rest[i], "--scheduler") == 0 && i + 1 < nrest) {

@@ -63,12 +63,7 @@ int main(int argc, char **argv) {
         return SCHED_EXIT_USAGE;
     }
     for (int i = 0; i < nrest; i++) {
-        if (strcmp(rest[i], "--help") == 0 || strcmp(rest[i], "-h") == 0) {
-            usage(stdout);
-            free(rest);
-            return 0;
-        } else if (strcmp(rest[i], "--help-config") == 0) {
-            config_print_help(stdout);
+        if (config_help_flag(rest[i], usage)) {
             free(rest);
             return 0;
         } else if ((v = flag_value(rest, nrest, &i, "--port"))) {

@@ -41,12 +41,7 @@ int main(int argc, char **argv) {
                *ckpt = NULL;
     for (int i = 0; i < nrest; i++) {
         const char *a = rest[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            free(rest);
-            return 0;
-        } else if (strcmp(a, "--help-config") == 0) {
-            config_print_help(stdout);
+        if (config_help_flag(a, usage)) {
             free(rest);
             return 0;
         } else if (strcmp(a, "--standalone") == 0 || strcmp(a, "--dump-grads") == 0) {
