@@ -231,6 +231,27 @@ static void test_restart(void) {
     compare_models("restart after SIGKILL == uninterrupted", a, b, 1e-6);
 }
 
+/* Reads the scheduler's epoch_done lines of a run: how many epochs were accounted,
+ * how many covered all n samples exactly once, and the chunks requeued in all. */
+static void epoch_accounting(const char *dir, int n, int *epochs, int *exact, int *requeued) {
+    char path[1400];
+    snprintf(path, sizeof path, "%.1300s/scheduler.jsonl", dir);
+    char *s = testutil_slurp(path);
+    *epochs = *exact = *requeued = 0;
+    for (char *p = s; p && (p = strstr(p, "\"event\":\"epoch_done\"")); p++) {
+        char *line_end = strchr(p, '\n');
+        char *cov = strstr(p, "\"covered\":"), *dup = strstr(p, "\"duplicates\":"),
+             *rq = strstr(p, "\"requeued_chunks\":"), *smp = strstr(p, "\"samples\":");
+        (*epochs)++;
+        if (!cov || !dup || !rq || !smp ||
+            (line_end && (cov > line_end || dup > line_end || rq > line_end || smp > line_end)))
+            continue; /* a malformed record counts as an epoch that is not exact */
+        *exact += atoi(smp + 10) == n && atoi(cov + 10) == n && atoi(dup + 13) == 0;
+        *requeued += atoi(rq + 18);
+    }
+    free(s);
+}
+
 static void test_worker_death(void) {
     cluster_t c;
     T_CHECK(start(&c, "death", 1, 3, "--train.batch_size=8 --train.steps=60") == 0);
@@ -241,21 +262,8 @@ static void test_worker_death(void) {
     testutil_kill(c.workers[2]);
     c.workers[2] = 0;
     T_CHECK(finish(&c, 180000));
-    char path[4400];
-    snprintf(path, sizeof path, "%s/scheduler.jsonl", c.dir);
-    char *s = testutil_slurp(path);
-    int epochs = 0, good = 0, requeued = 0;
-    for (char *p = s; p && (p = strstr(p, "\"event\":\"epoch_done\"")); p++) {
-        char *line_end = strchr(p, '\n');
-        char *cov = strstr(p, "\"covered\":"), *dup = strstr(p, "\"duplicates\":"),
-             *rq = strstr(p, "\"requeued_chunks\":"), *smp = strstr(p, "\"samples\":");
-        if (!cov || !dup || !rq || !smp || (line_end && (cov > line_end || dup > line_end)))
-            continue;
-        epochs++;
-        good += atoi(cov + 10) == atoi(smp + 10) && atoi(dup + 13) == 0;
-        requeued += atoi(rq + 18);
-    }
-    free(s);
+    int epochs, good, requeued;
+    epoch_accounting(c.dir, 96, &epochs, &good, &requeued);
     printf("worker killed: %d epochs accounted, %d covered exactly once, %d chunks requeued\n",
            epochs, good, requeued);
     T_CHECK(epochs >= 3 && good == epochs);
@@ -283,15 +291,11 @@ static void test_worker_join(void) {
     char path[1400];
     snprintf(path, sizeof path, "%s/scheduler.jsonl", c.dir);
     char *s = testutil_slurp(path);
-    int peak = 0, epochs = 0, exact = 0;
+    int peak = 0, epochs, exact, requeued;
     for (char *p = s; p && (p = strstr(p, "\"live_workers\":")); p++)
         if (atoi(p + 15) > peak) peak = atoi(p + 15);
-    for (char *p = s; p && (p = strstr(p, "\"event\":\"epoch_done\"")); p++) {
-        char *cov = strstr(p, "\"covered\":"), *dup = strstr(p, "\"duplicates\":");
-        epochs++;
-        exact += cov && dup && atoi(cov + 10) == 96 && atoi(dup + 13) == 0;
-    }
     free(s);
+    epoch_accounting(c.dir, 96, &epochs, &exact, &requeued);
     for (int w = 1; w <= 2; w++) {
         snprintf(path, sizeof path, "%s/worker-%d.jsonl", c.dir, w);
         char *l = testutil_slurp(path);
