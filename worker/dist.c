@@ -49,14 +49,14 @@ typedef struct {
     trace_t tr;
 } dist_t;
 
-/* One request/reply with the scheduler; SHUTDOWN ends the run, heartbeats go on. */
+/* One request/reply with the scheduler; SHUTDOWN ends the run. (Heartbeats come from
+ * the member's own thread, member_beat_thread.) */
 static int sched_call(dist_t *d, proto_hdr_t *req, proto_type_t want, proto_msg_t *reply) {
     void *sock = member_socket(d->mb);
     int rc = proto_send(sock, NULL, 0, req, NULL, NULL, NULL);
     if (rc) return rc;
     double deadline = mimic_now() + 30.0 + d->cfg->cluster.dead_ms / 1000.0;
     while (mimic_now() < deadline) {
-        member_tick(d->mb);
         rc = proto_recv(sock, reply, d->max_payload, 200);
         if (rc == MIMIC_ETIMEOUT) {
             proto_msg_close(reply);
@@ -177,15 +177,13 @@ static int check_scheduler(dist_t *d) {
     }
 }
 
-/* kv_wait in slices, heartbeating and listening to the scheduler in between: a BSP
- * pull is held while the servers wait for a slow or dead worker (this worker must not
- * look dead meanwhile), and a dead server makes the scheduler end the run (this worker
- * must not wait forever). */
+/* kv_wait in slices, listening to the scheduler in between: a dead server makes the
+ * scheduler end the run while a BSP pull is held, and this worker must not wait
+ * forever. (Heartbeats go on in the member's own thread meanwhile.) */
 static int wait_tick(dist_t *d, int ts, uint64_t *version) {
     const double limit = 600.0 + 0.1 * d->cfg->cluster.dead_ms; /* a last resort */
     double start = mimic_now();
     for (;;) {
-        member_tick(d->mb);
         int rc = kv_wait(d->kv, ts, 50, version);
         if (rc != MIMIC_ETIMEOUT) return rc;
         if ((rc = check_scheduler(d))) return rc;
@@ -274,11 +272,9 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         mae_batch_resize(d.b, d.chunk_n);
         double loss = mae_forward(d.m, d.b, d.imgs, d.noise);
         double tc = mimic_now();
-        member_tick(d.mb);
         params_zero_grad(d.m->p);
         mae_backward(d.m, d.b);
         double td = mimic_now();
-        member_tick(d.mb);
         int n = d.chunk_n;
         double te, tf, tg;
         if (d.mode == 0) {
