@@ -357,12 +357,12 @@ out:
     metrics_close(&d.mx);
     kv_destroy(&d.kv);
     member_destroy(&d.mb);
+    zmq_ctx_term(zctx); /* after this ZeroMQ holds none of our buffers */
     mae_batch_free(&d.b);
     mae_destroy(&d.m);
     loader_destroy(&d.ld);
     mimic_free(d.imgs);
     mimic_free(d.noise);
     free(d.idx);
-    zmq_ctx_term(zctx);
     return rc;
 }

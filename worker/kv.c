@@ -16,9 +16,9 @@ typedef struct {
     void *sock;
     char endpoint[256];
     size_t lo, hi;
-    int answered;    /* for the request in flight */
-    size_t got;      /* bytes of a pull's reply received so far (it may come in slices) */
-    int push_acked;  /* the push of the request in flight was acknowledged */
+    int answered;   /* for the request in flight */
+    size_t got;     /* bytes of a pull's reply received so far (it may come in slices) */
+    int push_acked; /* the push of the request in flight was acknowledged */
     uint64_t version;
 } kv_server_t;
 
@@ -79,11 +79,18 @@ fail:
 void kv_destroy(kv_t **pkv) {
     if (!pkv || !*pkv) return;
     kv_t *kv = *pkv;
-    proto_track_wait(&kv->sent, 1000);
+    *pkv = NULL;
+    /* Close first: with LINGER 0 ZeroMQ's I/O thread drops what is still queued (a dead
+     * server never takes it) and calls proto_track_release for each zero-copy push.
+     * Only when all are released may kv (the tracker) and the gradient buffers go. */
     for (int s = 0; s < kv->S; s++)
         if (kv->srv[s].sock) zmq_close(kv->srv[s].sock);
+    if (proto_track_wait(&kv->sent, 10000) != 0) {
+        mimic_warn("kv: ZeroMQ still holds %d pushes after closing; leaking their tracker",
+                   atomic_load(&kv->sent.inflight));
+        return; /* freeing it would let the I/O thread write into freed memory */
+    }
     free(kv);
-    *pkv = NULL;
 }
 
 static int start(kv_t *kv, int kind) {
@@ -182,9 +189,8 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
             return mimic_err(MIMIC_EPEER,
                              "server %d (%s): PULL_REPLY range [%llu,%llu) (version %llu) does "
                              "not fit its range [%zu,%zu)",
-                             s, sv->endpoint, (unsigned long long)h->lo,
-                             (unsigned long long)h->hi, (unsigned long long)h->step, sv->lo,
-                             sv->hi);
+                             s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
+                             (unsigned long long)h->step, sv->lo, sv->hi);
         memcpy(kv->pull_dst + h->lo, proto_msg_data(m), proto_msg_size(m));
         kv->bytes_in += proto_msg_size(m);
         sv->got += proto_msg_size(m);
@@ -193,8 +199,8 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
         return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint, what,
                          proto_type_name(h->type));
     }
-    sv->answered = (!pushes || sv->push_acked) &&
-                   (!pulls || sv->got == (sv->hi - sv->lo) * sizeof(float));
+    sv->answered =
+        (!pushes || sv->push_acked) && (!pulls || sv->got == (sv->hi - sv->lo) * sizeof(float));
     return 0;
 }
 
