@@ -5,8 +5,8 @@
 # scheduler's address to everyone; training then runs over ZeroMQ.
 #   deploy/cluster.sh [--servers S] [--workers W] [--section.key=value ...]
 # Each process gets its own thread budget: workers share the cores, one OpenBLAS/OpenMP
-# thread each (OMP_THREADS_PER_WORKER to change); the scheduler one; servers all cores
-# (their update runs while BSP workers wait for it, so the cores are idle then).
+# thread each (OMP_THREADS_PER_WORKER to change); the scheduler one; a server updates
+# with all cores but one and leaves that to ZeroMQ (cluster.server_threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
@@ -31,7 +31,7 @@ common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster "
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
 exec mpirun "${root[@]}" --oversubscribe --bind-to none \
   -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
-  -np "$S" env OMP_NUM_THREADS="$(nproc)" OPENBLAS_NUM_THREADS=1 \
+  -np "$S" env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
       ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
   -np "$W" env OMP_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
       ./build/worker/mimic-worker "$cfg" "${common[@]}"

@@ -2,25 +2,50 @@
 
 #include <math.h>
 
-/* One tensor's slice: decay is uniform inside it, so the inner loop has no branch. */
+/* The step's constants for one tensor. */
+typedef struct {
+    float b1, b2, eps, decay, step, inv_sqrt_bc2, gscale;
+} adam_k_t;
+
+/* One element: updates *m and *v, returns the new w (torch.optim.AdamW's arithmetic). */
+static inline float adam_one(const adam_k_t *k, float w, float g, float *m, float *v) {
+    float gi = g * k->gscale;
+    float mi = k->b1 * *m + (1.0f - k->b1) * gi;
+    float vi = k->b2 * *v + (1.0f - k->b2) * gi * gi;
+    *m = mi;
+    *v = vi;
+    return w * k->decay - k->step * mi / (sqrtf(vi) * k->inv_sqrt_bc2 + k->eps);
+}
+
+/* One tensor's slice: decay is uniform inside it, so the inner loop has no branch.
+ * With ema, the same pass also moves the EMA towards the new w and writes the new w
+ * to copy (or, when copy is NULL, a second time to w: cheaper than another loop).
+ * Element-wise, so any thread count gives the same bits; small tensors stay serial. */
 static void update_slice(const adamw_cfg_t *c, float *w, const float *g, float gscale, float *m,
-                         float *v, size_t n, float lr, float wd, float bc1, float bc2) {
-    const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
-    const float decay = 1.0f - lr * wd, step = lr / bc1, inv_sqrt_bc2 = 1.0f / sqrtf(bc2);
-    /* element-wise, so any thread count gives the same bits; small tensors stay serial */
+                         float *v, size_t n, float lr, float wd, float bc1, float bc2, float *ema,
+                         float mom, float *copy) {
+    const adam_k_t k = {c->beta1, c->beta2,          c->eps, 1.0f - lr * wd,
+                        lr / bc1, 1.0f / sqrtf(bc2), gscale};
+    if (!ema) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++)
+            w[i] = adam_one(&k, w[i], g[i], &m[i], &v[i]);
+        return;
+    }
+    const float ea = mom, eb = 1.0f - mom;
+    float *out = copy ? copy : w;
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * gscale;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = w[i] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+        float wi = adam_one(&k, w[i], g[i], &m[i], &v[i]);
+        w[i] = wi;
+        out[i] = wi;
+        ema[i] = ea * ema[i] + eb * wi;
     }
 }
 
-void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
-                  float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t) {
+static void update_range(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
+                         float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t,
+                         float *ema, float mom, float *copy) {
     float bc1 = 1.0f - powf(c->beta1, (float)t), bc2 = 1.0f - powf(c->beta2, (float)t);
     for (int k = 0; k < table->n; k++) {
         const params_tensor_t *tt = &table->t[k];
@@ -30,8 +55,20 @@ void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const f
         if (b > hi) b = hi;
         size_t off = a - lo;
         update_slice(c, w + off, g + off, gscale, m + off, v + off, b - a, lr,
-                     tt->decay ? c->weight_decay : 0.0f, bc1, bc2);
+                     tt->decay ? c->weight_decay : 0.0f, bc1, bc2, ema ? ema + off : NULL, mom,
+                     copy ? copy + off : NULL);
     }
+}
+
+void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
+                  float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t) {
+    update_range(c, table, w, g, gscale, m, v, lo, hi, lr, t, NULL, 0.0f, NULL);
+}
+
+void adamw_update_ema(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
+                      float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t,
+                      float *ema, float mom, float *copy) {
+    update_range(c, table, w, g, gscale, m, v, lo, hi, lr, t, ema, mom, copy);
 }
 
 float adamw_lr(long step, long warmup, long total, float lr, float min_lr) {

@@ -23,6 +23,14 @@ typedef struct {
 void adamw_update(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
                   float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t);
 
+/* adamw_update, then in the same pass over memory: ema = mom * ema + (1 - mom) * w
+ * with the new w (a momentum encoder), and copy = the new w when copy is not NULL (a
+ * parameter server's reply snapshot). ema and copy are indexed like w. The same bits
+ * as adamw_update followed by those two loops. */
+void adamw_update_ema(const adamw_cfg_t *c, const params_t *table, float *w, const float *g,
+                      float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t,
+                      float *ema, float mom, float *copy);
+
 /* Linear warmup over warmup steps to lr, then half-cosine to min_lr at total steps
  * (MAE's per-iteration schedule). step counts from 0. */
 float adamw_lr(long step, long warmup, long total, float lr, float min_lr);

@@ -82,9 +82,12 @@ static const key_t_ KEYS[] = {
     F("cluster", "dead_ms", K_INT, cluster.dead_ms, "3000", "silence after which a peer is dead"),
     F("cluster", "chunk_size", K_INT, cluster.chunk_size, "0",
       "samples per work-queue chunk (0: train.batch_size, one chunk per worker step)"),
-    F("cluster", "slice_floats", K_LONG, cluster.slice_floats, "1048576",
+    F("cluster", "slice_floats", K_LONG, cluster.slice_floats, "262144",
       "servers update and answer BSP pulls in slices of this many floats, so the update "
       "overlaps the transfer (0: one piece)"),
+    F("cluster", "server_threads", K_INT, cluster.server_threads, "0",
+      "a server's update threads (0: $OMP_NUM_THREADS if set, else the cores but one, left "
+      "to ZeroMQ's I/O thread that streams the slices)"),
     F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500",
       "steps between cluster checkpoints"),
     F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "",

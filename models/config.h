@@ -46,7 +46,8 @@ typedef struct {
         int staleness;
         int heartbeat_ms, dead_ms;
         int chunk_size;
-        long slice_floats; /* BSP pull replies in slices, overlapping update and send */
+        long slice_floats;  /* BSP pull replies in slices, overlapping update and send */
+        int server_threads; /* a server's OpenMP threads (0: automatic) */
         int ckpt_every;
         char ckpt_dir[CFG_PATH_MAX];
         int trace;

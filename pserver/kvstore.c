@@ -83,6 +83,7 @@ void kvstore_destroy(kvstore_t **kvp) {
     mimic_free(kv->v);
     mimic_free(kv->ema);
     mimic_free(kv->acc);
+    kvstore_drop_acc(kv);
     free(kv);
     *kvp = NULL;
 }
@@ -91,20 +92,12 @@ float kvstore_lr(const kvstore_t *kv) {
     return adamw_lr((long)kv->version, kv->warmup, kv->steps, kv->base_lr, kv->min_lr);
 }
 
-static void ema_update(float *ema, const float *w, size_t n, float mom) {
-    const float a = mom, b = 1.0f - mom;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++)
-        ema[i] = a * ema[i] + b * w[i];
-}
-
-/* One AdamW step on g * gscale, then the EMA. */
+/* One AdamW step on g * gscale with the EMA update in the same pass. */
 static void step_scaled(kvstore_t *kv, const float *g, float gscale) {
     double t0 = mimic_now();
-    adamw_update(&kv->opt, &kv->table, kv->w, g, gscale, kv->m, kv->v, kv->lo, kv->hi,
-                 kvstore_lr(kv), (long)kv->version + 1);
+    adamw_update_ema(&kv->opt, &kv->table, kv->w, g, gscale, kv->m, kv->v, kv->lo, kv->hi,
+                     kvstore_lr(kv), (long)kv->version + 1, kv->ema, kv->ema_momentum, NULL);
     kv->version++;
-    ema_update(kv->ema, kv->w, kv->n, kv->ema_momentum);
     kv->t_update += mimic_now() - t0;
     kv->n_update++;
 }
@@ -113,28 +106,59 @@ void kvstore_step(kvstore_t *kv, const float *g) {
     step_scaled(kv, g, 1.0f);
 }
 
-void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
-    const float a = (float)weight;
+void kvstore_accumulate(kvstore_t *kv, proto_msg_t *m, double weight) {
+    const float *g = proto_msg_data(m);
     float *acc = kv->acc;
-    if (kv->acc_count == 0) { /* the step's first push writes: no zeroing pass needed */
+    if (kv->acc_count == 0) {
+        /* the step's first push is kept as it arrived: with one worker the step reads it
+         * in place and no accumulate pass is needed at all */
+        zmq_msg_init(&kv->held);
+        zmq_msg_move(&kv->held, &m->payload);
+        m->has_payload = 0;
+        kv->has_held = 1;
+        kv->held_weight = weight;
+    } else if (kv->has_held) { /* the second push: both go into acc in one pass */
+        const float *h = zmq_msg_data(&kv->held);
+        const float a = (float)kv->held_weight, b = (float)weight;
 #pragma omp parallel for simd schedule(static) if (kv->n > 65536)
         for (size_t i = 0; i < kv->n; i++)
-            acc[i] = a * g[i];
+            acc[i] = a * h[i] + b * g[i];
+        zmq_msg_close(&kv->held);
+        kv->has_held = 0;
     } else {
+        const float b = (float)weight;
 #pragma omp parallel for simd schedule(static) if (kv->n > 65536)
         for (size_t i = 0; i < kv->n; i++)
-            acc[i] += a * g[i];
+            acc[i] += b * g[i];
     }
     kv->acc_weight += weight;
     kv->acc_count++;
 }
 
-void kvstore_step_mean(kvstore_t *kv) {
-    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
-    /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
-    step_scaled(kv, kv->acc, (float)(1.0 / kv->acc_weight));
+void kvstore_drop_acc(kvstore_t *kv) {
+    if (kv->has_held) zmq_msg_close(&kv->held);
+    kv->has_held = 0;
     kv->acc_weight = 0;
     kv->acc_count = 0;
+}
+
+/* The step's gradient source and the factor that turns it into the weighted mean. */
+static const float *acc_grad(const kvstore_t *kv, float *gscale) {
+    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
+    if (kv->has_held) {
+        *gscale = (float)(kv->held_weight / kv->acc_weight); /* 1 */
+        return zmq_msg_data((zmq_msg_t *)&kv->held);
+    }
+    /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
+    *gscale = (float)(1.0 / kv->acc_weight);
+    return kv->acc;
+}
+
+void kvstore_step_mean(kvstore_t *kv) {
+    float gscale;
+    const float *g = acc_grad(kv, &gscale);
+    step_scaled(kv, g, gscale);
+    kvstore_drop_acc(kv);
 }
 
 /* A PARAMS or EMA buffer no send is reading (allocated on first use), or NULL. */
@@ -149,32 +173,29 @@ static kvstore_snap_t *free_snap(kvstore_t *kv, int which) {
 }
 
 int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, void *ctx) {
-    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0 && slice > 0);
+    MIMIC_CHECK(slice > 0);
+    float gscale;
+    const float *g = acc_grad(kv, &gscale);
     kvstore_snap_t *snap = free_snap(kv, PROTO_WHICH_PARAMS);
     if (!snap) return -1;
     snap->valid = 0;
-    const float gscale = (float)(1.0 / kv->acc_weight);
     const float lr = kvstore_lr(kv);
     const long t = (long)kv->version + 1;
     for (size_t a = 0; a < kv->n; a += slice) {
         size_t b = a + slice < kv->n ? a + slice : kv->n;
         double t0 = mimic_now();
-        adamw_update(&kv->opt, &kv->table, kv->w + a, kv->acc + a, gscale, kv->m + a, kv->v + a,
-                     kv->lo + a, kv->lo + b, lr, t);
-        ema_update(kv->ema + a, kv->w + a, b - a, kv->ema_momentum);
-        double t1 = mimic_now();
-        memcpy(snap->buf + a, kv->w + a, (b - a) * sizeof(float));
-        kv->t_update += t1 - t0;
-        kv->t_snap += mimic_now() - t1;
+        /* AdamW, EMA and the snapshot copy in one pass over the slice */
+        adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g + a, gscale, kv->m + a, kv->v + a,
+                         kv->lo + a, kv->lo + b, lr, t, kv->ema + a, kv->ema_momentum,
+                         snap->buf + a);
+        kv->t_update += mimic_now() - t0;
         fn(ctx, snap, a, b, kv->version + 1);
     }
     kv->version++;
     kv->n_update++;
-    kv->n_snap++;
     snap->version = kv->version;
     snap->valid = 1;
-    kv->acc_weight = 0;
-    kv->acc_count = 0;
+    kvstore_drop_acc(kv);
     return 0;
 }
 

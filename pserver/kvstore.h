@@ -45,8 +45,11 @@ typedef struct {
     uint64_t version;       /* optimiser steps applied to this range */
     float *w, *m, *v, *ema; /* n floats each; element lo is at index 0 */
     float *acc;             /* BSP: sum of batch * gradient for the current version */
-    double acc_weight;      /* BSP: sum of batch sizes in acc */
-    int acc_count;          /* BSP: pushes in acc */
+    double acc_weight;      /* BSP: sum of batch sizes pushed for it */
+    int acc_count;          /* BSP: pushes for it */
+    zmq_msg_t held;         /* BSP: the first push, kept as received until a second comes */
+    int has_held;
+    double held_weight;
     adamw_cfg_t opt;
     float base_lr, min_lr, ema_momentum;
     long warmup, steps;
@@ -67,10 +70,14 @@ void kvstore_destroy(kvstore_t **kv);
 float kvstore_lr(const kvstore_t *kv);
 /* One AdamW step with gradient g (n floats), then version++ and the EMA update. */
 void kvstore_step(kvstore_t *kv, const float *g);
-/* BSP: acc += weight * g. No allocation. */
-void kvstore_accumulate(kvstore_t *kv, const float *g, double weight);
-/* BSP: one step with acc / acc_weight, then clears the accumulator. */
+/* BSP: adds weight * (m's f32 payload, n floats) to the step's sum. The first push's
+ * payload is taken over (moved out of m, no copy) and read in place by the step when
+ * no other push comes; the second one folds both into acc in one pass. No allocation. */
+void kvstore_accumulate(kvstore_t *kv, proto_msg_t *m, double weight);
+/* BSP: one step with the weighted mean of the pushes, then clears the sum. */
 void kvstore_step_mean(kvstore_t *kv);
+/* Forgets the pushes summed so far (after a resume; at exit). */
+void kvstore_drop_acc(kvstore_t *kv);
 
 /* The buffer holding w (which = PROTO_WHICH_PARAMS) or ema (PROTO_WHICH_EMA) at the
  * current version, copied at most once per version. NULL when every pooled buffer is

@@ -22,6 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define PS_LINGER_MS 1000
 #define PS_BURST 64          /* messages read from one socket before looking at the other */
@@ -458,7 +462,7 @@ static ps_worker_t *push_check(server_t *s, const proto_msg_t *m) {
     return w;
 }
 
-static void on_push(server_t *s, const proto_msg_t *m) {
+static void on_push(server_t *s, proto_msg_t *m) {
     if (training_over(s)) { /* late pushes of the last step: the ACK's st tells it is over */
         if (!s->warned_finished)
             ps_log(s, "ignoring pushes: version %" PRIu64 " reached train.steps", s->kv->version);
@@ -468,16 +472,15 @@ static void on_push(server_t *s, const proto_msg_t *m) {
     }
     ps_worker_t *w = push_check(s, m);
     if (!w) return;
-    const float *g = proto_msg_data(m);
     if (s->mode == PS_BSP) {
         int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
-        kvstore_accumulate(s->kv, g, batch > 0 ? (double)batch : 1.0);
+        kvstore_accumulate(s->kv, m, batch > 0 ? (double)batch : 1.0); /* takes m's payload */
         w->bsp_mark = s->kv->version + 1;
         send_push_ack(s, m);
         maybe_step_bsp(s);
         return;
     }
-    kvstore_step(s->kv, g);
+    kvstore_step(s->kv, proto_msg_data(m));
     w->clock++;
     send_push_ack(s, m);
     after_step(s);
@@ -620,7 +623,7 @@ static void on_sched(server_t *s, const proto_msg_t *m) {
     }
 }
 
-static void on_data(server_t *s, const proto_msg_t *m) {
+static void on_data(server_t *s, proto_msg_t *m) {
     switch (m->hdr.type) {
     case PROTO_PULL:
         on_pull(s, m);
@@ -778,6 +781,24 @@ static int apply_ack(server_t *s, const proto_hdr_t *ack) {
     return 0;
 }
 
+/* The update's OpenMP threads: cluster.server_threads, else $OMP_NUM_THREADS, else one
+ * fewer than the cores. The spare core is for ZeroMQ's I/O thread, which streams a
+ * step's finished slices while the update computes the next ones: with every core
+ * updating, a 2-core server lost a quarter of its push+pull throughput (bench/ps.sh). */
+static int update_threads(const mimic_cfg_t *cfg) {
+#ifdef _OPENMP
+    if (cfg->cluster.server_threads > 0) {
+        omp_set_num_threads(cfg->cluster.server_threads);
+    } else if (!getenv("OMP_NUM_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        omp_set_num_threads(cores > 2 ? (int)cores - 1 : 1);
+    }
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoint) {
     int rc;
     proto_hdr_t ack;
@@ -816,9 +837,10 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     }
     ps_log(s,
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
-           "%s, serving at %s",
+           "%s, %d update thread(s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
-           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, s->endpoint);
+           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, update_threads(cfg),
+           s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;

@@ -108,9 +108,7 @@ int shardckpt_load(kvstore_t *kv, const char *dir, int rank, int servers, uint64
         rc = st_read_f32(f, TENSORS[i], tensor_buf(kv, i), shape, 1);
     if (rc) goto out;
     kv->version = step;
-    memset(kv->acc, 0, kv->n * sizeof(float));
-    kv->acc_weight = 0;
-    kv->acc_count = 0;
+    kvstore_drop_acc(kv);
     kvstore_invalidate(kv);
 out:
     st_close(&f);

@@ -161,10 +161,54 @@ static void test_adamw(void) {
     T_CHECK(fabsf(adamw_lr(110, 10, 110, 1.0f, 0.1f) - 0.1f) < 1e-6f);
 }
 
+/* adamw_update_ema == adamw_update, then ema = mom*ema + (1-mom)*w and copy = w, bit for
+ * bit, on tensors large enough for the threaded path, over a range that starts and ends
+ * inside tensors; and without copy, w holds the same values. */
+static void test_adamw_ema(void) {
+    params_t *p = params_new();
+    int64_t big[2] = {300, 400}, bias[1] = {400}, tail[1] = {70001};
+    T_CHECK(params_add(p, "a.weight", 2, big) == 0);
+    T_CHECK(params_add(p, "a.bias", 1, bias) == 1);
+    T_CHECK(params_add(p, "b.weight", 1, tail) == 2);
+    T_CHECK(params_finalize(p) == 0);
+    size_t lo = 1234, hi = p->total - 17, n = hi - lo;
+    float *buf[11];
+    for (int k = 0; k < 11; k++)
+        buf[k] = calloc(n, sizeof(float));
+    float *w1 = buf[0], *m1 = buf[1], *v1 = buf[2], *e1 = buf[3], *g = buf[4];
+    float *w2 = buf[5], *m2 = buf[6], *v2 = buf[7], *e2 = buf[8], *copy = buf[9], *w3 = buf[10];
+    unsigned long long seed = 99;
+    testutil_fill(w1, n, -1.0f, 1.0f, &seed);
+    testutil_fill(e1, n, -1.0f, 1.0f, &seed);
+    memcpy(w2, w1, n * sizeof(float));
+    memcpy(e2, e1, n * sizeof(float));
+    adamw_cfg_t c = {0.9f, 0.95f, 1e-8f, 0.05f};
+    int same = 1;
+    for (long t = 1; t <= 3; t++) {
+        testutil_fill(g, n, -0.5f, 0.5f, &seed);
+        adamw_update(&c, p, w1, g, 0.25f, m1, v1, lo, hi, 1e-3f, t);
+        for (size_t i = 0; i < n; i++)
+            e1[i] = 0.99f * e1[i] + (1.0f - 0.99f) * w1[i];
+        memcpy(w3, w2, n * sizeof(float));
+        adamw_update_ema(&c, p, w2, g, 0.25f, m2, v2, lo, hi, 1e-3f, t, e2, 0.99f, copy);
+        same &= memcmp(w1, w2, n * sizeof(float)) == 0 && memcmp(m1, m2, n * sizeof(float)) == 0 &&
+                memcmp(v1, v2, n * sizeof(float)) == 0 && memcmp(e1, e2, n * sizeof(float)) == 0 &&
+                memcmp(copy, w2, n * sizeof(float)) == 0 && memcmp(w3, w2, n * sizeof(float)) != 0;
+    }
+    T_CHECK(same);
+    adamw_update(&c, p, w1, g, 1.0f, m1, v1, lo, hi, 1e-3f, 4);
+    adamw_update_ema(&c, p, w2, g, 1.0f, m2, v2, lo, hi, 1e-3f, 4, e2, 0.99f, NULL);
+    T_CHECK(memcmp(w1, w2, n * sizeof(float)) == 0);
+    for (int k = 0; k < 11; k++)
+        free(buf[k]);
+    params_destroy(&p);
+}
+
 int main(void) {
     test_fd(1);
     test_fd(0);
     test_bad_config();
     test_adamw();
+    test_adamw_ema();
     return testutil_summary("test_mae");
 }
