@@ -2,7 +2,9 @@
  *  raw: a ZeroMQ DEALER sends the vector zero-copy to a ROUTER in a child process,
  *       which sends it straight back (what one push + one pull move);
  *  ps:  this process joins a running cluster (scheduler + servers, started by
- *       bench/ps.sh) as its only worker and times kv_push + kv_pull of the vector.
+ *       bench/ps.sh) as its only worker and times kv_pushpull of the vector.
+ * The two are timed alternately, one round trip each per iteration, so that both see
+ * the same load on this noisy machine; the figures are medians.
  * The server applies AdamW between the two; that time is measured here on the same
  * vector (adamw_update, one thread) and reported so the transport share is visible;
  * pulls alone (no update in between) give the data plane's own throughput.
@@ -23,6 +25,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
+
+#define BENCH_ITERS_MAX 256
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -56,13 +60,20 @@ static void no_free(void *data, void *hint) {
     (void)hint;
 }
 
-static double raw_gbps(size_t bytes, int iters, float *buf) {
+/* The raw reference: an echo child and a DEALER connected to it. */
+typedef struct {
+    pid_t pid;
+    void *ctx, *sock;
+} raw_t;
+
+static int raw_open(raw_t *r, size_t bytes) {
     char path[] = "/tmp/bench_ps_XXXXXX";
     int fd = mkstemp(path);
+    if (fd < 0) return -1;
     close(fd);
     remove(path);
-    pid_t pid = fork();
-    if (pid == 0) echo_server(path, bytes);
+    r->pid = fork();
+    if (r->pid == 0) echo_server(path, bytes);
     char ep[256] = {0};
     for (int i = 0; i < 500 && !ep[0]; i++) {
         FILE *f = fopen(path, "r");
@@ -73,26 +84,35 @@ static double raw_gbps(size_t bytes, int iters, float *buf) {
         if (!ep[0]) usleep(10000);
     }
     remove(path);
-    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
-    zmq_connect(s, ep);
-    double t[64];
-    for (int it = -2; it < iters; it++) {
-        double t0 = mimic_now();
-        zmq_msg_t out, in;
-        zmq_msg_init_data(&out, buf, bytes, no_free, NULL);
-        zmq_msg_send(&out, s, 0);
-        zmq_msg_init(&in);
-        zmq_msg_recv(&in, s, 0);
-        memcpy(buf, zmq_msg_data(&in), bytes); /* what a pull does: land in the params */
-        zmq_msg_close(&in);
-        if (it >= 0) t[it] = mimic_now() - t0;
-    }
-    zmq_close(s);
-    zmq_ctx_term(ctx);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    qsort(t, (size_t)iters, sizeof t[0], cmp_double);
-    return 2.0 * (double)bytes / t[iters / 2] / 1e9;
+    r->ctx = zmq_ctx_new();
+    r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
+    return ep[0] && zmq_connect(r->sock, ep) == 0 ? 0 : -1;
+}
+
+/* One round trip of buf: zero-copy out, and what a pull does with the answer (land it
+ * in the parameters). Returns seconds. */
+static double raw_round_trip(raw_t *r, float *buf, size_t bytes) {
+    double t0 = mimic_now();
+    zmq_msg_t out, in;
+    zmq_msg_init_data(&out, buf, bytes, no_free, NULL);
+    zmq_msg_send(&out, r->sock, 0);
+    zmq_msg_init(&in);
+    zmq_msg_recv(&in, r->sock, 0);
+    memcpy(buf, zmq_msg_data(&in), bytes);
+    zmq_msg_close(&in);
+    return mimic_now() - t0;
+}
+
+static void raw_close(raw_t *r) {
+    zmq_close(r->sock);
+    zmq_ctx_term(r->ctx);
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, NULL, 0);
+}
+
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    return t[n / 2];
 }
 
 int main(int argc, char **argv) {
@@ -113,8 +133,9 @@ int main(int argc, char **argv) {
         }
     }
     free(rest);
-    if (!sched || iters < 1 || iters > 64) {
-        fprintf(stderr, "bench_ps: need --scheduler and 1 <= --bench.iters <= 64\n");
+    if (!sched || iters < 1 || iters > BENCH_ITERS_MAX) {
+        fprintf(stderr, "bench_ps: need --scheduler and 1 <= --bench.iters <= %d\n",
+                BENCH_ITERS_MAX);
         return 2;
     }
     mae_t *m = NULL;
@@ -124,17 +145,20 @@ int main(int argc, char **argv) {
     float *buf = mimic_alloc(bytes), *mo = mimic_alloc(bytes), *ve = mimic_alloc(bytes);
     for (size_t i = 0; i < n; i++)
         buf[i] = 1e-3f * (float)(i % 97);
-    double raw = raw_gbps(bytes, iters, buf);
+    raw_t raw_ep;
+    if (raw_open(&raw_ep, bytes)) {
+        fprintf(stderr, "bench_ps: the raw echo server did not start\n");
+        return 1;
+    }
 
     /* the optimizer the server runs between a push and the pull that follows */
     adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
-    double ta[64];
+    double ta[BENCH_ITERS_MAX];
     for (int it = 0; it < iters; it++) {
         double t0 = mimic_now();
         adamw_update(&oc, m->p, m->p->w, buf, 1.0f, mo, ve, 0, n, 1e-4f, it + 1);
         ta[it] = mimic_now() - t0;
     }
-    qsort(ta, (size_t)iters, sizeof ta[0], cmp_double);
 
     void *ctx = zmq_ctx_new();
     member_t *mb = NULL;
@@ -144,45 +168,44 @@ int main(int argc, char **argv) {
     if (!rc)
         rc = kv_new(&kv, ctx, ack.str, (int)ack.a[PROTO_RACK_NSERVERS], n,
                     (int32_t)ack.a[PROTO_RACK_ID], bytes + 4096);
-    double t[64];
+    /* Interleaved: each iteration times one raw round trip, one push-pull and one pull,
+     * so all three see the same state of this noisy machine. */
+    double tr[BENCH_ITERS_MAX], t[BENCH_ITERS_MAX], tp[BENCH_ITERS_MAX];
     uint64_t version = 0;
     for (int it = -2; it < iters && !rc; it++) {
         member_tick(mb);
-        double t0 = mimic_now();
+        double r = raw_round_trip(&raw_ep, buf, bytes);
         /* what a BSP worker does: one push-pull (the server streams the new version
          * back in slices while it computes them) */
+        double t0 = mimic_now();
         int ts = kv_pushpull(kv, version, 1, buf, m->p->w);
         if (ts < 0 || (rc = kv_wait(kv, ts, 30000, &version))) break;
-        if (it >= 0) t[it] = mimic_now() - t0;
+        double t1 = mimic_now();
+        /* a pull alone: the server answers from its snapshot of the current version, so
+         * this is the data plane without any optimizer work in the way */
+        ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
+        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, NULL))) break;
+        if (it >= 0) {
+            tr[it] = r;
+            t[it] = t1 - t0;
+            tp[it] = mimic_now() - t1;
+        }
     }
+    raw_close(&raw_ep);
     if (rc) {
         fprintf(stderr, "bench_ps: push/pull failed: %s\n", mimic_last_error());
         return 1;
     }
-    qsort(t, (size_t)iters, sizeof t[0], cmp_double);
-    double ps = 2.0 * (double)bytes / t[iters / 2] / 1e9;
-    /* pulls alone: the server answers from its snapshot of the current version, so
-     * this is the data plane without any optimizer work in the way */
-    double tp[64];
-    for (int it = -2; it < iters && !rc; it++) {
-        member_tick(mb);
-        double t0 = mimic_now();
-        int ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
-        if (ts < 0 || (rc = kv_wait(kv, ts, 30000, NULL))) break;
-        if (it >= 0) tp[it] = mimic_now() - t0;
-    }
-    if (rc) {
-        fprintf(stderr, "bench_ps: pull failed: %s\n", mimic_last_error());
-        return 1;
-    }
-    qsort(tp, (size_t)iters, sizeof tp[0], cmp_double);
-    double pull = (double)bytes / tp[iters / 2] / 1e9;
-    double ps_transport = 2.0 * (double)bytes / (t[iters / 2] - ta[iters / 2]) / 1e9;
+    double raw = 2.0 * (double)bytes / median(tr, iters) / 1e9;
+    double t_adamw = median(ta, iters), t_ps = median(t, iters);
+    double ps = 2.0 * (double)bytes / t_ps / 1e9;
+    double pull = (double)bytes / median(tp, iters) / 1e9;
+    double ps_transport = 2.0 * (double)bytes / (t_ps - t_adamw) / 1e9;
     printf("vector_floats=%zu\n", n);
     printf("vector_mb=%.2f\n", (double)bytes / 1e6);
     printf("raw_zmq_gbps=%.3f\n", raw);
     printf("ps_push_pull_gbps=%.3f\n", ps);
-    printf("server_adamw_ms=%.2f\n", ta[iters / 2] * 1e3);
+    printf("server_adamw_ms=%.2f\n", t_adamw * 1e3);
     printf("ps_transport_gbps=%.3f\n", ps_transport);
     printf("ratio_ps_raw=%.3f\n", ps / raw);
     printf("ratio_transport_raw=%.3f\n", ps_transport / raw);

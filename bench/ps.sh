@@ -4,7 +4,7 @@
 #  1. push+pull throughput of the whole parameter vector through a scheduler and one
 #     server (bench_ps as the only worker), against raw ZeroMQ loopback round trips of
 #     the same bytes; the AdamW time between push and pull (one thread, measured in the
-#     client) is reported; servers get all cores, as in deploy/cluster.sh;
+#     client) is reported; servers pick their update threads as in deploy/cluster.sh;
 #  2. distributed step overhead: the local cluster (1 server, 2 workers x batch B/2,
 #     one thread each) against the standalone trainer (batch B, 2 threads), images/s
 #     as the median of the logged windows after the first.
@@ -30,10 +30,10 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 pids+=($!)
 for _ in $(seq 100); do [ -s "$tmp/ep" ] && break; sleep 0.1; done
 ep=$(cat "$tmp/ep")
-OMP_NUM_THREADS=$(nproc) ./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 --train.steps=1000000 \
+env -u OMP_NUM_THREADS ./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 --train.steps=1000000 \
   --train.out_dir="$tmp/ps" --scheduler "$ep" > "$tmp/server.log" 2>&1 &
 pids+=($!)
-ps_out=$(./build/bench/bench_ps "$cfg" --scheduler "$ep" --bench.iters 15)
+ps_out=$(./build/bench/bench_ps "$cfg" --scheduler "$ep" --bench.iters 41)
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 pids=()
 get() { printf '%s\n' "$1" | sed -n "s/^$2=//p"; }
@@ -54,7 +54,7 @@ common=(--train.batch_size=$((B / 2)) --train.steps=$steps --train.log_every=5 \
         --cluster.workers=2 --train.out_dir="$tmp/cluster")
 mpirun "${root[@]}" --oversubscribe --bind-to none \
   -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
-  -np 1 env OMP_NUM_THREADS="$(nproc)" OPENBLAS_NUM_THREADS=1 \
+  -np 1 env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
       ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
   -np 2 "${one[@]}" ./build/worker/mimic-worker "$cfg" "${common[@]}" > "$tmp/cluster.log" 2>&1
 clus=$(median_ips "$tmp/cluster/scheduler.jsonl" img_per_s)
