@@ -27,6 +27,7 @@ struct member {
     int beat_running;
     atomic_int beat_stop;
     _Atomic uint64_t beat_step;
+    _Atomic int64_t beat_heard_ms; /* the beat thread's last reply from the scheduler */
     char endpoint[MEMBER_EP_MAX];
     int id, role;
     int period_ms;
@@ -264,9 +265,15 @@ static void *beat_main(void *arg) {
         h.step = atomic_load(&m->beat_step);
         h.seq = ++seq;
         proto_send(sock, NULL, 0, &h, NULL, NULL, NULL); /* a dropped beat is the signal */
+        /* the scheduler ACKs every heartbeat: hearing them is how the member knows the
+         * scheduler is alive while it waits on something else (member_sched_silence_s) */
         for (int slept = 0; slept < m->period_ms && !atomic_load(&m->beat_stop); slept += 10) {
-            struct timespec ts = {0, 10 * 1000000L};
-            nanosleep(&ts, NULL);
+            zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&it, 1, 10) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
+            proto_msg_t r;
+            if (proto_recv(sock, &r, MEMBER_MAX_PAYLOAD, 0) == 0)
+                atomic_store(&m->beat_heard_ms, (int64_t)(mimic_now() * 1e3));
+            proto_msg_close(&r);
         }
     }
     zmq_close(sock);
@@ -277,10 +284,16 @@ int member_beat_thread(member_t *m) {
     if (!m || m->id < 0) return mimic_err(MIMIC_EINVAL, "member_beat_thread: not joined");
     if (m->beat_running) return 0;
     atomic_store(&m->beat_stop, 0);
+    atomic_store(&m->beat_heard_ms, (int64_t)(mimic_now() * 1e3));
     if (pthread_create(&m->beat_thread, NULL, beat_main, m) != 0)
         return mimic_err(MIMIC_EIO, "scheduler %s: cannot start the heartbeat thread", m->endpoint);
     m->beat_running = 1;
     return 0;
+}
+
+double member_sched_silence_s(const member_t *m) {
+    if (!m || !m->beat_running) return -1.0;
+    return mimic_now() - (double)atomic_load(&m->beat_heard_ms) * 1e-3;
 }
 
 void member_tick(member_t *m) {

@@ -34,12 +34,21 @@ int member_id(const member_t *m); /* id from REGISTER_ACK: the sender of every m
 const char *member_endpoint(const member_t *m); /* the scheduler's endpoint */
 
 void member_set_heartbeat(member_t *m, int period_ms); /* <= 0 keeps the current period */
-void member_set_step(member_t *m, uint64_t step);      /* HEARTBEAT.st from now on */
+/* How long a member waits on a silent scheduler before it ends itself: 5 x dead_ms
+ * (cluster.dead_ms), in seconds. The scheduler answers every request and every
+ * heartbeat at once, so only a dead scheduler is silent that long. */
+static inline double member_sched_timeout_s(int dead_ms) {
+    return 5.0 * dead_ms / 1000.0;
+}
+void member_set_step(member_t *m, uint64_t step); /* HEARTBEAT.st from now on */
 /* Starts a thread that sends HEARTBEAT every period on a connection of its own (the
  * scheduler matches heartbeats by sender id), so liveness does not depend on how long
  * the caller computes between member_tick calls. member_destroy stops it. Call after
  * member_join and member_set_heartbeat. */
 int member_beat_thread(member_t *m);
+/* Seconds since the heartbeat thread last heard the scheduler (it ACKs every
+ * heartbeat); -1 without a heartbeat thread. */
+double member_sched_silence_s(const member_t *m);
 /* Sends HEARTBEAT when the period elapsed since the last one. */
 void member_tick(member_t *m);
 /* Milliseconds until the next heartbeat is due (0 when due): a zmq_poll timeout. */

@@ -80,6 +80,7 @@ struct server {
     int have_written;
     uint64_t last_written;
     int done, warned_finished;
+    double sched_seen; /* when the scheduler last sent anything (its heartbeat ACKs) */
 };
 
 __attribute__((format(printf, 2, 3))) static void ps_log(const server_t *s, const char *fmt, ...) {
@@ -649,10 +650,12 @@ static int serve_one(server_t *s, void *sock) {
     proto_msg_t m;
     int rc = proto_recv(sock, &m, s->max_payload, 0);
     if (rc == 0) {
-        if (sock == s->router)
+        if (sock == s->router) {
             on_data(s, &m);
-        else
+        } else {
+            s->sched_seen = mimic_now();
             on_sched(s, &m);
+        }
     } else if (rc == MIMIC_EFORMAT) {
         reply_err(s, sock, &m, rc, "%s", m.why);
     } else if (rc == MIMIC_EIO) {
@@ -665,6 +668,10 @@ static int serve_one(server_t *s, void *sock) {
 int server_run(server_t *s, const volatile sig_atomic_t *stop) {
     zmq_pollitem_t items[2] = {{s->router, 0, ZMQ_POLLIN, 0},
                                {member_socket(s->member), 0, ZMQ_POLLIN, 0}};
+    /* The scheduler ACKs every heartbeat; this long a silence means it is gone (in an
+     * elastic launch nobody else would stop this server). */
+    const double sched_limit = member_sched_timeout_s(s->cfg.cluster.dead_ms);
+    s->sched_seen = mimic_now();
     while (!s->done) {
         if (stop && *stop) {
             ps_log(s, "stopping on a signal at version %" PRIu64, s->kv->version);
@@ -681,6 +688,13 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
             if (serve_one(s, s->router)) break;
         for (int k = 0; k < PS_BURST && !s->done && (items[1].revents & ZMQ_POLLIN); k++)
             if (serve_one(s, items[1].socket)) break;
+        /* checked after reading what waited, so a long checkpoint write is no silence */
+        if (mimic_now() - s->sched_seen > sched_limit)
+            return mimic_err(MIMIC_EPEER,
+                             "pserver %d: the scheduler has been silent for %.1f s (5 x "
+                             "cluster.dead_ms) at version %" PRIu64
+                             ": ending; restart the cluster from the last checkpoint",
+                             s->rank, mimic_now() - s->sched_seen, s->kv->version);
     }
     return 0;
 }

@@ -527,6 +527,9 @@ static void handle_member(sched_t *s, const proto_msg_t *msg, member_t *m, doubl
     switch (t) {
     case PROTO_HEARTBEAT:
         m->step = msg->hdr.step;
+        /* members may hear nothing else from us for long stretches: the ACK tells
+         * them the scheduler is alive (they end after 5 x dead_ms of silence) */
+        reply_ack(s, msg, PROTO_HEARTBEAT);
         break;
     case PROTO_LEAVE:
         reply_ack(s, msg, PROTO_LEAVE);
@@ -576,8 +579,10 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
      * a long forward/backward pass must not make a busy worker look dead. */
     if (!m && msg->hdr.type == PROTO_HEARTBEAT && msg->hdr.sender >= 0) {
         member_t *owner = members_by_id(s->mb, msg->hdr.sender);
-        if (owner && (owner->state == MEMBER_LIVE || owner->state == MEMBER_PENDING))
+        if (owner && (owner->state == MEMBER_LIVE || owner->state == MEMBER_PENDING)) {
             members_touch(owner, now);
+            reply_ack(s, msg, PROTO_HEARTBEAT); /* the member's sign that we are alive */
+        }
         trace_event(&s->tr, "HEARTBEAT", now, mimic_now());
         return;
     }

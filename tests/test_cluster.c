@@ -252,13 +252,19 @@ static void epoch_accounting(const char *dir, int n, int *epochs, int *exact, in
     free(s);
 }
 
+/* start, then wait until worker `watch` logged step 3: the run is under way. */
+static void start_running(cluster_t *c, const char *name, int S, int W, const char *extra,
+                          int watch) {
+    T_CHECK(start(c, name, S, W, extra) == 0);
+    char wlog[4400];
+    snprintf(wlog, sizeof wlog, "%s/worker-%d.jsonl", c->dir, watch);
+    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+}
+
 static void test_worker_death(void) {
     cluster_t c;
-    T_CHECK(start(&c, "death", 1, 3, "--train.batch_size=8 --train.steps=60") == 0);
-    char wlog[4400];
-    snprintf(wlog, sizeof wlog, "%s/worker-2.jsonl", c.dir);
     /* let the victim take part in a few steps, then kill it mid-epoch */
-    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+    start_running(&c, "death", 1, 3, "--train.batch_size=8 --train.steps=60", 2);
     testutil_kill(c.workers[2]);
     c.workers[2] = 0;
     T_CHECK(finish(&c, 180000));
@@ -273,10 +279,8 @@ static void test_worker_death(void) {
  * in the synchronous steps; every process ends cleanly and epochs stay exact. */
 static void test_worker_join(void) {
     cluster_t c;
-    T_CHECK(start(&c, "join", 1, 1, "--train.batch_size=8 --train.steps=60") == 0);
-    char wlog[1400], flags[4096];
-    snprintf(wlog, sizeof wlog, "%s/worker-0.jsonl", c.dir);
-    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+    start_running(&c, "join", 1, 1, "--train.batch_size=8 --train.steps=60", 0);
+    char flags[4096];
     char *ep = testutil_slurp(c.epfile);
     ep[strcspn(ep, "\n")] = 0;
     snprintf(flags, sizeof flags,
@@ -311,10 +315,7 @@ static void test_worker_join(void) {
  * checkpoint) and every worker stops with an error instead of waiting forever. */
 static void test_server_death(void) {
     cluster_t c;
-    T_CHECK(start(&c, "sdeath", 1, 2, "--train.batch_size=8 --train.steps=100000") == 0);
-    char wlog[1400];
-    snprintf(wlog, sizeof wlog, "%s/worker-0.jsonl", c.dir);
-    T_CHECK(testutil_wait_file(wlog, "\"version\":3,", 60000));
+    start_running(&c, "sdeath", 1, 2, "--train.batch_size=8 --train.steps=100000", 0);
     testutil_kill(c.servers[0]);
     c.servers[0] = 0;
     int sched = reap(&c.sched, 30000);
@@ -323,6 +324,25 @@ static void test_server_death(void) {
     T_CHECK(sched == 3);
     T_CHECK(w0 > 0 && w0 < 128 && w1 > 0 && w1 < 128); /* an error exit, not a hang or crash */
     c.S = 0;
+    kill_all(&c);
+}
+
+/* The scheduler SIGKILLed mid-run (an elastic launch: no mpirun to end the rest): the
+ * server ends itself after 5 x dead_ms without the scheduler's heartbeat ACKs, the
+ * workers when a scheduler request goes unanswered that long; all with an error. */
+static void test_scheduler_death(void) {
+    cluster_t c;
+    start_running(&c, "scheddeath", 1, 2, "--train.batch_size=8 --train.steps=100000", 0);
+    double t0 = mimic_now();
+    testutil_kill(c.sched);
+    c.sched = 0;
+    int srv = reap(&c.servers[0], 30000);
+    double ts = mimic_now() - t0;
+    int w0 = reap(&c.workers[0], 30000), w1 = reap(&c.workers[1], 30000);
+    printf("scheduler killed: server exit %d after %.1f s, workers exit %d and %d after %.1f s\n",
+           srv, ts, w0, w1, mimic_now() - t0);
+    T_CHECK(srv > 0 && srv < 128 && ts > 7.0); /* 5 x dead_ms = 7.5 s, not earlier */
+    T_CHECK(w0 > 0 && w0 < 128 && w1 > 0 && w1 < 128);
     kill_all(&c);
 }
 
@@ -338,5 +358,6 @@ int main(void) {
     test_worker_death();
     test_worker_join();
     test_server_death();
+    test_scheduler_death();
     return testutil_summary("test_cluster");
 }

@@ -57,6 +57,7 @@ typedef struct {
     void *sock;
     int id, rank, hb; /* hb: send heartbeats while pumping */
     double last_hb;
+    int hb_acks; /* ACKs of our heartbeats (the scheduler acks every one) */
     rmsg_t in[INBOX];
     int nin;
 } peer_t;
@@ -145,7 +146,10 @@ static void pump(int ms) {
                 }
                 if (rc) printf("%s: malformed message from the scheduler: %s\n", p->name, m.why);
                 T_CHECK(rc == 0);
-                if (rc == 0 && p->nin < INBOX) {
+                if (rc == 0 && m.hdr.type == PROTO_ACK &&
+                    m.hdr.a[PROTO_ACK_TYPE] == PROTO_HEARTBEAT) {
+                    p->hb_acks++; /* the scheduler's liveness signal, counted, not queued */
+                } else if (rc == 0 && p->nin < INBOX) {
                     rmsg_t *r = &p->in[p->nin++];
                     r->hdr = m.hdr;
                     r->size = proto_msg_size(&m);
@@ -444,6 +448,8 @@ static void test_run(void) {
     rmsg_free(&c);
     T_CHECK(request_chunk(wb, 0, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 1);
     rmsg_free(&c);
+    printf("  heartbeat ACKs so far: A %d, B %d\n", wa->hb_acks, wb->hb_acks);
+    T_CHECK(wa->hb_acks > 0 && wb->hb_acks > 0); /* members' sign the scheduler lives */
     wb->hb = 0;
     double t_silent = wb->last_hb;
     chunk_done(wa, 0, 0, 1);

@@ -55,7 +55,7 @@ static int sched_call(dist_t *d, proto_hdr_t *req, proto_type_t want, proto_msg_
     void *sock = member_socket(d->mb);
     int rc = proto_send(sock, NULL, 0, req, NULL, NULL, NULL);
     if (rc) return rc;
-    double deadline = mimic_now() + 30.0 + d->cfg->cluster.dead_ms / 1000.0;
+    double deadline = mimic_now() + member_sched_timeout_s(d->cfg->cluster.dead_ms);
     while (mimic_now() < deadline) {
         rc = proto_recv(sock, reply, d->max_payload, 200);
         if (rc == MIMIC_ETIMEOUT) {
@@ -81,7 +81,10 @@ static int sched_call(dist_t *d, proto_hdr_t *req, proto_type_t want, proto_msg_
         if (reply->hdr.type == want && reply->hdr.seq == req->seq) return 0;
         proto_msg_close(reply); /* a late reply, or something we do not expect here */
     }
-    return mimic_err(MIMIC_ETIMEOUT, "scheduler did not answer %s", proto_type_name(req->type));
+    return mimic_err(MIMIC_ETIMEOUT,
+                     "scheduler did not answer %s within %.1f s (5 x cluster.dead_ms): it is "
+                     "gone; restart the cluster from the last checkpoint",
+                     proto_type_name(req->type), member_sched_timeout_s(d->cfg->cluster.dead_ms));
 }
 
 static uint64_t next_seq(dist_t *d) {
@@ -187,6 +190,13 @@ static int wait_tick(dist_t *d, int ts, uint64_t *version) {
         int rc = kv_wait(d->kv, ts, 50, version);
         if (rc != MIMIC_ETIMEOUT) return rc;
         if ((rc = check_scheduler(d))) return rc;
+        double silent = member_sched_silence_s(d->mb);
+        if (silent > member_sched_timeout_s(d->cfg->cluster.dead_ms))
+            return mimic_err(MIMIC_EPEER,
+                             "the scheduler has been silent for %.1f s (5 x cluster.dead_ms) "
+                             "while waiting on the servers: it is gone; restart the cluster "
+                             "from the last checkpoint",
+                             silent);
         if (mimic_now() - start > limit)
             return mimic_err(MIMIC_ETIMEOUT, "no answer from the servers for %.0f s", limit);
     }
