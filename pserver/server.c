@@ -80,7 +80,7 @@ struct server {
     int have_written;
     uint64_t last_written;
     int done, warned_finished;
-    double sched_seen; /* when the scheduler last sent anything (its heartbeat ACKs) */
+    double sched_seen; /* when the scheduler last sent anything on the main connection */
 };
 
 __attribute__((format(printf, 2, 3))) static void ps_log(const server_t *s, const char *fmt, ...) {
@@ -668,17 +668,19 @@ static int serve_one(server_t *s, void *sock) {
 int server_run(server_t *s, const volatile sig_atomic_t *stop) {
     zmq_pollitem_t items[2] = {{s->router, 0, ZMQ_POLLIN, 0},
                                {member_socket(s->member), 0, ZMQ_POLLIN, 0}};
-    /* The scheduler ACKs every heartbeat; this long a silence means it is gone (in an
-     * elastic launch nobody else would stop this server). */
+    /* Heartbeats go out from the member's own thread, so a long update or checkpoint
+     * write here never looks like death; the scheduler ACKs each one on that thread's
+     * connection. Silence on both connections this long means the scheduler is gone
+     * (in an elastic launch nobody else would stop this server). */
     const double sched_limit = member_sched_timeout_s(s->cfg.cluster.dead_ms);
+    const int tick_ms = s->cfg.cluster.heartbeat_ms > 0 ? s->cfg.cluster.heartbeat_ms : 100;
     s->sched_seen = mimic_now();
     while (!s->done) {
         if (stop && *stop) {
             ps_log(s, "stopping on a signal at version %" PRIu64, s->kv->version);
             break;
         }
-        member_tick(s->member);
-        int n = zmq_poll(items, 2, member_tick_due_ms(s->member));
+        int n = zmq_poll(items, 2, tick_ms);
         if (n < 0) {
             if (zmq_errno() == EINTR) continue;
             return mimic_err(MIMIC_EIO, "pserver: zmq_poll: %s", zmq_strerror(zmq_errno()));
@@ -688,13 +690,14 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
             if (serve_one(s, s->router)) break;
         for (int k = 0; k < PS_BURST && !s->done && (items[1].revents & ZMQ_POLLIN); k++)
             if (serve_one(s, items[1].socket)) break;
-        /* checked after reading what waited, so a long checkpoint write is no silence */
-        if (mimic_now() - s->sched_seen > sched_limit)
+        double silent = mimic_now() - s->sched_seen, beat = member_sched_silence_s(s->member);
+        if (beat >= 0 && beat < silent) silent = beat;
+        if (silent > sched_limit)
             return mimic_err(MIMIC_EPEER,
                              "pserver %d: the scheduler has been silent for %.1f s (5 x "
                              "cluster.dead_ms) at version %" PRIu64
                              ": ending; restart the cluster from the last checkpoint",
-                             s->rank, mimic_now() - s->sched_seen, s->kv->version);
+                             s->rank, silent, s->kv->version);
     }
     return 0;
 }
@@ -838,6 +841,7 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
                      &ack);
     if (rc) goto fail;
     member_set_heartbeat(s->member, cfg->cluster.heartbeat_ms);
+    if ((rc = member_beat_thread(s->member))) goto fail;
     if ((rc = apply_ack(s, &ack))) goto fail;
     if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank))) goto fail;
     if (s->rank == 0 && (rc = negqueue_new(&s->queue, NEGQUEUE_CAPACITY))) goto fail;
