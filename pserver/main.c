@@ -19,12 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t stop_flag; /* set by SIGINT/SIGTERM, read by the event loop */
-
-static void on_signal(int sig) {
-    stop_flag = sig;
-}
-
 static void usage(FILE *f) {
     fputs("usage: mimic-pserver [CONFIG.ini] [--section.key=value ...] [--scheduler tcp://H:P]\n"
           "  --scheduler EP   the scheduler (else $MIMIC_SCHEDULER, else cluster.scheduler,\n"
@@ -79,20 +73,14 @@ int main(int argc, char **argv) {
     free(rest);
     if (rc) return 2;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
 
     server_t *s = NULL;
     if (server_new(&s, &cfg, sched)) {
         fprintf(stderr, "[pserver ?] not started: %s\n", mimic_last_error());
         return 1;
     }
-    rc = server_run(s, &stop_flag);
+    rc = server_run(s, mimic_stop_flag());
     server_destroy(&s);
     return rc ? 1 : 0;
 }

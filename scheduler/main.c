@@ -10,16 +10,9 @@
 #define SCHED_HAVE_BOOTSTRAP 1
 #endif
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig) {
-    stop_signal = sig;
-}
 
 static void usage(FILE *f) {
     fputs("usage: mimic-scheduler [CONFIG.ini] [--section.key=value ...] [--port P]\n"
@@ -83,16 +76,10 @@ int main(int argc, char **argv) {
     }
     free(rest);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: zmq_poll returns EINTR at once */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
 
     sched_t *s = NULL;
-    sched_opts_t opts = {.port = port, .stop = &stop_signal};
+    sched_opts_t opts = {.port = port, .stop = mimic_stop_flag()};
     if (sched_new(&s, &cfg, &opts)) return SCHED_EXIT_USAGE;
     const char *ep = sched_endpoint(s);
     printf("scheduler listening on %s\n", ep);

@@ -1,13 +1,15 @@
 // TIMEOUT: 300
 /* test_train — the standalone trainer end to end, through the mimic-worker binary:
  * the loss falls on a small synthetic set, a run stopped and resumed from its
- * checkpoint equals the uninterrupted run bit for bit, and bad input (corrupt data
- * file, unknown flag, bad value) fails with a one-line error naming it. */
+ * checkpoint equals the uninterrupted run bit for bit, SIGTERM checkpoints and exits
+ * cleanly, and bad input (corrupt data file, unknown flag, bad value) fails with a
+ * one-line error naming it. */
 #include "common.h"
 #include "safetensors.h"
 #include "testutil.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,10 +181,54 @@ static void test_formats(void) {
     }
 }
 
+/* SIGTERM mid-run: the trainer finishes its step, writes the checkpoint, exits 0, and
+ * --train.resume=auto continues from there. */
+static void test_sigterm(void) {
+    const char *tmp = testutil_tmpdir();
+    char dir[1200], log[1300], metrics[1300], line[16384];
+    snprintf(dir, sizeof dir, "%.1000s/term", tmp);
+    snprintf(log, sizeof log, "%s-log.txt", dir);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+    snprintf(line, sizeof line,
+             "%s --standalone --model.img_size=16 --model.patch_size=4 --model.embed_dim=32 "
+             "--model.depth=2 --model.num_heads=2 --mae.decoder_embed_dim=16 "
+             "--mae.decoder_depth=1 --mae.decoder_num_heads=2 --data.kind=idx --data.path=%s "
+             "--data.labels= --train.batch_size=16 --train.log_every=5 --train.ckpt_every=0 "
+             "--train.steps=1000000 --train.out_dir=%s",
+             worker, data, dir);
+    char *argv[64];
+    int argc = 0;
+    for (char *t = strtok(line, " "); t && argc < 63; t = strtok(NULL, " "))
+        argv[argc++] = t;
+    argv[argc] = NULL;
+    int pid = testutil_spawn(argv, log);
+    T_CHECK(pid > 0);
+    T_CHECK(testutil_wait_file(metrics, "\"step\":10,", 60000));
+    kill(pid, SIGTERM);
+    int st = testutil_wait_pid(pid, 60000);
+    if (st < 0) testutil_kill(pid);
+    char *txt = slurp(log);
+    const char *at = txt ? strstr(txt, "stopped at step ") : NULL;
+    long stopped = at ? atol(at + 16) : -1;
+    printf("SIGTERM: exit %d, stopped at step %ld\n", st, stopped);
+    T_CHECK(st == 0 && stopped >= 10 && stopped < 1000000);
+    free(txt);
+    char extra[256];
+    snprintf(extra, sizeof extra, "--train.steps=%ld --train.ckpt_every=0 --train.resume=auto",
+             stopped + 3);
+    T_CHECK(run(dir, extra, log) == 0);
+    txt = slurp(log);
+    char want[64];
+    snprintf(want, sizeof want, "step %ld", stopped);
+    T_CHECK(txt && strstr(txt, "resumed from") && strstr(txt, want));
+    free(txt);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(worker, sizeof worker, "%s/worker/mimic-worker", build ? build : ".");
     write_idx();
+    test_sigterm();
     const char *tmp = testutil_tmpdir();
     char dir_a[4200], dir_b[4200], log[4300], path_a[4300], path_b[4300];
     snprintf(dir_a, sizeof dir_a, "%s/a", tmp);

@@ -13,7 +13,6 @@
 #include "worker.h"
 
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +21,6 @@
 
 /* The distributed worker (docs/runtime.md): pull parameters, take a chunk from the
  * scheduler's work queue, compute the MAE gradient, push it, report the chunk done. */
-
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
 
 typedef struct {
     const mimic_cfg_t *cfg;
@@ -260,8 +253,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     if ((rc = metrics_open(&d.mx, path))) goto out;
     snprintf(path, sizeof path, "%s/trace-worker-%d.json", cfg->train.out_dir, d.rank);
     if ((rc = trace_open(&d.tr, cfg->cluster.trace ? path : NULL, 100 + d.rank, who))) goto out;
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    mimic_catch_stop_signals(1);
 
     float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
     uint64_t version = 0, clock = 0;
@@ -274,7 +266,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     trace_event(&d.tr, "pull", t0, mimic_now());
     double win_t = mimic_now(), win_loss = 0;
     long win_steps = 0, win_imgs = 0;
-    while (version < (uint64_t)cfg->train.steps && !stop_requested) {
+    while (version < (uint64_t)cfg->train.steps && !*mimic_stop_flag()) {
         double ta = mimic_now();
         if (!d.have_chunk && (rc = load_next(&d, version))) goto out;
         if (d.shutdown) break;

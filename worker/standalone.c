@@ -10,19 +10,11 @@
 
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* Set by SIGINT/SIGTERM: the loop finishes its step, checkpoints and exits. */
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
 
 static char *config_text(const mimic_cfg_t *cfg) {
     char *text = NULL;
@@ -120,8 +112,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     walk.cursor = st.cursor;
     shard_permutation(walk.perm, walk.n, walk.seed, walk.epoch);
 
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    mimic_catch_stop_signals(1); /* the loop finishes its step, checkpoints and exits */
     float base_lr = config_lr(cfg, B);
     adamw_cfg_t oc = {cfg->train.beta1, cfg->train.beta2, cfg->train.eps, cfg->train.weight_decay};
     mimic_log("MAE standalone: %zu parameters (%.1f M), %zu samples, batch %d, lr %.3g, %.3f "
@@ -141,7 +132,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     long last = cfg->train.steps;
     if (cfg->train.stop_after > 0 && st.step + cfg->train.stop_after < last)
         last = st.step + cfg->train.stop_after;
-    for (; step < last && !stop_requested; step++) {
+    for (; step < last && !*mimic_stop_flag(); step++) {
         double t0 = mimic_now();
         int n = 0;
         while (n == 0) { /* a batch made only of corrupt files: take the next one */
@@ -215,7 +206,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     }
     checkpoint_state_t cs = {step, walk.epoch, walk.cursor};
     if ((rc = checkpoint_save(ckpt, m, mom, vel, &cs, cfg_text))) goto out;
-    mimic_log("%s at step %ld; checkpoint %s", stop_requested ? "stopped" : "done", step, ckpt);
+    mimic_log("%s at step %ld; checkpoint %s", *mimic_stop_flag() ? "stopped" : "done", step, ckpt);
     metrics_begin(&mx, "end");
     metrics_int(&mx, "step", step);
     metrics_int(&mx, "bad_images", (long long)loader_bad(ld));
