@@ -7,7 +7,6 @@
 #ifndef MIMIC_COMMON_H
 #define MIMIC_COMMON_H
 
-#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,13 +46,6 @@ void mimic_free(void *p);
 
 double mimic_now(void); /* monotonic seconds */
 
-/* SIGINT and SIGTERM set a flag that long loops poll, so a run ends between steps (and
- * checkpoints) instead of dying mid-write; SIGPIPE is ignored. restart = 1 resumes
- * interrupted reads (SA_RESTART; trainers reading data files), 0 lets blocking calls
- * return EINTR at once (event loops; zmq_poll is never restarted anyway). */
-void mimic_catch_stop_signals(int restart);
-/* The flag: 0, or the last SIGINT/SIGTERM received. */
-volatile sig_atomic_t *mimic_stop_flag(void);
 /* Sets n floats to 0, large buffers in parallel with OpenMP: backward passes clear
  * their scratch and gradients every step, and a serial memset leaves a core idle. */
 void mimic_zero(float *x, size_t n);

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "config.h"
 #include "server.h"
+#include "stopsig.h"
 
 #if __has_include("bootstrap.h")
 #include "bootstrap.h"

@@ -3,7 +3,8 @@
 #include "ckpt.h"
 #include "common.h"
 #include "config.h"
-#include "sched.h"
+#include "scheduler.h"
+#include "stopsig.h"
 
 #if __has_include("bootstrap.h")
 #include "bootstrap.h"

@@ -9,6 +9,7 @@
 #include "member.h"
 #include "metrics.h"
 #include "proto.h"
+#include "stopsig.h"
 #include "trace.h"
 #include "worker.h"
 

@@ -6,6 +6,7 @@
 #include "mae.h"
 #include "metrics.h"
 #include "shard.h"
+#include "stopsig.h"
 #include "worker.h"
 
 #include <errno.h>
