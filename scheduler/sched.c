@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "sched.h"
+#include "scheduler.h"
 
 #include "ckpt.h"
 #include "common.h"

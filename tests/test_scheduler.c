@@ -14,17 +14,15 @@
  *     where the snapshot says; a server that stops heartbeating ends the run (exit 3).
  *  C. SIGTERM: SHUTDOWN to every peer (also a worker still waiting for its ACK).
  *  D. a missing data file: exit 2 naming it.
- *  Q. the work queue's snapshot/restore arithmetic directly (scheduler/workq.c is
- *     compiled into this test): requeues to the front, the queue "as of version N"
+ *  Q. the work queue's snapshot/restore arithmetic directly (the mimic_workq
+ *     library, in-process): requeues to the front, the queue "as of version N"
  *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
 #include "common.h"
 #include "json.h"
 #include "proto.h"
 #include "shard.h"
 #include "testutil.h"
-
-/* The work queue is checked in-process too; tests link only the libraries. */
-#include "../scheduler/workq.c"
+#include "workq.h"
 
 #include <signal.h>
 #include <stdio.h>
