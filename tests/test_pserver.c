@@ -13,10 +13,12 @@
 #include "proto.h"
 #include "shard.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -801,6 +803,67 @@ static void test_join(void *ctx) {
     if (b.router) zmq_close(b.router);
 }
 
+/* The event loop held up (here: a checkpoint whose temp file is a FIFO nobody reads,
+ * so the write blocks in open) must not stop the heartbeats: they come from the
+ * member's thread. Then the write goes through, fails on the FIFO, the scheduler hears
+ * why, and the pull that waited meanwhile is answered. */
+static void test_blocked_loop(void *ctx, fsched_t *f) {
+    const char *extra[] = {NULL};
+    child_t c;
+    if (start_server(f, &c, "blocked", extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        return;
+    }
+    char dir[1200], path[1400], fifo[1500];
+    snprintf(dir, sizeof dir, "%.1100s/blocked-ckpt", testutil_tmpdir());
+    T_CHECK(mimic_mkdir_p(dir) == 0);
+    snprintf(path, sizeof path, "%s/server-0-step-0.safetensors", dir);
+    snprintf(fifo, sizeof fifo, "%s.tmp.%d", path, c.pid); /* st_writer_save's temp name */
+    T_CHECK(mkfifo(fifo, 0600) == 0);
+    fworker_t w = {0};
+    worker_open(&w, ctx, c.ep, 10);
+    int32_t ids[1] = {10};
+    sched_membership(f, &c, 1, ids, 1);
+    sched_simple(f, &c, PROTO_CKPT, 0, dir); /* version 0: written at once, and blocks */
+    int beats0 = f->beats, other = 0;
+    uint64_t pull = 0;
+    double t0 = mimic_now();
+    while (mimic_now() < t0 + 1.7) {
+        /* the pull goes out once the CKPT surely got there (a loop serves its data
+         * socket first, so one sent together with the CKPT would be answered) */
+        if (!pull && mimic_now() > t0 + 0.5) pull = w_pull(&w, 0, 0, 8, PROTO_WHICH_PARAMS);
+        proto_msg_t m;
+        if (proto_recv(f->router, &m, MAXPAY, 100) == 0) {
+            if (m.hdr.type == PROTO_HEARTBEAT)
+                f->beats++;
+            else
+                other++;
+        }
+        proto_msg_close(&m);
+    }
+    int beats = f->beats - beats0;
+    printf("server loop blocked 1.7 s in a checkpoint write: %d heartbeats arrived meanwhile\n",
+           beats);
+    T_CHECK(beats >= 10 && other == 0); /* heartbeat_ms = 50 */
+    T_CHECK(w_quiet(&w));               /* and the loop was stuck: the pull is unanswered */
+    int fd = open(fifo, O_RDONLY);      /* lets the write go on; it fails at fsync */
+    T_CHECK(fd >= 0);
+    char buf[65536];
+    while (fd >= 0 && read(fd, buf, sizeof buf) > 0) {
+    }
+    if (fd >= 0) close(fd);
+    proto_msg_t m;
+    T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0 && m.hdr.a[PROTO_CKDONE_STATUS] < 0);
+    printf("then: CKPT_DONE status %d: %s\n", (int)m.hdr.a[PROTO_CKDONE_STATUS], m.hdr.str);
+    proto_msg_close(&m);
+    float got[8];
+    w_reply(&w, pull, 0, 0, 8, got);
+    unlink(fifo);
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&w);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     return remove(path);
 }
@@ -827,6 +890,7 @@ int main(void) {
     test_asp(ctx, &f);
     test_ssp(ctx, &f);
     test_join(ctx);
+    test_blocked_loop(ctx, &f);
     free(p3);
     free(e3);
 
