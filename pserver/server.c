@@ -32,6 +32,7 @@
 #define PS_PULLS_MAX 4096    /* held pulls; more are refused with ERROR */
 #define PS_WORKERS_MAX 65536 /* distinct worker ids tracked */
 #define PS_CKPTS_MAX 16      /* pending CKPT requests */
+#define PS_THREADS_MAX 1024  /* cluster.server_threads */
 
 typedef enum { PS_BSP, PS_ASP, PS_SSP } ps_mode_t;
 
@@ -723,6 +724,9 @@ static int parse_mode(server_t *s) {
         return mimic_err(MIMIC_EINVAL, "cluster.max_msg_mb: %ld is not in 1..%ld",
                          s->cfg.cluster.max_msg_mb, 1L << 20);
     s->max_payload = (size_t)s->cfg.cluster.max_msg_mb << 20;
+    if (s->cfg.cluster.server_threads < 0 || s->cfg.cluster.server_threads > PS_THREADS_MAX)
+        return mimic_err(MIMIC_EINVAL, "cluster.server_threads: %d is not in 0..%d",
+                         s->cfg.cluster.server_threads, PS_THREADS_MAX);
     return 0;
 }
 

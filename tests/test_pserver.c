@@ -864,6 +864,28 @@ static void test_blocked_loop(void *ctx, fsched_t *f) {
     worker_close(&w);
 }
 
+/* Bad settings stop the server before it joins, with one line naming the key. */
+static void test_bad_flags(fsched_t *f) {
+    static const char *const cases[][2] = {
+        {"--cluster.consistency=bulk", "cluster.consistency"},
+        {"--cluster.server_threads=5000", "cluster.server_threads"},
+        {"--cluster.server_threads=-1", "cluster.server_threads"},
+        {"--cluster.max_msg_mb=0", "cluster.max_msg_mb"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *extra[] = {cases[i][0], NULL};
+        child_t c;
+        T_CHECK(spawn_server(&c, "badflag", f->ep, extra) == 0);
+        int st = testutil_wait_pid(c.pid, WAIT_MS);
+        if (st < 0) testutil_kill(c.pid);
+        char *log = testutil_slurp(c.log);
+        int named = log && strstr(log, cases[i][1]) != NULL;
+        printf("%-32s exit %d%s\n", cases[i][0], st, named ? ", the key named" : "");
+        T_CHECK(st > 0 && st < 128 && named);
+        free(log);
+        remove(c.log);
+    }
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     return remove(path);
 }
@@ -891,6 +913,7 @@ int main(void) {
     test_ssp(ctx, &f);
     test_join(ctx);
     test_blocked_loop(ctx, &f);
+    test_bad_flags(&f);
     free(p3);
     free(e3);
 
