@@ -77,9 +77,9 @@ int main(int argc, char **argv) {
     mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
 
     server_t *s = NULL;
-    if (server_new(&s, &cfg, sched)) {
+    if ((rc = server_new(&s, &cfg, sched))) {
         fprintf(stderr, "[pserver ?] not started: %s\n", mimic_last_error());
-        return 1;
+        return rc == MIMIC_EINVAL ? 2 : 1; /* 2: a bad setting, as for a bad flag */
     }
     rc = server_run(s, mimic_stop_flag());
     server_destroy(&s);
