@@ -165,6 +165,7 @@ int main(int argc, char **argv) {
     kv_t *kv = NULL;
     proto_hdr_t ack;
     int rc = member_join(&mb, ctx, sched, PROTO_ROLE_WORKER, NULL, 30000, &ack);
+    if (!rc) rc = member_beat_thread(mb);
     if (!rc)
         rc = kv_new(&kv, ctx, ack.str, (int)ack.a[PROTO_RACK_NSERVERS], n,
                     (int32_t)ack.a[PROTO_RACK_ID], bytes + 4096);
@@ -173,7 +174,6 @@ int main(int argc, char **argv) {
     double tr[BENCH_ITERS_MAX], t[BENCH_ITERS_MAX], tp[BENCH_ITERS_MAX];
     uint64_t version = 0;
     for (int it = -2; it < iters && !rc; it++) {
-        member_tick(mb);
         double r = raw_round_trip(&raw_ep, buf, bytes);
         /* what a BSP worker does: one push-pull (the server streams the new version
          * back in slices while it computes them) */

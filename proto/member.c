@@ -31,9 +31,7 @@ struct member {
     char endpoint[MEMBER_EP_MAX];
     int id, role;
     int period_ms;
-    double next_beat; /* mimic_now() when the next HEARTBEAT is due */
     uint64_t step, seq;
-    int beat_failed; /* warned once about a failed heartbeat */
 };
 
 static int set_int(void *sock, int opt, int value) {
@@ -211,7 +209,6 @@ int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role
     if ((rc = send_register(m, my_endpoint))) goto fail;
     if ((rc = join_wait(m, &jm, my_endpoint, timeout_ms, ack_out))) goto fail;
     mon_close(&jm, m->sock);
-    m->next_beat = mimic_now() + m->period_ms * 1e-3;
     *out = m;
     return 0;
 fail:
@@ -237,7 +234,6 @@ const char *member_endpoint(const member_t *m) {
 void member_set_heartbeat(member_t *m, int period_ms) {
     if (!m || period_ms <= 0) return;
     m->period_ms = period_ms;
-    m->next_beat = mimic_now() + period_ms * 1e-3;
 }
 
 void member_set_step(member_t *m, uint64_t step) {
@@ -294,27 +290,6 @@ int member_beat_thread(member_t *m) {
 double member_sched_silence_s(const member_t *m) {
     if (!m || !m->beat_running) return -1.0;
     return mimic_now() - (double)atomic_load(&m->beat_heard_ms) * 1e-3;
-}
-
-void member_tick(member_t *m) {
-    if (!m) return;
-    double now = mimic_now();
-    if (now < m->next_beat) return;
-    m->next_beat = now + m->period_ms * 1e-3;
-    proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_HEARTBEAT, m->id);
-    h.step = m->step;
-    h.seq = ++m->seq;
-    if (proto_send(m->sock, NULL, 0, &h, NULL, NULL, NULL) != 0 && !m->beat_failed) {
-        m->beat_failed = 1; /* the scheduler decides what silence means; warn once */
-        mimic_warn("scheduler %s: HEARTBEAT not sent: %s", m->endpoint, mimic_last_error());
-    }
-}
-
-int member_tick_due_ms(const member_t *m) {
-    if (!m) return -1;
-    double left = m->next_beat - mimic_now();
-    return left <= 0 ? 0 : (int)(left * 1e3) + 1;
 }
 
 int member_leave(member_t *m) {

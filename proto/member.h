@@ -6,10 +6,10 @@
  * again only when the TCP connection to the scheduler was re-established (a restarted
  * scheduler never saw it), never on a live connection, so a deferred REGISTER_ACK
  * (workers wait until every server registered) cannot create a second registration.
- * After the join the caller polls member_socket() for the scheduler's messages, calls
- * member_tick() every loop (it sends HEARTBEAT when due; member_tick_due_ms says when),
- * and member_leave() + member_destroy(&m) at the end. Sends never block: a scheduler
- * that stopped reading costs dropped heartbeats, not a stuck process. */
+ * After the join the caller starts member_beat_thread() (HEARTBEAT every period from a
+ * thread of its own), polls member_socket() for the scheduler's messages, and calls
+ * member_leave() + member_destroy(&m) at the end. Sends never block: a scheduler that
+ * stopped reading costs dropped heartbeats, not a stuck process. */
 #ifndef MIMIC_MEMBER_H
 #define MIMIC_MEMBER_H
 
@@ -43,16 +43,12 @@ static inline double member_sched_timeout_s(int dead_ms) {
 void member_set_step(member_t *m, uint64_t step); /* HEARTBEAT.st from now on */
 /* Starts a thread that sends HEARTBEAT every period on a connection of its own (the
  * scheduler matches heartbeats by sender id), so liveness does not depend on how long
- * the caller computes between member_tick calls. member_destroy stops it. Call after
+ * the caller computes between its own calls. member_destroy stops it. Call after
  * member_join and member_set_heartbeat. */
 int member_beat_thread(member_t *m);
 /* Seconds since the heartbeat thread last heard the scheduler (it ACKs every
  * heartbeat); -1 without a heartbeat thread. */
 double member_sched_silence_s(const member_t *m);
-/* Sends HEARTBEAT when the period elapsed since the last one. */
-void member_tick(member_t *m);
-/* Milliseconds until the next heartbeat is due (0 when due): a zmq_poll timeout. */
-int member_tick_due_ms(const member_t *m);
 
 /* Sends LEAVE and waits up to one second for the scheduler's ACK; other messages that
  * arrive meanwhile are dropped. 0, MIMIC_ETIMEOUT or MIMIC_EIO. */
