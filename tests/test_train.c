@@ -25,16 +25,21 @@ static void write_idx(void) {
     T_CHECK(testutil_write_idx(data, labels, 96, 16, 3) == 0);
 }
 
-static int run(const char *out_dir, const char *extra, const char *log) {
-    char cmd[32768];
-    snprintf(cmd, sizeof cmd,
+/* The trainer's command line for the small test model on the IDX set. */
+static void train_args(char *buf, size_t cap, const char *out_dir, const char *extra) {
+    snprintf(buf, cap,
              "%s --standalone --model.img_size=16 --model.patch_size=4 --model.embed_dim=32 "
              "--model.depth=2 --model.num_heads=2 --mae.decoder_embed_dim=16 "
              "--mae.decoder_depth=1 --mae.decoder_num_heads=2 --data.kind=idx --data.path=%s "
              "--data.labels=%s --data.mean=0.5 --data.std=0.25 --train.batch_size=16 "
-             "--train.warmup_steps=5 --train.lr=2e-3 --train.log_every=5 --train.out_dir=%s %s "
-             "> %s 2>&1",
-             worker, data, labels, out_dir, extra, log);
+             "--train.warmup_steps=5 --train.lr=2e-3 --train.log_every=5 --train.out_dir=%s %s",
+             worker, data, labels, out_dir, extra);
+}
+
+static int run(const char *out_dir, const char *extra, const char *log) {
+    char args[32768], cmd[36000];
+    train_args(args, sizeof args, out_dir, extra);
+    snprintf(cmd, sizeof cmd, "%s > %s 2>&1", args, log);
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -185,17 +190,11 @@ static void test_formats(void) {
  * --train.resume=auto continues from there. */
 static void test_sigterm(void) {
     const char *tmp = testutil_tmpdir();
-    char dir[1200], log[1300], metrics[1300], line[16384];
+    char dir[1200], log[1300], metrics[1300], line[32768];
     snprintf(dir, sizeof dir, "%.1000s/term", tmp);
     snprintf(log, sizeof log, "%s-log.txt", dir);
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
-    snprintf(line, sizeof line,
-             "%s --standalone --model.img_size=16 --model.patch_size=4 --model.embed_dim=32 "
-             "--model.depth=2 --model.num_heads=2 --mae.decoder_embed_dim=16 "
-             "--mae.decoder_depth=1 --mae.decoder_num_heads=2 --data.kind=idx --data.path=%s "
-             "--data.labels= --train.batch_size=16 --train.log_every=5 --train.ckpt_every=0 "
-             "--train.steps=1000000 --train.out_dir=%s",
-             worker, data, dir);
+    train_args(line, sizeof line, dir, "--train.ckpt_every=0 --train.steps=1000000");
     char *argv[64];
     int argc = 0;
     for (char *t = strtok(line, " "); t && argc < 63; t = strtok(NULL, " "))
