@@ -663,80 +663,83 @@ static void test_bad_resume(fsched_t *f, const char *ckdir) {
     }
 }
 
+/* A one-server run in the given mode with the mirror and two live fake workers (ids 10
+ * and 11): the set-up the ASP and SSP scenarios share. */
+typedef struct {
+    mirror_t r;
+    child_t c;
+    fworker_t w1, w2;
+} duo_t;
+
+static int duo_open(duo_t *d, void *ctx, fsched_t *f, const char *name, const char *const *extra) {
+    memset(d, 0, sizeof *d);
+    mirror_init(&d->r, extra, 1, 0);
+    if (start_server(f, &d->c, name, extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(d->c.pid);
+        mirror_free(&d->r);
+        return -1;
+    }
+    worker_open(&d->w1, ctx, d->c.ep, 10);
+    worker_open(&d->w2, ctx, d->c.ep, 11);
+    int32_t both[2] = {10, 11};
+    sched_membership(f, &d->c, 1, both, 2);
+    return 0;
+}
+
+static void duo_close(duo_t *d, fsched_t *f) {
+    T_CHECK(stop_server(f, &d->c) == 0);
+    worker_close(&d->w1);
+    worker_close(&d->w2);
+    mirror_free(&d->r);
+}
+
 /* ASP: every push is its own step, a stale one included. */
 static void test_asp(void *ctx, fsched_t *f) {
     const char *extra[] = {"--cluster.consistency=asp", NULL};
-    mirror_t r;
-    mirror_init(&r, extra, 1, 0);
-    size_t lo = r.lo, hi = r.hi, n = r.n;
-    child_t c;
-    if (start_server(f, &c, "asp", extra, 1, 0, "") != 0) {
-        T_CHECK(!"server started");
-        testutil_kill(c.pid);
-        mirror_free(&r);
-        return;
-    }
-    fworker_t w1 = {0}, w2 = {0};
-    worker_open(&w1, ctx, c.ep, 10);
-    worker_open(&w2, ctx, c.ep, 11);
-    int32_t both[2] = {10, 11};
-    sched_membership(f, &c, 1, both, 2);
+    duo_t d;
+    if (duo_open(&d, ctx, f, "asp", extra) != 0) return;
+    size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
+    fworker_t *w1 = &d.w1, *w2 = &d.w2;
     float *g1 = grad(n, 11), *g2 = grad(n, 12), *got = calloc(n, sizeof(float));
     proto_msg_t m;
-    uint64_t s = w_push(&w1, 0, lo, hi, 4, g1);
-    T_CHECK(w_expect(&w1, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 1);
+    uint64_t s = w_push(w1, 0, lo, hi, 4, g1);
+    T_CHECK(w_expect(w1, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 1);
     proto_msg_close(&m);
-    s = w_push(&w2, 0, lo, hi, 4, g2); /* computed on version 0: applied anyway */
-    T_CHECK(w_expect(&w2, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 2);
+    s = w_push(w2, 0, lo, hi, 4, g2); /* computed on version 0: applied anyway */
+    T_CHECK(w_expect(w2, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 2);
     proto_msg_close(&m);
-    w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 2, lo, hi, got);
-    mirror_step(&r, 1, (const float *const[]){g1}, (const int[]){1});
-    mirror_step(&r, 1, (const float *const[]){g2}, (const int[]){1});
-    testutil_close("ASP: two pushes, two steps", got, r.w, n, 1e-6);
-    s = w_push(&w1, 5, lo, hi, 1, g1);
-    w_error(&w1, s, "ahead");
-    test_queue(&w1);
-    T_CHECK(stop_server(f, &c) == 0);
-    worker_close(&w1);
-    worker_close(&w2);
+    w_reply(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_PARAMS), 2, lo, hi, got);
+    mirror_step(&d.r, 1, (const float *const[]){g1}, (const int[]){1});
+    mirror_step(&d.r, 1, (const float *const[]){g2}, (const int[]){1});
+    testutil_close("ASP: two pushes, two steps", got, d.r.w, n, 1e-6);
+    s = w_push(w1, 5, lo, hi, 1, g1);
+    w_error(w1, s, "ahead");
+    test_queue(w1);
     free(g1);
     free(g2);
     free(got);
-    mirror_free(&r);
+    duo_close(&d, f);
 }
 
 /* SSP(1): a pull at clock 2 waits until the slowest live worker reached clock 1. */
 static void test_ssp(void *ctx, fsched_t *f) {
     const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1", NULL};
-    mirror_t r;
-    mirror_init(&r, extra, 1, 0);
-    size_t lo = r.lo, hi = r.hi, n = r.n;
-    child_t c;
-    if (start_server(f, &c, "ssp", extra, 1, 0, "") != 0) {
-        T_CHECK(!"server started");
-        testutil_kill(c.pid);
-        mirror_free(&r);
-        return;
-    }
-    fworker_t w1 = {0}, w2 = {0};
-    worker_open(&w1, ctx, c.ep, 10);
-    worker_open(&w2, ctx, c.ep, 11);
-    int32_t both[2] = {10, 11};
-    sched_membership(f, &c, 1, both, 2);
+    duo_t d;
+    if (duo_open(&d, ctx, f, "ssp", extra) != 0) return;
+    size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
+    fworker_t *w1 = &d.w1, *w2 = &d.w2;
     float *g = grad(n, 21), *got = calloc(n, sizeof(float));
-    w_ack(&w1, w_push(&w1, 0, lo, hi, 1, g));
-    w_reply(&w1, w_pull(&w1, 1, lo, hi, PROTO_WHICH_PARAMS), 1, lo, hi, got); /* 0 + 1 >= 1 */
-    w_ack(&w1, w_push(&w1, 1, lo, hi, 1, g));
-    uint64_t held = w_pull(&w1, 2, lo, hi, PROTO_WHICH_PARAMS); /* needs min clock >= 1 */
-    T_CHECK(w_quiet(&w1));
-    w_ack(&w2, w_push(&w2, 0, lo, hi, 1, g));
-    w_reply(&w1, held, 3, lo, hi, got);
-    T_CHECK(stop_server(f, &c) == 0);
-    worker_close(&w1);
-    worker_close(&w2);
+    w_ack(w1, w_push(w1, 0, lo, hi, 1, g));
+    w_reply(w1, w_pull(w1, 1, lo, hi, PROTO_WHICH_PARAMS), 1, lo, hi, got); /* 0 + 1 >= 1 */
+    w_ack(w1, w_push(w1, 1, lo, hi, 1, g));
+    uint64_t held = w_pull(w1, 2, lo, hi, PROTO_WHICH_PARAMS); /* needs min clock >= 1 */
+    T_CHECK(w_quiet(w1));
+    w_ack(w2, w_push(w2, 0, lo, hi, 1, g));
+    w_reply(w1, held, 3, lo, hi, got);
     free(g);
     free(got);
-    mirror_free(&r);
+    duo_close(&d, f);
 }
 
 /* Joining: an ERROR answer and a silent scheduler end the process with a message naming
