@@ -802,9 +802,9 @@ static int apply_ack(server_t *s, const proto_hdr_t *ack) {
     return 0;
 }
 
-/* The update's OpenMP threads: cluster.server_threads, else $OMP_NUM_THREADS, else one
- * fewer than the cores. The spare core is for ZeroMQ's I/O thread, which streams a
- * step's finished slices while the update computes the next ones: with every core
+/* Sets the update's OpenMP threads and returns their number: cluster.server_threads, else
+ * $OMP_NUM_THREADS, else one fewer than the cores. The spare core is for ZeroMQ's I/O thread, which
+ * streams a step's finished slices while the update computes the next ones: with every core
  * updating, a 2-core server lost a quarter of its push+pull throughput (bench/ps.sh). */
 static int update_threads(const mimic_cfg_t *cfg) {
 #ifdef _OPENMP
@@ -857,12 +857,12 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
                        sched_endpoint, ack.a[PROTO_RACK_NKEYS], s->kv->total);
         goto fail;
     }
+    int threads = update_threads(cfg);
     ps_log(s,
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
            "%s, %d update thread(s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
-           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, update_threads(cfg),
-           s->endpoint);
+           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, threads, s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;
