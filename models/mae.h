@@ -9,18 +9,10 @@
 #ifndef MIMIC_MAE_H
 #define MIMIC_MAE_H
 
+#include "config.h"
 #include "params.h"
 #include "rng.h"
 #include "vit.h"
-
-typedef struct {
-    int img_size, in_chans, patch_size;
-    int embed_dim, depth, num_heads;
-    float mlp_ratio;
-    int decoder_embed_dim, decoder_depth, decoder_num_heads;
-    float mask_ratio;
-    int norm_pix_loss;
-} mae_cfg_t;
 
 typedef struct {
     mae_cfg_t cfg;

@@ -3,7 +3,7 @@
 
 #include "common.h"
 #include "mae.h"
-#include "shard.h"
+#include "keyrange.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +33,7 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank) 
     mae_init(model, cfg->train.seed);
     if ((rc = copy_table(&kv->table, model->p))) goto fail;
     kv->total = model->p->total;
-    shard_key_range(kv->total, servers, rank, &kv->lo, &kv->hi);
+    keyrange_of(kv->total, servers, rank, &kv->lo, &kv->hi);
     kv->n = kv->hi - kv->lo;
     if (kv->n == 0) {
         rc = mimic_err(MIMIC_EINVAL, "server rank %d of %d gets no keys of %zu: too many servers",

@@ -59,7 +59,7 @@ typedef struct {
     long n_update, n_snap, n_snap_fallback;
 } kvstore_t;
 
-/* Builds the range [lo, hi) = shard_key_range(total, servers, rank) of the model in
+/* Builds the range [lo, hi) = keyrange_of(total, servers, rank) of the model in
  * cfg, initialised from cfg->train.seed, version 0. The learning rate is
  * config_lr(cfg, train.batch_size * cluster.workers) on adamw_lr's schedule. */
 int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank);

@@ -2,7 +2,7 @@
 
 #include "common.h"
 #include "json.h"
-#include "shard.h"
+#include "order.h"
 
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -82,7 +82,7 @@ static wq_epoch_t *epoch_new(const workq_t *q, uint64_t epoch) {
     if (!e->ch || !e->perm) goto fail;
     atomic_init(&e->perm->refs, 1);
     e->perm->n = q->n;
-    shard_permutation(e->perm->idx, q->n, q->seed, epoch);
+    order_permutation(e->perm->idx, q->n, q->seed, epoch);
     return e;
 fail:
     if (e) {

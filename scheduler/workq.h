@@ -1,7 +1,7 @@
 /* workq — the scheduler's never-ending work queue of sample chunks, with the accounting
  * that proves every sample of an epoch was processed exactly once.
  *
- * Epoch e is shard_permutation(N, seed, e) cut into chunks of chunk_size samples; chunk
+ * Epoch e is order_permutation(N, seed, e) cut into chunks of chunk_size samples; chunk
  * id k covers positions [k*chunk_size, ...) of it. Chunks are handed out in order, epoch
  * after epoch; chunks taken back from a dead worker go to the front. Every hand-out
  * records the parameter version the worker will compute on, so that a checkpoint of

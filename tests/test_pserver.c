@@ -11,7 +11,7 @@
 #include "config.h"
 #include "mae.h"
 #include "proto.h"
-#include "shard.h"
+#include "keyrange.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -406,7 +406,7 @@ static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank) 
             MIMIC_CHECK(config_override(&r->cfg, extra[i] + 2) == 0);
     MIMIC_CHECK(mae_new(&r->model, &r->cfg.model) == 0);
     mae_init(r->model, r->cfg.train.seed);
-    shard_key_range(r->model->p->total, S, rank, &r->lo, &r->hi);
+    keyrange_of(r->model->p->total, S, rank, &r->lo, &r->hi);
     r->n = r->hi - r->lo;
     r->w = calloc(r->n, sizeof(float));
     r->m = calloc(r->n, sizeof(float));

@@ -20,7 +20,7 @@
 #include "common.h"
 #include "json.h"
 #include "proto.h"
-#include "shard.h"
+#include "order.h"
 #include "testutil.h"
 #include "workq.h"
 
@@ -264,7 +264,7 @@ static int request_chunk(peer_t *w, uint64_t version, rmsg_t *c, int *seen) {
     T_CHECK(c->hdr.seq == seq && c->hdr.dtype == PROTO_DT_U32);
     if (c->hdr.na > PROTO_CHUNK_STATUS && c->hdr.a[PROTO_CHUNK_STATUS] == PROTO_CHUNK_END) return 1;
     uint32_t perm[N_SAMPLES];
-    shard_permutation(perm, N_SAMPLES, SEED, (uint64_t)c->hdr.a[PROTO_CHUNK_EPOCH]);
+    order_permutation(perm, N_SAMPLES, SEED, (uint64_t)c->hdr.a[PROTO_CHUNK_EPOCH]);
     int64_t id = c->hdr.a[PROTO_CHUNK_ID], start = c->hdr.a[PROTO_CHUNK_START],
             count = c->hdr.a[PROTO_CHUNK_COUNT];
     T_CHECK(start == id * CHUNK && count == CHUNK && c->size == CHUNK * 4);
@@ -682,7 +682,7 @@ static void test_queue(void) {
     workq_t *q = NULL, *r = NULL;
     T_CHECK(workq_new(&q, 10, 3, 5) == 0 && workq_chunks_per_epoch(q) == 4);
     uint32_t perm[10];
-    shard_permutation(perm, 10, 5, 0);
+    order_permutation(perm, 10, 5, 0);
     workq_chunk_t c;
     T_CHECK(workq_next(q, 1, 0, &c) == 0 && c.epoch == 0 && c.id == 0 && c.count == 3 &&
             memcmp(c.idx, perm, 12) == 0);

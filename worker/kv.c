@@ -2,7 +2,7 @@
 
 #include "common.h"
 #include "proto.h"
-#include "shard.h"
+#include "keyrange.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +59,7 @@ int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t t
         memcpy(sv->endpoint, p, n);
         sv->endpoint[n] = 0;
         p += n;
-        shard_key_range(total, nservers, s, &sv->lo, &sv->hi);
+        keyrange_of(total, nservers, s, &sv->lo, &sv->hi);
         sv->sock = zmq_socket(zctx, ZMQ_DEALER);
         int linger = 0;
         if (!sv->sock || zmq_setsockopt(sv->sock, ZMQ_LINGER, &linger, sizeof linger) ||

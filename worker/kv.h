@@ -3,7 +3,7 @@
  *
  * kv_pull and kv_push send one request to every server at once and return a
  * timestamp; kv_wait(ts) blocks until every server answered it, so a caller can
- * overlap communication with other work. Server s owns shard_key_range(total, S, s).
+ * overlap communication with other work. Server s owns keyrange_of(total, S, s).
  * Pushed gradients are sent zero-copy: the buffer must stay unchanged until kv_wait
  * returns for that push. */
 #ifndef MIMIC_KV_H

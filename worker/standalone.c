@@ -5,7 +5,7 @@
 #include "loader.h"
 #include "mae.h"
 #include "metrics.h"
-#include "shard.h"
+#include "order.h"
 #include "stopsig.h"
 #include "worker.h"
 
@@ -40,7 +40,7 @@ static void walk_take(walk_t *w, uint32_t *idx, int count, uint64_t *epoch_of) {
         if (w->cursor == w->n) {
             w->epoch++;
             w->cursor = 0;
-            shard_permutation(w->perm, w->n, w->seed, w->epoch);
+            order_permutation(w->perm, w->n, w->seed, w->epoch);
         }
         idx[i] = w->perm[w->cursor++];
         epoch_of[i] = w->epoch;
@@ -111,7 +111,7 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     }
     walk.epoch = st.epoch;
     walk.cursor = st.cursor;
-    shard_permutation(walk.perm, walk.n, walk.seed, walk.epoch);
+    order_permutation(walk.perm, walk.n, walk.seed, walk.epoch);
 
     mimic_catch_stop_signals(1); /* the loop finishes its step, checkpoints and exits */
     float base_lr = config_lr(cfg, B);

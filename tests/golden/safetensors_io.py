@@ -1,4 +1,4 @@
-"""Pure-Python (numpy) safetensors reader/writer, byte-compatible with models/safetensors.c.
+"""Pure-Python (numpy) safetensors reader/writer, byte-compatible with formats/safetensors.c.
 
 Debian ships no `safetensors` package, so the golden-data generator and users who want
 to look at mimicps checkpoints from PyTorch use this instead:

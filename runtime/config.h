@@ -7,12 +7,20 @@
 #ifndef MIMIC_CONFIG_H
 #define MIMIC_CONFIG_H
 
-#include "mae.h"
-
 #include <stdint.h>
 #include <stdio.h>
 
 #define CFG_PATH_MAX 1024
+
+/* The [model] and [mae] sections: the ViT and its MAE decoder (mae_new validates them). */
+typedef struct {
+    int img_size, in_chans, patch_size;
+    int embed_dim, depth, num_heads;
+    float mlp_ratio;
+    int decoder_embed_dim, decoder_depth, decoder_num_heads;
+    float mask_ratio;
+    int norm_pix_loss;
+} mae_cfg_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */

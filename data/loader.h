@@ -1,7 +1,7 @@
 /* loader — turns sample indices into a training batch: decode, augment, masking noise.
  *
  * Every random choice for a sample comes from rng stream (seed, epoch, index) (see
- * shard.h), so the batch a worker builds for a set of indices does not depend on which
+ * order.h), so the batch a worker builds for a set of indices does not depend on which
  * worker builds it or in which order. Corrupt samples are skipped (warned once, counted
  * by the dataset) and the batch comes back shorter. */
 #ifndef MIMIC_LOADER_H

@@ -2,7 +2,7 @@
 
 #include "common.h"
 #include "rng.h"
-#include "shard.h"
+#include "order.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +99,7 @@ int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float 
         if (rc == MIMIC_EFORMAT) continue; /* warned and counted by the dataset */
         if (rc) return rc;
         rng_t r;
-        rng_split(&r, ld->seed, shard_sample_stream(epoch, idx[i]));
+        rng_split(&r, ld->seed, order_sample_stream(epoch, idx[i]));
         rc = augment_rrc_ws(imgs + (size_t)filled * img_sz, &ld->img, ld->S, ld->scale_lo,
                             ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean, ld->std,
                             ld->C, &r, &ld->ws);
