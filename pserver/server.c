@@ -706,15 +706,7 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
 /* ---- setup ------------------------------------------------------------------------------ */
 
 static int parse_mode(server_t *s) {
-    const char *c = s->cfg.cluster.consistency;
-    if (strcmp(c, "bsp") == 0)
-        s->mode = PS_BSP;
-    else if (strcmp(c, "asp") == 0)
-        s->mode = PS_ASP;
-    else if (strcmp(c, "ssp") == 0)
-        s->mode = PS_SSP;
-    else
-        return mimic_err(MIMIC_EINVAL, "cluster.consistency: '%s' is not bsp, asp or ssp", c);
+    s->mode = (ps_mode_t)s->cfg.cluster.consistency;
     if (s->cfg.cluster.staleness < 0)
         return mimic_err(MIMIC_EINVAL, "cluster.staleness: %d is negative",
                          s->cfg.cluster.staleness);
@@ -862,7 +854,7 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
            "%s, %d update thread(s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
-           (double)s->kv->n * 4.0 / (1 << 20), s->cfg.cluster.consistency, threads, s->endpoint);
+           (double)s->kv->n * 4.0 / (1 << 20), config_enum_name("cluster", "consistency", s->cfg.cluster.consistency), threads, s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;

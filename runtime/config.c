@@ -8,17 +8,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { K_INT, K_LONG, K_U64, K_FLOAT, K_STR, K_FLOAT4 } kind_t;
+/* K_ENUM: an int field holding the index of the value in `choices` ("a|b|c"); the
+ * name is parsed here once, so code switches on an enum and never compares strings. */
+typedef enum { K_INT, K_LONG, K_U64, K_FLOAT, K_STR, K_FLOAT4, K_ENUM } kind_t;
 
 typedef struct {
     const char *section, *key;
     kind_t kind;
     size_t offset, size; /* size: string capacity */
     const char *def, *help;
+    const char *choices; /* K_ENUM: "a|b|c" */
 } key_t_;
 
 #define F(sec, key, kind, field, def, help)                                                        \
-    { sec, key, kind, offsetof(mimic_cfg_t, field), sizeof(((mimic_cfg_t *)0)->field), def, help }
+    { sec, key, kind, offsetof(mimic_cfg_t, field), sizeof(((mimic_cfg_t *)0)->field), def, help, NULL }
+
+#define E(sec, key, field, choices, def, help)                                                     \
+    { sec, key, K_ENUM, offsetof(mimic_cfg_t, field), sizeof(int), def, help, choices }
 
 static const key_t_ KEYS[] = {
     F("model", "img_size", K_INT, model.img_size, "32", "input image side in pixels"),
@@ -76,7 +82,9 @@ static const key_t_ KEYS[] = {
       "interface the scheduler/servers bind and advertise"),
     F("cluster", "servers", K_INT, cluster.servers, "1", "parameter servers"),
     F("cluster", "workers", K_INT, cluster.workers, "2", "workers expected before step 0"),
-    F("cluster", "consistency", K_STR, cluster.consistency, "bsp", "bsp | asp | ssp"),
+    E("cluster", "consistency", cluster.consistency, "bsp|asp|ssp", "bsp",
+      "bsp (a step waits for every live worker) | asp (every push is a step) | ssp (bounded "
+      "staleness, cluster.staleness)"),
     F("cluster", "staleness", K_INT, cluster.staleness, "2", "SSP bound s"),
     F("cluster", "heartbeat_ms", K_INT, cluster.heartbeat_ms, "500", "heartbeat period"),
     F("cluster", "dead_ms", K_INT, cluster.dead_ms, "3000", "silence after which a peer is dead"),
@@ -97,6 +105,7 @@ static const key_t_ KEYS[] = {
       "largest accepted message payload"),
 };
 #undef F
+#undef E
 
 static const key_t_ *find_key(const char *section, const char *key) {
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++)
@@ -120,6 +129,44 @@ static int parse_long(const char *v, long long *out) {
     if (end == v || *end != '\0' || errno) return -1;
     *out = x;
     return 0;
+}
+
+/* Index of value in "a|b|c", or -1. */
+static int enum_index(const char *choices, const char *value) {
+    size_t n = strlen(value);
+    int i = 0;
+    for (const char *p = choices; *p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (n > 0 && len == n && strncmp(p, value, n) == 0) return i;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return -1;
+}
+
+/* The name of choice i of "a|b|c" ("" when out of range), in buf. */
+static const char *enum_name(const char *choices, int i, char *buf, size_t cap) {
+    buf[0] = 0;
+    for (const char *p = choices; *p; i--) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (i == 0) {
+            snprintf(buf, cap, "%.*s", (int)len, p);
+            break;
+        }
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return buf;
+}
+
+const char *config_enum_name(const char *section, const char *key, int value) {
+    static __thread char name[64];
+    const key_t_ *k = find_key(section, key);
+    name[0] = 0;
+    if (!k || k->kind != K_ENUM) return name;
+    return enum_name(k->choices, value, name, sizeof name);
 }
 
 int config_set(mimic_cfg_t *c, const char *section, const char *key, const char *value) {
@@ -151,6 +198,14 @@ int config_set(mimic_cfg_t *c, const char *section, const char *key, const char 
                              key, k->size - 1);
         memcpy(dst, value, strlen(value) + 1);
         return 0;
+    case K_ENUM: {
+        int i = enum_index(k->choices, value);
+        if (i < 0)
+            return mimic_err(MIMIC_EINVAL, "config %s.%s: '%s' is not one of %s", section, key,
+                             value, k->choices);
+        *(int *)dst = i;
+        return 0;
+    }
     case K_FLOAT4: {
         float vals[4];
         int n = 0;
@@ -276,6 +331,11 @@ void config_write(const mimic_cfg_t *c, FILE *f) {
         case K_STR:
             fprintf(f, "%s\n", src);
             break;
+        case K_ENUM: {
+            char name[64];
+            fprintf(f, "%s\n", enum_name(k->choices, *(const int *)src, name, sizeof name));
+            break;
+        }
         case K_FLOAT4: {
             const float *v = (const float *)src;
             fprintf(f, "%.9g,%.9g,%.9g,%.9g\n", v[0], v[1], v[2], v[3]);

@@ -22,6 +22,9 @@ typedef struct {
     int norm_pix_loss;
 } mae_cfg_t;
 
+/* cluster.consistency: when a server applies pushed gradients (pserver/consistency.h). */
+typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
+
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
     struct {
@@ -50,7 +53,7 @@ typedef struct {
         char scheduler[256]; /* tcp://host:port of the scheduler (elastic launch) */
         char bind_host[128]; /* address servers/scheduler bind and advertise */
         int servers, workers;
-        char consistency[8]; /* bsp | asp | ssp */
+        cons_mode_t consistency;
         int staleness;
         int heartbeat_ms, dead_ms;
         int chunk_size;
@@ -73,6 +76,8 @@ int config_override(mimic_cfg_t *c, const char *assignment);
 /* Effective learning rate: train.lr if set, else blr * batch / 256 (MAE's rule). */
 float config_lr(const mimic_cfg_t *c, int global_batch);
 void config_print_help(FILE *f);
+/* The name of value of the enum key section.key ("bsp"), for logs; "" if not an enum. */
+const char *config_enum_name(const char *section, const char *key, int value);
 /* The help flags every binary shares: "--help"/"-h" prints usage(stdout),
  * "--help-config" the key table. Returns 1 when arg was one of them (the caller then
  * exits 0), else 0. */

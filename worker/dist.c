@@ -214,13 +214,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     char ep[256], path[CFG_PATH_MAX + 64];
     int rc = resolve_scheduler(cfg, sched_flag, ep, sizeof ep);
     if (rc) return rc;
-    const char *cons = cfg->cluster.consistency;
-    d.mode = strcmp(cons, "bsp") == 0   ? 0
-             : strcmp(cons, "asp") == 0 ? 1
-             : strcmp(cons, "ssp") == 0 ? 2
-                                        : -1;
-    if (d.mode < 0)
-        return mimic_err(MIMIC_EINVAL, "config cluster.consistency: '%s' (bsp, asp, ssp)", cons);
+    d.mode = (int)cfg->cluster.consistency;
     d.max_payload = (size_t)cfg->cluster.max_msg_mb << 20;
     void *zctx = zmq_ctx_new();
     if (!zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
