@@ -55,6 +55,8 @@ static const key_t_ KEYS[] = {
     F("data", "std", K_FLOAT4, data.std, "0.3530", "per-channel normalisation std, comma list"),
     F("data", "threads", K_INT, data.num_workers_threads, "1",
       "decode/augment threads running ahead of the training step"),
+    E("train", "stage", train.stage, "mae", "mae",
+      "the objective trained (stages/): mae = masked-autoencoder pre-training"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",

@@ -24,6 +24,8 @@ typedef struct {
 
 /* cluster.consistency: when a server applies pushed gradients (pserver/consistency.h). */
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
+/* train.stage: the objective (stages/stage.h; the order of its table). */
+typedef enum { STAGE_KIND_MAE } stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -38,6 +40,7 @@ typedef struct {
         int num_workers_threads; /* decode threads per process */
     } data;
     struct {
+        stage_kind_t stage;
         int batch_size;
         long steps;
         long stop_after; /* stop this invocation after so many steps (0: run to steps) */

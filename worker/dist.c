@@ -1,16 +1,14 @@
 #define _GNU_SOURCE
-#include "adamw.h"
 #include "bootstrap.h"
-#include "checkpoint.h"
 #include "common.h"
 #include "kv.h"
 #include "loader.h"
-#include "mae.h"
 #include "member.h"
 #include "metrics.h"
 #include "proto.h"
 #include "stopsig.h"
 #include "trace.h"
+#include "train.h"
 #include "worker.h"
 
 #include <math.h>
@@ -27,18 +25,18 @@ typedef struct {
     const mimic_cfg_t *cfg;
     member_t *mb;
     kv_t *kv;
-    mae_t *m;
-    mae_batch_t *b;
     loader_t *ld;
-    float *imgs, *noise;
-    uint32_t *idx;
-    int id, rank, S, W, mode; /* mode: 0 bsp, 1 asp, 2 ssp */
+    int id, rank, S, W;
+    cons_mode_t mode;
     size_t max_payload;
-    /* the chunk loaded for the next step */
+    /* the chunk of the step being trained (reported done after its update) */
     int have_chunk, chunk_n;
     int64_t chunk_epoch, chunk_id;
+    uint64_t version; /* of the parameters in the stage */
+    uint64_t clock;   /* ASP/SSP: pushes made */
     int shutdown;
     uint64_t seq; /* of requests to the scheduler */
+    double t_push, t_done, t_pull; /* the last update's phases */
     metrics_t mx;
     trace_t tr;
 } dist_t;
@@ -85,41 +83,47 @@ static uint64_t next_seq(dist_t *d) {
     return ++d->seq;
 }
 
-/* Asks for the chunk of `version` and loads it (decode, augment, noise). */
-static int load_next(dist_t *d, uint64_t version) {
+static int chunk_done(dist_t *d);
+
+/* The next batch: the scheduler's chunk for the current version. A chunk still held
+ * (every sample of it was corrupt, so no step used it) is reported first. */
+static int dist_next(void *self, train_batch_t *b, int cap) {
+    dist_t *d = self;
     proto_hdr_t h;
     proto_msg_t r;
+    int rc;
+    if (d->have_chunk && ((rc = chunk_done(d)) || d->shutdown)) return rc ? rc : TRAIN_END;
     proto_hdr_init(&h, PROTO_CHUNK_REQ, d->id);
     h.seq = next_seq(d);
-    h.step = version;
-    int rc = sched_call(d, &h, PROTO_CHUNK, &r);
-    if (rc || d->shutdown) return rc;
+    h.step = d->version;
+    if ((rc = sched_call(d, &h, PROTO_CHUNK, &r))) return rc;
+    if (d->shutdown) return TRAIN_END;
     const proto_hdr_t *c = &r.hdr;
     if (c->na > PROTO_CHUNK_STATUS && c->a[PROTO_CHUNK_STATUS] == PROTO_CHUNK_END) {
         d->shutdown = 1;
         proto_msg_close(&r);
-        return 0;
+        return TRAIN_END;
     }
     int count = (int)c->a[PROTO_CHUNK_COUNT];
-    if (count <= 0 || count > d->b->cap || c->dtype != PROTO_DT_U32) {
+    if (count <= 0 || count > cap || c->dtype != PROTO_DT_U32) {
         rc = mimic_err(MIMIC_EPEER, "scheduler sent a chunk of %d samples (batch %d, dtype %s)",
-                       count, d->b->cap, proto_dtype_name(c->dtype));
+                       count, cap, proto_dtype_name(c->dtype));
         proto_msg_close(&r);
         return rc;
     }
-    memcpy(d->idx, proto_msg_data(&r), (size_t)count * sizeof(uint32_t));
+    memcpy(b->idx, proto_msg_data(&r), (size_t)count * sizeof(uint32_t));
     d->chunk_epoch = c->a[PROTO_CHUNK_EPOCH];
     d->chunk_id = c->a[PROTO_CHUNK_ID];
     proto_msg_close(&r);
-    for (int i = 0; i < count; i++)
-        if (d->idx[i] >= loader_size(d->ld))
+    for (int i = 0; i < count; i++) {
+        if (b->idx[i] >= loader_size(d->ld))
             return mimic_err(MIMIC_EPEER, "scheduler sent sample %u of a %zu-sample data set",
-                             d->idx[i], loader_size(d->ld));
-    int n = loader_fill(d->ld, d->idx, count, (uint64_t)d->chunk_epoch, d->imgs, d->noise, d->m->L,
-                        NULL);
-    if (n < 0) return n;
-    d->chunk_n = n;
+                             b->idx[i], loader_size(d->ld));
+        b->epoch[i] = (uint64_t)d->chunk_epoch;
+    }
+    b->count = count;
     d->have_chunk = 1;
+    d->chunk_n = 0;
     return 0;
 }
 
@@ -196,6 +200,70 @@ static int wait_tick(dist_t *d, int ts, uint64_t *version) {
     }
 }
 
+/* Applies the gradient with the servers: under BSP one push-pull (the servers stream
+ * version+1 back while computing it); under ASP/SSP a push, then a pull (SSP: of a
+ * version at most cluster.staleness behind). The chunk is reported done in between. */
+static int dist_update(void *self, stage_t *s, int n, long *step) {
+    dist_t *d = self;
+    int rc, ts;
+    double t0 = mimic_now(), t1, t2;
+    d->chunk_n = n;
+    if (d->mode == CONS_BSP) {
+        ts = kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
+        if (ts < 0) return ts;
+        if ((rc = wait_tick(d, ts, &d->version))) return rc;
+        t1 = mimic_now();
+        if ((rc = chunk_done(d)) || d->shutdown) return rc ? rc : TRAIN_END;
+        t2 = mimic_now();
+    } else {
+        ts = kv_push(d->kv, d->version, n, s->p->g);
+        if (ts < 0) return ts;
+        if ((rc = wait_tick(d, ts, NULL))) return rc;
+        d->clock++;
+        t1 = mimic_now();
+        if ((rc = chunk_done(d)) || d->shutdown) return rc ? rc : TRAIN_END;
+        t2 = mimic_now();
+        ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, d->mode == CONS_SSP ? d->clock : 0, s->p->w);
+        if (ts < 0) return ts;
+        if ((rc = wait_tick(d, ts, &d->version))) return rc;
+    }
+    d->t_push = t1 - t0;
+    d->t_done = t2 - t1;
+    d->t_pull = mimic_now() - t2;
+    *step = (long)d->version;
+    return 0;
+}
+
+/* The step's record (worker-<rank>.jsonl) and trace events. */
+static int dist_after(void *self, stage_t *s, const train_step_t *st) {
+    dist_t *d = self;
+    double ta = st->t_start, tb = ta + st->t_data, tc = tb + st->t_fwd, td = tc + st->t_bwd,
+           te = td + d->t_push, tf = te + d->t_done;
+    int bsp = d->mode == CONS_BSP;
+    trace_event(&d->tr, "data", ta, tb);
+    trace_event(&d->tr, "forward", tb, tc);
+    trace_event(&d->tr, "backward", tc, td);
+    trace_event(&d->tr, bsp ? "push+pull" : "push", td, te);
+    if (!bsp) trace_event(&d->tr, "pull+wait", tf, tf + d->t_pull);
+    metrics_begin(&d->mx, "step");
+    metrics_int(&d->mx, "version", (long long)d->version);
+    metrics_num(&d->mx, "loss", st->loss);
+    metrics_int(&d->mx, "samples", st->n);
+    metrics_num(&d->mx, "data_s", st->t_data);
+    metrics_num(&d->mx, "forward_s", st->t_fwd);
+    metrics_num(&d->mx, "backward_s", st->t_bwd);
+    metrics_num(&d->mx, bsp ? "push_pull_s" : "push_s", d->t_push);
+    metrics_num(&d->mx, "chunk_done_s", d->t_done);
+    if (!bsp) metrics_num(&d->mx, "pull_wait_s", d->t_pull);
+    metrics_end(&d->mx);
+    return 0;
+}
+
+static void dist_report(void *self, const train_window_t *w) {
+    dist_t *d = self;
+    send_metrics(d, (uint64_t)w->done, w->loss, w->images_per_s, w->lr);
+}
+
 static int resolve_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep, size_t cap) {
     const char *env = getenv("MIMIC_SCHEDULER");
     const char *src = flag && *flag ? flag : env && *env ? env : cfg->cluster.scheduler;
@@ -208,146 +276,75 @@ static int resolve_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep,
                                    "MIMIC_SCHEDULER or cluster.scheduler, or launch with mpirun");
 }
 
+/* Registers with the scheduler: id, rank, the servers' endpoints (ack->str). */
+static int dist_join(dist_t *d, void *zctx, const char *ep, proto_hdr_t *ack) {
+    int rc = member_join(&d->mb, zctx, ep, PROTO_ROLE_WORKER, NULL, 60000, ack);
+    if (rc) return rc;
+    member_set_heartbeat(d->mb, d->cfg->cluster.heartbeat_ms);
+    if ((rc = member_beat_thread(d->mb))) return rc;
+    d->id = (int)ack->a[PROTO_RACK_ID];
+    d->S = (int)ack->a[PROTO_RACK_NSERVERS];
+    d->W = (int)ack->a[PROTO_RACK_NWORKERS];
+    d->rank = (int)ack->a[PROTO_RACK_RANK];
+    mimic_log("[worker %d] id %d, %d servers, %d workers, scheduler %s", d->rank, d->id, d->S,
+              d->W, ep);
+    return 0;
+}
+
+/* worker-<rank>.jsonl and, with cluster.trace, trace-worker-<rank>.json. */
+static int dist_open_records(dist_t *d) {
+    const mimic_cfg_t *cfg = d->cfg;
+    char path[CFG_PATH_MAX + 64], who[32];
+    int rc = mimic_mkdir_p(cfg->train.out_dir);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/worker-%d.jsonl", cfg->train.out_dir, d->rank);
+    if ((rc = metrics_open(&d->mx, path))) return rc;
+    snprintf(path, sizeof path, "%s/trace-worker-%d.json", cfg->train.out_dir, d->rank);
+    snprintf(who, sizeof who, "[worker %d]", d->rank);
+    return trace_open(&d->tr, cfg->cluster.trace ? path : NULL, 100 + d->rank, who);
+}
+
+/* Pulls the starting parameters, trains, and (rank 0) writes the trained model. */
+static int dist_train(dist_t *d, stage_t *s) {
+    const mimic_cfg_t *cfg = d->cfg;
+    int B = cfg->train.batch_size;
+    float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
+    train_backend_t be = {d, 0, base_lr, dist_next, dist_update, dist_after, dist_report};
+    double t0 = mimic_now();
+    int rc, ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, 0, s->p->w);
+    if (ts < 0) return ts;
+    if ((rc = wait_tick(d, ts, &d->version))) return rc;
+    trace_event(&d->tr, "pull", t0, mimic_now());
+    long step = (long)d->version;
+    if ((rc = train_run(cfg, s, d->ld, &be, &step, cfg->train.steps))) return rc;
+    if (d->rank == 0 && d->version >= (uint64_t)cfg->train.steps) {
+        char path[CFG_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/model.safetensors", cfg->train.out_dir);
+        if ((rc = s->ops->save(s, path, NULL, NULL, (long)d->version, 0, 0, NULL))) return rc;
+        mimic_log("[worker %d] trained model (version %llu) written to %s", d->rank,
+                  (unsigned long long)d->version, path);
+    }
+    mimic_log("[worker %d] done at version %llu", d->rank, (unsigned long long)d->version);
+    return 0;
+}
+
 int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
-    dist_t d = {0};
-    d.cfg = cfg;
-    char ep[256], path[CFG_PATH_MAX + 64];
+    dist_t d = {.cfg = cfg, .mode = cfg->cluster.consistency};
+    stage_t *s = NULL;
+    char ep[256];
+    proto_hdr_t ack;
     int rc = resolve_scheduler(cfg, sched_flag, ep, sizeof ep);
     if (rc) return rc;
-    d.mode = (int)cfg->cluster.consistency;
     d.max_payload = (size_t)cfg->cluster.max_msg_mb << 20;
     void *zctx = zmq_ctx_new();
     if (!zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
-    proto_hdr_t ack;
-    if ((rc = member_join(&d.mb, zctx, ep, PROTO_ROLE_WORKER, NULL, 60000, &ack))) goto out;
-    member_set_heartbeat(d.mb, cfg->cluster.heartbeat_ms);
-    if ((rc = member_beat_thread(d.mb))) goto out;
-    d.id = (int)ack.a[PROTO_RACK_ID];
-    d.S = (int)ack.a[PROTO_RACK_NSERVERS];
-    d.W = (int)ack.a[PROTO_RACK_NWORKERS];
-    d.rank = (int)ack.a[PROTO_RACK_RANK];
-    char who[32];
-    snprintf(who, sizeof who, "[worker %d]", d.rank);
-    mimic_log("%s id %d, %d servers, %d workers, scheduler %s", who, d.id, d.S, d.W, ep);
-
-    if ((rc = mae_new(&d.m, &cfg->model))) goto out;
+    if ((rc = dist_join(&d, zctx, ep, &ack))) goto out;
+    if ((rc = stage_new(&s, cfg, cfg->train.batch_size))) goto out;
     if ((rc = loader_new(&d.ld, cfg))) goto out;
-    int B = cfg->train.batch_size;
-    if ((rc = mae_batch_alloc(&d.b, d.m, B))) goto out;
-    size_t img = (size_t)cfg->model.in_chans * cfg->model.img_size * cfg->model.img_size;
-    d.imgs = mimic_alloc((size_t)B * img * sizeof(float));
-    d.noise = mimic_alloc((size_t)B * d.m->L * sizeof(float));
-    d.idx = calloc((size_t)B, sizeof *d.idx);
-    if (!d.imgs || !d.noise || !d.idx) {
-        rc = mimic_err(MIMIC_ENOMEM, "out of memory for the batch");
-        goto out;
-    }
-    if ((rc = kv_new(&d.kv, zctx, ack.str, d.S, d.m->p->total, d.id, d.max_payload))) goto out;
-    if ((rc = mimic_mkdir_p(cfg->train.out_dir))) goto out;
-    snprintf(path, sizeof path, "%s/worker-%d.jsonl", cfg->train.out_dir, d.rank);
-    if ((rc = metrics_open(&d.mx, path))) goto out;
-    snprintf(path, sizeof path, "%s/trace-worker-%d.json", cfg->train.out_dir, d.rank);
-    if ((rc = trace_open(&d.tr, cfg->cluster.trace ? path : NULL, 100 + d.rank, who))) goto out;
+    if ((rc = kv_new(&d.kv, zctx, ack.str, d.S, s->p->total, d.id, d.max_payload))) goto out;
+    if ((rc = dist_open_records(&d))) goto out;
     mimic_catch_stop_signals(1);
-
-    float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
-    uint64_t version = 0, clock = 0;
-    double t0 = mimic_now();
-    int ts = kv_pull(d.kv, PROTO_WHICH_PARAMS, 0, d.m->p->w);
-    if (ts < 0 || (rc = wait_tick(&d, ts, &version))) {
-        rc = ts < 0 ? ts : rc;
-        goto out;
-    }
-    trace_event(&d.tr, "pull", t0, mimic_now());
-    double win_t = mimic_now(), win_loss = 0;
-    long win_steps = 0, win_imgs = 0;
-    while (version < (uint64_t)cfg->train.steps && !*mimic_stop_flag()) {
-        double ta = mimic_now();
-        if (!d.have_chunk && (rc = load_next(&d, version))) goto out;
-        if (d.shutdown) break;
-        double tb = mimic_now();
-        mae_batch_resize(d.b, d.chunk_n);
-        double loss = mae_forward(d.m, d.b, d.imgs, d.noise);
-        double tc = mimic_now();
-        params_zero_grad(d.m->p);
-        mae_backward(d.m, d.b);
-        double td = mimic_now();
-        int n = d.chunk_n;
-        double te, tf, tg;
-        if (d.mode == 0) {
-            /* BSP: one push-pull; the servers stream version+1 back while computing it */
-            ts = kv_pushpull(d.kv, version, n, d.m->p->g, d.m->p->w);
-            if (ts < 0 || (rc = wait_tick(&d, ts, &version))) {
-                if (rc == 0) rc = ts;
-                goto out;
-            }
-            te = mimic_now();
-            if ((rc = chunk_done(&d)) || d.shutdown) goto out;
-            tf = tg = mimic_now();
-        } else {
-            ts = kv_push(d.kv, version, n, d.m->p->g);
-            if (ts < 0 || (rc = wait_tick(&d, ts, NULL))) {
-                if (rc == 0) rc = ts;
-                goto out;
-            }
-            clock++;
-            te = mimic_now();
-            if ((rc = chunk_done(&d)) || d.shutdown) goto out;
-            uint64_t want = d.mode == 2 ? clock : 0;
-            ts = kv_pull(d.kv, PROTO_WHICH_PARAMS, want, d.m->p->w);
-            if (ts < 0) {
-                rc = ts;
-                goto out;
-            }
-            tf = mimic_now();
-            if ((rc = wait_tick(&d, ts, &version))) goto out;
-            tg = mimic_now();
-        }
-        /* The next chunk is asked for only once the parameters it will be used with
-         * arrived: a fast worker then cannot take step v+1's chunk before a slow one
-         * took step v's, so each step sees the same samples however workers race. */
-        trace_event(&d.tr, "data", ta, tb);
-        trace_event(&d.tr, "forward", tb, tc);
-        trace_event(&d.tr, "backward", tc, td);
-        trace_event(&d.tr, d.mode == 0 ? "push+pull" : "push", td, te);
-        if (d.mode != 0) trace_event(&d.tr, "pull+wait", tf, tg);
-        metrics_begin(&d.mx, "step");
-        metrics_int(&d.mx, "version", (long long)version);
-        metrics_num(&d.mx, "loss", loss);
-        metrics_int(&d.mx, "samples", n);
-        metrics_num(&d.mx, "data_s", tb - ta);
-        metrics_num(&d.mx, "forward_s", tc - tb);
-        metrics_num(&d.mx, "backward_s", td - tc);
-        if (d.mode == 0) { /* one push-pull: push, server update and pull overlap */
-            metrics_num(&d.mx, "push_pull_s", te - td);
-            metrics_num(&d.mx, "chunk_done_s", tf - te);
-        } else {
-            metrics_num(&d.mx, "push_s", te - td);
-            metrics_num(&d.mx, "chunk_done_s", tf - te);
-            metrics_num(&d.mx, "pull_wait_s", tg - tf);
-        }
-        metrics_end(&d.mx);
-        win_loss += loss;
-        win_steps++;
-        win_imgs += n;
-        if (win_steps >= cfg->train.log_every) {
-            double dt = mimic_now() - win_t;
-            float lr = adamw_lr((long)version, cfg->train.warmup_steps, cfg->train.steps, base_lr,
-                                cfg->train.min_lr);
-            send_metrics(&d, version, win_loss / win_steps, (double)win_imgs / dt, lr);
-            win_t = mimic_now();
-            win_loss = 0;
-            win_steps = win_imgs = 0;
-        }
-    }
-    if (d.rank == 0 && version >= (uint64_t)cfg->train.steps) {
-        snprintf(path, sizeof path, "%s/model.safetensors", cfg->train.out_dir);
-        checkpoint_state_t st = {(long)version, 0, 0};
-        if ((rc = checkpoint_save(path, d.m, NULL, NULL, &st, NULL))) goto out;
-        mimic_log("%s trained model (version %llu) written to %s", who, (unsigned long long)version,
-                  path);
-    }
-    mimic_log("%s done at version %llu", who, (unsigned long long)version);
+    rc = dist_train(&d, s);
 out:
     if (d.mb && !d.shutdown) member_leave(d.mb);
     trace_close(&d.tr);
@@ -355,11 +352,7 @@ out:
     kv_destroy(&d.kv);
     member_destroy(&d.mb);
     zmq_ctx_term(zctx); /* after this ZeroMQ holds none of our buffers */
-    mae_batch_free(&d.b);
-    mae_destroy(&d.m);
+    stage_destroy(&s);
     loader_destroy(&d.ld);
-    mimic_free(d.imgs);
-    mimic_free(d.noise);
-    free(d.idx);
     return rc;
 }

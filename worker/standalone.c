@@ -1,21 +1,96 @@
+/* The standalone trainer: the training loop (train.h) with AdamW in this process, the
+ * data order walked here, checkpoints with optimiser state and data cursor, and the
+ * run directory (config.ini, metrics.jsonl, checkpoint.safetensors). */
 #define _GNU_SOURCE
 #include "adamw.h"
-#include "checkpoint.h"
 #include "common.h"
-#include "loader.h"
-#include "mae.h"
 #include "metrics.h"
 #include "order.h"
 #include "stopsig.h"
+#include "train.h"
 #include "worker.h"
 
-#include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
+
+typedef struct {
+    const mimic_cfg_t *cfg;
+    loader_t *ld;
+    float *mom, *vel;
+    adamw_cfg_t opt;
+    float base_lr;
+    /* the epoch walk: the same permutation the scheduler cuts into chunks */
+    uint32_t *perm;
+    uint32_t n;
+    uint64_t epoch, cursor;       /* of the next index to take (may run a batch ahead) */
+    uint64_t done_epoch, done_cursor; /* after the last trained batch: what checkpoints keep */
+    char ckpt[CFG_PATH_MAX + 64];
+    char *ini; /* the effective config, written into checkpoints */
+    metrics_t mx;
+    const char *tag;
+} solo_t;
+
+static int solo_next(void *self, train_batch_t *b, int cap) {
+    solo_t *so = self;
+    for (int i = 0; i < cap; i++) {
+        if (so->cursor == so->n) {
+            so->epoch++;
+            so->cursor = 0;
+            order_permutation(so->perm, so->n, so->cfg->train.seed, so->epoch);
+        }
+        b->idx[i] = so->perm[so->cursor++];
+        b->epoch[i] = so->epoch;
+    }
+    b->count = cap;
+    b->next_epoch = so->epoch;
+    b->next_cursor = so->cursor;
+    return 0;
+}
+
+static int solo_update(void *self, stage_t *s, int n, long *step) {
+    solo_t *so = self;
+    const mimic_cfg_t *c = so->cfg;
+    float lr = adamw_lr(*step, c->train.warmup_steps, c->train.steps, so->base_lr, c->train.min_lr);
+    adamw_update(&so->opt, s->p, s->p->w, s->p->g, 1.0f, so->mom, so->vel, 0, s->p->total, lr,
+                 *step + 1);
+    ++*step;
+    return 0;
+}
+
+static int solo_save(solo_t *so, stage_t *s, long step) {
+    return s->ops->save(s, so->ckpt, so->mom, so->vel, step, so->done_epoch, so->done_cursor,
+                        so->ini);
+}
+
+static int solo_after(void *self, stage_t *s, const train_step_t *st) {
+    solo_t *so = self;
+    so->done_epoch = st->batch->next_epoch;
+    so->done_cursor = st->batch->next_cursor;
+    int every = so->cfg->train.ckpt_every;
+    if (every > 0 && st->done % every == 0 && st->done < so->cfg->train.steps)
+        return solo_save(so, s, st->done);
+    return 0;
+}
+
+static void solo_report(void *self, const train_window_t *w) {
+    solo_t *so = self;
+    metrics_progress(stderr, so->tag, w->done, w->steps, w->loss, w->lr, w->images_per_s,
+                     w->eta_s);
+    metrics_begin(&so->mx, "step");
+    metrics_int(&so->mx, "step", w->done);
+    metrics_num(&so->mx, "loss", w->loss);
+    metrics_num(&so->mx, "lr", w->lr);
+    metrics_num(&so->mx, "images_per_s", w->images_per_s);
+    metrics_num(&so->mx, "data_s", w->t_data);
+    metrics_num(&so->mx, "forward_s", w->t_fwd);
+    metrics_num(&so->mx, "backward_s", w->t_bwd);
+    metrics_num(&so->mx, "optimizer_s", w->t_update);
+    metrics_int(&so->mx, "epoch", (long long)so->done_epoch);
+    metrics_int(&so->mx, "bad_images", (long long)loader_bad(so->ld));
+    metrics_end(&so->mx);
+}
 
 static char *config_text(const mimic_cfg_t *cfg) {
     char *text = NULL;
@@ -27,203 +102,110 @@ static char *config_text(const mimic_cfg_t *cfg) {
     return text;
 }
 
-/* The epoch walk of the standalone trainer: the same permutation the scheduler cuts
- * into chunks, consumed in order. */
-typedef struct {
-    uint32_t *perm;
-    uint32_t n;
-    uint64_t seed, epoch, cursor;
-} walk_t;
+/* out_dir/config.ini, metrics.jsonl, and the checkpoint path. */
+static int open_run_dir(solo_t *so) {
+    const mimic_cfg_t *cfg = so->cfg;
+    char path[CFG_PATH_MAX + 64];
+    int rc = mimic_mkdir_p(cfg->train.out_dir);
+    if (rc) return rc;
+    snprintf(so->ckpt, sizeof so->ckpt, "%s/checkpoint.safetensors", cfg->train.out_dir);
+    snprintf(path, sizeof path, "%s/config.ini", cfg->train.out_dir);
+    FILE *cf = fopen(path, "w");
+    if (!cf) return mimic_err(MIMIC_EIO, "%s: cannot write", path);
+    fputs(so->ini, cf);
+    fclose(cf);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->train.out_dir);
+    return metrics_open(&so->mx, path);
+}
 
-static void walk_take(walk_t *w, uint32_t *idx, int count, uint64_t *epoch_of) {
-    for (int i = 0; i < count; i++) {
-        if (w->cursor == w->n) {
-            w->epoch++;
-            w->cursor = 0;
-            order_permutation(w->perm, w->n, w->seed, w->epoch);
-        }
-        idx[i] = w->perm[w->cursor++];
-        epoch_of[i] = w->epoch;
-    }
+/* Resumes from train.resume ("auto": the run directory's checkpoint when there is one). */
+static int solo_resume(solo_t *so, stage_t *s, long *step) {
+    const char *resume = so->cfg->train.resume;
+    if (strcmp(resume, "auto") == 0) resume = access(so->ckpt, R_OK) == 0 ? so->ckpt : "";
+    if (!resume[0]) return 0;
+    int rc = s->ops->load(s, resume, so->mom, so->vel, step, &so->epoch, &so->cursor);
+    if (rc) return rc;
+    mimic_log("resumed from %s at step %ld (epoch %llu, sample %llu)", resume, *step,
+              (unsigned long long)so->epoch, (unsigned long long)so->cursor);
+    if (so->cursor > so->n)
+        return mimic_err(MIMIC_EFORMAT, "%s: data cursor %llu beyond the data set (%u samples)",
+                         resume, (unsigned long long)so->cursor, so->n);
+    return 0;
+}
+
+static void log_start(solo_t *so, const stage_t *s, long step) {
+    size_t total = s->p->total;
+    mimic_log("%s standalone: %zu parameters (%.1f M), %u samples, batch %d, lr %.3g, %.3f "
+              "GFLOP/img",
+              s->ops->name, total, (double)total / 1e6, so->n, s->batch, so->base_lr,
+              s->flops_per_image / 1e9);
+    metrics_begin(&so->mx, "start");
+    metrics_int(&so->mx, "params", (long long)total);
+    metrics_int(&so->mx, "samples", (long long)so->n);
+    metrics_int(&so->mx, "batch", s->batch);
+    metrics_num(&so->mx, "gflop_per_img", s->flops_per_image / 1e9);
+    metrics_int(&so->mx, "start_step", step);
+    metrics_end(&so->mx);
+}
+
+/* Trains to the end (or the stop), then writes the final checkpoint. */
+static int solo_train(solo_t *so, stage_t *s, long step) {
+    const mimic_cfg_t *cfg = so->cfg;
+    train_backend_t be = {so, 1, so->base_lr, solo_next, solo_update, solo_after, solo_report};
+    long stop_at = cfg->train.steps;
+    if (cfg->train.stop_after > 0 && step + cfg->train.stop_after < stop_at)
+        stop_at = step + cfg->train.stop_after;
+    int rc = train_run(cfg, s, so->ld, &be, &step, stop_at);
+    if (rc) return rc;
+    if ((rc = solo_save(so, s, step))) return rc;
+    mimic_log("%s at step %ld; checkpoint %s", *mimic_stop_flag() ? "stopped" : "done", step,
+              so->ckpt);
+    metrics_begin(&so->mx, "end");
+    metrics_int(&so->mx, "step", step);
+    metrics_int(&so->mx, "bad_images", (long long)loader_bad(so->ld));
+    metrics_end(&so->mx);
+    return 0;
 }
 
 int worker_standalone(const mimic_cfg_t *cfg) {
-    mae_t *m = NULL;
-    mae_batch_t *b = NULL;
-    loader_t *ld = NULL;
-    metrics_t mx = {0};
-    float *mom = NULL, *vel = NULL, *imgs = NULL, *noise = NULL;
-    uint32_t *idx = NULL;
-    uint64_t *ep = NULL;
-    char *cfg_text = NULL;
-    walk_t walk = {0};
-    char path[CFG_PATH_MAX + 64], ckpt[CFG_PATH_MAX + 64];
+    solo_t so = {.cfg = cfg};
+    stage_t *s = NULL;
     int B = cfg->train.batch_size, rc;
-    if (B <= 0) return mimic_err(MIMIC_EINVAL, "config train.batch_size: must be positive");
+    long step = 0;
     if (cfg->train.steps <= 0)
         return mimic_err(MIMIC_EINVAL, "config train.steps: must be positive");
-
-    if ((rc = mae_new(&m, &cfg->model))) return rc;
-    mae_init(m, cfg->train.seed);
-    if ((rc = loader_new(&ld, cfg))) goto out;
-    if ((rc = mae_batch_alloc(&b, m, B))) goto out;
-    size_t total = m->p->total,
-           img_sz = (size_t)cfg->model.in_chans * cfg->model.img_size * cfg->model.img_size;
-    walk.n = (uint32_t)loader_size(ld);
-    walk.seed = cfg->train.seed;
-    mom = mimic_alloc(total * sizeof(float));
-    vel = mimic_alloc(total * sizeof(float));
-    imgs = mimic_alloc((size_t)B * img_sz * sizeof(float));
-    noise = mimic_alloc((size_t)B * m->L * sizeof(float));
-    idx = calloc((size_t)B, sizeof *idx);
-    ep = calloc((size_t)B, sizeof *ep);
-    walk.perm = calloc(walk.n, sizeof *walk.perm);
-    cfg_text = config_text(cfg);
-    if (!mom || !vel || !imgs || !noise || !idx || !ep || !walk.perm || !cfg_text) {
+    if ((rc = stage_new(&s, cfg, B))) return rc;
+    s->ops->init(s, cfg->train.seed);
+    if ((rc = loader_new(&so.ld, cfg))) goto out;
+    so.n = (uint32_t)loader_size(so.ld);
+    so.mom = mimic_alloc(s->p->total * sizeof(float));
+    so.vel = mimic_alloc(s->p->total * sizeof(float));
+    so.perm = calloc(so.n, sizeof *so.perm);
+    so.ini = config_text(cfg);
+    if (!so.mom || !so.vel || !so.perm || !so.ini) {
         rc = mimic_err(MIMIC_ENOMEM, "out of memory for training buffers");
         goto out;
     }
-    if ((rc = mimic_mkdir_p(cfg->train.out_dir))) goto out;
-    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", cfg->train.out_dir);
-    snprintf(path, sizeof path, "%s/config.ini", cfg->train.out_dir);
-    FILE *cf = fopen(path, "w");
-    if (!cf) {
-        rc = mimic_err(MIMIC_EIO, "%s: cannot write", path);
-        goto out;
-    }
-    fputs(cfg_text, cf);
-    fclose(cf);
-    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->train.out_dir);
-    if ((rc = metrics_open(&mx, path))) goto out;
-
-    checkpoint_state_t st = {0, 0, 0};
-    const char *resume = cfg->train.resume;
-    if (strcmp(resume, "auto") == 0) resume = access(ckpt, R_OK) == 0 ? ckpt : "";
-    if (resume[0]) {
-        if ((rc = checkpoint_load(resume, m, mom, vel, &st))) goto out;
-        mimic_log("resumed from %s at step %ld (epoch %llu, sample %llu)", resume, st.step,
-                  (unsigned long long)st.epoch, (unsigned long long)st.cursor);
-        if (st.cursor > walk.n) {
-            rc = mimic_err(MIMIC_EFORMAT, "%s: data cursor %llu beyond the data set (%u samples)",
-                           resume, (unsigned long long)st.cursor, walk.n);
-            goto out;
-        }
-    }
-    walk.epoch = st.epoch;
-    walk.cursor = st.cursor;
-    order_permutation(walk.perm, walk.n, walk.seed, walk.epoch);
-
+    so.opt = (adamw_cfg_t){cfg->train.beta1, cfg->train.beta2, cfg->train.eps,
+                           cfg->train.weight_decay};
+    so.base_lr = config_lr(cfg, B);
+    char tag[32];
+    snprintf(tag, sizeof tag, "[%s]", s->ops->name);
+    so.tag = tag;
+    if ((rc = open_run_dir(&so)) || (rc = solo_resume(&so, s, &step))) goto out;
+    so.done_epoch = so.epoch;
+    so.done_cursor = so.cursor;
+    order_permutation(so.perm, so.n, cfg->train.seed, so.epoch);
     mimic_catch_stop_signals(1); /* the loop finishes its step, checkpoints and exits */
-    float base_lr = config_lr(cfg, B);
-    adamw_cfg_t oc = {cfg->train.beta1, cfg->train.beta2, cfg->train.eps, cfg->train.weight_decay};
-    mimic_log("MAE standalone: %zu parameters (%.1f M), %zu samples, batch %d, lr %.3g, %.3f "
-              "GFLOP/img",
-              total, (double)total / 1e6, loader_size(ld), B, base_lr,
-              mae_train_flops_per_image(m) / 1e9);
-    metrics_begin(&mx, "start");
-    metrics_int(&mx, "params", (long long)total);
-    metrics_int(&mx, "samples", (long long)walk.n);
-    metrics_int(&mx, "batch", B);
-    metrics_num(&mx, "gflop_per_img", mae_train_flops_per_image(m) / 1e9);
-    metrics_int(&mx, "start_step", st.step);
-    metrics_end(&mx);
-
-    double t_win = mimic_now(), t_data = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, loss_win = 0;
-    long win_steps = 0, win_imgs = 0, step = st.step;
-    long last = cfg->train.steps;
-    if (cfg->train.stop_after > 0 && st.step + cfg->train.stop_after < last)
-        last = st.step + cfg->train.stop_after;
-    for (; step < last && !*mimic_stop_flag(); step++) {
-        double t0 = mimic_now();
-        int n = 0;
-        while (n == 0) { /* a batch made only of corrupt files: take the next one */
-            walk_take(&walk, idx, B, ep);
-            /* samples of a batch that straddles an epoch boundary keep their own epoch */
-            n = 0;
-            for (int i = 0; i < B;) {
-                int j = i;
-                while (j < B && ep[j] == ep[i])
-                    j++;
-                int got = loader_fill(ld, idx + i, j - i, ep[i], imgs + (size_t)n * img_sz,
-                                      noise + (size_t)n * m->L, m->L, NULL);
-                if (got < 0) {
-                    rc = got;
-                    goto out;
-                }
-                n += got;
-                i = j;
-            }
-        }
-        mae_batch_resize(b, n);
-        double t1 = mimic_now();
-        float loss = (float)mae_forward(m, b, imgs, noise);
-        double t2 = mimic_now();
-        params_zero_grad(m->p);
-        mae_backward(m, b);
-        double t3 = mimic_now();
-        float lr =
-            adamw_lr(step, cfg->train.warmup_steps, cfg->train.steps, base_lr, cfg->train.min_lr);
-        adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mom, vel, 0, total, lr, step + 1);
-        double t4 = mimic_now();
-        if (!isfinite(loss)) {
-            rc = mimic_err(MIMIC_EINVAL, "loss is %f at step %ld: stopping (last checkpoint kept)",
-                           loss, step);
-            goto out;
-        }
-        t_data += t1 - t0;
-        t_fwd += t2 - t1;
-        t_bwd += t3 - t2;
-        t_opt += t4 - t3;
-        loss_win += loss;
-        win_steps++;
-        win_imgs += n;
-        long done = step + 1;
-        if (done % cfg->train.log_every == 0 || done == cfg->train.steps) {
-            double dt = mimic_now() - t_win, ips = (double)win_imgs / dt;
-            double eta = (double)(cfg->train.steps - done) * dt / (double)win_steps;
-            metrics_progress(stderr, "[mae]", done, cfg->train.steps, loss_win / win_steps, lr, ips,
-                             eta);
-            metrics_begin(&mx, "step");
-            metrics_int(&mx, "step", done);
-            metrics_num(&mx, "loss", loss_win / win_steps);
-            metrics_num(&mx, "lr", lr);
-            metrics_num(&mx, "images_per_s", ips);
-            metrics_num(&mx, "data_s", t_data / win_steps);
-            metrics_num(&mx, "forward_s", t_fwd / win_steps);
-            metrics_num(&mx, "backward_s", t_bwd / win_steps);
-            metrics_num(&mx, "optimizer_s", t_opt / win_steps);
-            metrics_int(&mx, "epoch", (long long)walk.epoch);
-            metrics_int(&mx, "bad_images", (long long)loader_bad(ld));
-            metrics_end(&mx);
-            t_win = mimic_now();
-            t_data = t_fwd = t_bwd = t_opt = loss_win = 0;
-            win_steps = win_imgs = 0;
-        }
-        if (cfg->train.ckpt_every > 0 && done % cfg->train.ckpt_every == 0 &&
-            done < cfg->train.steps) {
-            checkpoint_state_t cs = {done, walk.epoch, walk.cursor};
-            if ((rc = checkpoint_save(ckpt, m, mom, vel, &cs, cfg_text))) goto out;
-        }
-    }
-    checkpoint_state_t cs = {step, walk.epoch, walk.cursor};
-    if ((rc = checkpoint_save(ckpt, m, mom, vel, &cs, cfg_text))) goto out;
-    mimic_log("%s at step %ld; checkpoint %s", *mimic_stop_flag() ? "stopped" : "done", step, ckpt);
-    metrics_begin(&mx, "end");
-    metrics_int(&mx, "step", step);
-    metrics_int(&mx, "bad_images", (long long)loader_bad(ld));
-    metrics_end(&mx);
+    log_start(&so, s, step);
+    rc = solo_train(&so, s, step);
 out:
-    metrics_close(&mx);
-    mae_batch_free(&b);
-    mae_destroy(&m);
-    loader_destroy(&ld);
-    mimic_free(mom);
-    mimic_free(vel);
-    mimic_free(imgs);
-    mimic_free(noise);
-    free(idx);
-    free(ep);
-    free(walk.perm);
-    free(cfg_text);
+    metrics_close(&so.mx);
+    stage_destroy(&s);
+    loader_destroy(&so.ld);
+    mimic_free(so.mom);
+    mimic_free(so.vel);
+    free(so.perm);
+    free(so.ini);
     return rc;
 }

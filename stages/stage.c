@@ -1,0 +1,53 @@
+#include "stage.h"
+
+#include "common.h"
+
+#include <stdlib.h>
+
+extern const stage_ops_t stage_mae_ops;
+
+/* Indexed by cfg->train.stage (the order of the key's choices in config.c). */
+static const stage_ops_t *const STAGES[] = {&stage_mae_ops};
+
+const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
+    int i = (int)cfg->train.stage;
+    MIMIC_CHECK(i >= 0 && i < (int)(sizeof STAGES / sizeof STAGES[0]));
+    return STAGES[i];
+}
+
+int stage_new(stage_t **out, const mimic_cfg_t *cfg, int batch) {
+    *out = NULL;
+    if (batch <= 0) return mimic_err(MIMIC_EINVAL, "config train.batch_size: must be positive");
+    stage_t *s = calloc(1, sizeof *s);
+    if (!s) return mimic_err(MIMIC_ENOMEM, "out of memory for the stage");
+    s->ops = stage_ops_of(cfg);
+    s->batch = batch;
+    s->views = 1;
+    int rc = s->ops->create(s, cfg, batch);
+    if (rc) {
+        stage_destroy(&s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void stage_destroy(stage_t **sp) {
+    if (!sp || !*sp) return;
+    stage_t *s = *sp;
+    if (s->ops && s->ops->destroy) s->ops->destroy(s);
+    free(s);
+    *sp = NULL;
+}
+
+double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, double *t_bwd) {
+    double t0 = mimic_now();
+    double loss = s->ops->forward(s, in, n);
+    double t1 = mimic_now();
+    params_zero_grad(s->p);
+    s->ops->backward(s);
+    double t2 = mimic_now();
+    if (t_fwd) *t_fwd = t1 - t0;
+    if (t_bwd) *t_bwd = t2 - t1;
+    return loss;
+}

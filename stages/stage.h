@@ -1,0 +1,79 @@
+/* stage — an objective of the training pipeline (MAE now; MoCo, MIMIC, BYOL, ... next),
+ * as the one training step (worker/train.h) and the parameter servers see it.
+ *
+ * A stage declares what it needs from the cluster — which parameter versions it reads
+ * (the weights; the servers' momentum copy), what it pushes (gradients; keys for the
+ * negative queue), which server-side state it uses (the queue) — and what a batch must
+ * hold (images per sample, masking noise, labels). It owns its model (the flat
+ * parameter vector p: w and g) and the activations of one batch shape, and computes
+ * forward (the loss) and backward (d loss / d p->g, accumulated).
+ *
+ * Adding an objective: one file stages/<name>.c that defines a stage_ops_t, one line in
+ * the table of stage.c, its name in the choices of the config key train.stage, and
+ * its own config keys (docs/layout.md walks through it). */
+#ifndef MIMIC_STAGE_H
+#define MIMIC_STAGE_H
+
+#include "config.h"
+#include "params.h"
+
+#include <stdint.h>
+
+/* Parameter versions a stage reads. */
+enum { STAGE_READ_WEIGHTS = 1u << 0, STAGE_READ_EMA = 1u << 1 };
+/* What a stage pushes each step. */
+enum { STAGE_PUSH_GRAD = 1u << 0, STAGE_PUSH_KEYS = 1u << 1 };
+/* Server-side state a stage uses. */
+enum { STAGE_STATE_QUEUE = 1u << 0 };
+
+/* One batch as the loader filled it for the stage (n samples). */
+typedef struct {
+    float *imgs;  /* (n*views, C, S, S): the views of sample i are rows i*views.. */
+    float *noise; /* (n, noise_len) masking noise, or NULL when noise_len is 0 */
+    int *labels;  /* (n), or NULL when the stage needs none */
+} stage_input_t;
+
+typedef struct stage stage_t;
+
+typedef struct {
+    const char *name; /* the train.stage value, and the progress line's tag */
+    unsigned reads, pushes, server_state;
+    /* Builds the model of cfg and the activations for batches of up to `batch`. */
+    int (*create)(stage_t *s, const mimic_cfg_t *cfg, int batch);
+    void (*destroy)(stage_t *s);
+    /* The model's initialisation (a pure function of the seed). */
+    void (*init)(stage_t *s, uint64_t seed);
+    /* n <= batch samples -> loss; keeps what backward needs. */
+    double (*forward)(stage_t *s, const stage_input_t *in, int n);
+    /* Accumulates d loss / d params into p->g (the caller zeroes it first). */
+    void (*backward)(stage_t *s);
+    /* Training state as a file (m, v may be NULL; ini may be NULL), and back. */
+    int (*save)(const stage_t *s, const char *path, const float *m, const float *v, long step,
+                uint64_t epoch, uint64_t cursor, const char *ini);
+    int (*load)(stage_t *s, const char *path, float *m, float *v, long *step, uint64_t *epoch,
+                uint64_t *cursor);
+} stage_ops_t;
+
+struct stage {
+    const stage_ops_t *ops;
+    params_t *p;            /* the trainable parameters: w, g (owned by the model) */
+    int batch;              /* samples per batch allocated */
+    int views;              /* images per sample the loader must produce */
+    int noise_len;          /* masking-noise floats per sample (0: none) */
+    int wants_labels;       /* 1 when the loader must fill labels */
+    double flops_per_image; /* training FLOPs per sample (2*M*N*K over GEMMs, x3) */
+    void *impl;             /* the objective's own state */
+};
+
+/* The stage named by cfg->train.stage, built for batches of up to `batch` samples. */
+int stage_new(stage_t **out, const mimic_cfg_t *cfg, int batch);
+void stage_destroy(stage_t **s);
+/* The declaration of the stage cfg selects, without building it (servers ask what the
+ * running stage reads and pushes). */
+const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg);
+
+/* One training step's compute: forward, zero the gradients, backward. Returns the loss;
+ * *t_fwd and *t_bwd (may be NULL) get the seconds each phase took. */
+double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, double *t_bwd);
+
+#endif
