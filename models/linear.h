@@ -13,10 +13,4 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
 void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *w, int M, int K, int N);
 
-/* Plain triple-loop references, kept to test the BLAS path against. */
-void linear_forward_ref(float *out, const float *inp, const float *w, const float *b, int M, int K,
-                        int N);
-void linear_backward_ref(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                         const float *w, int M, int K, int N);
-
 #endif

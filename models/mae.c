@@ -3,6 +3,7 @@
 #include "common.h"
 #include "layernorm.h"
 #include "linear.h"
+#include "patch.h"
 #include "posemb.h"
 
 #include <math.h>
@@ -213,14 +214,41 @@ static void argsort_stable(int *idx, const float *v, int n) {
     }
 }
 
-/* One patch in the embedding's (c,i,j) order. */
-static void gather_patch(float *dst, const float *img, int C, int H, int W, int P, int pr, int pc) {
-    for (int c = 0; c < C; c++)
-        for (int i = 0; i < P; i++) {
-            const float *src = img + ((size_t)c * H + (size_t)(pr * P + i)) * W + (size_t)pc * P;
-            memcpy(dst, src, (size_t)P * sizeof(float));
-            dst += P;
+/* The loss on the removed patches: target = the image's patches in (i,j,c) order
+ * (patchify), normalised per patch with norm_pix_loss; mean squared error per patch,
+ * averaged over the removed ones. */
+static double mae_loss(const mae_t *m, mae_batch_t *b, const float *imgs) {
+    const mae_cfg_t *c = &m->cfg;
+    int B = b->B, L = m->L, ppc = m->cpp, T2 = 1 + L;
+    patch_patchify(b->target, imgs, B, c->in_chans, c->img_size, c->img_size, c->patch_size);
+    double loss = 0.0, msum = 0.0;
+    for (int s = 0; s < B; s++) {
+        for (int l = 0; l < L; l++) {
+            float *t = b->target + ((size_t)s * L + l) * ppc;
+            if (c->norm_pix_loss) {
+                double mean = 0.0, var = 0.0;
+                for (int k = 0; k < ppc; k++)
+                    mean += t[k];
+                mean /= ppc;
+                for (int k = 0; k < ppc; k++)
+                    var += (t[k] - mean) * (t[k] - mean);
+                var /= (ppc > 1 ? ppc - 1 : 1); /* unbiased, as torch.var */
+                double inv = 1.0 / sqrt(var + 1e-6);
+                for (int k = 0; k < ppc; k++)
+                    t[k] = (float)((t[k] - mean) * inv);
+            }
+            float mk = b->mask[(size_t)s * L + l];
+            if (mk == 0.0f) continue;
+            const float *pr_row = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
+            double e = 0.0;
+            for (int k = 0; k < ppc; k++)
+                e += (double)(pr_row[k] - t[k]) * (pr_row[k] - t[k]);
+            loss += mk * e / ppc;
+            msum += mk;
         }
+    }
+    b->mask_sum = msum;
+    return msum > 0 ? loss / msum : 0.0;
 }
 
 double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise) {
@@ -229,7 +257,6 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     int B = b->B, L = m->L, K = m->keep, C = c->in_chans, H = c->img_size, W = c->img_size;
     int P = c->patch_size, D = c->embed_dim, Dd = c->decoder_embed_dim, ppc = m->cpp;
     int T1 = 1 + K, T2 = 1 + L;
-    size_t img_sz = (size_t)C * H * W;
 
     /* per-sample masking: keep the K patches with the smallest noise */
     for (int s = 0; s < B; s++) {
@@ -239,15 +266,11 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
             rest[shuf[j]] = j;
         for (int l = 0; l < L; l++)
             b->mask[(size_t)s * L + l] = rest[l] < K ? 0.0f : 1.0f;
-        for (int j = 0; j < K; j++) {
-            int l = shuf[j];
-            gather_patch(b->cols + ((size_t)s * K + j) * ppc, imgs + s * img_sz, C, H, W, P,
-                         l / m->grid, l % m->grid);
-        }
     }
-    /* embed visible patches only: the masked ones never reach the encoder */
-    linear_forward(b->xvis, b->cols, params_w(p, m->patch_w), params_w(p, m->patch_b), B * K, ppc,
-                   D);
+    /* embed visible patches only (the first K of each shuffle): the masked ones never
+     * reach the encoder */
+    patch_embed_forward(b->xvis, b->cols, imgs, params_w(p, m->patch_w), params_w(p, m->patch_b),
+                        B, C, H, W, P, D, b->ids_shuffle, K, L);
     const float *cls = params_w(p, m->cls_token);
     for (int s = 0; s < B; s++) {
         float *row = b->x0 + (size_t)s * T1 * D;
@@ -290,44 +313,8 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     linear_forward(b->pred, b->dn, params_w(p, m->dec_pred_w), params_w(p, m->dec_pred_b), B * T2,
                    Dd, ppc);
 
-    /* target: the image's patches in (i,j,c) order, normalised per patch */
-    double loss = 0.0, msum = 0.0;
-    for (int s = 0; s < B; s++) {
-        const float *img = imgs + s * img_sz;
-        for (int l = 0; l < L; l++) {
-            float *t = b->target + ((size_t)s * L + l) * ppc;
-            int pr = l / m->grid, pc = l % m->grid;
-            for (int i = 0; i < P; i++)
-                for (int j = 0; j < P; j++)
-                    for (int ch = 0; ch < C; ch++)
-                        t[(i * P + j) * C + ch] =
-                            img[((size_t)ch * H + (size_t)(pr * P + i)) * W + (size_t)(pc * P + j)];
-            if (c->norm_pix_loss) {
-                double mean = 0.0, var = 0.0;
-                for (int k = 0; k < ppc; k++)
-                    mean += t[k];
-                mean /= ppc;
-                for (int k = 0; k < ppc; k++)
-                    var += (t[k] - mean) * (t[k] - mean);
-                var /= (ppc > 1 ? ppc - 1 : 1); /* unbiased, as torch.var */
-                double inv = 1.0 / sqrt(var + 1e-6);
-                for (int k = 0; k < ppc; k++)
-                    t[k] = (float)((t[k] - mean) * inv);
-            }
-            float mk = b->mask[(size_t)s * L + l];
-            if (mk == 0.0f) continue;
-            const float *pr_row = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
-            double e = 0.0;
-            for (int k = 0; k < ppc; k++)
-                e += (double)(pr_row[k] - t[k]) * (pr_row[k] - t[k]);
-            loss += mk * e / ppc;
-            msum += mk;
-        }
-    }
-    b->mask_sum = msum;
-    return msum > 0 ? loss / msum : 0.0;
+    return mae_loss(m, b, imgs);
 }
-
 
 void mae_backward(mae_t *m, mae_batch_t *b) {
     const mae_cfg_t *c = &m->cfg;
@@ -390,8 +377,8 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
             gcls[d] += dx[d];
         memcpy(b->d_vis + (size_t)s * K * D, dx + D, (size_t)K * D * sizeof(float));
     }
-    linear_backward(NULL, params_g(p, m->patch_w), params_g(p, m->patch_b), b->d_vis, b->cols,
-                    params_w(p, m->patch_w), B * K, m->cpp, D);
+    patch_embed_backward(params_g(p, m->patch_w), params_g(p, m->patch_b), b->d_vis, b->cols, B, K,
+                         c->in_chans, c->patch_size, D);
 }
 
 void mae_pred(const mae_t *m, const mae_batch_t *b, float *out) {

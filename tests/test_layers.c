@@ -11,6 +11,7 @@
 #include "linear.h"
 #include "patch.h"
 #include "posemb.h"
+#include "reference.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -501,8 +502,9 @@ typedef struct {
 
 static double pe_loss(void *p) {
     pe_ctx *c = p;
-    patch_embed_forward(c->out, c->cols, c->img, c->w, c->b, c->B, c->C, c->H, c->W, c->p, c->D);
     int L = (c->H / c->p) * (c->W / c->p);
+    patch_embed_forward(c->out, c->cols, c->img, c->w, c->b, c->B, c->C, c->H, c->W, c->p, c->D,
+                        NULL, L, L);
     return dot_d(c->out, c->r, (size_t)c->B * L * c->D);
 }
 
@@ -565,6 +567,21 @@ static void test_patch(void) {
     patch_embed_backward(dw2, db2, c.r, c.cols, B, L, C, p, D);
     check_twice("patch_embed dw", dw, dw2, (size_t)D * P);
     check_twice("patch_embed db", db, db2, D);
+
+    /* a subset of patches per image (MAE's visible ones), in the order given: the rows of
+     * the full embedding, picked */
+    int K = 4, ids[2 * 6] = {5, 0, 3, 2, 1, 4, 1, 2, 0, 5, 3, 4}; /* (B, ld = L = 6) */
+    T_CHECK(L == 6);
+    pe_loss(&c); /* c.out from the unperturbed weights (the FD checks left the last probe) */
+    float *sub = zeros((size_t)B * K * D), *subcols = zeros((size_t)B * K * P);
+    patch_embed_forward(sub, subcols, c.img, c.w, c.b, B, C, H, W, p, D, ids, K, L);
+    for (int n = 0; n < B; n++)
+        for (int j = 0; j < K; j++) {
+            char what[64];
+            snprintf(what, sizeof what, "patch_embed subset image %d patch %d", n, j);
+            testutil_close(what, sub + ((size_t)n * K + j) * D,
+                           c.out + ((size_t)n * L + ids[n * L + j]) * D, D, 1e-6);
+        }
 
     release_all();
 }
