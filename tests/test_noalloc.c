@@ -1,7 +1,8 @@
 // TIMEOUT: 120
 /* test_noalloc — a training step allocates nothing: this program interposes the C
  * allocator (counting calls into glibc's __libc_* functions), warms up, then runs
- * whole MAE steps (batch assembly from the data loader, forward, backward, AdamW)
+ * whole MAE steps of the real training loop (train_run: batch assembly from the data
+ * loader one step ahead, the stage's forward and backward, AdamW, progress reports)
  * and asserts that not one allocation happened in them. Built without sanitizers
  * only (ASan owns malloc). One thread: OpenBLAS 0.3.21's multi-threaded GEMM driver
  * (sgemm_thread_nn/nt/tn) mallocs a small job array on every call — library
@@ -11,7 +12,8 @@
 #include "common.h"
 #include "config.h"
 #include "loader.h"
-#include "mae.h"
+#include "stage.h"
+#include "train.h"
 #include "testutil.h"
 
 #include <cblas.h>
@@ -50,6 +52,47 @@ void free(void *p) {
     __libc_free(p);
 }
 
+/* A backend for the real training loop (worker/train.h): sequential indices, AdamW in
+ * place, and the allocation counter read around the steps after warm-up. */
+enum { B = 16, WARMUP = 3 };
+typedef struct {
+    float *mo, *ve;
+    long before, during;
+    int steps, reports;
+} noalloc_t;
+
+static int na_next(void *self, train_batch_t *b, int cap) {
+    noalloc_t *na = self;
+    for (int i = 0; i < cap; i++) {
+        b->idx[i] = (uint32_t)((na->steps * cap + i) % 64);
+        b->epoch[i] = 0;
+    }
+    b->count = cap;
+    return 0;
+}
+
+static int na_update(void *self, stage_t *s, int n, long *step) {
+    noalloc_t *na = self;
+    adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
+    adamw_update(&oc, s->p, s->p->w, s->p->g, 1.0f, na->mo, na->ve, 0, s->p->total, 1e-3f,
+                 *step + 1);
+    ++*step;
+    return 0;
+}
+
+static int na_after(void *self, stage_t *s, const train_step_t *st) {
+    noalloc_t *na = self;
+    T_CHECK(st->n == B);
+    /* warm-up done after WARMUP steps (thread pools, crops, the batch run ahead) */
+    if (++na->steps == WARMUP) na->before = atomic_load(&allocs);
+    if (na->steps == WARMUP + 5) na->during = atomic_load(&allocs) - na->before;
+    return 0;
+}
+
+static void na_report(void *self, const train_window_t *w) {
+    ((noalloc_t *)self)->reports++;
+}
+
 int main(void) {
     /* a real data set file, so the loader's decode and augmentation path is included */
     omp_set_num_threads(1);
@@ -68,41 +111,26 @@ int main(void) {
     T_CHECK(config_override(&cfg, "mae.decoder_num_heads=2") == 0);
     snprintf(cfg.data.path, sizeof cfg.data.path, "%s", data);
     cfg.data.labels[0] = 0;
-    const int B = 16;
-    mae_t *m = NULL;
-    mae_batch_t *b = NULL;
+    cfg.train.batch_size = B;
+    cfg.train.steps = 8;
+    cfg.train.log_every = 2; /* reports inside the counted steps, too */
+    stage_t *s = NULL;
     loader_t *ld = NULL;
-    T_CHECK(mae_new(&m, &cfg.model) == 0);
-    mae_init(m, 1);
-    T_CHECK(mae_batch_alloc(&b, m, B) == 0);
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
     T_CHECK(loader_new(&ld, &cfg) == 0);
-    if (!m || !b || !ld) return testutil_summary("test_noalloc");
-    size_t img = (size_t)16 * 16, n = m->p->total;
-    float *imgs = mimic_alloc(B * img * sizeof(float)), *noise = mimic_alloc(B * m->L * 4);
-    float *mo = mimic_alloc(n * 4), *ve = mimic_alloc(n * 4);
-    uint32_t idx[16];
-    adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
-    long before = 0;
-    for (int step = 0; step < 8; step++) {
-        if (step == 3) before = atomic_load(&allocs); /* warm-up done: thread pools, crops */
-        for (int i = 0; i < B; i++)
-            idx[i] = (uint32_t)((step * B + i) % 64);
-        int got = loader_fill(ld, idx, B, 0, imgs, noise, m->L, NULL);
-        T_CHECK(got == B);
-        mae_forward(m, b, imgs, noise);
-        params_zero_grad(m->p);
-        mae_backward(m, b);
-        adamw_update(&oc, m->p, m->p->w, m->p->g, 1.0f, mo, ve, 0, n, 1e-3f, step + 1);
-    }
-    long during = atomic_load(&allocs) - before;
-    printf("allocations in 5 training steps after warm-up: %ld\n", during);
-    T_CHECK(during == 0);
-    mimic_free(imgs);
-    mimic_free(noise);
-    mimic_free(mo);
-    mimic_free(ve);
+    if (!s || !ld) return testutil_summary("test_noalloc");
+    s->ops->init(s, 1);
+    size_t n = s->p->total;
+    noalloc_t na = {.mo = mimic_alloc(n * 4), .ve = mimic_alloc(n * 4)};
+    train_backend_t be = {&na, 1, 1e-3f, na_next, na_update, na_after, na_report};
+    long step = 0;
+    T_CHECK(train_run(&cfg, s, ld, &be, &step, cfg.train.steps) == 0);
+    T_CHECK(step == 8 && na.steps == 8 && na.reports == 4);
+    printf("allocations in 5 training steps after warm-up: %ld\n", na.during);
+    T_CHECK(na.during == 0);
+    mimic_free(na.mo);
+    mimic_free(na.ve);
     loader_destroy(&ld);
-    mae_batch_free(&b);
-    mae_destroy(&m);
+    stage_destroy(&s);
     return testutil_summary("test_noalloc");
 }
