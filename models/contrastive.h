@@ -22,9 +22,9 @@ void contrastive_queue_backward(float *dq, const float *prob, const float *k, co
  * k (M,D) holds the keys of every worker of the step and the positive of local row i
  * is key offset + i (offset = this worker's first row among them; 0 <= offset,
  * offset + N <= M). prob (N,M) keeps the softmax; q (N,D). The symmetric loss
- * ctr(q1, k2) + ctr(q2, k1) is two calls. Note the reference averages over each
- * worker's local rows: summing the workers' gradients then gives world_size times the
- * gradient of the global mean, which its lr scaling absorbs. */
+ * ctr(q1, k2) + ctr(q2, k1) is two calls. Each worker's loss is a mean over its own
+ * rows; the reference's DDP averages the workers' gradients, so servers that sum them
+ * must divide by the worker count to optimise the same global mean. */
 float contrastive_v3_forward(float *prob, const float *q, const float *k, int N, int M, int D,
                              int offset, float tau);
 /* dq (N,D) += dloss * d ctr / d q. */

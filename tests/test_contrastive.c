@@ -19,6 +19,7 @@
 #include "xent.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,23 @@ static void test_batchnorm(void) {
     test_batchnorm_case(5, 70, 1); /* two channel blocks, the second partial */
     test_batchnorm_case(3, 3, 0);
     test_batchnorm_case(9, 17, 0);
+
+    /* same bits whatever the thread count (a size large enough to go parallel) */
+    int Nt = 64, Ct = 1100;
+    size_t nt = (size_t)Nt * Ct;
+    float *xt = rnd(nt, -1, 1), *dyt = rnd(nt, -1, 1), *wt = rnd(Ct, 0.5f, 1.5f);
+    float *yt[2], *mt[2], *st[2], *dxt[2], *dwt[2];
+    for (int t = 0; t < 2; t++) {
+        yt[t] = zeros(nt), mt[t] = zeros(Ct), st[t] = zeros(Ct), dxt[t] = zeros(nt);
+        dwt[t] = zeros(Ct);
+        omp_set_num_threads(t + 1);
+        batchnorm_forward(yt[t], mt[t], st[t], xt, wt, NULL, Nt, Ct, 1e-5f);
+        batchnorm_backward(dxt[t], dwt[t], NULL, dyt, xt, wt, mt[t], st[t], Nt, Ct);
+    }
+    omp_set_num_threads(1);
+    T_CHECK(memcmp(yt[0], yt[1], nt * sizeof(float)) == 0);
+    T_CHECK(memcmp(dxt[0], dxt[1], nt * sizeof(float)) == 0);
+    T_CHECK(memcmp(dwt[0], dwt[1], Ct * sizeof(float)) == 0);
 
     /* running statistics: torch's momentum rule with the unbiased variance */
     int N = 7, C = 66;
