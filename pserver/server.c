@@ -4,8 +4,10 @@
  * (batch-weighted) until every live worker pushed for version v, then one AdamW step
  * makes v+1; ASP/SSP: its own step at once — and when a PULL can be answered; pulls
  * that cannot wait in a small table and are looked at again after each step and each
- * MEMBERSHIP. Checkpoints are written right after the step that reaches their version,
- * before the next message is read, so a shard is exactly version N. */
+ * MEMBERSHIP. The first push of a BSP step stays in the ZeroMQ message it arrived in,
+ * which this file keeps while the store reads it (kvstore_accumulate). Checkpoints are
+ * written right after the step that reaches their version, before the next message is
+ * read, so a shard is exactly version N. */
 #define _POSIX_C_SOURCE 200809L
 #include "server.h"
 
@@ -56,8 +58,10 @@ struct server {
     char endpoint[256];
     int id, rank, servers;
     kvstore_t *kv;
-    negqueue_t *queue;   /* rank 0 only: the contrastive stage's negative keys */
-    cons_t *cons;        /* the consistency rules and the worker table */
+    negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
+    cons_t *cons;      /* the consistency rules and the worker table */
+    zmq_msg_t first;   /* BSP: the step's first push, which kv->held points into */
+    int has_first;
     size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
     ps_pull_t *pulls;
@@ -307,10 +311,28 @@ static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint
     }
 }
 
-/* BSP: adds the push to the step's sum (the store takes over its payload). */
+/* BSP: the store no longer reads the first push once a second was folded in or the
+ * step ran. */
+static void release_first(server_t *s) {
+    if (!s->has_first || s->kv->held) return;
+    zmq_msg_close(&s->first);
+    s->has_first = 0;
+}
+
+/* BSP: adds the push to the step's sum; the first one is kept as received (no copy). */
 static void sum_push(server_t *s, proto_msg_t *m) {
     int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
-    kvstore_accumulate(s->kv, m, batch > 0 ? (double)batch : 1.0);
+    const float *g = proto_msg_data(m);
+    if (s->kv->acc_count == 0) {
+        MIMIC_CHECK(!s->has_first);
+        zmq_msg_init(&s->first);
+        zmq_msg_move(&s->first, &m->payload);
+        m->has_payload = 0;
+        s->has_first = 1;
+        g = zmq_msg_data(&s->first); /* a very small message's bytes move with it */
+    }
+    kvstore_accumulate(s->kv, g, batch > 0 ? (double)batch : 1.0);
+    release_first(s);
 }
 
 static void maybe_step_bsp(server_t *s) {
@@ -324,6 +346,7 @@ static void maybe_step_bsp(server_t *s) {
                      s->pulls[i].hi == s->kv->hi && s->pulls[i].want <= s->kv->version + 1;
     if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, send_slice, s) != 0)
         kvstore_step_mean(s->kv);
+    release_first(s);
     int keep = 0;
     for (int i = 0; i < s->npulls; i++)
         if (!s->pulls[i].sliced) s->pulls[keep++] = s->pulls[i];
@@ -804,6 +827,7 @@ void server_destroy(server_t **sp) {
     /* Terminating the context waits (up to the linger) until ZeroMQ let go of every
      * zero-copy reply, so the snapshots can be freed after it. */
     if (s->zctx) zmq_ctx_term(s->zctx);
+    if (s->has_first) zmq_msg_close(&s->first); /* borrowed by the store, freed next */
     kvstore_destroy(&s->kv);
     negqueue_destroy(&s->queue);
     cons_destroy(&s->cons);
