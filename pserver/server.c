@@ -162,27 +162,29 @@ static void release_pulls(server_t *s) {
     s->npulls = keep;
 }
 
-static void on_pull(server_t *s, const proto_msg_t *m) {
+/* Checks a PULL's key range; 0, or -1 after answering ERROR. */
+static int pull_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv;
     if (h->lo < kv->lo || h->lo >= kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'lo': %" PRIu64 " is outside this server's range [%zu, %zu)",
                   h->lo, kv->lo, kv->hi);
-        return;
+        return -1;
     }
     if (h->hi <= h->lo || h->hi > kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'hi': %" PRIu64 " is not in (lo, %zu] of this server's range "
                   "[%zu, %zu)",
                   h->hi, kv->hi, kv->lo, kv->hi);
-        return;
+        return -1;
     }
-    int which = (int)h->a[PROTO_PULL_WHICH];
-    if (pull_ready(s, h->step)) {
-        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi, which);
-        return;
-    }
+    return 0;
+}
+
+/* Keeps a PULL that is not ready in the table (ERROR when the table is full). */
+static void hold_pull(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
     if (s->npulls >= PS_PULLS_MAX) {
         reply_err(s, s->router, m, MIMIC_ENOMEM, "%d pulls already wait for later versions",
                   PS_PULLS_MAX);
@@ -196,8 +198,18 @@ static void on_pull(server_t *s, const proto_msg_t *m) {
     p->want = h->step;
     p->lo = h->lo;
     p->hi = h->hi;
-    p->which = which;
+    p->which = (int)h->a[PROTO_PULL_WHICH];
     p->sliced = 0;
+}
+
+static void on_pull(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    if (pull_check(s, m) != 0) return;
+    if (pull_ready(s, h->step))
+        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi,
+                        (int)h->a[PROTO_PULL_WHICH]);
+    else
+        hold_pull(s, m);
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
@@ -283,15 +295,21 @@ static void after_step(server_t *s) {
     if (training_over(s)) ps_log(s, "version %" PRIu64 " reached train.steps", s->kv->version);
 }
 
+/* Whether held pull p gets version v slice by slice: a PARAMS pull of the whole range
+ * that v satisfies. */
+static int sliceable(const server_t *s, const ps_pull_t *p, uint64_t v) {
+    return p->which == PROTO_WHICH_PARAMS && p->lo == s->kv->lo && p->hi == s->kv->hi &&
+           p->want <= v;
+}
+
 /* The sliced step's callback: elements [a, b) of version v are final in snap; send
- * them to every held full-range PARAMS pull that version v satisfies. */
+ * them to every held pull that gets v slice by slice. */
 static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint64_t v) {
     server_t *s = ctx;
     kvstore_t *kv = s->kv;
     for (int i = 0; i < s->npulls; i++) {
         ps_pull_t *p = &s->pulls[i];
-        if (p->which != PROTO_WHICH_PARAMS || p->want > v || p->lo != kv->lo || p->hi != kv->hi)
-            continue;
+        if (!sliceable(s, p, v)) continue;
         p->sliced = 1;
         proto_hdr_t h;
         proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
@@ -342,8 +360,7 @@ static void maybe_step_bsp(server_t *s) {
     int sliced = 0;
     if (s->slice_floats > 0 && s->kv->n > s->slice_floats)
         for (int i = 0; i < s->npulls && !sliced; i++)
-            sliced = s->pulls[i].which == PROTO_WHICH_PARAMS && s->pulls[i].lo == s->kv->lo &&
-                     s->pulls[i].hi == s->kv->hi && s->pulls[i].want <= s->kv->version + 1;
+            sliced = sliceable(s, &s->pulls[i], s->kv->version + 1);
     if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, send_slice, s) != 0)
         kvstore_step_mean(s->kv);
     release_first(s);
