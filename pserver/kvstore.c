@@ -2,8 +2,8 @@
 #include "kvstore.h"
 
 #include "common.h"
-#include "mae.h"
 #include "keyrange.h"
+#include "mae.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -106,25 +106,20 @@ void kvstore_step(kvstore_t *kv, const float *g) {
     step_scaled(kv, g, 1.0f);
 }
 
-void kvstore_accumulate(kvstore_t *kv, proto_msg_t *m, double weight) {
-    const float *g = proto_msg_data(m);
+void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
     float *acc = kv->acc;
     if (kv->acc_count == 0) {
-        /* the step's first push is kept as it arrived: with one worker the step reads it
-         * in place and no accumulate pass is needed at all */
-        zmq_msg_init(&kv->held);
-        zmq_msg_move(&kv->held, &m->payload);
-        m->has_payload = 0;
-        kv->has_held = 1;
+        /* the step's first push is only borrowed: with one worker the step reads it in
+         * place and no accumulate pass is needed at all */
+        kv->held = g;
         kv->held_weight = weight;
-    } else if (kv->has_held) { /* the second push: both go into acc in one pass */
-        const float *h = zmq_msg_data(&kv->held);
+    } else if (kv->held) { /* the second push: both go into acc in one pass */
+        const float *h = kv->held;
         const float a = (float)kv->held_weight, b = (float)weight;
 #pragma omp parallel for simd schedule(static) if (kv->n > 65536)
         for (size_t i = 0; i < kv->n; i++)
             acc[i] = a * h[i] + b * g[i];
-        zmq_msg_close(&kv->held);
-        kv->has_held = 0;
+        kv->held = NULL;
     } else {
         const float b = (float)weight;
 #pragma omp parallel for simd schedule(static) if (kv->n > 65536)
@@ -136,8 +131,7 @@ void kvstore_accumulate(kvstore_t *kv, proto_msg_t *m, double weight) {
 }
 
 void kvstore_drop_acc(kvstore_t *kv) {
-    if (kv->has_held) zmq_msg_close(&kv->held);
-    kv->has_held = 0;
+    kv->held = NULL;
     kv->acc_weight = 0;
     kv->acc_count = 0;
 }
@@ -145,9 +139,9 @@ void kvstore_drop_acc(kvstore_t *kv) {
 /* The step's gradient source and the factor that turns it into the weighted mean. */
 static const float *acc_grad(const kvstore_t *kv, float *gscale) {
     MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
-    if (kv->has_held) {
+    if (kv->held) {
         *gscale = (float)(kv->held_weight / kv->acc_weight); /* 1 */
-        return zmq_msg_data((zmq_msg_t *)&kv->held);
+        return kv->held;
     }
     /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
     *gscale = (float)(1.0 / kv->acc_weight);

@@ -47,8 +47,7 @@ typedef struct {
     float *acc;             /* BSP: sum of batch * gradient for the current version */
     double acc_weight;      /* BSP: sum of batch sizes pushed for it */
     int acc_count;          /* BSP: pushes for it */
-    zmq_msg_t held;         /* BSP: the first push, kept as received until a second comes */
-    int has_held;
+    const float *held;      /* BSP: the first push, borrowed until a second comes; else NULL */
     double held_weight;
     adamw_cfg_t opt;
     float base_lr, min_lr, ema_momentum;
@@ -70,10 +69,12 @@ void kvstore_destroy(kvstore_t **kv);
 float kvstore_lr(const kvstore_t *kv);
 /* One AdamW step with gradient g (n floats), then version++ and the EMA update. */
 void kvstore_step(kvstore_t *kv, const float *g);
-/* BSP: adds weight * (m's f32 payload, n floats) to the step's sum. The first push's
- * payload is taken over (moved out of m, no copy) and read in place by the step when
- * no other push comes; the second one folds both into acc in one pass. No allocation. */
-void kvstore_accumulate(kvstore_t *kv, proto_msg_t *m, double weight);
+/* BSP: adds weight * g (n floats) to the step's sum. The first push's g is borrowed,
+ * not copied, and read in place by the step when no other push comes; the second one
+ * folds both into acc in one pass. No allocation. The caller keeps the first g valid
+ * and unchanged while kv->held is not NULL: until the second push, the step or
+ * kvstore_drop_acc (the server keeps the ZeroMQ message it arrived in). */
+void kvstore_accumulate(kvstore_t *kv, const float *g, double weight);
 /* BSP: one step with the weighted mean of the pushes, then clears the sum. */
 void kvstore_step_mean(kvstore_t *kv);
 /* Forgets the pushes summed so far (after a resume; at exit). */

@@ -1,15 +1,18 @@
 /* server.c — the parameter server's event loop and message handlers.
  *
- * State machine per version v (BSP): pushes for v are summed (batch-weighted) until
- * every live worker pushed, then one AdamW step makes v+1; pulls asking for a version
- * not reached yet wait in a small table and are answered after each step. ASP/SSP apply
- * each push at once; SSP holds a pull of clock c until the slowest live worker's clock
- * is >= c - staleness. Checkpoints are written right after the step that reaches their
- * version, before the next message is read, so a shard is exactly version N. */
+ * The consistency rules (consistency.h) decide what a PUSH does — BSP: summed
+ * (batch-weighted) until every live worker pushed for version v, then one AdamW step
+ * makes v+1; ASP/SSP: its own step at once — and when a PULL can be answered; pulls
+ * that cannot wait in a small table and are looked at again after each step and each
+ * MEMBERSHIP. The first push of a BSP step stays in the ZeroMQ message it arrived in,
+ * which this file keeps while the store reads it (kvstore_accumulate). Checkpoints are
+ * written right after the step that reaches their version, before the next message is
+ * read, so a shard is exactly version N. */
 #define _POSIX_C_SOURCE 200809L
 #include "server.h"
 
 #include "common.h"
+#include "consistency.h"
 #include "kvstore.h"
 #include "member.h"
 #include "negqueue.h"
@@ -28,20 +31,10 @@
 #endif
 
 #define PS_LINGER_MS 1000
-#define PS_BURST 64          /* messages read from one socket before looking at the other */
-#define PS_PULLS_MAX 4096    /* held pulls; more are refused with ERROR */
-#define PS_WORKERS_MAX 65536 /* distinct worker ids tracked */
-#define PS_CKPTS_MAX 16      /* pending CKPT requests */
-#define PS_THREADS_MAX 1024  /* cluster.server_threads */
-
-typedef enum { PS_BSP, PS_ASP, PS_SSP } ps_mode_t;
-
-typedef struct {
-    int32_t id;
-    int live;
-    uint64_t bsp_mark; /* BSP: 1 + the version this worker last pushed for; 0 = none */
-    uint64_t clock;    /* SSP: pushes applied */
-} ps_worker_t;
+#define PS_BURST 64         /* messages read from one socket before looking at the other */
+#define PS_PULLS_MAX 4096   /* held pulls; more are refused with ERROR */
+#define PS_CKPTS_MAX 16     /* pending CKPT requests */
+#define PS_THREADS_MAX 1024 /* cluster.server_threads */
 
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
@@ -66,14 +59,11 @@ struct server {
     int id, rank, servers;
     kvstore_t *kv;
     negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
-    ps_mode_t mode;
-    uint64_t staleness;
+    cons_t *cons;      /* the consistency rules and the worker table */
+    zmq_msg_t first;   /* BSP: the step's first push, which kv->held points into */
+    int has_first;
     size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
-    ps_worker_t *workers;
-    int nworkers, capworkers;
-    int membership_known;
-    int64_t memb_epoch;
     ps_pull_t *pulls;
     int npulls;
     ps_ckpt_t ckpts[PS_CKPTS_MAX];
@@ -110,65 +100,6 @@ reply_err(server_t *s, void *sock, const proto_msg_t *m, int code, const char *f
         ps_log(s, "ERROR reply not sent: %s", mimic_last_error());
 }
 
-/* ---- workers ------------------------------------------------------------------------- */
-
-static ps_worker_t *worker_find(server_t *s, int32_t id) {
-    for (int i = 0; i < s->nworkers; i++)
-        if (s->workers[i].id == id) return &s->workers[i];
-    return NULL;
-}
-
-/* The entry of worker id, created (not live, SSP clock clock0) when new; NULL when the
- * table is full. */
-static ps_worker_t *worker_get(server_t *s, int32_t id, uint64_t clock0) {
-    ps_worker_t *w = worker_find(s, id);
-    if (w) return w;
-    if (s->nworkers == s->capworkers) {
-        if (s->capworkers >= PS_WORKERS_MAX) return NULL;
-        int cap = s->capworkers ? 2 * s->capworkers : 16;
-        ps_worker_t *nw = realloc(s->workers, (size_t)cap * sizeof *nw);
-        if (!nw) return NULL;
-        s->workers = nw;
-        s->capworkers = cap;
-    }
-    w = &s->workers[s->nworkers++];
-    *w = (ps_worker_t){.id = id, .clock = clock0};
-    return w;
-}
-
-/* Workers a step waits for: the live set once MEMBERSHIP arrived; before that, every
- * worker seen, and at least cluster.workers of them. */
-static int worker_counts(const server_t *s, const ps_worker_t *w) {
-    return s->membership_known ? w->live : 1;
-}
-
-static int bsp_all_pushed(const server_t *s) {
-    uint64_t mark = s->kv->version + 1;
-    int pushed = 0;
-    if (s->kv->acc_count == 0) return 0;
-    for (int i = 0; i < s->nworkers; i++) {
-        const ps_worker_t *w = &s->workers[i];
-        if (!worker_counts(s, w)) continue;
-        if (w->bsp_mark != mark) return 0;
-        pushed++;
-    }
-    return s->membership_known || pushed >= s->cfg.cluster.workers;
-}
-
-/* SSP: the slowest counted worker's clock (UINT64_MAX when nobody counts). */
-static uint64_t ssp_min_clock(const server_t *s) {
-    uint64_t mn = UINT64_MAX;
-    int counted = 0;
-    for (int i = 0; i < s->nworkers; i++) {
-        const ps_worker_t *w = &s->workers[i];
-        if (!worker_counts(s, w)) continue;
-        counted++;
-        if (w->clock < mn) mn = w->clock;
-    }
-    if (!s->membership_known && counted < s->cfg.cluster.workers) return 0;
-    return mn;
-}
-
 /* ---- pulls ----------------------------------------------------------------------------- */
 
 static int training_over(const server_t *s) {
@@ -176,12 +107,8 @@ static int training_over(const server_t *s) {
 }
 
 static int pull_ready(const server_t *s, uint64_t want) {
-    if (training_over(s)) return 1; /* nothing newer will ever exist */
-    if (s->mode == PS_SSP) {
-        uint64_t mn = ssp_min_clock(s);
-        return mn == UINT64_MAX || mn + s->staleness >= want;
-    }
-    return s->kv->version >= want;
+    /* once training is over nothing newer will ever exist */
+    return training_over(s) || cons_pull_ready(s->cons, want, s->kv->version);
 }
 
 static void free_copy(void *data, void *hint) {
@@ -235,27 +162,29 @@ static void release_pulls(server_t *s) {
     s->npulls = keep;
 }
 
-static void on_pull(server_t *s, const proto_msg_t *m) {
+/* Checks a PULL's key range; 0, or -1 after answering ERROR. */
+static int pull_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv;
     if (h->lo < kv->lo || h->lo >= kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'lo': %" PRIu64 " is outside this server's range [%zu, %zu)",
                   h->lo, kv->lo, kv->hi);
-        return;
+        return -1;
     }
     if (h->hi <= h->lo || h->hi > kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'hi': %" PRIu64 " is not in (lo, %zu] of this server's range "
                   "[%zu, %zu)",
                   h->hi, kv->hi, kv->lo, kv->hi);
-        return;
+        return -1;
     }
-    int which = (int)h->a[PROTO_PULL_WHICH];
-    if (pull_ready(s, h->step)) {
-        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi, which);
-        return;
-    }
+    return 0;
+}
+
+/* Keeps a PULL that is not ready in the table (ERROR when the table is full). */
+static void hold_pull(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
     if (s->npulls >= PS_PULLS_MAX) {
         reply_err(s, s->router, m, MIMIC_ENOMEM, "%d pulls already wait for later versions",
                   PS_PULLS_MAX);
@@ -269,8 +198,18 @@ static void on_pull(server_t *s, const proto_msg_t *m) {
     p->want = h->step;
     p->lo = h->lo;
     p->hi = h->hi;
-    p->which = which;
+    p->which = (int)h->a[PROTO_PULL_WHICH];
     p->sliced = 0;
+}
+
+static void on_pull(server_t *s, const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    if (pull_check(s, m) != 0) return;
+    if (pull_ready(s, h->step))
+        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi,
+                        (int)h->a[PROTO_PULL_WHICH]);
+    else
+        hold_pull(s, m);
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
@@ -356,15 +295,21 @@ static void after_step(server_t *s) {
     if (training_over(s)) ps_log(s, "version %" PRIu64 " reached train.steps", s->kv->version);
 }
 
+/* Whether held pull p gets version v slice by slice: a PARAMS pull of the whole range
+ * that v satisfies. */
+static int sliceable(const server_t *s, const ps_pull_t *p, uint64_t v) {
+    return p->which == PROTO_WHICH_PARAMS && p->lo == s->kv->lo && p->hi == s->kv->hi &&
+           p->want <= v;
+}
+
 /* The sliced step's callback: elements [a, b) of version v are final in snap; send
- * them to every held full-range PARAMS pull that version v satisfies. */
+ * them to every held pull that gets v slice by slice. */
 static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint64_t v) {
     server_t *s = ctx;
     kvstore_t *kv = s->kv;
     for (int i = 0; i < s->npulls; i++) {
         ps_pull_t *p = &s->pulls[i];
-        if (p->which != PROTO_WHICH_PARAMS || p->want > v || p->lo != kv->lo || p->hi != kv->hi)
-            continue;
+        if (!sliceable(s, p, v)) continue;
         p->sliced = 1;
         proto_hdr_t h;
         proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
@@ -384,17 +329,41 @@ static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint
     }
 }
 
+/* BSP: the store no longer reads the first push once a second was folded in or the
+ * step ran. */
+static void release_first(server_t *s) {
+    if (!s->has_first || s->kv->held) return;
+    zmq_msg_close(&s->first);
+    s->has_first = 0;
+}
+
+/* BSP: adds the push to the step's sum; the first one is kept as received (no copy). */
+static void sum_push(server_t *s, proto_msg_t *m) {
+    int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
+    const float *g = proto_msg_data(m);
+    if (s->kv->acc_count == 0) {
+        MIMIC_CHECK(!s->has_first);
+        zmq_msg_init(&s->first);
+        zmq_msg_move(&s->first, &m->payload);
+        m->has_payload = 0;
+        s->has_first = 1;
+        g = zmq_msg_data(&s->first); /* a very small message's bytes move with it */
+    }
+    kvstore_accumulate(s->kv, g, batch > 0 ? (double)batch : 1.0);
+    release_first(s);
+}
+
 static void maybe_step_bsp(server_t *s) {
-    if (s->mode != PS_BSP || !bsp_all_pushed(s)) return;
+    if (!cons_step_due(s->cons, s->kv->version)) return;
     /* Held full-range pulls get the new parameters slice by slice, each sent while the
      * next slice is updated: the update overlaps the transfer (docs/runtime.md). */
     int sliced = 0;
     if (s->slice_floats > 0 && s->kv->n > s->slice_floats)
         for (int i = 0; i < s->npulls && !sliced; i++)
-            sliced = s->pulls[i].which == PROTO_WHICH_PARAMS && s->pulls[i].lo == s->kv->lo &&
-                     s->pulls[i].hi == s->kv->hi && s->pulls[i].want <= s->kv->version + 1;
+            sliced = sliceable(s, &s->pulls[i], s->kv->version + 1);
     if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, send_slice, s) != 0)
         kvstore_step_mean(s->kv);
+    release_first(s);
     int keep = 0;
     for (int i = 0; i < s->npulls; i++)
         if (!s->pulls[i].sliced) s->pulls[keep++] = s->pulls[i];
@@ -413,55 +382,60 @@ static void send_push_ack(server_t *s, const proto_msg_t *m) {
         ps_log(s, "PUSH_ACK to worker %d dropped: %s", (int)m->hdr.sender, mimic_last_error());
 }
 
-/* Checks a PUSH; returns its worker entry, or NULL after answering ERROR. */
-static ps_worker_t *push_check(server_t *s, const proto_msg_t *m) {
+/* Checks a PUSH against this server's range; 0, or -1 after answering ERROR. */
+static int push_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv;
     if (h->sender < 0) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PUSH header field 's': sender %d is not a registered worker", (int)h->sender);
-        return NULL;
+        return -1;
     }
     if (h->lo != kv->lo || h->hi != kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PUSH header field '%s': range [%" PRIu64 ", %" PRIu64
                   ") is not this server's range [%zu, %zu)",
                   h->lo != kv->lo ? "lo" : "hi", h->lo, h->hi, kv->lo, kv->hi);
-        return NULL;
+        return -1;
     }
     if (h->dtype != PROTO_DT_F32 || proto_msg_size(m) != kv->n * sizeof(float)) {
         reply_err(s, s->router, m, MIMIC_EFORMAT, "PUSH header field 'n': need %zu bytes of f32",
                   kv->n * sizeof(float));
-        return NULL;
+        return -1;
     }
-    if (s->mode == PS_BSP && h->step != kv->version) {
+    return 0;
+}
+
+/* Answers ERROR for a PUSH the consistency rules refused. */
+static void push_refused(server_t *s, const proto_msg_t *m, cons_push_t why) {
+    const proto_hdr_t *h = &m->hdr;
+    uint64_t v = s->kv->version;
+    switch (why) {
+    case CONS_STALE:
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "stale push: header field 'st' is %" PRIu64
                   " but the server is at version %" PRIu64,
-                  h->step, kv->version);
-        return NULL;
-    }
-    if (s->mode != PS_BSP && h->step > kv->version) {
+                  h->step, v);
+        break;
+    case CONS_AHEAD:
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PUSH header field 'st': %" PRIu64 " is ahead of the server's version %" PRIu64,
-                  h->step, kv->version);
-        return NULL;
-    }
-    ps_worker_t *w = s->membership_known ? worker_find(s, h->sender) : worker_get(s, h->sender, 0);
-    if (!w || (s->membership_known && !w->live)) {
+                  h->step, v);
+        break;
+    case CONS_NOT_LIVE:
         reply_err(s, s->router, m, MIMIC_EPEER,
                   "PUSH from worker %d, which is not in the live set (membership epoch %" PRId64
                   ")",
-                  (int)h->sender, s->memb_epoch);
-        return NULL;
-    }
-    if (s->mode == PS_BSP && w->bsp_mark == kv->version + 1) {
+                  (int)h->sender, cons_epoch(s->cons));
+        break;
+    case CONS_DUPLICATE:
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "duplicate push: worker %d already pushed for version %" PRIu64, (int)h->sender,
-                  kv->version);
-        return NULL;
+                  v);
+        break;
+    default:
+        MIMIC_CHECK(!"a refusal");
     }
-    return w;
 }
 
 static void on_push(server_t *s, proto_msg_t *m) {
@@ -472,20 +446,19 @@ static void on_push(server_t *s, proto_msg_t *m) {
         send_push_ack(s, m);
         return;
     }
-    ps_worker_t *w = push_check(s, m);
-    if (!w) return;
-    if (s->mode == PS_BSP) {
-        int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
-        kvstore_accumulate(s->kv, m, batch > 0 ? (double)batch : 1.0); /* takes m's payload */
-        w->bsp_mark = s->kv->version + 1;
+    if (push_check(s, m) != 0) return;
+    cons_push_t what = cons_push(s->cons, m->hdr.sender, m->hdr.step, s->kv->version);
+    if (what == CONS_SUM) {
+        sum_push(s, m);
         send_push_ack(s, m);
         maybe_step_bsp(s);
-        return;
+    } else if (what == CONS_APPLY) {
+        kvstore_step(s->kv, proto_msg_data(m));
+        send_push_ack(s, m);
+        after_step(s);
+    } else {
+        push_refused(s, m, what);
     }
-    kvstore_step(s->kv, proto_msg_data(m));
-    w->clock++;
-    send_push_ack(s, m);
-    after_step(s);
 }
 
 /* ---- the negative-key queue (rank 0) --------------------------------------------------- */
@@ -567,9 +540,9 @@ static void on_membership(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     int64_t epoch = h->a[PROTO_MEMB_EPOCH], live = h->a[PROTO_MEMB_LIVE];
     const int32_t *ids = proto_msg_data(m);
-    if (s->membership_known && epoch < s->memb_epoch) {
+    if (cons_membership_outdated(s->cons, epoch)) {
         ps_log(s, "ignoring MEMBERSHIP epoch %" PRId64 " older than %" PRId64, epoch,
-               s->memb_epoch);
+               cons_epoch(s->cons));
         send_ack(s, m);
         return;
     }
@@ -578,21 +551,11 @@ static void on_membership(server_t *s, const proto_msg_t *m) {
                   "MEMBERSHIP header field 'n' does not hold %" PRId64 " i32 ids", live);
         return;
     }
-    /* SSP: a joining worker starts at the slowest live worker's clock, so that it does
-     * not hold everybody back until it has made as many pushes as they have. */
-    uint64_t mn = ssp_min_clock(s), clock0 = mn == UINT64_MAX ? 0 : mn;
-    for (int64_t i = 0; i < live; i++)
-        if (ids[i] >= 0 && !worker_get(s, ids[i], clock0)) {
-            reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM,
-                      "MEMBERSHIP: more than %d workers", PS_WORKERS_MAX);
-            return;
-        }
-    for (int i = 0; i < s->nworkers; i++)
-        s->workers[i].live = 0;
-    for (int64_t i = 0; i < live; i++)
-        if (ids[i] >= 0) worker_find(s, ids[i])->live = 1;
-    s->membership_known = 1;
-    s->memb_epoch = epoch;
+    if (cons_membership(s->cons, epoch, ids, live > 0 ? (size_t)live : 0) != 0) {
+        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: more than %d workers",
+                  CONS_WORKERS_MAX);
+        return;
+    }
     ps_log(s, "membership epoch %" PRId64 ": %" PRId64 " live workers", epoch, live);
     send_ack(s, m);
     maybe_step_bsp(s); /* a shrink may leave only workers that already pushed */
@@ -705,20 +668,20 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
-static int parse_mode(server_t *s) {
-    s->mode = (ps_mode_t)s->cfg.cluster.consistency;
-    if (s->cfg.cluster.staleness < 0)
-        return mimic_err(MIMIC_EINVAL, "cluster.staleness: %d is negative",
-                         s->cfg.cluster.staleness);
-    s->staleness = (uint64_t)s->cfg.cluster.staleness;
-    s->slice_floats = s->cfg.cluster.slice_floats > 0 ? (size_t)s->cfg.cluster.slice_floats : 0;
-    if (s->cfg.cluster.max_msg_mb <= 0 || s->cfg.cluster.max_msg_mb > (1L << 20))
+/* Checks the cluster settings the server uses and builds its consistency rules. */
+static int read_settings(server_t *s) {
+    const mimic_cfg_t *cfg = &s->cfg;
+    int rc =
+        cons_new(&s->cons, cfg->cluster.consistency, cfg->cluster.staleness, cfg->cluster.workers);
+    if (rc) return rc;
+    s->slice_floats = cfg->cluster.slice_floats > 0 ? (size_t)cfg->cluster.slice_floats : 0;
+    if (cfg->cluster.max_msg_mb <= 0 || cfg->cluster.max_msg_mb > (1L << 20))
         return mimic_err(MIMIC_EINVAL, "cluster.max_msg_mb: %ld is not in 1..%ld",
-                         s->cfg.cluster.max_msg_mb, 1L << 20);
-    s->max_payload = (size_t)s->cfg.cluster.max_msg_mb << 20;
-    if (s->cfg.cluster.server_threads < 0 || s->cfg.cluster.server_threads > PS_THREADS_MAX)
+                         cfg->cluster.max_msg_mb, 1L << 20);
+    s->max_payload = (size_t)cfg->cluster.max_msg_mb << 20;
+    if (cfg->cluster.server_threads < 0 || cfg->cluster.server_threads > PS_THREADS_MAX)
         return mimic_err(MIMIC_EINVAL, "cluster.server_threads: %d is not in 0..%d",
-                         s->cfg.cluster.server_threads, PS_THREADS_MAX);
+                         cfg->cluster.server_threads, PS_THREADS_MAX);
     return 0;
 }
 
@@ -821,7 +784,7 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     s->cfg = *cfg;
     s->rank = -1;
     s->id = PROTO_ID_NONE;
-    if ((rc = parse_mode(s))) goto fail;
+    if ((rc = read_settings(s))) goto fail;
     if (!(s->pulls = calloc(PS_PULLS_MAX, sizeof *s->pulls))) {
         rc = mimic_err(MIMIC_ENOMEM, "out of memory for the pull table");
         goto fail;
@@ -854,7 +817,9 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
            "%s, %d update thread(s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
-           (double)s->kv->n * 4.0 / (1 << 20), config_enum_name("cluster", "consistency", s->cfg.cluster.consistency), threads, s->endpoint);
+           (double)s->kv->n * 4.0 / (1 << 20),
+           config_enum_name("cluster", "consistency", s->cfg.cluster.consistency), threads,
+           s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;
@@ -879,9 +844,10 @@ void server_destroy(server_t **sp) {
     /* Terminating the context waits (up to the linger) until ZeroMQ let go of every
      * zero-copy reply, so the snapshots can be freed after it. */
     if (s->zctx) zmq_ctx_term(s->zctx);
+    if (s->has_first) zmq_msg_close(&s->first); /* borrowed by the store, freed next */
     kvstore_destroy(&s->kv);
     negqueue_destroy(&s->queue);
-    free(s->workers);
+    cons_destroy(&s->cons);
     free(s->pulls);
     free(s);
     *sp = NULL;
