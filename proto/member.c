@@ -97,11 +97,7 @@ static int mon_read(join_mon_t *jm) {
 
 static int send_register(member_t *m, const char *my_endpoint) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_REGISTER, PROTO_ID_NONE);
-    h.seq = ++m->seq;
-    h.na = 1;
-    h.a[PROTO_REG_ROLE] = m->role;
-    if (my_endpoint) proto_hdr_set_str(&h, my_endpoint);
+    proto_make_register(&h, PROTO_ID_NONE, ++m->seq, m->role, my_endpoint);
     int rc = proto_send(m->sock, NULL, 0, &h, NULL, NULL, NULL);
     if (rc)
         return mimic_err(rc, "scheduler %s: sending REGISTER failed: %s", m->endpoint,
@@ -257,9 +253,7 @@ static void *beat_main(void *arg) {
     uint64_t seq = 0;
     while (!atomic_load(&m->beat_stop)) {
         proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_HEARTBEAT, m->id);
-        h.step = atomic_load(&m->beat_step);
-        h.seq = ++seq;
+        proto_make_heartbeat(&h, m->id, ++seq, atomic_load(&m->beat_step));
         proto_send(sock, NULL, 0, &h, NULL, NULL, NULL); /* a dropped beat is the signal */
         /* the scheduler ACKs every heartbeat: hearing them is how the member knows the
          * scheduler is alive while it waits on something else (member_sched_silence_s) */
@@ -295,9 +289,7 @@ double member_sched_silence_s(const member_t *m) {
 int member_leave(member_t *m) {
     if (!m) return MIMIC_EINVAL;
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_LEAVE, m->id);
-    h.seq = ++m->seq;
-    h.step = m->step;
+    proto_make_leave(&h, m->id, ++m->seq, m->step);
     uint64_t seq = h.seq;
     int rc = proto_send(m->sock, NULL, 0, &h, NULL, NULL, NULL);
     if (rc) return mimic_err(rc, "scheduler %s: sending LEAVE failed", m->endpoint);

@@ -9,7 +9,7 @@
  * MIMIC_EFORMAT with a reason naming the field, ready to send back with
  * proto_reply_error. docs/protocol.md is the message catalogue.
  *
- * Usage: proto_hdr_init(&h, PROTO_PUSH, my_id); fill fields; proto_send(...);
+ * Usage: proto_make_push(&h, my_id, seq, step, lo, hi, batch); proto_send(...);
  *        proto_recv(sock, &m, limit, timeout_ms); use m.hdr and proto_msg_data(&m);
  *        proto_msg_close(&m). */
 #ifndef MIMIC_PROTO_H
@@ -145,8 +145,70 @@ size_t proto_dtype_size(int dtype);      /* bytes per element; 0 for none/unknow
 void proto_hdr_init(proto_hdr_t *h, proto_type_t type, int32_t sender);
 /* Sets str (truncated to PROTO_STR_MAX bytes). */
 void proto_hdr_set_str(proto_hdr_t *h, const char *s);
+/* Sets dtype and n = count elements of dtype: for an optional payload whose length the
+ * args do not imply (REGISTER_ACK's u8 server list). */
+void proto_hdr_set_payload(proto_hdr_t *h, proto_dtype_t dtype, uint64_t count);
 /* 1 when every field is equal (floats compared bitwise), else 0. */
 int proto_hdr_equal(const proto_hdr_t *x, const proto_hdr_t *y);
+
+/* ---- typed builders (proto_make.c) --------------------------------------------------
+ * One per message type a process sends; these are the headers on the wire (callers do
+ * not count args by hand). Each zeroes h, then sets type, sender, seq and the fields
+ * the type carries: a[] and f[] by their PROTO_* names, dtype and n when the arguments
+ * imply the payload length, str where the type gives it a meaning (NULL or "": none).
+ * seq 0 and step 0 are not written on the wire. The few optional extras a caller may
+ * add afterwards are named at the builder. */
+void proto_make_register(proto_hdr_t *h, int32_t sender, uint64_t seq, int role,
+                         const char *endpoint); /* endpoint: a server's bound ROUTER */
+/* text: to a worker the server endpoints (space-separated; proto_hdr_set_payload for a
+ * u8 list that does not fit), to a server the step to resume from ("" fresh). */
+void proto_make_register_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, int32_t id, int nservers,
+                             int nworkers, int rank, uint64_t epoch, const char *text);
+void proto_make_heartbeat(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+void proto_make_leave(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+/* Payload: nlive i32 worker ids. */
+void proto_make_membership(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t epoch,
+                           uint64_t nlive);
+void proto_make_chunk_req(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+/* Payload: count u32 sample indices. */
+void proto_make_chunk(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t epoch,
+                      uint32_t id, uint32_t start, uint32_t count);
+/* A CHUNK without indices, status PROTO_CHUNK_END: training is over. */
+void proto_make_chunk_end(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+void proto_make_chunk_done(proto_hdr_t *h, int32_t sender, uint64_t seq, int64_t epoch, int64_t id,
+                           int64_t processed);
+/* step: the version the gradient was computed on. Payload: f32 gradient of [lo, hi). */
+void proto_make_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t lo,
+                     uint64_t hi, int64_t batch);
+void proto_make_push_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                         uint64_t lo, uint64_t hi);
+/* min_version goes in st (what servers use) and in a[PROTO_PULL_MINSTEP]. */
+void proto_make_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t min_version,
+                     uint64_t lo, uint64_t hi, int which);
+/* Payload: f32 values of [lo, hi) at version. */
+void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                           uint64_t lo, uint64_t hi, int which);
+/* Payload: count x dim f32 keys. */
+void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t count,
+                           uint64_t dim);
+void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t since);
+/* Payload: count x dim f32 rows for ring slots slot, slot+1, ... (mod capacity). */
+void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                            uint64_t count, uint64_t dim, uint64_t slot, uint64_t capacity);
+void proto_make_ckpt(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, const char *dir);
+/* status: 0 or a negative MIMIC_E* code; text: the path written, or why not. */
+void proto_make_ckpt_done(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, int status,
+                          const char *text);
+void proto_make_metrics(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, double loss,
+                        double imgs_per_s, double lr);
+void proto_make_shutdown(proto_hdr_t *h, int32_t sender, uint64_t seq, const char *reason);
+/* code: a negative MIMIC_E* code; req_type: the refused type (0: unknown). seq and step
+ * echo the request (proto_reply_error does all of it). */
+void proto_make_error(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, int code,
+                      int req_type, const char *reason);
+/* An ACK carries no st; set h->step afterwards where it reports a version (the queue
+ * version in the ACK of QUEUE_PUSH). */
+void proto_make_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, int acked_type);
 
 /* Encodes h into buf (cap bytes; PROTO_HDR_MAX always suffices), *len = bytes used.
  * Refuses (MIMIC_EINVAL, reason in why) a header that peers would reject. */

@@ -293,14 +293,10 @@ void proto_msg_close(proto_msg_t *m) {
 int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why) {
     proto_hdr_t h;
     if (!req) return mimic_err(MIMIC_EINVAL, "proto_reply_error: no request");
-    proto_hdr_init(&h, PROTO_ERROR, self);
-    h.seq = req->hdr.seq;
-    h.step = req->hdr.step;
-    h.na = 2;
-    h.a[PROTO_ERR_CODE] = code < 0 ? code : MIMIC_EPEER;
-    h.a[PROTO_ERR_REQTYPE] =
-        (req->hdr.type > PROTO_INVALID && req->hdr.type < PROTO_TYPE_COUNT) ? req->hdr.type : 0;
-    proto_hdr_set_str(&h, why && *why ? why : mimic_strerror(code));
+    int type = req->hdr.type;
+    proto_make_error(&h, self, req->hdr.seq, req->hdr.step, code < 0 ? code : MIMIC_EPEER,
+                     (type > PROTO_INVALID && type < PROTO_TYPE_COUNT) ? type : 0,
+                     why && *why ? why : mimic_strerror(code));
     return proto_send(sock, req->idlen ? req->id : NULL, req->idlen, &h, NULL, NULL, NULL);
 }
 

@@ -84,10 +84,7 @@ __attribute__((format(printf, 4, 5))) static void reply_error(sched_t *s, const 
 
 static void reply_ack(sched_t *s, const proto_msg_t *m, proto_type_t acked) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_ACK, PROTO_ID_SCHEDULER);
-    h.seq = m->hdr.seq;
-    h.na = 1;
-    h.a[PROTO_ACK_TYPE] = acked;
+    proto_make_ack(&h, PROTO_ID_SCHEDULER, m->hdr.seq, acked);
     proto_send(s->sock, m->id, m->idlen, &h, NULL, NULL, NULL);
 }
 
@@ -106,38 +103,39 @@ static int servers_registered(sched_t *s) {
     return n;
 }
 
+/* The server endpoints in rank order, space-separated: malloc'ed, *len bytes; NULL when
+ * out of memory. */
+static char *server_list(sched_t *s, size_t *len) {
+    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1;
+    char *eps = malloc(cap);
+    if (!eps) return NULL;
+    eps[0] = 0;
+    *len = 0;
+    for (int r = 0; r < s->S; r++) {
+        const member_t *srv = server_of_rank(s, r);
+        *len += (size_t)snprintf(eps + *len, cap - *len, "%s%s", r ? " " : "",
+                                 srv ? srv->endpoint : "");
+    }
+    return eps;
+}
+
 static void send_register_ack(sched_t *s, const member_t *m) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER);
-    h.seq = m->reg_seq;
-    h.na = 5;
-    h.a[PROTO_RACK_ID] = m->id;
-    h.a[PROTO_RACK_NSERVERS] = s->S;
-    h.a[PROTO_RACK_NWORKERS] = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
-    h.a[PROTO_RACK_RANK] = m->rank;
-    h.a[PROTO_RACK_EPOCH] = (int64_t)s->memb_version;
-    if (m->role == PROTO_ROLE_SERVER) {
-        char step[32] = "";
-        if (s->resumed) snprintf(step, sizeof step, "%ld", s->resume_step);
-        proto_hdr_set_str(&h, step);
-        send_to(s, m, &h, NULL, NULL, NULL);
-        return;
-    }
-    /* Workers: the server endpoints in rank order, space-separated in str. */
-    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1, len = 0;
-    char *eps = malloc(cap);
-    if (!eps) {
+    char step[32] = ""; /* to a server: the step to resume from, "" for a fresh start */
+    char *eps = NULL;   /* to a worker: the server endpoints */
+    size_t len = 0;
+    if (m->role == PROTO_ROLE_SERVER && s->resumed)
+        snprintf(step, sizeof step, "%ld", s->resume_step);
+    if (m->role != PROTO_ROLE_SERVER && !(eps = server_list(s, &len))) {
         mimic_warn("scheduler: out of memory answering worker id %d", m->id);
         return;
     }
-    eps[0] = 0;
-    for (int r = 0; r < s->S; r++) {
-        const member_t *srv = server_of_rank(s, r);
-        len +=
-            (size_t)snprintf(eps + len, cap - len, "%s%s", r ? " " : "", srv ? srv->endpoint : "");
-    }
-    if (len <= PROTO_STR_MAX) {
-        proto_hdr_set_str(&h, eps);
+    int in_str = len <= PROTO_STR_MAX;
+    const char *text = !eps ? step : in_str ? eps : NULL;
+    proto_make_register_ack(&h, PROTO_ID_SCHEDULER, m->reg_seq, m->id, s->S,
+                            members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE), m->rank,
+                            s->memb_version, text);
+    if (in_str) {
         free(eps);
         send_to(s, m, &h, NULL, NULL, NULL);
         return;
@@ -148,8 +146,7 @@ static void send_register_ack(sched_t *s, const member_t *m) {
                s->S, PROTO_STR_MAX);
     for (size_t i = 0; i < len; i++)
         if (eps[i] == ' ') eps[i] = '\n';
-    h.dtype = PROTO_DT_U8;
-    h.nbytes = len;
+    proto_hdr_set_payload(&h, PROTO_DT_U8, len);
     send_to(s, m, &h, eps, free_buf, NULL);
 }
 
@@ -162,13 +159,7 @@ static void send_membership(sched_t *s, member_t *srv, double now) {
     }
     n = members_live_workers(s->mb, ids, n);
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER);
-    h.seq = s->memb_version;
-    h.na = 2;
-    h.a[PROTO_MEMB_EPOCH] = (int64_t)s->memb_version;
-    h.a[PROTO_MEMB_LIVE] = n;
-    h.dtype = PROTO_DT_I32;
-    h.nbytes = (uint64_t)n * sizeof *ids;
+    proto_make_membership(&h, PROTO_ID_SCHEDULER, s->memb_version, s->memb_version, (uint64_t)n);
     send_to(s, srv, &h, ids, ids ? free_buf : NULL, NULL);
     srv->memb_sent = now;
 }
@@ -193,9 +184,7 @@ static void request_checkpoints(sched_t *s) {
     long step;
     while (ckpt_next_request(s->ck, &step)) {
         proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_CKPT, PROTO_ID_SCHEDULER);
-        h.step = (uint64_t)step;
-        proto_hdr_set_str(&h, s->ckdir);
+        proto_make_ckpt(&h, PROTO_ID_SCHEDULER, 0, (uint64_t)step, s->ckdir);
         for (int i = 0; i < members_size(s->mb); i++) {
             const member_t *m = members_at(s->mb, i);
             if (m->role == PROTO_ROLE_SERVER && m->state == MEMBER_LIVE)
@@ -207,8 +196,7 @@ static void request_checkpoints(sched_t *s) {
 /* SHUTDOWN to every live or waiting peer, and the loop ends with `code`. */
 static void end_run(sched_t *s, int code, const char *why) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_SHUTDOWN, PROTO_ID_SCHEDULER);
-    proto_hdr_set_str(&h, why);
+    proto_make_shutdown(&h, PROTO_ID_SCHEDULER, 0, why);
     int sent = 0;
     for (int i = 0; i < members_size(s->mb); i++) {
         const member_t *m = members_at(s->mb, i);
@@ -373,13 +361,8 @@ static uint64_t keep_version(const sched_t *s) {
 
 static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const member_t *m) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_CHUNK, PROTO_ID_SCHEDULER);
-    h.seq = msg->hdr.seq;
-    h.step = msg->hdr.step;
-    h.dtype = PROTO_DT_U32;
     if (s->finishing || msg->hdr.step >= (uint64_t)s->end_step) {
-        h.na = 5; /* count 0, status END: training is over */
-        h.a[PROTO_CHUNK_STATUS] = PROTO_CHUNK_END;
+        proto_make_chunk_end(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step);
         send_to(s, m, &h, NULL, NULL, NULL);
         return;
     }
@@ -389,12 +372,8 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const member_t *m) 
         reply_error(s, msg, rc, "work queue: %s", mimic_last_error());
         return;
     }
-    h.na = 4;
-    h.a[PROTO_CHUNK_EPOCH] = (int64_t)c.epoch;
-    h.a[PROTO_CHUNK_ID] = c.id;
-    h.a[PROTO_CHUNK_START] = c.start;
-    h.a[PROTO_CHUNK_COUNT] = c.count;
-    h.nbytes = (uint64_t)c.count * sizeof(uint32_t);
+    proto_make_chunk(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step, c.epoch, c.id, c.start,
+                     c.count);
     /* Zero-copy out of the epoch's permutation; the send holds a reference to it. */
     send_to(s, m, &h, c.idx, workq_release, c.hold);
 }

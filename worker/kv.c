@@ -106,28 +106,13 @@ static int start(kv_t *kv, int kind) {
 
 static int send_pull(kv_t *kv, kv_server_t *sv, int which, uint64_t min_version) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PULL, kv->id);
-    h.seq = kv->seq;
-    h.step = min_version;
-    h.lo = sv->lo;
-    h.hi = sv->hi;
-    h.na = 2;
-    h.a[PROTO_PULL_WHICH] = which;
-    h.a[PROTO_PULL_MINSTEP] = (int64_t)min_version;
+    proto_make_pull(&h, kv->id, kv->seq, min_version, sv->lo, sv->hi, which);
     return proto_send(sv->sock, NULL, 0, &h, NULL, NULL, NULL);
 }
 
 static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PUSH, kv->id);
-    h.seq = kv->seq;
-    h.step = version;
-    h.lo = sv->lo;
-    h.hi = sv->hi;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = (sv->hi - sv->lo) * sizeof(float);
-    h.na = 1;
-    h.a[PROTO_PUSH_BATCH] = batch;
+    proto_make_push(&h, kv->id, kv->seq, version, sv->lo, sv->hi, batch);
     proto_track_hold(&kv->sent);
     int rc = proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
     if (!rc) kv->bytes_out += h.nbytes;
