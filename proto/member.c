@@ -10,7 +10,6 @@
 
 #include "common.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,12 +141,9 @@ static int join_wait(member_t *m, join_mon_t *jm, const char *my_endpoint, int t
             left = (long)(rest * 1e3) + 1;
         }
         zmq_pollitem_t items[2] = {{m->sock, 0, ZMQ_POLLIN, 0}, {jm->pair, 0, ZMQ_POLLIN, 0}};
-        int n = zmq_poll(items, jm->pair ? 2 : 1, left);
-        if (n < 0) {
-            if (zmq_errno() == EINTR) continue;
+        if (proto_poll(items, jm->pair ? 2 : 1, left) < 0) /* 0 after a signal: go round */
             return mimic_err(MIMIC_EIO, "scheduler %s: zmq_poll: %s", m->endpoint,
                              zmq_strerror(zmq_errno()));
-        }
         if (jm->pair && (items[1].revents & ZMQ_POLLIN) && mon_read(jm)) {
             mimic_warn("scheduler %s: reconnected, sending REGISTER again", m->endpoint);
             int rc = send_register(m, my_endpoint);
@@ -259,7 +255,7 @@ static void *beat_main(void *arg) {
          * scheduler is alive while it waits on something else (member_sched_silence_s) */
         for (int slept = 0; slept < m->period_ms && !atomic_load(&m->beat_stop); slept += 10) {
             zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-            if (zmq_poll(&it, 1, 10) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
+            if (proto_poll(&it, 1, 10) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
             proto_msg_t r;
             if (proto_recv(sock, &r, MEMBER_MAX_PAYLOAD, 0) == 0)
                 atomic_store(&m->beat_heard_ms, (int64_t)(mimic_now() * 1e3));

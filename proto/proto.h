@@ -11,7 +11,8 @@
  *
  * Usage: proto_make_push(&h, my_id, seq, step, lo, hi, batch); proto_send(...);
  *        proto_recv(sock, &m, limit, timeout_ms); use m.hdr and proto_msg_data(&m);
- *        proto_msg_close(&m). */
+ *        proto_msg_close(&m). Event loops: proto_router_bind, proto_poll and
+ *        proto_recv_burst (below) set up and drain their sockets. */
 #ifndef MIMIC_PROTO_H
 #define MIMIC_PROTO_H
 
@@ -251,6 +252,44 @@ void proto_msg_close(proto_msg_t *m); /* releases the payload; safe to call twic
 
 /* Sends ERROR (a[0] = code, a[1] = req type, str = why, seq echoed) to req's sender. */
 int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why);
+
+/* ---- event-loop sockets (proto_zmq.c) ------------------------------------------------ */
+
+/* How a process binds the ROUTER its peers connect to (the scheduler, each server). */
+typedef struct {
+    const char *host;       /* cluster.bind_host: an address of this host, 0.0.0.0 = all */
+    int port;               /* 0: any free port */
+    int linger_ms;          /* ZMQ_LINGER: how long closing lets queued replies go out */
+    int64_t max_msg;        /* ZMQ_MAXMSGSIZE in bytes: a larger frame drops that peer */
+    int advertise_hostname; /* a wildcard bind advertises gethostname(), else a warning */
+} proto_router_opts_t;
+
+/* Creates and binds a ROUTER for an event loop that must never block on one peer:
+ * ZMQ_ROUTER_MANDATORY (a reply to a vanished peer fails with MIMIC_EPEER instead of
+ * vanishing), ZMQ_SNDTIMEO 0 (a full pipe to a stuck peer drops the reply at once),
+ * o->linger_ms and o->max_msg; frames between the receiver's payload limit and max_msg
+ * still reach proto_recv, which answers ERROR. Binds tcp://host:port (port 0: any)
+ * and writes the endpoint peers should connect to into endpoint (cap bytes).
+ * Returns 0, MIMIC_EINVAL (empty host, cannot bind: a bad setting) or MIMIC_EIO; on
+ * failure *out is NULL. The caller zmq_close()s *out. */
+int proto_router_bind(void **out, void *zctx, const proto_router_opts_t *o, char *endpoint,
+                      size_t cap);
+
+/* zmq_poll over n items for up to timeout_ms (-1: forever). Returns the number of ready
+ * items; 0 when the time ran out or a signal interrupted the wait (EINTR: every revents
+ * is then 0), so that a loop goes round and looks at its stop flag; MIMIC_EIO when
+ * zmq_poll failed otherwise (nothing is logged; zmq_errno() still says why). */
+int proto_poll(zmq_pollitem_t *items, int n, long timeout_ms);
+
+/* Called by proto_recv_burst for each message: rc is 0, MIMIC_EFORMAT (m->why says why;
+ * answer with proto_reply_error) or a receive error (MIMIC_EIO, MIMIC_ENOMEM). fn may
+ * take m's payload; proto_recv_burst closes m afterwards. Non-zero ends the burst. */
+typedef int(proto_burst_fn)(void *ctx, void *sock, proto_msg_t *m, int rc);
+/* Reads up to max messages already waiting on sock (never waits) into fn; stops early
+ * when none is left, after MIMIC_EIO, or when fn returns non-zero. The bound keeps a
+ * flood on one socket from starving the loop's other sockets and timers. Returns how
+ * many messages fn was given. */
+int proto_recv_burst(void *sock, int max, size_t max_payload, proto_burst_fn *fn, void *ctx);
 
 /* Completion tracking for caller-kept zero-copy buffers: proto_track_hold before each
  * proto_send(..., proto_track_release, &t); proto_track_wait returns 0 once ZeroMQ has

@@ -18,10 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zmq.h>
 
-#define MEMB_RESENDS_MAX 20 /* MEMBERSHIP resends per version to a server that does not ACK */
+#define MEMB_RESENDS_MAX 20  /* MEMBERSHIP resends per version to a server that does not ACK */
+#define SCHED_BURST 256      /* messages read per wake-up before the timers run */
+#define SCHED_LINGER_MS 2000 /* closing lets the last SHUTDOWNs go out this long */
 
 struct sched {
     mimic_cfg_t cfg;
@@ -606,6 +607,13 @@ static void tick(sched_t *s, double now) {
     }
 }
 
+/* proto_recv_burst's callback: one message; the burst ends with the run. */
+static int on_message(void *ctx, void *sock, proto_msg_t *msg, int rc) {
+    sched_t *s = ctx;
+    handle(s, msg, rc, mimic_now());
+    return s->over;
+}
+
 int sched_run(sched_t *s) {
     while (!s->over) {
         if (s->stop && *s->stop) {
@@ -616,20 +624,14 @@ int sched_run(sched_t *s) {
             break;
         }
         zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
-        int ready = zmq_poll(&it, 1, SCHED_TICK_MS);
-        if (ready < 0 && zmq_errno() != EINTR) {
+        int ready = proto_poll(&it, 1, SCHED_TICK_MS); /* 0 after a signal too */
+        if (ready < 0) {
             mimic_err(MIMIC_EIO, "scheduler: zmq_poll: %s", zmq_strerror(zmq_errno()));
             end_run(s, SCHED_EXIT_FAIL, "scheduler socket failed");
             break;
         }
         /* A bounded batch, so that heartbeats are checked even under a flood. */
-        for (int k = 0; ready > 0 && k < 256 && !s->over; k++) {
-            proto_msg_t msg;
-            int rc = proto_recv(s->sock, &msg, SCHED_MAX_PAYLOAD, 0);
-            if (rc != MIMIC_ETIMEOUT) handle(s, &msg, rc, mimic_now());
-            proto_msg_close(&msg);
-            if (rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO) break;
-        }
+        if (ready > 0) proto_recv_burst(s->sock, SCHED_BURST, SCHED_MAX_PAYLOAD, on_message, s);
         if (!s->over) tick(s, mimic_now());
     }
     return s->exit_code;
@@ -729,40 +731,16 @@ static int decide_resume(sched_t *s) {
 }
 
 static int open_socket(sched_t *s, int port) {
-    char addr[256], last[256];
-    size_t len = sizeof last;
-    int one = 1, zero = 0, linger = 2000, maxmsg = 1 << 20;
     s->zctx = zmq_ctx_new();
     if (!s->zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
-    s->sock = zmq_socket(s->zctx, ZMQ_ROUTER);
-    if (!s->sock) return mimic_err(MIMIC_EIO, "cannot create the scheduler socket");
-    int64_t maxmsg64 = maxmsg;
-    /* Replies to vanished peers fail instead of vanishing; sends never wait; a frame
-     * larger than any legal message drops that peer's connection. */
-    if (zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
-        zmq_setsockopt(s->sock, ZMQ_SNDTIMEO, &zero, sizeof zero) ||
-        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg64, sizeof maxmsg64))
-        return mimic_err(MIMIC_EIO, "scheduler socket options: %s", zmq_strerror(zmq_errno()));
-    if (port)
-        snprintf(addr, sizeof addr, "tcp://%s:%d", s->cfg.cluster.bind_host, port);
-    else
-        snprintf(addr, sizeof addr, "tcp://%s:*", s->cfg.cluster.bind_host);
-    if (zmq_bind(s->sock, addr) != 0)
-        return mimic_err(MIMIC_EIO, "cannot bind %s (cluster.bind_host, --port): %s", addr,
-                         zmq_strerror(zmq_errno()));
-    if (zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, last, &len) != 0)
-        return mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
-    const char *any = "tcp://0.0.0.0:";
-    if (strncmp(last, any, strlen(any)) == 0) { /* advertise a name others can reach */
-        char host[200];
-        if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "127.0.0.1");
-        host[sizeof host - 1] = 0;
-        snprintf(s->endpoint, sizeof s->endpoint, "tcp://%s:%s", host, last + strlen(any));
-    } else {
-        snprintf(s->endpoint, sizeof s->endpoint, "%s", last);
-    }
-    return 0;
+    /* Nothing sent to the scheduler carries a payload: 1 MB is far beyond any legal
+     * frame; 0.0.0.0 (all interfaces) is advertised by this host's name. */
+    proto_router_opts_t o = {.host = s->cfg.cluster.bind_host,
+                             .port = port,
+                             .linger_ms = SCHED_LINGER_MS,
+                             .max_msg = 1 << 20,
+                             .advertise_hostname = 1};
+    return proto_router_bind(&s->sock, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
 int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {

@@ -1142,6 +1142,77 @@ static void test_sockets(void *ctx, const char *endpoint) {
     zmq_close(router);
 }
 
+/* ---- event-loop sockets ---------------------------------------------------------------- */
+
+typedef struct {
+    int seen, stop_after;
+    uint64_t last_seq;
+} burst_t;
+
+static int count_msg(void *ctx, void *sock, proto_msg_t *m, int rc) {
+    burst_t *b = ctx;
+    T_CHECK(rc == 0 && m->hdr.type == PROTO_HEARTBEAT && m->hdr.seq == b->last_seq + 1);
+    b->last_seq = m->hdr.seq;
+    return ++b->seen == b->stop_after;
+}
+
+/* proto_router_bind's options and endpoint, proto_poll, and bursts that stop at their
+ * bound, at fn's request and when nothing is left. */
+static void test_event_loop(void *ctx) {
+    char ep[256];
+    void *router = NULL;
+    proto_router_opts_t o = {.host = "127.0.0.1", .linger_ms = 0, .max_msg = 1 << 20};
+    T_CHECK(proto_router_bind(&router, ctx, &o, ep, sizeof ep) == 0 && router != NULL);
+    T_CHECK(strncmp(ep, "tcp://127.0.0.1:", 16) == 0 && atoi(ep + 16) > 0);
+    int v = 0;
+    int64_t v64 = 0;
+    size_t sz = sizeof v;
+    T_CHECK(zmq_getsockopt(router, ZMQ_SNDTIMEO, &v, &sz) == 0 && v == 0);
+    sz = sizeof v64;
+    T_CHECK(zmq_getsockopt(router, ZMQ_MAXMSGSIZE, &v64, &sz) == 0 && v64 == 1 << 20);
+    proto_hdr_t h;
+    mimic_set_quiet(1);
+    proto_make_heartbeat(&h, 1, 1, 0); /* ROUTER_MANDATORY: an unknown peer is refused */
+    T_CHECK(proto_send(router, "nobody", 6, &h, NULL, NULL, NULL) == MIMIC_EPEER);
+    void *again = NULL;
+    o.port = atoi(ep + 16); /* taken: a bad setting, and no socket left behind */
+    T_CHECK(proto_router_bind(&again, ctx, &o, ep, sizeof ep) == MIMIC_EINVAL && !again);
+    o.host = "";
+    T_CHECK(proto_router_bind(&again, ctx, &o, ep, sizeof ep) == MIMIC_EINVAL && !again);
+    mimic_set_quiet(0);
+
+    void *dealer = new_socket(ctx, ZMQ_DEALER);
+    T_CHECK(zmq_connect(dealer, ep) == 0);
+    zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+    T_CHECK(proto_poll(&it, 1, 20) == 0 && it.revents == 0); /* nothing yet: time ran out */
+    for (uint64_t seq = 1; seq <= 5; seq++) {
+        proto_make_heartbeat(&h, 4, seq, 0);
+        T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    }
+    T_CHECK(proto_poll(&it, 1, 2000) == 1 && (it.revents & ZMQ_POLLIN));
+    double t0 = mimic_now();
+    burst_t b = {0};
+    int calls = 0;
+    while (b.seen < 5 && mimic_now() - t0 < 2.0) { /* they may still be arriving */
+        int got = proto_recv_burst(router, 3, LIMIT, count_msg, &b);
+        T_CHECK(got >= 0 && got <= 3);
+        calls += got > 0;
+    }
+    T_CHECK(b.seen == 5 && calls >= 2 && proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 0);
+    for (uint64_t seq = 6; seq <= 7; seq++) {
+        proto_make_heartbeat(&h, 4, seq, 0);
+        T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    }
+    b.stop_after = 6; /* fn ends the burst after the first of the two */
+    T_CHECK(proto_poll(&it, 1, 2000) == 1);
+    T_CHECK(proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 1 && b.seen == 6);
+    T_CHECK(proto_poll(&it, 1, 2000) == 1);
+    T_CHECK(proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 1 && b.seen == 7);
+    printf("event loop: ROUTER set-up, poll and bounded bursts: %s\n", b.seen == 7 ? "ok" : "FAIL");
+    zmq_close(dealer);
+    zmq_close(router);
+}
+
 int main(void) {
     mimic_set_quiet(1);
     test_names();
@@ -1158,6 +1229,7 @@ int main(void) {
     MIMIC_CHECK(ctx != NULL);
     test_sockets(ctx, "inproc://test-proto");
     test_sockets(ctx, "tcp://127.0.0.1:*");
+    test_event_loop(ctx);
     zmq_ctx_term(ctx);
     return testutil_summary("test_proto");
 }

@@ -206,6 +206,7 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             wait_ms = (long)((deadline - mimic_now()) * 1000.0);
             if (wait_ms <= 0) return MIMIC_ETIMEOUT;
         }
+        /* not proto_poll: here a signal (EINTR) fails the wait, as it always has */
         int n = zmq_poll(items, kv->S, wait_ms);
         if (n < 0) return mimic_err(MIMIC_EIO, "kv: poll failed: %s", zmq_strerror(zmq_errno()));
         for (int s = 0; s < kv->S; s++) {
