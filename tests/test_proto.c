@@ -964,17 +964,8 @@ static void send_raw(void *sock, const void *frames[], const size_t lens[], int 
         T_CHECK(zmq_send(sock, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0) >= 0);
 }
 
-static void test_sockets(void *ctx, const char *endpoint) {
-    char ep[256];
-    size_t eplen = sizeof ep;
-    void *router = new_socket(ctx, ZMQ_ROUTER), *dealer = new_socket(ctx, ZMQ_DEALER);
-    T_CHECK(zmq_bind(router, endpoint) == 0);
-    T_CHECK(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen) == 0);
-    T_CHECK(zmq_connect(dealer, ep) == 0);
-    printf("sockets over %s\n", ep);
-    uint64_t seq = 0;
-
-    /* 1. A 4 MB gradient, zero-copy, ownership moved to ZeroMQ. */
+/* 1. A 4 MB gradient, zero-copy, ownership moved to ZeroMQ, and PUSH_ACK back. */
+static void sock_zero_copy(void *router, void *dealer, uint64_t *seq) {
     const size_t nf = (4u << 20) / sizeof(float);
     float *grad = malloc(nf * sizeof(float));
     MIMIC_CHECK(grad != NULL);
@@ -982,7 +973,7 @@ static void test_sockets(void *ctx, const char *endpoint) {
         grad[i] = pattern(i);
     free_flag_t flag = {0};
     proto_hdr_t h;
-    proto_make_push(&h, 3, ++seq, 42, 1000, 1000 + nf, 64);
+    proto_make_push(&h, 3, ++*seq, 42, 1000, 1000 + nf, 64);
     T_CHECK(proto_send(dealer, NULL, 0, &h, grad, free_and_flag, &flag) == 0);
     proto_msg_t m, r;
     int rc = proto_recv(router, &m, LIMIT, 2000);
@@ -1002,14 +993,17 @@ static void test_sockets(void *ctx, const char *endpoint) {
     proto_msg_close(&m);
     proto_msg_close(&m); /* twice is harmless */
     T_CHECK(proto_recv(dealer, &r, LIMIT, 2000) == 0);
-    T_CHECK(r.hdr.type == PROTO_PUSH_ACK && r.hdr.seq == seq && r.hdr.step == 43);
+    T_CHECK(r.hdr.type == PROTO_PUSH_ACK && r.hdr.seq == *seq && r.hdr.step == 43);
     T_CHECK(r.idlen == 0 && proto_msg_data(&r) == NULL && proto_msg_size(&r) == 0);
     proto_msg_close(&r);
     T_CHECK(wait_flag(&flag.freed, 1, 2000)); /* ZeroMQ released the gradient exactly once */
     printf("  4 MB zero-copy PUSH, PUSH_ACK back, buffer released: %s\n",
            atomic_load(&flag.freed) == 1 ? "ok" : "FAIL");
+}
 
-    /* 2. Malformed multiparts: each refused with a reason, then the next message passes. */
+/* 2. Malformed multiparts: each refused with a reason, then the next message passes. */
+static void sock_malformed(void *router, void *dealer, uint64_t *seq) {
+    proto_hdr_t h;
     uint8_t hb[PROTO_HDR_MAX];
     size_t hl = 0;
     char why[PROTO_WHY_MAX];
@@ -1017,28 +1011,27 @@ static void test_sockets(void *ctx, const char *endpoint) {
         const void *f[] = {"junk1", "junk2", "junk3"};
         const size_t l[] = {5, 5, 5};
         send_raw(dealer, f, l, 3);
-        expect_refused(router, dealer, "3 junk frames", LIMIT, "not a msgpack map", &seq);
+        expect_refused(router, dealer, "3 junk frames", LIMIT, "not a msgpack map", seq);
     }
     {
         static const uint8_t v2[] = {0x83, 0xa1, 'v', 0x02, 0xa1, 't', 0x03, 0xa1, 's', 0x01};
         const void *f[] = {v2};
         const size_t l[] = {sizeof v2};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "1 frame, version 2", LIMIT, "'v': protocol version 2",
-                       &seq);
+        expect_refused(router, dealer, "1 frame, version 2", LIMIT, "'v': protocol version 2", seq);
     }
     {
         const void *f[] = {"\xdd\xff\xff\xff\xff"};
         const size_t l[] = {5};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "1 frame, 2^32-entry array", LIMIT, "declares", &seq);
+        expect_refused(router, dealer, "1 frame, 2^32-entry array", LIMIT, "declares", seq);
     }
     {
         static uint8_t big[PROTO_HDR_MAX + 1];
         const void *f[] = {big};
         const size_t l[] = {sizeof big};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "header frame of 4097 bytes", LIMIT, "limit 4096", &seq);
+        expect_refused(router, dealer, "header frame of 4097 bytes", LIMIT, "limit 4096", seq);
     }
     /* A well-formed PUSH of 1 MB sent to a receiver that accepts 64 KB. */
     size_t big_n = 1u << 20;
@@ -1050,7 +1043,7 @@ static void test_sockets(void *ctx, const char *endpoint) {
     h.nbytes = big_n;
     T_CHECK(proto_send(dealer, NULL, 0, &h, bigp, NULL, NULL) == 0);
     expect_refused(router, dealer, "1 MB payload, limit 64 KB", 64u << 10,
-                   "payload of 1048576 bytes exceeds the limit of 65536", &seq);
+                   "payload of 1048576 bytes exceeds the limit of 65536", seq);
     /* Header says 400 bytes, payload frame has 10000. */
     proto_hdr_init(&h, PROTO_PUSH, 3);
     h.hi = 100;
@@ -1062,27 +1055,32 @@ static void test_sockets(void *ctx, const char *endpoint) {
         const size_t l[] = {hl, 10000};
         send_raw(dealer, f, l, 2);
         expect_refused(router, dealer, "payload frame larger than n", LIMIT,
-                       "payload is 10000 bytes but header says 400", &seq);
+                       "payload is 10000 bytes but header says 400", seq);
     }
     {
         const void *f[] = {hb};
         const size_t l[] = {hl};
         send_raw(dealer, f, l, 1);
         expect_refused(router, dealer, "n = 400 but no payload frame", LIMIT,
-                       "payload is 0 bytes but header says 400", &seq);
+                       "payload is 0 bytes but header says 400", seq);
     }
     {
         const void *f[] = {hb, bigp, "extra", "extra"};
         const size_t l[] = {hl, 400, 5, 5};
         send_raw(dealer, f, l, 4);
         expect_refused(router, dealer, "4 frames after the identity", LIMIT, "more than 3 frames",
-                       &seq);
+                       seq);
     }
     free(bigp);
+}
 
+/* 3. Timeouts, 4. small payloads, aligned, router -> dealer from a caller-kept buffer. */
+static void sock_small_payloads(void *router, void *dealer) {
+    proto_hdr_t h;
+    proto_msg_t m, r;
     /* 3. Timeout with nothing pending. */
     double t0 = mimic_now();
-    rc = proto_recv(router, &m, LIMIT, 50);
+    int rc = proto_recv(router, &m, LIMIT, 50);
     double dt = mimic_now() - t0;
     T_CHECK(rc == MIMIC_ETIMEOUT && dt >= 0.04 && dt < 1.0);
     proto_msg_close(&m);
@@ -1116,8 +1114,12 @@ static void test_sockets(void *ctx, const char *endpoint) {
     T_CHECK(proto_track_wait(&track, 2000) == 0);
     printf("  64 small f32 payloads aligned and intact, caller-kept buffer released: %s\n",
            misaligned || corrupt ? "FAIL" : "ok");
+    proto_msg_close(&id);
+}
 
-    /* 5. Sender-side refusals keep the ownership promise. */
+/* 5. Sender-side refusals keep the ownership promise. */
+static void sock_refusals(void *router, void *dealer) {
+    proto_hdr_t h;
     mimic_set_quiet(1);
     free_flag_t flag2 = {0};
     float *bad = malloc(16);
@@ -1136,8 +1138,21 @@ static void test_sockets(void *ctx, const char *endpoint) {
     T_CHECK(zmq_setsockopt(router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) == 0);
     T_CHECK(proto_send(router, "nobody", 6, &h, NULL, NULL, NULL) == MIMIC_EPEER);
     mimic_set_quiet(0);
-    proto_msg_close(&id);
+}
 
+static void test_sockets(void *ctx, const char *endpoint) {
+    char ep[256];
+    size_t eplen = sizeof ep;
+    void *router = new_socket(ctx, ZMQ_ROUTER), *dealer = new_socket(ctx, ZMQ_DEALER);
+    T_CHECK(zmq_bind(router, endpoint) == 0);
+    T_CHECK(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen) == 0);
+    T_CHECK(zmq_connect(dealer, ep) == 0);
+    printf("sockets over %s\n", ep);
+    uint64_t seq = 0;
+    sock_zero_copy(router, dealer, &seq);
+    sock_malformed(router, dealer, &seq);
+    sock_small_payloads(router, dealer);
+    sock_refusals(router, dealer);
     zmq_close(dealer);
     zmq_close(router);
 }

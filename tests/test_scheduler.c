@@ -19,8 +19,8 @@
  *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
 #include "common.h"
 #include "json.h"
-#include "proto.h"
 #include "order.h"
+#include "proto.h"
 #include "testutil.h"
 #include "workq.h"
 
@@ -357,21 +357,16 @@ static void malformed(const char *ep) {
     zmq_close(bad);
 }
 
-static void test_run(void) {
-    printf("A. registration, work queue, death, checkpoints, end\n");
-    char ep[512], ckdir[4400], path[4500];
-    if (start("a",
-              "--cluster.servers=1 --cluster.workers=2 --train.steps=4 "
-              "--cluster.ckpt_every=2 --cluster.trace=1 --train.log_every=1",
-              ep, sizeof ep)) {
-        T_CHECK(0);
-        return;
-    }
-    snprintf(ckdir, sizeof ckdir, "%s/a/ckpt", testutil_tmpdir());
-    peer_t *wa = peer_new("worker A", ep), *srv = peer_new("server", ep),
-           *wb = peer_new("worker B", ep);
-    rmsg_t r;
+/* Scenario A: the scheduler at ep, two fake workers and a fake server. */
+typedef struct {
+    char ep[512], ckdir[4400];
+    peer_t *wa, *wb, *srv;
+} run_t;
 
+/* Deferred REGISTER_ACKs, then MEMBERSHIP and the checkpoint plan to the server. */
+static void run_register(run_t *a) {
+    peer_t *wa = a->wa, *wb = a->wb, *srv = a->srv;
+    rmsg_t r;
     /* Deferred ACKs: worker A first, then the server, then worker B. */
     do_register(wa, PROTO_ROLE_WORKER, NULL, 11);
     pump(400);
@@ -410,8 +405,14 @@ static void test_run(void) {
         T_CHECK(expect(srv, PROTO_CKPT, 3000, &r));
         T_CHECK((long)r.hdr.step == 2 * k && strstr(r.hdr.str, "/a/ckpt"));
     }
+}
 
-    malformed(ep);
+/* Refusals, then epoch 0: worker B is declared dead and its chunk requeued. */
+static void run_epoch0(run_t *a) {
+    peer_t *wa = a->wa, *wb = a->wb, *srv = a->srv;
+    proto_hdr_t h;
+    rmsg_t r;
+    malformed(a->ep);
     proto_make_chunk_req(&h, 999, 77, 0); /* a member with somebody else's id */
     peer_send(wa, &h, NULL);
     T_CHECK(expect(wa, PROTO_ERROR, 3000, &r) && r.hdr.seq == 77 && strstr(r.hdr.str, "sender"));
@@ -462,7 +463,14 @@ static void test_run(void) {
                        "\"duplicates\":0,\"requeued_chunks\":1}";
     T_CHECK(testutil_wait_file(jsonl, want, 3000));
     printf("  %s\n", want);
+}
 
+/* METRICS, and the checkpoint of step 2 with the queue as of that version. */
+static void run_checkpoints(run_t *a) {
+    peer_t *wa = a->wa, *srv = a->srv;
+    char path[4500];
+    proto_hdr_t h;
+    rmsg_t c;
     /* METRICS make a progress line. */
     proto_make_metrics(&h, wa->id, 0, 1, 0.5, 40, 1e-3);
     peer_send(wa, &h, NULL);
@@ -477,9 +485,9 @@ static void test_run(void) {
     chunk_done(wa, 1, 4, 0); /* never handed out */
     proto_make_ckpt_done(&h, srv->id, 0, 2, 0, NULL);
     peer_send(srv, &h, NULL);
-    snprintf(path, sizeof path, "%s/latest", ckdir);
+    snprintf(path, sizeof path, "%s/latest", a->ckdir);
     T_CHECK(testutil_wait_file(path, "2\n", 3000));
-    snprintf(path, sizeof path, "%s/scheduler-step-2.json", ckdir);
+    snprintf(path, sizeof path, "%s/scheduler-step-2.json", a->ckdir);
     char *snap = testutil_slurp(path);
     json_value_t *root = NULL;
     char err[256];
@@ -495,11 +503,19 @@ static void test_run(void) {
     free(snap);
     chunk_done(wa, 1, 0, 1);
     chunk_done(wa, 1, 1, 1);
+}
 
+/* The last checkpoint ends training: END, LEAVE, SHUTDOWN, exit 0, log and trace. */
+static void run_end(run_t *a) {
+    peer_t *wa = a->wa, *srv = a->srv;
+    char path[4500], err[256];
+    json_value_t *root = NULL;
+    proto_hdr_t h;
+    rmsg_t r, c;
     /* The last checkpoint ends training: END to a worker, SHUTDOWN after it left. */
     proto_make_ckpt_done(&h, srv->id, 0, 4, 0, NULL);
     peer_send(srv, &h, NULL);
-    snprintf(path, sizeof path, "%s/latest", ckdir);
+    snprintf(path, sizeof path, "%s/latest", a->ckdir);
     T_CHECK(testutil_wait_file(path, "4\n", 3000));
     T_CHECK(request_chunk(wa, 3, &c, NULL) == 1 && c.hdr.a[PROTO_CHUNK_COUNT] == 0);
     rmsg_free(&c);
@@ -524,9 +540,29 @@ static void test_run(void) {
     json_destroy(&root);
     free(log);
     free(trace);
-    peer_destroy(&wa);
-    peer_destroy(&wb);
-    peer_destroy(&srv);
+}
+
+static void test_run(void) {
+    printf("A. registration, work queue, death, checkpoints, end\n");
+    run_t a;
+    if (start("a",
+              "--cluster.servers=1 --cluster.workers=2 --train.steps=4 "
+              "--cluster.ckpt_every=2 --cluster.trace=1 --train.log_every=1",
+              a.ep, sizeof a.ep)) {
+        T_CHECK(0);
+        return;
+    }
+    snprintf(a.ckdir, sizeof a.ckdir, "%s/a/ckpt", testutil_tmpdir());
+    a.wa = peer_new("worker A", a.ep);
+    a.srv = peer_new("server", a.ep);
+    a.wb = peer_new("worker B", a.ep);
+    run_register(&a);
+    run_epoch0(&a);
+    run_checkpoints(&a);
+    run_end(&a);
+    peer_destroy(&a.wa);
+    peer_destroy(&a.wb);
+    peer_destroy(&a.srv);
 }
 
 /* ---- B: resume, then a dead server ------------------------------------------------- */
