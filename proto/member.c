@@ -10,7 +10,6 @@
 
 #include "common.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +96,7 @@ static int mon_read(join_mon_t *jm) {
 
 static int send_register(member_t *m, const char *my_endpoint) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_REGISTER, PROTO_ID_NONE);
-    h.seq = ++m->seq;
-    h.na = 1;
-    h.a[PROTO_REG_ROLE] = m->role;
-    if (my_endpoint) proto_hdr_set_str(&h, my_endpoint);
+    proto_make_register(&h, PROTO_ID_NONE, ++m->seq, m->role, my_endpoint);
     int rc = proto_send(m->sock, NULL, 0, &h, NULL, NULL, NULL);
     if (rc)
         return mimic_err(rc, "scheduler %s: sending REGISTER failed: %s", m->endpoint,
@@ -146,12 +141,9 @@ static int join_wait(member_t *m, join_mon_t *jm, const char *my_endpoint, int t
             left = (long)(rest * 1e3) + 1;
         }
         zmq_pollitem_t items[2] = {{m->sock, 0, ZMQ_POLLIN, 0}, {jm->pair, 0, ZMQ_POLLIN, 0}};
-        int n = zmq_poll(items, jm->pair ? 2 : 1, left);
-        if (n < 0) {
-            if (zmq_errno() == EINTR) continue;
+        if (proto_poll(items, jm->pair ? 2 : 1, left) < 0) /* 0 after a signal: go round */
             return mimic_err(MIMIC_EIO, "scheduler %s: zmq_poll: %s", m->endpoint,
                              zmq_strerror(zmq_errno()));
-        }
         if (jm->pair && (items[1].revents & ZMQ_POLLIN) && mon_read(jm)) {
             mimic_warn("scheduler %s: reconnected, sending REGISTER again", m->endpoint);
             int rc = send_register(m, my_endpoint);
@@ -257,15 +249,13 @@ static void *beat_main(void *arg) {
     uint64_t seq = 0;
     while (!atomic_load(&m->beat_stop)) {
         proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_HEARTBEAT, m->id);
-        h.step = atomic_load(&m->beat_step);
-        h.seq = ++seq;
+        proto_make_heartbeat(&h, m->id, ++seq, atomic_load(&m->beat_step));
         proto_send(sock, NULL, 0, &h, NULL, NULL, NULL); /* a dropped beat is the signal */
         /* the scheduler ACKs every heartbeat: hearing them is how the member knows the
          * scheduler is alive while it waits on something else (member_sched_silence_s) */
         for (int slept = 0; slept < m->period_ms && !atomic_load(&m->beat_stop); slept += 10) {
             zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-            if (zmq_poll(&it, 1, 10) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
+            if (proto_poll(&it, 1, 10) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
             proto_msg_t r;
             if (proto_recv(sock, &r, MEMBER_MAX_PAYLOAD, 0) == 0)
                 atomic_store(&m->beat_heard_ms, (int64_t)(mimic_now() * 1e3));
@@ -295,9 +285,7 @@ double member_sched_silence_s(const member_t *m) {
 int member_leave(member_t *m) {
     if (!m) return MIMIC_EINVAL;
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_LEAVE, m->id);
-    h.seq = ++m->seq;
-    h.step = m->step;
+    proto_make_leave(&h, m->id, ++m->seq, m->step);
     uint64_t seq = h.seq;
     int rc = proto_send(m->sock, NULL, 0, &h, NULL, NULL, NULL);
     if (rc) return mimic_err(rc, "scheduler %s: sending LEAVE failed", m->endpoint);

@@ -142,6 +142,11 @@ void proto_hdr_set_str(proto_hdr_t *h, const char *s) {
     h->str_len = (uint32_t)n;
 }
 
+void proto_hdr_set_payload(proto_hdr_t *h, proto_dtype_t dtype, uint64_t count) {
+    h->dtype = dtype;
+    h->nbytes = count * proto_dtype_size(dtype);
+}
+
 int proto_hdr_equal(const proto_hdr_t *x, const proto_hdr_t *y) {
     if (x->version != y->version || x->type != y->type || x->sender != y->sender ||
         x->step != y->step || x->lo != y->lo || x->hi != y->hi || x->dtype != y->dtype ||

@@ -9,9 +9,10 @@
  * MIMIC_EFORMAT with a reason naming the field, ready to send back with
  * proto_reply_error. docs/protocol.md is the message catalogue.
  *
- * Usage: proto_hdr_init(&h, PROTO_PUSH, my_id); fill fields; proto_send(...);
+ * Usage: proto_make_push(&h, my_id, seq, step, lo, hi, batch); proto_send(...);
  *        proto_recv(sock, &m, limit, timeout_ms); use m.hdr and proto_msg_data(&m);
- *        proto_msg_close(&m). */
+ *        proto_msg_close(&m). Event loops: proto_router_bind, proto_poll and
+ *        proto_recv_burst (below) set up and drain their sockets. */
 #ifndef MIMIC_PROTO_H
 #define MIMIC_PROTO_H
 
@@ -145,8 +146,70 @@ size_t proto_dtype_size(int dtype);      /* bytes per element; 0 for none/unknow
 void proto_hdr_init(proto_hdr_t *h, proto_type_t type, int32_t sender);
 /* Sets str (truncated to PROTO_STR_MAX bytes). */
 void proto_hdr_set_str(proto_hdr_t *h, const char *s);
+/* Sets dtype and n = count elements of dtype: for an optional payload whose length the
+ * args do not imply (REGISTER_ACK's u8 server list). */
+void proto_hdr_set_payload(proto_hdr_t *h, proto_dtype_t dtype, uint64_t count);
 /* 1 when every field is equal (floats compared bitwise), else 0. */
 int proto_hdr_equal(const proto_hdr_t *x, const proto_hdr_t *y);
+
+/* ---- typed builders (proto_make.c) --------------------------------------------------
+ * One per message type a process sends; these are the headers on the wire (callers do
+ * not count args by hand). Each zeroes h, then sets type, sender, seq and the fields
+ * the type carries: a[] and f[] by their PROTO_* names, dtype and n when the arguments
+ * imply the payload length, str where the type gives it a meaning (NULL or "": none).
+ * seq 0 and step 0 are not written on the wire. The few optional extras a caller may
+ * add afterwards are named at the builder. */
+void proto_make_register(proto_hdr_t *h, int32_t sender, uint64_t seq, int role,
+                         const char *endpoint); /* endpoint: a server's bound ROUTER */
+/* text: to a worker the server endpoints (space-separated; proto_hdr_set_payload for a
+ * u8 list that does not fit), to a server the step to resume from ("" fresh). */
+void proto_make_register_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, int32_t id, int nservers,
+                             int nworkers, int rank, uint64_t epoch, const char *text);
+void proto_make_heartbeat(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+void proto_make_leave(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+/* Payload: nlive i32 worker ids. */
+void proto_make_membership(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t epoch,
+                           uint64_t nlive);
+void proto_make_chunk_req(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+/* Payload: count u32 sample indices. */
+void proto_make_chunk(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t epoch,
+                      uint32_t id, uint32_t start, uint32_t count);
+/* A CHUNK without indices, status PROTO_CHUNK_END: training is over. */
+void proto_make_chunk_end(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+void proto_make_chunk_done(proto_hdr_t *h, int32_t sender, uint64_t seq, int64_t epoch, int64_t id,
+                           int64_t processed);
+/* step: the version the gradient was computed on. Payload: f32 gradient of [lo, hi). */
+void proto_make_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t lo,
+                     uint64_t hi, int64_t batch);
+void proto_make_push_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                         uint64_t lo, uint64_t hi);
+/* min_version goes in st (what servers use) and in a[PROTO_PULL_MINSTEP]. */
+void proto_make_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t min_version,
+                     uint64_t lo, uint64_t hi, int which);
+/* Payload: f32 values of [lo, hi) at version. */
+void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                           uint64_t lo, uint64_t hi, int which);
+/* Payload: count x dim f32 keys. */
+void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t count,
+                           uint64_t dim);
+void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t since);
+/* Payload: count x dim f32 rows for ring slots slot, slot+1, ... (mod capacity). */
+void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
+                            uint64_t count, uint64_t dim, uint64_t slot, uint64_t capacity);
+void proto_make_ckpt(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, const char *dir);
+/* status: 0 or a negative MIMIC_E* code; text: the path written, or why not. */
+void proto_make_ckpt_done(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, int status,
+                          const char *text);
+void proto_make_metrics(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, double loss,
+                        double imgs_per_s, double lr);
+void proto_make_shutdown(proto_hdr_t *h, int32_t sender, uint64_t seq, const char *reason);
+/* code: a negative MIMIC_E* code; req_type: the refused type (0: unknown). seq and step
+ * echo the request (proto_reply_error does all of it). */
+void proto_make_error(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, int code,
+                      int req_type, const char *reason);
+/* An ACK carries no st; set h->step afterwards where it reports a version (the queue
+ * version in the ACK of QUEUE_PUSH). */
+void proto_make_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, int acked_type);
 
 /* Encodes h into buf (cap bytes; PROTO_HDR_MAX always suffices), *len = bytes used.
  * Refuses (MIMIC_EINVAL, reason in why) a header that peers would reject. */
@@ -189,6 +252,44 @@ void proto_msg_close(proto_msg_t *m); /* releases the payload; safe to call twic
 
 /* Sends ERROR (a[0] = code, a[1] = req type, str = why, seq echoed) to req's sender. */
 int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why);
+
+/* ---- event-loop sockets (proto_zmq.c) ------------------------------------------------ */
+
+/* How a process binds the ROUTER its peers connect to (the scheduler, each server). */
+typedef struct {
+    const char *host;       /* cluster.bind_host: an address of this host, 0.0.0.0 = all */
+    int port;               /* 0: any free port */
+    int linger_ms;          /* ZMQ_LINGER: how long closing lets queued replies go out */
+    int64_t max_msg;        /* ZMQ_MAXMSGSIZE in bytes: a larger frame drops that peer */
+    int advertise_hostname; /* a wildcard bind advertises gethostname(), else a warning */
+} proto_router_opts_t;
+
+/* Creates and binds a ROUTER for an event loop that must never block on one peer:
+ * ZMQ_ROUTER_MANDATORY (a reply to a vanished peer fails with MIMIC_EPEER instead of
+ * vanishing), ZMQ_SNDTIMEO 0 (a full pipe to a stuck peer drops the reply at once),
+ * o->linger_ms and o->max_msg; frames between the receiver's payload limit and max_msg
+ * still reach proto_recv, which answers ERROR. Binds tcp://host:port (port 0: any)
+ * and writes the endpoint peers should connect to into endpoint (cap bytes).
+ * Returns 0, MIMIC_EINVAL (empty host, cannot bind: a bad setting) or MIMIC_EIO; on
+ * failure *out is NULL. The caller zmq_close()s *out. */
+int proto_router_bind(void **out, void *zctx, const proto_router_opts_t *o, char *endpoint,
+                      size_t cap);
+
+/* zmq_poll over n items for up to timeout_ms (-1: forever). Returns the number of ready
+ * items; 0 when the time ran out or a signal interrupted the wait (EINTR: every revents
+ * is then 0), so that a loop goes round and looks at its stop flag; MIMIC_EIO when
+ * zmq_poll failed otherwise (nothing is logged; zmq_errno() still says why). */
+int proto_poll(zmq_pollitem_t *items, int n, long timeout_ms);
+
+/* Called by proto_recv_burst for each message: rc is 0, MIMIC_EFORMAT (m->why says why;
+ * answer with proto_reply_error) or a receive error (MIMIC_EIO, MIMIC_ENOMEM). fn may
+ * take m's payload; proto_recv_burst closes m afterwards. Non-zero ends the burst. */
+typedef int(proto_burst_fn)(void *ctx, void *sock, proto_msg_t *m, int rc);
+/* Reads up to max messages already waiting on sock (never waits) into fn; stops early
+ * when none is left, after MIMIC_EIO, or when fn returns non-zero. The bound keeps a
+ * flood on one socket from starving the loop's other sockets and timers. Returns how
+ * many messages fn was given. */
+int proto_recv_burst(void *sock, int max, size_t max_payload, proto_burst_fn *fn, void *ctx);
 
 /* Completion tracking for caller-kept zero-copy buffers: proto_track_hold before each
  * proto_send(..., proto_track_release, &t); proto_track_wait returns 0 once ZeroMQ has

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* 1 for a ROUTER socket (messages carry an identity envelope), 0 otherwise, <0 error. */
 static int sock_is_router(void *sock) {
@@ -293,15 +294,103 @@ void proto_msg_close(proto_msg_t *m) {
 int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why) {
     proto_hdr_t h;
     if (!req) return mimic_err(MIMIC_EINVAL, "proto_reply_error: no request");
-    proto_hdr_init(&h, PROTO_ERROR, self);
-    h.seq = req->hdr.seq;
-    h.step = req->hdr.step;
-    h.na = 2;
-    h.a[PROTO_ERR_CODE] = code < 0 ? code : MIMIC_EPEER;
-    h.a[PROTO_ERR_REQTYPE] =
-        (req->hdr.type > PROTO_INVALID && req->hdr.type < PROTO_TYPE_COUNT) ? req->hdr.type : 0;
-    proto_hdr_set_str(&h, why && *why ? why : mimic_strerror(code));
+    int type = req->hdr.type;
+    proto_make_error(&h, self, req->hdr.seq, req->hdr.step, code < 0 ? code : MIMIC_EPEER,
+                     (type > PROTO_INVALID && type < PROTO_TYPE_COUNT) ? type : 0,
+                     why && *why ? why : mimic_strerror(code));
     return proto_send(sock, req->idlen ? req->id : NULL, req->idlen, &h, NULL, NULL, NULL);
+}
+
+/* ---- event-loop sockets ------------------------------------------------------------- */
+
+static int router_options(void *sock, const proto_router_opts_t *o) {
+    int one = 1, zero = 0, linger = o->linger_ms;
+    int64_t max_msg = o->max_msg;
+    return zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+           zmq_setsockopt(sock, ZMQ_SNDTIMEO, &zero, sizeof zero) ||
+           zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) ||
+           zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
+}
+
+/* The endpoint peers connect to: the bound one, unless it is a wildcard address, which
+ * nobody can connect to from elsewhere; then this host's name, or a warning. */
+static int advertise(const char *bound, const proto_router_opts_t *o, char *endpoint, size_t cap) {
+    int wild = strstr(bound, "://0.0.0.0:") || strstr(bound, "://*:");
+    int n;
+    if (wild && o->advertise_hostname) {
+        char host[200];
+        if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "127.0.0.1");
+        host[sizeof host - 1] = 0;
+        n = snprintf(endpoint, cap, "tcp://%s:%s", host, strrchr(bound, ':') + 1);
+    } else {
+        if (wild)
+            mimic_warn("advertising %s, which other hosts cannot connect to; set "
+                       "cluster.bind_host to this host's address",
+                       bound);
+        n = snprintf(endpoint, cap, "%s", bound);
+    }
+    if (n < 0 || (size_t)n >= cap)
+        return mimic_err(MIMIC_EINVAL, "endpoint of %s does not fit in %zu bytes", bound, cap);
+    return 0;
+}
+
+int proto_router_bind(void **out, void *zctx, const proto_router_opts_t *o, char *endpoint,
+                      size_t cap) {
+    char addr[300], bound[256];
+    size_t len = sizeof bound;
+    int rc, zero = 0;
+    *out = NULL;
+    if (!o->host || !o->host[0]) return mimic_err(MIMIC_EINVAL, "cluster.bind_host is empty");
+    void *sock = zmq_socket(zctx, ZMQ_ROUTER);
+    if (!sock) return mimic_err(MIMIC_EIO, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+    if (router_options(sock, o)) {
+        rc = mimic_err(MIMIC_EIO, "ROUTER socket options: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (o->port)
+        snprintf(addr, sizeof addr, "tcp://%s:%d", o->host, o->port);
+    else
+        snprintf(addr, sizeof addr, "tcp://%s:*", o->host);
+    if (zmq_bind(sock, addr) != 0) {
+        rc = mimic_err(MIMIC_EINVAL, "cluster.bind_host: cannot bind %s: %s", addr,
+                       zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, bound, &len) != 0) {
+        rc = mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if ((rc = advertise(bound, o, endpoint, cap))) goto fail;
+    *out = sock;
+    return 0;
+fail:
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(sock);
+    return rc;
+}
+
+int proto_poll(zmq_pollitem_t *items, int n, long timeout_ms) {
+    int rc = zmq_poll(items, n, timeout_ms);
+    if (rc >= 0) return rc;
+    if (zmq_errno() != EINTR) return MIMIC_EIO;
+    for (int i = 0; i < n; i++) /* zmq_poll leaves them as they were */
+        items[i].revents = 0;
+    return 0;
+}
+
+int proto_recv_burst(void *sock, int max, size_t max_payload, proto_burst_fn *fn, void *ctx) {
+    int k = 0;
+    while (k < max) {
+        proto_msg_t m;
+        int rc = proto_recv(sock, &m, max_payload, 0), stop = 0;
+        if (rc != MIMIC_ETIMEOUT) {
+            k++;
+            stop = fn(ctx, sock, &m, rc);
+        }
+        proto_msg_close(&m);
+        if (stop || rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO) break;
+    }
+    return k;
 }
 
 /* ---- completion tracking ------------------------------------------------------------ */

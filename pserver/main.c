@@ -44,35 +44,25 @@ static int find_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep, si
                                    "MIMIC_SCHEDULER or cluster.scheduler, or launch with mpirun");
 }
 
+/* config_flag_fn: --scheduler EP or --scheduler=EP into *(const char **)ctx. */
+static int pserver_flag(void *ctx, char **rest, int n, int *i) {
+    const char **flag = ctx;
+    if (strcmp(rest[*i], "--scheduler") == 0 && *i + 1 < n)
+        *flag = rest[++*i];
+    else if (strncmp(rest[*i], "--scheduler=", 12) == 0)
+        *flag = rest[*i] + 12;
+    else
+        return 0;
+    return 1;
+}
+
 int main(int argc, char **argv) {
     mimic_cfg_t cfg;
     char sched[512];
     const char *flag = NULL;
-    config_defaults(&cfg);
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0;
-    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) {
-        free(rest);
-        return 2;
-    }
-    for (int i = 0; i < nrest; i++) {
-        if (config_help_flag(rest[i], usage)) {
-            free(rest);
-            return 0;
-        } else if (strcmp(rest[i], "--scheduler") == 0 && i + 1 < nrest) {
-            flag = rest[++i];
-        } else if (strncmp(rest[i], "--scheduler=", 12) == 0) {
-            flag = rest[i] + 12;
-        } else {
-            mimic_err(MIMIC_EINVAL, "mimic-pserver: unknown or incomplete flag '%s'", rest[i]);
-            usage(stderr);
-            free(rest);
-            return 2;
-        }
-    }
-    int rc = find_scheduler(&cfg, flag, sched, sizeof sched);
-    free(rest);
-    if (rc) return 2;
+    int rc = config_start(&cfg, argc, argv, "mimic-pserver", usage, pserver_flag, &flag);
+    if (rc != CONFIG_RUN) return rc;
+    if (find_scheduler(&cfg, flag, sched, sizeof sched)) return CONFIG_EXIT_USAGE;
 
     mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
 

@@ -379,3 +379,28 @@ int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *r
     *rest_n = nr;
     return 0;
 }
+
+int config_start(mimic_cfg_t *c, int argc, char **argv, const char *prog, void (*usage)(FILE *),
+                 config_flag_fn *flag, void *ctx) {
+    int n = 0, code = CONFIG_RUN;
+    config_defaults(c);
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest || config_parse_args(c, argc, argv, rest, &n)) {
+        free(rest);
+        return CONFIG_EXIT_USAGE;
+    }
+    for (int i = 0; i < n && code == CONFIG_RUN; i++) {
+        if (config_help_flag(rest[i], usage)) {
+            code = 0;
+            break;
+        }
+        int taken = flag ? flag(ctx, rest, n, &i) : 0;
+        if (taken == 0) {
+            mimic_err(MIMIC_EINVAL, "%s: unknown or incomplete flag '%s'", prog, rest[i]);
+            usage(stderr);
+        }
+        if (taken <= 0) code = CONFIG_EXIT_USAGE;
+    }
+    free(rest); /* what the flags keep points into argv */
+    return code;
+}

@@ -88,10 +88,25 @@ int config_help_flag(const char *arg, void (*usage)(FILE *));
 /* Writes every key as INI (for run directories: what exactly ran). */
 void config_write(const mimic_cfg_t *c, FILE *f);
 
-#endif
-
 /* Shared command-line handling of all three binaries: an argument ending in ".ini"
  * (anywhere) is the INI file, `--section.key=value` flags override it, and `--config F`
  * also names the file. Other arguments are left in rest[] (rest_n of them) in order
  * for the binary's own flags. The file is loaded before any override is applied. */
 int config_parse_args(mimic_cfg_t *c, int argc, char **argv, char **rest, int *rest_n);
+
+/* A binary's own flags, for config_start: 1 when rest[*i] is one of them (values it
+ * takes advance *i), 0 when it is not, or a negative error after reporting a bad value. */
+typedef int(config_flag_fn)(void *ctx, char **rest, int n, int *i);
+#define CONFIG_RUN (-1)     /* config_start: go on */
+#define CONFIG_EXIT_USAGE 2 /* the exit code of a bad flag, config file or value */
+/* The start of every binary's main: config_defaults, config_parse_args, then each
+ * other argument in order: a help flag (config_help_flag) ends with exit code 0;
+ * flag(ctx, ...) takes the binary's own (flag may be NULL); anything else is reported
+ * as "prog: unknown or incomplete flag" with usage on stderr. Returns CONFIG_RUN, or
+ * the exit code main returns at once (0 or CONFIG_EXIT_USAGE):
+ *   if ((rc = config_start(&cfg, argc, argv, "mimic-x", usage, x_flag, &x)) != CONFIG_RUN)
+ *       return rc; */
+int config_start(mimic_cfg_t *c, int argc, char **argv, const char *prog, void (*usage)(FILE *),
+                 config_flag_fn *flag, void *ctx);
+
+#endif

@@ -46,55 +46,50 @@ static int parse_port(const char *v, int *port) {
     return 0;
 }
 
+typedef struct {
+    int port, port_given;
+    const char *epfile;
+} sched_args_t;
+
+/* config_flag_fn: --port and --endpoint-file. */
+static int sched_flag(void *ctx, char **rest, int n, int *i) {
+    sched_args_t *a = ctx;
+    const char *v;
+    if ((v = flag_value(rest, n, i, "--port"))) {
+        if (parse_port(v, &a->port)) return MIMIC_EINVAL;
+        a->port_given = 1;
+    } else if ((v = flag_value(rest, n, i, "--endpoint-file"))) {
+        a->epfile = v;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
     mimic_cfg_t cfg;
-    config_defaults(&cfg);
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0, port = 0, port_given = 0;
-    const char *epfile = NULL, *v;
-    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) {
-        free(rest);
-        return SCHED_EXIT_USAGE;
-    }
-    for (int i = 0; i < nrest; i++) {
-        if (config_help_flag(rest[i], usage)) {
-            free(rest);
-            return 0;
-        } else if ((v = flag_value(rest, nrest, &i, "--port"))) {
-            if (parse_port(v, &port)) {
-                free(rest);
-                return SCHED_EXIT_USAGE;
-            }
-            port_given = 1;
-        } else if ((v = flag_value(rest, nrest, &i, "--endpoint-file"))) {
-            epfile = v;
-        } else {
-            mimic_err(MIMIC_EINVAL, "mimic-scheduler: unknown or incomplete flag '%s'", rest[i]);
-            usage(stderr);
-            free(rest);
-            return SCHED_EXIT_USAGE;
-        }
-    }
-    free(rest);
+    sched_args_t args = {0};
+    int rc = config_start(&cfg, argc, argv, "mimic-scheduler", usage, sched_flag, &args);
+    if (rc != CONFIG_RUN) return rc;
 
     mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
 
     sched_t *s = NULL;
-    sched_opts_t opts = {.port = port, .stop = mimic_stop_flag()};
+    sched_opts_t opts = {.port = args.port, .stop = mimic_stop_flag()};
     if (sched_new(&s, &cfg, &opts)) return SCHED_EXIT_USAGE;
     const char *ep = sched_endpoint(s);
     printf("scheduler listening on %s\n", ep);
     fflush(stdout);
-    if (epfile) {
+    if (args.epfile) {
         char line[600];
         int n = snprintf(line, sizeof line, "%s\n", ep);
-        if (ckpt_write_atomic(epfile, line, (size_t)n)) {
+        if (ckpt_write_atomic(args.epfile, line, (size_t)n)) {
             sched_destroy(&s);
             return SCHED_EXIT_USAGE;
         }
     }
 #ifdef SCHED_HAVE_BOOTSTRAP
-    else if (!port_given && bootstrap_under_mpi()) {
+    else if (!args.port_given && bootstrap_under_mpi()) {
         if (bootstrap_publish(ep)) {
             sched_destroy(&s);
             return SCHED_EXIT_USAGE;
@@ -108,9 +103,9 @@ int main(int argc, char **argv) {
         sched_set_quorum(s, ns, nw);
     }
 #else
-    (void)port_given;
+    (void)args.port_given;
 #endif
-    int rc = sched_run(s);
+    rc = sched_run(s);
     sched_destroy(&s);
     return rc;
 }

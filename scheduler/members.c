@@ -6,7 +6,7 @@
 #include <string.h>
 
 struct members {
-    member_t *v;
+    members_entry_t *v;
     int n, cap;
     int32_t next_id;
 };
@@ -28,11 +28,12 @@ void members_destroy(members_t **pt) {
     *pt = NULL;
 }
 
-member_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen, double now) {
+members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen,
+                             double now) {
     MIMIC_CHECK(identlen > 0 && identlen <= PROTO_ID_MAX);
     if (t->n == t->cap) {
         int cap = t->cap ? 2 * t->cap : 16;
-        member_t *v = realloc(t->v, (size_t)cap * sizeof *v);
+        members_entry_t *v = realloc(t->v, (size_t)cap * sizeof *v);
         if (!v) {
             mimic_err(MIMIC_ENOMEM, "out of memory for %d members", cap);
             return NULL;
@@ -40,19 +41,19 @@ member_t *members_add(members_t *t, int role, const uint8_t *ident, size_t ident
         t->v = v;
         t->cap = cap;
     }
-    member_t *m = &t->v[t->n++];
+    members_entry_t *m = &t->v[t->n++];
     memset(m, 0, sizeof *m);
     m->id = t->next_id++;
     m->role = role;
     m->rank = -1;
-    m->state = MEMBER_PENDING;
+    m->state = MEMBERS_PENDING;
     memcpy(m->ident, ident, identlen);
     m->identlen = identlen;
     m->joined = m->last_seen = now;
     return m;
 }
 
-member_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen) {
+members_entry_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen) {
     /* Newest first: a routing identity is unique per connection. */
     for (int i = t->n - 1; i >= 0; i--)
         if (t->v[i].identlen == identlen && memcmp(t->v[i].ident, ident, identlen) == 0)
@@ -60,13 +61,13 @@ member_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen) 
     return NULL;
 }
 
-member_t *members_by_id(members_t *t, int32_t id) {
+members_entry_t *members_by_id(members_t *t, int32_t id) {
     for (int i = 0; i < t->n; i++)
         if (t->v[i].id == id) return &t->v[i];
     return NULL;
 }
 
-member_t *members_at(members_t *t, int i) {
+members_entry_t *members_at(members_t *t, int i) {
     MIMIC_CHECK(i >= 0 && i < t->n);
     return &t->v[i];
 }
@@ -75,11 +76,11 @@ int members_size(const members_t *t) {
     return t->n;
 }
 
-void members_touch(member_t *m, double now) {
+void members_touch(members_entry_t *m, double now) {
     m->last_seen = now;
 }
 
-int members_count(const members_t *t, int role, member_state_t state) {
+int members_count(const members_t *t, int role, members_state_t state) {
     int c = 0;
     for (int i = 0; i < t->n; i++)
         c += (role == 0 || t->v[i].role == role) && t->v[i].state == state;
@@ -89,7 +90,7 @@ int members_count(const members_t *t, int role, member_state_t state) {
 int members_live_workers(const members_t *t, int32_t *ids, int cap) {
     int c = 0; /* ids are assigned in table order, so this is ascending */
     for (int i = 0; i < t->n && c < cap; i++)
-        if (t->v[i].role == PROTO_ROLE_WORKER && t->v[i].state == MEMBER_LIVE)
+        if (t->v[i].role == PROTO_ROLE_WORKER && t->v[i].state == MEMBERS_LIVE)
             ids[c++] = t->v[i].id;
     return c;
 }
@@ -98,17 +99,17 @@ int members_free_worker_rank(const members_t *t) {
     for (int r = 0;; r++) {
         int used = 0;
         for (int i = 0; i < t->n && !used; i++) {
-            const member_t *m = &t->v[i];
+            const members_entry_t *m = &t->v[i];
             used = m->role == PROTO_ROLE_WORKER && m->rank == r &&
-                   (m->state == MEMBER_LIVE || m->state == MEMBER_PENDING);
+                   (m->state == MEMBERS_LIVE || m->state == MEMBERS_PENDING);
         }
         if (!used) return r;
     }
 }
 
-member_t *members_expired(members_t *t, double now, double dead_s) {
+members_entry_t *members_expired(members_t *t, double now, double dead_s) {
     for (int i = 0; i < t->n; i++)
-        if (t->v[i].state == MEMBER_LIVE && now - t->v[i].last_seen > dead_s) return &t->v[i];
+        if (t->v[i].state == MEMBERS_LIVE && now - t->v[i].last_seen > dead_s) return &t->v[i];
     return NULL;
 }
 

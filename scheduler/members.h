@@ -1,11 +1,12 @@
 /* members — the scheduler's table of registered processes: who is who, and who is alive.
  *
- * A member is one DEALER connection (its ZeroMQ routing identity) that sent REGISTER:
- * it gets an id (1, 2, ... never reused), a rank within its role and a state. Workers
- * wait in MEMBER_PENDING until the initial quorum (docs/runtime.md, "Membership");
- * LIVE members are timed out after cluster.dead_ms of silence. Dead and departed
- * members stay in the table so that a late message from them is answered "not a
- * member" rather than mistaken for a newcomer. The table owns nothing but itself:
+ * An entry (members_entry_t; proto/member.h's member_t is the other end, a process's own
+ * membership client) is one DEALER connection (its ZeroMQ routing identity) that sent
+ * REGISTER: it gets an id (1, 2, ... never reused), a rank within its role and a state.
+ * Workers wait in MEMBERS_PENDING until the initial quorum (docs/runtime.md,
+ * "Membership"); LIVE members are timed out after cluster.dead_ms of silence. Dead and
+ * departed members stay in the table so that a late message from them is answered "not
+ * a member" rather than mistaken for a newcomer. The table owns nothing but itself:
  *   members_new(&t); m = members_add(t, role, ident, len, now); members_touch(m, now);
  *   while ((m = members_expired(t, now, dead_s))) ...; members_destroy(&t); */
 #ifndef MIMIC_MEMBERS_H
@@ -17,17 +18,17 @@
 #include <stdint.h>
 
 typedef enum {
-    MEMBER_PENDING, /* registered worker waiting for its deferred REGISTER_ACK */
-    MEMBER_LIVE,
-    MEMBER_DEAD, /* silent for dead_ms */
-    MEMBER_LEFT, /* sent LEAVE */
-} member_state_t;
+    MEMBERS_PENDING, /* registered worker waiting for its deferred REGISTER_ACK */
+    MEMBERS_LIVE,
+    MEMBERS_DEAD, /* silent for dead_ms */
+    MEMBERS_LEFT, /* sent LEAVE */
+} members_state_t;
 
 typedef struct {
     int32_t id;
     int role; /* PROTO_ROLE_WORKER or PROTO_ROLE_SERVER */
     int rank; /* servers: key-range index; workers: lowest free rank at registration */
-    member_state_t state;
+    members_state_t state;
     uint8_t ident[PROTO_ID_MAX]; /* ZeroMQ routing identity */
     size_t identlen;
     double joined, last_seen;         /* mimic_now() seconds */
@@ -38,7 +39,7 @@ typedef struct {
     uint64_t memb_acked;
     double memb_sent;
     int memb_resends;
-} member_t;
+} members_entry_t;
 
 typedef struct members members_t;
 
@@ -47,22 +48,23 @@ void members_destroy(members_t **t);
 
 /* Adds a member with the next id (state PENDING, rank -1). The pointer stays valid
  * until the next members_add. NULL when out of memory. */
-member_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen, double now);
-member_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen);
-member_t *members_by_id(members_t *t, int32_t id);
+members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen,
+                             double now);
+members_entry_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen);
+members_entry_t *members_by_id(members_t *t, int32_t id);
 /* i-th member in registration order (i < members_size). */
-member_t *members_at(members_t *t, int i);
+members_entry_t *members_at(members_t *t, int i);
 int members_size(const members_t *t);
 
-void members_touch(member_t *m, double now);
+void members_touch(members_entry_t *m, double now);
 /* Members of `role` in `state` (role 0: any role). */
-int members_count(const members_t *t, int role, member_state_t state);
+int members_count(const members_t *t, int role, members_state_t state);
 /* Ids of the live workers, ascending, into ids (cap entries); returns how many. */
 int members_live_workers(const members_t *t, int32_t *ids, int cap);
 /* The lowest worker rank not held by a pending or live worker. */
 int members_free_worker_rank(const members_t *t);
 /* A live member silent for more than dead_s seconds, or NULL. The caller marks it. */
-member_t *members_expired(members_t *t, double now, double dead_s);
+members_entry_t *members_expired(members_t *t, double now, double dead_s);
 
 const char *members_role_name(int role); /* "worker", "server", "?" */
 

@@ -18,10 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zmq.h>
 
-#define MEMB_RESENDS_MAX 20 /* MEMBERSHIP resends per version to a server that does not ACK */
+#define MEMB_RESENDS_MAX 20  /* MEMBERSHIP resends per version to a server that does not ACK */
+#define SCHED_BURST 256      /* messages read per wake-up before the timers run */
+#define SCHED_LINGER_MS 2000 /* closing lets the last SHUTDOWNs go out this long */
 
 struct sched {
     mimic_cfg_t cfg;
@@ -63,7 +64,7 @@ static void free_buf(void *data, void *hint) {
 }
 
 /* Sends to a member; never blocks (ZMQ_SNDTIMEO 0). A failure costs this message only. */
-static int send_to(sched_t *s, const member_t *m, const proto_hdr_t *h, const void *payload,
+static int send_to(sched_t *s, const members_entry_t *m, const proto_hdr_t *h, const void *payload,
                    proto_free_fn *fn, void *hint) {
     int rc = proto_send(s->sock, m->ident, m->identlen, h, payload, fn, hint);
     if (rc)
@@ -84,16 +85,13 @@ __attribute__((format(printf, 4, 5))) static void reply_error(sched_t *s, const 
 
 static void reply_ack(sched_t *s, const proto_msg_t *m, proto_type_t acked) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_ACK, PROTO_ID_SCHEDULER);
-    h.seq = m->hdr.seq;
-    h.na = 1;
-    h.a[PROTO_ACK_TYPE] = acked;
+    proto_make_ack(&h, PROTO_ID_SCHEDULER, m->hdr.seq, acked);
     proto_send(s->sock, m->id, m->idlen, &h, NULL, NULL, NULL);
 }
 
-static member_t *server_of_rank(sched_t *s, int rank) {
+static members_entry_t *server_of_rank(sched_t *s, int rank) {
     for (int i = 0; i < members_size(s->mb); i++) {
-        member_t *m = members_at(s->mb, i);
+        members_entry_t *m = members_at(s->mb, i);
         if (m->role == PROTO_ROLE_SERVER && m->rank == rank) return m;
     }
     return NULL;
@@ -106,38 +104,39 @@ static int servers_registered(sched_t *s) {
     return n;
 }
 
-static void send_register_ack(sched_t *s, const member_t *m) {
-    proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER);
-    h.seq = m->reg_seq;
-    h.na = 5;
-    h.a[PROTO_RACK_ID] = m->id;
-    h.a[PROTO_RACK_NSERVERS] = s->S;
-    h.a[PROTO_RACK_NWORKERS] = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
-    h.a[PROTO_RACK_RANK] = m->rank;
-    h.a[PROTO_RACK_EPOCH] = (int64_t)s->memb_version;
-    if (m->role == PROTO_ROLE_SERVER) {
-        char step[32] = "";
-        if (s->resumed) snprintf(step, sizeof step, "%ld", s->resume_step);
-        proto_hdr_set_str(&h, step);
-        send_to(s, m, &h, NULL, NULL, NULL);
-        return;
-    }
-    /* Workers: the server endpoints in rank order, space-separated in str. */
-    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1, len = 0;
+/* The server endpoints in rank order, space-separated: malloc'ed, *len bytes; NULL when
+ * out of memory. */
+static char *server_list(sched_t *s, size_t *len) {
+    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1;
     char *eps = malloc(cap);
-    if (!eps) {
+    if (!eps) return NULL;
+    eps[0] = 0;
+    *len = 0;
+    for (int r = 0; r < s->S; r++) {
+        const members_entry_t *srv = server_of_rank(s, r);
+        *len += (size_t)snprintf(eps + *len, cap - *len, "%s%s", r ? " " : "",
+                                 srv ? srv->endpoint : "");
+    }
+    return eps;
+}
+
+static void send_register_ack(sched_t *s, const members_entry_t *m) {
+    proto_hdr_t h;
+    char step[32] = ""; /* to a server: the step to resume from, "" for a fresh start */
+    char *eps = NULL;   /* to a worker: the server endpoints */
+    size_t len = 0;
+    if (m->role == PROTO_ROLE_SERVER && s->resumed)
+        snprintf(step, sizeof step, "%ld", s->resume_step);
+    if (m->role != PROTO_ROLE_SERVER && !(eps = server_list(s, &len))) {
         mimic_warn("scheduler: out of memory answering worker id %d", m->id);
         return;
     }
-    eps[0] = 0;
-    for (int r = 0; r < s->S; r++) {
-        const member_t *srv = server_of_rank(s, r);
-        len +=
-            (size_t)snprintf(eps + len, cap - len, "%s%s", r ? " " : "", srv ? srv->endpoint : "");
-    }
-    if (len <= PROTO_STR_MAX) {
-        proto_hdr_set_str(&h, eps);
+    int in_str = len <= PROTO_STR_MAX;
+    const char *text = !eps ? step : in_str ? eps : NULL;
+    proto_make_register_ack(&h, PROTO_ID_SCHEDULER, m->reg_seq, m->id, s->S,
+                            members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE), m->rank,
+                            s->memb_version, text);
+    if (in_str) {
         free(eps);
         send_to(s, m, &h, NULL, NULL, NULL);
         return;
@@ -148,13 +147,12 @@ static void send_register_ack(sched_t *s, const member_t *m) {
                s->S, PROTO_STR_MAX);
     for (size_t i = 0; i < len; i++)
         if (eps[i] == ' ') eps[i] = '\n';
-    h.dtype = PROTO_DT_U8;
-    h.nbytes = len;
+    proto_hdr_set_payload(&h, PROTO_DT_U8, len);
     send_to(s, m, &h, eps, free_buf, NULL);
 }
 
-static void send_membership(sched_t *s, member_t *srv, double now) {
-    int n = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+static void send_membership(sched_t *s, members_entry_t *srv, double now) {
+    int n = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
     int32_t *ids = n ? malloc((size_t)n * sizeof *ids) : NULL;
     if (n && !ids) {
         mimic_warn("scheduler: out of memory for MEMBERSHIP");
@@ -162,13 +160,7 @@ static void send_membership(sched_t *s, member_t *srv, double now) {
     }
     n = members_live_workers(s->mb, ids, n);
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER);
-    h.seq = s->memb_version;
-    h.na = 2;
-    h.a[PROTO_MEMB_EPOCH] = (int64_t)s->memb_version;
-    h.a[PROTO_MEMB_LIVE] = n;
-    h.dtype = PROTO_DT_I32;
-    h.nbytes = (uint64_t)n * sizeof *ids;
+    proto_make_membership(&h, PROTO_ID_SCHEDULER, s->memb_version, s->memb_version, (uint64_t)n);
     send_to(s, srv, &h, ids, ids ? free_buf : NULL, NULL);
     srv->memb_sent = now;
 }
@@ -177,14 +169,14 @@ static void membership_changed(sched_t *s, double now) {
     if (!s->started) return; /* the first MEMBERSHIP goes out with the quorum */
     s->memb_version++;
     for (int i = 0; i < members_size(s->mb); i++) {
-        member_t *m = members_at(s->mb, i);
-        if (m->role != PROTO_ROLE_SERVER || m->state != MEMBER_LIVE) continue;
+        members_entry_t *m = members_at(s->mb, i);
+        if (m->role != PROTO_ROLE_SERVER || m->state != MEMBERS_LIVE) continue;
         m->memb_resends = 0;
         send_membership(s, m, now);
     }
     jbegin(s, "membership");
     metrics_int(&s->mx, "version", (long long)s->memb_version);
-    metrics_int(&s->mx, "live_workers", members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE));
+    metrics_int(&s->mx, "live_workers", members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE));
     metrics_end(&s->mx);
     mark(s, "membership");
 }
@@ -193,12 +185,10 @@ static void request_checkpoints(sched_t *s) {
     long step;
     while (ckpt_next_request(s->ck, &step)) {
         proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_CKPT, PROTO_ID_SCHEDULER);
-        h.step = (uint64_t)step;
-        proto_hdr_set_str(&h, s->ckdir);
+        proto_make_ckpt(&h, PROTO_ID_SCHEDULER, 0, (uint64_t)step, s->ckdir);
         for (int i = 0; i < members_size(s->mb); i++) {
-            const member_t *m = members_at(s->mb, i);
-            if (m->role == PROTO_ROLE_SERVER && m->state == MEMBER_LIVE)
+            const members_entry_t *m = members_at(s->mb, i);
+            if (m->role == PROTO_ROLE_SERVER && m->state == MEMBERS_LIVE)
                 send_to(s, m, &h, NULL, NULL, NULL);
         }
     }
@@ -207,12 +197,11 @@ static void request_checkpoints(sched_t *s) {
 /* SHUTDOWN to every live or waiting peer, and the loop ends with `code`. */
 static void end_run(sched_t *s, int code, const char *why) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_SHUTDOWN, PROTO_ID_SCHEDULER);
-    proto_hdr_set_str(&h, why);
+    proto_make_shutdown(&h, PROTO_ID_SCHEDULER, 0, why);
     int sent = 0;
     for (int i = 0; i < members_size(s->mb); i++) {
-        const member_t *m = members_at(s->mb, i);
-        if (m->state == MEMBER_LIVE || m->state == MEMBER_PENDING)
+        const members_entry_t *m = members_at(s->mb, i);
+        if (m->state == MEMBERS_LIVE || m->state == MEMBERS_PENDING)
             sent += send_to(s, m, &h, NULL, NULL, NULL) == 0;
     }
     progress_flush(&s->pg, mimic_now(), stderr, &s->mx, s->t0);
@@ -229,14 +218,14 @@ static void end_run(sched_t *s, int code, const char *why) {
 /* ---- membership events ------------------------------------------------------------- */
 
 static void maybe_start(sched_t *s, double now) {
-    if (s->started || members_count(s->mb, PROTO_ROLE_SERVER, MEMBER_LIVE) < s->S ||
-        members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_PENDING) < s->W0)
+    if (s->started || members_count(s->mb, PROTO_ROLE_SERVER, MEMBERS_LIVE) < s->S ||
+        members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_PENDING) < s->W0)
         return;
     s->started = 1;
     for (int i = 0; i < members_size(s->mb); i++) {
-        member_t *m = members_at(s->mb, i);
-        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBER_PENDING) {
-            m->state = MEMBER_LIVE;
+        members_entry_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_PENDING) {
+            m->state = MEMBERS_LIVE;
             m->last_seen = now; /* its silence while it waited for us does not count */
         }
     }
@@ -244,11 +233,11 @@ static void maybe_start(sched_t *s, double now) {
     membership_changed(s, now);
     request_checkpoints(s);
     for (int i = 0; i < members_size(s->mb); i++) {
-        const member_t *m = members_at(s->mb, i);
-        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBER_LIVE) send_register_ack(s, m);
+        const members_entry_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_LIVE) send_register_ack(s, m);
     }
     progress_init(&s->pg, s->end_step, s->resume_step, now);
-    int W = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    int W = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
     mimic_log("scheduler: %d server(s) and %d worker(s) registered; training %s step %ld to %ld",
               s->S, W, s->resumed ? "resumes at" : "starts at", s->resume_step, s->end_step);
     jbegin(s, "quorum");
@@ -258,12 +247,12 @@ static void maybe_start(sched_t *s, double now) {
     mark(s, "quorum");
 }
 
-static void worker_gone(sched_t *s, member_t *m, member_state_t st, double now) {
+static void worker_gone(sched_t *s, members_entry_t *m, members_state_t st, double now) {
     m->state = st;
     int r = workq_requeue_worker(s->q, m->id);
-    const char *what = st == MEMBER_DEAD ? "worker_dead" : "worker_left";
+    const char *what = st == MEMBERS_DEAD ? "worker_dead" : "worker_left";
     mimic_log("scheduler: worker rank %d (id %d) %s; %d chunk(s) back at the front of the queue",
-              m->rank, m->id, st == MEMBER_DEAD ? "declared dead (no heartbeat)" : "left", r);
+              m->rank, m->id, st == MEMBERS_DEAD ? "declared dead (no heartbeat)" : "left", r);
     jbegin(s, what);
     metrics_int(&s->mx, "id", m->id);
     metrics_int(&s->mx, "rank", m->rank);
@@ -273,21 +262,21 @@ static void worker_gone(sched_t *s, member_t *m, member_state_t st, double now) 
     membership_changed(s, now);
 }
 
-static void server_failed(sched_t *s, member_t *m, const char *what) {
+static void server_failed(sched_t *s, members_entry_t *m, const char *what) {
     char why[256];
-    m->state = MEMBER_DEAD;
+    m->state = MEMBERS_DEAD;
     snprintf(why, sizeof why, "server rank %d (id %d) %s; restart from the last checkpoint",
              m->rank, m->id, what);
     end_run(s, SCHED_EXIT_SERVER, why);
 }
 
-static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, double now) {
+static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *known, double now) {
     int role = (int)msg->hdr.a[PROTO_REG_ROLE];
     if (known) {
-        if (known->role == role && known->state == MEMBER_LIVE) {
+        if (known->role == role && known->state == MEMBERS_LIVE) {
             known->reg_seq = msg->hdr.seq; /* a retry: answer again, same id */
             send_register_ack(s, known);
-        } else if (known->role == role && known->state == MEMBER_PENDING) {
+        } else if (known->role == role && known->state == MEMBERS_PENDING) {
             known->reg_seq = msg->hdr.seq; /* still deferred; answered at the quorum */
         } else if (known->role != role) {
             reply_error(s, msg, MIMIC_EPEER, "this connection registered as a %s (id %d)",
@@ -295,7 +284,7 @@ static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, dou
         } else {
             reply_error(s, msg, MIMIC_EPEER,
                         "not a member: this connection was id %d (%s); reconnect to register",
-                        known->id, known->state == MEMBER_DEAD ? "declared dead" : "left");
+                        known->id, known->state == MEMBERS_DEAD ? "declared dead" : "left");
         }
         return;
     }
@@ -316,13 +305,13 @@ static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, dou
             reply_error(s, msg, MIMIC_EINVAL, "REGISTER of a server needs its endpoint in str");
             return;
         }
-        member_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
+        members_entry_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
         if (!m) {
             reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
             return;
         }
         m->rank = rank;
-        m->state = MEMBER_LIVE;
+        m->state = MEMBERS_LIVE;
         m->reg_seq = msg->hdr.seq;
         snprintf(m->endpoint, sizeof m->endpoint, "%s", msg->hdr.str);
         send_register_ack(s, m);
@@ -337,7 +326,7 @@ static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, dou
         return;
     }
     int rank = members_free_worker_rank(s->mb);
-    member_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
+    members_entry_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
     if (!m) {
         reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
         return;
@@ -351,7 +340,7 @@ static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, dou
     metrics_int(&s->mx, "deferred", !s->started);
     metrics_end(&s->mx);
     if (s->started) { /* an elastic join: answered at once */
-        m->state = MEMBER_LIVE;
+        m->state = MEMBERS_LIVE;
         mimic_log("scheduler: worker rank %d (id %d) joined", rank, m->id);
         membership_changed(s, now);
         send_register_ack(s, m);
@@ -359,8 +348,8 @@ static void on_register(sched_t *s, const proto_msg_t *msg, member_t *known, dou
     }
     mimic_log("scheduler: worker rank %d (id %d) registered; waiting for %d server(s) and %d "
               "worker(s)",
-              rank, m->id, s->S - members_count(s->mb, PROTO_ROLE_SERVER, MEMBER_LIVE),
-              s->W0 - members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_PENDING));
+              rank, m->id, s->S - members_count(s->mb, PROTO_ROLE_SERVER, MEMBERS_LIVE),
+              s->W0 - members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_PENDING));
     maybe_start(s, now);
 }
 
@@ -371,15 +360,10 @@ static uint64_t keep_version(const sched_t *s) {
     return p < 0 ? UINT64_MAX : (uint64_t)p;
 }
 
-static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const member_t *m) {
+static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_CHUNK, PROTO_ID_SCHEDULER);
-    h.seq = msg->hdr.seq;
-    h.step = msg->hdr.step;
-    h.dtype = PROTO_DT_U32;
     if (s->finishing || msg->hdr.step >= (uint64_t)s->end_step) {
-        h.na = 5; /* count 0, status END: training is over */
-        h.a[PROTO_CHUNK_STATUS] = PROTO_CHUNK_END;
+        proto_make_chunk_end(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step);
         send_to(s, m, &h, NULL, NULL, NULL);
         return;
     }
@@ -389,17 +373,13 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const member_t *m) 
         reply_error(s, msg, rc, "work queue: %s", mimic_last_error());
         return;
     }
-    h.na = 4;
-    h.a[PROTO_CHUNK_EPOCH] = (int64_t)c.epoch;
-    h.a[PROTO_CHUNK_ID] = c.id;
-    h.a[PROTO_CHUNK_START] = c.start;
-    h.a[PROTO_CHUNK_COUNT] = c.count;
-    h.nbytes = (uint64_t)c.count * sizeof(uint32_t);
+    proto_make_chunk(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step, c.epoch, c.id, c.start,
+                     c.count);
     /* Zero-copy out of the epoch's permutation; the send holds a reference to it. */
     send_to(s, m, &h, c.idx, workq_release, c.hold);
 }
 
-static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const member_t *m) {
+static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
     const int64_t *a = msg->hdr.a;
     if (a[PROTO_CDONE_ID] > UINT32_MAX) {
         reply_error(s, msg, MIMIC_EINVAL, "CHUNK_DONE: chunk id %" PRId64 " out of range",
@@ -438,7 +418,7 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const member_t *m)
 static void on_metrics(sched_t *s, const proto_msg_t *msg) {
     const proto_hdr_t *h = &msg->hdr;
     double lr = h->nf > PROTO_METRIC_LR ? h->f[PROTO_METRIC_LR] : 0;
-    int live = members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE);
+    int live = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
     progress_metrics(&s->pg, (long)h->step, h->f[PROTO_METRIC_LOSS], lr, live, mimic_now(), stderr,
                      &s->mx, s->t0);
 }
@@ -451,7 +431,7 @@ static void begin_finish(sched_t *s, double now) {
               s->end_step);
 }
 
-static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const member_t *m, double now) {
+static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry_t *m, double now) {
     long step = (long)msg->hdr.step;
     int status = (int)msg->hdr.a[PROTO_CKDONE_STATUS], complete, failed;
     char why[256];
@@ -484,7 +464,7 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const member_t *m, 
     if (step == s->end_step && !s->finishing) begin_finish(s, now);
 }
 
-static void on_ack(sched_t *s, const proto_msg_t *msg, member_t *m) {
+static void on_ack(sched_t *s, const proto_msg_t *msg, members_entry_t *m) {
     if (msg->hdr.a[PROTO_ACK_TYPE] == PROTO_MEMBERSHIP && m->role == PROTO_ROLE_SERVER &&
         msg->hdr.seq > m->memb_acked && msg->hdr.seq <= s->memb_version)
         m->memb_acked = msg->hdr.seq;
@@ -492,24 +472,24 @@ static void on_ack(sched_t *s, const proto_msg_t *msg, member_t *m) {
 
 /* ---- dispatch ---------------------------------------------------------------------- */
 
-static int only(sched_t *s, const proto_msg_t *msg, const member_t *m, int role) {
+static int only(sched_t *s, const proto_msg_t *msg, const members_entry_t *m, int role) {
     if (m->role == role) return 1;
     reply_error(s, msg, MIMIC_EPEER, "only %ss send %s", members_role_name(role),
                 proto_type_name(msg->hdr.type));
     return 0;
 }
 
-static void handle_member(sched_t *s, const proto_msg_t *msg, member_t *m, double now) {
+static void handle_member(sched_t *s, const proto_msg_t *msg, members_entry_t *m, double now) {
     proto_type_t t = msg->hdr.type;
-    if (m->state == MEMBER_DEAD || m->state == MEMBER_LEFT) {
+    if (m->state == MEMBERS_DEAD || m->state == MEMBERS_LEFT) {
         reply_error(s, msg, MIMIC_EPEER, "not a member: id %d %s", m->id,
-                    m->state == MEMBER_DEAD ? "was declared dead" : "has left");
+                    m->state == MEMBERS_DEAD ? "was declared dead" : "has left");
         return;
     }
     members_touch(m, now);
-    if (m->state == MEMBER_PENDING) {
+    if (m->state == MEMBERS_PENDING) {
         if (t == PROTO_LEAVE) {
-            m->state = MEMBER_LEFT;
+            m->state = MEMBERS_LEFT;
             reply_ack(s, msg, PROTO_LEAVE);
         } else if (t != PROTO_HEARTBEAT) {
             reply_error(s, msg, MIMIC_EPEER,
@@ -534,9 +514,9 @@ static void handle_member(sched_t *s, const proto_msg_t *msg, member_t *m, doubl
     case PROTO_LEAVE:
         reply_ack(s, msg, PROTO_LEAVE);
         if (m->role == PROTO_ROLE_WORKER)
-            worker_gone(s, m, MEMBER_LEFT, now);
+            worker_gone(s, m, MEMBERS_LEFT, now);
         else if (s->finishing)
-            m->state = MEMBER_LEFT;
+            m->state = MEMBERS_LEFT;
         else
             server_failed(s, m, "left during training");
         break;
@@ -573,13 +553,13 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
         mimic_warn("scheduler: receive failed: %s", msg->why);
         return;
     }
-    member_t *m = members_by_ident(s->mb, msg->id, msg->idlen);
+    members_entry_t *m = members_by_ident(s->mb, msg->id, msg->idlen);
     /* A member's heartbeat thread has its own connection (ZeroMQ sockets are not
      * thread-safe), so a HEARTBEAT is matched by its sender id, not its connection:
      * a long forward/backward pass must not make a busy worker look dead. */
     if (!m && msg->hdr.type == PROTO_HEARTBEAT && msg->hdr.sender >= 0) {
-        member_t *owner = members_by_id(s->mb, msg->hdr.sender);
-        if (owner && (owner->state == MEMBER_LIVE || owner->state == MEMBER_PENDING)) {
+        members_entry_t *owner = members_by_id(s->mb, msg->hdr.sender);
+        if (owner && (owner->state == MEMBERS_LIVE || owner->state == MEMBERS_PENDING)) {
             members_touch(owner, now);
             reply_ack(s, msg, PROTO_HEARTBEAT); /* the member's sign that we are alive */
         }
@@ -601,17 +581,17 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
 /* ---- timers ------------------------------------------------------------------------ */
 
 static void tick(sched_t *s, double now) {
-    member_t *m;
+    members_entry_t *m;
     while (!s->over && (m = members_expired(s->mb, now, s->dead_s))) {
         if (m->role == PROTO_ROLE_SERVER)
             server_failed(s, m, "stopped sending heartbeats");
         else
-            worker_gone(s, m, MEMBER_DEAD, now);
+            worker_gone(s, m, MEMBERS_DEAD, now);
     }
     if (s->over) return;
     for (int i = 0; s->started && i < members_size(s->mb); i++) {
         m = members_at(s->mb, i);
-        if (m->role == PROTO_ROLE_SERVER && m->state == MEMBER_LIVE &&
+        if (m->role == PROTO_ROLE_SERVER && m->state == MEMBERS_LIVE &&
             m->memb_acked < s->memb_version && now - m->memb_sent > s->resend_s &&
             m->memb_resends < MEMB_RESENDS_MAX) {
             m->memb_resends++;
@@ -619,12 +599,19 @@ static void tick(sched_t *s, double now) {
         }
     }
     progress_tick(&s->pg, now, stderr, &s->mx, s->t0);
-    if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBER_LIVE) == 0 ||
+    if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) == 0 ||
                          now - s->finish_t > 2 * s->dead_s)) {
         char why[128];
         snprintf(why, sizeof why, "training finished at step %ld", s->end_step);
         end_run(s, s->ckpt_failed ? SCHED_EXIT_FAIL : SCHED_EXIT_OK, why);
     }
+}
+
+/* proto_recv_burst's callback: one message; the burst ends with the run. */
+static int on_message(void *ctx, void *sock, proto_msg_t *msg, int rc) {
+    sched_t *s = ctx;
+    handle(s, msg, rc, mimic_now());
+    return s->over;
 }
 
 int sched_run(sched_t *s) {
@@ -637,20 +624,14 @@ int sched_run(sched_t *s) {
             break;
         }
         zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
-        int ready = zmq_poll(&it, 1, SCHED_TICK_MS);
-        if (ready < 0 && zmq_errno() != EINTR) {
+        int ready = proto_poll(&it, 1, SCHED_TICK_MS); /* 0 after a signal too */
+        if (ready < 0) {
             mimic_err(MIMIC_EIO, "scheduler: zmq_poll: %s", zmq_strerror(zmq_errno()));
             end_run(s, SCHED_EXIT_FAIL, "scheduler socket failed");
             break;
         }
         /* A bounded batch, so that heartbeats are checked even under a flood. */
-        for (int k = 0; ready > 0 && k < 256 && !s->over; k++) {
-            proto_msg_t msg;
-            int rc = proto_recv(s->sock, &msg, SCHED_MAX_PAYLOAD, 0);
-            if (rc != MIMIC_ETIMEOUT) handle(s, &msg, rc, mimic_now());
-            proto_msg_close(&msg);
-            if (rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO) break;
-        }
+        if (ready > 0) proto_recv_burst(s->sock, SCHED_BURST, SCHED_MAX_PAYLOAD, on_message, s);
         if (!s->over) tick(s, mimic_now());
     }
     return s->exit_code;
@@ -750,40 +731,16 @@ static int decide_resume(sched_t *s) {
 }
 
 static int open_socket(sched_t *s, int port) {
-    char addr[256], last[256];
-    size_t len = sizeof last;
-    int one = 1, zero = 0, linger = 2000, maxmsg = 1 << 20;
     s->zctx = zmq_ctx_new();
     if (!s->zctx) return mimic_err(MIMIC_EIO, "cannot create a ZeroMQ context");
-    s->sock = zmq_socket(s->zctx, ZMQ_ROUTER);
-    if (!s->sock) return mimic_err(MIMIC_EIO, "cannot create the scheduler socket");
-    int64_t maxmsg64 = maxmsg;
-    /* Replies to vanished peers fail instead of vanishing; sends never wait; a frame
-     * larger than any legal message drops that peer's connection. */
-    if (zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
-        zmq_setsockopt(s->sock, ZMQ_SNDTIMEO, &zero, sizeof zero) ||
-        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg64, sizeof maxmsg64))
-        return mimic_err(MIMIC_EIO, "scheduler socket options: %s", zmq_strerror(zmq_errno()));
-    if (port)
-        snprintf(addr, sizeof addr, "tcp://%s:%d", s->cfg.cluster.bind_host, port);
-    else
-        snprintf(addr, sizeof addr, "tcp://%s:*", s->cfg.cluster.bind_host);
-    if (zmq_bind(s->sock, addr) != 0)
-        return mimic_err(MIMIC_EIO, "cannot bind %s (cluster.bind_host, --port): %s", addr,
-                         zmq_strerror(zmq_errno()));
-    if (zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, last, &len) != 0)
-        return mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
-    const char *any = "tcp://0.0.0.0:";
-    if (strncmp(last, any, strlen(any)) == 0) { /* advertise a name others can reach */
-        char host[200];
-        if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "127.0.0.1");
-        host[sizeof host - 1] = 0;
-        snprintf(s->endpoint, sizeof s->endpoint, "tcp://%s:%s", host, last + strlen(any));
-    } else {
-        snprintf(s->endpoint, sizeof s->endpoint, "%s", last);
-    }
-    return 0;
+    /* Nothing sent to the scheduler carries a payload: 1 MB is far beyond any legal
+     * frame; 0.0.0.0 (all interfaces) is advertised by this host's name. */
+    proto_router_opts_t o = {.host = s->cfg.cluster.bind_host,
+                             .port = port,
+                             .linger_ms = SCHED_LINGER_MS,
+                             .max_msg = 1 << 20,
+                             .advertise_hostname = 1};
+    return proto_router_bind(&s->sock, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
 int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {

@@ -170,12 +170,6 @@ void workq_destroy(workq_t **pq) {
     *pq = NULL;
 }
 
-uint32_t workq_samples(const workq_t *q) {
-    return q->n;
-}
-uint32_t workq_chunk_size(const workq_t *q) {
-    return q->cs;
-}
 uint32_t workq_chunks_per_epoch(const workq_t *q) {
     return q->nchunks;
 }

@@ -43,8 +43,6 @@ enum { WORKQ_DONE = 0, WORKQ_DUPLICATE = 1 };
 int workq_new(workq_t **out, uint32_t n, uint32_t chunk_size, uint64_t seed);
 void workq_destroy(workq_t **q);
 
-uint32_t workq_samples(const workq_t *q);
-uint32_t workq_chunk_size(const workq_t *q);
 uint32_t workq_chunks_per_epoch(const workq_t *q);
 /* The next fresh chunk: epoch and chunk id (the "cursor"). */
 void workq_position(const workq_t *q, uint64_t *epoch, uint32_t *next);

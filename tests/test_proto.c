@@ -248,6 +248,142 @@ static void test_roundtrip(void) {
     T_CHECK(h.str_len == PROTO_STR_MAX && h.str[PROTO_STR_MAX] == '\0');
 }
 
+/* ---- typed builders ------------------------------------------------------------------ */
+
+/* A builder's header must equal `want`, the one its call site built field by field
+ * before the builders (so the wire did not change), pass proto_validate with exactly
+ * its n bytes of payload, and survive encode/decode. */
+static void check_made(const char *what, const proto_hdr_t *made, const proto_hdr_t *want) {
+    uint8_t buf[PROTO_HDR_MAX], wbuf[PROTO_HDR_MAX];
+    char why[PROTO_WHY_MAX] = "";
+    size_t len = 0, wlen = 0, n = (size_t)made->nbytes;
+    proto_hdr_t g;
+    int same = proto_hdr_equal(made, want);
+    int ok = same && proto_validate(made, n, LIMIT, why, sizeof why) == 0 &&
+             (n == 0 || proto_validate(made, n - 1, LIMIT, NULL, 0) != 0) &&
+             proto_encode_hdr(made, buf, sizeof buf, &len, why, sizeof why) == 0 &&
+             proto_encode_hdr(want, wbuf, sizeof wbuf, &wlen, why, sizeof why) == 0 &&
+             len == wlen && memcmp(buf, wbuf, len) == 0 &&
+             proto_decode_hdr(&g, buf, len, why, sizeof why) == 0 && proto_hdr_equal(&g, made);
+    if (!ok)
+        fprintf(stderr, "  builder of %s: %s\n", what,
+                !same ? "differs from the hand-built header" : why);
+    T_CHECK(ok);
+}
+
+/* The reference: what every builder starts from. */
+static proto_hdr_t *ref(proto_hdr_t *w, proto_type_t type, int32_t sender, uint64_t seq,
+                        uint64_t step) {
+    proto_hdr_init(w, type, sender);
+    w->seq = seq;
+    w->step = step;
+    return w;
+}
+
+static void test_builders_control(void) {
+    proto_hdr_t h, w;
+    proto_make_register(&h, PROTO_ID_NONE, 1, PROTO_ROLE_SERVER, "tcp://10.0.0.7:40123");
+    set_args(ref(&w, PROTO_REGISTER, PROTO_ID_NONE, 1, 0), 1, (int64_t[]){PROTO_ROLE_SERVER});
+    proto_hdr_set_str(&w, "tcp://10.0.0.7:40123");
+    check_made("REGISTER", &h, &w);
+    proto_make_register(&h, PROTO_ID_NONE, 2, PROTO_ROLE_WORKER, NULL);
+    set_args(ref(&w, PROTO_REGISTER, PROTO_ID_NONE, 2, 0), 1, (int64_t[]){PROTO_ROLE_WORKER});
+    check_made("REGISTER (worker)", &h, &w);
+    proto_make_register_ack(&h, PROTO_ID_SCHEDULER, 3, 5, 2, 4, 1, 7, "tcp://a:1 tcp://b:2");
+    set_args(ref(&w, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER, 3, 0), 5, (int64_t[]){5, 2, 4, 1, 7});
+    proto_hdr_set_str(&w, "tcp://a:1 tcp://b:2");
+    check_made("REGISTER_ACK", &h, &w);
+    proto_make_register_ack(&h, PROTO_ID_SCHEDULER, 3, 5, 2, 4, 1, 7, "");
+    proto_hdr_set_payload(&h, PROTO_DT_U8, 41); /* the server list as a payload */
+    set_args(ref(&w, PROTO_REGISTER_ACK, PROTO_ID_SCHEDULER, 3, 0), 5, (int64_t[]){5, 2, 4, 1, 7});
+    w.dtype = PROTO_DT_U8;
+    w.nbytes = 41;
+    check_made("REGISTER_ACK with payload", &h, &w);
+    proto_make_heartbeat(&h, 4, 9, 120);
+    check_made("HEARTBEAT", &h, ref(&w, PROTO_HEARTBEAT, 4, 9, 120));
+    proto_make_leave(&h, 4, 10, 121);
+    check_made("LEAVE", &h, ref(&w, PROTO_LEAVE, 4, 10, 121));
+    proto_make_membership(&h, PROTO_ID_SCHEDULER, 6, 6, 3);
+    set_args(ref(&w, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER, 6, 0), 2, (int64_t[]){6, 3});
+    w.dtype = PROTO_DT_I32;
+    w.nbytes = 3 * sizeof(int32_t);
+    check_made("MEMBERSHIP", &h, &w);
+    proto_make_ckpt(&h, PROTO_ID_SCHEDULER, 0, 5000, "/var/lib/mimic/ckpt");
+    ref(&w, PROTO_CKPT, PROTO_ID_SCHEDULER, 0, 5000);
+    proto_hdr_set_str(&w, "/var/lib/mimic/ckpt");
+    check_made("CKPT", &h, &w);
+    proto_make_ckpt_done(&h, 1, 0, 5000, MIMIC_EIO, "disk full");
+    set_args(ref(&w, PROTO_CKPT_DONE, 1, 0, 5000), 1, (int64_t[]){MIMIC_EIO});
+    proto_hdr_set_str(&w, "disk full");
+    check_made("CKPT_DONE", &h, &w);
+    proto_make_shutdown(&h, PROTO_ID_SCHEDULER, 0, "training finished at step 60");
+    ref(&w, PROTO_SHUTDOWN, PROTO_ID_SCHEDULER, 0, 0);
+    proto_hdr_set_str(&w, "training finished at step 60");
+    check_made("SHUTDOWN", &h, &w);
+    proto_make_error(&h, 1, 11, 12, MIMIC_EFORMAT, PROTO_PUSH, "header field 'n'");
+    set_args(ref(&w, PROTO_ERROR, 1, 11, 12), 2, (int64_t[]){MIMIC_EFORMAT, PROTO_PUSH});
+    proto_hdr_set_str(&w, "header field 'n'");
+    check_made("ERROR", &h, &w);
+    proto_make_ack(&h, PROTO_ID_SCHEDULER, 13, PROTO_LEAVE);
+    set_args(ref(&w, PROTO_ACK, PROTO_ID_SCHEDULER, 13, 0), 1, (int64_t[]){PROTO_LEAVE});
+    check_made("ACK", &h, &w);
+}
+
+static void test_builders_data(void) {
+    proto_hdr_t h, w;
+    proto_make_chunk_req(&h, 4, 20, 3);
+    check_made("CHUNK_REQ", &h, ref(&w, PROTO_CHUNK_REQ, 4, 20, 3));
+    proto_make_chunk(&h, PROTO_ID_SCHEDULER, 20, 3, 2, 17, 136, 8);
+    set_args(ref(&w, PROTO_CHUNK, PROTO_ID_SCHEDULER, 20, 3), 4, (int64_t[]){2, 17, 136, 8});
+    w.dtype = PROTO_DT_U32;
+    w.nbytes = 8 * sizeof(uint32_t);
+    check_made("CHUNK", &h, &w);
+    proto_make_chunk_end(&h, PROTO_ID_SCHEDULER, 21, 60);
+    set_args(ref(&w, PROTO_CHUNK, PROTO_ID_SCHEDULER, 21, 60), 5,
+             (int64_t[]){0, 0, 0, 0, PROTO_CHUNK_END});
+    w.dtype = PROTO_DT_U32;
+    check_made("CHUNK (end)", &h, &w);
+    proto_make_chunk_done(&h, 4, 22, 2, 17, 8);
+    set_args(ref(&w, PROTO_CHUNK_DONE, 4, 22, 0), 3, (int64_t[]){2, 17, 8});
+    check_made("CHUNK_DONE", &h, &w);
+    proto_make_push(&h, 4, 23, 3, 1000, 1256, 64);
+    set_args(ref(&w, PROTO_PUSH, 4, 23, 3), 1, (int64_t[]){64});
+    w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_F32, w.nbytes = 256 * sizeof(float);
+    check_made("PUSH", &h, &w);
+    proto_make_push_ack(&h, 1, 23, 4, 1000, 1256);
+    ref(&w, PROTO_PUSH_ACK, 1, 23, 4);
+    w.lo = 1000, w.hi = 1256;
+    check_made("PUSH_ACK", &h, &w);
+    proto_make_pull(&h, 4, 24, 4, 1000, 1256, PROTO_WHICH_EMA);
+    set_args(ref(&w, PROTO_PULL, 4, 24, 4), 2, (int64_t[]){PROTO_WHICH_EMA, 4});
+    w.lo = 1000, w.hi = 1256;
+    check_made("PULL", &h, &w);
+    proto_make_pull_reply(&h, 1, 24, 4, 1000, 1256, PROTO_WHICH_EMA);
+    set_args(ref(&w, PROTO_PULL_REPLY, 1, 24, 4), 1, (int64_t[]){PROTO_WHICH_EMA});
+    w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_F32, w.nbytes = 256 * sizeof(float);
+    check_made("PULL_REPLY", &h, &w);
+    proto_make_queue_push(&h, 4, 25, 8, 16);
+    set_args(ref(&w, PROTO_QUEUE_PUSH, 4, 25, 0), 2, (int64_t[]){8, 16});
+    w.dtype = PROTO_DT_F32, w.nbytes = 8 * 16 * sizeof(float);
+    check_made("QUEUE_PUSH", &h, &w);
+    proto_make_queue_pull(&h, 4, 26, 100);
+    set_args(ref(&w, PROTO_QUEUE_PULL, 4, 26, 0), 1, (int64_t[]){100});
+    check_made("QUEUE_PULL", &h, &w);
+    proto_make_queue_reply(&h, 1, 26, 108, 8, 16, 100, 4096);
+    set_args(ref(&w, PROTO_QUEUE_REPLY, 1, 26, 0), 5, (int64_t[]){108, 8, 16, 100, 4096});
+    w.dtype = PROTO_DT_F32, w.nbytes = 8 * 16 * sizeof(float);
+    check_made("QUEUE_REPLY", &h, &w);
+    proto_make_queue_reply(&h, 1, 27, 0, 0, 1, 0, 4096); /* nothing pushed yet: dim 1 */
+    set_args(ref(&w, PROTO_QUEUE_REPLY, 1, 27, 0), 5, (int64_t[]){0, 0, 1, 0, 4096});
+    w.dtype = PROTO_DT_F32;
+    check_made("QUEUE_REPLY (empty)", &h, &w);
+    proto_make_metrics(&h, 4, 28, 60, 0.5, 1234.5, 1e-3);
+    ref(&w, PROTO_METRICS, 4, 28, 60);
+    w.nf = 3, w.f[PROTO_METRIC_LOSS] = 0.5, w.f[PROTO_METRIC_IMGS] = 1234.5;
+    w.f[PROTO_METRIC_LR] = 1e-3;
+    check_made("METRICS", &h, &w);
+}
+
 /* The encoder refuses headers that a peer would reject. */
 static void test_encode_refuses(void) {
     uint8_t buf[PROTO_HDR_MAX];
@@ -816,8 +952,7 @@ static void expect_refused(void *router, void *dealer, const char *what, size_t 
     proto_msg_close(&r);
 
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_HEARTBEAT, 4);
-    h.seq = ++*seq;
+    proto_make_heartbeat(&h, 4, ++*seq, 0);
     T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
     rc = proto_recv(router, &m, limit, 2000);
     T_CHECK(rc == 0 && m.hdr.type == PROTO_HEARTBEAT && m.hdr.seq == *seq);
@@ -829,17 +964,8 @@ static void send_raw(void *sock, const void *frames[], const size_t lens[], int 
         T_CHECK(zmq_send(sock, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0) >= 0);
 }
 
-static void test_sockets(void *ctx, const char *endpoint) {
-    char ep[256];
-    size_t eplen = sizeof ep;
-    void *router = new_socket(ctx, ZMQ_ROUTER), *dealer = new_socket(ctx, ZMQ_DEALER);
-    T_CHECK(zmq_bind(router, endpoint) == 0);
-    T_CHECK(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen) == 0);
-    T_CHECK(zmq_connect(dealer, ep) == 0);
-    printf("sockets over %s\n", ep);
-    uint64_t seq = 0;
-
-    /* 1. A 4 MB gradient, zero-copy, ownership moved to ZeroMQ. */
+/* 1. A 4 MB gradient, zero-copy, ownership moved to ZeroMQ, and PUSH_ACK back. */
+static void sock_zero_copy(void *router, void *dealer, uint64_t *seq) {
     const size_t nf = (4u << 20) / sizeof(float);
     float *grad = malloc(nf * sizeof(float));
     MIMIC_CHECK(grad != NULL);
@@ -847,15 +973,7 @@ static void test_sockets(void *ctx, const char *endpoint) {
         grad[i] = pattern(i);
     free_flag_t flag = {0};
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PUSH, 3);
-    h.lo = 1000;
-    h.hi = 1000 + nf;
-    h.step = 42;
-    h.seq = ++seq;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = nf * sizeof(float);
-    h.na = 1;
-    h.a[PROTO_PUSH_BATCH] = 64;
+    proto_make_push(&h, 3, ++*seq, 42, 1000, 1000 + nf, 64);
     T_CHECK(proto_send(dealer, NULL, 0, &h, grad, free_and_flag, &flag) == 0);
     proto_msg_t m, r;
     int rc = proto_recv(router, &m, LIMIT, 2000);
@@ -870,23 +988,22 @@ static void test_sockets(void *ctx, const char *endpoint) {
     T_CHECK(wrong == 0);
     /* Reply PUSH_ACK to the identity. */
     proto_hdr_t ack;
-    proto_hdr_init(&ack, PROTO_PUSH_ACK, 1);
-    ack.lo = m.hdr.lo;
-    ack.hi = m.hdr.hi;
-    ack.step = m.hdr.step + 1;
-    ack.seq = m.hdr.seq;
+    proto_make_push_ack(&ack, 1, m.hdr.seq, m.hdr.step + 1, m.hdr.lo, m.hdr.hi);
     T_CHECK(proto_send(router, m.id, m.idlen, &ack, NULL, NULL, NULL) == 0);
     proto_msg_close(&m);
     proto_msg_close(&m); /* twice is harmless */
     T_CHECK(proto_recv(dealer, &r, LIMIT, 2000) == 0);
-    T_CHECK(r.hdr.type == PROTO_PUSH_ACK && r.hdr.seq == seq && r.hdr.step == 43);
+    T_CHECK(r.hdr.type == PROTO_PUSH_ACK && r.hdr.seq == *seq && r.hdr.step == 43);
     T_CHECK(r.idlen == 0 && proto_msg_data(&r) == NULL && proto_msg_size(&r) == 0);
     proto_msg_close(&r);
     T_CHECK(wait_flag(&flag.freed, 1, 2000)); /* ZeroMQ released the gradient exactly once */
     printf("  4 MB zero-copy PUSH, PUSH_ACK back, buffer released: %s\n",
            atomic_load(&flag.freed) == 1 ? "ok" : "FAIL");
+}
 
-    /* 2. Malformed multiparts: each refused with a reason, then the next message passes. */
+/* 2. Malformed multiparts: each refused with a reason, then the next message passes. */
+static void sock_malformed(void *router, void *dealer, uint64_t *seq) {
+    proto_hdr_t h;
     uint8_t hb[PROTO_HDR_MAX];
     size_t hl = 0;
     char why[PROTO_WHY_MAX];
@@ -894,28 +1011,27 @@ static void test_sockets(void *ctx, const char *endpoint) {
         const void *f[] = {"junk1", "junk2", "junk3"};
         const size_t l[] = {5, 5, 5};
         send_raw(dealer, f, l, 3);
-        expect_refused(router, dealer, "3 junk frames", LIMIT, "not a msgpack map", &seq);
+        expect_refused(router, dealer, "3 junk frames", LIMIT, "not a msgpack map", seq);
     }
     {
         static const uint8_t v2[] = {0x83, 0xa1, 'v', 0x02, 0xa1, 't', 0x03, 0xa1, 's', 0x01};
         const void *f[] = {v2};
         const size_t l[] = {sizeof v2};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "1 frame, version 2", LIMIT, "'v': protocol version 2",
-                       &seq);
+        expect_refused(router, dealer, "1 frame, version 2", LIMIT, "'v': protocol version 2", seq);
     }
     {
         const void *f[] = {"\xdd\xff\xff\xff\xff"};
         const size_t l[] = {5};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "1 frame, 2^32-entry array", LIMIT, "declares", &seq);
+        expect_refused(router, dealer, "1 frame, 2^32-entry array", LIMIT, "declares", seq);
     }
     {
         static uint8_t big[PROTO_HDR_MAX + 1];
         const void *f[] = {big};
         const size_t l[] = {sizeof big};
         send_raw(dealer, f, l, 1);
-        expect_refused(router, dealer, "header frame of 4097 bytes", LIMIT, "limit 4096", &seq);
+        expect_refused(router, dealer, "header frame of 4097 bytes", LIMIT, "limit 4096", seq);
     }
     /* A well-formed PUSH of 1 MB sent to a receiver that accepts 64 KB. */
     size_t big_n = 1u << 20;
@@ -927,7 +1043,7 @@ static void test_sockets(void *ctx, const char *endpoint) {
     h.nbytes = big_n;
     T_CHECK(proto_send(dealer, NULL, 0, &h, bigp, NULL, NULL) == 0);
     expect_refused(router, dealer, "1 MB payload, limit 64 KB", 64u << 10,
-                   "payload of 1048576 bytes exceeds the limit of 65536", &seq);
+                   "payload of 1048576 bytes exceeds the limit of 65536", seq);
     /* Header says 400 bytes, payload frame has 10000. */
     proto_hdr_init(&h, PROTO_PUSH, 3);
     h.hi = 100;
@@ -939,27 +1055,32 @@ static void test_sockets(void *ctx, const char *endpoint) {
         const size_t l[] = {hl, 10000};
         send_raw(dealer, f, l, 2);
         expect_refused(router, dealer, "payload frame larger than n", LIMIT,
-                       "payload is 10000 bytes but header says 400", &seq);
+                       "payload is 10000 bytes but header says 400", seq);
     }
     {
         const void *f[] = {hb};
         const size_t l[] = {hl};
         send_raw(dealer, f, l, 1);
         expect_refused(router, dealer, "n = 400 but no payload frame", LIMIT,
-                       "payload is 0 bytes but header says 400", &seq);
+                       "payload is 0 bytes but header says 400", seq);
     }
     {
         const void *f[] = {hb, bigp, "extra", "extra"};
         const size_t l[] = {hl, 400, 5, 5};
         send_raw(dealer, f, l, 4);
         expect_refused(router, dealer, "4 frames after the identity", LIMIT, "more than 3 frames",
-                       &seq);
+                       seq);
     }
     free(bigp);
+}
 
+/* 3. Timeouts, 4. small payloads, aligned, router -> dealer from a caller-kept buffer. */
+static void sock_small_payloads(void *router, void *dealer) {
+    proto_hdr_t h;
+    proto_msg_t m, r;
     /* 3. Timeout with nothing pending. */
     double t0 = mimic_now();
-    rc = proto_recv(router, &m, LIMIT, 50);
+    int rc = proto_recv(router, &m, LIMIT, 50);
     double dt = mimic_now() - t0;
     T_CHECK(rc == MIMIC_ETIMEOUT && dt >= 0.04 && dt < 1.0);
     proto_msg_close(&m);
@@ -967,7 +1088,7 @@ static void test_sockets(void *ctx, const char *endpoint) {
     /* 4. Small typed payloads come out aligned and intact (ZeroMQ may place small frames at
      *    any offset of its receive buffer), router -> dealer with a caller-kept buffer. */
     proto_msg_t id;
-    proto_hdr_init(&h, PROTO_CHUNK_REQ, 4);
+    proto_make_chunk_req(&h, 4, 0, 0);
     T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
     T_CHECK(proto_recv(router, &id, LIMIT, 2000) == 0);
     static float small[64];
@@ -976,14 +1097,8 @@ static void test_sockets(void *ctx, const char *endpoint) {
     proto_track_t track = {0};
     int misaligned = 0, corrupt = 0;
     for (int k = 1; k <= 64; k++) {
-        proto_hdr_init(&h, PROTO_PULL_REPLY, 1);
-        h.lo = 10;
-        h.hi = 10 + (uint64_t)k;
-        h.step = (uint64_t)k;
-        h.dtype = PROTO_DT_F32;
-        h.nbytes = (uint64_t)k * 4;
-        h.na = 1;
-        h.a[PROTO_PULL_WHICH] = k & 1 ? PROTO_WHICH_EMA : PROTO_WHICH_PARAMS;
+        proto_make_pull_reply(&h, 1, 0, (uint64_t)k, 10, 10 + (uint64_t)k,
+                              k & 1 ? PROTO_WHICH_EMA : PROTO_WHICH_PARAMS);
         proto_track_hold(&track);
         T_CHECK(proto_send(router, id.id, id.idlen, &h, small, proto_track_release, &track) == 0);
     }
@@ -999,8 +1114,12 @@ static void test_sockets(void *ctx, const char *endpoint) {
     T_CHECK(proto_track_wait(&track, 2000) == 0);
     printf("  64 small f32 payloads aligned and intact, caller-kept buffer released: %s\n",
            misaligned || corrupt ? "FAIL" : "ok");
+    proto_msg_close(&id);
+}
 
-    /* 5. Sender-side refusals keep the ownership promise. */
+/* 5. Sender-side refusals keep the ownership promise. */
+static void sock_refusals(void *router, void *dealer) {
+    proto_hdr_t h;
     mimic_set_quiet(1);
     free_flag_t flag2 = {0};
     float *bad = malloc(16);
@@ -1019,8 +1138,92 @@ static void test_sockets(void *ctx, const char *endpoint) {
     T_CHECK(zmq_setsockopt(router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) == 0);
     T_CHECK(proto_send(router, "nobody", 6, &h, NULL, NULL, NULL) == MIMIC_EPEER);
     mimic_set_quiet(0);
-    proto_msg_close(&id);
+}
 
+static void test_sockets(void *ctx, const char *endpoint) {
+    char ep[256];
+    size_t eplen = sizeof ep;
+    void *router = new_socket(ctx, ZMQ_ROUTER), *dealer = new_socket(ctx, ZMQ_DEALER);
+    T_CHECK(zmq_bind(router, endpoint) == 0);
+    T_CHECK(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen) == 0);
+    T_CHECK(zmq_connect(dealer, ep) == 0);
+    printf("sockets over %s\n", ep);
+    uint64_t seq = 0;
+    sock_zero_copy(router, dealer, &seq);
+    sock_malformed(router, dealer, &seq);
+    sock_small_payloads(router, dealer);
+    sock_refusals(router, dealer);
+    zmq_close(dealer);
+    zmq_close(router);
+}
+
+/* ---- event-loop sockets ---------------------------------------------------------------- */
+
+typedef struct {
+    int seen, stop_after;
+    uint64_t last_seq;
+} burst_t;
+
+static int count_msg(void *ctx, void *sock, proto_msg_t *m, int rc) {
+    burst_t *b = ctx;
+    T_CHECK(rc == 0 && m->hdr.type == PROTO_HEARTBEAT && m->hdr.seq == b->last_seq + 1);
+    b->last_seq = m->hdr.seq;
+    return ++b->seen == b->stop_after;
+}
+
+/* proto_router_bind's options and endpoint, proto_poll, and bursts that stop at their
+ * bound, at fn's request and when nothing is left. */
+static void test_event_loop(void *ctx) {
+    char ep[256];
+    void *router = NULL;
+    proto_router_opts_t o = {.host = "127.0.0.1", .linger_ms = 0, .max_msg = 1 << 20};
+    T_CHECK(proto_router_bind(&router, ctx, &o, ep, sizeof ep) == 0 && router != NULL);
+    T_CHECK(strncmp(ep, "tcp://127.0.0.1:", 16) == 0 && atoi(ep + 16) > 0);
+    int v = 0;
+    int64_t v64 = 0;
+    size_t sz = sizeof v;
+    T_CHECK(zmq_getsockopt(router, ZMQ_SNDTIMEO, &v, &sz) == 0 && v == 0);
+    sz = sizeof v64;
+    T_CHECK(zmq_getsockopt(router, ZMQ_MAXMSGSIZE, &v64, &sz) == 0 && v64 == 1 << 20);
+    proto_hdr_t h;
+    mimic_set_quiet(1);
+    proto_make_heartbeat(&h, 1, 1, 0); /* ROUTER_MANDATORY: an unknown peer is refused */
+    T_CHECK(proto_send(router, "nobody", 6, &h, NULL, NULL, NULL) == MIMIC_EPEER);
+    void *again = NULL;
+    o.port = atoi(ep + 16); /* taken: a bad setting, and no socket left behind */
+    T_CHECK(proto_router_bind(&again, ctx, &o, ep, sizeof ep) == MIMIC_EINVAL && !again);
+    o.host = "";
+    T_CHECK(proto_router_bind(&again, ctx, &o, ep, sizeof ep) == MIMIC_EINVAL && !again);
+    mimic_set_quiet(0);
+
+    void *dealer = new_socket(ctx, ZMQ_DEALER);
+    T_CHECK(zmq_connect(dealer, ep) == 0);
+    zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+    T_CHECK(proto_poll(&it, 1, 20) == 0 && it.revents == 0); /* nothing yet: time ran out */
+    for (uint64_t seq = 1; seq <= 5; seq++) {
+        proto_make_heartbeat(&h, 4, seq, 0);
+        T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    }
+    T_CHECK(proto_poll(&it, 1, 2000) == 1 && (it.revents & ZMQ_POLLIN));
+    double t0 = mimic_now();
+    burst_t b = {0};
+    int calls = 0;
+    while (b.seen < 5 && mimic_now() - t0 < 2.0) { /* they may still be arriving */
+        int got = proto_recv_burst(router, 3, LIMIT, count_msg, &b);
+        T_CHECK(got >= 0 && got <= 3);
+        calls += got > 0;
+    }
+    T_CHECK(b.seen == 5 && calls >= 2 && proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 0);
+    for (uint64_t seq = 6; seq <= 7; seq++) {
+        proto_make_heartbeat(&h, 4, seq, 0);
+        T_CHECK(proto_send(dealer, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    }
+    b.stop_after = 6; /* fn ends the burst after the first of the two */
+    T_CHECK(proto_poll(&it, 1, 2000) == 1);
+    T_CHECK(proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 1 && b.seen == 6);
+    T_CHECK(proto_poll(&it, 1, 2000) == 1);
+    T_CHECK(proto_recv_burst(router, 8, LIMIT, count_msg, &b) == 1 && b.seen == 7);
+    printf("event loop: ROUTER set-up, poll and bounded bursts: %s\n", b.seen == 7 ? "ok" : "FAIL");
     zmq_close(dealer);
     zmq_close(router);
 }
@@ -1029,6 +1232,8 @@ int main(void) {
     mimic_set_quiet(1);
     test_names();
     test_roundtrip();
+    test_builders_control();
+    test_builders_data();
     test_encode_refuses();
     test_field_types();
     test_required();
@@ -1039,6 +1244,7 @@ int main(void) {
     MIMIC_CHECK(ctx != NULL);
     test_sockets(ctx, "inproc://test-proto");
     test_sockets(ctx, "tcp://127.0.0.1:*");
+    test_event_loop(ctx);
     zmq_ctx_term(ctx);
     return testutil_summary("test_proto");
 }

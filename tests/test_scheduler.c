@@ -19,8 +19,8 @@
  *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
 #include "common.h"
 #include "json.h"
-#include "proto.h"
 #include "order.h"
+#include "proto.h"
 #include "testutil.h"
 #include "workq.h"
 
@@ -238,11 +238,7 @@ static char *read_out(const char *name, const char *file) {
 
 static void do_register(peer_t *p, int role, const char *endpoint, uint64_t seq) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_REGISTER, PROTO_ID_NONE);
-    h.seq = seq;
-    h.na = 1;
-    h.a[PROTO_REG_ROLE] = role;
-    if (endpoint) proto_hdr_set_str(&h, endpoint);
+    proto_make_register(&h, PROTO_ID_NONE, seq, role, endpoint);
     peer_send(p, &h, NULL);
     p->hb = 1;
 }
@@ -280,12 +276,7 @@ static int request_chunk(peer_t *w, uint64_t version, rmsg_t *c, int *seen) {
 static void chunk_done(peer_t *w, int64_t epoch, int64_t id, int expect_ok) {
     static uint64_t seq = 5000;
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_CHUNK_DONE, w->id);
-    h.seq = ++seq;
-    h.na = 3;
-    h.a[PROTO_CDONE_EPOCH] = epoch;
-    h.a[PROTO_CDONE_ID] = id;
-    h.a[PROTO_CDONE_PROCESSED] = CHUNK;
+    proto_make_chunk_done(&h, w->id, ++seq, epoch, id, CHUNK);
     peer_send(w, &h, NULL);
     rmsg_t r;
     int ok = expect(w, expect_ok ? PROTO_ACK : PROTO_ERROR, 3000, &r);
@@ -331,7 +322,7 @@ static void malformed(const char *ep) {
     proto_hdr_t h;
     size_t len = 0;
     char ewhy[256];
-    proto_hdr_init(&h, PROTO_HEARTBEAT, PROTO_ID_NONE);
+    proto_make_heartbeat(&h, PROTO_ID_NONE, 0, 0);
     T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
     uint8_t *v = memchr(buf, 'v', len);
     T_CHECK(v && v[1] == PROTO_VERSION);
@@ -341,11 +332,7 @@ static void malformed(const char *ep) {
     T_CHECK(why && strstr(why, "'v'"));
 
     /* Payload over the scheduler's limit: 100 000 bytes, header consistent. */
-    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_NONE);
-    h.na = 2;
-    h.a[PROTO_MEMB_LIVE] = 25000;
-    h.dtype = PROTO_DT_I32;
-    h.nbytes = 100000;
+    proto_make_membership(&h, PROTO_ID_NONE, 0, 0, 25000);
     T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
     void *big = calloc(1, 100000);
     why = raw_exchange(bad, buf, len, big, 100000);
@@ -354,8 +341,7 @@ static void malformed(const char *ep) {
     T_CHECK(why && strstr(why, "exceeds"));
 
     /* A header announcing 2^40 bytes, with a 4-byte frame. */
-    h.a[PROTO_MEMB_LIVE] = 1LL << 38;
-    h.nbytes = 1ULL << 40;
+    proto_make_membership(&h, PROTO_ID_NONE, 0, 0, 1ULL << 38);
     T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
     why = raw_exchange(bad, buf, len, "abcd", 4);
     printf("  2^40-byte header -> ERROR: %s\n", why ? why : "(none)");
@@ -363,11 +349,7 @@ static void malformed(const char *ep) {
 
     /* A data-plane message from a stranger. */
     float g[4] = {0};
-    proto_hdr_init(&h, PROTO_PUSH, 3);
-    h.lo = 0;
-    h.hi = 4;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = sizeof g;
+    proto_make_push(&h, 3, 0, 0, 0, 4, 1);
     T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, ewhy, sizeof ewhy) == 0);
     why = raw_exchange(bad, buf, len, g, sizeof g);
     printf("  PUSH from a stranger -> ERROR: %s\n", why ? why : "(none)");
@@ -375,21 +357,16 @@ static void malformed(const char *ep) {
     zmq_close(bad);
 }
 
-static void test_run(void) {
-    printf("A. registration, work queue, death, checkpoints, end\n");
-    char ep[512], ckdir[4400], path[4500];
-    if (start("a",
-              "--cluster.servers=1 --cluster.workers=2 --train.steps=4 "
-              "--cluster.ckpt_every=2 --cluster.trace=1 --train.log_every=1",
-              ep, sizeof ep)) {
-        T_CHECK(0);
-        return;
-    }
-    snprintf(ckdir, sizeof ckdir, "%s/a/ckpt", testutil_tmpdir());
-    peer_t *wa = peer_new("worker A", ep), *srv = peer_new("server", ep),
-           *wb = peer_new("worker B", ep);
-    rmsg_t r;
+/* Scenario A: the scheduler at ep, two fake workers and a fake server. */
+typedef struct {
+    char ep[512], ckdir[4400];
+    peer_t *wa, *wb, *srv;
+} run_t;
 
+/* Deferred REGISTER_ACKs, then MEMBERSHIP and the checkpoint plan to the server. */
+static void run_register(run_t *a) {
+    peer_t *wa = a->wa, *wb = a->wb, *srv = a->srv;
+    rmsg_t r;
     /* Deferred ACKs: worker A first, then the server, then worker B. */
     do_register(wa, PROTO_ROLE_WORKER, NULL, 11);
     pump(400);
@@ -421,20 +398,22 @@ static void test_run(void) {
         T_CHECK((ids[0] == wa->id && ids[1] == wb->id) || (ids[0] == wb->id && ids[1] == wa->id));
     }
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_ACK, srv->id);
-    h.seq = r.hdr.seq;
-    h.na = 1;
-    h.a[PROTO_ACK_TYPE] = PROTO_MEMBERSHIP;
+    proto_make_ack(&h, srv->id, r.hdr.seq, PROTO_MEMBERSHIP);
     peer_send(srv, &h, NULL);
     rmsg_free(&r);
     for (int k = 1; k <= 2; k++) {
         T_CHECK(expect(srv, PROTO_CKPT, 3000, &r));
         T_CHECK((long)r.hdr.step == 2 * k && strstr(r.hdr.str, "/a/ckpt"));
     }
+}
 
-    malformed(ep);
-    proto_hdr_init(&h, PROTO_CHUNK_REQ, 999); /* a member with somebody else's id */
-    h.seq = 77;
+/* Refusals, then epoch 0: worker B is declared dead and its chunk requeued. */
+static void run_epoch0(run_t *a) {
+    peer_t *wa = a->wa, *wb = a->wb, *srv = a->srv;
+    proto_hdr_t h;
+    rmsg_t r;
+    malformed(a->ep);
+    proto_make_chunk_req(&h, 999, 77, 0); /* a member with somebody else's id */
     peer_send(wa, &h, NULL);
     T_CHECK(expect(wa, PROTO_ERROR, 3000, &r) && r.hdr.seq == 77 && strstr(r.hdr.str, "sender"));
 
@@ -484,14 +463,16 @@ static void test_run(void) {
                        "\"duplicates\":0,\"requeued_chunks\":1}";
     T_CHECK(testutil_wait_file(jsonl, want, 3000));
     printf("  %s\n", want);
+}
 
+/* METRICS, and the checkpoint of step 2 with the queue as of that version. */
+static void run_checkpoints(run_t *a) {
+    peer_t *wa = a->wa, *srv = a->srv;
+    char path[4500];
+    proto_hdr_t h;
+    rmsg_t c;
     /* METRICS make a progress line. */
-    proto_hdr_init(&h, PROTO_METRICS, wa->id);
-    h.step = 1;
-    h.nf = 3;
-    h.f[PROTO_METRIC_LOSS] = 0.5;
-    h.f[PROTO_METRIC_IMGS] = 40;
-    h.f[PROTO_METRIC_LR] = 1e-3;
+    proto_make_metrics(&h, wa->id, 0, 1, 0.5, 40, 1e-3);
     peer_send(wa, &h, NULL);
 
     /* Checkpoint 2: chunk 1/0 was handed out for version 1 (in it), 1/1 for version 2
@@ -502,13 +483,11 @@ static void test_run(void) {
     T_CHECK(request_chunk(wa, 2, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 1);
     rmsg_free(&c);
     chunk_done(wa, 1, 4, 0); /* never handed out */
-    proto_hdr_init(&h, PROTO_CKPT_DONE, srv->id);
-    h.step = 2;
-    h.na = 1;
+    proto_make_ckpt_done(&h, srv->id, 0, 2, 0, NULL);
     peer_send(srv, &h, NULL);
-    snprintf(path, sizeof path, "%s/latest", ckdir);
+    snprintf(path, sizeof path, "%s/latest", a->ckdir);
     T_CHECK(testutil_wait_file(path, "2\n", 3000));
-    snprintf(path, sizeof path, "%s/scheduler-step-2.json", ckdir);
+    snprintf(path, sizeof path, "%s/scheduler-step-2.json", a->ckdir);
     char *snap = testutil_slurp(path);
     json_value_t *root = NULL;
     char err[256];
@@ -524,13 +503,19 @@ static void test_run(void) {
     free(snap);
     chunk_done(wa, 1, 0, 1);
     chunk_done(wa, 1, 1, 1);
+}
 
+/* The last checkpoint ends training: END, LEAVE, SHUTDOWN, exit 0, log and trace. */
+static void run_end(run_t *a) {
+    peer_t *wa = a->wa, *srv = a->srv;
+    char path[4500], err[256];
+    json_value_t *root = NULL;
+    proto_hdr_t h;
+    rmsg_t r, c;
     /* The last checkpoint ends training: END to a worker, SHUTDOWN after it left. */
-    proto_hdr_init(&h, PROTO_CKPT_DONE, srv->id);
-    h.step = 4;
-    h.na = 1;
+    proto_make_ckpt_done(&h, srv->id, 0, 4, 0, NULL);
     peer_send(srv, &h, NULL);
-    snprintf(path, sizeof path, "%s/latest", ckdir);
+    snprintf(path, sizeof path, "%s/latest", a->ckdir);
     T_CHECK(testutil_wait_file(path, "4\n", 3000));
     T_CHECK(request_chunk(wa, 3, &c, NULL) == 1 && c.hdr.a[PROTO_CHUNK_COUNT] == 0);
     rmsg_free(&c);
@@ -555,9 +540,29 @@ static void test_run(void) {
     json_destroy(&root);
     free(log);
     free(trace);
-    peer_destroy(&wa);
-    peer_destroy(&wb);
-    peer_destroy(&srv);
+}
+
+static void test_run(void) {
+    printf("A. registration, work queue, death, checkpoints, end\n");
+    run_t a;
+    if (start("a",
+              "--cluster.servers=1 --cluster.workers=2 --train.steps=4 "
+              "--cluster.ckpt_every=2 --cluster.trace=1 --train.log_every=1",
+              a.ep, sizeof a.ep)) {
+        T_CHECK(0);
+        return;
+    }
+    snprintf(a.ckdir, sizeof a.ckdir, "%s/a/ckpt", testutil_tmpdir());
+    a.wa = peer_new("worker A", a.ep);
+    a.srv = peer_new("server", a.ep);
+    a.wb = peer_new("worker B", a.ep);
+    run_register(&a);
+    run_epoch0(&a);
+    run_checkpoints(&a);
+    run_end(&a);
+    peer_destroy(&a.wa);
+    peer_destroy(&a.wb);
+    peer_destroy(&a.srv);
 }
 
 /* ---- B: resume, then a dead server ------------------------------------------------- */

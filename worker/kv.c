@@ -1,8 +1,8 @@
 #include "kv.h"
 
 #include "common.h"
-#include "proto.h"
 #include "keyrange.h"
+#include "proto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +31,6 @@ struct kv {
     int kind;           /* KV_PULL, KV_PUSH or KV_PUSHPULL: the request in flight */
     float *pull_dst;    /* where a pull's replies land */
     proto_track_t sent; /* zero-copy push buffers still held by ZeroMQ */
-    uint64_t bytes_out, bytes_in;
 };
 
 int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
@@ -106,32 +105,15 @@ static int start(kv_t *kv, int kind) {
 
 static int send_pull(kv_t *kv, kv_server_t *sv, int which, uint64_t min_version) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PULL, kv->id);
-    h.seq = kv->seq;
-    h.step = min_version;
-    h.lo = sv->lo;
-    h.hi = sv->hi;
-    h.na = 2;
-    h.a[PROTO_PULL_WHICH] = which;
-    h.a[PROTO_PULL_MINSTEP] = (int64_t)min_version;
+    proto_make_pull(&h, kv->id, kv->seq, min_version, sv->lo, sv->hi, which);
     return proto_send(sv->sock, NULL, 0, &h, NULL, NULL, NULL);
 }
 
 static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PUSH, kv->id);
-    h.seq = kv->seq;
-    h.step = version;
-    h.lo = sv->lo;
-    h.hi = sv->hi;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = (sv->hi - sv->lo) * sizeof(float);
-    h.na = 1;
-    h.a[PROTO_PUSH_BATCH] = batch;
+    proto_make_push(&h, kv->id, kv->seq, version, sv->lo, sv->hi, batch);
     proto_track_hold(&kv->sent);
-    int rc = proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
-    if (!rc) kv->bytes_out += h.nbytes;
-    return rc;
+    return proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
 }
 
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
@@ -192,7 +174,6 @@ static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
                              s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
                              (unsigned long long)h->step, sv->lo, sv->hi);
         memcpy(kv->pull_dst + h->lo, proto_msg_data(m), proto_msg_size(m));
-        kv->bytes_in += proto_msg_size(m);
         sv->got += proto_msg_size(m);
         sv->version = h->step;
     } else {
@@ -221,6 +202,7 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             wait_ms = (long)((deadline - mimic_now()) * 1000.0);
             if (wait_ms <= 0) return MIMIC_ETIMEOUT;
         }
+        /* not proto_poll: here a signal (EINTR) fails the wait, as it always has */
         int n = zmq_poll(items, kv->S, wait_ms);
         if (n < 0) return mimic_err(MIMIC_EIO, "kv: poll failed: %s", zmq_strerror(zmq_errno()));
         for (int s = 0; s < kv->S; s++) {
@@ -245,9 +227,4 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
         *version = v;
     }
     return 0;
-}
-
-void kv_bytes(const kv_t *kv, uint64_t *sent, uint64_t *received) {
-    *sent = kv->bytes_out;
-    *received = kv->bytes_in;
 }

@@ -31,7 +31,5 @@ int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float 
  * *version is the lowest version the servers answered with. 0 or an error naming the
  * server; MIMIC_ETIMEOUT when the time ran out. */
 int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version);
-/* Bytes sent and received so far (for throughput figures). */
-void kv_bytes(const kv_t *kv, uint64_t *sent, uint64_t *received);
 
 #endif

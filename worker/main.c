@@ -28,58 +28,53 @@ void worker_set_threads(const mimic_cfg_t *cfg) {
     }
 }
 
+/* What the command line asks of this process (pointers into argv). */
+typedef struct {
+    const char *mode, *sched, *weights, *batch, *out, *ckpt;
+} worker_args_t;
+
+/* config_flag_fn: the worker's own flags. */
+static int worker_flag(void *ctx, char **rest, int n, int *i) {
+    worker_args_t *w = ctx;
+    const char *a = rest[*i];
+    if (strcmp(a, "--standalone") == 0 || strcmp(a, "--dump-grads") == 0) {
+        w->mode = a;
+    } else if (strcmp(a, "--export-encoder") == 0 && *i + 2 < n) {
+        w->mode = a;
+        w->ckpt = rest[++*i];
+        w->out = rest[++*i];
+    } else if (strcmp(a, "--scheduler") == 0 && *i + 1 < n) {
+        w->sched = rest[++*i];
+    } else if (strcmp(a, "--weights") == 0 && *i + 1 < n) {
+        w->weights = rest[++*i];
+    } else if (strcmp(a, "--batch") == 0 && *i + 1 < n) {
+        w->batch = rest[++*i];
+    } else if (strcmp(a, "--out") == 0 && *i + 1 < n) {
+        w->out = rest[++*i];
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
     mimic_cfg_t cfg;
-    config_defaults(&cfg);
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0;
-    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) {
-        free(rest);
-        return 2;
-    }
-    const char *mode = "--distributed", *sched = NULL, *weights = NULL, *batch = NULL, *out = NULL,
-               *ckpt = NULL;
-    for (int i = 0; i < nrest; i++) {
-        const char *a = rest[i];
-        if (config_help_flag(a, usage)) {
-            free(rest);
-            return 0;
-        } else if (strcmp(a, "--standalone") == 0 || strcmp(a, "--dump-grads") == 0) {
-            mode = a;
-        } else if (strcmp(a, "--export-encoder") == 0 && i + 2 < nrest) {
-            mode = a;
-            ckpt = rest[++i];
-            out = rest[++i];
-        } else if (strcmp(a, "--scheduler") == 0 && i + 1 < nrest) {
-            sched = rest[++i];
-        } else if (strcmp(a, "--weights") == 0 && i + 1 < nrest) {
-            weights = rest[++i];
-        } else if (strcmp(a, "--batch") == 0 && i + 1 < nrest) {
-            batch = rest[++i];
-        } else if (strcmp(a, "--out") == 0 && i + 1 < nrest) {
-            out = rest[++i];
-        } else {
-            mimic_err(MIMIC_EINVAL, "mimic-worker: unknown or incomplete flag '%s'", a);
-            usage(stderr);
-            free(rest);
-            return 2;
-        }
-    }
-    free(rest);
+    worker_args_t w = {.mode = "--distributed"};
+    int rc = config_start(&cfg, argc, argv, "mimic-worker", usage, worker_flag, &w);
+    if (rc != CONFIG_RUN) return rc;
     worker_set_threads(&cfg);
-    int rc;
-    if (strcmp(mode, "--distributed") == 0) {
-        rc = worker_distributed(&cfg, sched);
-    } else if (strcmp(mode, "--standalone") == 0) {
+    if (strcmp(w.mode, "--distributed") == 0) {
+        rc = worker_distributed(&cfg, w.sched);
+    } else if (strcmp(w.mode, "--standalone") == 0) {
         rc = worker_standalone(&cfg);
-    } else if (strcmp(mode, "--dump-grads") == 0) {
-        if (!weights || !batch || !out) {
+    } else if (strcmp(w.mode, "--dump-grads") == 0) {
+        if (!w.weights || !w.batch || !w.out) {
             mimic_err(MIMIC_EINVAL, "--dump-grads needs --weights, --batch and --out");
-            return 2;
+            return CONFIG_EXIT_USAGE;
         }
-        rc = worker_dump_grads(&cfg, weights, batch, out);
+        rc = worker_dump_grads(&cfg, w.weights, w.batch, w.out);
     } else {
-        rc = worker_export_encoder(&cfg, ckpt, out);
+        rc = worker_export_encoder(&cfg, w.ckpt, w.out);
     }
     return rc ? 1 : 0;
 }
