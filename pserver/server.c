@@ -119,15 +119,7 @@ static void send_pull_reply(server_t *s, const uint8_t *id, size_t idlen, int32_
                             uint64_t seq, uint64_t lo, uint64_t hi, int which) {
     kvstore_t *kv = s->kv;
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
-    h.seq = seq;
-    h.step = kv->version;
-    h.lo = lo;
-    h.hi = hi;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = (hi - lo) * sizeof(float);
-    h.na = 1;
-    h.a[PROTO_PULL_WHICH] = which;
+    proto_make_pull_reply(&h, s->id, seq, kv->version, lo, hi, which);
     size_t off = (size_t)(lo - kv->lo);
     kvstore_snap_t *snap = kvstore_snapshot(kv, which);
     int rc;
@@ -216,11 +208,7 @@ static void on_pull(server_t *s, const proto_msg_t *m) {
 
 static void send_ckpt_done(server_t *s, uint64_t step, int status, const char *text) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_CKPT_DONE, s->id);
-    h.step = step;
-    h.na = 1;
-    h.a[PROTO_CKDONE_STATUS] = status;
-    proto_hdr_set_str(&h, text);
+    proto_make_ckpt_done(&h, s->id, 0, step, status, text);
     if (proto_send(member_socket(s->member), NULL, 0, &h, NULL, NULL, NULL) != 0)
         ps_log(s, "CKPT_DONE for step %" PRIu64 " not sent: %s", step, mimic_last_error());
 }
@@ -312,15 +300,7 @@ static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint
         if (!sliceable(s, p, v)) continue;
         p->sliced = 1;
         proto_hdr_t h;
-        proto_hdr_init(&h, PROTO_PULL_REPLY, s->id);
-        h.seq = p->seq;
-        h.step = v;
-        h.lo = kv->lo + a;
-        h.hi = kv->lo + b;
-        h.dtype = PROTO_DT_F32;
-        h.nbytes = (b - a) * sizeof(float);
-        h.na = 1;
-        h.a[PROTO_PULL_WHICH] = PROTO_WHICH_PARAMS;
+        proto_make_pull_reply(&h, s->id, p->seq, v, kv->lo + a, kv->lo + b, PROTO_WHICH_PARAMS);
         proto_track_hold(&snap->track);
         if (proto_send(s->router, p->id, p->idlen, &h, snap->buf + a, proto_track_release,
                        &snap->track))
@@ -373,11 +353,7 @@ static void maybe_step_bsp(server_t *s) {
 
 static void send_push_ack(server_t *s, const proto_msg_t *m) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_PUSH_ACK, s->id);
-    h.seq = m->hdr.seq;
-    h.step = s->kv->version;
-    h.lo = m->hdr.lo;
-    h.hi = m->hdr.hi;
+    proto_make_push_ack(&h, s->id, m->hdr.seq, s->kv->version, m->hdr.lo, m->hdr.hi);
     if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
         ps_log(s, "PUSH_ACK to worker %d dropped: %s", (int)m->hdr.sender, mimic_last_error());
 }
@@ -482,11 +458,8 @@ static void on_queue_push(server_t *s, const proto_msg_t *m) {
         return;
     }
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_ACK, s->id);
-    h.seq = m->hdr.seq;
-    h.step = s->queue->version;
-    h.na = 1;
-    h.a[PROTO_ACK_TYPE] = PROTO_QUEUE_PUSH;
+    proto_make_ack(&h, s->id, m->hdr.seq, PROTO_QUEUE_PUSH);
+    h.step = s->queue->version; /* the queue's version after this push */
     if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
         ps_log(s, "ACK of QUEUE_PUSH dropped: %s", mimic_last_error());
 }
@@ -502,16 +475,9 @@ static void on_queue_pull(server_t *s, const proto_msg_t *m) {
         return;
     }
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_QUEUE_REPLY, s->id);
-    h.seq = m->hdr.seq;
-    h.na = 5;
-    h.a[PROTO_QREP_VERSION] = (int64_t)q->version;
-    h.a[PROTO_QREP_COUNT] = (int64_t)count;
-    h.a[PROTO_QREP_DIM] = q->dim ? (int64_t)q->dim : 1; /* no key pushed yet: count is 0 */
-    h.a[PROTO_QREP_SLOT] = (int64_t)slot;
-    h.a[PROTO_QREP_CAPACITY] = (int64_t)q->cap;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = (uint64_t)count * q->dim * sizeof(float);
+    /* no key pushed yet: dim 0, count 0 (a reply's dim must be positive) */
+    proto_make_queue_reply(&h, s->id, m->hdr.seq, q->version, count, q->dim ? q->dim : 1, slot,
+                           q->cap);
     float *rows = NULL;
     if (count) {
         if (!(rows = mimic_alloc((size_t)h.nbytes))) {
@@ -528,10 +494,7 @@ static void on_queue_pull(server_t *s, const proto_msg_t *m) {
 
 static void send_ack(server_t *s, const proto_msg_t *m) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_ACK, s->id);
-    h.seq = m->hdr.seq;
-    h.na = 1;
-    h.a[PROTO_ACK_TYPE] = m->hdr.type;
+    proto_make_ack(&h, s->id, m->hdr.seq, m->hdr.type);
     if (proto_send(member_socket(s->member), NULL, 0, &h, NULL, NULL, NULL) != 0)
         ps_log(s, "ACK of %s not sent: %s", proto_type_name(m->hdr.type), mimic_last_error());
 }
@@ -609,24 +572,22 @@ static void on_data(server_t *s, proto_msg_t *m) {
     }
 }
 
-/* Reads and handles one message of sock; 1 when none was waiting. */
-static int serve_one(server_t *s, void *sock) {
-    proto_msg_t m;
-    int rc = proto_recv(sock, &m, s->max_payload, 0);
+/* Handles one message of a burst (proto_recv_burst); non-zero ends the burst. */
+static int serve_msg(void *ctx, void *sock, proto_msg_t *m, int rc) {
+    server_t *s = ctx;
     if (rc == 0) {
         if (sock == s->router) {
-            on_data(s, &m);
+            on_data(s, m);
         } else {
             s->sched_seen = mimic_now();
-            on_sched(s, &m);
+            on_sched(s, m);
         }
     } else if (rc == MIMIC_EFORMAT) {
-        reply_err(s, sock, &m, rc, "%s", m.why);
+        reply_err(s, sock, m, rc, "%s", m->why);
     } else if (rc == MIMIC_EIO) {
-        ps_log(s, "receive failed: %s", m.why);
+        ps_log(s, "receive failed: %s", m->why);
     }
-    proto_msg_close(&m);
-    return rc == MIMIC_ETIMEOUT || rc == MIMIC_EIO;
+    return s->done;
 }
 
 int server_run(server_t *s, const volatile sig_atomic_t *stop) {
@@ -644,16 +605,14 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
             ps_log(s, "stopping on a signal at version %" PRIu64, s->kv->version);
             break;
         }
-        int n = zmq_poll(items, 2, tick_ms);
-        if (n < 0) {
-            if (zmq_errno() == EINTR) continue;
-            return mimic_err(MIMIC_EIO, "pserver: zmq_poll: %s", zmq_strerror(zmq_errno()));
-        }
+        int n = proto_poll(items, 2, tick_ms);
+        if (n < 0) return mimic_err(MIMIC_EIO, "pserver: zmq_poll: %s", zmq_strerror(zmq_errno()));
+        if (n == 0 && stop && *stop) continue; /* a signal: checked at the top */
         /* Bounded bursts per socket: a flood of pulls cannot starve the scheduler. */
-        for (int k = 0; k < PS_BURST && !s->done && (items[0].revents & ZMQ_POLLIN); k++)
-            if (serve_one(s, s->router)) break;
-        for (int k = 0; k < PS_BURST && !s->done && (items[1].revents & ZMQ_POLLIN); k++)
-            if (serve_one(s, items[1].socket)) break;
+        if (items[0].revents & ZMQ_POLLIN)
+            proto_recv_burst(s->router, PS_BURST, s->max_payload, serve_msg, s);
+        if (!s->done && (items[1].revents & ZMQ_POLLIN))
+            proto_recv_burst(items[1].socket, PS_BURST, s->max_payload, serve_msg, s);
         double silent = mimic_now() - s->sched_seen, beat = member_sched_silence_s(s->member);
         if (beat >= 0 && beat < silent) silent = beat;
         if (silent > sched_limit)
@@ -685,38 +644,15 @@ static int read_settings(server_t *s) {
     return 0;
 }
 
-static int set_int(void *sock, int opt, int value) {
-    return zmq_setsockopt(sock, opt, &value, sizeof value);
-}
-
+/* Replies to vanished peers fail (EPEER) instead of vanishing; a full pipe to a stuck
+ * peer fails at once (the reply is dropped) instead of blocking the loop; frames far
+ * beyond any legal message make ZeroMQ drop the peer. Moderately oversized ones still
+ * reach proto_recv, which answers ERROR. (proto_router_bind sets exactly that.) */
 static int bind_router(server_t *s) {
-    const char *host = s->cfg.cluster.bind_host;
-    char ep[300];
-    if (!host[0]) return mimic_err(MIMIC_EINVAL, "cluster.bind_host is empty");
-    s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
-    if (!s->router) return mimic_err(MIMIC_EIO, "zmq_socket: %s", zmq_strerror(zmq_errno()));
-    /* Replies to vanished peers fail (EPEER) instead of vanishing; a full pipe to a
-     * stuck peer fails at once (the reply is dropped) instead of blocking the loop;
-     * frames far beyond any legal message make ZeroMQ drop the peer. Moderately
-     * oversized ones still reach proto_recv, which answers ERROR. */
-    int64_t maxmsg = (int64_t)s->max_payload * 2 + (1 << 20);
-    if (set_int(s->router, ZMQ_ROUTER_MANDATORY, 1) || set_int(s->router, ZMQ_SNDTIMEO, 0) ||
-        set_int(s->router, ZMQ_LINGER, PS_LINGER_MS) ||
-        zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
-        return mimic_err(MIMIC_EIO, "zmq_setsockopt: %s", zmq_strerror(zmq_errno()));
-    snprintf(ep, sizeof ep, "tcp://%s:*", host);
-    if (zmq_bind(s->router, ep) != 0)
-        return mimic_err(MIMIC_EINVAL, "cluster.bind_host: cannot bind %s: %s", ep,
-                         zmq_strerror(zmq_errno()));
-    size_t len = sizeof s->endpoint;
-    if (zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->endpoint, &len) != 0)
-        return mimic_err(MIMIC_EIO, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(zmq_errno()));
-    if (strstr(s->endpoint, "://0.0.0.0:") || strstr(s->endpoint, "://*:"))
-        ps_log(s,
-               "warning: advertising %s, which other hosts cannot connect to; set "
-               "cluster.bind_host to this host's address",
-               s->endpoint);
-    return 0;
+    proto_router_opts_t o = {.host = s->cfg.cluster.bind_host,
+                             .linger_ms = PS_LINGER_MS,
+                             .max_msg = (int64_t)s->max_payload * 2 + (1 << 20)};
+    return proto_router_bind(&s->router, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
 /* Resumes from the shard of step `text` (REGISTER_ACK.str). */

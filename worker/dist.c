@@ -93,9 +93,7 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
     proto_msg_t r;
     int rc;
     if (d->have_chunk && ((rc = chunk_done(d)) || d->shutdown)) return rc ? rc : TRAIN_END;
-    proto_hdr_init(&h, PROTO_CHUNK_REQ, d->id);
-    h.seq = next_seq(d);
-    h.step = d->version;
+    proto_make_chunk_req(&h, d->id, next_seq(d), d->version);
     if ((rc = sched_call(d, &h, PROTO_CHUNK, &r))) return rc;
     if (d->shutdown) return TRAIN_END;
     const proto_hdr_t *c = &r.hdr;
@@ -130,12 +128,7 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
 static int chunk_done(dist_t *d) {
     proto_hdr_t h;
     proto_msg_t r;
-    proto_hdr_init(&h, PROTO_CHUNK_DONE, d->id);
-    h.seq = next_seq(d);
-    h.na = 3;
-    h.a[PROTO_CDONE_EPOCH] = d->chunk_epoch;
-    h.a[PROTO_CDONE_ID] = d->chunk_id;
-    h.a[PROTO_CDONE_PROCESSED] = d->chunk_n;
+    proto_make_chunk_done(&h, d->id, next_seq(d), d->chunk_epoch, d->chunk_id, d->chunk_n);
     int rc = sched_call(d, &h, PROTO_ACK, &r);
     if (!rc && !d->shutdown) proto_msg_close(&r);
     d->have_chunk = 0;
@@ -144,13 +137,7 @@ static int chunk_done(dist_t *d) {
 
 static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, double lr) {
     proto_hdr_t h;
-    proto_hdr_init(&h, PROTO_METRICS, d->id);
-    h.seq = next_seq(d);
-    h.step = step;
-    h.nf = 3;
-    h.f[PROTO_METRIC_LOSS] = loss;
-    h.f[PROTO_METRIC_IMGS] = imgs;
-    h.f[PROTO_METRIC_LR] = lr;
+    proto_make_metrics(&h, d->id, next_seq(d), step, loss, imgs, lr);
     proto_send(member_socket(d->mb), NULL, 0, &h, NULL, NULL, NULL); /* no reply needed */
 }
 

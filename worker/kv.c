@@ -202,8 +202,9 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             wait_ms = (long)((deadline - mimic_now()) * 1000.0);
             if (wait_ms <= 0) return MIMIC_ETIMEOUT;
         }
-        /* not proto_poll: here a signal (EINTR) fails the wait, as it always has */
-        int n = zmq_poll(items, kv->S, wait_ms);
+        /* a signal (EINTR) does not fail the wait: the step finishes and the training
+         * loop then sees the stop flag, so a SIGTERM leaves the cluster cleanly */
+        int n = proto_poll(items, kv->S, wait_ms);
         if (n < 0) return mimic_err(MIMIC_EIO, "kv: poll failed: %s", zmq_strerror(zmq_errno()));
         for (int s = 0; s < kv->S; s++) {
             if (!(items[s].revents & ZMQ_POLLIN)) continue;
