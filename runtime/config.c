@@ -54,9 +54,10 @@ static const key_t_ KEYS[] = {
     F("data", "mean", K_FLOAT4, data.mean, "0.2860", "per-channel normalisation mean, comma list"),
     F("data", "std", K_FLOAT4, data.std, "0.3530", "per-channel normalisation std, comma list"),
     F("data", "threads", K_INT, data.threads, "1",
-      "decode/augment threads running ahead of the training step (0: all in the step; 1 "
-      "hides Fashion-MNIST's ~1 ms per batch behind the step's compute or pull wait without "
-      "taking a core from the 2 compute threads; JPEG sets decode ~1 ms an image: add more)"),
+      "decode/augment threads running ahead of the training step (0: none, the step builds "
+      "its batch). 1: on 2 cores beside 2 compute threads it hides Fashion-MNIST's ~0.5 ms "
+      "per 128-image batch, more would only contend with them; JPEG sets (~1 ms an image) "
+      "want more"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
