@@ -56,8 +56,9 @@ struct loader {
     int state_cap, in_flight;
     pthread_mutex_t mu;
     pthread_cond_t work, idle;
-    unsigned gen; /* batches handed to the threads; each thread runs each one once */
-    int busy;     /* threads not yet done with batch `gen` */
+    unsigned gen; /* batches handed to the threads */
+    int closed;   /* loader_wait took the rest of batch `gen`: no thread joins it now */
+    int busy;     /* threads working on batch `gen` */
     int stop;
 };
 
@@ -111,6 +112,10 @@ static void *loader_thread(void *arg) {
             pthread_cond_wait(&ld->work, &ld->mu);
         if (ld->stop) break;
         seen = ld->gen;
+        /* woken too late (a busy machine): the caller has done the batch, and waits for
+         * no thread that has not joined it */
+        if (ld->closed) continue;
+        ld->busy++;
         pthread_mutex_unlock(&ld->mu);
         run_samples(ld, s);
         pthread_mutex_lock(&ld->mu);
@@ -262,7 +267,7 @@ int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, floa
     }
     pthread_mutex_lock(&ld->mu);
     ld->gen++;
-    ld->busy = ld->nthreads;
+    ld->closed = 0;
     pthread_cond_broadcast(&ld->work);
     pthread_mutex_unlock(&ld->mu);
     return 0;
@@ -302,6 +307,7 @@ int loader_wait(loader_t *ld) {
     MIMIC_CHECK(ld != NULL && ld->in_flight); /* loader_submit first */
     run_samples(ld, &ld->slots[0]);
     pthread_mutex_lock(&ld->mu);
+    ld->closed = 1;
     while (ld->busy > 0)
         pthread_cond_wait(&ld->idle, &ld->mu);
     pthread_mutex_unlock(&ld->mu);
