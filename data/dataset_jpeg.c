@@ -116,8 +116,12 @@ int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *im
     long long size = read_whole(rd, ds->files[i]);
     if (size < 0) return bad_sample(ds, i, img, "cannot read: %s", strerror(errno));
     tjhandle tj = rd->tj;
-    int w, h, subsamp, cs;
-    if (tjDecompressHeader3(tj, rd->filebuf, (unsigned long)size, &w, &h, &subsamp, &cs) != 0)
+    /* TurboJPEG 2.1.5 returns success without setting the size for a file whose start
+     * marker is followed by no other marker ("Premature end of JPEG file"): hence the
+     * zeros and the check. */
+    int w = 0, h = 0, subsamp = 0, cs = 0;
+    if (tjDecompressHeader3(tj, rd->filebuf, (unsigned long)size, &w, &h, &subsamp, &cs) != 0 ||
+        w <= 0 || h <= 0)
         return bad_sample(ds, i, img, "not a JPEG (%s)", tjGetErrorStr2(tj));
     if (cs == TJCS_CMYK || cs == TJCS_YCCK)
         return bad_sample(ds, i, img, "CMYK JPEGs are not supported");
