@@ -165,8 +165,6 @@ static void emit_row(float *out, const float *acc, int y, int S, int cin, int co
     }
 }
 
-/* out (cout, S, S) from the crop (x0, y0, cw, ch) of in: per output row, a vertical pass
- * into one crop-wide float row, then a horizontal pass and the normalised write. */
 /* Grows ws to hold nint ints and nflt floats; after the largest crop was seen once,
  * a training loop allocates nothing here. */
 static int ws_reserve(augment_ws *ws, size_t nint, size_t nflt) {
@@ -185,12 +183,30 @@ static int ws_reserve(augment_ws *ws, size_t nint, size_t nflt) {
     return 0;
 }
 
+/* Room for the plans and rows of resample_crop on a cw x ch crop of a cin-channel image;
+ * it grows with cw and ch, so the whole image bounds every crop of it. */
+static int ws_reserve_crop(augment_ws *ws, int cw, int ch, int cin, int S) {
+    size_t mx = (size_t)axis_maxtaps(cw, S), my = (size_t)axis_maxtaps(ch, S);
+    size_t tmp_len = ((size_t)cw + mx) * (size_t)cin;
+    return ws_reserve(ws, 4 * (size_t)S, (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin);
+}
+
+int augment_ws_reserve(augment_ws *ws, int w, int h, int c, int S) {
+    if (w <= 0 || h <= 0 || (c != 1 && c != 3) || S <= 0 || S > 1 << 15)
+        return mimic_err(MIMIC_EINVAL, "augment: bad workspace size %dx%dx%d -> %d", w, h, c, S);
+    if (ws_reserve_crop(ws, w, h, c, S))
+        return mimic_err(MIMIC_ENOMEM, "augment: out of memory for %dx%d images", w, h);
+    return 0;
+}
+
 void augment_ws_free(augment_ws *ws) {
     free(ws->ibuf);
     free(ws->fbuf);
     memset(ws, 0, sizeof *ws);
 }
 
+/* out (cout, S, S) from the crop (x0, y0, cw, ch) of in: per output row, a vertical pass
+ * into one crop-wide float row, then a horizontal pass and the normalised write. */
 static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw, int ch, int S,
                          int flip, const float *mean, const float *std, int cout, augment_ws *ws) {
     const int cin = in->c;
@@ -203,10 +219,8 @@ static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw,
         b[c] = -m / s;
     }
     axis_plan px = {.maxtaps = axis_maxtaps(cw, S)}, py = {.maxtaps = axis_maxtaps(ch, S)};
-    size_t nint = 4 * (size_t)S;
     const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin; /* zeroed tail */
-    size_t nflt = (size_t)S * (size_t)(px.maxtaps + py.maxtaps) + tmp_len + (size_t)S * (size_t)cin;
-    if (ws_reserve(ws, nint, nflt))
+    if (ws_reserve_crop(ws, cw, ch, cin, S))
         return mimic_err(MIMIC_ENOMEM, "augment: out of memory for a %dx%d crop", cw, ch);
     int *ibuf = ws->ibuf;
     float *fbuf = ws->fbuf;

@@ -47,6 +47,9 @@ typedef struct {
     size_t icap, fcap;
 } augment_ws;
 void augment_ws_free(augment_ws *ws);
+/* Grows ws for every crop of a w x h x c image resized to S, so that a loop over images
+ * of that size allocates nothing, not even when its largest crop first comes. */
+int augment_ws_reserve(augment_ws *ws, int w, int h, int c, int S);
 /* augment_rrc with caller-owned scratch (grown on demand, then reused). */
 int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
                    float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,

@@ -6,7 +6,9 @@
  * DCT scaling when a file is much larger than the training resolution). Access is by
  * index because the scheduler hands workers chunks of a seeded permutation:
  *   dataset_open(&ds, &opts); dataset_get(ds, i, &img, 224); augment_rrc(out, &img, ...);
- * dataset_get reuses buffers inside the dataset_t: use one dataset_t per thread. */
+ * dataset_get reuses a reader (decoder handle, file buffer) inside the dataset_t, so it
+ * serves one thread; threads share one dataset_t through dataset_read, a reader each.
+ * dataset_count sizes a set without decoding and links without the JPEG decoder. */
 #ifndef MIMIC_DATASET_H
 #define MIMIC_DATASET_H
 
@@ -54,6 +56,12 @@ int dataset_label(const dataset_t *ds, size_t i);
 /* Channels dataset_get produces: 1 for IDX (C=1) and CSV, 3 for JPEG sets. */
 int dataset_channels(const dataset_t *ds);
 
+/* Per-thread decoding state for dataset_read: a TurboJPEG handle and the file buffer
+ * (nothing for in-memory sets). Created once per thread, reused for every sample. */
+typedef struct dataset_reader dataset_reader_t;
+int dataset_reader_new(dataset_reader_t **out, const dataset_t *ds);
+void dataset_reader_destroy(dataset_reader_t **rd);
+
 /* Decodes sample i into img (HWC bytes; img's buffer is grown as needed). JPEGs at least
  * 2*target_size on both sides are decoded with the strongest DCT scaling that keeps both
  * sides >= target_size (target_size <= 0: full size); in-memory sets ignore it.
@@ -61,7 +69,21 @@ int dataset_channels(const dataset_t *ds);
  * returns MIMIC_EFORMAT, warns once naming the file and counts the sample as bad.
  * Index out of range: MIMIC_EINVAL. */
 int dataset_get(dataset_t *ds, size_t i, image_u8 *img, int target_size);
-/* Number of distinct samples dataset_get found bad so far. */
+/* dataset_get with the caller's reader: threads with distinct readers (and images) may
+ * read one dataset_t at once; bad samples are still warned once and counted once. */
+int dataset_read(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target_size);
+/* Number of distinct samples dataset_get/dataset_read found bad so far. */
 size_t dataset_bad_count(const dataset_t *ds);
+/* In-memory sets (IDX, CSV), whose samples all have one size: sets *w, *h and returns 1.
+ * JPEG sets: returns 0. */
+int dataset_fixed_size(const dataset_t *ds, int *w, int *h);
+
+/* The number of samples dataset_open would give for o, without decoding anything: IDX
+ * reads the headers (images and labels counts must agree), CSV parses and checks every
+ * row (the Usage filter applies), JPEG sets are listed. Errors are those of
+ * dataset_open for the same defects, except damage past an IDX header (a truncated
+ * payload), which only dataset_open sees. Defined apart from the decoder (dataset_scan.c),
+ * so a program that only counts (the scheduler) does not link TurboJPEG. */
+int dataset_count(const dataset_opts *o, size_t *n);
 
 #endif

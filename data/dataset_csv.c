@@ -1,4 +1,5 @@
-/* FER2013-style CSV reader ("emotion,pixels,Usage"): parsed whole at open. */
+/* FER2013-style CSV reader ("emotion,pixels,Usage"): parsed whole at open (pixels kept,
+ * or only rows counted by dataset_count). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
@@ -128,108 +129,129 @@ static int parse_header(csv_columns *cols, char *line, const char *path, const c
     return 0;
 }
 
-int dataset_csv_open(dataset_t *ds, const dataset_opts *o) {
-    const char *path = o->path;
-    char *line = NULL;
-    size_t linecap = 0, lineno = 1, npix = 0, labcap = 0;
-    bytes_vec row = {0}, all = {0};
+/* The state of one pass over the data lines. */
+typedef struct {
+    const char *path;
     csv_columns cols;
-    int rc = 0, side = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return mimic_err(MIMIC_EIO, "%s: cannot open CSV: %s", path, strerror(errno));
+    size_t lineno;
+    size_t npix; /* pixels per row, set by the first row */
+    int side;
+    bytes_vec row; /* pixels of the current row */
+} csv_pass;
 
-    if (getline(&line, &linecap, f) < 0) {
-        rc = ferror(f) ? mimic_err(MIMIC_EIO, "%s: read error", path)
-                       : mimic_err(MIMIC_EFORMAT, "%s:1: empty file, expected a header", path);
-        goto fail;
+/* Checks the pixel count of the row just parsed: the first row sets a square size that
+ * every other row must repeat. */
+static int check_row_size(csv_pass *p) {
+    if (p->npix == 0) {
+        while ((size_t)(p->side + 1) * (size_t)(p->side + 1) <= p->row.n)
+            p->side++;
+        if (p->row.n == 0 || (size_t)p->side * (size_t)p->side != p->row.n || p->side > (1 << 15))
+            return mimic_err(MIMIC_EFORMAT,
+                             "%s:%zu: field pixels has %zu values, not a square image", p->path,
+                             p->lineno, p->row.n);
+        p->npix = p->row.n;
+    } else if (p->row.n != p->npix) {
+        return mimic_err(MIMIC_EFORMAT, "%s:%zu: field pixels has %zu values, expected %zu (%dx%d)",
+                         p->path, p->lineno, p->row.n, p->npix, p->side, p->side);
     }
-    rc = parse_header(&cols, line, path, o->usage);
-    if (rc) goto fail;
+    return 0;
+}
 
-    while (getline(&line, &linecap, f) >= 0) {
-        lineno++;
+/* Parses one non-blank data line: *label, the pixels into p->row, *usage its Usage field
+ * (NULL without that column). Every defect is reported naming the line. */
+static int parse_row(csv_pass *p, char *line, int *label, const char **usage) {
+    char *fld[CSV_MAX_FIELDS] = {0};
+    int nf = split_csv(line, fld, CSV_MAX_FIELDS);
+    if (nf != p->cols.ncols)
+        return mimic_err(MIMIC_EFORMAT, "%s:%zu: %d fields, the header has %d", p->path, p->lineno,
+                         nf, p->cols.ncols);
+    if (parse_label(fld[p->cols.emotion], label))
+        return mimic_err(MIMIC_EFORMAT, "%s:%zu: field emotion: bad label \"%.20s\"", p->path,
+                         p->lineno, fld[p->cols.emotion]);
+    size_t where = 0;
+    long value = 0;
+    int pr = parse_pixels(&p->row, fld[p->cols.pixels], &where, &value);
+    if (pr == MIMIC_ENOMEM) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", p->path);
+    if (pr == 2)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s:%zu: field pixels: value %ld (pixel %zu) is outside 0..255", p->path,
+                         p->lineno, value, where);
+    if (pr)
+        return mimic_err(MIMIC_EFORMAT, "%s:%zu: field pixels: not a number at pixel %zu", p->path,
+                         p->lineno, where);
+    *usage = p->cols.usage >= 0 ? fld[p->cols.usage] : NULL;
+    return check_row_size(p);
+}
+
+/* Appends the row's pixels (to all) and its label (to ds). */
+static int keep_row(dataset_t *ds, bytes_vec *all, size_t *labcap, const bytes_vec *row,
+                    int label) {
+    if (bytes_grow(all, all->n + row->n)) return MIMIC_ENOMEM;
+    memcpy(all->v + all->n, row->v, row->n);
+    all->n += row->n;
+    if (ds->n == *labcap) {
+        size_t cap = *labcap ? 2 * *labcap : 1024;
+        int *l = realloc(ds->labels, cap * sizeof(int));
+        if (!l) return MIMIC_ENOMEM;
+        ds->labels = l;
+        *labcap = cap;
+    }
+    ds->labels[ds->n++] = label;
+    return 0;
+}
+
+/* Reads the data lines after the header: every row is checked, the rows whose Usage
+ * matches are counted (and kept with keep_pixels). */
+static int read_rows(dataset_t *ds, csv_pass *p, FILE *f, const char *usage, int keep_pixels,
+                     bytes_vec *all) {
+    char *line = NULL;
+    size_t linecap = 0, labcap = 0;
+    int rc = 0;
+    while (!rc && getline(&line, &linecap, f) >= 0) {
+        p->lineno++;
         if (!*trim(line)) continue;
-        char *fld[CSV_MAX_FIELDS] = {0};
-        int nf = split_csv(line, fld, CSV_MAX_FIELDS);
-        if (nf != cols.ncols) {
-            rc = mimic_err(MIMIC_EFORMAT, "%s:%zu: %d fields, the header has %d", path, lineno, nf,
-                           cols.ncols);
-            goto fail;
-        }
-        int label;
-        if (parse_label(fld[cols.emotion], &label)) {
-            rc = mimic_err(MIMIC_EFORMAT, "%s:%zu: field emotion: bad label \"%.20s\"", path,
-                           lineno, fld[cols.emotion]);
-            goto fail;
-        }
-        size_t where = 0;
-        long value = 0;
-        int pr = parse_pixels(&row, fld[cols.pixels], &where, &value);
-        if (pr == MIMIC_ENOMEM) {
-            rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
-            goto fail;
-        }
-        if (pr) {
-            rc = pr == 2
-                     ? mimic_err(MIMIC_EFORMAT,
-                                 "%s:%zu: field pixels: value %ld (pixel %zu) is outside "
-                                 "0..255",
-                                 path, lineno, value, where)
-                     : mimic_err(MIMIC_EFORMAT, "%s:%zu: field pixels: not a number at pixel %zu",
-                                 path, lineno, where);
-            goto fail;
-        }
-        if (npix == 0) {
-            while ((size_t)(side + 1) * (size_t)(side + 1) <= row.n)
-                side++;
-            if (row.n == 0 || (size_t)side * (size_t)side != row.n || side > (1 << 15)) {
-                rc = mimic_err(MIMIC_EFORMAT,
-                               "%s:%zu: field pixels has %zu values, not a square image", path,
-                               lineno, row.n);
-                goto fail;
-            }
-            npix = row.n;
-        } else if (row.n != npix) {
-            rc = mimic_err(MIMIC_EFORMAT,
-                           "%s:%zu: field pixels has %zu values, expected %zu (%dx%d)", path,
-                           lineno, row.n, npix, side, side);
-            goto fail;
-        }
+        int label = 0;
+        const char *row_usage = NULL;
+        if ((rc = parse_row(p, line, &label, &row_usage))) break;
         if (label + 1 > ds->num_classes) ds->num_classes = label + 1;
-        if (o->usage && strcmp(fld[cols.usage], o->usage) != 0) continue;
+        if (usage && strcmp(row_usage, usage) != 0) continue;
+        if (!keep_pixels)
+            ds->n++;
+        else if (keep_row(ds, all, &labcap, &p->row, label))
+            rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory", p->path);
+    }
+    free(line);
+    if (!rc && ferror(f)) rc = mimic_err(MIMIC_EIO, "%s:%zu: read error", p->path, p->lineno);
+    return rc;
+}
 
-        if (bytes_grow(&all, all.n + npix)) goto nomem;
-        memcpy(all.v + all.n, row.v, npix);
-        all.n += npix;
-        if (ds->n == labcap) {
-            labcap = labcap ? 2 * labcap : 1024;
-            int *p = realloc(ds->labels, labcap * sizeof(int));
-            if (!p) goto nomem;
-            ds->labels = p;
-        }
-        ds->labels[ds->n++] = label;
+int dataset_csv_open(dataset_t *ds, const dataset_opts *o, int keep_pixels) {
+    csv_pass p = {.path = o->path, .lineno = 1};
+    bytes_vec all = {0};
+    char *line = NULL;
+    size_t linecap = 0;
+    int rc;
+    FILE *f = fopen(o->path, "r");
+    if (!f) return mimic_err(MIMIC_EIO, "%s: cannot open CSV: %s", o->path, strerror(errno));
+    if (getline(&line, &linecap, f) < 0) {
+        rc = ferror(f) ? mimic_err(MIMIC_EIO, "%s: read error", o->path)
+                       : mimic_err(MIMIC_EFORMAT, "%s:1: empty file, expected a header", o->path);
+        goto out;
     }
-    if (ferror(f)) {
-        rc = mimic_err(MIMIC_EIO, "%s:%zu: read error", path, lineno);
-        goto fail;
-    }
+    if ((rc = parse_header(&p.cols, line, o->path, o->usage))) goto out;
+    if ((rc = read_rows(ds, &p, f, o->usage, keep_pixels, &all))) goto out;
     if (ds->n == 0) {
-        rc = o->usage ? mimic_err(MIMIC_EINVAL, "%s: no rows with Usage \"%s\"", path, o->usage)
-                      : mimic_err(MIMIC_EFORMAT, "%s: no data rows", path);
-        goto fail;
+        rc = o->usage ? mimic_err(MIMIC_EINVAL, "%s: no rows with Usage \"%s\"", o->path, o->usage)
+                      : mimic_err(MIMIC_EFORMAT, "%s: no data rows", o->path);
+        goto out;
     }
     ds->pixels = all.v;
-    ds->w = ds->h = side;
+    all.v = NULL;
+    ds->w = ds->h = p.side;
     ds->channels = 1;
-    free(row.v);
-    free(line);
-    fclose(f);
-    return 0;
-nomem:
-    rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
-fail:
-    free(row.v);
+out:
     free(all.v);
+    free(p.row.v);
     free(line);
     fclose(f);
     return rc;

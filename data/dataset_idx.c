@@ -44,13 +44,13 @@ static void dims_str(char *buf, size_t cap, const idx_array *a) {
         len += (size_t)snprintf(buf + len, cap - len, d ? "x%u" : "%u", a->dims[d]);
 }
 
-/* Loads an unsigned-byte IDX array with min_nd..max_nd dimensions; `what` names the
- * expected content in messages. The header is not trusted for the allocation size: the
- * buffer grows as data actually arrives. */
-static int idx_load(idx_array *a, const char *path, const char *what, int min_nd, int max_nd) {
+/* Opens path and reads an unsigned-byte IDX header with min_nd..max_nd dimensions into
+ * a->ndims/dims (`what` names the expected content in messages). On success *out is the
+ * stream, positioned at the data. */
+static int idx_header(gzFile *out, idx_array *a, const char *path, const char *what, int min_nd,
+                      int max_nd) {
     memset(a, 0, sizeof *a);
     const char *why;
-    char dims[96];
     int rc;
     errno = 0;
     gzFile f = gzopen(path, "rb");
@@ -78,81 +78,88 @@ static int idx_load(idx_array *a, const char *path, const char *what, int min_nd
                        hdr[2]);
         goto fail;
     }
-    a->ndims = hdr[3];
-    if (a->ndims < min_nd || a->ndims > max_nd) {
+    if (hdr[3] < min_nd || hdr[3] > max_nd) {
         rc = mimic_err(MIMIC_EFORMAT, "%s: IDX %s with %d dimensions (expected %d%s%d)", path, what,
-                       a->ndims, min_nd, min_nd == max_nd ? "" : " to ", max_nd);
-        a->ndims = 0;
+                       hdr[3], min_nd, min_nd == max_nd ? "" : " to ", max_nd);
         goto fail;
     }
+    a->ndims = hdr[3];
     got = gz_fill(f, hdr, 4 * (size_t)a->ndims, &why);
     if (got < 4 * (size_t)a->ndims) {
         rc = mimic_err(MIMIC_EFORMAT, "%s: truncated IDX header (dimensions)", path);
         goto fail;
     }
-    size_t bytes = 1;
+    a->bytes = 1;
     for (int d = 0; d < a->ndims; d++) {
         const uint8_t *p = hdr + 4 * d;
         a->dims[d] = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-        if (a->dims[d] == 0 || a->dims[d] > IDX_MAX_BYTES / bytes) {
+        if (a->dims[d] == 0 || a->dims[d] > IDX_MAX_BYTES / a->bytes) {
+            char dims[96];
             dims_str(dims, sizeof dims, a);
             rc = mimic_err(MIMIC_EFORMAT, "%s: bad IDX dimensions %s", path, dims);
             goto fail;
         }
-        bytes *= a->dims[d];
+        a->bytes *= a->dims[d];
     }
-    dims_str(dims, sizeof dims, a);
+    *out = f;
+    return 0;
+fail:
+    gzclose(f);
+    a->ndims = 0;
+    return rc;
+}
 
-    size_t cap = bytes < ((size_t)1 << 24) ? bytes : ((size_t)1 << 24);
-    a->data = malloc(cap);
-    if (!a->data) {
-        rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
+/* Reads the a->bytes data bytes the header announced, and checks that nothing follows.
+ * The header is not trusted for the allocation size: the buffer grows as data actually
+ * arrives. */
+static int idx_body(idx_array *a, gzFile f, const char *path) {
+    const char *why;
+    char dims[96];
+    dims_str(dims, sizeof dims, a);
+    size_t bytes = a->bytes, cap = bytes < ((size_t)1 << 24) ? bytes : ((size_t)1 << 24);
+    if (!(a->data = malloc(cap))) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
     size_t have = 0;
     for (;;) {
         have += gz_fill(f, a->data + have, cap - have, &why);
         if (have < cap || cap == bytes) break;
         size_t ncap = cap * 2 < bytes ? cap * 2 : bytes;
         uint8_t *p = realloc(a->data, ncap);
-        if (!p) {
-            rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory for %zu bytes", path, ncap);
-            goto fail;
-        }
+        if (!p) return mimic_err(MIMIC_ENOMEM, "%s: out of memory for %zu bytes", path, ncap);
         a->data = p;
         cap = ncap;
     }
-    if (have < bytes) {
-        rc = mimic_err(MIMIC_EFORMAT,
-                       "%s: size does not match header dims %s: truncated, %zu of %zu data "
-                       "bytes%s%s",
-                       path, dims, have, bytes, why ? ": " : "", why ? why : "");
-        goto fail;
-    }
+    if (have < bytes)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s: size does not match header dims %s: truncated, %zu of %zu data "
+                         "bytes%s%s",
+                         path, dims, have, bytes, why ? ": " : "", why ? why : "");
     uint8_t extra;
-    if (gz_fill(f, &extra, 1, &why) != 0) {
-        rc = mimic_err(MIMIC_EFORMAT,
-                       "%s: size does not match header dims %s: more than %zu data bytes", path,
-                       dims, bytes);
-        goto fail;
-    }
-    if (why) {
-        rc = mimic_err(MIMIC_EFORMAT, "%s: gzip stream broken after the data: %s", path, why);
-        goto fail;
-    }
-    a->bytes = bytes;
-    gzclose(f);
+    if (gz_fill(f, &extra, 1, &why) != 0)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s: size does not match header dims %s: more than %zu data bytes", path,
+                         dims, bytes);
+    if (why)
+        return mimic_err(MIMIC_EFORMAT, "%s: gzip stream broken after the data: %s", path, why);
     return 0;
-fail:
+}
+
+/* Loads an IDX array (header and, when `body`, the data; a->data is NULL otherwise). */
+static int idx_load(idx_array *a, const char *path, const char *what, int min_nd, int max_nd,
+                    int body) {
+    gzFile f = NULL;
+    int rc = idx_header(&f, a, path, what, min_nd, max_nd);
+    if (rc) return rc;
+    if (body && (rc = idx_body(a, f, path))) {
+        free(a->data);
+        a->data = NULL;
+    }
     gzclose(f);
-    free(a->data);
-    a->data = NULL;
     return rc;
 }
 
-int dataset_idx_open(dataset_t *ds, const dataset_opts *o) {
+int dataset_idx_open(dataset_t *ds, const dataset_opts *o, int keep_pixels) {
     idx_array im, lb = {0};
-    int rc = idx_load(&im, o->path, "images", 3, 4);
+    int rc = idx_load(&im, o->path, "images", 3, 4, keep_pixels);
     if (rc) return rc;
     int c = im.ndims == 4 ? (int)im.dims[3] : 1;
     if (c != 1 && c != 3) {
@@ -172,13 +179,14 @@ int dataset_idx_open(dataset_t *ds, const dataset_opts *o) {
     im.data = NULL;
     if (!o->labels) return 0;
 
-    rc = idx_load(&lb, o->labels, "labels", 1, 1);
+    rc = idx_load(&lb, o->labels, "labels", 1, 1, keep_pixels);
     if (rc) return rc;
     if (lb.dims[0] != ds->n) {
         rc = mimic_err(MIMIC_EFORMAT, "%s: %u labels but %s holds %zu images", o->labels,
                        lb.dims[0], o->path, ds->n);
         goto fail;
     }
+    if (!keep_pixels) return 0; /* counting: the labels file was checked, not read */
     ds->labels = malloc(ds->n * sizeof(int));
     if (!ds->labels) {
         rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory", o->labels);

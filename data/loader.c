@@ -1,64 +1,164 @@
+#define _POSIX_C_SOURCE 200809L
 #include "loader.h"
 
 #include "common.h"
-#include "rng.h"
 #include "order.h"
+#include "rng.h"
 
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Where a batch is built: the caller's context (slot 0) or one loader thread's. Each
+ * owns its decoder, image and resampling scratch, made once in loader_new. */
+typedef struct {
+    loader_t *ld;
+    pthread_t thread;
+    dataset_reader_t *rd;
+    image_u8 img;
+    augment_ws ws;
+    /* the first hard failure of this slot in the current batch (sample, code, text: the
+     * text lives in the failing thread's mimic_last_error, so it is copied here) */
+    int err_k, err_rc;
+    char err_msg[256];
+} slot_t;
+
+enum { SAMPLE_OK, SAMPLE_SKIP, SAMPLE_ERR };
+
+/* The batch in flight: sample k goes to position k of the caller's buffers; loader_wait
+ * then moves the good ones down over the skipped ones, in order. */
+typedef struct {
+    const uint32_t *idx;
+    int n, L;
+    uint64_t epoch;
+    float *imgs, *noise;
+    int *labels;
+    uint8_t *state;    /* n SAMPLE_* (capacity state_cap) */
+    atomic_int next;   /* next sample to claim: slots claim in increasing order */
+    atomic_int failed; /* a sample failed hard: claim no more */
+} batch_t;
+
 struct loader {
     dataset_t *ds;
-    image_u8 img;
-    augment_ws ws; /* resampling scratch, reused for every sample */
     int S, C;
     float scale_lo, scale_hi;
     int hflip;
     float mean[4], std[4];
     uint64_t seed;
+
+    int nslots;    /* data.threads + 1 */
+    int nthreads;  /* threads running (slots 1..nthreads) */
+    slot_t *slots; /* slot 0 is the caller's */
+    batch_t b;
+    int state_cap, in_flight;
+    pthread_mutex_t mu;
+    pthread_cond_t work, idle;
+    unsigned gen; /* batches handed to the threads */
+    int closed;   /* loader_wait took the rest of batch `gen`: no thread joins it now */
+    int busy;     /* threads working on batch `gen` */
+    int stop;
 };
 
-static int parse_kind(const char *s, dataset_kind *k) {
-    static const struct {
-        const char *name;
-        dataset_kind kind;
-    } kinds[] = {{"idx", DATASET_IDX},
-                 {"imagefolder", DATASET_IMAGEFOLDER},
-                 {"csv", DATASET_CSV},
-                 {"labellist", DATASET_LABELLIST}};
-    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-        if (strcmp(s, kinds[i].name) == 0) {
-            *k = kinds[i].kind;
-            return 0;
-        }
-    return mimic_err(MIMIC_EINVAL,
-                     "config data.kind: unknown '%s' (idx, imagefolder, csv, labellist)", s);
+/* Builds sample k of the batch at position k. Returns 0, 1 for a corrupt sample (the
+ * dataset warned and counted it), or a negative error. */
+static int build_sample(loader_t *ld, slot_t *s, int k) {
+    const batch_t *b = &ld->b;
+    uint32_t i = b->idx[k];
+    int rc = dataset_read(ld->ds, s->rd, i, &s->img, ld->S);
+    if (rc == MIMIC_EFORMAT) return 1;
+    if (rc) return rc;
+    rng_t r;
+    rng_split(&r, ld->seed, order_sample_stream(b->epoch, i));
+    rc = augment_rrc_ws(b->imgs + (size_t)k * (size_t)ld->C * ld->S * ld->S, &s->img, ld->S,
+                        ld->scale_lo, ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean,
+                        ld->std, ld->C, &r, &s->ws);
+    if (rc) return rc;
+    if (b->noise)
+        for (int l = 0; l < b->L; l++)
+            b->noise[(size_t)k * b->L + l] = rng_uniform(&r);
+    if (b->labels) b->labels[k] = dataset_label(ld->ds, i);
+    return 0;
 }
 
-int loader_new(loader_t **out, const mimic_cfg_t *cfg) {
-    *out = NULL;
-    dataset_opts o = {0};
-    int rc = parse_kind(cfg->data.kind, &o.kind);
-    if (rc) return rc;
-    if (!(cfg->data.scale_min > 0 && cfg->data.scale_min <= cfg->data.scale_max &&
-          cfg->data.scale_max <= 1))
-        return mimic_err(MIMIC_EINVAL, "config data.scale_min/scale_max: need 0 < min <= max <= 1");
-    for (int c = 0; c < cfg->model.in_chans; c++)
-        if (!(cfg->data.std[c] > 0))
-            return mimic_err(MIMIC_EINVAL, "config data.std: must be positive");
-    o.path = cfg->data.path;
-    o.labels = cfg->data.labels[0] ? cfg->data.labels : NULL;
-    o.usage = cfg->data.usage[0] ? cfg->data.usage : NULL;
-    loader_t *ld = calloc(1, sizeof *ld);
-    if (!ld) return mimic_err(MIMIC_ENOMEM, "out of memory for the data loader");
-    if ((rc = dataset_open(&ld->ds, &o))) {
-        free(ld);
-        return rc;
+/* Claims and builds samples of the batch until none is left (or one failed). */
+static void run_samples(loader_t *ld, slot_t *s) {
+    batch_t *b = &ld->b;
+    while (!atomic_load(&b->failed)) {
+        int k = atomic_fetch_add(&b->next, 1);
+        if (k >= b->n) return;
+        int rc = build_sample(ld, s, k);
+        b->state[k] = rc == 0 ? SAMPLE_OK : rc == 1 ? SAMPLE_SKIP : SAMPLE_ERR;
+        if (rc < 0) {
+            if (s->err_k < 0) {
+                s->err_k = k;
+                s->err_rc = rc;
+                snprintf(s->err_msg, sizeof s->err_msg, "%s", mimic_last_error());
+            }
+            atomic_store(&b->failed, 1);
+        }
     }
-    if (dataset_size(ld->ds) == 0) {
-        loader_destroy(&ld);
-        return mimic_err(MIMIC_EINVAL, "%s: data set is empty", cfg->data.path);
+}
+
+static void *loader_thread(void *arg) {
+    slot_t *s = arg;
+    loader_t *ld = s->ld;
+    unsigned seen = 0;
+    pthread_mutex_lock(&ld->mu);
+    for (;;) {
+        while (!ld->stop && ld->gen == seen)
+            pthread_cond_wait(&ld->work, &ld->mu);
+        if (ld->stop) break;
+        seen = ld->gen;
+        /* woken too late (a busy machine): the caller has done the batch, and waits for
+         * no thread that has not joined it */
+        if (ld->closed) continue;
+        ld->busy++;
+        pthread_mutex_unlock(&ld->mu);
+        run_samples(ld, s);
+        pthread_mutex_lock(&ld->mu);
+        if (--ld->busy == 0) pthread_cond_signal(&ld->idle);
     }
+    pthread_mutex_unlock(&ld->mu);
+    return NULL;
+}
+
+/* Decoder and scratch of every slot; for in-memory sets (one image size) sized now for
+ * the largest crop, so that no batch ever allocates. */
+static int slots_init(loader_t *ld) {
+    int w, h, fixed = dataset_fixed_size(ld->ds, &w, &h), c = dataset_channels(ld->ds);
+    for (int t = 0; t < ld->nslots; t++) {
+        slot_t *s = &ld->slots[t];
+        s->ld = ld;
+        int rc = dataset_reader_new(&s->rd, ld->ds);
+        if (!rc && fixed) rc = image_u8_reserve(&s->img, w, h, c);
+        if (!rc && fixed) rc = augment_ws_reserve(&s->ws, w, h, c, ld->S);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Starts the threads with every signal blocked, so that signals (SIGTERM: checkpoint and
+ * stop) interrupt the caller's thread, not a loader thread. */
+static int threads_start(loader_t *ld, int want) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int err = 0;
+    while (ld->nthreads < want && !err) {
+        slot_t *s = &ld->slots[ld->nthreads + 1];
+        if (!(err = pthread_create(&s->thread, NULL, loader_thread, s))) ld->nthreads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err)
+        return mimic_err(MIMIC_ENOMEM, "data loader: cannot start thread %d of %d (data.threads)",
+                         ld->nthreads + 1, want);
+    return 0;
+}
+
+static void copy_params(loader_t *ld, const mimic_cfg_t *cfg) {
     ld->S = cfg->model.img_size;
     ld->C = cfg->model.in_chans;
     ld->scale_lo = cfg->data.scale_min;
@@ -67,16 +167,65 @@ int loader_new(loader_t **out, const mimic_cfg_t *cfg) {
     memcpy(ld->mean, cfg->data.mean, sizeof ld->mean);
     memcpy(ld->std, cfg->data.std, sizeof ld->std);
     ld->seed = cfg->train.seed;
+}
+
+int loader_new(loader_t **out, const mimic_cfg_t *cfg) {
+    *out = NULL;
+    dataset_opts o;
+    int rc = loader_opts(&o, cfg);
+    if (rc) return rc;
+    loader_t *ld = calloc(1, sizeof *ld);
+    if (!ld) return mimic_err(MIMIC_ENOMEM, "out of memory for the data loader");
+    pthread_mutex_init(&ld->mu, NULL);
+    pthread_cond_init(&ld->work, NULL);
+    pthread_cond_init(&ld->idle, NULL);
+    copy_params(ld, cfg);
+    if ((rc = dataset_open(&ld->ds, &o))) goto fail;
+    if (dataset_size(ld->ds) == 0) {
+        rc = mimic_err(MIMIC_EINVAL, "%s: data set is empty", cfg->data.path);
+        goto fail;
+    }
+    int cap = cfg->train.batch_size > cfg->cluster.chunk_size ? cfg->train.batch_size
+                                                              : cfg->cluster.chunk_size;
+    ld->state_cap = cap > 1 ? cap : 1;
+    ld->b.state = malloc((size_t)ld->state_cap);
+    ld->nslots = cfg->data.threads + 1;
+    ld->slots = calloc((size_t)ld->nslots, sizeof *ld->slots);
+    if (!ld->b.state || !ld->slots) {
+        rc = mimic_err(MIMIC_ENOMEM, "out of memory for the data loader");
+        goto fail;
+    }
+    if ((rc = slots_init(ld))) goto fail;
+    if ((rc = threads_start(ld, cfg->data.threads))) goto fail;
     *out = ld;
     return 0;
+fail:
+    loader_destroy(&ld);
+    return rc;
 }
 
 void loader_destroy(loader_t **pl) {
     if (!pl || !*pl) return;
-    dataset_destroy(&(*pl)->ds);
-    image_u8_free(&(*pl)->img);
-    augment_ws_free(&(*pl)->ws);
-    free(*pl);
+    loader_t *ld = *pl;
+    if (ld->in_flight) loader_wait(ld);
+    pthread_mutex_lock(&ld->mu);
+    ld->stop = 1;
+    pthread_cond_broadcast(&ld->work);
+    pthread_mutex_unlock(&ld->mu);
+    for (int t = 1; t <= ld->nthreads; t++)
+        pthread_join(ld->slots[t].thread, NULL);
+    for (int t = 0; ld->slots && t < ld->nslots; t++) {
+        dataset_reader_destroy(&ld->slots[t].rd);
+        image_u8_free(&ld->slots[t].img);
+        augment_ws_free(&ld->slots[t].ws);
+    }
+    free(ld->slots);
+    free(ld->b.state);
+    dataset_destroy(&ld->ds);
+    pthread_cond_destroy(&ld->work);
+    pthread_cond_destroy(&ld->idle);
+    pthread_mutex_destroy(&ld->mu);
+    free(ld);
     *pl = NULL;
 }
 
@@ -86,29 +235,88 @@ size_t loader_size(const loader_t *ld) {
 size_t loader_bad(const loader_t *ld) {
     return dataset_bad_count(ld->ds);
 }
-const dataset_t *loader_dataset(const loader_t *ld) {
-    return ld->ds;
+
+int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs,
+                  float *noise, int L, int *labels) {
+    MIMIC_CHECK(ld != NULL && !ld->in_flight); /* at most one batch in flight */
+    if (n < 0 || (n > 0 && (!idx || !imgs)) || (noise && L < 0))
+        return mimic_err(MIMIC_EINVAL, "loader: bad batch (%d samples, idx %p, imgs %p, L %d)", n,
+                         (const void *)idx, (void *)imgs, L);
+    batch_t *b = &ld->b;
+    if (n > ld->state_cap) { /* a batch larger than train.batch_size: grown once */
+        uint8_t *p = realloc(b->state, (size_t)n);
+        if (!p) return mimic_err(MIMIC_ENOMEM, "loader: out of memory for a %d-sample batch", n);
+        b->state = p;
+        ld->state_cap = n;
+    }
+    b->idx = idx;
+    b->n = n;
+    b->L = L;
+    b->epoch = epoch;
+    b->imgs = imgs;
+    b->noise = noise;
+    b->labels = labels;
+    atomic_store(&b->next, 0);
+    atomic_store(&b->failed, 0);
+    for (int t = 0; t <= ld->nthreads; t++)
+        ld->slots[t].err_k = -1;
+    ld->in_flight = 1;
+    if (ld->nthreads == 0 || n == 0) {
+        run_samples(ld, &ld->slots[0]);
+        return 0;
+    }
+    pthread_mutex_lock(&ld->mu);
+    ld->gen++;
+    ld->closed = 0;
+    pthread_cond_broadcast(&ld->work);
+    pthread_mutex_unlock(&ld->mu);
+    return 0;
+}
+
+/* The error of sample k, raised again in the caller's thread when a loader thread met it
+ * (its message was printed there already; this one makes mimic_last_error tell it). */
+static int batch_error(const loader_t *ld, int k) {
+    for (int t = 0; t <= ld->nthreads; t++) {
+        const slot_t *s = &ld->slots[t];
+        if (s->err_k == k) return t == 0 ? s->err_rc : mimic_err(s->err_rc, "%s", s->err_msg);
+    }
+    return mimic_err(MIMIC_EINVAL, "loader: sample %d failed without a reason", k);
+}
+
+/* Moves the good samples down over the skipped ones, keeping their order. */
+static int compact(const loader_t *ld) {
+    const batch_t *b = &ld->b;
+    const size_t img_sz = (size_t)ld->C * ld->S * ld->S;
+    int filled = 0;
+    for (int k = 0; k < b->n; k++) {
+        if (b->state[k] == SAMPLE_SKIP) continue;
+        if (b->state[k] == SAMPLE_ERR) return batch_error(ld, k);
+        if (filled != k) {
+            memmove(b->imgs + filled * img_sz, b->imgs + k * img_sz, img_sz * sizeof(float));
+            if (b->noise)
+                memmove(b->noise + (size_t)filled * b->L, b->noise + (size_t)k * b->L,
+                        (size_t)b->L * sizeof(float));
+            if (b->labels) b->labels[filled] = b->labels[k];
+        }
+        filled++;
+    }
+    return filled;
+}
+
+int loader_wait(loader_t *ld) {
+    MIMIC_CHECK(ld != NULL && ld->in_flight); /* loader_submit first */
+    run_samples(ld, &ld->slots[0]);
+    pthread_mutex_lock(&ld->mu);
+    ld->closed = 1;
+    while (ld->busy > 0)
+        pthread_cond_wait(&ld->idle, &ld->mu);
+    pthread_mutex_unlock(&ld->mu);
+    ld->in_flight = 0;
+    return compact(ld);
 }
 
 int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs, float *noise,
                 int L, int *labels) {
-    size_t img_sz = (size_t)ld->C * ld->S * ld->S;
-    int filled = 0;
-    for (int i = 0; i < n; i++) {
-        int rc = dataset_get(ld->ds, idx[i], &ld->img, ld->S);
-        if (rc == MIMIC_EFORMAT) continue; /* warned and counted by the dataset */
-        if (rc) return rc;
-        rng_t r;
-        rng_split(&r, ld->seed, order_sample_stream(epoch, idx[i]));
-        rc = augment_rrc_ws(imgs + (size_t)filled * img_sz, &ld->img, ld->S, ld->scale_lo,
-                            ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean, ld->std,
-                            ld->C, &r, &ld->ws);
-        if (rc) return rc;
-        if (noise)
-            for (int l = 0; l < L; l++)
-                noise[(size_t)filled * L + l] = rng_uniform(&r);
-        if (labels) labels[filled] = dataset_label(ld->ds, idx[i]);
-        filled++;
-    }
-    return filled;
+    int rc = loader_submit(ld, idx, n, epoch, imgs, noise, L, labels);
+    return rc ? rc : loader_wait(ld);
 }

@@ -2,8 +2,14 @@
  *
  * Every random choice for a sample comes from rng stream (seed, epoch, index) (see
  * order.h), so the batch a worker builds for a set of indices does not depend on which
- * worker builds it or in which order. Corrupt samples are skipped (warned once, counted
- * by the dataset) and the batch comes back shorter. */
+ * worker builds it, in which order, or on how many threads: loader_new starts
+ * data.threads threads (each with its own decoder and augmentation scratch, made once),
+ * which split a batch's samples and, through loader_submit / loader_wait, build the next
+ * batch while the caller computes the current one:
+ *   loader_submit(ld, idx, n, epoch, imgs, noise, L, NULL);  ... forward/backward ...
+ *   int got = loader_wait(ld);
+ * Corrupt samples are skipped (warned once, counted by the dataset) and the batch comes
+ * back shorter, the good samples in their order. */
 #ifndef MIMIC_LOADER_H
 #define MIMIC_LOADER_H
 
@@ -15,15 +21,35 @@
 typedef struct loader loader_t;
 
 int loader_new(loader_t **out, const mimic_cfg_t *cfg);
+/* Waits for a batch still in flight, stops the threads, frees; *ld becomes NULL. */
 void loader_destroy(loader_t **ld);
 size_t loader_size(const loader_t *ld);
+/* Distinct corrupt samples met so far (exact once loader_wait returned). */
 size_t loader_bad(const loader_t *ld);
-const dataset_t *loader_dataset(const loader_t *ld);
 
 /* Builds up to n samples from idx[0..n): imgs (n,C,S,S), noise (n,L) masking noise
  * (may be NULL), labels (n) (may be NULL). Returns how many samples were filled
- * (corrupt ones are skipped), or a negative error. */
+ * (corrupt ones are skipped), or a negative error. Synchronous: the caller works along
+ * with the loader's threads. No batch may be in flight. */
 int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs, float *noise,
                 int L, int *labels);
+/* Starts building the batch of idx[0..n) (samples of epoch `epoch`) into the caller's
+ * buffers on the loader's threads and returns at once; at most one batch in flight.
+ * imgs (n,C,S,S), noise (n,L) may be NULL, labels (n) may be NULL; the buffers and idx
+ * must stay untouched until loader_wait. With data.threads = 0 the work is done here. */
+int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs,
+                  float *noise, int L, int *labels);
+/* Waits for the submitted batch (the caller helps with the samples not yet started):
+ * returns how many samples were filled (corrupt ones skipped, compacted in order exactly
+ * like loader_fill), or a negative error (that of the first failing sample). */
+int loader_wait(loader_t *ld);
+
+/* Checks the [data] section of cfg (kind, crop scales, std, threads) and fills o; the
+ * strings point into cfg. */
+int loader_opts(dataset_opts *o, const mimic_cfg_t *cfg);
+/* The number of samples loader_size would report for cfg, without decoding anything or
+ * linking the JPEG decoder (dataset_count; for the scheduler): the same config checks
+ * as loader_new, the same errors for a missing or malformed data set. */
+int loader_count(const mimic_cfg_t *cfg, size_t *n);
 
 #endif

@@ -37,7 +37,7 @@ typedef struct {
         float scale_min, scale_max;
         int hflip;
         float mean[4], std[4];
-        int num_workers_threads; /* decode threads per process */
+        int threads; /* loader threads decoding and augmenting ahead of the step */
     } data;
     struct {
         stage_kind_t stage;

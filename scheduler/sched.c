@@ -663,11 +663,9 @@ static int check_cfg(const mimic_cfg_t *c) {
 
 /* Number of samples: the data set is opened once, as the workers will open it. */
 static int count_samples(const mimic_cfg_t *cfg, uint32_t *n) {
-    loader_t *ld = NULL;
-    int rc = loader_new(&ld, cfg);
+    size_t size = 0; /* counted from headers and listings: no image is decoded */
+    int rc = loader_count(cfg, &size);
     if (rc) return rc;
-    size_t size = loader_size(ld);
-    loader_destroy(&ld);
     if (size > UINT32_MAX)
         return mimic_err(MIMIC_EINVAL, "%s: %zu samples; the work queue indexes at most 2^32-1",
                          cfg->data.path, size);

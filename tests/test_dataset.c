@@ -73,6 +73,17 @@ static int open_quiet(dataset_t **ds, dataset_kind kind, const char *path, const
     return rc;
 }
 
+/* dataset_count for these options (quiet), or the error code. */
+static long long count_quiet(dataset_kind kind, const char *path, const char *labels,
+                             const char *usage) {
+    dataset_opts o = {kind, path, labels, usage};
+    size_t n = 0;
+    mimic_set_quiet(1);
+    int rc = dataset_count(&o, &n);
+    mimic_set_quiet(0);
+    return rc ? rc : (long long)n;
+}
+
 /* ---------------------------------------------------------------- IDX */
 
 /* IDX bytes: header (magic type, ndims) + dims + payload of `items` images. */
@@ -133,6 +144,8 @@ static void test_idx(void) {
         dataset_destroy(&ds); /* no-op */
     }
     printf("idx: raw and gz read back\n");
+    T_CHECK(count_quiet(DATASET_IDX, p, pl, NULL) == 10 &&
+            count_quiet(DATASET_IDX, pg, plg, NULL) == 10);
 
     /* no labels file: labels -1, no classes */
     dataset_t *ds = NULL;
@@ -149,6 +162,7 @@ static void test_idx(void) {
     T_CHECK(open_quiet(&ds, DATASET_IDX, bad, NULL, NULL) == MIMIC_EFORMAT);
     T_CHECK(names(bad) && strstr(mimic_last_error(), "magic"));
     T_CHECK(ds == NULL);
+    T_CHECK(count_quiet(DATASET_IDX, bad, NULL, NULL) == MIMIC_EFORMAT && names(bad));
     b[0] = 0;
     b[2] = 0x0D; /* float */
     write_file(tp(bad, "float.idx"), b, n);
@@ -159,6 +173,7 @@ static void test_idx(void) {
     write_file(tp(bad, "trunc.idx"), img, 16 + 5 * 784);
     T_CHECK(open_quiet(&ds, DATASET_IDX, bad, NULL, NULL) == MIMIC_EFORMAT);
     T_CHECK(names(bad) && strstr(mimic_last_error(), "truncated"));
+    T_CHECK(count_quiet(DATASET_IDX, bad, NULL, NULL) == 10); /* counting reads the header */
     write_gz(tp(bad, "trunc.idx.gz"), img, 16 + 5 * 784);
     T_CHECK(open_quiet(&ds, DATASET_IDX, bad, NULL, NULL) == MIMIC_EFORMAT && names(bad));
     /* truncated header */
@@ -192,6 +207,7 @@ static void test_idx(void) {
     lab_full[7] = 9;
     write_file(tp(bad, "lab9.idx"), lab_full, sizeof lab_full - 1);
     T_CHECK(open_quiet(&ds, DATASET_IDX, p, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(count_quiet(DATASET_IDX, p, bad, NULL) == MIMIC_EFORMAT && names(bad));
     /* missing file */
     T_CHECK(open_quiet(&ds, DATASET_IDX, tp(bad, "nope.idx"), NULL, NULL) == MIMIC_EIO);
     T_CHECK(names(bad));
@@ -262,6 +278,9 @@ static void test_csv(void) {
         T_CHECK(ds && dataset_size(ds) == 1 && dataset_label(ds, 0) == 6);
         dataset_destroy(&ds);
         T_CHECK(open_quiet(&ds, DATASET_CSV, p, NULL, "Train") == MIMIC_EINVAL && names(p));
+        T_CHECK(count_quiet(DATASET_CSV, p, NULL, "Training") == 3);
+        T_CHECK(count_quiet(DATASET_CSV, p, NULL, NULL) == 4);
+        T_CHECK(count_quiet(DATASET_CSV, p, NULL, "Train") == MIMIC_EINVAL);
     }
     printf("csv: FER2013 rows read, usage filter ok\n");
 
@@ -290,6 +309,7 @@ static void test_csv(void) {
     T_CHECK(open_quiet(&ds, DATASET_CSV, bad, NULL, NULL) == MIMIC_EFORMAT);
     T_CHECK(names(bad) && strstr(mimic_last_error(), ":4:") && strstr(mimic_last_error(), "300"));
     printf("csv: %s\n", mimic_last_error());
+    T_CHECK(count_quiet(DATASET_CSV, bad, NULL, NULL) == MIMIC_EFORMAT && names(bad));
 
     write_text(tp(bad, "fields.csv"), "emotion,pixels,Usage\n1,1 2 3 4\n");
     T_CHECK(open_quiet(&ds, DATASET_CSV, bad, NULL, NULL) == MIMIC_EFORMAT && names(bad));
@@ -370,6 +390,7 @@ static void test_labellist(void) {
                "train_00001.jpg 1\n\n# comment\ntrain_00002.jpg 7\r\nmissing.jpg 3\n");
     dataset_t *ds = NULL;
     dataset_opts o = {DATASET_LABELLIST, dir, list, NULL};
+    T_CHECK(count_quiet(DATASET_LABELLIST, dir, list, NULL) == 3);
     T_CHECK(dataset_open(&ds, &o) == 0);
     if (ds) {
         T_CHECK(dataset_size(ds) == 3 && dataset_num_classes(ds) == 8 && dataset_channels(ds) == 3);
@@ -434,6 +455,7 @@ static void test_imagefolder(void) {
     mimic_set_quiet(1); /* empty class emu, skipped notes.txt */
     T_CHECK(dataset_open(&ds, &o) == 0);
     mimic_set_quiet(0);
+    T_CHECK(count_quiet(DATASET_IMAGEFOLDER, o.path, NULL, NULL) == 8);
     if (ds) {
         /* cat: 1.jpg 2.JPEG 3gray.jpeg bad_trunc.jpg random.jpg soi_random.jpg;
          * dog: big.jpg sub/x.jpg; emu: empty but still class 2 */
@@ -540,6 +562,12 @@ static void test_jpeg_fuzz(void) {
         else
             other++;
     }
+    /* a start marker, then no marker at all: TurboJPEG 2.1.5 reads the header "fine"
+     * without giving a size (found by UBSan in test_loader) */
+    memcpy(buf, good, 2);
+    memset(buf + 2, 0x5a, n - 2);
+    write_file(p, buf, n);
+    T_CHECK(dataset_get(ds, 0, &im, 16) == MIMIC_EFORMAT);
     mimic_set_quiet(0);
     printf("fuzz: 400 damaged JPEGs: %d decoded, %d rejected, %d other\n", ok, bad, other);
     T_CHECK(other == 0 && bad >= 100); /* every truncation is rejected */

@@ -11,10 +11,12 @@
 typedef struct {
     train_batch_t b;
     stage_input_t in;
-    int taken; /* indices taken from the backend, batch built or being built */
+    int taken;   /* indices taken from the backend, batch built or being built */
+    int pending; /* submitted to the loader's threads, not yet waited for */
 } slot_t;
 
-static void slot_free(slot_t *sl) {
+static void slot_free(slot_t *sl, loader_t *ld) {
+    if (sl->pending) loader_wait(ld); /* the loader's threads write into these buffers */
     free(sl->b.idx);
     free(sl->b.epoch);
     mimic_free(sl->in.imgs);
@@ -35,8 +37,9 @@ static int slot_alloc(slot_t *sl, const stage_t *s, size_t img_floats) {
     return 0;
 }
 
-/* Builds the slot's batch from its indices. Samples of a batch that straddles an epoch
- * boundary keep their own epoch, so a run of equal epochs is one loader call. */
+/* Builds the slot's batch from its indices, in this thread. Samples of a batch that
+ * straddles an epoch boundary keep their own epoch, so a run of equal epochs is one
+ * loader call. */
 static int slot_build(slot_t *sl, loader_t *ld, const stage_t *s, size_t img_floats) {
     const train_batch_t *b = &sl->b;
     int n = 0;
@@ -56,18 +59,39 @@ static int slot_build(slot_t *sl, loader_t *ld, const stage_t *s, size_t img_flo
     return 0;
 }
 
-/* Takes indices from the backend and builds the batch, again while every sample of a
- * batch was corrupt. 0, TRAIN_END or an error. */
+/* Takes indices from the backend and starts the batch: on the loader's threads when
+ * `ahead` and the batch lies in one epoch (slot_ready waits for it), else built here,
+ * again while every sample of a batch was corrupt. 0, TRAIN_END or an error. */
 static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_backend_t *be,
-                     size_t img_floats) {
+                     size_t img_floats, int ahead) {
     do {
         int rc = be->next(be->self, &sl->b, s->batch);
         if (rc) return rc;
-        MIMIC_CHECK(sl->b.count > 0 && sl->b.count <= s->batch);
+        const train_batch_t *b = &sl->b;
+        MIMIC_CHECK(b->count > 0 && b->count <= s->batch);
+        sl->taken = 1;
+        if (ahead && b->epoch[0] == b->epoch[b->count - 1]) {
+            rc = loader_submit(ld, b->idx, b->count, b->epoch[0], sl->in.imgs, sl->in.noise,
+                               s->noise_len, sl->in.labels);
+            sl->pending = rc == 0;
+            return rc;
+        }
         if ((rc = slot_build(sl, ld, s, img_floats))) return rc;
     } while (sl->b.n == 0 && !*mimic_stop_flag());
-    sl->taken = 1;
     return 0;
+}
+
+/* The slot's batch, built: waits for the loader's threads when it ran ahead, and takes
+ * another batch when every sample was corrupt. */
+static int slot_ready(slot_t *sl, loader_t *ld, const stage_t *s, const train_backend_t *be,
+                      size_t img_floats) {
+    if (!sl->taken) return slot_take(sl, ld, s, be, img_floats, 0);
+    if (!sl->pending) return 0;
+    sl->pending = 0;
+    int n = loader_wait(ld);
+    if (n < 0) return n;
+    sl->b.n = n;
+    return n == 0 && !*mimic_stop_flag() ? slot_take(sl, ld, s, be, img_floats, 0) : 0;
 }
 
 typedef struct {
@@ -121,11 +145,12 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
     while (!rc && *step < stop_at && *step < cfg->train.steps && !*mimic_stop_flag()) {
         slot_t *sl = &slots[cur];
         double t0 = mimic_now();
-        if (!sl->taken && (rc = slot_take(sl, ld, s, be, img_floats))) break;
+        if ((rc = slot_ready(sl, ld, s, be, img_floats))) break;
         if (sl->b.n == 0) break; /* stopped while skipping corrupt batches */
+        /* the next batch is built on the loader's threads while this one computes */
         slot_t *nx = &slots[cur ^ 1];
         if (be->ahead && !nx->taken && *step + 1 < stop_at && *step + 1 < cfg->train.steps &&
-            (rc = slot_take(nx, ld, s, be, img_floats)))
+            (rc = slot_take(nx, ld, s, be, img_floats, 1)))
             break;
         train_step_t st = {.step = *step, .n = sl->b.n, .t_start = t0, .batch = &sl->b};
         st.t_data = mimic_now() - t0;
@@ -146,6 +171,6 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
         cur = be->ahead ? cur ^ 1 : 0;
     }
     for (int i = 0; i < nslots; i++)
-        slot_free(&slots[i]);
+        slot_free(&slots[i], ld);
     return rc == TRAIN_END ? 0 : rc;
 }
