@@ -58,6 +58,20 @@ static const key_t_ KEYS[] = {
       "its batch). 1: on 2 cores beside 2 compute threads it hides Fashion-MNIST's ~0.5 ms "
       "per 128-image batch, more would only contend with them; JPEG sets (~1 ms an image) "
       "want more"),
+    F("data", "jitter_p", K_FLOAT, data.jitter_p, "0.8",
+      "two-view stages: probability of ColorJitter (on gray images only brightness and "
+      "contrast act)"),
+    F("data", "brightness", K_FLOAT, data.brightness, "0.4", "ColorJitter brightness strength"),
+    F("data", "contrast", K_FLOAT, data.contrast, "0.4", "ColorJitter contrast strength"),
+    F("data", "saturation", K_FLOAT, data.saturation, "0.2",
+      "ColorJitter saturation strength (no-op on gray images)"),
+    F("data", "hue", K_FLOAT, data.hue, "0.1", "ColorJitter hue strength (no-op on gray images)"),
+    F("data", "gray_p", K_FLOAT, data.gray_p, "0.2",
+      "two-view stages: probability of RandomGrayscale (no-op on gray images)"),
+    F("data", "blur_p", K_FLOAT4, data.blur_p, "1.0,0.1",
+      "two-view stages: probability of Gaussian blur for view 1, view 2"),
+    F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
+      "two-view stages: probability of solarize for view 1, view 2"),
     E("train", "stage", train.stage, "mae", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
@@ -108,6 +122,21 @@ static const key_t_ KEYS[] = {
     F("cluster", "trace", K_INT, cluster.trace, "0", "write Chrome trace-event JSON per process"),
     F("cluster", "max_msg_mb", K_LONG, cluster.max_msg_mb, "256",
       "largest accepted message payload"),
+    E("cluster", "ema", cluster.ema, "auto|on|off", "auto",
+      "servers keep the momentum (EMA) copy: auto = when the running stage reads it"),
+    F("cluster", "queue_shards", K_INT, cluster.queue_shards, "1",
+      "servers that hold a slice of the negative queue (0: every server)"),
+    F("contrastive", "momentum", K_FLOAT, contrastive.momentum, "0.99",
+      "m0 of the momentum encoder k = m*k + (1-m)*q"),
+    F("contrastive", "momentum_cosine", K_INT, contrastive.momentum_cosine, "1",
+      "MoCo v3's schedule m_t = 1 - (1 + cos(pi t / steps)) (1 - m0) / 2 (0: constant m0)"),
+    F("contrastive", "queue_size", K_INT, contrastive.queue_size, "4096",
+      "K keys in the negative queue (MoCo v2)"),
+    F("contrastive", "dim", K_INT, contrastive.dim, "256", "key dimension (projector output)"),
+    F("contrastive", "mlp_dim", K_INT, contrastive.mlp_dim, "1024",
+      "hidden width of the projector and predictor MLPs"),
+    F("contrastive", "temperature", K_FLOAT, contrastive.temperature, "0.2",
+      "InfoNCE temperature tau"),
 };
 #undef F
 #undef E

@@ -38,6 +38,10 @@ typedef struct {
         int hflip;
         float mean[4], std[4];
         int threads; /* loader threads decoding and augmenting ahead of the step */
+        /* augmentation of the two views of contrastive stages (MoCo v3's asymmetric
+         * recipe); [0] and [1] = view 1 and view 2 (K_FLOAT4 lists fill four) */
+        float jitter_p, brightness, contrast, saturation, hue;
+        float gray_p, blur_p[4], solarize_p[4];
     } data;
     struct {
         stage_kind_t stage;
@@ -66,7 +70,17 @@ typedef struct {
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;
+        int ema; /* 0 auto (the running stage's declaration), 1 always, 2 never */
+        int queue_shards; /* servers holding the negative queue (0: all of them) */
     } cluster;
+    struct {
+        float momentum;      /* m0 of the momentum encoder */
+        int momentum_cosine; /* MoCo v3's schedule m -> 1 over train.steps (0: constant) */
+        int queue_size;      /* K keys of the negative queue (MoCo v2) */
+        int dim;             /* key dimension (the projector's output) */
+        int mlp_dim;         /* hidden width of projector and predictor */
+        float temperature;
+    } contrastive;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
