@@ -17,6 +17,12 @@ static inline float adam_one(const adam_k_t *k, float w, float g, float *m, floa
     return w * k->decay - k->step * mi / (sqrtf(vi) * k->inv_sqrt_bc2 + k->eps);
 }
 
+/* One EMA element. Written as one explicit fused multiply-add so that the fused update
+ * pass and adamw_ema give the same bits whatever the compiler contracts elsewhere. */
+static inline float ema_one(float ea, float eb, float e, float w) {
+    return fmaf(ea, e, eb * w);
+}
+
 /* One tensor's slice: decay is uniform inside it, so the inner loop has no branch.
  * With ema, the same pass also moves the EMA towards the new w and writes the new w
  * to copy (or, when copy is NULL, a second time to w: cheaper than another loop).
@@ -39,7 +45,7 @@ static void update_slice(const adamw_cfg_t *c, float *w, const float *g, float g
         float wi = adam_one(&k, w[i], g[i], &m[i], &v[i]);
         w[i] = wi;
         out[i] = wi;
-        ema[i] = ea * ema[i] + eb * wi;
+        ema[i] = ema_one(ea, eb, ema[i], wi);
     }
 }
 
@@ -77,4 +83,17 @@ float adamw_lr(long step, long warmup, long total, float lr, float min_lr) {
     double progress = (double)(step - warmup) / (double)(total - warmup);
     if (progress > 1.0) progress = 1.0;
     return min_lr + (lr - min_lr) * 0.5f * (float)(1.0 + cos(M_PI * progress));
+}
+
+float adamw_ema_momentum(float m0, int cosine, long t, long total) {
+    if (!cosine || total <= 0) return m0;
+    double c = cos(M_PI * (double)t / (double)total);
+    return (float)(1.0 - 0.5 * (1.0 + c) * (1.0 - (double)m0));
+}
+
+void adamw_ema(float *ema, const float *w, size_t n, float mom) {
+    const float ea = mom, eb = 1.0f - mom;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        ema[i] = ema_one(ea, eb, ema[i], w[i]);
 }

@@ -31,6 +31,15 @@ void adamw_update_ema(const adamw_cfg_t *c, const params_t *table, float *w, con
                       float gscale, float *m, float *v, size_t lo, size_t hi, float lr, long t,
                       float *ema, float mom, float *copy);
 
+/* The momentum encoder's m for the EMA that makes version t (1-based: the update after
+ * optimiser step t-1) of a run of `total` steps: m0 constant, or with `cosine` MoCo
+ * v3's schedule m_t = 1 - (1 + cos(pi t / total)) (1 - m0) / 2, rising to 1. */
+float adamw_ema_momentum(float m0, int cosine, long t, long total);
+/* ema = mom * ema + (1 - mom) * w over n floats: the same arithmetic, bit for bit, as
+ * adamw_update_ema's fused pass, so a worker that keeps the momentum copy in lock-step
+ * with the servers holds exactly their bits. */
+void adamw_ema(float *ema, const float *w, size_t n, float mom);
+
 /* Linear warmup over warmup steps to lr, then half-cosine to min_lr at total steps
  * (MAE's per-iteration schedule). step counts from 0. */
 float adamw_lr(long step, long warmup, long total, float lr, float min_lr);

@@ -159,6 +159,11 @@ static void test_adamw(void) {
     T_CHECK(fabsf(adamw_lr(10, 10, 110, 1.0f, 0.0f) - 1.0f) < 1e-6f);
     T_CHECK(fabsf(adamw_lr(60, 10, 110, 1.0f, 0.0f) - 0.5f) < 1e-6f);
     T_CHECK(fabsf(adamw_lr(110, 10, 110, 1.0f, 0.1f) - 0.1f) < 1e-6f);
+    /* momentum: MoCo v3's cosine from m0 to 1, or constant */
+    T_CHECK(adamw_ema_momentum(0.99f, 1, 0, 100) == 0.99f);
+    T_CHECK(fabsf(adamw_ema_momentum(0.99f, 1, 50, 100) - 0.995f) < 1e-7f);
+    T_CHECK(adamw_ema_momentum(0.99f, 1, 100, 100) == 1.0f);
+    T_CHECK(adamw_ema_momentum(0.99f, 0, 50, 100) == 0.99f);
 }
 
 /* adamw_update_ema == adamw_update, then ema = mom*ema + (1-mom)*w and copy = w, bit for
@@ -187,8 +192,7 @@ static void test_adamw_ema(void) {
     for (long t = 1; t <= 3; t++) {
         testutil_fill(g, n, -0.5f, 0.5f, &seed);
         adamw_update(&c, p, w1, g, 0.25f, m1, v1, lo, hi, 1e-3f, t);
-        for (size_t i = 0; i < n; i++)
-            e1[i] = 0.99f * e1[i] + (1.0f - 0.99f) * w1[i];
+        adamw_ema(e1, w1, n, 0.99f); /* what a worker in lock-step with the servers runs */
         memcpy(w3, w2, n * sizeof(float));
         adamw_update_ema(&c, p, w2, g, 0.25f, m2, v2, lo, hi, 1e-3f, t, e2, 0.99f, copy);
         same &= memcmp(w1, w2, n * sizeof(float)) == 0 && memcmp(m1, m2, n * sizeof(float)) == 0 &&
