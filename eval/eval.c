@@ -42,7 +42,7 @@ static const eval_key_t keys[] = {
     KEY("test_usage", K_STR, test_usage, "", "CSV Usage rows of eval.test_path (e.g. PublicTest)"),
     KEY("train_limit", K_LONG, train_limit, "0", "use the first N training samples (0: all)"),
     KEY("test_limit", K_LONG, test_limit, "0", "use the first N test samples (0: all)"),
-    KEY("batch_size", K_INT, batch_size, "64", "images per encoder forward during extraction"),
+    KEY("batch_size", K_INT, batch_size, "32", "images per encoder forward during extraction"),
     KEY("probe_epochs", K_INT, probe_epochs, "30", "linear probe: epochs over the features"),
     KEY("probe_batch", K_INT, probe_batch, "256",
         "linear probe: batch size (last partial "
@@ -210,7 +210,8 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
         rc = mimic_err(MIMIC_EINVAL, "%s: %zu samples is too many to cache", path, total);
         goto out;
     }
-    int C = cfg->model.in_chans, S = cfg->model.img_size, B = ec->batch_size;
+    int C = cfg->model.in_chans, S = cfg->model.img_size;
+    int B = (size_t)ec->batch_size < total ? ec->batch_size : (int)total;
     size_t img_sz = (size_t)C * S * S;
     int pixels = ec->features == EVAL_FEATURES_PIXELS;
     f->dim = pixels ? (int)img_sz : e->dim;
@@ -342,6 +343,11 @@ int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t
     if (!pixels && (!e || !p))
         return mimic_err(MIMIC_EINVAL, "eval: encoder features need an encoder");
     if (ec->batch_size < 1) return mimic_err(MIMIC_EINVAL, "config eval.batch_size: must be >= 1");
+    if (ec->probe_epochs < 1 || ec->probe_batch < 2 || !(ec->probe_lr > 0))
+        return mimic_err(MIMIC_EINVAL,
+                         "config eval.probe_epochs/probe_batch/probe_lr: need >= 1, "
+                         ">= 2 and > 0 (got %d, %d, %g)",
+                         ec->probe_epochs, ec->probe_batch, ec->probe_lr);
     if (!pixels && (rc = check_model(cfg, e))) return rc;
     if ((rc = extract(&tr, cfg, ec, e, p, 1)) || (rc = extract(&te, cfg, ec, e, p, 0))) goto out;
     r->n_train = tr.n;
