@@ -60,6 +60,17 @@ static int bad(const char *key, const char *value, const char *why) {
     return mimic_err(MIMIC_EINVAL, "config eval.%s: '%s' %s", key, value, why);
 }
 
+/* Names of the enum values, in enum order: parsed here, written to the JSON record. */
+static const char *const feature_names[] = {"encoder", "random", "pixels"};
+static const char *const pool_names[] = {"cls", "avg"};
+
+/* Index of value in names[0..n), or -1. */
+static int enum_index(const char *const *names, int n, const char *value) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(value, names[i]) == 0) return i;
+    return -1;
+}
+
 static int parse_ks(eval_cfg_t *c, const char *key, const char *v) {
     int n = 0;
     const char *s = v;
@@ -105,24 +116,18 @@ int eval_cfg_set(eval_cfg_t *c, const char *key, const char *value) {
             *(float *)dst = v;
             return 0;
         }
-        case K_FEATURES:
-            if (strcmp(value, "encoder") == 0)
-                c->features = EVAL_FEATURES_ENCODER;
-            else if (strcmp(value, "random") == 0)
-                c->features = EVAL_FEATURES_RANDOM;
-            else if (strcmp(value, "pixels") == 0)
-                c->features = EVAL_FEATURES_PIXELS;
-            else
-                return bad(key, value, "is not one of encoder, random, pixels");
+        case K_FEATURES: {
+            int i = enum_index(feature_names, 3, value);
+            if (i < 0) return bad(key, value, "is not one of encoder, random, pixels");
+            c->features = (eval_features_t)i;
             return 0;
-        case K_POOL:
-            if (strcmp(value, "cls") == 0)
-                c->pool = ENCODER_POOL_CLS;
-            else if (strcmp(value, "avg") == 0)
-                c->pool = ENCODER_POOL_AVG;
-            else
-                return bad(key, value, "is not one of cls, avg");
+        }
+        case K_POOL: {
+            int i = enum_index(pool_names, 2, value);
+            if (i < 0) return bad(key, value, "is not one of cls, avg");
+            c->pool = (encoder_pool_t)i;
             return 0;
+        }
         case K_KS:
             return parse_ks(c, key, value);
         }
@@ -290,9 +295,8 @@ static void write_json(const char *out_json, const char *name, const eval_cfg_t 
     }
     metrics_begin(&m, "eval");
     metrics_str(&m, "name", name);
-    static const char *kinds[] = {"encoder", "random", "pixels"};
-    metrics_str(&m, "features", kinds[ec->features]);
-    metrics_str(&m, "pool", ec->pool == ENCODER_POOL_AVG ? "avg" : "cls");
+    metrics_str(&m, "features", feature_names[ec->features]);
+    metrics_str(&m, "pool", pool_names[ec->pool]);
     metrics_int(&m, "dim", r->dim);
     metrics_int(&m, "classes", r->classes);
     metrics_int(&m, "n_train", r->n_train);

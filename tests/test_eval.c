@@ -241,29 +241,16 @@ static void test_end_to_end(void) {
     free(c);
 }
 
-/* Copies src without `drop` and with `bad` (if not NULL) as shape (3). */
-static void write_variant(const char *out, const char *src, const char *drop, const char *bad) {
-    st_file_t *f = NULL;
-    T_CHECK(st_open(&f, src) == 0);
-    if (!f) return;
+/* Writes the first n tensors of p by name, with no metadata (as a timm state_dict
+ * saved with safetensors would be), leaving out `drop`. */
+static void write_plain(const char *out, const params_t *p, int n, const char *drop) {
     st_writer_t *w = st_writer_new();
-    static const float zeros[8];
-    int64_t three = 3;
-    for (int i = 0; i < st_count(f); i++) {
-        const st_tensor_t *t = st_at(f, i);
-        if (drop && strcmp(t->name, drop) == 0) continue;
-        if (bad && strcmp(t->name, bad) == 0)
-            T_CHECK(st_writer_add(w, t->name, "F32", &three, 1, zeros) == 0);
-        else
-            T_CHECK(st_writer_add(w, t->name, "F32", t->shape, t->ndim, t->data) == 0);
-    }
-    for (int i = 0; i < st_meta_count(f); i++) {
-        const char *k, *v = st_meta_at(f, i, &k);
-        T_CHECK(st_writer_meta(w, k, v) == 0);
-    }
+    for (int i = 0; i < n; i++)
+        if (!drop || strcmp(p->t[i].name, drop) != 0)
+            T_CHECK(st_writer_add(w, p->t[i].name, "F32", p->t[i].shape, p->t[i].ndim,
+                                  params_w(p, i)) == 0);
     T_CHECK(st_writer_save(w, out) == 0);
     st_writer_destroy(&w);
-    st_close(&f);
 }
 
 static void test_bad_input(void) {
@@ -272,20 +259,29 @@ static void test_bad_input(void) {
     snprintf(missing, sizeof missing, "%s/missing.safetensors", dir);
     snprintf(shape, sizeof shape, "%s/shape.safetensors", dir);
     snprintf(nofile, sizeof nofile, "%s/absent.safetensors", dir);
-    write_variant(missing, enc_path, "blocks.0.attn.proj.weight", NULL);
-    write_variant(shape, enc_path, NULL, "patch_embed.proj.bias");
     mimic_cfg_t *c = malloc(sizeof *c);
     eval_cfg_t ec;
     eval_result_t r;
     base_cfg(c, &ec);
+    mae_t *m = NULL;
+    T_CHECK(mae_new(&m, &c->model) == 0);
+    mae_init(m, 4);
+    write_plain(missing, m->p, m->enc.ntensors, "blocks.0.attn.proj.weight");
+    write_plain(shape, m->p, m->enc.ntensors, NULL);
     const char *e;
     mimic_set_quiet(1);
     T_CHECK(eval_run(c, &ec, missing, NULL, &r) == MIMIC_EFORMAT);
     e = mimic_last_error();
     T_CHECK(strstr(e, "blocks.0.attn.proj.weight") && strstr(e, missing));
+    /* without metadata model.* describes the encoder: a wrong width is a shape error */
+    c->model.embed_dim = 24;
     T_CHECK(eval_run(c, &ec, shape, NULL, &r) == MIMIC_ESHAPE);
     e = mimic_last_error();
-    T_CHECK(strstr(e, "patch_embed.proj.bias") && strstr(e, shape));
+    T_CHECK(strstr(e, "cls_token") && strstr(e, shape));
+    c->model.embed_dim = 16;
+    mimic_set_quiet(0);
+    T_CHECK(eval_run(c, &ec, shape, NULL, &r) == 0 && r.dim == 16);
+    mimic_set_quiet(1);
     T_CHECK(eval_run(c, &ec, nofile, NULL, &r) < 0);
     T_CHECK(strstr(mimic_last_error(), nofile) != NULL);
     T_CHECK(eval_run(c, &ec, NULL, NULL, &r) == MIMIC_EINVAL);
@@ -307,6 +303,7 @@ static void test_bad_input(void) {
     T_CHECK(strstr(mimic_last_error(), "eval.bogus") != NULL);
     T_CHECK(eval_cfg_set(&ec, "knn_k", "3,7") == 0 && ec.knn_nk == 2 && ec.knn_k[1] == 7);
     mimic_set_quiet(0);
+    mae_destroy(&m);
     free(c);
 }
 

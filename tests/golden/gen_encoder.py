@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
-from gen_golden import block, layer_norm, sincos_2d, LN_EPS  # noqa: E402
+from gen_golden import block, f32, layer_norm, sincos_2d, LN_EPS  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoder_tiny.safetensors")
 
@@ -79,7 +79,7 @@ def make_weights(rng):
     return w
 
 
-def encoder_forward(P, imgs, blk=None):
+def encoder_forward(P, imgs):
     """timm VisionTransformer.forward_features on whole images: (B, 1+L, D)."""
     p = CFG["patch_size"]
     x = F.conv2d(imgs, P["patch_embed.proj.weight"], P["patch_embed.proj.bias"], stride=p)
@@ -87,36 +87,32 @@ def encoder_forward(P, imgs, blk=None):
     cls = (P["cls_token"] + P["pos_embed"][:, :1, :]).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
     for i in range(CFG["depth"]):
-        x = blk(x, i) if blk else block(x, P, f"blocks.{i}", CFG["num_heads"])
+        x = block(x, P, f"blocks.{i}", CFG["num_heads"])
     return layer_norm(x, P["norm.weight"], P["norm.bias"])
 
 
-def torch_layers(P):
-    """The same blocks as nn.TransformerEncoderLayer (norm_first, exact GELU; its
-    in_proj has timm's [q; k; v] layout): independent code for the self-check."""
-    d, heads = CFG["embed_dim"], CFG["num_heads"]
-    layers = []
-    pairs = {"self_attn.in_proj_weight": "attn.qkv.weight",
-             "self_attn.in_proj_bias": "attn.qkv.bias",
-             "self_attn.out_proj.weight": "attn.proj.weight",
-             "self_attn.out_proj.bias": "attn.proj.bias",
-             "linear1.weight": "mlp.fc1.weight", "linear1.bias": "mlp.fc1.bias",
-             "linear2.weight": "mlp.fc2.weight", "linear2.bias": "mlp.fc2.bias",
-             "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
-             "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias"}
-    for i in range(CFG["depth"]):
-        layer = torch.nn.TransformerEncoderLayer(
-            d, heads, dim_feedforward=CFG["mlp_ratio"] * d, dropout=0.0, activation="gelu",
-            layer_norm_eps=LN_EPS, batch_first=True, norm_first=True, dtype=torch.float64)
-        with torch.no_grad():
-            for theirs, ours in pairs.items():
-                layer.get_parameter(theirs).copy_(P[f"blocks.{i}.{ours}"])
-        layers.append(layer)
-    return layers
-
-
-def f32(t):
-    return t.detach().numpy().astype(np.float32)
+def self_check(P, imgs):
+    """Cross-checks the pieces gen_golden.py does not (it checks the blocks against
+    nn.TransformerEncoderLayer): the conv patch embedding against unfold + linear over
+    the (c, i, j) patch vectors in row-major grid order, and the pos_embed row of patch
+    (r, c) against the formula (first D/2 columns embed c, last D/2 embed r)."""
+    p, d, grid = CFG["patch_size"], CFG["embed_dim"], CFG["img_size"] // CFG["patch_size"]
+    w, b = P["patch_embed.proj.weight"], P["patch_embed.proj.bias"]
+    with torch.no_grad():
+        conv = F.conv2d(imgs, w, b, stride=p).flatten(2).transpose(1, 2)
+        cols = F.unfold(imgs, kernel_size=p, stride=p).transpose(1, 2)  # (B, L, C*p*p)
+        err = (conv - F.linear(cols, w.reshape(d, -1), b)).abs().max().item()
+        assert err < 1e-12, f"conv patch embedding differs from unfold + linear by {err}"
+        pe = P["pos_embed"][0]
+        assert pe[0].abs().max().item() == 0.0
+        for r, col in ((0, 1), (grid - 1, 2), (2, grid - 1)):
+            row = pe[1 + r * grid + col]
+            for half, pos in ((0, col), (1, r)):
+                for k in range(d // 4):
+                    omega = 1.0 / 10000 ** (k / (d / 4))
+                    base = half * d // 2
+                    assert abs(row[base + k].item() - math.sin(pos * omega)) < 1e-6
+                    assert abs(row[base + d // 4 + k].item() - math.cos(pos * omega)) < 1e-6
 
 
 def main():
@@ -139,11 +135,7 @@ def main():
         (torch.tensor(r_avg, dtype=torch.float64) * feat_avg).sum()
     loss.backward()
 
-    with torch.no_grad():  # self-check: blocks as independent torch modules
-        layers = torch_layers(P)
-        other = encoder_forward(P, x, blk=lambda h, i: layers[i](h))
-        err = (other - out).abs().max().item()
-        assert err < 1e-12, f"encoder differs from the TransformerEncoderLayer build by {err}"
+    self_check(P, x)
 
     tensors = dict(weights)
     tensors.update({"images": imgs, "r_cls": r_cls, "r_avg": r_avg, "loss": f32(loss.reshape(1)),
