@@ -15,16 +15,8 @@ static int bad_cfg(const char *key, const char *why) {
 }
 
 static int check_cfg(const mae_cfg_t *c) {
-    if (c->patch_size <= 0) return bad_cfg("model.patch_size", "must be positive");
-    if (c->img_size <= 0 || c->img_size % c->patch_size)
-        return bad_cfg("model.img_size", "must be a positive multiple of patch_size");
-    if (c->in_chans <= 0 || c->in_chans > 4) return bad_cfg("model.in_chans", "must be 1..4");
-    if (c->embed_dim <= 0 || c->embed_dim % 4)
-        return bad_cfg("model.embed_dim", "must be a positive multiple of 4");
-    if (c->num_heads <= 0 || c->embed_dim % c->num_heads)
-        return bad_cfg("model.num_heads", "must divide embed_dim");
-    if (c->depth < 1) return bad_cfg("model.depth", "must be >= 1");
-    if (!(c->mlp_ratio > 0) || c->mlp_ratio > 64) return bad_cfg("model.mlp_ratio", "out of range");
+    int rc = encoder_check_cfg(c);
+    if (rc) return rc;
     if (c->decoder_embed_dim <= 0 || c->decoder_embed_dim % 4)
         return bad_cfg("mae.decoder_embed_dim", "must be a positive multiple of 4");
     if (c->decoder_num_heads <= 0 || c->decoder_embed_dim % c->decoder_num_heads)
@@ -57,7 +49,7 @@ int mae_new(mae_t **out, const mae_cfg_t *cfg) {
         goto fail;
     }
     m->cpp = c->in_chans * c->patch_size * c->patch_size;
-    int D = c->embed_dim, Dd = c->decoder_embed_dim, P = c->patch_size;
+    int D = c->embed_dim, Dd = c->decoder_embed_dim;
     int ppc = m->cpp;
     m->p = params_new();
     if (!m->p) {
@@ -65,15 +57,9 @@ int mae_new(mae_t **out, const mae_cfg_t *cfg) {
         goto fail;
     }
     params_t *p = m->p;
+    if ((rc = encoder_register(&m->enc, p, c))) goto fail;
+    m->pos_embed = m->enc.pos_embed;
     rc = MIMIC_EINVAL;
-    if ((m->cls_token = add(p, "cls_token", 3, 1, 1, D, 0)) < 0) goto fail;
-    if ((m->patch_w = add(p, "patch_embed.proj.weight", 4, D, c->in_chans, P, P)) < 0) goto fail;
-    if ((m->patch_b = add(p, "patch_embed.proj.bias", 1, D, 0, 0, 0)) < 0) goto fail;
-    if (vit_stack_register(&m->enc, p, "blocks", c->depth, D, c->num_heads,
-                           (int)((float)D * c->mlp_ratio)))
-        goto fail;
-    if ((m->norm_w = add(p, "norm.weight", 1, D, 0, 0, 0)) < 0) goto fail;
-    if ((m->norm_b = add(p, "norm.bias", 1, D, 0, 0, 0)) < 0) goto fail;
     if ((m->mask_token = add(p, "mask_token", 3, 1, 1, Dd, 0)) < 0) goto fail;
     if ((m->dec_embed_w = add(p, "decoder_embed.weight", 2, Dd, D, 0, 0)) < 0) goto fail;
     if ((m->dec_embed_b = add(p, "decoder_embed.bias", 1, Dd, 0, 0, 0)) < 0) goto fail;
@@ -85,13 +71,11 @@ int mae_new(mae_t **out, const mae_cfg_t *cfg) {
     if ((m->dec_pred_w = add(p, "decoder_pred.weight", 2, ppc, Dd, 0, 0)) < 0) goto fail;
     if ((m->dec_pred_b = add(p, "decoder_pred.bias", 1, ppc, 0, 0, 0)) < 0) goto fail;
     if ((rc = params_finalize(p))) goto fail;
-    m->pos_embed = mimic_alloc((size_t)(1 + m->L) * (size_t)D * sizeof(float));
     m->dec_pos_embed = mimic_alloc((size_t)(1 + m->L) * (size_t)Dd * sizeof(float));
-    if (!m->pos_embed || !m->dec_pos_embed) {
+    if (!m->dec_pos_embed) {
         rc = MIMIC_ENOMEM;
         goto fail;
     }
-    posemb_sincos_2d(m->pos_embed, D, m->grid, 1);
     posemb_sincos_2d(m->dec_pos_embed, Dd, m->grid, 1);
     *out = m;
     return 0;
@@ -103,10 +87,9 @@ fail:
 void mae_destroy(mae_t **mm) {
     if (!mm || !*mm) return;
     mae_t *m = *mm;
-    vit_stack_free(&m->enc);
+    encoder_free(&m->enc);
     vit_stack_free(&m->dec);
     params_destroy(&m->p);
-    mimic_free(m->pos_embed);
     mimic_free(m->dec_pos_embed);
     free(m);
     *mm = NULL;
@@ -123,17 +106,13 @@ void mae_init(mae_t *m, uint64_t seed) {
     params_t *p = m->p;
     const mae_cfg_t *c = &m->cfg;
     int D = c->embed_dim, Dd = c->decoder_embed_dim;
-    /* the patch projection is initialised as a Linear on its flattened (D, C*p*p) view */
-    vit_xavier_uniform(params_w(p, m->patch_w), D, m->cpp, &r);
-    fill(params_w(p, m->patch_b), (size_t)D, 0.0f);
-    for (int i = 0; i < D; i++)
-        params_w(p, m->cls_token)[i] = 0.02f * rng_normal(&r);
+    /* the draw order (patch projection, cls, mask token, encoder blocks, decoder blocks,
+     * decoder linears) is the one every earlier run used: a seed gives the same model */
+    encoder_init_embed(&m->enc, p, &r);
     for (int i = 0; i < Dd; i++)
         params_w(p, m->mask_token)[i] = 0.02f * rng_normal(&r);
-    vit_stack_init(&m->enc, p, &r);
+    encoder_init_blocks(&m->enc, p, &r);
     vit_stack_init(&m->dec, p, &r);
-    fill(params_w(p, m->norm_w), (size_t)D, 1.0f);
-    fill(params_w(p, m->norm_b), (size_t)D, 0.0f);
     fill(params_w(p, m->dec_norm_w), (size_t)Dd, 1.0f);
     fill(params_w(p, m->dec_norm_b), (size_t)Dd, 0.0f);
     vit_xavier_uniform(params_w(p, m->dec_embed_w), Dd, D, &r);
@@ -157,20 +136,17 @@ int mae_batch_alloc(mae_batch_t **out, const mae_t *m, int B) {
         float **dst;
         size_t n;
     } want[] = {
-        {&b->mask, nB * L},       {&b->cols, nB * K * P},       {&b->xvis, nB * K * D},
-        {&b->x0, nB * T1 * D},    {&b->latent, nB * T1 * D},    {&b->lat_mean, nB * T1},
-        {&b->lat_rstd, nB * T1},  {&b->y, nB * T1 * Dd},        {&b->z, nB * T2 * Dd},
+        {&b->mask, nB * L},       {&b->y, nB * T1 * Dd},        {&b->z, nB * T2 * Dd},
         {&b->dn, nB * T2 * Dd},   {&b->dn_mean, nB * T2},       {&b->dn_rstd, nB * T2},
         {&b->pred, nB * T2 * P},  {&b->target, nB * L * P},     {&b->d_pred, nB * T2 * P},
         {&b->d_dn, nB * T2 * Dd}, {&b->d_decout, nB * T2 * Dd}, {&b->d_z, nB * T2 * Dd},
-        {&b->d_y, nB * T1 * Dd},  {&b->d_lat, nB * T1 * D},     {&b->d_encout, nB * T1 * D},
-        {&b->d_x0, nB * T1 * D},  {&b->d_vis, nB * K * D},
+        {&b->d_y, nB * T1 * Dd},  {&b->d_lat, nB * T1 * D},
     };
     int rc = MIMIC_ENOMEM;
     if (!b->ids_shuffle || !b->ids_restore) goto fail;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!(*want[i].dst = mimic_alloc(want[i].n * sizeof(float)))) goto fail;
-    if ((rc = vit_acts_alloc(&b->enc, &m->enc, B, (int)T1))) goto fail;
+    if ((rc = encoder_acts_alloc(&b->enc, &m->enc, B, (int)K))) goto fail;
     if ((rc = vit_acts_alloc(&b->dec, &m->dec, B, (int)T2))) goto fail;
     *out = b;
     return 0;
@@ -182,14 +158,12 @@ fail:
 void mae_batch_free(mae_batch_t **bb) {
     if (!bb || !*bb) return;
     mae_batch_t *b = *bb;
-    vit_acts_free(&b->enc);
+    encoder_acts_free(&b->enc);
     vit_acts_free(&b->dec);
     free(b->ids_shuffle);
     free(b->ids_restore);
-    float *all[] = {b->mask,     b->cols,   b->xvis,     b->x0,   b->latent,   b->lat_mean,
-                    b->lat_rstd, b->y,      b->z,        b->dn,   b->dn_mean,  b->dn_rstd,
-                    b->pred,     b->target, b->d_pred,   b->d_dn, b->d_decout, b->d_z,
-                    b->d_y,      b->d_lat,  b->d_encout, b->d_x0, b->d_vis};
+    float *all[] = {b->mask,   b->y,      b->z,    b->dn,       b->dn_mean, b->dn_rstd, b->pred,
+                    b->target, b->d_pred, b->d_dn, b->d_decout, b->d_z,     b->d_y,     b->d_lat};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         mimic_free(all[i]);
     free(b);
@@ -198,7 +172,8 @@ void mae_batch_free(mae_batch_t **bb) {
 
 void mae_batch_resize(mae_batch_t *b, int n) {
     MIMIC_CHECK(n > 0 && n <= b->cap);
-    b->B = b->enc.B = b->dec.B = n;
+    b->B = b->dec.B = n;
+    encoder_acts_resize(&b->enc, n);
 }
 
 /* Stable argsort of one sample's noise (ties keep index order, like
@@ -254,9 +229,8 @@ static double mae_loss(const mae_t *m, mae_batch_t *b, const float *imgs) {
 double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise) {
     const mae_cfg_t *c = &m->cfg;
     const params_t *p = m->p;
-    int B = b->B, L = m->L, K = m->keep, C = c->in_chans, H = c->img_size, W = c->img_size;
-    int P = c->patch_size, D = c->embed_dim, Dd = c->decoder_embed_dim, ppc = m->cpp;
-    int T1 = 1 + K, T2 = 1 + L;
+    int B = b->B, L = m->L, K = m->keep, D = c->embed_dim, Dd = c->decoder_embed_dim;
+    int ppc = m->cpp, T1 = 1 + K, T2 = 1 + L;
 
     /* per-sample masking: keep the K patches with the smallest noise */
     for (int s = 0; s < B; s++) {
@@ -267,26 +241,9 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
         for (int l = 0; l < L; l++)
             b->mask[(size_t)s * L + l] = rest[l] < K ? 0.0f : 1.0f;
     }
-    /* embed visible patches only (the first K of each shuffle): the masked ones never
-     * reach the encoder */
-    patch_embed_forward(b->xvis, b->cols, imgs, params_w(p, m->patch_w), params_w(p, m->patch_b),
-                        B, C, H, W, P, D, b->ids_shuffle, K, L);
-    const float *cls = params_w(p, m->cls_token);
-    for (int s = 0; s < B; s++) {
-        float *row = b->x0 + (size_t)s * T1 * D;
-        for (int d = 0; d < D; d++)
-            row[d] = cls[d] + m->pos_embed[d];
-        for (int j = 0; j < K; j++) {
-            const float *pe = m->pos_embed + (size_t)(1 + b->ids_shuffle[(size_t)s * L + j]) * D;
-            const float *xv = b->xvis + ((size_t)s * K + j) * D;
-            float *dst = row + (size_t)(1 + j) * D;
-            for (int d = 0; d < D; d++)
-                dst[d] = xv[d] + pe[d];
-        }
-    }
-    b->enc_out = vit_stack_forward(&m->enc, p, &b->enc, b->x0);
-    layernorm_forward(b->latent, b->lat_mean, b->lat_rstd, b->enc_out, params_w(p, m->norm_w),
-                      params_w(p, m->norm_b), B * T1, D, m->enc.eps);
+    /* the encoder sees the visible patches only (the first K of each shuffle): the
+     * masked ones never reach it */
+    b->latent = encoder_forward(&m->enc, p, &b->enc, imgs, b->ids_shuffle, L);
 
     /* decoder: embed, put mask tokens at removed positions, unshuffle, add positions */
     linear_forward(b->y, b->latent, params_w(p, m->dec_embed_w), params_w(p, m->dec_embed_b),
@@ -364,21 +321,7 @@ void mae_backward(mae_t *m, mae_batch_t *b) {
     mimic_zero(b->d_lat, (size_t)B * T1 * D);
     linear_backward(b->d_lat, params_g(p, m->dec_embed_w), params_g(p, m->dec_embed_b), b->d_y,
                     b->latent, params_w(p, m->dec_embed_w), B * T1, D, Dd);
-    mimic_zero(b->d_encout, (size_t)B * T1 * D);
-    layernorm_backward(b->d_encout, params_g(p, m->norm_w), params_g(p, m->norm_b), b->d_lat,
-                       b->enc_out, params_w(p, m->norm_w), b->lat_mean, b->lat_rstd, B * T1, D);
-    mimic_zero(b->d_x0, (size_t)B * T1 * D);
-    vit_stack_backward(&m->enc, p, &b->enc, b->d_x0, b->x0, b->d_encout);
-
-    float *gcls = params_g(p, m->cls_token);
-    for (int s = 0; s < B; s++) {
-        const float *dx = b->d_x0 + (size_t)s * T1 * D;
-        for (int d = 0; d < D; d++)
-            gcls[d] += dx[d];
-        memcpy(b->d_vis + (size_t)s * K * D, dx + D, (size_t)K * D * sizeof(float));
-    }
-    patch_embed_backward(params_g(p, m->patch_w), params_g(p, m->patch_b), b->d_vis, b->cols, B, K,
-                         c->in_chans, c->patch_size, D);
+    encoder_backward(&m->enc, p, &b->enc, b->d_lat);
 }
 
 void mae_pred(const mae_t *m, const mae_batch_t *b, float *out) {
@@ -396,10 +339,9 @@ static double stack_flops(const vit_stack_t *s, int T) {
 
 double mae_train_flops_per_image(const mae_t *m) {
     double D = m->cfg.embed_dim, Dd = m->cfg.decoder_embed_dim, K = m->keep, L = m->L;
-    double fwd = 2 * K * m->cpp * D                  /* patch embedding of visible patches */
-                 + stack_flops(&m->enc, 1 + m->keep) /* encoder */
-                 + 2 * (1 + K) * D * Dd              /* decoder embed */
-                 + stack_flops(&m->dec, 1 + m->L)    /* decoder */
-                 + 2 * (1 + L) * Dd * m->cpp;        /* prediction head */
+    double fwd = encoder_forward_flops(&m->enc, m->keep) /* patch embedding + encoder */
+                 + 2 * (1 + K) * D * Dd                  /* decoder embed */
+                 + stack_flops(&m->dec, 1 + m->L)        /* decoder */
+                 + 2 * (1 + L) * Dd * m->cpp;            /* prediction head */
     return 3.0 * fwd;
 }

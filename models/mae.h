@@ -2,14 +2,16 @@
  * plain ViT: per-sample random masking, encoder on visible patches + cls token,
  * decoder with a learned mask token, loss on the removed patches' (normalised) pixels.
  *
- * mae_new registers every trainable tensor, with timm names, in one params_t (encoder
- * first, so the encoder is a prefix of the flat vector). mae_batch_t holds the
+ * mae_new registers every trainable tensor, with timm names, in one params_t: the
+ * encoder first (models/encoder.h registers and runs it), so the encoder is a prefix of
+ * the flat vector, then the decoder. mae_batch_t holds the
  * activations of one batch shape; allocate it once and reuse it every step. Masking
  * noise is an input (B,L) so that a run, a test or PyTorch can reproduce the mask. */
 #ifndef MIMIC_MAE_H
 #define MIMIC_MAE_H
 
 #include "config.h"
+#include "encoder.h"
 #include "params.h"
 #include "rng.h"
 #include "vit.h"
@@ -19,26 +21,26 @@ typedef struct {
     int grid, L, keep; /* patches per side, patches, visible patches */
     int cpp;           /* C*p*p: one patch as the embedding reads it, (c,i,j) */
     params_t *p;
-    int cls_token, patch_w, patch_b, norm_w, norm_b;
+    encoder_t enc; /* cls token, patch embedding, blocks, norm */
     int mask_token, dec_embed_w, dec_embed_b, dec_norm_w, dec_norm_b, dec_pred_w, dec_pred_b;
-    vit_stack_t enc, dec;
-    float *pos_embed;     /* (1+L, D), fixed sin-cos */
-    float *dec_pos_embed; /* (1+L, Dd), fixed sin-cos */
+    vit_stack_t dec;
+    const float *pos_embed; /* (1+L, D), fixed sin-cos: enc.pos_embed (borrowed) */
+    float *dec_pos_embed;   /* (1+L, Dd), fixed sin-cos */
 } mae_t;
 
 typedef struct {
-    int B, cap; /* batch in use, batch allocated */
-    vit_acts_t enc, dec;
+    int B, cap;         /* batch in use, batch allocated */
+    encoder_acts_t enc; /* the encoder on the keep visible patches */
+    vit_acts_t dec;
     int *ids_shuffle, *ids_restore; /* (B,L) */
     float *mask;                    /* (B,L), 1 = removed */
-    float *cols, *xvis, *x0;        /* (B*keep,cpp), (B*keep,D), (B,1+keep,D) */
-    const float *enc_out, *dec_out; /* owned by enc/dec acts */
-    float *latent, *lat_mean, *lat_rstd;
-    float *y, *z;                  /* (B,1+keep,Dd), (B,1+L,Dd) */
-    float *dn, *dn_mean, *dn_rstd; /* (B,1+L,Dd) */
-    float *pred;                   /* (B,1+L,ppc): row 0 of each sample is the cls output */
-    float *target;                 /* (B,L,ppc) */
-    float *d_pred, *d_dn, *d_decout, *d_z, *d_y, *d_lat, *d_encout, *d_x0, *d_vis;
+    const float *latent;            /* (B,1+keep,D) encoder output, owned by enc */
+    const float *dec_out;           /* owned by dec */
+    float *y, *z;                   /* (B,1+keep,Dd), (B,1+L,Dd) */
+    float *dn, *dn_mean, *dn_rstd;  /* (B,1+L,Dd) */
+    float *pred;                    /* (B,1+L,ppc): row 0 of each sample is the cls output */
+    float *target;                  /* (B,L,ppc) */
+    float *d_pred, *d_dn, *d_decout, *d_z, *d_y, *d_lat;
     double mask_sum;
 } mae_batch_t;
 

@@ -1,0 +1,439 @@
+#include "eval.h"
+
+#include "common.h"
+#include "loader.h"
+#include "metrics.h"
+#include "probe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- keys: one table gives the defaults, the parser and the help ---- */
+
+typedef enum { K_STR, K_INT, K_LONG, K_FLOAT, K_FEATURES, K_POOL, K_KS } key_type_t;
+
+typedef struct {
+    const char *name;
+    key_type_t type;
+    size_t off, size;
+    const char *def, *help;
+} eval_key_t;
+
+#define KEY(n, t, f, d, h)                                                                         \
+    { n, t, offsetof(eval_cfg_t, f), sizeof(((eval_cfg_t *)0)->f), d, h }
+static const eval_key_t keys[] = {
+    KEY("features", K_FEATURES, features, "encoder",
+        "what is evaluated: encoder (the file's features) | random (an encoder of model.* at "
+        "MAE's init, seed train.seed) | pixels (the normalised images)"),
+    KEY("pool", K_POOL, pool, "cls",
+        "encoder feature: cls (cls token of the final norm, MAE's probe) | avg (mean of the "
+        "patch tokens of the final norm)"),
+    KEY("kind", K_STR, kind, "",
+        "data set kind of both sets (idx, imagefolder, csv, labellist); "
+        "empty: data.kind"),
+    KEY("train_path", K_STR, train_path, "",
+        "labelled set the probe trains on and k-NN searches; empty: data.path, data.labels and "
+        "data.usage"),
+    KEY("train_labels", K_STR, train_labels, "", "labels of eval.train_path (IDX, label list)"),
+    KEY("train_usage", K_STR, train_usage, "", "CSV Usage rows of eval.train_path (e.g. Training)"),
+    KEY("test_path", K_STR, test_path, "",
+        "labelled set the accuracies are measured on (required)"),
+    KEY("test_labels", K_STR, test_labels, "", "labels of eval.test_path (IDX, label list)"),
+    KEY("test_usage", K_STR, test_usage, "", "CSV Usage rows of eval.test_path (e.g. PublicTest)"),
+    KEY("train_limit", K_LONG, train_limit, "0", "use the first N training samples (0: all)"),
+    KEY("test_limit", K_LONG, test_limit, "0", "use the first N test samples (0: all)"),
+    KEY("batch_size", K_INT, batch_size, "32", "images per encoder forward during extraction"),
+    KEY("probe_epochs", K_INT, probe_epochs, "30", "linear probe: epochs over the features"),
+    KEY("probe_batch", K_INT, probe_batch, "256",
+        "linear probe: batch size (last partial "
+        "batch dropped)"),
+    KEY("probe_lr", K_FLOAT, probe_lr, "0.1", "linear probe: SGD learning rate (half-cosine to 0)"),
+    KEY("probe_momentum", K_FLOAT, probe_momentum, "0.9", "linear probe: SGD momentum"),
+    KEY("probe_weight_decay", K_FLOAT, probe_weight_decay, "0",
+        "linear probe: weight decay of the Linear weight (MAE: 0)"),
+    KEY("knn_k", K_KS, knn_k, "1,10,20", "k-NN: comma-separated k values (up to 8)"),
+    KEY("knn_temp", K_FLOAT, knn_temp, "0.07",
+        "k-NN: vote weight exp(cos/T) (DINO); 0: majority vote"),
+};
+
+static int bad(const char *key, const char *value, const char *why) {
+    return mimic_err(MIMIC_EINVAL, "config eval.%s: '%s' %s", key, value, why);
+}
+
+/* Names of the enum values, in enum order: parsed here, written to the JSON record. */
+static const char *const feature_names[] = {"encoder", "random", "pixels"};
+static const char *const pool_names[] = {"cls", "avg"};
+
+/* Index of value in names[0..n), or -1. */
+static int enum_index(const char *const *names, int n, const char *value) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(value, names[i]) == 0) return i;
+    return -1;
+}
+
+static int parse_ks(eval_cfg_t *c, const char *key, const char *v) {
+    int n = 0;
+    const char *s = v;
+    while (*s) {
+        char *end;
+        long k = strtol(s, &end, 10);
+        if (end == s || k < 1 || k > KNN_MAX_K || (*end && *end != ','))
+            return bad(key, v, "is not a list of k in [1,1024] like 1,10,20");
+        if (n == EVAL_MAX_KS) return bad(key, v, "has more than 8 values");
+        c->knn_k[n++] = (int)k;
+        s = *end ? end + 1 : end;
+    }
+    if (n == 0) return bad(key, v, "is empty");
+    c->knn_nk = n;
+    return 0;
+}
+
+int eval_cfg_set(eval_cfg_t *c, const char *key, const char *value) {
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const eval_key_t *k = &keys[i];
+        if (strcmp(k->name, key) != 0) continue;
+        char *dst = (char *)c + k->off, *end = NULL;
+        switch (k->type) {
+        case K_STR:
+            if (strlen(value) >= k->size) return bad(key, value, "is too long");
+            memcpy(dst, value, strlen(value) + 1);
+            return 0;
+        case K_INT:
+        case K_LONG: {
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || v < 0) return bad(key, value, "is not a non-negative integer");
+            if (k->type == K_INT) {
+                if (v > 1 << 30) return bad(key, value, "is too large");
+                *(int *)dst = (int)v;
+            } else {
+                *(long *)dst = v;
+            }
+            return 0;
+        }
+        case K_FLOAT: {
+            float v = strtof(value, &end);
+            if (!*value || *end || !(v >= 0)) return bad(key, value, "is not a number >= 0");
+            *(float *)dst = v;
+            return 0;
+        }
+        case K_FEATURES: {
+            int i = enum_index(feature_names, 3, value);
+            if (i < 0) return bad(key, value, "is not one of encoder, random, pixels");
+            c->features = (eval_features_t)i;
+            return 0;
+        }
+        case K_POOL: {
+            int i = enum_index(pool_names, 2, value);
+            if (i < 0) return bad(key, value, "is not one of cls, avg");
+            c->pool = (encoder_pool_t)i;
+            return 0;
+        }
+        case K_KS:
+            return parse_ks(c, key, value);
+        }
+    }
+    return mimic_err(MIMIC_EINVAL, "config eval.%s: unknown key", key);
+}
+
+void eval_defaults(eval_cfg_t *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        MIMIC_CHECK(eval_cfg_set(c, keys[i].name, keys[i].def) == 0);
+}
+
+void eval_print_help(FILE *f) {
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        fprintf(f, "  eval.%-20s (default '%s') %s\n", keys[i].name, keys[i].def, keys[i].help);
+}
+
+/* ---- feature extraction ---- */
+
+typedef struct {
+    const char *what; /* "train" / "test" */
+    float *x;         /* (n, dim) */
+    int *y;           /* (n) */
+    int n, dim, classes;
+    double secs;
+} feats_t;
+
+static void feats_free(feats_t *f) {
+    free(f->x);
+    free(f->y);
+    f->x = NULL;
+    f->y = NULL;
+}
+
+/* The loader's configuration for one set: no augmentation. With scale_min = scale_max
+ * = 1 RandomResizedCrop takes the whole image (a square one; other shapes get the
+ * central crop of aspect ratio within [3/4, 4/3]) and resizes it to model.img_size, so
+ * every pass gives the same pixels; hflip 0 turns mirroring off. */
+static void set_loader_cfg(mimic_cfg_t *lc, const mimic_cfg_t *cfg, const eval_cfg_t *ec,
+                           int train) {
+    *lc = *cfg;
+    const char *path = train ? ec->train_path : ec->test_path;
+    const char *labels = train ? ec->train_labels : ec->test_labels;
+    const char *usage = train ? ec->train_usage : ec->test_usage;
+    if (ec->kind[0]) snprintf(lc->data.kind, sizeof lc->data.kind, "%s", ec->kind);
+    if (!train || path[0]) { /* an empty train_path keeps data.path/labels/usage */
+        snprintf(lc->data.path, sizeof lc->data.path, "%s", path);
+        snprintf(lc->data.labels, sizeof lc->data.labels, "%s", labels);
+        snprintf(lc->data.usage, sizeof lc->data.usage, "%s", usage);
+    }
+    lc->data.scale_min = lc->data.scale_max = 1.0f;
+    lc->data.hflip = 0;
+}
+
+static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
+                   const params_t *p, int train) {
+    mimic_cfg_t *lc = malloc(sizeof *lc);
+    loader_t *ld = NULL;
+    float *imgs = NULL;
+    uint32_t *idx = NULL;
+    encoder_acts_t a;
+    memset(&a, 0, sizeof a);
+    int rc = MIMIC_ENOMEM;
+    if (!lc) goto out;
+    set_loader_cfg(lc, cfg, ec, train);
+    const char *path = lc->data.path;
+    if (!path[0]) {
+        rc = mimic_err(MIMIC_EINVAL, "config eval.%s_path: no %s set given", f->what, f->what);
+        goto out;
+    }
+    if ((rc = loader_new(&ld, lc))) goto out;
+    f->classes = dataset_num_classes(loader_dataset(ld));
+    if (f->classes <= 0) {
+        rc = mimic_err(MIMIC_EINVAL,
+                       "%s: the data set has no labels; evaluation needs them (eval.%s_labels or "
+                       "data.labels)",
+                       path, f->what);
+        goto out;
+    }
+    long limit = train ? ec->train_limit : ec->test_limit;
+    size_t total = loader_size(ld);
+    if (limit > 0 && (size_t)limit < total) total = (size_t)limit;
+    if (total > (1u << 30)) {
+        rc = mimic_err(MIMIC_EINVAL, "%s: %zu samples is too many to cache", path, total);
+        goto out;
+    }
+    int C = cfg->model.in_chans, S = cfg->model.img_size;
+    int B = (size_t)ec->batch_size < total ? ec->batch_size : (int)total;
+    size_t img_sz = (size_t)C * S * S;
+    int pixels = ec->features == EVAL_FEATURES_PIXELS;
+    f->dim = pixels ? (int)img_sz : e->dim;
+    f->x = malloc(total * (size_t)f->dim * sizeof(float));
+    f->y = malloc(total * sizeof(int));
+    imgs = malloc((size_t)B * img_sz * sizeof(float));
+    idx = malloc((size_t)B * sizeof *idx);
+    if (!f->x || !f->y || !imgs || !idx) {
+        rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory for %zu features of %d floats", path, total,
+                       f->dim);
+        goto out;
+    }
+    if (!pixels && (rc = encoder_acts_alloc(&a, e, B, e->L))) goto out;
+    double t0 = mimic_now(), next_log = t0 + 30.0;
+    f->n = 0;
+    for (size_t i0 = 0; i0 < total; i0 += (size_t)B) {
+        int want = total - i0 < (size_t)B ? (int)(total - i0) : B;
+        for (int i = 0; i < want; i++)
+            idx[i] = (uint32_t)(i0 + (size_t)i);
+        int got = loader_fill(ld, idx, want, 0, imgs, NULL, 0, f->y + f->n);
+        if (got < 0) {
+            rc = got;
+            goto out;
+        }
+        if (got == 0) continue; /* every sample of the batch was corrupt (warned) */
+        for (int i = 0; i < got; i++)
+            if (f->y[f->n + i] < 0) {
+                rc = mimic_err(MIMIC_EINVAL, "%s: sample without a label; evaluation needs labels",
+                               path);
+                goto out;
+            }
+        float *dst = f->x + (size_t)f->n * f->dim;
+        if (pixels) {
+            memcpy(dst, imgs, (size_t)got * img_sz * sizeof(float));
+        } else {
+            encoder_acts_resize(&a, got);
+            encoder_forward(e, p, &a, imgs, NULL, e->L);
+            encoder_features(dst, &a, ec->pool);
+        }
+        f->n += got;
+        if (mimic_now() > next_log) {
+            double dt = mimic_now() - t0;
+            mimic_log("[eval] %s features %d/%zu (%.0f img/s)", f->what, f->n, total, f->n / dt);
+            next_log += 30.0;
+        }
+    }
+    f->secs = mimic_now() - t0;
+    if (f->n == 0) rc = mimic_err(MIMIC_EINVAL, "%s: no readable sample", path);
+out:
+    encoder_acts_free(&a);
+    loader_destroy(&ld);
+    free(imgs);
+    free(idx);
+    free(lc);
+    return rc;
+}
+
+/* ---- the evaluation ---- */
+
+static int check_model(const mimic_cfg_t *cfg, const encoder_t *e) {
+    const mae_cfg_t *m = &cfg->model;
+    if (m->img_size != e->img_size || m->in_chans != e->in_chans)
+        return mimic_err(
+            MIMIC_EINVAL,
+            "eval: model.img_size/in_chans (%d, %d) differ from the encoder's (%d, %d)",
+            m->img_size, m->in_chans, e->img_size, e->in_chans);
+    return 0;
+}
+
+static void write_json(const char *out_json, const char *name, const eval_cfg_t *ec,
+                       const eval_result_t *r) {
+    metrics_t m;
+    if (metrics_open(&m, out_json)) {
+        mimic_warn("eval: cannot open %s; results only printed", out_json);
+        return;
+    }
+    metrics_begin(&m, "eval");
+    metrics_str(&m, "name", name);
+    metrics_str(&m, "features", feature_names[ec->features]);
+    metrics_str(&m, "pool", pool_names[ec->pool]);
+    metrics_int(&m, "dim", r->dim);
+    metrics_int(&m, "classes", r->classes);
+    metrics_int(&m, "n_train", r->n_train);
+    metrics_int(&m, "n_test", r->n_test);
+    metrics_num(&m, "probe_top1", r->probe_test_top1);
+    metrics_num(&m, "probe_train_top1", r->probe_train_top1);
+    metrics_num(&m, "probe_loss", r->probe_loss);
+    metrics_int(&m, "probe_epochs", ec->probe_epochs);
+    metrics_num(&m, "probe_lr", ec->probe_lr);
+    metrics_num(&m, "knn_temp", ec->knn_temp);
+    char key[64];
+    for (int q = 0; q < r->knn_nk; q++) {
+        snprintf(key, sizeof key, "knn%d_top1", r->knn[q].k);
+        metrics_num(&m, key, r->knn[q].top1);
+        snprintf(key, sizeof key, "knn%d_recall", r->knn[q].k);
+        metrics_num(&m, key, r->knn[q].recall);
+    }
+    metrics_num(&m, "t_extract_train", r->t_extract_train);
+    metrics_num(&m, "t_extract_test", r->t_extract_test);
+    metrics_num(&m, "t_probe", r->t_probe);
+    metrics_num(&m, "t_knn", r->t_knn);
+    metrics_end(&m);
+    metrics_close(&m);
+}
+
+void eval_print(FILE *f, const eval_result_t *r) {
+    fprintf(f, "eval: %d train / %d test samples, %d classes, features of %d floats\n", r->n_train,
+            r->n_test, r->classes, r->dim);
+    fprintf(f, "  %-14s top-1 %6.2f%%  (train %.2f%%, loss %.4f)\n", "linear probe",
+            100 * r->probe_test_top1, 100 * r->probe_train_top1, r->probe_loss);
+    for (int q = 0; q < r->knn_nk; q++) {
+        char name[32];
+        snprintf(name, sizeof name, "k-NN k=%d", r->knn[q].k);
+        fprintf(f, "  %-14s top-1 %6.2f%%  recall@%d %6.2f%%\n", name, 100 * r->knn[q].top1,
+                r->knn[q].k, 100 * r->knn[q].recall);
+    }
+    fprintf(f, "  time: features train %.1f s, test %.1f s; probe %.1f s; k-NN %.1f s\n",
+            r->t_extract_train, r->t_extract_test, r->t_probe, r->t_knn);
+}
+
+int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
+                   const params_t *p, const char *name, const char *out_json, eval_result_t *res) {
+    eval_result_t local;
+    eval_result_t *r = res ? res : &local;
+    memset(r, 0, sizeof *r);
+    feats_t tr = {.what = "train"}, te = {.what = "test"};
+    int pixels = ec->features == EVAL_FEATURES_PIXELS, rc;
+    if (!pixels && (!e || !p))
+        return mimic_err(MIMIC_EINVAL, "eval: encoder features need an encoder");
+    if (ec->batch_size < 1) return mimic_err(MIMIC_EINVAL, "config eval.batch_size: must be >= 1");
+    if (ec->probe_epochs < 1 || ec->probe_batch < 2 || !(ec->probe_lr > 0))
+        return mimic_err(MIMIC_EINVAL,
+                         "config eval.probe_epochs/probe_batch/probe_lr: need >= 1, "
+                         ">= 2 and > 0 (got %d, %d, %g)",
+                         ec->probe_epochs, ec->probe_batch, ec->probe_lr);
+    if (!pixels && (rc = check_model(cfg, e))) return rc;
+    if ((rc = extract(&tr, cfg, ec, e, p, 1)) || (rc = extract(&te, cfg, ec, e, p, 0))) goto out;
+    r->n_train = tr.n;
+    r->n_test = te.n;
+    r->dim = tr.dim;
+    r->classes = tr.classes > te.classes ? tr.classes : te.classes;
+    r->t_extract_train = tr.secs;
+    r->t_extract_test = te.secs;
+
+    probe_cfg_t pc = {ec->probe_epochs,       ec->probe_batch < tr.n ? ec->probe_batch : tr.n,
+                      ec->probe_lr,           ec->probe_momentum,
+                      ec->probe_weight_decay, cfg->train.seed};
+    probe_result_t pr;
+    double t0 = mimic_now();
+    if ((rc = probe_run(&pr, &pc, tr.x, tr.y, tr.n, te.x, te.y, te.n, tr.dim, r->classes)))
+        goto out;
+    r->t_probe = mimic_now() - t0;
+    r->probe_train_top1 = pr.train_top1;
+    r->probe_test_top1 = pr.test_top1;
+    r->probe_loss = pr.last_loss;
+
+    int ks[EVAL_MAX_KS], nk = 0;
+    for (int q = 0; q < ec->knn_nk; q++)
+        if (ec->knn_k[q] <= tr.n) ks[nk++] = ec->knn_k[q];
+    t0 = mimic_now();
+    if (nk && (rc = knn_run(r->knn, ks, nk, ec->knn_temp, tr.x, tr.y, tr.n, te.x, te.y, te.n,
+                            tr.dim, r->classes)))
+        goto out;
+    r->knn_nk = nk;
+    r->t_knn = mimic_now() - t0;
+    write_json(out_json, name ? name : "", ec, r);
+out:
+    feats_free(&tr);
+    feats_free(&te);
+    return rc;
+}
+
+static const char *model_key_diff(const mae_cfg_t *a, const mae_cfg_t *b) {
+    if (a->img_size != b->img_size) return "img_size";
+    if (a->in_chans != b->in_chans) return "in_chans";
+    if (a->patch_size != b->patch_size) return "patch_size";
+    if (a->embed_dim != b->embed_dim) return "embed_dim";
+    if (a->depth != b->depth) return "depth";
+    if (a->num_heads != b->num_heads) return "num_heads";
+    if (a->mlp_ratio != b->mlp_ratio) return "mlp_ratio";
+    return NULL;
+}
+
+int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_path,
+             const char *out_json, eval_result_t *res) {
+    if (ec->features == EVAL_FEATURES_PIXELS)
+        return eval_run_model(cfg, ec, NULL, NULL, "pixels", out_json, res);
+    int random = ec->features == EVAL_FEATURES_RANDOM;
+    if (!random && (!encoder_path || !encoder_path[0]))
+        return mimic_err(MIMIC_EINVAL, "eval: eval.features=encoder needs an encoder file");
+    mimic_cfg_t *c = malloc(sizeof *c);
+    params_t *p = params_new();
+    encoder_t e;
+    memset(&e, 0, sizeof e);
+    int rc = MIMIC_ENOMEM;
+    if (!c || !p) goto out;
+    *c = *cfg;
+    if (!random) {
+        if ((rc = encoder_cfg_from_file(&c->model, encoder_path))) goto out;
+        const char *diff = model_key_diff(&c->model, &cfg->model);
+        if (diff)
+            mimic_log("[eval] %s: model.%s (and any other [model] key) taken from the file",
+                      encoder_path, diff);
+    }
+    if ((rc = encoder_register(&e, p, &c->model)) || (rc = params_finalize(p))) goto out;
+    if (random) {
+        rng_t r;
+        rng_seed(&r, cfg->train.seed);
+        encoder_init(&e, p, &r);
+        encoder_path = "random-init";
+    } else if ((rc = encoder_load(&e, p, encoder_path))) {
+        goto out;
+    }
+    rc = eval_run_model(c, ec, &e, p, encoder_path, out_json, res);
+out:
+    encoder_free(&e);
+    params_destroy(&p);
+    free(c);
+    return rc;
+}

@@ -1,0 +1,77 @@
+/* eval — frozen-encoder evaluation: extract features of a labelled train and test set
+ * once (batched, no gradient, no augmentation), then a linear probe (probe.h) and k-NN
+ * (knn.h) on them; results as one JSON line in a metrics file and a printed table.
+ *
+ * The features are an encoder's (cls token or patch mean of its final norm output,
+ * encoder.h) or the raw pixels as the loader normalises them (the baseline arm). The
+ * encoder comes from a safetensors file with timm names (an MAE checkpoint or an export
+ * of checkpoint_export_encoder): eval_run; or from memory, for a pipeline stage that
+ * has just trained it: eval_run_model. Its own keys live in eval_cfg_t (defaults in
+ * eval_defaults, parsed by eval_cfg_set) until runtime/config.c carries an [eval]
+ * section; the data and model keys come from mimic_cfg_t. */
+#ifndef MIMIC_EVAL_H
+#define MIMIC_EVAL_H
+
+#include "config.h"
+#include "encoder.h"
+#include "knn.h"
+#include "params.h"
+
+#include <stdio.h>
+
+#define EVAL_MAX_KS 8
+
+/* encoder: a trained encoder's features; random: an encoder of model.* at MAE's
+ * initialisation (seed train.seed), the untrained baseline; pixels: the images. */
+typedef enum {
+    EVAL_FEATURES_ENCODER = 0,
+    EVAL_FEATURES_RANDOM,
+    EVAL_FEATURES_PIXELS
+} eval_features_t;
+
+typedef struct {
+    eval_features_t features; /* eval.features: encoder | random | pixels */
+    encoder_pool_t pool;      /* eval.pool: cls | avg */
+    /* the labelled sets; an empty train_* falls back to data.kind/path/labels/usage */
+    char kind[16];
+    char train_path[CFG_PATH_MAX], train_labels[CFG_PATH_MAX], train_usage[32];
+    char test_path[CFG_PATH_MAX], test_labels[CFG_PATH_MAX], test_usage[32];
+    long train_limit, test_limit; /* use the first N samples (0: all) */
+    int batch_size;               /* images per encoder forward */
+    int probe_epochs, probe_batch;
+    float probe_lr, probe_momentum, probe_weight_decay;
+    int knn_k[EVAL_MAX_KS], knn_nk;
+    float knn_temp;
+} eval_cfg_t;
+
+typedef struct {
+    int n_train, n_test, dim, classes;
+    double probe_train_top1, probe_test_top1, probe_loss;
+    knn_result_t knn[EVAL_MAX_KS];
+    int knn_nk;
+    double t_extract_train, t_extract_test, t_probe, t_knn; /* seconds */
+} eval_result_t;
+
+void eval_defaults(eval_cfg_t *c);
+/* Sets key ("probe_lr", without the "eval." prefix) from a string; errors name
+ * "eval.<key>" and the bad value. */
+int eval_cfg_set(eval_cfg_t *c, const char *key, const char *value);
+/* Documents every key with its default (for --help). */
+void eval_print_help(FILE *f);
+
+/* Loads the encoder of encoder_path (its [model] metadata overrides cfg->model, so an
+ * MAE checkpoint needs no model flags) and evaluates it; with EVAL_FEATURES_RANDOM or
+ * _PIXELS encoder_path is not read (may be NULL). out_json may be NULL (no file); res may be
+ * NULL. Returns 0 or a negative error naming the file, tensor or key at fault. */
+int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_path,
+             const char *out_json, eval_result_t *res);
+/* The same with an encoder in memory (e, p: e.g. the prefix of a stage's parameters);
+ * e and p are ignored for EVAL_FEATURES_PIXELS. cfg->model must describe e (image size
+ * and channels for the loader). name labels the JSON record. */
+int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
+                   const params_t *p, const char *name, const char *out_json, eval_result_t *res);
+
+/* The table of a result, for people. */
+void eval_print(FILE *f, const eval_result_t *r);
+
+#endif

@@ -1,0 +1,76 @@
+/* mimic-eval — evaluates a frozen encoder (or raw pixels) on a labelled train/test pair:
+ * linear probe and k-NN (eval.h). Until the worker runs evaluation as a pipeline stage
+ * and runtime/config.c has an [eval] section, the eval.* keys are flags of this binary
+ * only (an [eval] section in the INI file is not read). */
+#include "common.h"
+#include "config.h"
+#include "eval.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+    fputs("usage: mimic-eval [CONFIG.ini] [--section.key=value ...] [--eval.key=value ...]\n"
+          "                  [--encoder ENCODER.safetensors] [--out METRICS.jsonl]\n"
+          "  --encoder F   an MAE checkpoint or exported encoder (timm names); its [model]\n"
+          "                metadata overrides model.* (not needed with --eval.features=pixels)\n"
+          "  --out F       append the result as one JSON line to F\n"
+          "The model.*, data.* (mean, std, kind) and train.seed/threads keys apply; eval keys:\n",
+          f);
+    eval_print_help(f);
+}
+
+int main(int argc, char **argv) {
+    mimic_cfg_t *cfg = malloc(sizeof *cfg);
+    eval_cfg_t ec;
+    char **args = malloc((size_t)(argc + 1) * sizeof *args),
+         **rest = malloc((size_t)(argc + 1) * sizeof *rest);
+    if (!cfg || !args || !rest) return 1;
+    config_defaults(cfg);
+    eval_defaults(&ec);
+    int nargs = 0, nrest = 0, rc = 0;
+    args[nargs++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        if (config_help_flag(argv[i], usage)) return 0;
+        if (strncmp(argv[i], "--eval.", 7) == 0) {
+            char key[64];
+            const char *eq = strchr(argv[i], '=');
+            size_t n = eq ? (size_t)(eq - argv[i] - 7) : 0;
+            if (!eq || n >= sizeof key) {
+                mimic_err(MIMIC_EINVAL, "%s: expected --eval.key=value", argv[i]);
+                return 2;
+            }
+            memcpy(key, argv[i] + 7, n);
+            key[n] = 0;
+            if (eval_cfg_set(&ec, key, eq + 1)) return 2;
+        } else {
+            args[nargs++] = argv[i];
+        }
+    }
+    if (config_parse_args(cfg, nargs, args, rest, &nrest)) return 2;
+    const char *encoder = NULL, *out = NULL;
+    for (int i = 0; i < nrest; i++) {
+        if (strcmp(rest[i], "--encoder") == 0 && i + 1 < nrest)
+            encoder = rest[++i];
+        else if (strcmp(rest[i], "--out") == 0 && i + 1 < nrest)
+            out = rest[++i];
+        else {
+            mimic_err(MIMIC_EINVAL, "unknown argument '%s' (mimic-eval --help)", rest[i]);
+            return 2;
+        }
+    }
+    if (cfg->train.threads > 0) {
+        openblas_set_num_threads(cfg->train.threads);
+        omp_set_num_threads(cfg->train.threads);
+    }
+    eval_result_t r;
+    rc = eval_run(cfg, &ec, encoder, out, &r);
+    if (rc == 0) eval_print(stdout, &r);
+    free(cfg);
+    free(args);
+    free(rest);
+    return rc == 0 ? 0 : 1;
+}
