@@ -232,6 +232,10 @@ void loader_destroy(loader_t **pl) {
 size_t loader_size(const loader_t *ld) {
     return dataset_size(ld->ds);
 }
+int loader_num_classes(const loader_t *ld) {
+    return dataset_num_classes(ld->ds);
+}
+
 size_t loader_bad(const loader_t *ld) {
     return dataset_bad_count(ld->ds);
 }

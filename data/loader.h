@@ -26,6 +26,8 @@ void loader_destroy(loader_t **ld);
 size_t loader_size(const loader_t *ld);
 /* Distinct corrupt samples met so far (exact once loader_wait returned). */
 size_t loader_bad(const loader_t *ld);
+/* Classes of the labelled data set (0 when it has no labels). */
+int loader_num_classes(const loader_t *ld);
 
 /* Builds up to n samples from idx[0..n): imgs (n,C,S,S), noise (n,L) masking noise
  * (may be NULL), labels (n) (may be NULL). Returns how many samples were filled

@@ -200,7 +200,7 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
         goto out;
     }
     if ((rc = loader_new(&ld, lc))) goto out;
-    f->classes = dataset_num_classes(loader_dataset(ld));
+    f->classes = loader_num_classes(ld);
     if (f->classes <= 0) {
         rc = mimic_err(MIMIC_EINVAL,
                        "%s: the data set has no labels; evaluation needs them (eval.%s_labels or "
