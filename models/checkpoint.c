@@ -22,6 +22,57 @@ typedef struct {
     int n;
 } namebuf_t;
 
+/* Adds "<prefix><name>" for every tensor of p with the values of buf (indexed like p->w). */
+static int add_copy(st_writer_t *w, namebuf_t *nb, const params_t *p, const char *prefix,
+                    const float *buf) {
+    for (int i = 0; i < p->n; i++) {
+        const params_tensor_t *t = &p->t[i];
+        snprintf(nb->names[nb->n], sizeof nb->names[0], "%s%s", prefix, t->name);
+        int rc = st_writer_add(w, nb->names[nb->n++], "F32", t->shape, t->ndim, buf + t->offset);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* The [model] keys, the format tag and the training state as metadata. */
+static int add_meta(st_writer_t *w, const mae_cfg_t *c, const char *format,
+                    const checkpoint_state_t *st, const char *config_ini) {
+    char buf[64];
+    int rc;
+    struct {
+        const char *k;
+        double v;
+    } meta[] = {{"img_size", c->img_size},
+                {"in_chans", c->in_chans},
+                {"patch_size", c->patch_size},
+                {"embed_dim", c->embed_dim},
+                {"depth", c->depth},
+                {"num_heads", c->num_heads},
+                {"mlp_ratio", c->mlp_ratio},
+                {"decoder_embed_dim", c->decoder_embed_dim},
+                {"decoder_depth", c->decoder_depth},
+                {"decoder_num_heads", c->decoder_num_heads},
+                {"mask_ratio", c->mask_ratio},
+                {"norm_pix_loss", c->norm_pix_loss}};
+    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) {
+        snprintf(buf, sizeof buf, "%.9g", meta[i].v);
+        if ((rc = st_writer_meta(w, meta[i].k, buf))) return rc;
+    }
+    if ((rc = st_writer_meta(w, "format", format)) ||
+        (rc = st_writer_meta(w, "version", CKPT_VERSION)))
+        return rc;
+    if (st) {
+        snprintf(buf, sizeof buf, "%ld", st->step);
+        if ((rc = st_writer_meta(w, "step", buf))) return rc;
+        snprintf(buf, sizeof buf, "%" PRIu64, st->epoch);
+        if ((rc = st_writer_meta(w, "epoch", buf))) return rc;
+        snprintf(buf, sizeof buf, "%" PRIu64, st->cursor);
+        if ((rc = st_writer_meta(w, "cursor", buf))) return rc;
+    }
+    if (config_ini && (rc = st_writer_meta(w, "config", config_ini))) return rc;
+    return 0;
+}
+
 static int save(const char *path, const mae_t *model, const float *m, const float *v,
                 const checkpoint_state_t *st, const char *config_ini, int encoder_only) {
     const params_t *p = model->p;
@@ -44,48 +95,13 @@ static int save(const char *path, const mae_t *model, const float *m, const floa
                  st_writer_add(w, "decoder_pos_embed", "F32", dpos_shape, 3, model->dec_pos_embed)))
             goto fail;
     }
-    for (int pass = 0; pass < 2 && m && v && !encoder_only; pass++)
-        for (int i = 0; i < p->n; i++) {
-            const params_tensor_t *t = &p->t[i];
-            snprintf(nb.names[nb.n], sizeof nb.names[0], "optimizer.%s.%s",
-                     pass ? "exp_avg_sq" : "exp_avg", t->name);
-            if ((rc = st_writer_add(w, nb.names[nb.n++], "F32", t->shape, t->ndim,
-                                    (pass ? v : m) + t->offset)))
-                goto fail;
-        }
-    char buf[64];
-    const mae_cfg_t *c = &model->cfg;
-    struct {
-        const char *k;
-        double v;
-    } meta[] = {{"img_size", c->img_size},
-                {"in_chans", c->in_chans},
-                {"patch_size", c->patch_size},
-                {"embed_dim", c->embed_dim},
-                {"depth", c->depth},
-                {"num_heads", c->num_heads},
-                {"mlp_ratio", c->mlp_ratio},
-                {"decoder_embed_dim", c->decoder_embed_dim},
-                {"decoder_depth", c->decoder_depth},
-                {"decoder_num_heads", c->decoder_num_heads},
-                {"mask_ratio", c->mask_ratio},
-                {"norm_pix_loss", c->norm_pix_loss}};
-    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) {
-        snprintf(buf, sizeof buf, "%.9g", meta[i].v);
-        if ((rc = st_writer_meta(w, meta[i].k, buf))) goto fail;
-    }
-    if ((rc = st_writer_meta(w, "format", encoder_only ? "mimicps-encoder" : CKPT_FORMAT)) ||
-        (rc = st_writer_meta(w, "version", CKPT_VERSION)))
+    if (m && v && !encoder_only &&
+        ((rc = add_copy(w, &nb, p, "optimizer.exp_avg.", m)) ||
+         (rc = add_copy(w, &nb, p, "optimizer.exp_avg_sq.", v))))
         goto fail;
-    if (st) {
-        snprintf(buf, sizeof buf, "%ld", st->step);
-        if ((rc = st_writer_meta(w, "step", buf))) goto fail;
-        snprintf(buf, sizeof buf, "%" PRIu64, st->epoch);
-        if ((rc = st_writer_meta(w, "epoch", buf))) goto fail;
-        snprintf(buf, sizeof buf, "%" PRIu64, st->cursor);
-        if ((rc = st_writer_meta(w, "cursor", buf))) goto fail;
-    }
-    if (config_ini && (rc = st_writer_meta(w, "config", config_ini))) goto fail;
+    if ((rc = add_meta(w, &model->cfg, encoder_only ? "mimicps-encoder" : CKPT_FORMAT, st,
+                       config_ini)))
+        goto fail;
     rc = st_writer_save(w, path);
 fail:
     st_writer_destroy(&w);
@@ -102,6 +118,27 @@ int checkpoint_export_encoder(const char *path, const mae_t *model) {
     return save(path, model, NULL, NULL, NULL, NULL, 1);
 }
 
+int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t *model,
+                           const float *m, const float *v, const float *ema,
+                           const checkpoint_state_t *st, const char *config_ini) {
+    int rc = MIMIC_ENOMEM;
+    st_writer_t *w = st_writer_new();
+    namebuf_t nb = {calloc((size_t)p->n * 4 + 1, sizeof *nb.names), 0};
+    if (!w || !nb.names) goto fail;
+    if ((rc = add_copy(w, &nb, p, "", p->w))) goto fail;
+    if (ema && (rc = add_copy(w, &nb, p, "momentum.", ema))) goto fail;
+    if (m && v &&
+        ((rc = add_copy(w, &nb, p, "optimizer.exp_avg.", m)) ||
+         (rc = add_copy(w, &nb, p, "optimizer.exp_avg_sq.", v))))
+        goto fail;
+    if ((rc = add_meta(w, model, CKPT_FORMAT, st, config_ini))) goto fail;
+    rc = st_writer_save(w, path);
+fail:
+    st_writer_destroy(&w);
+    free(nb.names);
+    return rc;
+}
+
 static int meta_u64(const st_file_t *f, const char *key, uint64_t *out) {
     const char *s = st_meta(f, key);
     char *end;
@@ -112,28 +149,35 @@ static int meta_u64(const st_file_t *f, const char *key, uint64_t *out) {
     return 0;
 }
 
-int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoint_state_t *st) {
+/* Reads "<prefix><name>" of every tensor of p into buf (indexed like p->w). */
+static int read_copy(const st_file_t *f, const params_t *p, const char *prefix, float *buf) {
+    char name[PARAMS_NAME_MAX + 32];
+    for (int i = 0; i < p->n; i++) {
+        const params_tensor_t *t = &p->t[i];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        int rc = st_read_f32(f, name, buf + t->offset, t->shape, t->ndim);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, float *ema,
+                           checkpoint_state_t *st) {
     st_file_t *f = NULL;
     int rc = st_open(&f, path);
     if (rc) return rc;
-    const params_t *p = model->p;
     const char *fmt = st_meta(f, "format");
     if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0) {
         rc = mimic_err(MIMIC_EFORMAT, "%s: not a mimicps checkpoint (format '%s')", path,
                        fmt ? fmt : "");
         goto out;
     }
-    char name[PARAMS_NAME_MAX + 32];
-    for (int i = 0; i < p->n; i++) {
-        const params_tensor_t *t = &p->t[i];
-        if ((rc = st_read_f32(f, t->name, p->w + t->offset, t->shape, t->ndim))) goto out;
-        for (int pass = 0; pass < 2 && m && v; pass++) {
-            snprintf(name, sizeof name, "optimizer.%s.%s", pass ? "exp_avg_sq" : "exp_avg",
-                     t->name);
-            if ((rc = st_read_f32(f, name, (pass ? v : m) + t->offset, t->shape, t->ndim)))
-                goto out;
-        }
-    }
+    if ((rc = read_copy(f, p, "", p->w))) goto out;
+    if (ema && (rc = read_copy(f, p, "momentum.", ema))) goto out;
+    if (m && v &&
+        ((rc = read_copy(f, p, "optimizer.exp_avg.", m)) ||
+         (rc = read_copy(f, p, "optimizer.exp_avg_sq.", v))))
+        goto out;
     if (st) {
         uint64_t step;
         if ((rc = meta_u64(f, "step", &step)) || (rc = meta_u64(f, "epoch", &st->epoch)) ||
@@ -144,4 +188,8 @@ int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoi
 out:
     st_close(&f);
     return rc;
+}
+
+int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoint_state_t *st) {
+    return checkpoint_load_params(path, model->p, m, v, NULL, st);
 }

@@ -29,4 +29,15 @@ int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoi
  * a timm VisionTransformer(global_pool='token') with strict=False (no head). */
 int checkpoint_export_encoder(const char *path, const mae_t *model);
 
+/* Any stage's state: every tensor of p by name, the momentum copy as "momentum.<name>"
+ * (ema may be NULL), the AdamW moments (m, v may be NULL), the [model] keys of `model`
+ * and the state as metadata. */
+int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t *model,
+                           const float *m, const float *v, const float *ema,
+                           const checkpoint_state_t *st, const char *config_ini);
+/* Reads what checkpoint_save_params wrote (m, v, ema when non-NULL: then they must be in
+ * the file). Errors name the file and tensor. */
+int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, float *ema,
+                           checkpoint_state_t *st);
+
 #endif
