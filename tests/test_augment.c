@@ -459,6 +459,24 @@ static void test_blur(void) {
     augment_ws_free(&ws);
 }
 
+/* MoCo v3's second view: crop (0.08, 1), flip, jitter (0.4, 0.4, 0.2, 0.1) p 0.8,
+ * grayscale p 0.2, blur p 0.1, solarize p 0.2. */
+static augment_view moco_view(void) {
+    return (augment_view){.scale_lo = 0.08f,
+                          .scale_hi = 1,
+                          .ratio_lo = 0.75f,
+                          .ratio_hi = 4 / 3.0f,
+                          .hflip = 1,
+                          .jitter_p = 0.8f,
+                          .brightness = 0.4f,
+                          .contrast = 0.4f,
+                          .saturation = 0.2f,
+                          .hue = 0.1f,
+                          .gray_p = 0.2f,
+                          .blur_p = 0.1f,
+                          .solarize_p = 0.2f};
+}
+
 static augment_view view_off(void) {
     return (augment_view){.scale_lo = 1, .scale_hi = 1, .ratio_lo = 1, .ratio_hi = 1};
 }
@@ -562,19 +580,8 @@ static void test_jitter_ranges(void) {
  * colour-only ops, and a scratch reserved up front that never grows (no allocation). */
 static void test_view_recipe(void) {
     const int S = 32;
-    augment_view v = {.scale_lo = 0.08f,
-                      .scale_hi = 1,
-                      .ratio_lo = 0.75f,
-                      .ratio_hi = 4 / 3.0f,
-                      .hflip = 1,
-                      .jitter_p = 0.8f,
-                      .brightness = 0.4f,
-                      .contrast = 0.4f,
-                      .saturation = 0.2f,
-                      .hue = 0.1f,
-                      .gray_p = 0.2f,
-                      .blur_p = 0.5f,
-                      .solarize_p = 0.2f};
+    augment_view v = moco_view();
+    v.blur_p = 0.5f;
     image_u8 img = make_image(61, 47, 3, 101);
     float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
     float a[3 * 32 * 32], b[3 * 32 * 32];
@@ -652,19 +659,9 @@ static void bench(const char *name, int w, int h, int c, int S, int iters) {
     double dt = mimic_now() - t0;
     printf("bench %s: %.0f images/s (1 thread)\n", name, iters / dt);
     /* the contrastive recipe, every op on (blur included) */
-    augment_view v = {.scale_lo = 0.08f,
-                      .scale_hi = 1,
-                      .ratio_lo = 0.75f,
-                      .ratio_hi = 4 / 3.0f,
-                      .hflip = 1,
-                      .jitter_p = 1,
-                      .brightness = 0.4f,
-                      .contrast = 0.4f,
-                      .saturation = 0.2f,
-                      .hue = 0.1f,
-                      .gray_p = 0,
-                      .blur_p = 1,
-                      .solarize_p = 1};
+    augment_view v = moco_view();
+    v.jitter_p = v.blur_p = v.solarize_p = 1.0f;
+    v.gray_p = 0.0f;
     augment_ws ws = {0};
     t0 = mimic_now();
     for (int i = 0; i < iters; i++)

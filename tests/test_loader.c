@@ -215,13 +215,18 @@ static void cfg_for(mimic_cfg_t *c, const char *kind, const char *path, const ch
     }
 }
 
-static void test_idx(const char *dir) {
+/* dir/img.idx, dir/lab.idx: 60 gray 20x20 images, loaded at 16x16. */
+static void idx_set(mimic_cfg_t *cfg, const char *dir) {
     char img[PATH_CAP], lab[PATH_CAP];
     snprintf(img, sizeof img, "%s/img.idx", dir);
     snprintf(lab, sizeof lab, "%s/lab.idx", dir);
     T_CHECK(testutil_write_idx(img, lab, 60, 20, 5) == 0);
+    cfg_for(cfg, "idx", img, lab, 16, 1);
+}
+
+static void test_idx(const char *dir) {
     mimic_cfg_t cfg;
-    cfg_for(&cfg, "idx", img, lab, 16, 1);
+    idx_set(&cfg, dir);
     plan_t p;
     plan_make(&p, 60, 16, 9, 16, cfg.train.seed); /* 60 = 3 x 16 + 12: a short last batch */
     trace_t ref = {0};
@@ -406,12 +411,8 @@ static void test_imagefolder(const char *dir) {
  * one view again after two on the same loader, no allocation per batch once warm, the
  * evaluation mode, and the view count and recipe keys checked. */
 static void test_views_idx(const char *dir) {
-    char img[PATH_CAP], lab[PATH_CAP];
-    snprintf(img, sizeof img, "%s/img.idx", dir);
-    snprintf(lab, sizeof lab, "%s/lab.idx", dir);
-    T_CHECK(testutil_write_idx(img, lab, 60, 20, 5) == 0);
     mimic_cfg_t cfg;
-    cfg_for(&cfg, "idx", img, lab, 16, 1);
+    idx_set(&cfg, dir);
     plan_t p;
     plan_make(&p, 60, 16, 9, 16, cfg.train.seed);
     p.V = 2;
