@@ -1,13 +1,17 @@
 /* bench_loader — the data loader's throughput and what its threads buy a trainer.
  * (a) A JPEG ImageFolder of --bench.jpegs 224x224 files (written here with TurboJPEG
  *     under $TMPDIR, removed at the end) loaded at 224x224 RGB in batches of 64 with
- *     data.threads 0, 1, 2: images/s of loader_fill (decode + RandomResizedCrop + noise).
+ *     data.threads 0, 1, 2: images/s of loader_fill (decode + RandomResizedCrop + noise),
+ *     then with two views per sample (loader_set_views: the contrastive recipe, crop,
+ *     jitter, grayscale, blur, solarize per view, the config's data.* probabilities).
+ * (a') The same two-view fill on the config's data set (Fashion-MNIST 32x32), over
+ *     --bench.samples N (8192) samples.
  * (b) MAE steps on the given config (deploy/mae-fmnist.ini) with the next batch built
  *     by loader_submit during the step and collected by loader_wait after it, for
  *     data.threads 0, 1, 2 in turn: images/s, and the time the step spent on its data.
  *   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 build/bench/bench_loader deploy/mae-fmnist.ini
- * Flags: --bench.jpegs N (300), --bench.rounds N (5) of --bench.steps N (4) steps per
- * thread count, --section.key=value as usual. */
+ * Flags: --bench.jpegs N (300), --bench.samples N (8192), --bench.rounds N (5) of
+ * --bench.steps N (4) steps per thread count, --section.key=value as usual. */
 #define _GNU_SOURCE
 #include "adamw.h"
 #include "common.h"
@@ -79,22 +83,24 @@ static double cpu_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* (a) loader_fill images/s on the JPEG folder, best of 3 passes over every file. */
-static void bench_jpeg(const char *dir, int n, int threads) {
-    mimic_cfg_t c;
-    config_defaults(&c);
-    snprintf(c.data.kind, sizeof c.data.kind, "imagefolder");
-    snprintf(c.data.path, sizeof c.data.path, "%.900s", dir);
-    c.model.img_size = 224;
-    c.model.in_chans = 3;
+/* (a) loader_fill on the first n samples of a permutation of cfg's data set with
+ * `views` views per sample, best of 3 passes: samples/s, images/s (views included) and
+ * the CPU time of a sample. */
+static void bench_fill_views(const mimic_cfg_t *cfg, const char *name, int n, int threads,
+                             int views) {
+    mimic_cfg_t c = *cfg;
     c.data.threads = threads;
     enum { B = 64, L = 196 };
     loader_t *ld = NULL;
-    float *imgs = mimic_alloc((size_t)B * 3 * 224 * 224 * sizeof(float));
+    size_t isz = (size_t)c.model.in_chans * c.model.img_size * c.model.img_size;
+    float *imgs = mimic_alloc((size_t)B * views * isz * sizeof(float));
     float *noise = mimic_alloc((size_t)B * L * sizeof(float));
-    uint32_t *perm = malloc((size_t)n * sizeof *perm);
-    if (!imgs || !noise || !perm || loader_new(&ld, &c)) exit(1);
-    order_permutation(perm, (uint32_t)n, 0, 0);
+    if (!imgs || !noise || loader_new(&ld, &c) || loader_set_views(ld, views)) exit(1);
+    uint32_t size = (uint32_t)loader_size(ld);
+    uint32_t *perm = malloc((size_t)size * sizeof *perm);
+    if (!perm) exit(1);
+    order_permutation(perm, size, 0, 0);
+    if ((uint32_t)n > size) n = (int)size;
     double best = 0, cpu_ms = 0;
     for (int pass = 0; pass < 3; pass++) {
         double t0 = mimic_now(), c0 = cpu_s();
@@ -107,7 +113,8 @@ static void bench_jpeg(const char *dir, int n, int threads) {
         double ips = done / (mimic_now() - t0);
         if (ips > best) best = ips, cpu_ms = 1e3 * (cpu_s() - c0) / done;
     }
-    printf("jpeg_224_threads%d_img_per_s=%.0f cpu_ms_per_img=%.3f\n", threads, best, cpu_ms);
+    printf("%s_views%d_threads%d_samples_per_s=%.0f img_per_s=%.0f cpu_ms_per_sample=%.3f\n", name,
+           views, threads, best, best * views, cpu_ms);
     loader_destroy(&ld);
     mimic_free(imgs);
     mimic_free(noise);
@@ -229,13 +236,15 @@ int main(int argc, char **argv) {
     mimic_cfg_t cfg;
     config_defaults(&cfg);
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0, njpeg = 300, steps = 4, rounds = 5;
+    int nrest = 0, njpeg = 300, steps = 4, rounds = 5, nviews = 8192;
     if (config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
     for (int i = 0; i + 1 < nrest; i += 2) {
         if (strcmp(rest[i], "--bench.jpegs") == 0)
             njpeg = atoi(rest[i + 1]);
         else if (strcmp(rest[i], "--bench.steps") == 0)
             steps = atoi(rest[i + 1]);
+        else if (strcmp(rest[i], "--bench.samples") == 0)
+            nviews = atoi(rest[i + 1]);
         else if (strcmp(rest[i], "--bench.rounds") == 0)
             rounds = atoi(rest[i + 1]);
         else
@@ -248,10 +257,20 @@ int main(int argc, char **argv) {
         char dir[900];
         snprintf(dir, sizeof dir, "%.800s/bench-loader-XXXXXX", t ? t : "/tmp");
         if (!mkdtemp(dir) || write_jpegs(dir, njpeg)) return 1;
-        for (int th = 0; th <= 2; th++)
-            bench_jpeg(dir, njpeg, th);
+        mimic_cfg_t c = cfg;
+        snprintf(c.data.kind, sizeof c.data.kind, "imagefolder");
+        snprintf(c.data.path, sizeof c.data.path, "%.900s", dir);
+        c.data.labels[0] = 0;
+        c.model.img_size = 224;
+        c.model.in_chans = 3;
+        for (int views = 1; views <= 2; views++)
+            for (int th = 0; th <= 2; th++)
+                bench_fill_views(&c, "jpeg_224", njpeg, th, views);
         remove_jpegs(dir, njpeg);
     }
+    if (nviews > 0)
+        for (int th = 0; th <= 2; th++)
+            bench_fill_views(&cfg, "config", nviews, th, 2);
     if (steps > 0) {
         bench_fill(&cfg);
         bench_overlap(&cfg, steps, rounds);

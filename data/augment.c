@@ -191,10 +191,16 @@ static int ws_reserve_crop(augment_ws *ws, int cw, int ch, int cin, int S) {
     return ws_reserve(ws, 4 * (size_t)S, (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin);
 }
 
+/* Floats augment_blur needs: one S x S plane, one padded row, the kernel. */
+static size_t blur_floats(int S, int k) {
+    return (size_t)S * (size_t)S + (size_t)S + 2 * (size_t)k;
+}
+
 int augment_ws_reserve(augment_ws *ws, int w, int h, int c, int S) {
     if (w <= 0 || h <= 0 || (c != 1 && c != 3) || S <= 0 || S > 1 << 15)
         return mimic_err(MIMIC_EINVAL, "augment: bad workspace size %dx%dx%d -> %d", w, h, c, S);
-    if (ws_reserve_crop(ws, w, h, c, S))
+    /* the blur runs after the resampling, in the same floats */
+    if (ws_reserve_crop(ws, w, h, c, S) || ws_reserve(ws, 0, blur_floats(S, augment_blur_ksize(S))))
         return mimic_err(MIMIC_ENOMEM, "augment: out of memory for %dx%d images", w, h);
     return 0;
 }
@@ -321,10 +327,248 @@ int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float 
 
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,
                    int out_channels) {
-    int rc = check_args(out, in, S, out_channels);
-    if (rc) return rc;
     augment_ws ws = {0};
-    rc = resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels, &ws);
+    int rc = augment_resize_ws(out, in, S, mean, std, out_channels, &ws);
     augment_ws_free(&ws);
     return rc;
+}
+
+int augment_resize_ws(float *out, const image_u8 *in, int S, const float *mean, const float *std,
+                      int out_channels, augment_ws *ws) {
+    int rc = check_args(out, in, S, out_channels);
+    if (rc) return rc;
+    return resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels, ws);
+}
+
+/* ------------------------------------------------------------------ colour and blur */
+
+static inline float clamp01(float x) {
+    return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x;
+}
+
+static inline float luma(float r, float g, float b) {
+    return 0.299f * r + 0.587f * g + 0.114f * b;
+}
+
+void augment_brightness(float *img, int c, size_t npx, float f) {
+    for (size_t i = 0; i < (size_t)c * npx; i++)
+        img[i] = clamp01(f * img[i]);
+}
+
+void augment_contrast(float *img, int c, size_t npx, float f) {
+    const float *r = img, *g = img + npx, *b = img + 2 * npx;
+    double sum = 0.0;
+    for (size_t i = 0; i < npx; i++)
+        sum += c == 3 ? luma(r[i], g[i], b[i]) : img[i];
+    const float m = (float)(sum / (double)npx), add = (1.0f - f) * m;
+    for (size_t i = 0; i < (size_t)c * npx; i++)
+        img[i] = clamp01(f * img[i] + add);
+}
+
+void augment_saturation(float *img, int c, size_t npx, float f) {
+    if (c != 3) return;
+    float *r = img, *g = img + npx, *b = img + 2 * npx;
+    for (size_t i = 0; i < npx; i++) {
+        const float l = (1.0f - f) * luma(r[i], g[i], b[i]);
+        r[i] = clamp01(f * r[i] + l);
+        g[i] = clamp01(f * g[i] + l);
+        b[i] = clamp01(f * b[i] + l);
+    }
+}
+
+/* torchvision's _rgb2hsv, the hue shift of adjust_hue, and _hsv2rgb, per pixel. */
+static void hue_pixel(float *r, float *g, float *b, float shift) {
+    const float maxc = fmaxf(*r, fmaxf(*g, *b)), minc = fminf(*r, fminf(*g, *b));
+    if (maxc == minc) return; /* gray: hue undefined, s = 0, the pixel stays */
+    const float cr = maxc - minc, s = cr / maxc, v = maxc, inv = 1.0f / cr;
+    const float rc = (maxc - *r) * inv, gc = (maxc - *g) * inv, bc = (maxc - *b) * inv;
+    float h;
+    if (maxc == *r)
+        h = bc - gc;
+    else if (maxc == *g)
+        h = 2.0f + rc - bc;
+    else
+        h = 4.0f + gc - rc;
+    h = h / 6.0f + 1.0f; /* in [5/6, 2): fmod(h, 1) is exact as below */
+    h = (h >= 1.0f ? h - 1.0f : h) + shift;
+    h -= floorf(h); /* Python's % 1.0 */
+    const float h6 = h * 6.0f, i = floorf(h6), fr = h6 - i;
+    const float p = clamp01(v * (1.0f - s)), q = clamp01(v * (1.0f - s * fr)),
+                t = clamp01(v * (1.0f - s * (1.0f - fr)));
+    /* torchvision's a1, a2, a3 stacks: the (r, g, b) of each sextant */
+    const float rgb[6][3] = {{v, t, p}, {q, v, p}, {p, v, t}, {p, q, v}, {t, p, v}, {v, p, q}};
+    const float *o = rgb[(int)i % 6];
+    *r = o[0];
+    *g = o[1];
+    *b = o[2];
+}
+
+void augment_hue(float *img, int c, size_t npx, float f) {
+    if (c != 3) return;
+    float *r = img, *g = img + npx, *b = img + 2 * npx;
+    for (size_t i = 0; i < npx; i++)
+        hue_pixel(r + i, g + i, b + i, f);
+}
+
+void augment_grayscale(float *img, int c, size_t npx) {
+    if (c != 3) return;
+    float *r = img, *g = img + npx, *b = img + 2 * npx;
+    for (size_t i = 0; i < npx; i++)
+        r[i] = g[i] = b[i] = luma(r[i], g[i], b[i]);
+}
+
+void augment_solarize(float *img, int c, size_t npx, float threshold) {
+    for (size_t i = 0; i < (size_t)c * npx; i++)
+        if (img[i] >= threshold) img[i] = 1.0f - img[i];
+}
+
+int augment_blur_ksize(int S) {
+    int k = 2 * (S / 20) + 1;
+    return k < 3 ? 3 : k;
+}
+
+/* torch's "reflect" padding (the edge is not repeated), folded again for tiny images. */
+static int reflect(int i, int n) {
+    if (n == 1) return 0;
+    while (i < 0 || i >= n)
+        i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
+int augment_blur(float *img, int c, int S, float sigma, int k, augment_ws *ws) {
+    if (S <= 0 || k < 1 || !(k & 1) || !(sigma > 0.0f) || (c != 1 && c != 3))
+        return mimic_err(MIMIC_EINVAL, "augment_blur: bad arguments (S %d, k %d, sigma %g)", S, k,
+                         sigma);
+    if (ws_reserve(ws, 0, blur_floats(S, k)))
+        return mimic_err(MIMIC_ENOMEM, "augment_blur: out of memory for %dx%d", S, S);
+    const int rad = k / 2;
+    float *tmp = ws->fbuf, *row = tmp + (size_t)S * S, *w = row + S + 2 * rad;
+    double sum = 0.0;
+    for (int j = 0; j < k; j++) {
+        double x = (j - rad) / (double)sigma;
+        sum += (w[j] = (float)exp(-0.5 * x * x));
+    }
+    for (int j = 0; j < k; j++)
+        w[j] = (float)(w[j] / sum);
+    for (int ch = 0; ch < c; ch++) {
+        float *pl = img + (size_t)ch * S * S;
+        for (int y = 0; y < S; y++) { /* vertical, contiguous along the row */
+            float *t = tmp + (size_t)y * S;
+            const float *s0 = pl + (size_t)reflect(y - rad, S) * S;
+            for (int x = 0; x < S; x++)
+                t[x] = w[0] * s0[x];
+            for (int j = 1; j < k; j++) {
+                const float *sj = pl + (size_t)reflect(y + j - rad, S) * S, wj = w[j];
+                for (int x = 0; x < S; x++)
+                    t[x] += wj * sj[x];
+            }
+        }
+        for (int y = 0; y < S; y++) { /* horizontal, over a reflect-padded row */
+            const float *t = tmp + (size_t)y * S;
+            for (int x = -rad; x < S + rad; x++)
+                row[x + rad] = t[reflect(x, S)];
+            float *o = pl + (size_t)y * S; /* tap-outer: contiguous, vectorised */
+            for (int x = 0; x < S; x++)
+                o[x] = w[0] * row[x];
+            for (int j = 1; j < k; j++) {
+                const float wj = w[j], *rj = row + j;
+                for (int x = 0; x < S; x++)
+                    o[x] += wj * rj[x];
+            }
+        }
+    }
+    return 0;
+}
+
+/* ColorJitter: torchvision's get_params (a random order of the four ops, then the four
+ * factors, each drawn only if its strength is not 0) and the ops in that order. */
+static void jitter(float *img, int c, size_t npx, const augment_view *v, rng_t *rng) {
+    int order[4] = {0, 1, 2, 3};
+    for (int i = 3; i > 0; i--) {
+        int j = (int)rng_below(rng, (uint64_t)i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    const float strength[4] = {v->brightness, v->contrast, v->saturation, v->hue};
+    float f[4];
+    for (int op = 0; op < 4; op++) {
+        float lo = op == 3 ? -strength[op] : fmaxf(0.0f, 1.0f - strength[op]);
+        float hi = op == 3 ? strength[op] : 1.0f + strength[op];
+        f[op] = strength[op] > 0.0f ? lo + (hi - lo) * rng_uniform(rng) : 0.0f;
+    }
+    for (int i = 0; i < 4; i++) {
+        int op = order[i];
+        if (!(strength[op] > 0.0f)) continue;
+        switch (op) {
+        case 0:
+            augment_brightness(img, c, npx, f[op]);
+            break;
+        case 1:
+            augment_contrast(img, c, npx, f[op]);
+            break;
+        case 2:
+            augment_saturation(img, c, npx, f[op]);
+            break;
+        default:
+            augment_hue(img, c, npx, f[op]);
+            break;
+        }
+    }
+}
+
+static int check_view(const augment_view *v) {
+    const float p[4] = {v->jitter_p, v->gray_p, v->blur_p, v->solarize_p};
+    for (int i = 0; i < 4; i++)
+        if (!(p[i] >= 0.0f && p[i] <= 1.0f))
+            return mimic_err(MIMIC_EINVAL, "augment_view: probability %g not in [0, 1]", p[i]);
+    if (!(v->brightness >= 0.0f && v->contrast >= 0.0f && v->saturation >= 0.0f && v->hue >= 0.0f &&
+          v->hue <= 0.5f))
+        return mimic_err(MIMIC_EINVAL, "augment_view: bad jitter strengths (%g, %g, %g, %g)",
+                         v->brightness, v->contrast, v->saturation, v->hue);
+    if (!(v->scale_lo > 0.0f && v->scale_lo <= v->scale_hi && isfinite(v->scale_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_view: bad scale range (%g, %g)", v->scale_lo,
+                         v->scale_hi);
+    if (!(v->ratio_lo > 0.0f && v->ratio_lo <= v->ratio_hi && isfinite(v->ratio_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_view: bad ratio range (%g, %g)", v->ratio_lo,
+                         v->ratio_hi);
+    return 0;
+}
+
+int augment_view_ws(float *out, const image_u8 *in, int S, const augment_view *v, const float *mean,
+                    const float *std, int out_channels, rng_t *rng, augment_ws *ws) {
+    int rc = check_args(out, in, S, out_channels);
+    if (!rc) rc = check_view(v);
+    if (rc) return rc;
+    MIMIC_CHECK(rng != NULL);
+    float a[3], b[3];
+    for (int c = 0; c < out_channels; c++) {
+        float m = mean ? mean[c] : 0.0f, s = std ? std[c] : 1.0f;
+        if (!(s > 0.0f) || !isfinite(m) || !isfinite(s))
+            return mimic_err(MIMIC_EINVAL, "augment: bad normalisation mean %g std %g", m, s);
+        a[c] = 1.0f / s;
+        b[c] = -m / s;
+    }
+    int x0, y0, cw, ch;
+    rrc_box(in->w, in->h, v->scale_lo, v->scale_hi, v->ratio_lo, v->ratio_hi, rng, &x0, &y0, &cw,
+            &ch);
+    int flip = v->hflip && rng_uniform(rng) < 0.5f;
+    /* ToTensor's [0,1] first: the colour ops are defined there */
+    rc = resample_crop(out, in, x0, y0, cw, ch, S, flip, NULL, NULL, out_channels, ws);
+    if (rc) return rc;
+    const size_t npx = (size_t)S * (size_t)S;
+    for (size_t i = 0; i < (size_t)out_channels * npx; i++)
+        out[i] = clamp01(out[i]); /* the resampling weights may overshoot 1 by an ulp */
+    if (rng_uniform(rng) < v->jitter_p) jitter(out, out_channels, npx, v, rng);
+    if (rng_uniform(rng) < v->gray_p) augment_grayscale(out, out_channels, npx);
+    if (rng_uniform(rng) < v->blur_p) {
+        float sigma = 0.1f + 1.9f * rng_uniform(rng);
+        if ((rc = augment_blur(out, out_channels, S, sigma, augment_blur_ksize(S), ws))) return rc;
+    }
+    if (rng_uniform(rng) < v->solarize_p) augment_solarize(out, out_channels, npx, 0.5f);
+    for (int c = 0; c < out_channels; c++) {
+        float *o = out + (size_t)c * npx;
+        for (size_t i = 0; i < npx; i++)
+            o[i] = o[i] * a[c] + b[c];
+    }
+    return 0;
 }

@@ -4,9 +4,11 @@
  * so one image can be reused for every sample a worker decodes (dataset_get fills it);
  * image_u8_free releases it. augment_rrc is torchvision's RandomResizedCrop +
  * RandomHorizontalFlip + ToTensor + Normalize fused into one pass that writes CHW floats;
- * augment_resize is the deterministic evaluation transform. Resizing is bilinear with
- * PIL/torchvision antialiasing (the filter widens when shrinking). All randomness comes
- * from the caller's rng_t, so a (seed, sample) pair always gives the same crop. */
+ * augment_resize is the deterministic evaluation transform; augment_view is one view of
+ * the contrastive recipe (MoCo v3 / BYOL: crop, flip, colour jitter, grayscale, blur,
+ * solarize). Resizing is bilinear with PIL/torchvision antialiasing (the filter widens
+ * when shrinking). All randomness comes from the caller's rng_t, so a (seed, sample) pair
+ * always gives the same crop. */
 #ifndef MIMIC_AUGMENT_H
 #define MIMIC_AUGMENT_H
 
@@ -59,5 +61,51 @@ int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float 
  * normalised as in augment_rrc. Deterministic: the evaluation transform. */
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,
                    int out_channels);
+/* augment_resize with caller-owned scratch (augment_ws_reserve covers it). */
+int augment_resize_ws(float *out, const image_u8 *in, int S, const float *mean, const float *std,
+                      int out_channels, augment_ws *ws);
+
+/* One view of the contrastive stages' recipe, in torchvision's terms:
+ *   RandomResizedCrop(S, (scale_lo, scale_hi), (ratio_lo, ratio_hi)), RandomHorizontalFlip
+ *   if hflip, RandomApply([ColorJitter(brightness, contrast, saturation, hue)], jitter_p),
+ *   RandomGrayscale(gray_p), RandomApply([GaussianBlur(augment_blur_ksize(S), (0.1, 2))],
+ *   blur_p), RandomSolarize(0.5, solarize_p), ToTensor, Normalize.
+ * The colour ops follow torchvision's float-tensor formulas (clamped to [0,1] after each
+ * op) on the resampled floats: nothing is rounded to 8 bits between ops as the PIL path
+ * does. A strength of 0 turns its jitter op off (torchvision's None). */
+typedef struct {
+    float scale_lo, scale_hi, ratio_lo, ratio_hi;
+    int hflip;
+    float jitter_p, brightness, contrast, saturation, hue; /* hue in [0, 0.5] */
+    float gray_p, blur_p, solarize_p;
+} augment_view;
+
+/* out (out_channels, S, S) from in, one draw of the recipe v from rng (the crop and flip
+ * draws first, exactly as augment_rrc, then jitter, grayscale, blur, solarize).
+ * On one output channel saturation, hue and grayscale are no-ops (brightness and
+ * contrast still act); a 3-channel input made gray by out_channels == 1 is converted
+ * first. Returns 0 or MIMIC_EINVAL / MIMIC_ENOMEM. */
+int augment_view_ws(float *out, const image_u8 *in, int S, const augment_view *v, const float *mean,
+                    const float *std, int out_channels, rng_t *rng, augment_ws *ws);
+
+/* The single ops of augment_view, on img (c, npx) planar floats in [0,1], c = 1 or 3,
+ * with torchvision's tensor formulas (functional_tensor.py); luma is ITU-R 601
+ * (0.299, 0.587, 0.114, as PIL; torchvision's tensor path has 0.2989).
+ *   brightness: f x, clamped.  contrast: f x + (1-f) mean(luma), clamped.
+ *   saturation: f x + (1-f) luma, clamped (c = 1: no-op).
+ *   hue: RGB -> HSV, h += f modulo 1, HSV -> RGB (c = 1: no-op).
+ *   grayscale: every channel = luma (c = 1: no-op).  solarize: x >= t -> 1 - x. */
+void augment_brightness(float *img, int c, size_t npx, float f);
+void augment_contrast(float *img, int c, size_t npx, float f);
+void augment_saturation(float *img, int c, size_t npx, float f);
+void augment_hue(float *img, int c, size_t npx, float f);
+void augment_grayscale(float *img, int c, size_t npx);
+void augment_solarize(float *img, int c, size_t npx, float threshold);
+/* Odd Gaussian kernel side for S x S images: ~10% of the side as SimCLR prescribes
+ * (2 floor(S/20) + 1, at least 3): 23 at 224 as MoCo v3 / BYOL, 3 at 32. */
+int augment_blur_ksize(int S);
+/* img (c, S, S): separable Gaussian blur like torchvision's gaussian_blur (kernel of k
+ * taps exp(-x^2 / 2 sigma^2), normalised; reflect padding), scratch from ws. */
+int augment_blur(float *img, int c, int S, float sigma, int k, augment_ws *ws);
 
 #endif

@@ -48,6 +48,9 @@ struct loader {
     int hflip;
     float mean[4], std[4];
     uint64_t seed;
+    int views; /* images per sample (loader_set_views) */
+    int eval;  /* the deterministic resize instead of the augmentation (loader_set_eval) */
+    augment_view view[LOADER_MAX_VIEWS]; /* the recipe of view v when views >= 2 */
 
     int nslots;    /* data.threads + 1 */
     int nthreads;  /* threads running (slots 1..nthreads) */
@@ -62,6 +65,38 @@ struct loader {
     int stop;
 };
 
+static size_t img_floats(const loader_t *ld) {
+    return (size_t)ld->C * (size_t)ld->S * (size_t)ld->S;
+}
+
+/* The views of one sample into out (views, C, S, S), every draw from the sample's
+ * stream r: one view is the MAE transform (crop and flip) drawn from r itself, as before
+ * views existed; with several, view v draws from a stream seeded by the v-th draw of r,
+ * so a view's choices do not shift with what the views before it drew. */
+static int build_views(loader_t *ld, slot_t *s, float *out, rng_t *r) {
+    const size_t isz = img_floats(ld);
+    if (ld->eval) {
+        int rc = augment_resize_ws(out, &s->img, ld->S, ld->mean, ld->std, ld->C, &s->ws);
+        for (int v = 1; v < ld->views && !rc; v++)
+            memcpy(out + (size_t)v * isz, out, isz * sizeof(float));
+        return rc;
+    }
+    if (ld->views == 1)
+        return augment_rrc_ws(out, &s->img, ld->S, ld->scale_lo, ld->scale_hi, 3.0f / 4.0f,
+                              4.0f / 3.0f, ld->hflip, ld->mean, ld->std, ld->C, r, &s->ws);
+    uint64_t seeds[LOADER_MAX_VIEWS];
+    for (int v = 0; v < ld->views; v++)
+        seeds[v] = rng_u64(r);
+    for (int v = 0; v < ld->views; v++) {
+        rng_t rv;
+        rng_seed(&rv, seeds[v]);
+        int rc = augment_view_ws(out + (size_t)v * isz, &s->img, ld->S, &ld->view[v], ld->mean,
+                                 ld->std, ld->C, &rv, &s->ws);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* Builds sample k of the batch at position k. Returns 0, 1 for a corrupt sample (the
  * dataset warned and counted it), or a negative error. */
 static int build_sample(loader_t *ld, slot_t *s, int k) {
@@ -72,9 +107,7 @@ static int build_sample(loader_t *ld, slot_t *s, int k) {
     if (rc) return rc;
     rng_t r;
     rng_split(&r, ld->seed, order_sample_stream(b->epoch, i));
-    rc = augment_rrc_ws(b->imgs + (size_t)k * (size_t)ld->C * ld->S * ld->S, &s->img, ld->S,
-                        ld->scale_lo, ld->scale_hi, 3.0f / 4.0f, 4.0f / 3.0f, ld->hflip, ld->mean,
-                        ld->std, ld->C, &r, &s->ws);
+    rc = build_views(ld, s, b->imgs + (size_t)k * (size_t)ld->views * img_floats(ld), &r);
     if (rc) return rc;
     if (b->noise)
         for (int l = 0; l < b->L; l++)
@@ -167,6 +200,23 @@ static void copy_params(loader_t *ld, const mimic_cfg_t *cfg) {
     memcpy(ld->mean, cfg->data.mean, sizeof ld->mean);
     memcpy(ld->std, cfg->data.std, sizeof ld->std);
     ld->seed = cfg->train.seed;
+    ld->views = 1;
+    for (int v = 0; v < LOADER_MAX_VIEWS; v++)
+        ld->view[v] = (augment_view){
+            .scale_lo = ld->scale_lo,
+            .scale_hi = ld->scale_hi,
+            .ratio_lo = 3.0f / 4.0f,
+            .ratio_hi = 4.0f / 3.0f,
+            .hflip = ld->hflip,
+            .jitter_p = cfg->data.jitter_p,
+            .brightness = cfg->data.brightness,
+            .contrast = cfg->data.contrast,
+            .saturation = cfg->data.saturation,
+            .hue = cfg->data.hue,
+            .gray_p = cfg->data.gray_p,
+            .blur_p = cfg->data.blur_p[v],
+            .solarize_p = cfg->data.solarize_p[v],
+        };
 }
 
 int loader_new(loader_t **out, const mimic_cfg_t *cfg) {
@@ -227,6 +277,24 @@ void loader_destroy(loader_t **pl) {
     pthread_mutex_destroy(&ld->mu);
     free(ld);
     *pl = NULL;
+}
+
+int loader_set_views(loader_t *ld, int views) {
+    MIMIC_CHECK(ld != NULL && !ld->in_flight);
+    if (views < 1 || views > LOADER_MAX_VIEWS)
+        return mimic_err(MIMIC_EINVAL, "loader: %d views per sample (need 1..%d)", views,
+                         LOADER_MAX_VIEWS);
+    ld->views = views;
+    return 0;
+}
+
+void loader_set_eval(loader_t *ld, int on) {
+    MIMIC_CHECK(ld != NULL && !ld->in_flight);
+    ld->eval = on != 0;
+}
+
+int loader_views(const loader_t *ld) {
+    return ld->views;
 }
 
 size_t loader_size(const loader_t *ld) {
@@ -290,7 +358,7 @@ static int batch_error(const loader_t *ld, int k) {
 /* Moves the good samples down over the skipped ones, keeping their order. */
 static int compact(const loader_t *ld) {
     const batch_t *b = &ld->b;
-    const size_t img_sz = (size_t)ld->C * ld->S * ld->S;
+    const size_t img_sz = (size_t)ld->views * img_floats(ld); /* a sample's views move together */
     int filled = 0;
     for (int k = 0; k < b->n; k++) {
         if (b->state[k] == SAMPLE_SKIP) continue;

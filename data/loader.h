@@ -9,7 +9,10 @@
  *   loader_submit(ld, idx, n, epoch, imgs, noise, L, NULL);  ... forward/backward ...
  *   int got = loader_wait(ld);
  * Corrupt samples are skipped (warned once, counted by the dataset) and the batch comes
- * back shorter, the good samples in their order. */
+ * back shorter, the good samples in their order. A stage that wants V views of every
+ * sample (contrastive pairs) calls loader_set_views(ld, V) once: imgs is then
+ * (n*V, C, S, S), the views of sample i in rows i*V .. i*V+V-1; evaluation code that
+ * extracts features calls loader_set_eval(ld, 1) for the deterministic resize. */
 #ifndef MIMIC_LOADER_H
 #define MIMIC_LOADER_H
 
@@ -20,16 +23,31 @@
 
 typedef struct loader loader_t;
 
+/* The most views per sample: data.blur_p and data.solarize_p hold four values. */
+#define LOADER_MAX_VIEWS 4
+
 int loader_new(loader_t **out, const mimic_cfg_t *cfg);
 /* Waits for a batch still in flight, stops the threads, frees; *ld becomes NULL. */
 void loader_destroy(loader_t **ld);
+/* Views per sample (default 1). 1: the MAE transform, RandomResizedCrop(data.scale_min,
+ * data.scale_max) and flip (data.hflip), drawn exactly as before views existed. 2 or
+ * more: view v is the contrastive recipe (augment_view: crop, flip, ColorJitter with
+ * data.jitter_p, .brightness, .contrast, .saturation, .hue, grayscale data.gray_p, blur
+ * data.blur_p[v], solarize data.solarize_p[v]), each view from its own stream derived
+ * from the sample's. No batch may be in flight. Returns 0 or MIMIC_EINVAL. */
+int loader_set_views(loader_t *ld, int views);
+int loader_views(const loader_t *ld);
+/* Evaluation mode on (1) or off (0, the default): every view of a sample is the whole
+ * image resized to S x S and normalised (augment_resize), no crop, flip or colour op;
+ * the masking noise is still drawn. No batch may be in flight. */
+void loader_set_eval(loader_t *ld, int on);
 size_t loader_size(const loader_t *ld);
 /* Distinct corrupt samples met so far (exact once loader_wait returned). */
 size_t loader_bad(const loader_t *ld);
 /* Classes of the labelled data set (0 when it has no labels). */
 int loader_num_classes(const loader_t *ld);
 
-/* Builds up to n samples from idx[0..n): imgs (n,C,S,S), noise (n,L) masking noise
+/* Builds up to n samples from idx[0..n): imgs (n*views,C,S,S), noise (n,L) masking noise
  * (may be NULL), labels (n) (may be NULL). Returns how many samples were filled
  * (corrupt ones are skipped), or a negative error. Synchronous: the caller works along
  * with the loader's threads. No batch may be in flight. */
@@ -37,7 +55,7 @@ int loader_fill(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float 
                 int L, int *labels);
 /* Starts building the batch of idx[0..n) (samples of epoch `epoch`) into the caller's
  * buffers on the loader's threads and returns at once; at most one batch in flight.
- * imgs (n,C,S,S), noise (n,L) may be NULL, labels (n) may be NULL; the buffers and idx
+ * imgs (n*views,C,S,S), noise (n,L) may be NULL, labels (n) may be NULL; the buffers and idx
  * must stay untouched until loader_wait. With data.threads = 0 the work is done here. */
 int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, float *imgs,
                   float *noise, int L, int *labels);
@@ -46,8 +64,8 @@ int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, floa
  * like loader_fill), or a negative error (that of the first failing sample). */
 int loader_wait(loader_t *ld);
 
-/* Checks the [data] section of cfg (kind, crop scales, std, threads) and fills o; the
- * strings point into cfg. */
+/* Checks the [data] section of cfg (kind, crop scales, std, threads, the view recipe)
+ * and fills o; the strings point into cfg. */
 int loader_opts(dataset_opts *o, const mimic_cfg_t *cfg);
 /* The number of samples loader_size would report for cfg, without decoding anything or
  * linking the JPEG decoder (dataset_count; for the scheduler): the same config checks

@@ -3,8 +3,12 @@
  * ahead (loader_submit / loader_wait, double-buffered like a trainer) are equal byte for
  * byte, over several batches and two epochs, on an IDX set and on a JPEG ImageFolder
  * with corrupt files (whose batches come back compacted: checked against one-sample
- * fills). Also: exact bad-sample counts, duplicate indices, a hard error raised in the
- * caller's thread, and loader_count equal to loader_size for every data set kind. */
+ * fills). The same with two views per sample (loader_set_views): identical batches
+ * whatever data.threads, view 1 != view 2, both views of a corrupt sample dropped
+ * together, and no allocation per batch once warmed up; evaluation mode
+ * (loader_set_eval) equals augment_resize of the decoded sample. Also: exact bad-sample
+ * counts, duplicate indices, a hard error raised in the caller's thread, and
+ * loader_count equal to loader_size for every data set kind. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +16,10 @@
 #include <sys/stat.h>
 #include <turbojpeg.h>
 
+#include "augment.h"
 #include "common.h"
 #include "config.h"
+#include "dataset.h"
 #include "loader.h"
 #include "order.h"
 #include "rng.h"
@@ -22,9 +28,42 @@
 #define MAXB 16
 #define PATH_CAP 1200
 
-/* A fixed list of batches: per-epoch permutations cut into chunks of B. */
+/* Allocation counter for the no-allocation check (AddressSanitizer owns malloc, so the
+ * sanitizer build does not interpose it and skips that check). */
+#ifndef __SANITIZE_ADDRESS__
+#include <stdatomic.h>
+#define COUNT_ALLOCS 1
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+static atomic_long allocs;
+void *malloc(size_t n) {
+    atomic_fetch_add(&allocs, 1);
+    return __libc_malloc(n);
+}
+void *calloc(size_t a, size_t b) {
+    atomic_fetch_add(&allocs, 1);
+    return __libc_calloc(a, b);
+}
+void *realloc(void *p, size_t n) {
+    atomic_fetch_add(&allocs, 1);
+    return __libc_realloc(p, n);
+}
+int posix_memalign(void **p, size_t align, size_t n) {
+    atomic_fetch_add(&allocs, 1);
+    *p = __libc_memalign(align, n);
+    return *p ? 0 : 12;
+}
+void free(void *p) {
+    __libc_free(p);
+}
+#endif
+
+/* A fixed list of batches: per-epoch permutations cut into chunks of B, V views each. */
 typedef struct {
-    int nb, B, L;
+    int nb, B, L, V;
     uint32_t idx[MAXB][64];
     int n[MAXB];
     uint64_t epoch[MAXB];
@@ -33,7 +72,7 @@ typedef struct {
 /* Everything a run produced, batch after batch. */
 typedef struct {
     int count[MAXB];
-    float *imgs, *noise; /* nb * B samples */
+    float *imgs, *noise; /* nb * B samples (V images each) */
     int *labels;
     size_t bad;
 } trace_t;
@@ -43,6 +82,7 @@ static void plan_make(plan_t *p, uint32_t n, int B, int nb, int L, uint64_t seed
     p->nb = nb;
     p->B = B;
     p->L = L;
+    p->V = 1;
     uint64_t epoch = 0;
     uint32_t cursor = 0;
     order_permutation(perm, n, seed, epoch);
@@ -59,8 +99,9 @@ static void plan_make(plan_t *p, uint32_t n, int B, int nb, int L, uint64_t seed
     free(perm);
 }
 
-static size_t img_floats(const mimic_cfg_t *c) {
-    return (size_t)c->model.in_chans * c->model.img_size * c->model.img_size;
+/* The floats of one sample: its V images. */
+static size_t sample_floats(const mimic_cfg_t *c, const plan_t *p) {
+    return (size_t)p->V * c->model.in_chans * c->model.img_size * c->model.img_size;
 }
 
 static void trace_alloc(trace_t *t, const plan_t *p, size_t img_sz) {
@@ -83,8 +124,12 @@ static int run(trace_t *t, const plan_t *p, const mimic_cfg_t *cfg, int threads,
     c.data.threads = threads;
     loader_t *ld = NULL;
     int rc = loader_new(&ld, &c);
-    if (rc) return rc;
-    size_t isz = img_floats(cfg), B = (size_t)p->B, L = (size_t)p->L;
+    if (!rc && p->V != 1) rc = loader_set_views(ld, p->V);
+    if (rc) {
+        loader_destroy(&ld);
+        return rc;
+    }
+    size_t isz = sample_floats(cfg, p), B = (size_t)p->B, L = (size_t)p->L;
     trace_alloc(t, p, isz);
     float *imgs[2], *noise[2];
     int *labels[2];
@@ -146,7 +191,7 @@ static void check_threads(const char *what, const plan_t *p, const mimic_cfg_t *
             if (!threads[i] && !ahead) continue; /* the reference itself */
             trace_t t = {0};
             T_CHECK(run(&t, p, cfg, threads[i], ahead) == 0);
-            int same = trace_equal(&t, ref, p, img_floats(cfg));
+            int same = trace_equal(&t, ref, p, sample_floats(cfg, p));
             printf("%s: %d batches, %d samples, threads %d%s: %s\n", what, p->nb, total, threads[i],
                    ahead ? " run ahead" : "", same ? "identical" : "DIFFERENT");
             T_CHECK(same);
@@ -170,13 +215,18 @@ static void cfg_for(mimic_cfg_t *c, const char *kind, const char *path, const ch
     }
 }
 
-static void test_idx(const char *dir) {
+/* dir/img.idx, dir/lab.idx: 60 gray 20x20 images, loaded at 16x16. */
+static void idx_set(mimic_cfg_t *cfg, const char *dir) {
     char img[PATH_CAP], lab[PATH_CAP];
     snprintf(img, sizeof img, "%s/img.idx", dir);
     snprintf(lab, sizeof lab, "%s/lab.idx", dir);
     T_CHECK(testutil_write_idx(img, lab, 60, 20, 5) == 0);
+    cfg_for(cfg, "idx", img, lab, 16, 1);
+}
+
+static void test_idx(const char *dir) {
     mimic_cfg_t cfg;
-    cfg_for(&cfg, "idx", img, lab, 16, 1);
+    idx_set(&cfg, dir);
     plan_t p;
     plan_make(&p, 60, 16, 9, 16, cfg.train.seed); /* 60 = 3 x 16 + 12: a short last batch */
     trace_t ref = {0};
@@ -277,40 +327,68 @@ static int write_folder(const char *root) {
     return bad;
 }
 
+/* Compaction: every batch of ref is the one-sample fills of its good samples, in order
+ * (all V views of a sample kept or dropped together). */
+static void check_compaction(const char *what, const plan_t *p, const mimic_cfg_t *cfg,
+                             const trace_t *ref, int nbad) {
+    loader_t *ld = NULL;
+    T_CHECK(loader_new(&ld, cfg) == 0 && loader_set_views(ld, p->V) == 0);
+    size_t isz = sample_floats(cfg, p);
+    float *one = malloc(isz * sizeof(float)), noise[8];
+    int lab, ok = 1, total = 0;
+    for (int j = 0; ld && j < p->nb; j++) {
+        int filled = 0;
+        for (int k = 0; k < p->n[j]; k++) {
+            int got = loader_fill(ld, &p->idx[j][k], 1, p->epoch[j], one, noise, p->L, &lab);
+            T_CHECK(got == 0 || got == 1);
+            if (got != 1) continue;
+            size_t at = (size_t)j * p->B + filled++;
+            ok &= memcmp(one, ref->imgs + at * isz, isz * sizeof(float)) == 0 &&
+                  memcmp(noise, ref->noise + at * p->L, sizeof noise) == 0 &&
+                  lab == ref->labels[at];
+        }
+        ok &= filled == ref->count[j];
+        total += filled;
+    }
+    T_CHECK(ok && total == 2 * (32 - nbad));
+    printf("%s: batches equal the one-sample fills of their %d good samples\n", what, total);
+    free(one);
+    loader_destroy(&ld);
+}
+
+/* The first and second view of every sample of a trace differ. */
+static void check_views_differ(const char *what, const plan_t *p, const mimic_cfg_t *cfg,
+                               const trace_t *t) {
+    size_t isz = sample_floats(cfg, p) / (size_t)p->V;
+    int differ = 0, total = 0;
+    for (int j = 0; j < p->nb; j++)
+        for (int k = 0; k < t->count[j]; k++, total++) {
+            const float *v0 = t->imgs + ((size_t)j * p->B + k) * p->V * isz;
+            differ += memcmp(v0, v0 + isz, isz * sizeof(float)) != 0;
+        }
+    printf("%s: view 1 != view 2 for %d of %d samples\n", what, differ, total);
+    T_CHECK(total > 0 && differ == total);
+}
+
 static void test_imagefolder(const char *dir) {
     char root[PATH_CAP];
     snprintf(root, sizeof root, "%s/folder", dir);
     int nbad = write_folder(root);
     mimic_cfg_t cfg;
     cfg_for(&cfg, "imagefolder", root, NULL, 32, 3);
-    plan_t p;
-    plan_make(&p, 32, 12, 6, 8, cfg.train.seed); /* two epochs of 12 + 12 + 8 */
     mimic_set_quiet(1); /* the corrupt files' warnings; set before any thread starts */
-    trace_t ref = {0};
-    check_threads("imagefolder", &p, &cfg, &ref);
-    T_CHECK(ref.bad == (size_t)nbad); /* each corrupt file counted once over two epochs */
-
-    /* compaction: every batch is the one-sample fills of its good samples, in order */
-    loader_t *ld = NULL;
-    T_CHECK(loader_new(&ld, &cfg) == 0);
-    size_t isz = img_floats(&cfg);
-    float *one = malloc(isz * sizeof(float)), noise[8];
-    int lab, ok = 1, total = 0;
-    for (int j = 0; ld && j < p.nb; j++) {
-        int filled = 0;
-        for (int k = 0; k < p.n[j]; k++) {
-            int got = loader_fill(ld, &p.idx[j][k], 1, p.epoch[j], one, noise, p.L, &lab);
-            T_CHECK(got == 0 || got == 1);
-            if (got != 1) continue;
-            size_t at = (size_t)j * p.B + filled++;
-            ok &= memcmp(one, ref.imgs + at * isz, isz * sizeof(float)) == 0 &&
-                  memcmp(noise, ref.noise + at * p.L, sizeof noise) == 0 && lab == ref.labels[at];
-        }
-        ok &= filled == ref.count[j];
-        total += filled;
+    for (int V = 1; V <= 2; V++) {
+        const char *what = V == 1 ? "imagefolder" : "imagefolder 2 views";
+        plan_t p;
+        plan_make(&p, 32, 12, 6, 8, cfg.train.seed); /* two epochs of 12 + 12 + 8 */
+        p.V = V;
+        trace_t ref = {0};
+        check_threads(what, &p, &cfg, &ref);
+        T_CHECK(ref.bad == (size_t)nbad); /* each corrupt file counted once over two epochs */
+        check_compaction(what, &p, &cfg, &ref, nbad);
+        if (V == 2) check_views_differ(what, &p, &cfg, &ref);
+        trace_free(&ref);
     }
-    T_CHECK(ok && total == 2 * (32 - nbad));
-    printf("imagefolder: batches equal the one-sample fills of their %d good samples\n", total);
 
     /* one corrupt file named 4 times in a batch, decoded by several threads: counted once
      * (sorted names: sample 0 is class0/00.jpg, sample 1 class0/03.jpg, truncated) */
@@ -319,15 +397,144 @@ static void test_imagefolder(const char *dir) {
     loader_t *l4 = NULL;
     T_CHECK(loader_new(&l4, &c) == 0);
     uint32_t dup[8] = {1, 0, 1, 0, 1, 0, 1, 0};
-    float *buf = malloc(8 * isz * sizeof(float));
+    float *buf = malloc(8 * 3 * 32 * 32 * sizeof(float));
     int got = l4 ? loader_fill(l4, dup, 8, 0, buf, NULL, 0, NULL) : -1;
     T_CHECK(got == 4 && l4 && loader_bad(l4) == 1);
     loader_destroy(&l4);
     mimic_set_quiet(0);
     free(buf);
-    free(one);
-    loader_destroy(&ld);
+}
+
+/* ---------------------------------------------------------------- views on gray data */
+
+/* Two views of the IDX set: the same batches whatever the threads, views that differ,
+ * one view again after two on the same loader, no allocation per batch once warm, the
+ * evaluation mode, and the view count and recipe keys checked. */
+static void test_views_idx(const char *dir) {
+    mimic_cfg_t cfg;
+    idx_set(&cfg, dir);
+    plan_t p;
+    plan_make(&p, 60, 16, 9, 16, cfg.train.seed);
+    p.V = 2;
+    trace_t ref = {0};
+    check_threads("idx 2 views", &p, &cfg, &ref);
+    check_views_differ("idx 2 views", &p, &cfg, &ref);
+
+    /* one view after two on the same loader is the plain single-view batch */
+    enum { ISZ = 256 };
+    float *a = malloc((size_t)p.B * 2 * ISZ * sizeof(float));
+    float *b = malloc((size_t)p.B * 2 * ISZ * sizeof(float));
+    loader_t *l1 = NULL, *l2 = NULL;
+    T_CHECK(loader_new(&l1, &cfg) == 0 && loader_new(&l2, &cfg) == 0);
+    if (!l1 || !l2) goto out;
+    T_CHECK(loader_views(l2) == 1 && loader_set_views(l2, 2) == 0 && loader_views(l2) == 2);
+    T_CHECK(loader_fill(l2, p.idx[0], p.n[0], 0, b, NULL, 0, NULL) == p.n[0]);
+    T_CHECK(memcmp(b, ref.imgs, (size_t)p.n[0] * 2 * ISZ * sizeof(float)) == 0);
+    T_CHECK(loader_set_views(l2, 1) == 0);
+    T_CHECK(loader_fill(l1, p.idx[0], p.n[0], 0, a, NULL, 0, NULL) == p.n[0]);
+    T_CHECK(loader_fill(l2, p.idx[0], p.n[0], 0, b, NULL, 0, NULL) == p.n[0]);
+    T_CHECK(memcmp(a, b, (size_t)p.n[0] * ISZ * sizeof(float)) == 0);
+
+    /* evaluation mode: every view is augment_resize of the decoded sample, any epoch */
+    loader_set_eval(l2, 1);
+    T_CHECK(loader_set_views(l2, 2) == 0);
+    T_CHECK(loader_fill(l2, p.idx[1], p.n[1], 3, a, NULL, 0, NULL) == p.n[1]);
+    T_CHECK(loader_fill(l2, p.idx[1], p.n[1], 0, b, NULL, 0, NULL) == p.n[1]);
+    T_CHECK(memcmp(a, b, (size_t)p.n[1] * 2 * ISZ * sizeof(float)) == 0);
+    dataset_opts o;
+    dataset_t *ds = NULL;
+    dataset_reader_t *rd = NULL;
+    image_u8 im = {0};
+    float want[ISZ];
+    int eval_ok = loader_opts(&o, &cfg) == 0 && dataset_open(&ds, &o) == 0 &&
+                  dataset_reader_new(&rd, ds) == 0;
+    for (int k = 0; eval_ok && k < p.n[1]; k++) {
+        eval_ok &= dataset_read(ds, rd, p.idx[1][k], &im, 16) == 0 &&
+                   augment_resize(want, &im, 16, cfg.data.mean, cfg.data.std, 1) == 0;
+        eval_ok &= memcmp(a + (size_t)2 * k * ISZ, want, sizeof want) == 0 &&
+                   memcmp(a + (size_t)(2 * k + 1) * ISZ, want, sizeof want) == 0;
+    }
+    printf("idx eval mode: %d samples, both views = augment_resize: %s\n", p.n[1],
+           eval_ok ? "yes" : "NO");
+    T_CHECK(eval_ok);
+    image_u8_free(&im);
+    dataset_reader_destroy(&rd);
+    dataset_destroy(&ds);
+    loader_set_eval(l2, 0);
+    T_CHECK(loader_fill(l2, p.idx[1], p.n[1], 0, b, NULL, 0, NULL) == p.n[1]);
+    T_CHECK(memcmp(a, b, (size_t)p.n[1] * 2 * ISZ * sizeof(float)) != 0);
+
+    mimic_set_quiet(1);
+    T_CHECK(loader_set_views(l2, 0) == MIMIC_EINVAL && loader_set_views(l2, 5) == MIMIC_EINVAL);
+    T_CHECK(loader_views(l2) == 2);
+    mimic_set_quiet(0);
+out:
+    loader_destroy(&l1);
+    loader_destroy(&l2);
+    free(a);
+    free(b);
     trace_free(&ref);
+
+    /* the recipe's keys are checked when the loader is made */
+    struct {
+        const char *key;
+        float *field, bad;
+    } keys[] = {{"gray_p", &cfg.data.gray_p, 1.5f},    {"jitter_p", &cfg.data.jitter_p, -0.1f},
+                {"hue", &cfg.data.hue, 0.6f},          {"brightness", &cfg.data.brightness, -1},
+                {"blur_p", &cfg.data.blur_p[1], 2.0f}, {"solarize_p", &cfg.data.solarize_p[0], -1}};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        float keep = *keys[k].field;
+        *keys[k].field = keys[k].bad;
+        loader_t *ld = NULL;
+        mimic_set_quiet(1);
+        int rc = loader_new(&ld, &cfg);
+        mimic_set_quiet(0);
+        T_CHECK(rc == MIMIC_EINVAL && ld == NULL && strstr(mimic_last_error(), keys[k].key));
+        *keys[k].field = keep;
+    }
+}
+
+/* Two views, 2 threads, run ahead like a trainer: after one warm-up batch, no batch
+ * allocates (the slots' scratch, made in loader_new, covers crop, jitter and blur). */
+static void test_views_noalloc(const char *dir) {
+#ifdef COUNT_ALLOCS
+    char img[PATH_CAP];
+    snprintf(img, sizeof img, "%s/img.idx", dir);
+    mimic_cfg_t cfg;
+    cfg_for(&cfg, "idx", img, NULL, 16, 1);
+    cfg.data.threads = 2;
+    plan_t p;
+    plan_make(&p, 60, 8, 12, 16, cfg.train.seed);
+    loader_t *ld = NULL;
+    float *imgs[2], *noise[2];
+    for (int k = 0; k < 2; k++) {
+        imgs[k] = malloc((size_t)p.B * 2 * 256 * sizeof(float));
+        noise[k] = malloc((size_t)p.B * p.L * sizeof(float));
+    }
+    T_CHECK(loader_new(&ld, &cfg) == 0 && loader_set_views(ld, 2) == 0);
+    long before = 0;
+    int ok =
+        ld && loader_submit(ld, p.idx[0], p.n[0], p.epoch[0], imgs[0], noise[0], p.L, NULL) == 0;
+    for (int j = 0; ok && j < p.nb; j++) {
+        if (j == 1) before = atomic_load(&allocs);
+        ok &= loader_wait(ld) == p.n[j];
+        if (j + 1 < p.nb)
+            ok &= loader_submit(ld, p.idx[j + 1], p.n[j + 1], p.epoch[j + 1], imgs[(j + 1) % 2],
+                                noise[(j + 1) % 2], p.L, NULL) == 0;
+    }
+    long during = atomic_load(&allocs) - before;
+    printf("idx 2 views, 2 threads: allocations in %d batches after warm-up: %ld\n", p.nb - 1,
+           during);
+    T_CHECK(ok && before > 0 && during == 0); /* before > 0: the counter counts */
+    loader_destroy(&ld);
+    for (int k = 0; k < 2; k++) {
+        free(imgs[k]);
+        free(noise[k]);
+    }
+#else
+    (void)dir;
+    printf("allocation count skipped: the sanitizers own malloc\n");
+#endif
 }
 
 /* ---------------------------------------------------------------- counting */
@@ -402,6 +609,8 @@ int main(void) {
     const char *dir = testutil_tmpdir();
     test_idx(dir);
     test_imagefolder(dir);
+    test_views_idx(dir);
+    test_views_noalloc(dir);
     test_count(dir);
     return testutil_summary("test_loader");
 }
