@@ -128,6 +128,11 @@ void head_init(const head_t *h, params_t *p, rng_t *rng) {
     }
 }
 
+void head_acts_resize(head_acts_t *a, int n) {
+    MIMIC_CHECK(n >= 1 && n <= a->cap);
+    a->N = n;
+}
+
 int head_acts_alloc(head_acts_t *a, const head_t *h, int N) {
     memset(a, 0, sizeof *a);
     int has_bn = 0;
@@ -145,7 +150,7 @@ int head_acts_alloc(head_acts_t *a, const head_t *h, int N) {
                          "head: batch of %d row(s); BatchNorm needs at least 2 rows per batch", N);
     a->mem = mimic_alloc(total * sizeof(float));
     if (!a->mem) return MIMIC_ENOMEM;
-    a->N = N;
+    a->N = a->cap = N;
     float *m = a->mem;
     a->d0 = m;
     m += (size_t)N * h->max_dim;

@@ -49,7 +49,7 @@ typedef struct {
 } head_t;
 
 typedef struct {
-    int N;
+    int N, cap; /* rows in use, rows allocated */
     const float *x;               /* the input of the last forward (borrowed) */
     float *lin[HEAD_MAX_LAYERS];  /* Linear outputs (N, out) */
     float *y[HEAD_MAX_LAYERS];    /* layer outputs after BN/ReLU (may equal lin) */
@@ -84,6 +84,9 @@ void head_init(const head_t *h, params_t *p, rng_t *rng);
  * batch statistics of one row are undefined). */
 int head_acts_alloc(head_acts_t *a, const head_t *h, int N);
 void head_acts_free(head_acts_t *a);
+/* Runs the next passes on n rows, 2 <= n <= the allocated rows (a batch shortened by
+ * corrupt samples); nothing is reallocated. */
+void head_acts_resize(head_acts_t *a, int n);
 
 /* x (N, in_dim) -> returns the output (N, out_dim), owned by a. HEAD_TRAIN uses batch
  * statistics and updates h's running statistics; HEAD_EVAL uses the running ones (its

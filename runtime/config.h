@@ -25,7 +25,7 @@ typedef struct {
 /* cluster.consistency: when a server applies pushed gradients (pserver/consistency.h). */
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE } stage_kind_t;
+typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3 } stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */

@@ -62,7 +62,17 @@ struct stage {
     int noise_len;          /* masking-noise floats per sample (0: none) */
     int wants_labels;       /* 1 when the loader must fill labels */
     double flops_per_image; /* training FLOPs per sample (2*M*N*K over GEMMs, x3) */
-    void *impl;             /* the objective's own state */
+    /* The momentum copy of p->w (p->total floats) when reads & STAGE_READ_EMA: the
+     * backend keeps it at the version the step computes on (servers' EMA, or the same
+     * update in-process; adamw_ema). */
+    float *ema;
+    /* MoCo v3's keys of every worker of the step. The backend sets it (NULL: this
+     * process's keys are all the keys): keys (n, dim) -> all (M, dim), rows of worker
+     * order, this worker's rows at *offset. *all stays valid until the next call. */
+    int (*exchange)(void *ctx, const float *keys, int n, int dim, const float **all, int *M,
+                    int *offset);
+    void *exchange_ctx;
+    void *impl; /* the objective's own state */
 };
 
 /* The stage named by cfg->train.stage, built for batches of up to `batch` samples. */

@@ -223,6 +223,33 @@ static void test_sigterm(void) {
     free(txt);
 }
 
+/* MoCo v3 standalone: the momentum copy and the two-view batches resume exactly too
+ * (stop at 5, resume to 12 equals 12 in one go, "momentum.*" included). */
+static void test_mocov3_resume(void) {
+    const char *tmp = testutil_tmpdir();
+    char a[1200], b[1200], log[1300], pa[1300], pb[1300];
+    const char *moco = "--train.stage=mocov3 --contrastive.mlp_dim=32 --contrastive.dim=16 "
+                       "--data.scale_min=0.08 --train.batch_size=8 --train.steps=12 "
+                       "--train.ckpt_every=0";
+    char extra[1024];
+    snprintf(a, sizeof a, "%.1000s/moco-a", tmp);
+    snprintf(b, sizeof b, "%.1000s/moco-b", tmp);
+    snprintf(log, sizeof log, "%.1000s/moco.txt", tmp);
+    T_CHECK(run(a, moco, log) == 0);
+    snprintf(extra, sizeof extra, "%s --train.stop_after=5", moco);
+    T_CHECK(run(b, extra, log) == 0);
+    snprintf(extra, sizeof extra, "%s --train.resume=auto", moco);
+    T_CHECK(run(b, extra, log) == 0);
+    snprintf(pa, sizeof pa, "%s/checkpoint.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/checkpoint.safetensors", b);
+    compare_ckpts(pa, pb);
+    st_file_t *f = NULL;
+    T_CHECK(st_open(&f, pa) == 0);
+    T_CHECK(f && st_find(f, "momentum.blocks.0.attn.qkv.weight") &&
+            st_find(f, "projector.0.weight") && st_find(f, "predictor.3.weight"));
+    st_close(&f);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(worker, sizeof worker, "%s/worker/mimic-worker", build ? build : ".");
@@ -283,5 +310,6 @@ int main(void) {
     T_CHECK(txt && strstr(txt, "trunc.idx"));
     free(txt);
     test_formats();
+    test_mocov3_resume();
     return testutil_summary("test_train");
 }

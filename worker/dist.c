@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "adamw.h"
 #include "bootstrap.h"
 #include "common.h"
 #include "kv.h"
@@ -187,6 +188,22 @@ static int wait_tick(dist_t *d, int ts, uint64_t *version) {
     }
 }
 
+/* The momentum copy at d->version for a stage that reads it. Under BSP every version
+ * is seen, so the worker updates its copy in lock-step with the servers' EMA (the same
+ * arithmetic, adamw_ema: no bytes on the wire; the servers' copy is what checkpoints
+ * keep, pulled once at the start). Under ASP/SSP versions are skipped: pull it. */
+static int dist_momentum(dist_t *d, stage_t *s) {
+    const mimic_cfg_t *c = d->cfg;
+    if (d->mode == CONS_BSP) {
+        adamw_ema(s->ema, s->p->w, s->p->total,
+                  adamw_ema_momentum(c->contrastive.momentum, c->contrastive.momentum_cosine,
+                                     (long)d->version, c->train.steps));
+        return 0;
+    }
+    int ts = kv_pull(d->kv, PROTO_WHICH_EMA, 0, s->ema);
+    return ts < 0 ? ts : wait_tick(d, ts, NULL);
+}
+
 /* Applies the gradient with the servers: under BSP one push-pull (the servers stream
  * version+1 back while computing it); under ASP/SSP a push, then a pull (SSP: of a
  * version at most cluster.staleness behind). The chunk is reported done in between. */
@@ -214,6 +231,7 @@ static int dist_update(void *self, stage_t *s, int n, long *step) {
         if (ts < 0) return ts;
         if ((rc = wait_tick(d, ts, &d->version))) return rc;
     }
+    if (s->ema && (rc = dist_momentum(d, s))) return rc;
     d->t_push = t1 - t0;
     d->t_done = t2 - t1;
     d->t_pull = mimic_now() - t2;
@@ -301,6 +319,10 @@ static int dist_train(dist_t *d, stage_t *s) {
     int rc, ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, 0, s->p->w);
     if (ts < 0) return ts;
     if ((rc = wait_tick(d, ts, &d->version))) return rc;
+    if (s->ema) { /* the momentum copy of the starting version */
+        if ((ts = kv_pull(d->kv, PROTO_WHICH_EMA, 0, s->ema)) < 0) return ts;
+        if ((rc = wait_tick(d, ts, NULL))) return rc;
+    }
     trace_event(&d->tr, "pull", t0, mimic_now());
     long step = (long)d->version;
     if ((rc = train_run(cfg, s, d->ld, &be, &step, cfg->train.steps))) return rc;

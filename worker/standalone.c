@@ -56,6 +56,10 @@ static int solo_update(void *self, stage_t *s, int n, long *step) {
     adamw_update(&so->opt, s->p, s->p->w, s->p->g, 1.0f, so->mom, so->vel, 0, s->p->total, lr,
                  *step + 1);
     ++*step;
+    if (s->ema) /* the momentum copy follows, as the servers' EMA does */
+        adamw_ema(s->ema, s->p->w, s->p->total,
+                  adamw_ema_momentum(c->contrastive.momentum, c->contrastive.momentum_cosine,
+                                     *step, c->train.steps));
     return 0;
 }
 

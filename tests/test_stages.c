@@ -1,0 +1,127 @@
+// TIMEOUT: 300
+/* test_stages — the objectives as the training step sees them (stages/stage.h): the
+ * MoCo v3 stage's whole loss (two views, encoder, projector, predictor, momentum
+ * network, symmetric contrastive loss) checked by finite differences on every tensor,
+ * the keys of other workers through the exchange hook (offset and M), the momentum copy
+ * untouched by backward, and backward accumulating. */
+#include "common.h"
+#include "config.h"
+#include "stage.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    stage_t *s;
+    stage_input_t in;
+    int n;
+} ctx_t;
+
+static double loss_fn(void *p) {
+    ctx_t *c = p;
+    return c->s->ops->forward(c->s, &c->in, c->n);
+}
+
+static void tiny_cfg(mimic_cfg_t *cfg) {
+    config_defaults(cfg);
+    const char *set[] = {"model.img_size=8",     "model.in_chans=1",         "model.patch_size=4",
+                         "model.embed_dim=8",    "model.depth=1",            "model.num_heads=2",
+                         "model.mlp_ratio=2",    "contrastive.mlp_dim=12",   "contrastive.dim=6",
+                         "train.stage=mocov3",   "contrastive.temperature=0.5"};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        T_CHECK(config_override(cfg, set[i]) == 0);
+}
+
+/* A second worker's keys around ours: M = 3n rows, ours at offset n. */
+typedef struct {
+    float *all;
+    int n, dim, calls;
+} xchg_t;
+
+static int exchange(void *ctx, const float *keys, int n, int dim, const float **all, int *M,
+                    int *offset) {
+    xchg_t *x = ctx;
+    T_CHECK(n == x->n && dim == x->dim);
+    memcpy(x->all + (size_t)n * dim, keys, (size_t)n * dim * sizeof(float));
+    *all = x->all;
+    *M = 3 * n;
+    *offset = n;
+    x->calls++;
+    return 0;
+}
+
+static void test_mocov3_fd(int with_exchange) {
+    mimic_cfg_t cfg;
+    tiny_cfg(&cfg);
+    const int B = 4;
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
+    if (!s) return;
+    T_CHECK(s->views == 2 && s->ema && (s->ops->reads & STAGE_READ_EMA));
+    unsigned long long seed = 11;
+    s->ops->init(s, 3);
+    T_CHECK(memcmp(s->ema, s->p->w, s->p->total * sizeof(float)) == 0);
+    /* O(0.3) weights everywhere so every tensor matters; the momentum copy differs */
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    testutil_fill(s->ema, s->p->total, -0.5f, 0.5f, &seed);
+    size_t nimg = (size_t)B * 2 * 8 * 8;
+    float *imgs = malloc(nimg * sizeof(float));
+    testutil_fill(imgs, nimg, -1.0f, 1.0f, &seed);
+    xchg_t x = {calloc((size_t)3 * B * 12, sizeof(float)), B, 12, 0};
+    testutil_fill(x.all, (size_t)3 * B * 12, -0.4f, 0.4f, &seed);
+    if (with_exchange) {
+        s->exchange = exchange;
+        s->exchange_ctx = &x;
+    }
+    ctx_t c = {s, {imgs, NULL, NULL}, B};
+    float *ema0 = malloc(s->p->total * sizeof(float));
+    memcpy(ema0, s->ema, s->p->total * sizeof(float));
+    double loss = stage_compute(s, &c.in, B, NULL, NULL);
+    T_CHECK(isfinite(loss) && loss > 0);
+    T_CHECK(!with_exchange || x.calls == 1);
+    T_CHECK(memcmp(ema0, s->ema, s->p->total * sizeof(float)) == 0);
+    char name[160];
+    /* The encoder's final norm bias shifts every feature by the same vector, which the
+     * projector's first BatchNorm removes: its gradient is exactly 0, which float32
+     * differences (noise ~1e-3 here) cannot confirm, so it is checked to be ~0 instead. */
+    int nb = params_find(s->p, "norm.bias"), nw = params_find(s->p, "norm.weight");
+    double gmax = 0, bmax = 0;
+    for (int j = 0; j < 8; j++) {
+        gmax = fmax(gmax, fabs(params_g(s->p, nw)[j]));
+        bmax = fmax(bmax, fabs(params_g(s->p, nb)[j]));
+    }
+    T_CHECK(gmax > 1e-3 && bmax < 1e-3 * gmax);
+    for (int i = 0; i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        if (i == nb) continue;
+        snprintf(name, sizeof name, "mocov3%s %s", with_exchange ? " (2 workers)" : "", t->name);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(s->p, i), params_g(s->p, i), t->numel,
+                                 12, 1e-3, 3e-2, 5e-2);
+    }
+    /* backward accumulates: a second pass doubles the gradient */
+    float *g1 = malloc(s->p->total * sizeof(float));
+    memcpy(g1, s->p->g, s->p->total * sizeof(float));
+    s->ops->forward(s, &c.in, B);
+    s->ops->backward(s);
+    for (size_t i = 0; i < s->p->total; i++)
+        g1[i] *= 2;
+    testutil_close("mocov3 backward accumulates", s->p->g, g1, s->p->total, 1e-5);
+    /* a batch too small for BatchNorm is a non-finite loss with a reason, not a crash */
+    mimic_set_quiet(1);
+    T_CHECK(!isfinite(s->ops->forward(s, &c.in, 1)));
+    mimic_set_quiet(0);
+    free(g1);
+    free(ema0);
+    free(imgs);
+    free(x.all);
+    stage_destroy(&s);
+}
+
+int main(void) {
+    test_mocov3_fd(0);
+    test_mocov3_fd(1);
+    return testutil_summary("test_stages");
+}
