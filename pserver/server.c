@@ -18,6 +18,7 @@
 #include "negqueue.h"
 #include "proto.h"
 #include "shardckpt.h"
+#include "stage.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -35,6 +36,9 @@
 #define PS_PULLS_MAX 4096   /* held pulls; more are refused with ERROR */
 #define PS_CKPTS_MAX 16     /* pending CKPT requests */
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
+
+/* cluster.ema's values, in the order of its choices "auto|on|off" (runtime/config.c). */
+enum { PS_EMA_AUTO = 0, PS_EMA_ON = 1, PS_EMA_OFF = 2 };
 
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
@@ -57,6 +61,7 @@ struct server {
     member_t *member;
     char endpoint[256];
     int id, rank, servers;
+    int ema_on; /* the momentum encoder is kept (cluster.ema, the stage's declaration) */
     kvstore_t *kv;
     negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
     cons_t *cons;      /* the consistency rules and the worker table */
@@ -154,10 +159,19 @@ static void release_pulls(server_t *s) {
     s->npulls = keep;
 }
 
-/* Checks a PULL's key range; 0, or -1 after answering ERROR. */
+/* Checks a PULL's key range and version; 0, or -1 after answering ERROR. */
 static int pull_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv;
+    if (h->a[PROTO_PULL_WHICH] == PROTO_WHICH_EMA && !kv->ema) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PULL header field 'a[0]' (which): EMA, but this server keeps no momentum "
+                  "copy (cluster.ema=%s and stage '%s'%s)",
+                  config_enum_name("cluster", "ema", s->cfg.cluster.ema),
+                  stage_ops_of(&s->cfg)->name,
+                  s->cfg.cluster.ema == PS_EMA_OFF ? "" : " does not read it");
+        return -1;
+    }
     if (h->lo < kv->lo || h->lo >= kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'lo': %" PRIu64 " is outside this server's range [%zu, %zu)",
@@ -627,9 +641,21 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
+/* Whether the servers keep the momentum encoder: cluster.ema=on, or auto and the running
+ * stage reads it (an MAE run does not pay for the EMA pass). */
+static int ema_wanted(const mimic_cfg_t *cfg) {
+    if (cfg->cluster.ema == PS_EMA_ON) return 1;
+    if (cfg->cluster.ema == PS_EMA_OFF) return 0;
+    return (stage_ops_of(cfg)->reads & STAGE_READ_EMA) != 0;
+}
+
 /* Checks the cluster settings the server uses and builds its consistency rules. */
 static int read_settings(server_t *s) {
     const mimic_cfg_t *cfg = &s->cfg;
+    s->ema_on = ema_wanted(cfg);
+    if (s->ema_on && !(cfg->contrastive.momentum >= 0.0f && cfg->contrastive.momentum <= 1.0f))
+        return mimic_err(MIMIC_EINVAL, "contrastive.momentum: %g is not in [0, 1]",
+                         (double)cfg->contrastive.momentum);
     int rc =
         cons_new(&s->cons, cfg->cluster.consistency, cfg->cluster.staleness, cfg->cluster.workers);
     if (rc) return rc;
@@ -738,7 +764,7 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     member_set_heartbeat(s->member, cfg->cluster.heartbeat_ms);
     if ((rc = member_beat_thread(s->member))) goto fail;
     if ((rc = apply_ack(s, &ack))) goto fail;
-    if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank))) goto fail;
+    if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank, s->ema_on))) goto fail;
     if (s->rank == 0 && (rc = negqueue_new(&s->queue, NEGQUEUE_CAPACITY))) goto fail;
     if (ack.na > PROTO_RACK_NKEYS && ack.a[PROTO_RACK_NKEYS] > 0 &&
         (uint64_t)ack.a[PROTO_RACK_NKEYS] != s->kv->total) {
@@ -751,11 +777,12 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     int threads = update_threads(cfg);
     ps_log(s,
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
-           "%s, %d update thread(s), serving at %s",
+           "%s, %d update thread(s), momentum encoder %s (m0 %g%s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
            (double)s->kv->n * 4.0 / (1 << 20),
            config_enum_name("cluster", "consistency", s->cfg.cluster.consistency), threads,
-           s->endpoint);
+           s->ema_on ? "on" : "off", (double)cfg->contrastive.momentum,
+           cfg->contrastive.momentum_cosine ? ", cosine to 1" : "", s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;
@@ -770,9 +797,10 @@ void server_destroy(server_t **sp) {
     kvstore_t *kv = s->kv;
     if (kv && kv->n_update + kv->n_snap > 0)
         ps_log(s,
-               "%ld updates (%.2f ms each: AdamW + EMA over %zu floats), %ld reply snapshots "
+               "%ld updates (%.3f ms each: AdamW%s over %zu floats), %ld reply snapshots "
                "(%.2f ms each), %ld replies copied because snapshots were busy",
-               kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0, kv->n,
+               kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0,
+               kv->ema ? " + EMA" : ", no EMA", kv->n,
                kv->n_snap, kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0,
                kv->n_snap_fallback);
     member_destroy(&s->member);

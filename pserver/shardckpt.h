@@ -1,8 +1,9 @@
 /* shardckpt — one server's part of a cluster checkpoint (docs/runtime.md, "Checkpoints").
  *
- * DIR/server-<rank>-step-<N>.safetensors holds the F32 tensors w, m, v, ema of the
- * server's key range (shape [hi - lo]) and the metadata format=mimicps-shard,
- * version=1, rank, servers, lo, hi, total, step. Writes are atomic (st_writer_save:
+ * DIR/server-<rank>-step-<N>.safetensors holds the F32 tensors w, m, v of the server's
+ * key range (shape [hi - lo]), ema when the server keeps the momentum copy, and the
+ * metadata format=mimicps-shard, version=2, rank, servers, lo, hi, total, step, ema
+ * (1 or 0). Version-1 files (always with ema) still load. Writes are atomic (st_writer_save:
  * temp file, fsync, rename), so a crash leaves the previous file or the new one.
  * Loading checks every metadata field and tensor shape against the running server and
  * names the file and field that differ. */
@@ -15,7 +16,7 @@
 #include <stdint.h>
 
 #define SHARDCKPT_FORMAT "mimicps-shard"
-#define SHARDCKPT_VERSION 1
+#define SHARDCKPT_VERSION 2
 
 /* DIR/server-<rank>-step-<step>.safetensors into out (cap bytes); MIMIC_EINVAL if longer. */
 int shardckpt_path(char *out, size_t cap, const char *dir, int rank, uint64_t step);

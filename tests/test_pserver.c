@@ -2,7 +2,8 @@
 /* test_pserver — a real mimic-pserver process driven by an in-process fake scheduler
  * (ROUTER) and fake workers (DEALERs) on loopback: registration and key range, the
  * initial values, BSP weighted aggregation against a local AdamW step, held pulls,
- * membership shrink, stale and malformed input, ASP, SSP, checkpoint and resume. */
+ * membership shrink, stale and malformed input, ASP, SSP, checkpoint and resume; the
+ * momentum encoder (EMA) on its schedule, and refused when the servers keep none. */
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
 
@@ -12,9 +13,11 @@
 #include "mae.h"
 #include "proto.h"
 #include "keyrange.h"
+#include "kvstore.h"
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -419,6 +422,14 @@ static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank) 
     r->base_lr = config_lr(&r->cfg, r->cfg.train.batch_size * r->cfg.cluster.workers);
 }
 
+/* The momentum after the step that makes version t, computed here by hand from the
+ * config (MoCo v3: m_t = 1 - 0.5 (1 + cos(pi t / T)) (1 - m0), T = train.steps). */
+static float hand_momentum(const mimic_cfg_t *c, long t) {
+    double m0 = c->contrastive.momentum, T = (double)c->train.steps;
+    if (!c->contrastive.momentum_cosine) return (float)m0;
+    return (float)(1.0 - 0.5 * (1.0 + cos(3.14159265358979323846 * (double)t / T)) * (1.0 - m0));
+}
+
 /* One step with the batch-weighted mean of k gradients (the server's arithmetic). */
 static void mirror_step(mirror_t *r, int k, const float *const *g, const int *batch) {
     float *acc = calloc(r->n, sizeof(float));
@@ -434,8 +445,9 @@ static void mirror_step(mirror_t *r, int k, const float *const *g, const int *ba
     float lr = adamw_lr(r->t, r->cfg.train.warmup_steps, r->cfg.train.steps, r->base_lr,
                         r->cfg.train.min_lr);
     adamw_update(&r->oc, r->model->p, r->w, acc, 1.0f, r->m, r->v, r->lo, r->hi, lr, ++r->t);
+    const float mom = hand_momentum(&r->cfg, r->t);
     for (size_t i = 0; i < r->n; i++)
-        r->ema[i] = 0.99f * r->ema[i] + 0.01f * r->w[i];
+        r->ema[i] = mom * r->ema[i] + (1.0f - mom) * r->w[i];
     free(acc);
 }
 
@@ -458,7 +470,7 @@ static float *grad(size_t n, unsigned long long seed) {
 /* BSP on rank 1 of 2, malformed input, then a checkpoint; returns the state at step 3
  * (params and EMA, r->n floats each) for the resume test. */
 static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float *e3, mirror_t *r) {
-    const char *extra[] = {NULL};
+    const char *extra[] = {"--cluster.ema=on", "--contrastive.momentum=0.9", NULL};
     mirror_init(r, extra, 2, 1);
     size_t lo = r->lo, hi = r->hi, n = r->n;
     printf("model %zu floats, server 1 of 2 holds [%zu, %zu)\n", r->model->p->total, lo, hi);
@@ -566,6 +578,7 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_PARAMS), 3, lo, hi, p3);
     testutil_close("BSP step 3", p3, r->w, n, 1e-6);
     w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, e3);
+    testutil_close("EMA after step 3 (cosine schedule from m0 0.9)", e3, r->ema, n, 1e-6);
     sched_simple(f, &c, PROTO_CKPT, 1, ckdir); /* a step already passed */
     T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
     T_CHECK(m.hdr.step == 1 && m.hdr.a[PROTO_CKDONE_STATUS] < 0);
@@ -588,7 +601,7 @@ static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *
                         mirror_t *r) {
     char flag[1100];
     snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
-    const char *extra[] = {flag, NULL};
+    const char *extra[] = {flag, "--cluster.ema=on", "--contrastive.momentum=0.9", NULL};
     size_t lo = r->lo, hi = r->hi, n = r->n;
     child_t c;
     if (start_server(f, &c, "resume", extra, 2, 1, "3") != 0) {
@@ -610,6 +623,8 @@ static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *
     w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_PARAMS), 4, lo, hi, got);
     mirror_step(r, 1, (const float *const[]){g5}, (const int[]){1});
     testutil_close("step 4 after resume (moments restored)", got, r->w, n, 1e-6);
+    w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_EMA), 4, lo, hi, got);
+    testutil_close("EMA of step 4 after resume", got, r->ema, n, 1e-6);
     T_CHECK(stop_server(f, &c) == 0);
     worker_close(&w1);
     free(got);
@@ -715,6 +730,8 @@ static void test_asp(void *ctx, fsched_t *f) {
     testutil_close("ASP: two pushes, two steps", got, d.r.w, n, 1e-6);
     s = w_push(w1, 5, lo, hi, 1, g1);
     w_error(w1, s, "ahead");
+    /* the MAE stage does not read the momentum copy: with cluster.ema=auto none is kept */
+    w_error(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_EMA), "keeps no momentum copy");
     test_queue(w1);
     free(g1);
     free(g2);
@@ -724,7 +741,9 @@ static void test_asp(void *ctx, fsched_t *f) {
 
 /* SSP(1): a pull at clock 2 waits until the slowest live worker reached clock 1. */
 static void test_ssp(void *ctx, fsched_t *f) {
-    const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1", NULL};
+    const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1",
+                           "--cluster.ema=on", "--contrastive.momentum=0.5",
+                           "--contrastive.momentum_cosine=0", NULL};
     duo_t d;
     if (duo_open(&d, ctx, f, "ssp", extra) != 0) return;
     size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
@@ -737,6 +756,11 @@ static void test_ssp(void *ctx, fsched_t *f) {
     T_CHECK(w_quiet(w1));
     w_ack(w2, w_push(w2, 0, lo, hi, 1, g));
     w_reply(w1, held, 3, lo, hi, got);
+    for (int k = 0; k < 3; k++)
+        mirror_step(&d.r, 1, (const float *const[]){g}, (const int[]){1});
+    testutil_close("SSP: three steps", got, d.r.w, n, 1e-6);
+    w_reply(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, got);
+    testutil_close("EMA with a constant momentum 0.5", got, d.r.ema, n, 1e-6);
     free(g);
     free(got);
     duo_close(&d, f);
@@ -889,6 +913,29 @@ static void test_bad_flags(fsched_t *f) {
     }
 }
 
+/* kvstore_ema_momentum against values worked out by hand (m0 0.9, T 50). */
+static void test_ema_schedule(void) {
+    static const struct {
+        long t;
+        int cosine;
+        double m;
+    } cases[] = {
+        {0, 1, 0.9},         /* cos 0 = 1: m0 */
+        {10, 1, 0.90954915}, /* 1 - 0.05 (1 + cos(pi/5) = 1.80901699) */
+        {25, 1, 0.95},       /* cos(pi/2) = 0 */
+        {50, 1, 1.0},        /* cos(pi) = -1 */
+        {80, 1, 1.0},        /* past T: stays at 1 */
+        {25, 0, 0.9},        /* no schedule: m0 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        float m = kvstore_ema_momentum(0.9f, cases[i].cosine, cases[i].t, 50);
+        printf("EMA momentum t=%ld cosine=%d: %.8f (by hand %.8f)\n", cases[i].t, cases[i].cosine,
+               (double)m, cases[i].m);
+        T_CHECK(fabs((double)m - cases[i].m) < 1e-6);
+    }
+    T_CHECK(kvstore_ema_momentum(0.99f, 1, 3, 0) == 0.99f); /* T = 0: constant */
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     return remove(path);
 }
@@ -908,6 +955,7 @@ int main(void) {
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", testutil_tmpdir());
     mirror_t r;
     float *p3 = calloc(1 << 16, sizeof(float)), *e3 = calloc(1 << 16, sizeof(float));
+    test_ema_schedule();
     test_bsp(ctx, &f, ckdir, p3, e3, &r);
     test_resume(ctx, &f, ckdir, p3, e3, &r);
     mirror_free(&r);
