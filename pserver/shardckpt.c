@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/stat.h>
 
 /* w, m, v always; ema only when the store keeps the momentum copy (ema_on). */
@@ -63,8 +64,20 @@ static void meta_fill(shard_meta_t *sm, const kvstore_t *kv, int rank, int serve
     snprintf(sm->val[8], sizeof sm->val[8], "%d", kv->ema != NULL);
 }
 
-int shardckpt_save(const kvstore_t *kv, const char *dir, int rank, int servers, char *path_out,
-                   size_t cap) {
+/* The queue's tensor and metadata, added to w when the ring exists. */
+static int add_queue(st_writer_t *w, const negqueue_t *q, char val[2][32]) {
+    if (!q) return 0;
+    snprintf(val[0], 32, "%" PRIu64, q->version);
+    snprintf(val[1], 32, "%" PRIu64, q->step);
+    int rc = st_writer_meta(w, "queue_keys", val[0]);
+    if (!rc) rc = st_writer_meta(w, "queue_step", val[1]);
+    int64_t shape[2] = {(int64_t)q->cap, (int64_t)q->dim};
+    if (!rc && q->rows) rc = st_writer_add(w, "queue", "F32", shape, 2, q->rows);
+    return rc;
+}
+
+int shardckpt_save(const kvstore_t *kv, const negqueue_t *q, const char *dir, int rank,
+                   int servers, char *path_out, size_t cap) {
     char path[4096];
     int rc;
     if ((rc = shardckpt_path(path, sizeof path, dir, rank, kv->version))) return rc;
@@ -78,13 +91,45 @@ int shardckpt_save(const kvstore_t *kv, const char *dir, int rank, int servers, 
     meta_fill(&sm, kv, rank, servers, kv->version);
     for (int i = 0; i < META_N && !rc; i++)
         rc = st_writer_meta(w, META_KEYS[i], sm.val[i]);
+    char qval[2][32];
+    if (!rc) rc = add_queue(w, q, qval);
     if (!rc) rc = st_writer_save(w, path);
     st_writer_destroy(&w);
     if (!rc && path_out) snprintf(path_out, cap, "%s", path);
     return rc;
 }
 
-int shardckpt_load(kvstore_t *kv, const char *dir, int rank, int servers, uint64_t step) {
+/* A decimal metadata value (def when absent); MIMIC_EFORMAT naming path and key. */
+static int meta_u64(const st_file_t *f, const char *path, const char *key, uint64_t def,
+                    uint64_t *out) {
+    const char *v = st_meta(f, key);
+    *out = def;
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (end == v || *end || errno || v[0] == '-')
+        return mimic_err(MIMIC_EFORMAT, "%s: metadata field '%s' is '%s', not a count", path, key,
+                         v);
+    *out = x;
+    return 0;
+}
+
+/* Checks the queue of f against q before anything is read: shape [K, D] of this run. */
+static int check_queue(const st_file_t *f, const char *path, const negqueue_t *q) {
+    const st_tensor_t *t = st_find(f, "queue");
+    if (!t) return 0;
+    if (t->dtype != ST_F32 || t->ndim != 2 || t->shape[0] != (int64_t)q->cap ||
+        t->shape[1] != (int64_t)q->dim)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s: tensor 'queue' is not F32 of shape [%zu, %zu] "
+                         "(contrastive.queue_size, contrastive.dim of this run)",
+                         path, q->cap, q->dim);
+    return 0;
+}
+
+int shardckpt_load(kvstore_t *kv, negqueue_t *q, const char *dir, int rank, int servers,
+                   uint64_t step) {
     char path[4096];
     st_file_t *f = NULL;
     int rc;
@@ -127,9 +172,23 @@ int shardckpt_load(kvstore_t *kv, const char *dir, int rank, int servers, uint64
             goto out;
         }
     }
+    uint64_t qkeys = 0, qstep = step;
+    int with_queue = q && st_find(f, "queue");
+    if (q && ((rc = check_queue(f, path, q)) || (rc = meta_u64(f, path, "queue_keys", 0, &qkeys)) ||
+              (rc = meta_u64(f, path, "queue_step", step, &qstep))))
+        goto out;
+    if (with_queue && (rc = negqueue_alloc(q, SIZE_MAX))) goto out;
     for (int i = 0; i < 3 + with_ema && !rc; i++)
         rc = st_read_f32(f, TENSORS[i], tensor_buf(kv, i), shape, 1);
+    if (!rc && with_queue) {
+        int64_t qshape[2] = {(int64_t)q->cap, (int64_t)q->dim};
+        rc = st_read_f32(f, "queue", q->rows, qshape, 2);
+    }
     if (rc) goto out;
+    if (q) {
+        q->version = with_queue ? qkeys : 0;
+        q->step = qstep;
+    }
     if (kv->ema && !with_ema) {
         mimic_warn("%s holds no momentum copy (written with cluster.ema off): it starts as the "
                    "weights of step %" PRIu64,

@@ -711,7 +711,7 @@ static void duo_close(duo_t *d, fsched_t *f) {
 
 /* ASP: every push is its own step, a stale one included. */
 static void test_asp(void *ctx, fsched_t *f) {
-    const char *extra[] = {"--cluster.consistency=asp", NULL};
+    const char *extra[] = {"--cluster.consistency=asp", "--contrastive.dim=2", NULL};
     duo_t d;
     if (duo_open(&d, ctx, f, "asp", extra) != 0) return;
     size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
