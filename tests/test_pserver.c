@@ -1210,6 +1210,81 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
     T_CHECK(stop_server(f, &c) == 0);
 }
 
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Queue sizes of the MoCo v2 recipe: one BSP worker fills a K x D queue (256 keys a
+ * step), then a fresh client's full pull and the delta pulls of 20 more steps are timed
+ * (loopback; printed for docs/runtime.md). The delta is a step's rows, never the ring. */
+static void test_queue_sizes(void *ctx, fsched_t *f) {
+    static const int sizes[][2] = {{4096, 128}, {4096, 256}, {65536, 128}, {65536, 256}};
+    enum { STEP_KEYS = 256, TIMED = 20 };
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        const int K = sizes[z][0], D = sizes[z][1];
+        char qs[64], qd[64];
+        snprintf(qs, sizeof qs, "--contrastive.queue_size=%d", K);
+        snprintf(qd, sizeof qd, "--contrastive.dim=%d", D);
+        const char *extra[] = {qs, qd, "--cluster.max_msg_mb=64", "--cluster.workers=1", NULL};
+        mirror_t r;
+        mirror_init(&r, extra, 1, 0);
+        size_t total = r.model->p->total;
+        mirror_free(&r);
+        child_t c;
+        if (start_server(f, &c, "queue-size", extra, 1, 0, "") != 0) {
+            T_CHECK(!"server started");
+            testutil_kill(c.pid);
+            return;
+        }
+        int32_t one[1] = {10};
+        sched_membership(f, &c, 1, one, 1);
+        kv_t *kv = NULL, *fresh = NULL;
+        T_CHECK(kv_new(&kv, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
+        T_CHECK(kv_new(&fresh, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
+        float *ring = calloc((size_t)K * D, sizeof(float)), *ring2 = calloc((size_t)K * D, 4);
+        float *keys = malloc((size_t)STEP_KEYS * D * sizeof(float));
+        kv_queue_info_t qi = {0};
+        double t_delta[TIMED];
+        size_t delta_bytes = 0;
+        int steps = K / STEP_KEYS + TIMED, ok = 1;
+        for (int v = 0; v < steps && ok; v++) {
+            for (int i = 0; i < STEP_KEYS * D; i++)
+                keys[i] = (float)(v * STEP_KEYS + i / D) + (float)(i % D) / (float)D;
+            ok &= kv_wait(kv, kv_queue_push(kv, (uint64_t)v, keys, STEP_KEYS, (size_t)D), WAIT_MS,
+                          NULL) == 0;
+            double t0 = mimic_now();
+            ok &= kv_wait(kv, kv_queue_pull(kv, (uint64_t)v + 1, ring, (size_t)K, (size_t)D, &qi),
+                          WAIT_MS, NULL) == 0;
+            if (v >= steps - TIMED) {
+                t_delta[v - (steps - TIMED)] = mimic_now() - t0;
+                delta_bytes = qi.bytes;
+            }
+        }
+        T_CHECK(ok && delta_bytes == (size_t)STEP_KEYS * D * sizeof(float));
+        double t0 = mimic_now();
+        kv_queue_info_t fi = {0};
+        T_CHECK(kv_wait(fresh, kv_queue_pull(fresh, (uint64_t)steps, ring2, (size_t)K, (size_t)D,
+                                             &fi),
+                        WAIT_MS, NULL) == 0);
+        double t_full = mimic_now() - t0;
+        T_CHECK(fi.bytes == (size_t)K * D * sizeof(float) && fi.version == qi.version);
+        T_CHECK(memcmp(ring, ring2, (size_t)K * D * sizeof(float)) == 0);
+        qsort(t_delta, TIMED, sizeof t_delta[0], cmp_double);
+        printf("queue K=%-5d D=%d (%5.1f MB): step delta pull (%d keys) %7zu bytes, median "
+               "%.3f ms; full pull %.1f MB in %.1f ms\n",
+               K, D, (double)K * D * 4 / (1 << 20), STEP_KEYS, delta_bytes,
+               t_delta[TIMED / 2] * 1e3, (double)fi.bytes / (1 << 20), t_full * 1e3);
+        kv_destroy(&kv);
+        kv_destroy(&fresh);
+        free(ring);
+        free(ring2);
+        free(keys);
+        T_CHECK(stop_server(f, &c) == 0);
+    }
+}
+
 /* kvstore_ema_momentum against values worked out by hand (m0 0.9, T 50). */
 static void test_ema_schedule(void) {
     static const struct {
@@ -1263,6 +1338,7 @@ int main(void) {
     snprintf(qdir, sizeof qdir, "%s/ckpt-queue", testutil_tmpdir());
     test_queue_bsp(ctx, &f, qdir);
     test_keys_exchange(ctx, &f);
+    test_queue_sizes(ctx, &f);
     test_join(ctx);
     test_blocked_loop(ctx, &f);
     test_bad_flags(&f);
