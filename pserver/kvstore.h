@@ -42,16 +42,16 @@ typedef struct {
     params_t table; /* the model's tensor table, no values (decay flags for AdamW) */
     size_t total;   /* floats in the whole model */
     size_t lo, hi, n;
-    uint64_t version;       /* optimiser steps applied to this range */
-    float *w, *m, *v;       /* n floats each; element lo is at index 0 */
-    float *ema;             /* n floats when ema_on, else NULL */
-    int ema_on;             /* the momentum encoder is kept (cluster.ema) */
-    int ema_cosine;         /* contrastive.momentum_cosine */
-    float ema_m0;           /* contrastive.momentum */
-    float *acc;             /* BSP: sum of batch * gradient for the current version */
-    double acc_weight;      /* BSP: sum of batch sizes pushed for it */
-    int acc_count;          /* BSP: pushes for it */
-    const float *held;      /* BSP: the first push, borrowed until a second comes; else NULL */
+    uint64_t version;  /* optimiser steps applied to this range */
+    float *w, *m, *v;  /* n floats each; element lo is at index 0 */
+    float *ema;        /* n floats when ema_on, else NULL */
+    int ema_on;        /* the momentum encoder is kept (cluster.ema) */
+    int ema_cosine;    /* contrastive.momentum_cosine */
+    float ema_m0;      /* contrastive.momentum */
+    float *acc;        /* BSP: sum of batch * gradient for the current version */
+    double acc_weight; /* BSP: sum of batch sizes pushed for it */
+    int acc_count;     /* BSP: pushes for it */
+    const float *held; /* BSP: the first push, borrowed until a second comes; else NULL */
     double held_weight;
     adamw_cfg_t opt;
     float base_lr, min_lr;

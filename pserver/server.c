@@ -72,13 +72,13 @@ struct server {
     int id, rank, servers;
     int ema_on; /* the momentum encoder is kept (cluster.ema, the stage's declaration) */
     kvstore_t *kv;
-    negqueue_t *queue;   /* rank 0 only: the contrastive stage's negative keys */
-    stepkeys_t *qkeys;   /* rank 0, BSP: the queue's keys of the steps not yet appended */
-    stepkeys_t *xkeys;   /* rank 0: MoCo v3's key exchange */
+    negqueue_t *queue;          /* rank 0 only: the contrastive stage's negative keys */
+    stepkeys_t *qkeys;          /* rank 0, BSP: the queue's keys of the steps not yet appended */
+    stepkeys_t *xkeys;          /* rank 0: MoCo v3's key exchange */
     ps_wait_t *qpulls, *xwaits; /* held QUEUE_PULLs, KEYS_PUSHes waiting for their step */
     int nqpulls, nxwaits;
-    cons_t *cons;      /* the consistency rules and the worker table */
-    zmq_msg_t first;   /* BSP: the step's first push, which kv->held points into */
+    cons_t *cons;    /* the consistency rules and the worker table */
+    zmq_msg_t first; /* BSP: the step's first push, which kv->held points into */
     int has_first;
     size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
@@ -1035,9 +1035,8 @@ void server_destroy(server_t **sp) {
                "%ld updates (%.3f ms each: AdamW%s over %zu floats), %ld reply snapshots "
                "(%.2f ms each), %ld replies copied because snapshots were busy",
                kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0,
-               kv->ema ? " + EMA" : ", no EMA", kv->n,
-               kv->n_snap, kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0,
-               kv->n_snap_fallback);
+               kv->ema ? " + EMA" : ", no EMA", kv->n, kv->n_snap,
+               kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0, kv->n_snap_fallback);
     member_destroy(&s->member);
     if (s->router) zmq_close(s->router);
     /* Terminating the context waits (up to the linger) until ZeroMQ let go of every

@@ -7,10 +7,10 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdint.h>
 #include <sys/stat.h>
 
 /* w, m, v always; ema only when the store keeps the momentum copy (ema_on). */
@@ -76,8 +76,8 @@ static int add_queue(st_writer_t *w, const negqueue_t *q, char val[2][32]) {
     return rc;
 }
 
-int shardckpt_save(const kvstore_t *kv, const negqueue_t *q, const char *dir, int rank,
-                   int servers, char *path_out, size_t cap) {
+int shardckpt_save(const kvstore_t *kv, const negqueue_t *q, const char *dir, int rank, int servers,
+                   char *path_out, size_t cap) {
     char path[4096];
     int rc;
     if ((rc = shardckpt_path(path, sizeof path, dir, rank, kv->version))) return rc;

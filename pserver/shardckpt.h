@@ -5,8 +5,8 @@
  * metadata format=mimicps-shard, version=2, rank, servers, lo, hi, total, step, ema
  * (1 or 0). The server that keeps the negative queue (rank 0) adds the tensor queue
  * [K, D] once its ring exists and the metadata queue_keys (keys ever pushed) and
- * queue_step. Version-1 files (always with ema, never a queue) still load. Writes are atomic (st_writer_save:
- * temp file, fsync, rename), so a crash leaves the previous file or the new one.
+ * queue_step. Version-1 files (always with ema, never a queue) still load. Writes are atomic
+ * (st_writer_save: temp file, fsync, rename), so a crash leaves the previous file or the new one.
  * Loading checks every metadata field and tensor shape against the running server and
  * names the file and field that differ. */
 #ifndef MIMIC_SHARDCKPT_H
@@ -25,8 +25,8 @@
 int shardckpt_path(char *out, size_t cap, const char *dir, int rank, uint64_t step);
 /* Writes the store (and q, the negative queue, when not NULL) at its current version
  * (creating dir if needed); the path written goes to path_out (cap bytes, may be NULL). */
-int shardckpt_save(const kvstore_t *kv, const negqueue_t *q, const char *dir, int rank,
-                   int servers, char *path_out, size_t cap);
+int shardckpt_save(const kvstore_t *kv, const negqueue_t *q, const char *dir, int rank, int servers,
+                   char *path_out, size_t cap);
 /* Loads the file of (rank, step) from dir into kv (and q when not NULL: its ring, version
  * and step; a file without a queue leaves it empty at step `step`) and sets kv->version
  * = step. On any error kv and q are unchanged. */

@@ -132,7 +132,8 @@ static int append_released(stepkeys_t *k, int32_t id, const float *rows, size_t 
         k->rel = nr;
         k->rel_cap = cap;
     }
-    if (grow((void **)&k->slots, &k->capslots, k->nslots + 1, sizeof *k->slots)) return MIMIC_ENOMEM;
+    if (grow((void **)&k->slots, &k->capslots, k->nslots + 1, sizeof *k->slots))
+        return MIMIC_ENOMEM;
     if (n) memcpy(k->rel + k->rel_count * k->dim, rows, n * k->dim * sizeof(float));
     k->slots[k->nslots++] = (sk_slot_t){id, k->rel_count, n};
     k->rel_count = need;

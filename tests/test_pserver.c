@@ -13,11 +13,11 @@
 #include "adamw.h"
 #include "common.h"
 #include "config.h"
-#include "mae.h"
-#include "proto.h"
 #include "keyrange.h"
 #include "kv.h"
 #include "kvstore.h"
+#include "mae.h"
+#include "proto.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -745,9 +745,9 @@ static void test_asp(void *ctx, fsched_t *f) {
 
 /* SSP(1): a pull at clock 2 waits until the slowest live worker reached clock 1. */
 static void test_ssp(void *ctx, fsched_t *f) {
-    const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1",
-                           "--cluster.ema=on", "--contrastive.momentum=0.5",
-                           "--contrastive.momentum_cosine=0", NULL};
+    const char *extra[] = {
+        "--cluster.consistency=ssp",  "--cluster.staleness=1",           "--cluster.ema=on",
+        "--contrastive.momentum=0.5", "--contrastive.momentum_cosine=0", NULL};
     duo_t d;
     if (duo_open(&d, ctx, f, "ssp", extra) != 0) return;
     size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
@@ -917,7 +917,6 @@ static void test_bad_flags(fsched_t *f) {
     }
 }
 
-
 /* ---- the contrastive stage's keys through the worker's client (kv.h) -------------------- */
 
 #define QK 64 /* queue keys (contrastive.queue_size) */
@@ -976,8 +975,8 @@ static size_t queue_step(qworkers_t *w, qref_t *ref, int v, const int *n, int fi
     T_CHECK(kv_wait(w->kv[b], kv_queue_push(w->kv[b], (uint64_t)v, keys[b], (size_t)n[b], QD),
                     WAIT_MS, NULL) == 0);
     T_CHECK(kv_wait(w->kv[a], held, WAIT_MS, &qv) == 0);
-    T_CHECK(kv_wait(w->kv[b], kv_queue_pull(w->kv[b], (uint64_t)v + 1, w->ring[b], QK, QD,
-                                            &w->info[b]),
+    T_CHECK(kv_wait(w->kv[b],
+                    kv_queue_pull(w->kv[b], (uint64_t)v + 1, w->ring[b], QK, QD, &w->info[b]),
                     WAIT_MS, NULL) == 0);
     qref_push(ref, keys[0], n[0]); /* worker 10, then 11, whoever came first */
     qref_push(ref, keys[1], n[1]);
@@ -1082,12 +1081,12 @@ static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
     sched_membership(f, &c, 1, both, 2);
     T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
     /* a fresh client's first pull brings the whole ring as of the checkpoint */
-    T_CHECK(kv_wait(w.kv[0], kv_queue_pull(w.kv[0], N1 + 1, w.ring[0], QK, QD, &w.info[0]),
-                    WAIT_MS, NULL) == 0);
+    T_CHECK(kv_wait(w.kv[0], kv_queue_pull(w.kv[0], N1 + 1, w.ring[0], QK, QD, &w.info[0]), WAIT_MS,
+                    NULL) == 0);
     T_CHECK(w.info[0].version == at_ckpt.version && w.info[0].step == (uint64_t)N1 + 1);
     T_CHECK(memcmp(w.ring[0], at_ckpt.ring, sizeof at_ckpt.ring) == 0);
-    T_CHECK(kv_wait(w.kv[1], kv_queue_pull(w.kv[1], N1 + 1, w.ring[1], QK, QD, &w.info[1]),
-                    WAIT_MS, NULL) == 0);
+    T_CHECK(kv_wait(w.kv[1], kv_queue_pull(w.kv[1], N1 + 1, w.ring[1], QK, QD, &w.info[1]), WAIT_MS,
+                    NULL) == 0);
     ref = at_ckpt;
     for (int v = N1 + 1; v < N1 + 1 + N2; v++)
         queue_step(&w, &ref, v, n, v % 2 == 0); /* another arrival order than before */
@@ -1141,11 +1140,11 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
         int a = v & 1, b = 1 - a; /* step 1: worker 11 first */
         for (int i = 0; i < 2; i++)
             make_keys(keys[i], v, i, n[i]);
-        int ta = kv_keys_exchange(w.kv[a], (uint64_t)v, keys[a], (size_t)n[a], QD, all[a], 32,
-                                  &ki[a]);
+        int ta =
+            kv_keys_exchange(w.kv[a], (uint64_t)v, keys[a], (size_t)n[a], QD, all[a], 32, &ki[a]);
         T_CHECK(ta > 0 && kv_wait(w.kv[a], ta, QUIET_MS, NULL) == MIMIC_ETIMEOUT);
-        int tb = kv_keys_exchange(w.kv[b], (uint64_t)v, keys[b], (size_t)n[b], QD, all[b], 32,
-                                  &ki[b]);
+        int tb =
+            kv_keys_exchange(w.kv[b], (uint64_t)v, keys[b], (size_t)n[b], QD, all[b], 32, &ki[b]);
         T_CHECK(kv_wait(w.kv[b], tb, WAIT_MS, NULL) == 0);
         T_CHECK(kv_wait(w.kv[a], ta, WAIT_MS, NULL) == 0);
         memcpy(want, keys[0], (size_t)n[0] * QD * sizeof(float));
@@ -1199,9 +1198,8 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
     /* it was a false alarm: back in the live set, its keys of step 2 come late and it
      * gets step 2's rows so far plus its own */
     sched_membership(f, &c, 3, both, 2);
-    T_CHECK(kv_wait(w.kv[1],
-                    kv_keys_exchange(w.kv[1], 2, keys[1], 2, QD, all[1], 32, &ki[1]), WAIT_MS,
-                    NULL) == 0);
+    T_CHECK(kv_wait(w.kv[1], kv_keys_exchange(w.kv[1], 2, keys[1], 2, QD, all[1], 32, &ki[1]),
+                    WAIT_MS, NULL) == 0);
     T_CHECK(ki[1].count == 5 && ki[1].offset == 3 && ki[1].mine == 2 && ki[1].workers == 2);
     T_CHECK(memcmp(all[1], keys[0], 3 * QD * sizeof(float)) == 0);
     T_CHECK(memcmp(all[1] + 3 * QD, keys[1], 2 * QD * sizeof(float)) == 0);
@@ -1209,7 +1207,6 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
     qworkers_close(&w);
     T_CHECK(stop_server(f, &c) == 0);
 }
-
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1265,8 +1262,8 @@ static void test_queue_sizes(void *ctx, fsched_t *f) {
         T_CHECK(ok && delta_bytes == (size_t)STEP_KEYS * D * sizeof(float));
         double t0 = mimic_now();
         kv_queue_info_t fi = {0};
-        T_CHECK(kv_wait(fresh, kv_queue_pull(fresh, (uint64_t)steps, ring2, (size_t)K, (size_t)D,
-                                             &fi),
+        T_CHECK(kv_wait(fresh,
+                        kv_queue_pull(fresh, (uint64_t)steps, ring2, (size_t)K, (size_t)D, &fi),
                         WAIT_MS, NULL) == 0);
         double t_full = mimic_now() - t0;
         T_CHECK(fi.bytes == (size_t)K * D * sizeof(float) && fi.version == qi.version);

@@ -32,9 +32,9 @@ typedef struct {
 typedef struct {
     uint64_t seq; /* its timestamp; 0: nothing started */
     int kind;
-    int nserv;      /* servers that answer: all (parameters) or the keys server */
-    int failed;     /* an ERROR or a bad answer arrived: why says it */
-    char why[1024]; /* the message kv_wait returns */
+    int nserv;          /* servers that answer: all (parameters) or the keys server */
+    int failed;         /* an ERROR or a bad answer arrived: why says it */
+    char why[1024];     /* the message kv_wait returns */
     proto_track_t sent; /* zero-copy buffers of this channel still held by ZeroMQ */
     float *dst;         /* pull: where the values land; queue: the ring; keys: all */
     size_t cap, dim;    /* queue: ring rows; keys: rows of all */
@@ -47,9 +47,9 @@ struct kv {
     int S;
     int32_t id;
     size_t max_payload;
-    uint64_t seq;         /* last request's sequence number */
+    uint64_t seq; /* last request's sequence number */
     kv_req_t ch[CH_COUNT];
-    uint64_t qversion;    /* the queue version the local ring holds */
+    uint64_t qversion; /* the queue version the local ring holds */
 };
 
 int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
@@ -174,8 +174,7 @@ int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float 
     for (int s = 0; s < kv->S; s++) {
         /* the pull first: it is held, so the step the push completes finds it waiting and
          * streams the new parameters to it slice by slice as they are computed */
-        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS,
-                           version + 1);
+        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
         if (!rc) rc = send_push(kv, &kv->srv[s], version, batch, grad);
         if (rc) return rc;
     }
@@ -285,7 +284,8 @@ static void land_queue(kv_t *kv, const proto_msg_t *m) {
     const float *rows = proto_msg_data(m);
     size_t first = count < r->cap - slot ? count : r->cap - slot;
     if (first) memcpy(r->dst + slot * r->dim, rows, first * r->dim * sizeof(float));
-    if (count > first) memcpy(r->dst, rows + first * r->dim, (count - first) * r->dim * sizeof(float));
+    if (count > first)
+        memcpy(r->dst, rows + first * r->dim, (count - first) * r->dim * sizeof(float));
     uint64_t version = (uint64_t)a[PROTO_QREP_VERSION];
     kv->qversion = version;
     kv->srv[KV_KEYS_SERVER].version[CH_QPULL] = version;
@@ -405,8 +405,8 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
         }
     }
     if (r->failed) return mimic_err(MIMIC_EPEER, "%s", r->why);
-    int pushed = r->kind == KV_PUSH || r->kind == KV_PUSHPULL || r->kind == KV_QPUSH ||
-                 r->kind == KV_KEYS;
+    int pushed =
+        r->kind == KV_PUSH || r->kind == KV_PUSHPULL || r->kind == KV_QPUSH || r->kind == KV_KEYS;
     if (pushed && proto_track_wait(&r->sent, timeout_ms < 0 ? 60000 : timeout_ms))
         return mimic_err(MIMIC_ETIMEOUT, "kv: ZeroMQ still holds the pushed %s",
                          r->kind == KV_PUSH || r->kind == KV_PUSHPULL ? "gradient" : "keys");
