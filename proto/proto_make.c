@@ -126,14 +126,21 @@ void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_
     h->a[PROTO_PULL_WHICH] = which;
 }
 
-void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
-                           uint64_t count, uint64_t dim) {
-    begin(h, PROTO_QUEUE_PUSH, sender, seq);
+/* QUEUE_PUSH and KEYS_PUSH: a worker's count x dim f32 keys of `step`, a[] = count, dim
+ * (PROTO_QPUSH_* and PROTO_KPUSH_* are the same layout). */
+static void keys_push(proto_hdr_t *h, proto_type_t type, int32_t sender, uint64_t seq,
+                      uint64_t step, uint64_t count, uint64_t dim) {
+    begin(h, type, sender, seq);
     h->step = step;
     h->na = 2;
     h->a[PROTO_QPUSH_COUNT] = (int64_t)count;
     h->a[PROTO_QPUSH_DIM] = (int64_t)dim;
     proto_hdr_set_payload(h, PROTO_DT_F32, count * dim);
+}
+
+void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t count, uint64_t dim) {
+    keys_push(h, PROTO_QUEUE_PUSH, sender, seq, step, count, dim);
 }
 
 void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
@@ -160,12 +167,10 @@ void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64
 
 void proto_make_keys_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
                           uint64_t count, uint64_t dim) {
-    begin(h, PROTO_KEYS_PUSH, sender, seq);
-    h->step = step;
-    h->na = 2;
-    h->a[PROTO_KPUSH_COUNT] = (int64_t)count;
-    h->a[PROTO_KPUSH_DIM] = (int64_t)dim;
-    proto_hdr_set_payload(h, PROTO_DT_F32, count * dim);
+    _Static_assert((int)PROTO_KPUSH_COUNT == (int)PROTO_QPUSH_COUNT &&
+                       (int)PROTO_KPUSH_DIM == (int)PROTO_QPUSH_DIM,
+                   "KEYS_PUSH and QUEUE_PUSH share their a[] layout");
+    keys_push(h, PROTO_KEYS_PUSH, sender, seq, step, count, dim);
 }
 
 void proto_make_keys_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,

@@ -998,6 +998,28 @@ static void kv_refused(kv_t *kv, int ts, const char *text) {
     T_CHECK(rc != 0 && strstr(why, text) != NULL);
 }
 
+/* Floats in the model of BASE_ARGS + extra (what a worker's kv_new needs). */
+static size_t model_total(const char *const *extra) {
+    mirror_t r;
+    mirror_init(&r, extra, 1, 0);
+    size_t total = r.model->p->total;
+    mirror_free(&r);
+    return total;
+}
+
+/* A one-server (rank 0) run with live workers 10 and 11: 0, or -1 (checked) when the
+ * server did not start. */
+static int start_duo_server(fsched_t *f, child_t *c, const char *name, const char *const *extra) {
+    if (start_server(f, c, name, extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c->pid);
+        return -1;
+    }
+    int32_t both[2] = {10, 11};
+    sched_membership(f, c, 1, both, 2);
+    return 0;
+}
+
 /* BSP queue with two workers: order by worker id whatever the arrival order, delta
  * pulls reconstruct it, refusals, then a checkpoint; the server is SIGKILLed and a new
  * one resumes from the shard: the queue equals the uninterrupted run's. A dead worker
@@ -1006,18 +1028,10 @@ static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
     char flag[1200];
     snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
     const char *extra[] = {"--contrastive.queue_size=64", "--contrastive.dim=4", flag, NULL};
-    mirror_t r;
-    mirror_init(&r, extra, 1, 0);
-    size_t total = r.model->p->total;
-    mirror_free(&r);
+    size_t total = model_total(extra);
     child_t c;
-    if (start_server(f, &c, "queue", extra, 1, 0, "") != 0) {
-        T_CHECK(!"server started");
-        testutil_kill(c.pid);
-        return;
-    }
+    if (start_duo_server(f, &c, "queue", extra) != 0) return;
     int32_t both[2] = {10, 11};
-    sched_membership(f, &c, 1, both, 2);
     qworkers_t w;
     T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
     qref_t ref = {0};
@@ -1119,18 +1133,10 @@ static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
  * offsets right; a dead worker releases it; a late worker gets the rows so far. */
 static void test_keys_exchange(void *ctx, fsched_t *f) {
     const char *extra[] = {"--contrastive.dim=4", NULL};
-    mirror_t r;
-    mirror_init(&r, extra, 1, 0);
-    size_t total = r.model->p->total;
-    mirror_free(&r);
+    size_t total = model_total(extra);
     child_t c;
-    if (start_server(f, &c, "keys", extra, 1, 0, "") != 0) {
-        T_CHECK(!"server started");
-        testutil_kill(c.pid);
-        return;
-    }
+    if (start_duo_server(f, &c, "keys", extra) != 0) return;
     int32_t both[2] = {10, 11}, one[1] = {10};
-    sched_membership(f, &c, 1, both, 2);
     qworkers_t w;
     T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
     float keys[2][8 * QD], all[2][32 * QD], want[16 * QD];
@@ -1225,10 +1231,7 @@ static void test_queue_sizes(void *ctx, fsched_t *f) {
         snprintf(qs, sizeof qs, "--contrastive.queue_size=%d", K);
         snprintf(qd, sizeof qd, "--contrastive.dim=%d", D);
         const char *extra[] = {qs, qd, "--cluster.max_msg_mb=64", "--cluster.workers=1", NULL};
-        mirror_t r;
-        mirror_init(&r, extra, 1, 0);
-        size_t total = r.model->p->total;
-        mirror_free(&r);
+        size_t total = model_total(extra);
         child_t c;
         if (start_server(f, &c, "queue-size", extra, 1, 0, "") != 0) {
             T_CHECK(!"server started");

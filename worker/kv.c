@@ -202,15 +202,24 @@ int kv_queue_push(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t d
     return rc ? rc : ts;
 }
 
+/* A request on channel c (answered by the keys server) whose reply lands as rows of dim
+ * floats in dst (at most cap rows); *ts gets its timestamp. */
+static kv_req_t *start_rows(kv_t *kv, int c, int kind, float *dst, size_t cap, size_t dim,
+                            int *ts) {
+    *ts = start(kv, c, kind, 0);
+    kv_req_t *r = &kv->ch[c];
+    r->dst = dst;
+    r->cap = cap;
+    r->dim = dim;
+    return r;
+}
+
 int kv_queue_pull(kv_t *kv, uint64_t step, float *ring, size_t capacity, size_t dim,
                   kv_queue_info_t *info) {
     if (capacity == 0 || dim == 0)
         return mimic_err(MIMIC_EINVAL, "kv_queue_pull: a ring of %zu x %zu", capacity, dim);
-    int ts = start(kv, CH_QPULL, KV_QPULL, 0);
-    kv_req_t *r = &kv->ch[CH_QPULL];
-    r->dst = ring;
-    r->cap = capacity;
-    r->dim = dim;
+    int ts;
+    kv_req_t *r = start_rows(kv, CH_QPULL, KV_QPULL, ring, capacity, dim, &ts);
     r->qinfo = info;
     proto_hdr_t h;
     proto_make_queue_pull(&h, kv->id, r->seq, step, kv->qversion);
@@ -221,11 +230,8 @@ int kv_queue_pull(kv_t *kv, uint64_t step, float *ring, size_t capacity, size_t 
 int kv_keys_exchange(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t dim, float *all,
                      size_t cap_rows, kv_keys_info_t *info) {
     if (dim == 0) return mimic_err(MIMIC_EINVAL, "kv_keys_exchange: keys of 0 floats");
-    int ts = start(kv, CH_KEYS, KV_KEYS, 0);
-    kv_req_t *r = &kv->ch[CH_KEYS];
-    r->dst = all;
-    r->cap = cap_rows;
-    r->dim = dim;
+    int ts;
+    kv_req_t *r = start_rows(kv, CH_KEYS, KV_KEYS, all, cap_rows, dim, &ts);
     r->kinfo = info;
     int rc = send_keys(kv, CH_KEYS, step, keys, n, dim);
     return rc ? rc : ts;
