@@ -105,6 +105,16 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
                      .signed_args = 1u << 0,
                      .args = {"code", "request type"}},
     [PROTO_ACK] = {.name = "ACK", .req = KB(K_A), .min_a = 1, .args = {"type"}},
+    [PROTO_KEYS_PUSH] = {.name = "KEYS_PUSH",
+                         .req = KB(K_A) | PAYLOAD,
+                         .dtypes = DTB(PROTO_DT_F32),
+                         .min_a = 2,
+                         .args = {"count", "dim"}},
+    [PROTO_KEYS_REPLY] = {.name = "KEYS_REPLY",
+                          .req = KB(K_A) | PAYLOAD,
+                          .dtypes = DTB(PROTO_DT_F32),
+                          .min_a = 5,
+                          .args = {"count", "dim", "offset", "mine", "workers"}},
 };
 #undef PAYLOAD
 #undef RANGE
@@ -251,6 +261,42 @@ static int check_payload(const proto_hdr_t *h, const spec_t *sp, char *why, size
     return 0;
 }
 
+/* QUEUE_PUSH, QUEUE_REPLY, KEYS_PUSH, KEYS_REPLY: count rows of dim >= 1 f32 keys, and
+ * the reply's placement (ring slot and capacity; the requester's rows in the matrix). */
+static int check_rows(const proto_hdr_t *h, const spec_t *sp, char *why, size_t whylen) {
+    const int64_t *a = h->a;
+    /* count and dim are a[0], a[1] in the pushes and the key reply; a[1], a[2] in the
+     * queue reply */
+    int ic = h->type == PROTO_QUEUE_REPLY ? PROTO_QREP_COUNT : 0;
+    int id = h->type == PROTO_QUEUE_REPLY ? PROTO_QREP_DIM : 1;
+    uint64_t count = (uint64_t)a[ic], dim = (uint64_t)a[id], row;
+    if (dim == 0) return fail(why, whylen, "header field 'a[%d]' (dim): must be >= 1", id);
+    if (h->type == PROTO_QUEUE_REPLY) {
+        uint64_t cap = (uint64_t)a[PROTO_QREP_CAPACITY];
+        uint64_t slot = (uint64_t)a[PROTO_QREP_SLOT];
+        if (count > cap)
+            return fail(why, whylen,
+                        "header field 'a[1]' (count): %" PRIu64
+                        " rows exceed the ring capacity %" PRIu64,
+                        count, cap);
+        if (slot >= cap && !(cap == 0 && slot == 0))
+            return fail(why, whylen,
+                        "header field 'a[3]' (slot): slot %" PRIu64 " outside a ring of %" PRIu64,
+                        slot, cap);
+    }
+    if (h->type == PROTO_KEYS_REPLY) {
+        uint64_t off = (uint64_t)a[PROTO_KREP_OFFSET], mine = (uint64_t)a[PROTO_KREP_MINE];
+        if (off > count || mine > count - off)
+            return fail(why, whylen,
+                        "header field 'a[3]' (mine): rows [%" PRIu64 ", %" PRIu64
+                        ") outside the %" PRIu64 " rows of the reply",
+                        off, off + mine, count);
+    }
+    if (__builtin_mul_overflow(dim, (uint64_t)4, &row))
+        return fail(why, whylen, "header field 'a[%d]' (dim): %" PRIu64 " is too large", id, dim);
+    return expect_n(h, sp, count, row, "key rows", why, whylen);
+}
+
 /* Type-specific meaning of a[]: signs, enums, and the payload size the counts imply. */
 static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t whylen) {
     const int64_t *a = h->a;
@@ -286,33 +332,10 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
                         a[PROTO_PULL_WHICH]);
         return 0;
     case PROTO_QUEUE_PUSH:
-    case PROTO_QUEUE_REPLY: {
-        int push = h->type == PROTO_QUEUE_PUSH;
-        uint64_t count = (uint64_t)a[push ? PROTO_QPUSH_COUNT : PROTO_QREP_COUNT];
-        uint64_t dim = (uint64_t)a[push ? PROTO_QPUSH_DIM : PROTO_QREP_DIM];
-        uint64_t row;
-        if (dim == 0)
-            return fail(why, whylen, "header field 'a[%d]' (dim): must be >= 1",
-                        push ? PROTO_QPUSH_DIM : PROTO_QREP_DIM);
-        if (!push) {
-            uint64_t cap = (uint64_t)a[PROTO_QREP_CAPACITY];
-            uint64_t slot = (uint64_t)a[PROTO_QREP_SLOT];
-            if (count > cap)
-                return fail(why, whylen,
-                            "header field 'a[1]' (count): %" PRIu64
-                            " rows exceed the ring capacity %" PRIu64,
-                            count, cap);
-            if (slot >= cap && !(cap == 0 && slot == 0))
-                return fail(why, whylen,
-                            "header field 'a[3]' (slot): slot %" PRIu64
-                            " outside a ring of %" PRIu64,
-                            slot, cap);
-        }
-        if (__builtin_mul_overflow(dim, (uint64_t)4, &row))
-            return fail(why, whylen, "header field 'a[%d]' (dim): %" PRIu64 " is too large",
-                        push ? PROTO_QPUSH_DIM : PROTO_QREP_DIM, dim);
-        return expect_n(h, sp, count, row, "key rows", why, whylen);
-    }
+    case PROTO_QUEUE_REPLY:
+    case PROTO_KEYS_PUSH:
+    case PROTO_KEYS_REPLY:
+        return check_rows(h, sp, why, whylen);
     case PROTO_CKPT_DONE:
         if (a[PROTO_CKDONE_STATUS] > 0)
             return fail(why, whylen,

@@ -54,6 +54,8 @@ typedef enum {
     PROTO_SHUTDOWN = 19,
     PROTO_ERROR = 20,
     PROTO_ACK = 21,
+    PROTO_KEYS_PUSH = 22,
+    PROTO_KEYS_REPLY = 23,
     PROTO_TYPE_COUNT
 } proto_type_t;
 
@@ -94,14 +96,23 @@ enum { PROTO_CDONE_EPOCH = 0, PROTO_CDONE_ID = 1, PROTO_CDONE_PROCESSED = 2 };
 enum { PROTO_PUSH_BATCH = 0 /* optional: samples behind the gradient */ };
 enum { PROTO_PULL_WHICH = 0, PROTO_PULL_MINSTEP = 1 /* optional: SSP, 0 = any */ };
 enum { PROTO_WHICH_PARAMS = 0, PROTO_WHICH_EMA = 1 };
-enum { PROTO_QPUSH_COUNT = 0, PROTO_QPUSH_DIM = 1 };
-enum { PROTO_QPULL_SINCE = 0 };
+enum { PROTO_QPUSH_COUNT = 0, PROTO_QPUSH_DIM = 1 }; /* st: the step the keys belong to */
+enum { PROTO_QPULL_SINCE = 0 }; /* st: the queue step wanted (BSP: held until reached) */
 enum {
     PROTO_QREP_VERSION = 0,  /* keys ever pushed, after this reply */
     PROTO_QREP_COUNT = 1,    /* rows in the payload */
     PROTO_QREP_DIM = 2,      /* floats per row */
     PROTO_QREP_SLOT = 3,     /* ring slot of the first row */
     PROTO_QREP_CAPACITY = 4, /* ring capacity K */
+};
+/* MoCo v3's in-batch keys of one step (st) from every live worker. */
+enum { PROTO_KPUSH_COUNT = 0, PROTO_KPUSH_DIM = 1 };
+enum {
+    PROTO_KREP_COUNT = 0,   /* rows M of all workers, in worker-id order */
+    PROTO_KREP_DIM = 1,     /* floats per row */
+    PROTO_KREP_OFFSET = 2,  /* the requester's first row */
+    PROTO_KREP_MINE = 3,    /* the requester's rows */
+    PROTO_KREP_WORKERS = 4, /* workers whose keys are in the payload */
 };
 enum { PROTO_CKDONE_STATUS = 0 /* 0 or a negative MIMIC_E* code */ };
 enum { PROTO_METRIC_LOSS = 0, PROTO_METRIC_IMGS = 1, PROTO_METRIC_LR = 2 }; /* f[] */
@@ -189,13 +200,28 @@ void proto_make_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t min_
 /* Payload: f32 values of [lo, hi) at version. */
 void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
                            uint64_t lo, uint64_t hi, int which);
-/* Payload: count x dim f32 keys. */
-void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t count,
-                           uint64_t dim);
-void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t since);
-/* Payload: count x dim f32 rows for ring slots slot, slot+1, ... (mod capacity). */
-void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
-                            uint64_t count, uint64_t dim, uint64_t slot, uint64_t capacity);
+/* step: the training step whose keys these are (BSP appends a step's keys in worker-id
+ * order once every live worker's are in). Payload: count x dim f32 keys. */
+void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t count, uint64_t dim);
+/* since: the queue version the requester holds; step: the queue step wanted (BSP: the
+ * reply waits until the keys of every step < step are in; 0 = now). */
+void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t since);
+/* step: the queue's step. Payload: count x dim f32 rows for ring slots slot, slot+1, ...
+ * (mod capacity). */
+void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                            uint64_t version, uint64_t count, uint64_t dim, uint64_t slot,
+                            uint64_t capacity);
+/* The requester's keys of `step`. Payload: count x dim f32. Answered by KEYS_REPLY once
+ * every live worker's keys of that step are in. */
+void proto_make_keys_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                          uint64_t count, uint64_t dim);
+/* All workers' keys of `step`, count x dim f32 in worker-id order; the requester's `mine`
+ * rows start at row `offset`. */
+void proto_make_keys_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t count, uint64_t dim, uint64_t offset, uint64_t mine,
+                           uint64_t workers);
 void proto_make_ckpt(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, const char *dir);
 /* status: 0 or a negative MIMIC_E* code; text: the path written, or why not. */
 void proto_make_ckpt_done(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, int status,

@@ -126,30 +126,64 @@ void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_
     h->a[PROTO_PULL_WHICH] = which;
 }
 
-void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t count,
-                           uint64_t dim) {
-    begin(h, PROTO_QUEUE_PUSH, sender, seq);
+/* QUEUE_PUSH and KEYS_PUSH: a worker's count x dim f32 keys of `step`, a[] = count, dim
+ * (PROTO_QPUSH_* and PROTO_KPUSH_* are the same layout). */
+static void keys_push(proto_hdr_t *h, proto_type_t type, int32_t sender, uint64_t seq,
+                      uint64_t step, uint64_t count, uint64_t dim) {
+    begin(h, type, sender, seq);
+    h->step = step;
     h->na = 2;
     h->a[PROTO_QPUSH_COUNT] = (int64_t)count;
     h->a[PROTO_QPUSH_DIM] = (int64_t)dim;
     proto_hdr_set_payload(h, PROTO_DT_F32, count * dim);
 }
 
-void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t since) {
+void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t count, uint64_t dim) {
+    keys_push(h, PROTO_QUEUE_PUSH, sender, seq, step, count, dim);
+}
+
+void proto_make_queue_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t since) {
     begin(h, PROTO_QUEUE_PULL, sender, seq);
+    h->step = step;
     h->na = 1;
     h->a[PROTO_QPULL_SINCE] = (int64_t)since;
 }
 
-void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
-                            uint64_t count, uint64_t dim, uint64_t slot, uint64_t capacity) {
+void proto_make_queue_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                            uint64_t version, uint64_t count, uint64_t dim, uint64_t slot,
+                            uint64_t capacity) {
     begin(h, PROTO_QUEUE_REPLY, sender, seq);
+    h->step = step;
     h->na = 5;
     h->a[PROTO_QREP_VERSION] = (int64_t)version;
     h->a[PROTO_QREP_COUNT] = (int64_t)count;
     h->a[PROTO_QREP_DIM] = (int64_t)dim;
     h->a[PROTO_QREP_SLOT] = (int64_t)slot;
     h->a[PROTO_QREP_CAPACITY] = (int64_t)capacity;
+    proto_hdr_set_payload(h, PROTO_DT_F32, count * dim);
+}
+
+void proto_make_keys_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                          uint64_t count, uint64_t dim) {
+    _Static_assert((int)PROTO_KPUSH_COUNT == (int)PROTO_QPUSH_COUNT &&
+                       (int)PROTO_KPUSH_DIM == (int)PROTO_QPUSH_DIM,
+                   "KEYS_PUSH and QUEUE_PUSH share their a[] layout");
+    keys_push(h, PROTO_KEYS_PUSH, sender, seq, step, count, dim);
+}
+
+void proto_make_keys_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,
+                           uint64_t count, uint64_t dim, uint64_t offset, uint64_t mine,
+                           uint64_t workers) {
+    begin(h, PROTO_KEYS_REPLY, sender, seq);
+    h->step = step;
+    h->na = 5;
+    h->a[PROTO_KREP_COUNT] = (int64_t)count;
+    h->a[PROTO_KREP_DIM] = (int64_t)dim;
+    h->a[PROTO_KREP_OFFSET] = (int64_t)offset;
+    h->a[PROTO_KREP_MINE] = (int64_t)mine;
+    h->a[PROTO_KREP_WORKERS] = (int64_t)workers;
     proto_hdr_set_payload(h, PROTO_DT_F32, count * dim);
 }
 

@@ -42,7 +42,7 @@ void cons_destroy(cons_t **cp) {
     *cp = NULL;
 }
 
-static cons_worker_t *worker_find(cons_t *c, int32_t id) {
+static cons_worker_t *worker_find(const cons_t *c, int32_t id) {
     for (int i = 0; i < c->nworkers; i++)
         if (c->workers[i].id == id) return &c->workers[i];
     return NULL;
@@ -139,6 +139,22 @@ int cons_membership(cons_t *c, int64_t epoch, const int32_t *ids, size_t n) {
     c->membership_known = 1;
     c->epoch = epoch;
     return 0;
+}
+
+int cons_counts_at(const cons_t *c, int i, int32_t *id) {
+    if (i < 0 || i >= c->nworkers) return -1;
+    *id = c->workers[i].id;
+    return worker_counts(c, &c->workers[i]);
+}
+
+int cons_is_live(const cons_t *c, int32_t worker) {
+    if (!c->membership_known) return 1;
+    const cons_worker_t *w = worker_find(c, worker);
+    return w && w->live;
+}
+
+int cons_quorum_met(const cons_t *c, size_t n) {
+    return c->membership_known || n >= (size_t)(c->quorum > 0 ? c->quorum : 0);
 }
 
 int64_t cons_epoch(const cons_t *c) {

@@ -56,6 +56,16 @@ int cons_membership_outdated(const cons_t *c, int64_t epoch);
 int cons_membership(cons_t *c, int64_t epoch, const int32_t *ids, size_t n);
 /* The epoch of the MEMBERSHIP applied (0 before the first). */
 int64_t cons_epoch(const cons_t *c);
+/* Walks the worker table for modules that wait on the same workers as a step
+ * (stepkeys.h): for entry i, 1 and *id when that worker counts (live once MEMBERSHIP
+ * arrived, before it every worker seen), 0 when it does not, -1 past the end. */
+int cons_counts_at(const cons_t *c, int i, int32_t *id);
+/* 1 when `worker` may take part in a step: it is live (before the first MEMBERSHIP:
+ * always), else 0. */
+int cons_is_live(const cons_t *c, int32_t worker);
+/* 1 when n pushes are enough for a step as far as the quorum goes: always after the
+ * first MEMBERSHIP, before it n >= quorum. */
+int cons_quorum_met(const cons_t *c, size_t n);
 /* SSP: the slowest counted worker's clock; UINT64_MAX when no worker counts, 0 while
  * fewer than the quorum pushed before the first MEMBERSHIP. */
 uint64_t cons_min_clock(const cons_t *c);

@@ -5,6 +5,7 @@
 #include "keyrange.h"
 #include "mae.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,7 @@ static int copy_table(params_t *dst, const params_t *src) {
     return 0;
 }
 
-int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank) {
+int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, int ema_on) {
     int rc;
     mae_t *model = NULL;
     *out = NULL;
@@ -40,15 +41,16 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank) 
                        rank, servers, kv->total);
         goto fail;
     }
-    float **bufs[] = {&kv->w, &kv->m, &kv->v, &kv->ema, &kv->acc};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+    kv->ema_on = ema_on != 0;
+    float **bufs[] = {&kv->w, &kv->m, &kv->v, &kv->acc, &kv->ema};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0] - !kv->ema_on; i++) {
         if (!(*bufs[i] = mimic_alloc(kv->n * sizeof(float)))) {
             rc = MIMIC_ENOMEM;
             goto fail;
         }
     }
     memcpy(kv->w, model->p->w + kv->lo, kv->n * sizeof(float));
-    memcpy(kv->ema, kv->w, kv->n * sizeof(float));
+    if (kv->ema) memcpy(kv->ema, kv->w, kv->n * sizeof(float));
     mae_destroy(&model);
     kv->opt =
         (adamw_cfg_t){cfg->train.beta1, cfg->train.beta2, cfg->train.eps, cfg->train.weight_decay};
@@ -56,7 +58,8 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank) 
     kv->min_lr = cfg->train.min_lr;
     kv->warmup = cfg->train.warmup_steps;
     kv->steps = cfg->train.steps;
-    kv->ema_momentum = KVSTORE_EMA_MOMENTUM;
+    kv->ema_m0 = cfg->contrastive.momentum;
+    kv->ema_cosine = cfg->contrastive.momentum_cosine;
     *out = kv;
     return 0;
 fail:
@@ -92,11 +95,23 @@ float kvstore_lr(const kvstore_t *kv) {
     return adamw_lr((long)kv->version, kv->warmup, kv->steps, kv->base_lr, kv->min_lr);
 }
 
-/* One AdamW step on g * gscale with the EMA update in the same pass. */
+float kvstore_ema_momentum(float m0, int cosine, long t, long T) {
+    if (!cosine || T <= 0) return m0;
+    if (t > T) t = T;
+    if (t < 0) t = 0;
+    return (float)(1.0 - 0.5 * (1.0 + cos(M_PI * (double)t / (double)T)) * (1.0 - (double)m0));
+}
+
+/* The momentum of the step that makes version kv->version + 1. */
+static float next_momentum(const kvstore_t *kv) {
+    return kvstore_ema_momentum(kv->ema_m0, kv->ema_cosine, (long)kv->version + 1, kv->steps);
+}
+
+/* One AdamW step on g * gscale with the EMA update (when kept) in the same pass. */
 static void step_scaled(kvstore_t *kv, const float *g, float gscale) {
     double t0 = mimic_now();
     adamw_update_ema(&kv->opt, &kv->table, kv->w, g, gscale, kv->m, kv->v, kv->lo, kv->hi,
-                     kvstore_lr(kv), (long)kv->version + 1, kv->ema, kv->ema_momentum, NULL);
+                     kvstore_lr(kv), (long)kv->version + 1, kv->ema, next_momentum(kv), NULL);
     kv->version++;
     kv->t_update += mimic_now() - t0;
     kv->n_update++;
@@ -173,15 +188,17 @@ int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, v
     kvstore_snap_t *snap = free_snap(kv, PROTO_WHICH_PARAMS);
     if (!snap) return -1;
     snap->valid = 0;
-    const float lr = kvstore_lr(kv);
+    const float lr = kvstore_lr(kv), mom = next_momentum(kv);
     const long t = (long)kv->version + 1;
     for (size_t a = 0; a < kv->n; a += slice) {
         size_t b = a + slice < kv->n ? a + slice : kv->n;
         double t0 = mimic_now();
-        /* AdamW, EMA and the snapshot copy in one pass over the slice */
+        /* AdamW, EMA and the snapshot copy in one pass over the slice; without the EMA
+         * adamw writes only w, and the slice (still in cache) is copied after */
         adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g + a, gscale, kv->m + a, kv->v + a,
-                         kv->lo + a, kv->lo + b, lr, t, kv->ema + a, kv->ema_momentum,
+                         kv->lo + a, kv->lo + b, lr, t, kv->ema ? kv->ema + a : NULL, mom,
                          snap->buf + a);
+        if (!kv->ema) memcpy(snap->buf + a, kv->w + a, (b - a) * sizeof(float));
         kv->t_update += mimic_now() - t0;
         fn(ctx, snap, a, b, kv->version + 1);
     }
@@ -194,7 +211,7 @@ int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, v
 }
 
 kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which) {
-    MIMIC_CHECK(which == PROTO_WHICH_PARAMS || which == PROTO_WHICH_EMA);
+    MIMIC_CHECK(which == PROTO_WHICH_PARAMS || (which == PROTO_WHICH_EMA && kv->ema));
     kvstore_snap_t *pool = kv->snaps[which];
     for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
         if (pool[i].valid && pool[i].version == kv->version) return &pool[i];

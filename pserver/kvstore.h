@@ -7,7 +7,9 @@
  * only the range plus the tensor table (AdamW needs each tensor's decay flag). Every
  * update is one AdamW step, on one gradient (ASP/SSP: kvstore_step) or on the weighted
  * mean of the accumulated ones (BSP: kvstore_accumulate, then kvstore_step_mean); it
- * bumps the version and then the EMA: ema = mom * ema + (1 - mom) * w.
+ * bumps the version and then, when the store keeps one (ema_on), the momentum copy:
+ * ema = m_t * ema + (1 - m_t) * w, with m_t of kvstore_ema_momentum (MoCo v3's cosine
+ * schedule towards 1, or a constant m0). Without it, ema is NULL and costs nothing.
  *
  * Zero-copy replies: w changes at the next update while ZeroMQ may still be sending an
  * older reply, so replies never point at w. kvstore_snapshot copies w (or ema) once per
@@ -25,8 +27,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* EMA momentum, fixed for now: the contrastive stage will bring its schedule. */
-#define KVSTORE_EMA_MOMENTUM 0.99f
 /* Snapshots per kind (params, EMA). More are needed only when some peer is so slow
  * that ZeroMQ still holds replies of KVSTORE_SNAP_MAX older versions. */
 #define KVSTORE_SNAP_MAX 4
@@ -42,31 +42,43 @@ typedef struct {
     params_t table; /* the model's tensor table, no values (decay flags for AdamW) */
     size_t total;   /* floats in the whole model */
     size_t lo, hi, n;
-    uint64_t version;       /* optimiser steps applied to this range */
-    float *w, *m, *v, *ema; /* n floats each; element lo is at index 0 */
-    float *acc;             /* BSP: sum of batch * gradient for the current version */
-    double acc_weight;      /* BSP: sum of batch sizes pushed for it */
-    int acc_count;          /* BSP: pushes for it */
-    const float *held;      /* BSP: the first push, borrowed until a second comes; else NULL */
+    uint64_t version;  /* optimiser steps applied to this range */
+    float *w, *m, *v;  /* n floats each; element lo is at index 0 */
+    float *ema;        /* n floats when ema_on, else NULL */
+    int ema_on;        /* the momentum encoder is kept (cluster.ema) */
+    int ema_cosine;    /* contrastive.momentum_cosine */
+    float ema_m0;      /* contrastive.momentum */
+    float *acc;        /* BSP: sum of batch * gradient for the current version */
+    double acc_weight; /* BSP: sum of batch sizes pushed for it */
+    int acc_count;     /* BSP: pushes for it */
+    const float *held; /* BSP: the first push, borrowed until a second comes; else NULL */
     double held_weight;
     adamw_cfg_t opt;
-    float base_lr, min_lr, ema_momentum;
+    float base_lr, min_lr;
     long warmup, steps;
     kvstore_snap_t snaps[2][KVSTORE_SNAP_MAX]; /* [PROTO_WHICH_PARAMS or _EMA] */
-    /* measurements, logged at exit: time in AdamW+EMA and in snapshot copies */
+    /* measurements, logged at exit: time in the updates (AdamW, and the EMA when on)
+     * and in snapshot copies */
     double t_update, t_snap;
     long n_update, n_snap, n_snap_fallback;
 } kvstore_t;
 
 /* Builds the range [lo, hi) = keyrange_of(total, servers, rank) of the model in
  * cfg, initialised from cfg->train.seed, version 0. The learning rate is
- * config_lr(cfg, train.batch_size * cluster.workers) on adamw_lr's schedule. */
-int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank);
+ * config_lr(cfg, train.batch_size * cluster.workers) on adamw_lr's schedule. With
+ * ema_on the store keeps the momentum copy (starting equal to w) with m0 =
+ * contrastive.momentum, the cosine schedule when contrastive.momentum_cosine, over
+ * T = train.steps. */
+int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, int ema_on);
 /* Frees the store. Snapshots still held by ZeroMQ are leaked, never freed under it. */
 void kvstore_destroy(kvstore_t **kv);
 
 /* The learning rate of the next step (version -> version + 1). */
 float kvstore_lr(const kvstore_t *kv);
+/* The EMA momentum after the step that makes version t, over T steps:
+ * m_t = 1 - 0.5 (1 + cos(pi t / T)) (1 - m0) (MoCo v3; t is clamped to T), or m0 when
+ * cosine is 0 or T <= 0. Pure; the store uses (m0, cosine, T) of its config. */
+float kvstore_ema_momentum(float m0, int cosine, long t, long T);
 /* One AdamW step with gradient g (n floats), then version++ and the EMA update. */
 void kvstore_step(kvstore_t *kv, const float *g);
 /* BSP: adds weight * g (n floats) to the step's sum. The first push's g is borrowed,
@@ -80,15 +92,16 @@ void kvstore_step_mean(kvstore_t *kv);
 /* Forgets the pushes summed so far (after a resume; at exit). */
 void kvstore_drop_acc(kvstore_t *kv);
 
-/* The buffer holding w (which = PROTO_WHICH_PARAMS) or ema (PROTO_WHICH_EMA) at the
- * current version, copied at most once per version. NULL when every pooled buffer is
- * still held by ZeroMQ (or memory ran out): the caller then copies per reply. */
+/* The buffer holding w (which = PROTO_WHICH_PARAMS) or ema (PROTO_WHICH_EMA, only when
+ * ema_on) at the current version, copied at most once per version. NULL when every
+ * pooled buffer is still held by ZeroMQ (or memory ran out): the caller then copies
+ * per reply. */
 kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which);
 /* Called by kvstore_step_mean_sliced once elements [a, b) (offsets in the range) of
  * version `version` are final; snap->buf + a holds them. */
 typedef void (*kvstore_slice_fn)(void *ctx, kvstore_snap_t *snap, size_t a, size_t b,
                                  uint64_t version);
-/* kvstore_step_mean in slices of `slice` floats: after each slice's AdamW and EMA, its
+/* kvstore_step_mean in slices of `slice` floats: after each slice's AdamW (and EMA), its
  * new values are copied into the PARAMS snapshot of the new version and fn is called,
  * so replies can go out while the next slice is computed (ZeroMQ sends from its I/O
  * thread). The same bits as kvstore_step_mean. Returns 0, or -1 when no snapshot

@@ -18,6 +18,8 @@
 #include "negqueue.h"
 #include "proto.h"
 #include "shardckpt.h"
+#include "stage.h"
+#include "stepkeys.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -36,6 +38,9 @@
 #define PS_CKPTS_MAX 16     /* pending CKPT requests */
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
 
+/* cluster.ema's values, in the order of its choices "auto|on|off" (runtime/config.c). */
+enum { PS_EMA_AUTO = 0, PS_EMA_ON = 1, PS_EMA_OFF = 2 };
+
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
     uint8_t id[PROTO_ID_MAX];
@@ -45,6 +50,14 @@ typedef struct {
     int which;
     int sliced; /* answered slice by slice during the step being applied */
 } ps_pull_t;
+
+/* A request answered when its step is complete: a QUEUE_PULL (since) or a KEYS_PUSH. */
+typedef struct {
+    uint8_t id[PROTO_ID_MAX];
+    size_t idlen;
+    int32_t sender;
+    uint64_t seq, step, since;
+} ps_wait_t;
 
 typedef struct {
     uint64_t step;
@@ -57,10 +70,15 @@ struct server {
     member_t *member;
     char endpoint[256];
     int id, rank, servers;
+    int ema_on; /* the momentum encoder is kept (cluster.ema, the stage's declaration) */
     kvstore_t *kv;
-    negqueue_t *queue; /* rank 0 only: the contrastive stage's negative keys */
-    cons_t *cons;      /* the consistency rules and the worker table */
-    zmq_msg_t first;   /* BSP: the step's first push, which kv->held points into */
+    negqueue_t *queue;          /* rank 0 only: the contrastive stage's negative keys */
+    stepkeys_t *qkeys;          /* rank 0, BSP: the queue's keys of the steps not yet appended */
+    stepkeys_t *xkeys;          /* rank 0: MoCo v3's key exchange */
+    ps_wait_t *qpulls, *xwaits; /* held QUEUE_PULLs, KEYS_PUSHes waiting for their step */
+    int nqpulls, nxwaits;
+    cons_t *cons;    /* the consistency rules and the worker table */
+    zmq_msg_t first; /* BSP: the step's first push, which kv->held points into */
     int has_first;
     size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
@@ -154,10 +172,19 @@ static void release_pulls(server_t *s) {
     s->npulls = keep;
 }
 
-/* Checks a PULL's key range; 0, or -1 after answering ERROR. */
+/* Checks a PULL's key range and version; 0, or -1 after answering ERROR. */
 static int pull_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv;
+    if (h->a[PROTO_PULL_WHICH] == PROTO_WHICH_EMA && !kv->ema) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PULL header field 'a[0]' (which): EMA, but this server keeps no momentum "
+                  "copy (cluster.ema=%s and stage '%s'%s)",
+                  config_enum_name("cluster", "ema", s->cfg.cluster.ema),
+                  stage_ops_of(&s->cfg)->name,
+                  s->cfg.cluster.ema == PS_EMA_OFF ? "" : " does not read it");
+        return -1;
+    }
     if (h->lo < kv->lo || h->lo >= kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PULL header field 'lo': %" PRIu64 " is outside this server's range [%zu, %zu)",
@@ -216,7 +243,7 @@ static void send_ckpt_done(server_t *s, uint64_t step, int status, const char *t
 static void write_ckpt(server_t *s, const char *dir) {
     char path[4096] = "";
     double t0 = mimic_now();
-    int rc = shardckpt_save(s->kv, dir, s->rank, s->servers, path, sizeof path);
+    int rc = shardckpt_save(s->kv, s->queue, dir, s->rank, s->servers, path, sizeof path);
     if (rc) {
         ps_log(s, "checkpoint of step %" PRIu64 " failed: %s", s->kv->version, mimic_last_error());
         send_ckpt_done(s, s->kv->version, rc, mimic_last_error());
@@ -437,57 +464,236 @@ static void on_push(server_t *s, proto_msg_t *m) {
     }
 }
 
-/* ---- the negative-key queue (rank 0) --------------------------------------------------- */
+/* ---- the contrastive stage's keys (rank 0): negative queue and key exchange ------------
+ * The queue: under BSP a step's keys go through stepkeys (appended in worker-id order
+ * once every live worker's keys of that step are in), and a QUEUE_PULL asking for
+ * queue step t waits until the keys of every step < t are in. Under ASP/SSP keys are
+ * appended as they arrive and pulls are answered at once. The key exchange (MoCo v3)
+ * gathers a step's keys from every live worker and answers each KEYS_PUSH with all of
+ * them, in any consistency mode. docs/runtime.md, "Contrastive stage". */
 
-static int queue_here(server_t *s, const proto_msg_t *m) {
+static int keys_here(server_t *s, const proto_msg_t *m) {
     if (s->queue) return 1;
     reply_err(s, s->router, m, MIMIC_EINVAL,
-              "%s: the negative-key queue lives on server rank 0, this is rank %d",
+              "%s: the negative queue and the key exchange live on server rank 0, this is rank %d",
               proto_type_name(m->hdr.type), s->rank);
     return 0;
 }
 
-static void on_queue_push(server_t *s, const proto_msg_t *m) {
-    char why[PROTO_STR_MAX + 1];
-    if (!queue_here(s, m)) return;
-    size_t count = (size_t)m->hdr.a[PROTO_QPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_QPUSH_DIM];
-    int rc =
-        negqueue_push(s->queue, proto_msg_data(m), count, dim, s->max_payload, why, sizeof why);
-    if (rc) {
-        reply_err(s, s->router, m, rc, "%s", why);
-        return;
+/* A push of keys: from a live worker, rows of contrastive.dim floats. 0, or -1 after
+ * answering ERROR. */
+static int keys_check(server_t *s, const proto_msg_t *m, size_t dim) {
+    const proto_hdr_t *h = &m->hdr;
+    if (!keys_here(s, m)) return -1;
+    if (h->sender < 0 || !cons_is_live(s->cons, h->sender)) {
+        reply_err(s, s->router, m, MIMIC_EPEER,
+                  "%s from worker %d, which is not in the live set (membership epoch %" PRId64 ")",
+                  proto_type_name(h->type), (int)h->sender, cons_epoch(s->cons));
+        return -1;
     }
-    proto_hdr_t h;
-    proto_make_ack(&h, s->id, m->hdr.seq, PROTO_QUEUE_PUSH);
-    h.step = s->queue->version; /* the queue's version after this push */
-    if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
-        ps_log(s, "ACK of QUEUE_PUSH dropped: %s", mimic_last_error());
+    if (dim != s->queue->dim) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "%s header field 'a[1]' (dim): %zu, but keys are %zu floats (contrastive.dim)",
+                  proto_type_name(h->type), dim, s->queue->dim);
+        return -1;
+    }
+    return 0;
 }
 
-/* The rows are copied per reply: a later push overwrites ring slots at once, and a
- * wrapped span is not contiguous anyway. */
-static void on_queue_pull(server_t *s, const proto_msg_t *m) {
-    if (!queue_here(s, m)) return;
+/* Holds m in table t (n entries, at most max); ERROR when full. */
+static void hold_wait(server_t *s, const proto_msg_t *m, ps_wait_t *t, int *n, int max,
+                      uint64_t since) {
+    if (*n >= max) {
+        reply_err(s, s->router, m, MIMIC_ENOMEM, "%d %s requests already wait", max,
+                  proto_type_name(m->hdr.type));
+        return;
+    }
+    ps_wait_t *w = &t[(*n)++];
+    memcpy(w->id, m->id, m->idlen);
+    w->idlen = m->idlen;
+    w->sender = m->hdr.sender;
+    w->seq = m->hdr.seq;
+    w->step = m->hdr.step;
+    w->since = since;
+}
+
+/* QUEUE_REPLY: the rows a reader at `since` lacks, copied (a later push overwrites
+ * ring slots at once, and a wrapped span is not contiguous anyway). */
+static void send_queue_reply(server_t *s, const uint8_t *id, size_t idlen, uint64_t seq,
+                             uint64_t since) {
     const negqueue_t *q = s->queue;
     size_t slot = 0, count = 0;
-    if (negqueue_span(q, (uint64_t)m->hdr.a[PROTO_QPULL_SINCE], &slot, &count) != 0) {
-        reply_err(s, s->router, m, MIMIC_EINVAL, "%s", mimic_last_error());
+    if (negqueue_span(q, since, &slot, &count) != 0) { /* checked on receipt: never */
+        ps_log(s, "QUEUE_REPLY dropped: %s", mimic_last_error());
         return;
     }
     proto_hdr_t h;
-    /* no key pushed yet: dim 0, count 0 (a reply's dim must be positive) */
-    proto_make_queue_reply(&h, s->id, m->hdr.seq, q->version, count, q->dim ? q->dim : 1, slot,
-                           q->cap);
+    proto_make_queue_reply(&h, s->id, seq, q->step, q->version, count, q->dim, slot, q->cap);
     float *rows = NULL;
     if (count) {
         if (!(rows = mimic_alloc((size_t)h.nbytes))) {
-            reply_err(s, s->router, m, MIMIC_ENOMEM, "out of memory for a queue reply");
+            ps_log(s, "QUEUE_REPLY dropped: out of memory");
             return;
         }
         negqueue_copy(q, slot, count, rows);
     }
-    if (proto_send(s->router, m->id, m->idlen, &h, rows, rows ? free_copy : NULL, NULL) != 0)
+    if (proto_send(s->router, id, idlen, &h, rows, rows ? free_copy : NULL, NULL) != 0)
         ps_log(s, "QUEUE_REPLY dropped: %s", mimic_last_error());
+}
+
+/* Answers the held QUEUE_PULLs whose queue step was reached. */
+static void release_queue_pulls(server_t *s) {
+    int keep = 0;
+    for (int i = 0; i < s->nqpulls; i++) {
+        ps_wait_t *w = &s->qpulls[i];
+        if (s->queue->step >= w->step || training_over(s))
+            send_queue_reply(s, w->id, w->idlen, w->seq, w->since);
+        else
+            s->qpulls[keep++] = *w;
+    }
+    s->nqpulls = keep;
+}
+
+/* Appends n rows to the ring; a failure is logged (the check at push time makes it
+ * out of memory only). */
+static void queue_append(server_t *s, const float *rows, size_t n) {
+    char why[PROTO_STR_MAX + 1];
+    if (n && negqueue_push(s->queue, rows, n, s->queue->dim, s->max_payload, why, sizeof why))
+        ps_log(s, "queue: %zu keys lost: %s", n, why);
+}
+
+/* BSP: appends every complete step's keys, in worker-id order, then answers pulls. */
+static void queue_commit(server_t *s) {
+    int rc;
+    while ((rc = stepkeys_release(s->qkeys, s->cons)) == 1) {
+        stepkeys_view_t v = stepkeys_released(s->qkeys);
+        queue_append(s, v.rows, v.count);
+        s->queue->step = v.step + 1;
+    }
+    if (rc < 0) ps_log(s, "queue: out of memory releasing a step's keys");
+    release_queue_pulls(s);
+}
+
+static void send_queue_ack(server_t *s, const proto_msg_t *m) {
+    proto_hdr_t h;
+    proto_make_ack(&h, s->id, m->hdr.seq, PROTO_QUEUE_PUSH);
+    h.step = s->queue->version; /* the queue's version after this push (BSP: so far) */
+    if (proto_send(s->router, m->id, m->idlen, &h, NULL, NULL, NULL) != 0)
+        ps_log(s, "ACK of QUEUE_PUSH dropped: %s", mimic_last_error());
+}
+
+static void on_queue_push(server_t *s, const proto_msg_t *m) {
+    char why[PROTO_STR_MAX + 1];
+    size_t count = (size_t)m->hdr.a[PROTO_QPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_QPUSH_DIM];
+    if (keys_check(s, m, dim) != 0) return;
+    negqueue_t *q = s->queue;
+    int rc;
+    if (!q->rows && (rc = negqueue_alloc(q, s->max_payload))) { /* refuse before gathering */
+        reply_err(s, s->router, m, rc, "QUEUE_PUSH: %s", mimic_last_error());
+        return;
+    }
+    if (s->cfg.cluster.consistency != CONS_BSP) {
+        rc = negqueue_push(q, proto_msg_data(m), count, dim, s->max_payload, why, sizeof why);
+    } else {
+        rc = stepkeys_add(s->qkeys, m->hdr.sender, m->hdr.step, proto_msg_data(m), count, why,
+                          sizeof why);
+        if (rc == STEPKEYS_LATE) { /* a worker step m->hdr.step did not wait for */
+            ps_log(s, "queue: %zu keys of worker %d for step %" PRIu64 " came after the step's",
+                   count, (int)m->hdr.sender, m->hdr.step);
+            queue_append(s, proto_msg_data(m), count);
+            rc = 0;
+        }
+    }
+    if (rc) {
+        reply_err(s, s->router, m, rc, "%s", why);
+        return;
+    }
+    send_queue_ack(s, m);
+    if (s->cfg.cluster.consistency == CONS_BSP) queue_commit(s);
+}
+
+static void on_queue_pull(server_t *s, const proto_msg_t *m) {
+    if (!keys_here(s, m)) return;
+    uint64_t since = (uint64_t)m->hdr.a[PROTO_QPULL_SINCE];
+    if (since > s->queue->version) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "QUEUE_PULL header field 'a[0]' (since): %" PRIu64
+                  " is ahead of the queue's version %" PRIu64,
+                  since, s->queue->version);
+        return;
+    }
+    if (s->cfg.cluster.consistency == CONS_BSP && m->hdr.sender >= 0) {
+        /* a worker that wants the queue as of step t pushes nothing for steps < t: a
+         * joiner is then not waited for on those steps */
+        if (stepkeys_floor(s->qkeys, m->hdr.sender, m->hdr.step) != 0) {
+            reply_err(s, s->router, m, MIMIC_ENOMEM, "out of memory for the worker table");
+            return;
+        }
+        queue_commit(s);
+        if (s->queue->step < m->hdr.step && !training_over(s)) {
+            hold_wait(s, m, s->qpulls, &s->nqpulls, PS_PULLS_MAX, since);
+            return;
+        }
+    }
+    send_queue_reply(s, m->id, m->idlen, m->hdr.seq, since);
+}
+
+/* KEYS_REPLY to a worker of the released step: all rows, and where its own are. */
+static void send_keys_reply(server_t *s, const uint8_t *id, size_t idlen, int32_t sender,
+                            uint64_t seq) {
+    stepkeys_view_t v = stepkeys_released(s->xkeys);
+    size_t off = 0, mine = 0;
+    if (stepkeys_rows_of(s->xkeys, sender, &off, &mine) != 0) off = mine = 0;
+    proto_hdr_t h;
+    proto_make_keys_reply(&h, s->id, seq, v.step, v.count, v.dim, off, mine, (uint64_t)v.workers);
+    float *rows = NULL; /* copied: a late push may grow (move) the matrix */
+    if (v.count) {
+        if (!(rows = mimic_alloc((size_t)h.nbytes))) {
+            ps_log(s, "KEYS_REPLY to worker %d dropped: out of memory", (int)sender);
+            return;
+        }
+        memcpy(rows, v.rows, (size_t)h.nbytes);
+    }
+    if (proto_send(s->router, id, idlen, &h, rows, rows ? free_copy : NULL, NULL) != 0)
+        ps_log(s, "KEYS_REPLY to worker %d dropped: %s", (int)sender, mimic_last_error());
+}
+
+/* Releases every complete exchange step and answers its waiting workers. */
+static void keys_commit(server_t *s) {
+    int rc;
+    while ((rc = stepkeys_release(s->xkeys, s->cons)) == 1) {
+        uint64_t step = stepkeys_released(s->xkeys).step;
+        int keep = 0;
+        for (int i = 0; i < s->nxwaits; i++) {
+            ps_wait_t *w = &s->xwaits[i];
+            if (w->step == step)
+                send_keys_reply(s, w->id, w->idlen, w->sender, w->seq);
+            else
+                s->xwaits[keep++] = *w;
+        }
+        s->nxwaits = keep;
+    }
+    if (rc < 0) ps_log(s, "key exchange: out of memory releasing a step's keys");
+}
+
+static void on_keys_push(server_t *s, const proto_msg_t *m) {
+    char why[PROTO_STR_MAX + 1];
+    size_t count = (size_t)m->hdr.a[PROTO_KPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_KPUSH_DIM];
+    if (keys_check(s, m, dim) != 0) return;
+    int rc = stepkeys_add(s->xkeys, m->hdr.sender, m->hdr.step, proto_msg_data(m), count, why,
+                          sizeof why);
+    if (rc == STEPKEYS_LATE) { /* its step was answered without it: it gets the rows so far */
+        ps_log(s, "key exchange: worker %d's keys for step %" PRIu64 " came after the step's",
+               (int)m->hdr.sender, m->hdr.step);
+        send_keys_reply(s, m->id, m->idlen, m->hdr.sender, m->hdr.seq);
+        return;
+    }
+    if (rc) {
+        reply_err(s, s->router, m, rc, "%s", why);
+        return;
+    }
+    hold_wait(s, m, s->xwaits, &s->nxwaits, PS_PULLS_MAX, 0);
+    keys_commit(s);
 }
 
 /* ---- scheduler messages ----------------------------------------------------------------- */
@@ -523,6 +729,10 @@ static void on_membership(server_t *s, const proto_msg_t *m) {
     send_ack(s, m);
     maybe_step_bsp(s); /* a shrink may leave only workers that already pushed */
     release_pulls(s);  /* SSP: the slowest worker may have left */
+    if (s->queue) {    /* and the same for a step's keys */
+        if (s->qkeys) queue_commit(s);
+        keys_commit(s);
+    }
 }
 
 static void on_sched(server_t *s, const proto_msg_t *m) {
@@ -564,6 +774,9 @@ static void on_data(server_t *s, proto_msg_t *m) {
         break;
     case PROTO_QUEUE_PULL:
         on_queue_pull(s, m);
+        break;
+    case PROTO_KEYS_PUSH:
+        on_keys_push(s, m);
         break;
     default:
         reply_err(s, s->router, m, MIMIC_EINVAL,
@@ -627,9 +840,30 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
+/* Whether the servers keep the momentum encoder: cluster.ema=on, or auto and the running
+ * stage reads it (an MAE run does not pay for the EMA pass). */
+static int ema_wanted(const mimic_cfg_t *cfg) {
+    if (cfg->cluster.ema == PS_EMA_ON) return 1;
+    if (cfg->cluster.ema == PS_EMA_OFF) return 0;
+    return (stage_ops_of(cfg)->reads & STAGE_READ_EMA) != 0;
+}
+
 /* Checks the cluster settings the server uses and builds its consistency rules. */
 static int read_settings(server_t *s) {
     const mimic_cfg_t *cfg = &s->cfg;
+    s->ema_on = ema_wanted(cfg);
+    /* One server holds the whole queue: a step's delta pull is a few hundred rows, and a
+     * full pull of K = 65536 x 128 floats (32 MB) happens once per worker start
+     * (docs/runtime.md, measurements). */
+    if (cfg->cluster.queue_shards > 1 || cfg->cluster.queue_shards < 0 ||
+        (cfg->cluster.queue_shards == 0 && cfg->cluster.servers > 1))
+        return mimic_err(MIMIC_EINVAL,
+                         "cluster.queue_shards: %d, but the negative queue is held by server "
+                         "rank 0 alone (set 1; docs/runtime.md says why)",
+                         cfg->cluster.queue_shards);
+    if (s->ema_on && !(cfg->contrastive.momentum >= 0.0f && cfg->contrastive.momentum <= 1.0f))
+        return mimic_err(MIMIC_EINVAL, "contrastive.momentum: %g is not in [0, 1]",
+                         (double)cfg->contrastive.momentum);
     int rc =
         cons_new(&s->cons, cfg->cluster.consistency, cfg->cluster.staleness, cfg->cluster.workers);
     if (rc) return rc;
@@ -668,8 +902,14 @@ static int resume(server_t *s, const char *text) {
         snprintf(dir, sizeof dir, "%s", s->cfg.cluster.ckpt_dir);
     else
         snprintf(dir, sizeof dir, "%s/ckpt", s->cfg.train.out_dir);
-    int rc = shardckpt_load(s->kv, dir, s->rank, s->servers, step);
+    int rc = shardckpt_load(s->kv, s->queue, dir, s->rank, s->servers, step);
     if (rc) return rc;
+    if (s->queue) {
+        if (s->qkeys) stepkeys_reset(s->qkeys, s->queue->step);
+        stepkeys_reset(s->xkeys, step);
+        ps_log(s, "queue restored: %" PRIu64 " keys pushed, step %" PRIu64, s->queue->version,
+               s->queue->step);
+    }
     member_set_step(s->member, s->kv->version);
     ps_log(s, "resumed from %s/server-%d-step-%llu.safetensors", dir, s->rank, step);
     return 0;
@@ -711,6 +951,27 @@ static int update_threads(const mimic_cfg_t *cfg) {
 #endif
 }
 
+/* Rank 0's contrastive services: the queue (its ring allocated now when the stage uses
+ * it, else on the first push), the BSP queue's step keys and the key exchange. A
+ * released matrix of keys must fit a reply (cluster.max_msg_mb). */
+static int keys_new(server_t *s) {
+    const mimic_cfg_t *cfg = &s->cfg;
+    if (cfg->contrastive.queue_size <= 0 || cfg->contrastive.dim <= 0)
+        return mimic_err(MIMIC_EINVAL, "contrastive.queue_size %d, contrastive.dim %d: need >= 1",
+                         cfg->contrastive.queue_size, cfg->contrastive.dim);
+    size_t dim = (size_t)cfg->contrastive.dim, rows = s->max_payload / sizeof(float) / dim;
+    int rc = negqueue_new(&s->queue, (size_t)cfg->contrastive.queue_size, dim);
+    if (!rc && (stage_ops_of(cfg)->server_state & STAGE_STATE_QUEUE))
+        rc = negqueue_alloc(s->queue, s->max_payload);
+    if (!rc && cfg->cluster.consistency == CONS_BSP) rc = stepkeys_new(&s->qkeys, dim, rows);
+    if (!rc) rc = stepkeys_new(&s->xkeys, dim, rows);
+    if (rc) return rc;
+    s->qpulls = calloc(PS_PULLS_MAX, sizeof *s->qpulls);
+    s->xwaits = calloc(PS_PULLS_MAX, sizeof *s->xwaits);
+    if (!s->qpulls || !s->xwaits) return mimic_err(MIMIC_ENOMEM, "out of memory for held requests");
+    return 0;
+}
+
 int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoint) {
     int rc;
     proto_hdr_t ack;
@@ -738,8 +999,8 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     member_set_heartbeat(s->member, cfg->cluster.heartbeat_ms);
     if ((rc = member_beat_thread(s->member))) goto fail;
     if ((rc = apply_ack(s, &ack))) goto fail;
-    if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank))) goto fail;
-    if (s->rank == 0 && (rc = negqueue_new(&s->queue, NEGQUEUE_CAPACITY))) goto fail;
+    if ((rc = kvstore_new(&s->kv, cfg, s->servers, s->rank, s->ema_on))) goto fail;
+    if (s->rank == 0 && (rc = keys_new(s))) goto fail;
     if (ack.na > PROTO_RACK_NKEYS && ack.a[PROTO_RACK_NKEYS] > 0 &&
         (uint64_t)ack.a[PROTO_RACK_NKEYS] != s->kv->total) {
         rc = mimic_err(MIMIC_EINVAL,
@@ -751,11 +1012,12 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     int threads = update_threads(cfg);
     ps_log(s,
            "registered with %s as id %d: rank %d of %d, keys [%zu, %zu) of %zu (%.2f MB), "
-           "%s, %d update thread(s), serving at %s",
+           "%s, %d update thread(s), momentum encoder %s (m0 %g%s), serving at %s",
            sched_endpoint, s->id, s->rank, s->servers, s->kv->lo, s->kv->hi, s->kv->total,
            (double)s->kv->n * 4.0 / (1 << 20),
            config_enum_name("cluster", "consistency", s->cfg.cluster.consistency), threads,
-           s->endpoint);
+           s->ema_on ? "on" : "off", (double)cfg->contrastive.momentum,
+           cfg->contrastive.momentum_cosine ? ", cosine to 1" : "", s->endpoint);
     if (ack.str[0] && (rc = resume(s, ack.str))) goto fail;
     *out = s;
     return 0;
@@ -770,11 +1032,11 @@ void server_destroy(server_t **sp) {
     kvstore_t *kv = s->kv;
     if (kv && kv->n_update + kv->n_snap > 0)
         ps_log(s,
-               "%ld updates (%.2f ms each: AdamW + EMA over %zu floats), %ld reply snapshots "
+               "%ld updates (%.3f ms each: AdamW%s over %zu floats), %ld reply snapshots "
                "(%.2f ms each), %ld replies copied because snapshots were busy",
-               kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0, kv->n,
-               kv->n_snap, kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0,
-               kv->n_snap_fallback);
+               kv->n_update, kv->n_update ? kv->t_update * 1e3 / (double)kv->n_update : 0.0,
+               kv->ema ? " + EMA" : ", no EMA", kv->n, kv->n_snap,
+               kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0, kv->n_snap_fallback);
     member_destroy(&s->member);
     if (s->router) zmq_close(s->router);
     /* Terminating the context waits (up to the linger) until ZeroMQ let go of every
@@ -783,6 +1045,10 @@ void server_destroy(server_t **sp) {
     if (s->has_first) zmq_msg_close(&s->first); /* borrowed by the store, freed next */
     kvstore_destroy(&s->kv);
     negqueue_destroy(&s->queue);
+    stepkeys_destroy(&s->qkeys);
+    stepkeys_destroy(&s->xkeys);
+    free(s->qpulls);
+    free(s->xwaits);
     cons_destroy(&s->cons);
     free(s->pulls);
     free(s);

@@ -125,13 +125,26 @@ static void seed_hdr(proto_hdr_t *h, int type, int rich) {
     case PROTO_QUEUE_PUSH:
         args(h, 2, 8, 16, 0, 0, 0);
         h->dtype = PROTO_DT_F32, h->nbytes = 512;
+        if (rich) h->step = 9;
         break;
     case PROTO_QUEUE_PULL:
         args(h, 1, 100, 0, 0, 0, 0);
+        if (rich) h->step = 9;
         break;
     case PROTO_QUEUE_REPLY:
         args(h, 5, 108, 8, 16, 100, 4096);
         h->dtype = PROTO_DT_F32, h->nbytes = 512;
+        if (rich) h->step = 9;
+        break;
+    case PROTO_KEYS_PUSH:
+        args(h, 2, 4, 32, 0, 0, 0);
+        h->dtype = PROTO_DT_F32, h->nbytes = 512;
+        if (rich) h->step = 9;
+        break;
+    case PROTO_KEYS_REPLY:
+        args(h, 5, 8, 16, 4, 4, 2);
+        h->dtype = PROTO_DT_F32, h->nbytes = 512;
+        if (rich) h->step = 9;
         break;
     case PROTO_CKPT:
         h->step = 1000;

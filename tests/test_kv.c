@@ -5,7 +5,7 @@
  * the push tracker (or let the caller free the gradient) while ZeroMQ still holds the
  * zero-copy message. The old kv_destroy freed it first; the release that came later
  * from ZeroMQ's I/O thread wrote into freed memory (seen under ASan when a server was
- * SIGKILLed mid-run). */
+ * SIGKILLed mid-run). The same for the queue and key-exchange channels. */
 #define _POSIX_C_SOURCE 200809L
 #include "testutil.h"
 
@@ -78,7 +78,46 @@ static void test_destroy_with_push_in_flight(int nservers) {
         close(fds[s]);
 }
 
+/* The contrastive requests on the same mute server: each channel times out on its own,
+ * a wait on a timestamp that is not in flight is refused, and kv_destroy with the keys
+ * still queued (zero-copy) does not let ZeroMQ touch freed memory. */
+static void test_keys_channels(void) {
+    int port = 0, fd = mute_server(&port);
+    T_CHECK(fd >= 0);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    void *zctx = zmq_ctx_new();
+    kv_t *kv = NULL;
+    T_CHECK(kv_new(&kv, zctx, ep, 1, 1024, 1, 1 << 20) == 0);
+    enum { K = 64, D = 8, N = 16 };
+    float *keys = calloc(N * D, sizeof(float)), *ring = calloc(K * D, sizeof(float));
+    float *all = calloc(4 * N * D, sizeof(float));
+    kv_queue_info_t qi;
+    kv_keys_info_t ki;
+    int tq = kv_queue_push(kv, 3, keys, N, D);
+    int tp = kv_queue_pull(kv, 4, ring, K, D, &qi);
+    int tk = kv_keys_exchange(kv, 3, keys, N, D, all, 4 * N, &ki);
+    T_CHECK(tq > 0 && tp > 0 && tk > 0 && tq != tp && tp != tk && tq != tk);
+    T_CHECK(kv_wait(kv, tk, 100, NULL) == MIMIC_ETIMEOUT);
+    T_CHECK(kv_wait(kv, tp, 100, NULL) == MIMIC_ETIMEOUT);
+    T_CHECK(kv_wait(kv, tq, 100, NULL) == MIMIC_ETIMEOUT);
+    mimic_set_quiet(1);
+    T_CHECK(kv_wait(kv, tk + 1000, 100, NULL) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), "not a request in flight") != NULL);
+    T_CHECK(kv_queue_pull(kv, 4, ring, 0, D, &qi) == MIMIC_EINVAL);
+    mimic_set_quiet(0);
+    kv_destroy(&kv);
+    T_CHECK(kv == NULL);
+    memset(keys, 0xff, N * D * sizeof(float)); /* ZeroMQ let go of them */
+    free(keys);
+    free(ring);
+    free(all);
+    T_CHECK(zmq_ctx_term(zctx) == 0);
+    close(fd);
+}
+
 int main(void) {
+    test_keys_channels();
     test_destroy_with_push_in_flight(1);
     test_destroy_with_push_in_flight(2);
     return testutil_summary("test_kv");

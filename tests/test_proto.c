@@ -138,6 +138,21 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
         h->nbytes = (uint64_t)(a[1] * a[2] * 4);
         break;
     }
+    case PROTO_KEYS_PUSH: {
+        int64_t a[] = {(int64_t)rnd_below(64), 256};
+        set_args(h, 2, a);
+        h->dtype = PROTO_DT_F32;
+        h->nbytes = (uint64_t)(a[0] * a[1] * 4);
+        break;
+    }
+    case PROTO_KEYS_REPLY: {
+        int64_t mine = (int64_t)rnd_below(64), off = (int64_t)rnd_below(128);
+        int64_t a[] = {off + mine + (int64_t)rnd_below(64), 256, off, mine, 3};
+        set_args(h, 5, a);
+        h->dtype = PROTO_DT_F32;
+        h->nbytes = (uint64_t)(a[0] * a[1] * 4);
+        break;
+    }
     case PROTO_CKPT:
         h->step = 5000;
         proto_hdr_set_str(h, "/var/lib/mimic/ckpt/step-5000");
@@ -362,21 +377,29 @@ static void test_builders_data(void) {
     set_args(ref(&w, PROTO_PULL_REPLY, 1, 24, 4), 1, (int64_t[]){PROTO_WHICH_EMA});
     w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_F32, w.nbytes = 256 * sizeof(float);
     check_made("PULL_REPLY", &h, &w);
-    proto_make_queue_push(&h, 4, 25, 8, 16);
-    set_args(ref(&w, PROTO_QUEUE_PUSH, 4, 25, 0), 2, (int64_t[]){8, 16});
+    proto_make_queue_push(&h, 4, 25, 7, 8, 16);
+    set_args(ref(&w, PROTO_QUEUE_PUSH, 4, 25, 7), 2, (int64_t[]){8, 16});
     w.dtype = PROTO_DT_F32, w.nbytes = 8 * 16 * sizeof(float);
     check_made("QUEUE_PUSH", &h, &w);
-    proto_make_queue_pull(&h, 4, 26, 100);
-    set_args(ref(&w, PROTO_QUEUE_PULL, 4, 26, 0), 1, (int64_t[]){100});
+    proto_make_queue_pull(&h, 4, 26, 8, 100);
+    set_args(ref(&w, PROTO_QUEUE_PULL, 4, 26, 8), 1, (int64_t[]){100});
     check_made("QUEUE_PULL", &h, &w);
-    proto_make_queue_reply(&h, 1, 26, 108, 8, 16, 100, 4096);
-    set_args(ref(&w, PROTO_QUEUE_REPLY, 1, 26, 0), 5, (int64_t[]){108, 8, 16, 100, 4096});
+    proto_make_queue_reply(&h, 1, 26, 8, 108, 8, 16, 100, 4096);
+    set_args(ref(&w, PROTO_QUEUE_REPLY, 1, 26, 8), 5, (int64_t[]){108, 8, 16, 100, 4096});
     w.dtype = PROTO_DT_F32, w.nbytes = 8 * 16 * sizeof(float);
     check_made("QUEUE_REPLY", &h, &w);
-    proto_make_queue_reply(&h, 1, 27, 0, 0, 1, 0, 4096); /* nothing pushed yet: dim 1 */
+    proto_make_queue_reply(&h, 1, 27, 0, 0, 0, 1, 0, 4096); /* nothing pushed yet: dim 1 */
     set_args(ref(&w, PROTO_QUEUE_REPLY, 1, 27, 0), 5, (int64_t[]){0, 0, 1, 0, 4096});
     w.dtype = PROTO_DT_F32;
     check_made("QUEUE_REPLY (empty)", &h, &w);
+    proto_make_keys_push(&h, 4, 29, 9, 6, 32);
+    set_args(ref(&w, PROTO_KEYS_PUSH, 4, 29, 9), 2, (int64_t[]){6, 32});
+    w.dtype = PROTO_DT_F32, w.nbytes = 6 * 32 * sizeof(float);
+    check_made("KEYS_PUSH", &h, &w);
+    proto_make_keys_reply(&h, 1, 29, 9, 12, 32, 6, 6, 2);
+    set_args(ref(&w, PROTO_KEYS_REPLY, 1, 29, 9), 5, (int64_t[]){12, 32, 6, 6, 2});
+    w.dtype = PROTO_DT_F32, w.nbytes = 12 * 32 * sizeof(float);
+    check_made("KEYS_REPLY", &h, &w);
     proto_make_metrics(&h, 4, 28, 60, 0.5, 1234.5, 1e-3);
     ref(&w, PROTO_METRICS, 4, 28, 60);
     w.nf = 3, w.f[PROTO_METRIC_LOSS] = 0.5, w.f[PROTO_METRIC_IMGS] = 1234.5;
@@ -668,6 +691,8 @@ static const char *const required[PROTO_TYPE_COUNT] = {
     [PROTO_SHUTDOWN] = "",
     [PROTO_ERROR] = "a str",
     [PROTO_ACK] = "a",
+    [PROTO_KEYS_PUSH] = "a dt n",
+    [PROTO_KEYS_REPLY] = "a dt n",
 };
 
 /* Re-packs the map in buf without key `drop`. */
@@ -780,6 +805,37 @@ static void test_semantics(void) {
     h.a[PROTO_QREP_COUNT] = 1;
     h.nbytes = 512;
     expect_hdr("queue count > capacity", &h, "'a[1]' (count)");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.a[PROTO_KPUSH_DIM] = 0;
+    expect_hdr("keys dim 0", &h, "'a[1]' (dim)");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.a[PROTO_KPUSH_COUNT] = 4;
+    h.nbytes = 4 * 256 * 4 - 4; /* a row one float short */
+    expect_hdr("keys n short", &h, "needs 4096 bytes");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.a[PROTO_KPUSH_COUNT] = INT64_MAX / 2; /* count x dim x 4 overflows */
+    expect_hdr("keys count overflow", &h, "overflows");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.a[PROTO_KPUSH_COUNT] = -1;
+    expect_hdr("keys negative count", &h, "'a[0]' (count)");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.na = 1;
+    expect_hdr("keys push without dim", &h, "'a'");
+    make_valid(&h, PROTO_KEYS_PUSH);
+    h.dtype = PROTO_DT_I64;
+    expect_hdr("keys dtype", &h, "must be f32");
+    make_valid(&h, PROTO_KEYS_REPLY);
+    h.a[PROTO_KREP_OFFSET] = h.a[PROTO_KREP_COUNT];
+    h.a[PROTO_KREP_MINE] = 1;
+    expect_hdr("keys reply rows outside", &h, "'a[3]' (mine)");
+    make_valid(&h, PROTO_KEYS_REPLY);
+    h.a[PROTO_KREP_OFFSET] = INT64_MAX;
+    h.a[PROTO_KREP_MINE] = INT64_MAX;
+    expect_hdr("keys reply offset + mine overflow", &h, "'a[3]' (mine)");
+    make_valid(&h, PROTO_QUEUE_PUSH);
+    h.a[PROTO_QPUSH_COUNT] = 3;
+    h.nbytes = 3 * 128 * 4 + 4; /* one float too many */
+    expect_hdr("queue push n long", &h, "needs 1536 bytes");
     make_valid(&h, PROTO_ERROR);
     h.a[0] = 3;
     expect_hdr("error code positive", &h, "'a[0]' (code)");

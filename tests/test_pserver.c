@@ -2,19 +2,26 @@
 /* test_pserver — a real mimic-pserver process driven by an in-process fake scheduler
  * (ROUTER) and fake workers (DEALERs) on loopback: registration and key range, the
  * initial values, BSP weighted aggregation against a local AdamW step, held pulls,
- * membership shrink, stale and malformed input, ASP, SSP, checkpoint and resume. */
+ * membership shrink, stale and malformed input, ASP, SSP, checkpoint and resume; the
+ * momentum encoder (EMA) on its schedule, and refused when the servers keep none; the
+ * negative queue and the key exchange through the worker's client (kv.h) with two
+ * workers: BSP order, delta pulls, crash-restart from the shard, a dead worker, and
+ * malformed or oversized pushes. */
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
 
 #include "adamw.h"
 #include "common.h"
 #include "config.h"
+#include "keyrange.h"
+#include "kv.h"
+#include "kvstore.h"
 #include "mae.h"
 #include "proto.h"
-#include "keyrange.h"
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -419,6 +426,14 @@ static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank) 
     r->base_lr = config_lr(&r->cfg, r->cfg.train.batch_size * r->cfg.cluster.workers);
 }
 
+/* The momentum after the step that makes version t, computed here by hand from the
+ * config (MoCo v3: m_t = 1 - 0.5 (1 + cos(pi t / T)) (1 - m0), T = train.steps). */
+static float hand_momentum(const mimic_cfg_t *c, long t) {
+    double m0 = c->contrastive.momentum, T = (double)c->train.steps;
+    if (!c->contrastive.momentum_cosine) return (float)m0;
+    return (float)(1.0 - 0.5 * (1.0 + cos(3.14159265358979323846 * (double)t / T)) * (1.0 - m0));
+}
+
 /* One step with the batch-weighted mean of k gradients (the server's arithmetic). */
 static void mirror_step(mirror_t *r, int k, const float *const *g, const int *batch) {
     float *acc = calloc(r->n, sizeof(float));
@@ -434,8 +449,9 @@ static void mirror_step(mirror_t *r, int k, const float *const *g, const int *ba
     float lr = adamw_lr(r->t, r->cfg.train.warmup_steps, r->cfg.train.steps, r->base_lr,
                         r->cfg.train.min_lr);
     adamw_update(&r->oc, r->model->p, r->w, acc, 1.0f, r->m, r->v, r->lo, r->hi, lr, ++r->t);
+    const float mom = hand_momentum(&r->cfg, r->t);
     for (size_t i = 0; i < r->n; i++)
-        r->ema[i] = 0.99f * r->ema[i] + 0.01f * r->w[i];
+        r->ema[i] = mom * r->ema[i] + (1.0f - mom) * r->w[i];
     free(acc);
 }
 
@@ -458,7 +474,7 @@ static float *grad(size_t n, unsigned long long seed) {
 /* BSP on rank 1 of 2, malformed input, then a checkpoint; returns the state at step 3
  * (params and EMA, r->n floats each) for the resume test. */
 static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float *e3, mirror_t *r) {
-    const char *extra[] = {NULL};
+    const char *extra[] = {"--cluster.ema=on", "--contrastive.momentum=0.9", NULL};
     mirror_init(r, extra, 2, 1);
     size_t lo = r->lo, hi = r->hi, n = r->n;
     printf("model %zu floats, server 1 of 2 holds [%zu, %zu)\n", r->model->p->total, lo, hi);
@@ -566,6 +582,7 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_PARAMS), 3, lo, hi, p3);
     testutil_close("BSP step 3", p3, r->w, n, 1e-6);
     w_reply(&w1, w_pull(&w1, 3, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, e3);
+    testutil_close("EMA after step 3 (cosine schedule from m0 0.9)", e3, r->ema, n, 1e-6);
     sched_simple(f, &c, PROTO_CKPT, 1, ckdir); /* a step already passed */
     T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
     T_CHECK(m.hdr.step == 1 && m.hdr.a[PROTO_CKDONE_STATUS] < 0);
@@ -588,7 +605,7 @@ static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *
                         mirror_t *r) {
     char flag[1100];
     snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
-    const char *extra[] = {flag, NULL};
+    const char *extra[] = {flag, "--cluster.ema=on", "--contrastive.momentum=0.9", NULL};
     size_t lo = r->lo, hi = r->hi, n = r->n;
     child_t c;
     if (start_server(f, &c, "resume", extra, 2, 1, "3") != 0) {
@@ -610,6 +627,8 @@ static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *
     w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_PARAMS), 4, lo, hi, got);
     mirror_step(r, 1, (const float *const[]){g5}, (const int[]){1});
     testutil_close("step 4 after resume (moments restored)", got, r->w, n, 1e-6);
+    w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_EMA), 4, lo, hi, got);
+    testutil_close("EMA of step 4 after resume", got, r->ema, n, 1e-6);
     T_CHECK(stop_server(f, &c) == 0);
     worker_close(&w1);
     free(got);
@@ -696,7 +715,7 @@ static void duo_close(duo_t *d, fsched_t *f) {
 
 /* ASP: every push is its own step, a stale one included. */
 static void test_asp(void *ctx, fsched_t *f) {
-    const char *extra[] = {"--cluster.consistency=asp", NULL};
+    const char *extra[] = {"--cluster.consistency=asp", "--contrastive.dim=2", NULL};
     duo_t d;
     if (duo_open(&d, ctx, f, "asp", extra) != 0) return;
     size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
@@ -715,6 +734,8 @@ static void test_asp(void *ctx, fsched_t *f) {
     testutil_close("ASP: two pushes, two steps", got, d.r.w, n, 1e-6);
     s = w_push(w1, 5, lo, hi, 1, g1);
     w_error(w1, s, "ahead");
+    /* the MAE stage does not read the momentum copy: with cluster.ema=auto none is kept */
+    w_error(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_EMA), "keeps no momentum copy");
     test_queue(w1);
     free(g1);
     free(g2);
@@ -724,7 +745,9 @@ static void test_asp(void *ctx, fsched_t *f) {
 
 /* SSP(1): a pull at clock 2 waits until the slowest live worker reached clock 1. */
 static void test_ssp(void *ctx, fsched_t *f) {
-    const char *extra[] = {"--cluster.consistency=ssp", "--cluster.staleness=1", NULL};
+    const char *extra[] = {
+        "--cluster.consistency=ssp",  "--cluster.staleness=1",           "--cluster.ema=on",
+        "--contrastive.momentum=0.5", "--contrastive.momentum_cosine=0", NULL};
     duo_t d;
     if (duo_open(&d, ctx, f, "ssp", extra) != 0) return;
     size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
@@ -737,6 +760,11 @@ static void test_ssp(void *ctx, fsched_t *f) {
     T_CHECK(w_quiet(w1));
     w_ack(w2, w_push(w2, 0, lo, hi, 1, g));
     w_reply(w1, held, 3, lo, hi, got);
+    for (int k = 0; k < 3; k++)
+        mirror_step(&d.r, 1, (const float *const[]){g}, (const int[]){1});
+    testutil_close("SSP: three steps", got, d.r.w, n, 1e-6);
+    w_reply(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, got);
+    testutil_close("EMA with a constant momentum 0.5", got, d.r.ema, n, 1e-6);
     free(g);
     free(got);
     duo_close(&d, f);
@@ -889,6 +917,397 @@ static void test_bad_flags(fsched_t *f) {
     }
 }
 
+/* ---- the contrastive stage's keys through the worker's client (kv.h) -------------------- */
+
+#define QK 64 /* queue keys (contrastive.queue_size) */
+#define QD 4  /* key floats (contrastive.dim) */
+
+/* Key `row` of worker slot w (0 or 1) in step v: every float tells where it came from. */
+static void make_keys(float *k, int v, int w, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < QD; j++)
+            k[i * QD + j] = (float)(v * 1000 + w * 100 + i) + 0.25f * (float)j;
+}
+
+/* The single process the queue must equal: each step enqueues worker 10's keys, then
+ * worker 11's (worker-id order), into a ring of QK rows. */
+typedef struct {
+    float ring[QK * QD];
+    uint64_t version;
+} qref_t;
+
+static void qref_push(qref_t *q, const float *k, int n) {
+    for (int i = 0; i < n; i++, q->version++)
+        memcpy(q->ring + (q->version % QK) * QD, k + i * QD, QD * sizeof(float));
+}
+
+typedef struct {
+    kv_t *kv[2];
+    float ring[2][QK * QD];
+    kv_queue_info_t info[2];
+} qworkers_t;
+
+static int qworkers_open(qworkers_t *w, void *ctx, const char *ep, size_t total) {
+    memset(w, 0, sizeof *w);
+    for (int i = 0; i < 2; i++)
+        if (kv_new(&w->kv[i], ctx, ep, 1, total, 10 + i, MAXPAY) != 0) return -1;
+    return 0;
+}
+
+static void qworkers_close(qworkers_t *w) {
+    for (int i = 0; i < 2; i++)
+        kv_destroy(&w->kv[i]);
+}
+
+/* One BSP step v of the queue: both push (the one named `first` first), worker 0's pull
+ * for step v+1 waits for the second push; both rings then equal the reference. Returns
+ * the bytes of worker 0's delta pull. */
+static size_t queue_step(qworkers_t *w, qref_t *ref, int v, const int *n, int first) {
+    float keys[2][16 * QD];
+    uint64_t qv = 0;
+    for (int i = 0; i < 2; i++)
+        make_keys(keys[i], v, i, n[i]);
+    int a = first, b = 1 - first;
+    T_CHECK(kv_wait(w->kv[a], kv_queue_push(w->kv[a], (uint64_t)v, keys[a], (size_t)n[a], QD),
+                    WAIT_MS, NULL) == 0);
+    int held = kv_queue_pull(w->kv[a], (uint64_t)v + 1, w->ring[a], QK, QD, &w->info[a]);
+    T_CHECK(held > 0 && kv_wait(w->kv[a], held, QUIET_MS, NULL) == MIMIC_ETIMEOUT);
+    T_CHECK(kv_wait(w->kv[b], kv_queue_push(w->kv[b], (uint64_t)v, keys[b], (size_t)n[b], QD),
+                    WAIT_MS, NULL) == 0);
+    T_CHECK(kv_wait(w->kv[a], held, WAIT_MS, &qv) == 0);
+    T_CHECK(kv_wait(w->kv[b],
+                    kv_queue_pull(w->kv[b], (uint64_t)v + 1, w->ring[b], QK, QD, &w->info[b]),
+                    WAIT_MS, NULL) == 0);
+    qref_push(ref, keys[0], n[0]); /* worker 10, then 11, whoever came first */
+    qref_push(ref, keys[1], n[1]);
+    size_t rows = ref->version < QK ? (size_t)ref->version : QK;
+    for (int i = 0; i < 2; i++) {
+        T_CHECK(w->info[i].version == ref->version && w->info[i].step == (uint64_t)v + 1);
+        T_CHECK(w->info[i].rows == rows);
+        T_CHECK(memcmp(w->ring[i], ref->ring, rows * QD * sizeof(float)) == 0);
+    }
+    T_CHECK(qv == ref->version);
+    return w->info[0].bytes;
+}
+
+/* The error a request ended with must contain `text`. */
+static void kv_refused(kv_t *kv, int ts, const char *text) {
+    int rc = ts > 0 ? kv_wait(kv, ts, WAIT_MS, NULL) : ts;
+    const char *why = mimic_last_error();
+    if (rc == 0 || !strstr(why, text)) fprintf(stderr, "refusal '%s' lacks '%s'\n", why, text);
+    T_CHECK(rc != 0 && strstr(why, text) != NULL);
+}
+
+/* Floats in the model of BASE_ARGS + extra (what a worker's kv_new needs). */
+static size_t model_total(const char *const *extra) {
+    mirror_t r;
+    mirror_init(&r, extra, 1, 0);
+    size_t total = r.model->p->total;
+    mirror_free(&r);
+    return total;
+}
+
+/* A one-server (rank 0) run with live workers 10 and 11: 0, or -1 (checked) when the
+ * server did not start. */
+static int start_duo_server(fsched_t *f, child_t *c, const char *name, const char *const *extra) {
+    if (start_server(f, c, name, extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c->pid);
+        return -1;
+    }
+    int32_t both[2] = {10, 11};
+    sched_membership(f, c, 1, both, 2);
+    return 0;
+}
+
+/* BSP queue with two workers: order by worker id whatever the arrival order, delta
+ * pulls reconstruct it, refusals, then a checkpoint; the server is SIGKILLed and a new
+ * one resumes from the shard: the queue equals the uninterrupted run's. A dead worker
+ * releases a held pull. */
+static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
+    char flag[1200];
+    snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", ckdir);
+    const char *extra[] = {"--contrastive.queue_size=64", "--contrastive.dim=4", flag, NULL};
+    size_t total = model_total(extra);
+    child_t c;
+    if (start_duo_server(f, &c, "queue", extra) != 0) return;
+    int32_t both[2] = {10, 11};
+    qworkers_t w;
+    T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
+    qref_t ref = {0};
+    const int n[2] = {5, 3}; /* rows per step of workers 10 and 11: wraps after 8 steps */
+    const int N1 = 6, N2 = 9;
+    size_t bytes = 0;
+    for (int v = 0; v < N1; v++)
+        bytes = queue_step(&w, &ref, v, n, v & 1);
+    printf("queue: %d BSP steps of 5 + 3 keys, both workers' delta pulls equal the one-process "
+           "queue; a step's delta pull is %zu bytes\n",
+           N1, bytes);
+    T_CHECK(bytes == (size_t)(n[0] + n[1]) * QD * sizeof(float));
+
+    /* refusals, each with its reason; the queue is unchanged by them */
+    float k[4 * 5];
+    make_keys(k, 0, 0, 4);
+    kv_refused(w.kv[0], kv_queue_push(w.kv[0], 2, k, 4, QD), "complete"); /* an old step */
+    kv_refused(w.kv[0], kv_queue_push(w.kv[0], N1, k, 4, 5), "contrastive.dim");
+    T_CHECK(kv_wait(w.kv[0], kv_queue_push(w.kv[0], N1, k, 2, QD), WAIT_MS, NULL) == 0);
+    kv_refused(w.kv[0], kv_queue_push(w.kv[0], N1, k, 2, QD), "duplicate");
+    float *big = calloc((size_t)70000 * QD, sizeof(float)); /* 1.1 MB > cluster.max_msg_mb */
+    kv_refused(w.kv[1], kv_queue_push(w.kv[1], N1, big, 70000, QD), "exceeds the limit");
+    free(big);
+    fworker_t raw = {0};
+    worker_open(&raw, ctx, c.ep, 10);
+    proto_hdr_t h;
+    proto_make_queue_push(&h, 10, 777, N1, 2, QD);
+    unsigned char hb[PROTO_HDR_MAX];
+    size_t hl = 0;
+    char why[PROTO_WHY_MAX];
+    T_CHECK(proto_encode_hdr(&h, hb, sizeof hb, &hl, why, sizeof why) == 0);
+    w_raw(&raw, hb, hl, k, 2 * QD * sizeof(float) - 4); /* a float short of 'n' */
+    w_error(&raw, 777, "'n'");
+    worker_close(&raw);
+    /* finish step N1 (worker 10's 2 rows went in above) */
+    float k11[3 * QD];
+    make_keys(k11, N1, 1, 3);
+    T_CHECK(kv_wait(w.kv[1], kv_queue_push(w.kv[1], N1, k11, 3, QD), WAIT_MS, NULL) == 0);
+    qref_push(&ref, k, 2);
+    qref_push(&ref, k11, 3);
+
+    /* checkpoint: the server's version is 0, so CKPT(0) is written at once */
+    sched_simple(f, &c, PROTO_CKPT, 0, ckdir);
+    proto_msg_t m;
+    T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0 && m.hdr.a[PROTO_CKDONE_STATUS] == 0);
+    proto_msg_close(&m);
+    qref_t at_ckpt = ref;
+    for (int v = N1 + 1; v < N1 + 1 + N2; v++)
+        queue_step(&w, &ref, v, n, v % 3 == 0);
+    qref_t uninterrupted = ref;
+    qworkers_close(&w);
+    testutil_kill(c.pid); /* a crash */
+    c.pid = 0;
+
+    /* restart from the shard: step N1 + 1 on, the same keys */
+    if (start_server(f, &c, "queue-resumed", extra, 1, 0, "0") != 0) {
+        T_CHECK(!"server restarted");
+        testutil_kill(c.pid);
+        return;
+    }
+    sched_membership(f, &c, 1, both, 2);
+    T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
+    /* a fresh client's first pull brings the whole ring as of the checkpoint */
+    T_CHECK(kv_wait(w.kv[0], kv_queue_pull(w.kv[0], N1 + 1, w.ring[0], QK, QD, &w.info[0]), WAIT_MS,
+                    NULL) == 0);
+    T_CHECK(w.info[0].version == at_ckpt.version && w.info[0].step == (uint64_t)N1 + 1);
+    T_CHECK(memcmp(w.ring[0], at_ckpt.ring, sizeof at_ckpt.ring) == 0);
+    T_CHECK(kv_wait(w.kv[1], kv_queue_pull(w.kv[1], N1 + 1, w.ring[1], QK, QD, &w.info[1]), WAIT_MS,
+                    NULL) == 0);
+    ref = at_ckpt;
+    for (int v = N1 + 1; v < N1 + 1 + N2; v++)
+        queue_step(&w, &ref, v, n, v % 2 == 0); /* another arrival order than before */
+    T_CHECK(ref.version == uninterrupted.version);
+    T_CHECK(memcmp(w.ring[0], uninterrupted.ring, sizeof ref.ring) == 0);
+    T_CHECK(memcmp(w.ring[1], uninterrupted.ring, sizeof ref.ring) == 0);
+    printf("queue: checkpoint after step %d, SIGKILL, resume: after step %d the queue equals "
+           "the uninterrupted run's (%llu keys pushed)\n",
+           N1, N1 + N2, (unsigned long long)ref.version);
+
+    /* worker 11 dies before pushing step v: worker 10's pull is released by the shrink */
+    int v = N1 + 1 + N2;
+    float k10[5 * QD];
+    make_keys(k10, v, 0, 5);
+    T_CHECK(kv_wait(w.kv[0], kv_queue_push(w.kv[0], (uint64_t)v, k10, 5, QD), WAIT_MS, NULL) == 0);
+    int held = kv_queue_pull(w.kv[0], (uint64_t)v + 1, w.ring[0], QK, QD, &w.info[0]);
+    T_CHECK(kv_wait(w.kv[0], held, QUIET_MS, NULL) == MIMIC_ETIMEOUT);
+    int32_t one[1] = {10};
+    sched_membership(f, &c, 2, one, 1);
+    T_CHECK(kv_wait(w.kv[0], held, WAIT_MS, NULL) == 0);
+    qref_push(&ref, k10, 5);
+    T_CHECK(w.info[0].version == ref.version && w.info[0].received == 5);
+    T_CHECK(memcmp(w.ring[0], ref.ring, sizeof ref.ring) == 0);
+    kv_refused(w.kv[1], kv_queue_push(w.kv[1], (uint64_t)v + 1, k10, 1, QD), "live set");
+    qworkers_close(&w);
+    T_CHECK(stop_server(f, &c) == 0);
+}
+
+/* MoCo v3's key exchange with two workers: the same matrix on both, in worker-id order,
+ * offsets right; a dead worker releases it; a late worker gets the rows so far. */
+static void test_keys_exchange(void *ctx, fsched_t *f) {
+    const char *extra[] = {"--contrastive.dim=4", NULL};
+    size_t total = model_total(extra);
+    child_t c;
+    if (start_duo_server(f, &c, "keys", extra) != 0) return;
+    int32_t both[2] = {10, 11}, one[1] = {10};
+    qworkers_t w;
+    T_CHECK(qworkers_open(&w, ctx, c.ep, total) == 0);
+    float keys[2][8 * QD], all[2][32 * QD], want[16 * QD];
+    kv_keys_info_t ki[2];
+    const int n[2] = {3, 2};
+    for (int v = 0; v < 2; v++) {
+        int a = v & 1, b = 1 - a; /* step 1: worker 11 first */
+        for (int i = 0; i < 2; i++)
+            make_keys(keys[i], v, i, n[i]);
+        int ta =
+            kv_keys_exchange(w.kv[a], (uint64_t)v, keys[a], (size_t)n[a], QD, all[a], 32, &ki[a]);
+        T_CHECK(ta > 0 && kv_wait(w.kv[a], ta, QUIET_MS, NULL) == MIMIC_ETIMEOUT);
+        int tb =
+            kv_keys_exchange(w.kv[b], (uint64_t)v, keys[b], (size_t)n[b], QD, all[b], 32, &ki[b]);
+        T_CHECK(kv_wait(w.kv[b], tb, WAIT_MS, NULL) == 0);
+        T_CHECK(kv_wait(w.kv[a], ta, WAIT_MS, NULL) == 0);
+        memcpy(want, keys[0], (size_t)n[0] * QD * sizeof(float));
+        memcpy(want + n[0] * QD, keys[1], (size_t)n[1] * QD * sizeof(float));
+        for (int i = 0; i < 2; i++) {
+            T_CHECK(ki[i].step == (uint64_t)v && ki[i].count == 5 && ki[i].workers == 2);
+            T_CHECK(ki[i].offset == (i ? 3u : 0u) && ki[i].mine == (size_t)n[i]);
+            T_CHECK(memcmp(all[i], want, 5 * QD * sizeof(float)) == 0);
+        }
+    }
+    printf("key exchange: 2 steps, both workers got the same 5 x %d matrix (offsets 0 and 3)\n",
+           QD);
+
+    /* refusals */
+    kv_refused(w.kv[0], kv_keys_exchange(w.kv[0], 2, keys[0], 3, 5, all[0], 32, &ki[0]),
+               "contrastive.dim");
+    kv_refused(w.kv[0], kv_keys_exchange(w.kv[0], 1, keys[0], 3, QD, all[0], 32, &ki[0]),
+               "duplicate"); /* step 1 is the released one and 10 is in it */
+    kv_refused(w.kv[0], kv_keys_exchange(w.kv[0], 0, keys[0], 3, QD, all[0], 32, &ki[0]),
+               "are complete"); /* step 0 is gone */
+    float *big = calloc((size_t)70000 * QD, sizeof(float));
+    kv_refused(w.kv[1], kv_keys_exchange(w.kv[1], 2, big, 70000, QD, all[1], 32, &ki[1]),
+               "exceeds the limit");
+    free(big);
+    fworker_t raw = {0};
+    worker_open(&raw, ctx, c.ep, 10);
+    proto_hdr_t h;
+    proto_make_keys_push(&h, 10, 778, 2, 2, QD);
+    h.nbytes -= 4; /* n is not count x dim x 4: the decoder says so */
+    unsigned char hb[PROTO_HDR_MAX];
+    size_t hl = 0;
+    char why[PROTO_WHY_MAX];
+    T_CHECK(proto_encode_hdr(&h, hb, sizeof hb, &hl, why, sizeof why) != 0); /* ours refuses */
+    h.nbytes += 4;
+    T_CHECK(proto_encode_hdr(&h, hb, sizeof hb, &hl, why, sizeof why) == 0);
+    w_raw(&raw, hb, hl, keys[0], 2 * QD * sizeof(float) - 4); /* the frame is short */
+    w_error(&raw, 778, "'n'");
+    worker_close(&raw);
+
+    /* step 2: worker 11 dies before its push; the shrink releases worker 10 */
+    make_keys(keys[0], 2, 0, 3);
+    int ta = kv_keys_exchange(w.kv[0], 2, keys[0], 3, QD, all[0], 32, &ki[0]);
+    T_CHECK(kv_wait(w.kv[0], ta, QUIET_MS, NULL) == MIMIC_ETIMEOUT);
+    sched_membership(f, &c, 2, one, 1);
+    T_CHECK(kv_wait(w.kv[0], ta, WAIT_MS, NULL) == 0);
+    T_CHECK(ki[0].count == 3 && ki[0].workers == 1 && ki[0].offset == 0);
+    T_CHECK(memcmp(all[0], keys[0], 3 * QD * sizeof(float)) == 0);
+    make_keys(keys[1], 2, 1, 2);
+    kv_refused(w.kv[1], kv_keys_exchange(w.kv[1], 2, keys[1], 2, QD, all[1], 32, &ki[1]),
+               "live set");
+    /* it was a false alarm: back in the live set, its keys of step 2 come late and it
+     * gets step 2's rows so far plus its own */
+    sched_membership(f, &c, 3, both, 2);
+    T_CHECK(kv_wait(w.kv[1], kv_keys_exchange(w.kv[1], 2, keys[1], 2, QD, all[1], 32, &ki[1]),
+                    WAIT_MS, NULL) == 0);
+    T_CHECK(ki[1].count == 5 && ki[1].offset == 3 && ki[1].mine == 2 && ki[1].workers == 2);
+    T_CHECK(memcmp(all[1], keys[0], 3 * QD * sizeof(float)) == 0);
+    T_CHECK(memcmp(all[1] + 3 * QD, keys[1], 2 * QD * sizeof(float)) == 0);
+    printf("key exchange: a dead worker released the step (1 x 3 rows); a late one got 5\n");
+    qworkers_close(&w);
+    T_CHECK(stop_server(f, &c) == 0);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Queue sizes of the MoCo v2 recipe: one BSP worker fills a K x D queue (256 keys a
+ * step), then a fresh client's full pull and the delta pulls of 20 more steps are timed
+ * (loopback; printed for docs/runtime.md). The delta is a step's rows, never the ring. */
+static void test_queue_sizes(void *ctx, fsched_t *f) {
+    static const int sizes[][2] = {{4096, 128}, {4096, 256}, {65536, 128}, {65536, 256}};
+    enum { STEP_KEYS = 256, TIMED = 20 };
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        const int K = sizes[z][0], D = sizes[z][1];
+        char qs[64], qd[64];
+        snprintf(qs, sizeof qs, "--contrastive.queue_size=%d", K);
+        snprintf(qd, sizeof qd, "--contrastive.dim=%d", D);
+        const char *extra[] = {qs, qd, "--cluster.max_msg_mb=64", "--cluster.workers=1", NULL};
+        size_t total = model_total(extra);
+        child_t c;
+        if (start_server(f, &c, "queue-size", extra, 1, 0, "") != 0) {
+            T_CHECK(!"server started");
+            testutil_kill(c.pid);
+            return;
+        }
+        int32_t one[1] = {10};
+        sched_membership(f, &c, 1, one, 1);
+        kv_t *kv = NULL, *fresh = NULL;
+        T_CHECK(kv_new(&kv, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
+        T_CHECK(kv_new(&fresh, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
+        float *ring = calloc((size_t)K * D, sizeof(float)), *ring2 = calloc((size_t)K * D, 4);
+        float *keys = malloc((size_t)STEP_KEYS * D * sizeof(float));
+        kv_queue_info_t qi = {0};
+        double t_delta[TIMED];
+        size_t delta_bytes = 0;
+        int steps = K / STEP_KEYS + TIMED, ok = 1;
+        for (int v = 0; v < steps && ok; v++) {
+            for (int i = 0; i < STEP_KEYS * D; i++)
+                keys[i] = (float)(v * STEP_KEYS + i / D) + (float)(i % D) / (float)D;
+            ok &= kv_wait(kv, kv_queue_push(kv, (uint64_t)v, keys, STEP_KEYS, (size_t)D), WAIT_MS,
+                          NULL) == 0;
+            double t0 = mimic_now();
+            ok &= kv_wait(kv, kv_queue_pull(kv, (uint64_t)v + 1, ring, (size_t)K, (size_t)D, &qi),
+                          WAIT_MS, NULL) == 0;
+            if (v >= steps - TIMED) {
+                t_delta[v - (steps - TIMED)] = mimic_now() - t0;
+                delta_bytes = qi.bytes;
+            }
+        }
+        T_CHECK(ok && delta_bytes == (size_t)STEP_KEYS * D * sizeof(float));
+        double t0 = mimic_now();
+        kv_queue_info_t fi = {0};
+        T_CHECK(kv_wait(fresh,
+                        kv_queue_pull(fresh, (uint64_t)steps, ring2, (size_t)K, (size_t)D, &fi),
+                        WAIT_MS, NULL) == 0);
+        double t_full = mimic_now() - t0;
+        T_CHECK(fi.bytes == (size_t)K * D * sizeof(float) && fi.version == qi.version);
+        T_CHECK(memcmp(ring, ring2, (size_t)K * D * sizeof(float)) == 0);
+        qsort(t_delta, TIMED, sizeof t_delta[0], cmp_double);
+        printf("queue K=%-5d D=%d (%5.1f MB): step delta pull (%d keys) %7zu bytes, median "
+               "%.3f ms; full pull %.1f MB in %.1f ms\n",
+               K, D, (double)K * D * 4 / (1 << 20), STEP_KEYS, delta_bytes,
+               t_delta[TIMED / 2] * 1e3, (double)fi.bytes / (1 << 20), t_full * 1e3);
+        kv_destroy(&kv);
+        kv_destroy(&fresh);
+        free(ring);
+        free(ring2);
+        free(keys);
+        T_CHECK(stop_server(f, &c) == 0);
+    }
+}
+
+/* kvstore_ema_momentum against values worked out by hand (m0 0.9, T 50). */
+static void test_ema_schedule(void) {
+    static const struct {
+        long t;
+        int cosine;
+        double m;
+    } cases[] = {
+        {0, 1, 0.9},         /* cos 0 = 1: m0 */
+        {10, 1, 0.90954915}, /* 1 - 0.05 (1 + cos(pi/5) = 1.80901699) */
+        {25, 1, 0.95},       /* cos(pi/2) = 0 */
+        {50, 1, 1.0},        /* cos(pi) = -1 */
+        {80, 1, 1.0},        /* past T: stays at 1 */
+        {25, 0, 0.9},        /* no schedule: m0 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        float m = kvstore_ema_momentum(0.9f, cases[i].cosine, cases[i].t, 50);
+        printf("EMA momentum t=%ld cosine=%d: %.8f (by hand %.8f)\n", cases[i].t, cases[i].cosine,
+               (double)m, cases[i].m);
+        T_CHECK(fabs((double)m - cases[i].m) < 1e-6);
+    }
+    T_CHECK(kvstore_ema_momentum(0.99f, 1, 3, 0) == 0.99f); /* T = 0: constant */
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     return remove(path);
 }
@@ -908,12 +1327,18 @@ int main(void) {
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", testutil_tmpdir());
     mirror_t r;
     float *p3 = calloc(1 << 16, sizeof(float)), *e3 = calloc(1 << 16, sizeof(float));
+    test_ema_schedule();
     test_bsp(ctx, &f, ckdir, p3, e3, &r);
     test_resume(ctx, &f, ckdir, p3, e3, &r);
     mirror_free(&r);
     test_bad_resume(&f, ckdir);
     test_asp(ctx, &f);
     test_ssp(ctx, &f);
+    char qdir[1100];
+    snprintf(qdir, sizeof qdir, "%s/ckpt-queue", testutil_tmpdir());
+    test_queue_bsp(ctx, &f, qdir);
+    test_keys_exchange(ctx, &f);
+    test_queue_sizes(ctx, &f);
     test_join(ctx);
     test_blocked_loop(ctx, &f);
     test_bad_flags(&f);

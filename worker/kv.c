@@ -1,36 +1,55 @@
+/* kv.c — the worker's requests to the parameter servers, one channel per kind. */
 #include "kv.h"
 
 #include "common.h"
 #include "keyrange.h"
 #include "proto.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define KV_MAX_SERVERS 64
+#define KV_KEYS_SERVER 0 /* rank 0 holds the queue and the key exchange */
 
-enum { KV_PULL = 1, KV_PUSH, KV_PUSHPULL };
+/* The channels: one request of each may be in flight. */
+enum { CH_PARAMS, CH_EMA, CH_QPUSH, CH_QPULL, CH_KEYS, CH_COUNT };
+/* What the request in a channel is. */
+enum { KV_PULL = 1, KV_PUSH, KV_PUSHPULL, KV_QPUSH, KV_QPULL, KV_KEYS };
 
 typedef struct {
     void *sock;
     char endpoint[256];
     size_t lo, hi;
-    int answered;   /* for the request in flight */
-    size_t got;     /* bytes of a pull's reply received so far (it may come in slices) */
-    int push_acked; /* the push of the request in flight was acknowledged */
-    uint64_t version;
+    /* per channel, for the request in flight */
+    int answered[CH_COUNT];
+    size_t got[CH_COUNT]; /* bytes of a pull's reply received so far (it may come in slices) */
+    int push_acked;       /* CH_PARAMS: the push was acknowledged */
+    uint64_t version[CH_COUNT];
 } kv_server_t;
+
+typedef struct {
+    uint64_t seq; /* its timestamp; 0: nothing started */
+    int kind;
+    int nserv;          /* servers that answer: all (parameters) or the keys server */
+    int failed;         /* an ERROR or a bad answer arrived: why says it */
+    char why[1024];     /* the message kv_wait returns */
+    proto_track_t sent; /* zero-copy buffers of this channel still held by ZeroMQ */
+    float *dst;         /* pull: where the values land; queue: the ring; keys: all */
+    size_t cap, dim;    /* queue: ring rows; keys: rows of all */
+    kv_queue_info_t *qinfo;
+    kv_keys_info_t *kinfo;
+} kv_req_t;
 
 struct kv {
     kv_server_t srv[KV_MAX_SERVERS];
     int S;
     int32_t id;
     size_t max_payload;
-    uint64_t seq;       /* last request's sequence number = its timestamp */
-    int kind;           /* KV_PULL, KV_PUSH or KV_PUSHPULL: the request in flight */
-    float *pull_dst;    /* where a pull's replies land */
-    proto_track_t sent; /* zero-copy push buffers still held by ZeroMQ */
+    uint64_t seq; /* last request's sequence number */
+    kv_req_t ch[CH_COUNT];
+    uint64_t qversion; /* the queue version the local ring holds */
 };
 
 int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
@@ -81,53 +100,67 @@ void kv_destroy(kv_t **pkv) {
     *pkv = NULL;
     /* Close first: with LINGER 0 ZeroMQ's I/O thread drops what is still queued (a dead
      * server never takes it) and calls proto_track_release for each zero-copy push.
-     * Only when all are released may kv (the tracker) and the gradient buffers go. */
+     * Only when all are released may kv (the trackers) and the pushed buffers go. */
     for (int s = 0; s < kv->S; s++)
         if (kv->srv[s].sock) zmq_close(kv->srv[s].sock);
-    if (proto_track_wait(&kv->sent, 10000) != 0) {
-        mimic_warn("kv: ZeroMQ still holds %d pushes after closing; leaking their tracker",
-                   atomic_load(&kv->sent.inflight));
-        return; /* freeing it would let the I/O thread write into freed memory */
-    }
+    for (int c = 0; c < CH_COUNT; c++)
+        if (proto_track_wait(&kv->ch[c].sent, 10000) != 0) {
+            mimic_warn("kv: ZeroMQ still holds %d pushes after closing; leaking their tracker",
+                       atomic_load(&kv->ch[c].sent.inflight));
+            return; /* freeing it would let the I/O thread write into freed memory */
+        }
     free(kv);
 }
 
-static int start(kv_t *kv, int kind) {
-    kv->seq++;
-    kv->kind = kind;
-    for (int s = 0; s < kv->S; s++) {
-        kv->srv[s].answered = 0;
-        kv->srv[s].got = 0;
-        kv->srv[s].push_acked = 0;
-    }
-    return (int)(kv->seq & 0x7fffffff);
+static int ts_of(uint64_t seq) {
+    return (int)(seq & 0x7fffffff);
 }
 
-static int send_pull(kv_t *kv, kv_server_t *sv, int which, uint64_t min_version) {
+/* A new request of `kind` on channel c, answered by every server (all) or the keys
+ * server; returns its timestamp. */
+static int start(kv_t *kv, int c, int kind, int all) {
+    kv_req_t *r = &kv->ch[c];
+    r->seq = ++kv->seq;
+    if (ts_of(r->seq) == 0) r->seq = ++kv->seq; /* 0 is no timestamp */
+    r->kind = kind;
+    r->nserv = all ? kv->S : 1;
+    r->failed = 0;
+    r->why[0] = 0;
+    for (int s = 0; s < kv->S; s++) {
+        kv->srv[s].answered[c] = !all && s != KV_KEYS_SERVER;
+        kv->srv[s].got[c] = 0;
+        if (c == CH_PARAMS) kv->srv[s].push_acked = 0;
+    }
+    return ts_of(r->seq);
+}
+
+static int send_pull(kv_t *kv, kv_server_t *sv, uint64_t seq, int which, uint64_t min_version) {
     proto_hdr_t h;
-    proto_make_pull(&h, kv->id, kv->seq, min_version, sv->lo, sv->hi, which);
+    proto_make_pull(&h, kv->id, seq, min_version, sv->lo, sv->hi, which);
     return proto_send(sv->sock, NULL, 0, &h, NULL, NULL, NULL);
 }
 
 static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
     proto_hdr_t h;
-    proto_make_push(&h, kv->id, kv->seq, version, sv->lo, sv->hi, batch);
-    proto_track_hold(&kv->sent);
-    return proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &kv->sent);
+    kv_req_t *r = &kv->ch[CH_PARAMS];
+    proto_make_push(&h, kv->id, r->seq, version, sv->lo, sv->hi, batch);
+    proto_track_hold(&r->sent);
+    return proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &r->sent);
 }
 
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
-    int ts = start(kv, KV_PULL);
-    kv->pull_dst = dst;
+    int c = which == PROTO_WHICH_EMA ? CH_EMA : CH_PARAMS;
+    int ts = start(kv, c, KV_PULL, 1);
+    kv->ch[c].dst = dst;
     for (int s = 0; s < kv->S; s++) {
-        int rc = send_pull(kv, &kv->srv[s], which, min_version);
+        int rc = send_pull(kv, &kv->srv[s], kv->ch[c].seq, which, min_version);
         if (rc) return rc;
     }
     return ts;
 }
 
 int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
-    int ts = start(kv, KV_PUSH);
+    int ts = start(kv, CH_PARAMS, KV_PUSH, 1);
     for (int s = 0; s < kv->S; s++) {
         int rc = send_push(kv, &kv->srv[s], version, batch, grad);
         if (rc) return rc;
@@ -136,65 +169,221 @@ int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
 }
 
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
-    int ts = start(kv, KV_PUSHPULL);
-    kv->pull_dst = dst;
+    int ts = start(kv, CH_PARAMS, KV_PUSHPULL, 1);
+    kv->ch[CH_PARAMS].dst = dst;
     for (int s = 0; s < kv->S; s++) {
         /* the pull first: it is held, so the step the push completes finds it waiting and
          * streams the new parameters to it slice by slice as they are computed */
-        int rc = send_pull(kv, &kv->srv[s], PROTO_WHICH_PARAMS, version + 1);
+        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
         if (!rc) rc = send_push(kv, &kv->srv[s], version, batch, grad);
         if (rc) return rc;
     }
     return ts;
 }
 
-/* One reply from server s: check it answers the request in flight; land a pull (or
- * one slice of it). */
-static int take_reply(kv_t *kv, int s, proto_msg_t *m) {
+/* Sends n x dim keys zero-copy on channel c (QUEUE_PUSH or KEYS_PUSH). */
+static int send_keys(kv_t *kv, int c, uint64_t step, const float *keys, size_t n, size_t dim) {
+    proto_hdr_t h;
+    kv_req_t *r = &kv->ch[c];
+    if (c == CH_QPUSH)
+        proto_make_queue_push(&h, kv->id, r->seq, step, n, dim);
+    else
+        proto_make_keys_push(&h, kv->id, r->seq, step, n, dim);
+    if (n == 0) return proto_send(kv->srv[KV_KEYS_SERVER].sock, NULL, 0, &h, NULL, NULL, NULL);
+    proto_track_hold(&r->sent);
+    return proto_send(kv->srv[KV_KEYS_SERVER].sock, NULL, 0, &h, keys, proto_track_release,
+                      &r->sent);
+}
+
+int kv_queue_push(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t dim) {
+    if (dim == 0) return mimic_err(MIMIC_EINVAL, "kv_queue_push: keys of 0 floats");
+    int ts = start(kv, CH_QPUSH, KV_QPUSH, 0);
+    int rc = send_keys(kv, CH_QPUSH, step, keys, n, dim);
+    return rc ? rc : ts;
+}
+
+/* A request on channel c (answered by the keys server) whose reply lands as rows of dim
+ * floats in dst (at most cap rows); *ts gets its timestamp. */
+static kv_req_t *start_rows(kv_t *kv, int c, int kind, float *dst, size_t cap, size_t dim,
+                            int *ts) {
+    *ts = start(kv, c, kind, 0);
+    kv_req_t *r = &kv->ch[c];
+    r->dst = dst;
+    r->cap = cap;
+    r->dim = dim;
+    return r;
+}
+
+int kv_queue_pull(kv_t *kv, uint64_t step, float *ring, size_t capacity, size_t dim,
+                  kv_queue_info_t *info) {
+    if (capacity == 0 || dim == 0)
+        return mimic_err(MIMIC_EINVAL, "kv_queue_pull: a ring of %zu x %zu", capacity, dim);
+    int ts;
+    kv_req_t *r = start_rows(kv, CH_QPULL, KV_QPULL, ring, capacity, dim, &ts);
+    r->qinfo = info;
+    proto_hdr_t h;
+    proto_make_queue_pull(&h, kv->id, r->seq, step, kv->qversion);
+    int rc = proto_send(kv->srv[KV_KEYS_SERVER].sock, NULL, 0, &h, NULL, NULL, NULL);
+    return rc ? rc : ts;
+}
+
+int kv_keys_exchange(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t dim, float *all,
+                     size_t cap_rows, kv_keys_info_t *info) {
+    if (dim == 0) return mimic_err(MIMIC_EINVAL, "kv_keys_exchange: keys of 0 floats");
+    int ts;
+    kv_req_t *r = start_rows(kv, CH_KEYS, KV_KEYS, all, cap_rows, dim, &ts);
+    r->kinfo = info;
+    int rc = send_keys(kv, CH_KEYS, step, keys, n, dim);
+    return rc ? rc : ts;
+}
+
+/* Records why the request on channel c failed (kv_wait returns it). */
+__attribute__((format(printf, 3, 4))) static void req_fail(kv_t *kv, int c, const char *fmt, ...) {
+    kv_req_t *r = &kv->ch[c];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof r->why, fmt, ap);
+    va_end(ap);
+    r->failed = 1;
+    for (int s = 0; s < kv->S; s++)
+        kv->srv[s].answered[c] = 1;
+}
+
+static const char *kind_name(int kind) {
+    static const char *const names[] = {"?",          "PULL",       "PUSH",     "PUSH+PULL",
+                                        "QUEUE_PUSH", "QUEUE_PULL", "KEYS_PUSH"};
+    return kind >= 0 && kind <= KV_KEYS ? names[kind] : "?";
+}
+
+/* A PULL_REPLY (or one slice of it) on channel c from server s. */
+static void land_pull(kv_t *kv, int c, int s, const proto_msg_t *m) {
     kv_server_t *sv = &kv->srv[s];
     const proto_hdr_t *h = &m->hdr;
-    const char *what = kv->kind == KV_PULL ? "PULL" : kv->kind == KV_PUSH ? "PUSH" : "PUSH+PULL";
-    if (h->seq != kv->seq) return 0; /* a late answer to an abandoned request */
-    if (h->type == PROTO_ERROR)
-        return mimic_err(MIMIC_EPEER, "server %d (%s) refused %s: %s", s, sv->endpoint, what,
-                         h->str);
-    int pulls = kv->kind != KV_PUSH, pushes = kv->kind != KV_PULL;
-    if ((h->type == PROTO_PUSH_ACK || h->type == PROTO_ACK) && pushes) {
-        sv->push_acked = 1;
-        if (!pulls) sv->version = h->step;
-    } else if (h->type == PROTO_PULL_REPLY && pulls) {
-        /* the whole range, or one of the slices a server sends while it updates */
-        size_t total = (sv->hi - sv->lo) * sizeof(float);
-        if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi || h->dtype != PROTO_DT_F32 ||
-            proto_msg_size(m) != (h->hi - h->lo) * sizeof(float) ||
-            sv->got + proto_msg_size(m) > total || (sv->got && h->step != sv->version))
-            return mimic_err(MIMIC_EPEER,
-                             "server %d (%s): PULL_REPLY range [%llu,%llu) (version %llu) does "
-                             "not fit its range [%zu,%zu)",
-                             s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
-                             (unsigned long long)h->step, sv->lo, sv->hi);
-        memcpy(kv->pull_dst + h->lo, proto_msg_data(m), proto_msg_size(m));
-        sv->got += proto_msg_size(m);
-        sv->version = h->step;
-    } else {
-        return mimic_err(MIMIC_EPEER, "server %d (%s) answered %s with %s", s, sv->endpoint, what,
-                         proto_type_name(h->type));
+    size_t total = (sv->hi - sv->lo) * sizeof(float);
+    if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi || h->dtype != PROTO_DT_F32 ||
+        proto_msg_size(m) != (h->hi - h->lo) * sizeof(float) ||
+        sv->got[c] + proto_msg_size(m) > total || (sv->got[c] && h->step != sv->version[c])) {
+        req_fail(kv, c,
+                 "server %d (%s): PULL_REPLY range [%llu,%llu) (version %llu) does not fit its "
+                 "range [%zu,%zu)",
+                 s, sv->endpoint, (unsigned long long)h->lo, (unsigned long long)h->hi,
+                 (unsigned long long)h->step, sv->lo, sv->hi);
+        return;
     }
-    sv->answered =
-        (!pushes || sv->push_acked) && (!pulls || sv->got == (sv->hi - sv->lo) * sizeof(float));
-    return 0;
+    memcpy(kv->ch[c].dst + h->lo, proto_msg_data(m), proto_msg_size(m));
+    sv->got[c] += proto_msg_size(m);
+    sv->version[c] = h->step;
+}
+
+/* A QUEUE_REPLY: the rows land at their ring slots. */
+static void land_queue(kv_t *kv, const proto_msg_t *m) {
+    kv_req_t *r = &kv->ch[CH_QPULL];
+    const int64_t *a = m->hdr.a;
+    size_t count = (size_t)a[PROTO_QREP_COUNT], slot = (size_t)a[PROTO_QREP_SLOT];
+    if ((size_t)a[PROTO_QREP_DIM] != r->dim || (size_t)a[PROTO_QREP_CAPACITY] != r->cap) {
+        req_fail(kv, CH_QPULL,
+                 "server 0 (%s): the queue is %lld x %lld floats, the local ring %zu x %zu",
+                 kv->srv[0].endpoint, (long long)a[PROTO_QREP_CAPACITY],
+                 (long long)a[PROTO_QREP_DIM], r->cap, r->dim);
+        return;
+    }
+    const float *rows = proto_msg_data(m);
+    size_t first = count < r->cap - slot ? count : r->cap - slot;
+    if (first) memcpy(r->dst + slot * r->dim, rows, first * r->dim * sizeof(float));
+    if (count > first)
+        memcpy(r->dst, rows + first * r->dim, (count - first) * r->dim * sizeof(float));
+    uint64_t version = (uint64_t)a[PROTO_QREP_VERSION];
+    kv->qversion = version;
+    kv->srv[KV_KEYS_SERVER].version[CH_QPULL] = version;
+    if (r->qinfo)
+        *r->qinfo = (kv_queue_info_t){.version = version,
+                                      .step = m->hdr.step,
+                                      .rows = version < r->cap ? (size_t)version : r->cap,
+                                      .received = count,
+                                      .bytes = proto_msg_size(m)};
+}
+
+/* A KEYS_REPLY: every worker's keys of the step. */
+static void land_keys(kv_t *kv, const proto_msg_t *m) {
+    kv_req_t *r = &kv->ch[CH_KEYS];
+    const int64_t *a = m->hdr.a;
+    size_t count = (size_t)a[PROTO_KREP_COUNT];
+    if ((size_t)a[PROTO_KREP_DIM] != r->dim || count > r->cap) {
+        req_fail(kv, CH_KEYS,
+                 "server 0 (%s): KEYS_REPLY of %zu x %lld floats does not fit %zu x %zu",
+                 kv->srv[0].endpoint, count, (long long)a[PROTO_KREP_DIM], r->cap, r->dim);
+        return;
+    }
+    if (count) memcpy(r->dst, proto_msg_data(m), proto_msg_size(m));
+    kv->srv[KV_KEYS_SERVER].version[CH_KEYS] = m->hdr.step;
+    if (r->kinfo)
+        *r->kinfo = (kv_keys_info_t){.step = m->hdr.step,
+                                     .count = count,
+                                     .offset = (size_t)a[PROTO_KREP_OFFSET],
+                                     .mine = (size_t)a[PROTO_KREP_MINE],
+                                     .workers = (int)a[PROTO_KREP_WORKERS],
+                                     .bytes = proto_msg_size(m)};
+}
+
+/* One reply from server s: find the request it answers and land it. */
+static void take_reply(kv_t *kv, int s, proto_msg_t *m) {
+    kv_server_t *sv = &kv->srv[s];
+    const proto_hdr_t *h = &m->hdr;
+    int c = 0;
+    while (c < CH_COUNT && !(kv->ch[c].seq == h->seq && h->seq != 0))
+        c++;
+    if (c == CH_COUNT || sv->answered[c]) return; /* a late answer to an abandoned request */
+    kv_req_t *r = &kv->ch[c];
+    if (h->type == PROTO_ERROR) {
+        req_fail(kv, c, "server %d (%s) refused %s: %s", s, sv->endpoint, kind_name(r->kind),
+                 h->str);
+        return;
+    }
+    int pulls = r->kind == KV_PULL || r->kind == KV_PUSHPULL;
+    int pushes = r->kind == KV_PUSH || r->kind == KV_PUSHPULL;
+    if (c <= CH_EMA && (h->type == PROTO_PUSH_ACK || h->type == PROTO_ACK) && pushes) {
+        sv->push_acked = 1;
+        if (!pulls) sv->version[c] = h->step;
+    } else if (c <= CH_EMA && h->type == PROTO_PULL_REPLY && pulls) {
+        land_pull(kv, c, s, m);
+    } else if (c == CH_QPUSH && h->type == PROTO_ACK) {
+        sv->version[c] = h->step;
+    } else if (c == CH_QPULL && h->type == PROTO_QUEUE_REPLY) {
+        land_queue(kv, m);
+    } else if (c == CH_KEYS && h->type == PROTO_KEYS_REPLY) {
+        land_keys(kv, m);
+    } else {
+        req_fail(kv, c, "server %d (%s) answered %s with %s", s, sv->endpoint, kind_name(r->kind),
+                 proto_type_name(h->type));
+        return;
+    }
+    if (r->failed) return;
+    if (c <= CH_EMA)
+        sv->answered[c] = (!pushes || sv->push_acked) &&
+                          (!pulls || sv->got[c] == (sv->hi - sv->lo) * sizeof(float));
+    else
+        sv->answered[c] = 1;
+}
+
+/* The channel whose request has timestamp ts, or -1. */
+static int channel_of(const kv_t *kv, int ts) {
+    for (int c = 0; c < CH_COUNT; c++)
+        if (kv->ch[c].seq && ts_of(kv->ch[c].seq) == ts) return c;
+    return -1;
 }
 
 int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
-    if (ts != (int)(kv->seq & 0x7fffffff))
-        return mimic_err(MIMIC_EINVAL, "kv_wait: timestamp %d is not the request in flight", ts);
+    int c = channel_of(kv, ts);
+    if (c < 0)
+        return mimic_err(MIMIC_EINVAL, "kv_wait: timestamp %d is not a request in flight", ts);
+    kv_req_t *r = &kv->ch[c];
     double deadline = timeout_ms < 0 ? 0 : mimic_now() + timeout_ms / 1000.0;
     zmq_pollitem_t items[KV_MAX_SERVERS];
     for (;;) {
         int pending = 0;
         for (int s = 0; s < kv->S; s++) {
             items[s] = (zmq_pollitem_t){kv->srv[s].sock, 0, ZMQ_POLLIN, 0};
-            pending += !kv->srv[s].answered;
+            pending += !kv->srv[s].answered[c];
         }
         if (!pending) break;
         long wait_ms = -1;
@@ -210,21 +399,28 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             if (!(items[s].revents & ZMQ_POLLIN)) continue;
             proto_msg_t m;
             int rc = proto_recv(kv->srv[s].sock, &m, kv->max_payload, 0);
-            if (rc == 0)
-                rc = take_reply(kv, s, &m);
-            else if (rc == MIMIC_EFORMAT)
+            if (rc == 0) {
+                take_reply(kv, s, &m);
+            } else if (rc == MIMIC_EFORMAT) { /* which request it answered is unknown */
                 rc = mimic_err(MIMIC_EPEER, "server %d (%s): malformed reply: %s", s,
                                kv->srv[s].endpoint, m.why);
+                proto_msg_close(&m);
+                return rc;
+            }
             proto_msg_close(&m);
-            if (rc && rc != MIMIC_ETIMEOUT) return rc;
         }
     }
-    if (kv->kind != KV_PULL && proto_track_wait(&kv->sent, timeout_ms < 0 ? 60000 : timeout_ms))
-        return mimic_err(MIMIC_ETIMEOUT, "kv: ZeroMQ still holds the pushed gradient");
+    if (r->failed) return mimic_err(MIMIC_EPEER, "%s", r->why);
+    int pushed =
+        r->kind == KV_PUSH || r->kind == KV_PUSHPULL || r->kind == KV_QPUSH || r->kind == KV_KEYS;
+    if (pushed && proto_track_wait(&r->sent, timeout_ms < 0 ? 60000 : timeout_ms))
+        return mimic_err(MIMIC_ETIMEOUT, "kv: ZeroMQ still holds the pushed %s",
+                         r->kind == KV_PUSH || r->kind == KV_PUSHPULL ? "gradient" : "keys");
     if (version) {
         uint64_t v = UINT64_MAX;
         for (int s = 0; s < kv->S; s++)
-            if (kv->srv[s].version < v) v = kv->srv[s].version;
+            if ((c <= CH_EMA || s == KV_KEYS_SERVER) && kv->srv[s].version[c] < v)
+                v = kv->srv[s].version[c];
         *version = v;
     }
     return 0;

@@ -1,11 +1,40 @@
 /* kv — the worker's data-plane client: the flat parameter vector as key ranges on S
- * parameter servers, with ps-lite's small surface.
+ * parameter servers, plus the contrastive stage's state on server rank 0 (the negative
+ * queue and the per-step key exchange), with ps-lite's small surface.
  *
- * kv_pull and kv_push send one request to every server at once and return a
- * timestamp; kv_wait(ts) blocks until every server answered it, so a caller can
- * overlap communication with other work. Server s owns keyrange_of(total, S, s).
- * Pushed gradients are sent zero-copy: the buffer must stay unchanged until kv_wait
- * returns for that push. */
+ * Every call sends its requests at once and returns a timestamp; kv_wait(ts) blocks
+ * until every answer to it arrived, so a caller overlaps communication with other
+ * work. Server s owns keyrange_of(total, S, s). Requests run on separate channels —
+ * parameters (pull, push, push-pull), EMA pull, queue push, queue pull, key exchange —
+ * so one of each may be in flight together; a new request on a channel abandons the
+ * one still there (its late answers are ignored). Pushed gradients and keys are sent
+ * zero-copy: the buffer must stay unchanged until kv_wait returns for that request;
+ * destination buffers are written while kv_wait runs.
+ *
+ * One BSP step v of a contrastive stage (the worker holds weights w and momentum copy
+ * ema of version v and, for MoCo v2, a local K x D copy `ring` of the queue as of
+ * step v, i.e. every key of steps < v):
+ *   forward: q from w, k (n x D, this worker's keys) from ema;
+ *     MoCo v3: ts = kv_keys_exchange(kv, v, k, n, D, all, cap, &ki); kv_wait(ts)
+ *              -> all (ki.count x D, every live worker's keys in worker-id order, the
+ *              same matrix on every worker), this worker's rows at ki.offset;
+ *     MoCo v2: the loss reads ring (ki: none);
+ *   backward -> grad;
+ *   tq = kv_queue_push(kv, v, k, n, D)              MoCo v2; BEFORE the gradient: a
+ *                                                   checkpoint of version v+1 then
+ *                                                   holds the queue as of step v+1
+ *   tg = kv_pushpull(kv, v, n, grad, w)             w <- version v+1
+ *   te = kv_pull(kv, PROTO_WHICH_EMA, v + 1, ema)   ema <- version v+1 (held until then)
+ *   tp = kv_queue_pull(kv, v + 1, ring, K, D, &qi)  MoCo v2: held until step v's keys
+ *                                                   of every live worker are in; brings
+ *                                                   only them (qi.bytes for the log)
+ *   kv_wait(tq); kv_wait(tg) -> v+1; kv_wait(te); kv_wait(tp).
+ * At start: kv_pull(PARAMS, 0, w) -> v, then kv_pull(EMA, v, ema) and
+ * kv_queue_pull(kv, v, ring, K, D, &qi) (the first pull brings the whole ring).
+ * Under ASP/SSP the same calls apply: the queue appends keys in arrival order and
+ * answers pulls at once (step ignored); the key exchange still waits for every live
+ * worker's keys of the step it names (the worker's version). docs/runtime.md,
+ * "Contrastive stage". */
 #ifndef MIMIC_KV_H
 #define MIMIC_KV_H
 
@@ -13,6 +42,25 @@
 #include <stdint.h>
 
 typedef struct kv kv_t;
+
+/* What a queue pull brought, filled when kv_wait returns for it. */
+typedef struct {
+    uint64_t version; /* keys ever pushed to the queue, as of this pull */
+    uint64_t step;    /* the queue's step: under BSP every key of steps < step is in */
+    size_t rows;      /* valid rows of the local ring: min(version, K) */
+    size_t received;  /* rows this pull brought (written at their ring slots) */
+    size_t bytes;     /* payload bytes this pull brought */
+} kv_queue_info_t;
+
+/* What a key exchange brought, filled when kv_wait returns for it. */
+typedef struct {
+    uint64_t step;
+    size_t count;  /* M: rows of all workers */
+    size_t offset; /* this worker's first row in them */
+    size_t mine;   /* this worker's rows (its n) */
+    int workers;   /* workers whose keys are in */
+    size_t bytes;  /* payload bytes received */
+} kv_keys_info_t;
 
 /* endpoints: the S server endpoints separated by spaces (REGISTER_ACK.str). */
 int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
@@ -27,9 +75,28 @@ int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad);
  * the push of the gradient computed on `version`. The held pull lets the servers send
  * the new parameters slice by slice while they compute them. */
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
-/* Waits for every server's answer to ts (timeout_ms < 0: forever). For a pull,
- * *version is the lowest version the servers answered with. 0 or an error naming the
- * server; MIMIC_ETIMEOUT when the time ran out. */
+
+/* Appends this worker's n keys of dim floats, computed in `step`, to the negative
+ * queue (under BSP the queue adds a step's keys in worker-id order once every live
+ * worker's are in). */
+int kv_queue_push(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t dim);
+/* Brings the local copy of the queue, ring (capacity x dim, row r = ring slot r), up to
+ * date with the rows added since this kv's last queue pull (the first pull: all of
+ * them). Under BSP the answer waits until every key of steps < step is in. *info is
+ * filled when kv_wait returns. */
+int kv_queue_pull(kv_t *kv, uint64_t step, float *ring, size_t capacity, size_t dim,
+                  kv_queue_info_t *info);
+/* MoCo v3: sends this worker's n keys of `step` and receives every live worker's keys of
+ * that step into all (at most cap_rows x dim), in worker-id order; *info says where
+ * this worker's rows are. The answer waits until every live worker pushed (or left). */
+int kv_keys_exchange(kv_t *kv, uint64_t step, const float *keys, size_t n, size_t dim, float *all,
+                     size_t cap_rows, kv_keys_info_t *info);
+
+/* Waits for every answer to ts (timeout_ms < 0: forever). *version (may be NULL): for a
+ * parameter or EMA pull the lowest version the servers answered with; for a queue pull
+ * or push the queue's version; for a key exchange its step. 0, an error naming the
+ * server and its reason, or MIMIC_ETIMEOUT when the time ran out (the request stays in
+ * flight: wait again). */
 int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version);
 
 #endif
