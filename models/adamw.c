@@ -87,6 +87,8 @@ float adamw_lr(long step, long warmup, long total, float lr, float min_lr) {
 
 float adamw_ema_momentum(float m0, int cosine, long t, long total) {
     if (!cosine || total <= 0) return m0;
+    if (t > total) t = total;
+    if (t < 0) t = 0;
     double c = cos(M_PI * (double)t / (double)total);
     return (float)(1.0 - 0.5 * (1.0 + c) * (1.0 - (double)m0));
 }

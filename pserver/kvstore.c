@@ -3,7 +3,7 @@
 
 #include "common.h"
 #include "keyrange.h"
-#include "mae.h"
+#include "stage.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,15 +23,17 @@ static int copy_table(params_t *dst, const params_t *src) {
 
 int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, int ema_on) {
     int rc;
-    mae_t *model = NULL;
+    stage_t *model = NULL;
     *out = NULL;
     if (servers < 1 || rank < 0 || rank >= servers)
         return mimic_err(MIMIC_EINVAL, "server rank %d of %d servers is out of range", rank,
                          servers);
     kvstore_t *kv = calloc(1, sizeof *kv);
     if (!kv) return mimic_err(MIMIC_ENOMEM, "out of memory for the key-value store");
-    if ((rc = mae_new(&model, &cfg->model))) goto fail;
-    mae_init(model, cfg->train.seed);
+    /* the running stage's parameters, initialised as every worker and the standalone
+     * trainer initialise them (a pure function of the seed) */
+    if ((rc = stage_new(&model, cfg, 0))) goto fail;
+    model->ops->init(model, cfg->train.seed);
     if ((rc = copy_table(&kv->table, model->p))) goto fail;
     kv->total = model->p->total;
     keyrange_of(kv->total, servers, rank, &kv->lo, &kv->hi);
@@ -51,7 +53,7 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, 
     }
     memcpy(kv->w, model->p->w + kv->lo, kv->n * sizeof(float));
     if (kv->ema) memcpy(kv->ema, kv->w, kv->n * sizeof(float));
-    mae_destroy(&model);
+    stage_destroy(&model);
     kv->opt =
         (adamw_cfg_t){cfg->train.beta1, cfg->train.beta2, cfg->train.eps, cfg->train.weight_decay};
     kv->base_lr = config_lr(cfg, cfg->train.batch_size * cfg->cluster.workers);
@@ -63,7 +65,7 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, 
     *out = kv;
     return 0;
 fail:
-    mae_destroy(&model);
+    stage_destroy(&model);
     kvstore_destroy(&kv);
     return rc;
 }
@@ -95,16 +97,9 @@ float kvstore_lr(const kvstore_t *kv) {
     return adamw_lr((long)kv->version, kv->warmup, kv->steps, kv->base_lr, kv->min_lr);
 }
 
-float kvstore_ema_momentum(float m0, int cosine, long t, long T) {
-    if (!cosine || T <= 0) return m0;
-    if (t > T) t = T;
-    if (t < 0) t = 0;
-    return (float)(1.0 - 0.5 * (1.0 + cos(M_PI * (double)t / (double)T)) * (1.0 - (double)m0));
-}
-
 /* The momentum of the step that makes version kv->version + 1. */
 static float next_momentum(const kvstore_t *kv) {
-    return kvstore_ema_momentum(kv->ema_m0, kv->ema_cosine, (long)kv->version + 1, kv->steps);
+    return adamw_ema_momentum(kv->ema_m0, kv->ema_cosine, (long)kv->version + 1, kv->steps);
 }
 
 /* One AdamW step on g * gscale with the EMA update (when kept) in the same pass. */

@@ -1,14 +1,15 @@
-/* kvstore — what one parameter server holds: its key range [lo, hi) of the flat MAE
- * parameter vector (values w, AdamW moments m and v, an EMA copy), the gradient
+/* kvstore — what one parameter server holds: its key range [lo, hi) of the running
+ * stage's flat parameter vector (values w, AdamW moments m and v, an EMA copy), the gradient
  * accumulator of the BSP step in progress, and read-only snapshots for PULL replies.
  *
- * kvstore_new runs mae_new + mae_init(train.seed) — the init is a pure function of the
- * seed, so every server starts exactly where the standalone trainer starts — and keeps
+ * kvstore_new builds the running stage's parameters (stage_new with batch 0) and runs
+ * its init(train.seed) — a pure function of the seed, so every server starts exactly
+ * where the standalone trainer starts — and keeps
  * only the range plus the tensor table (AdamW needs each tensor's decay flag). Every
  * update is one AdamW step, on one gradient (ASP/SSP: kvstore_step) or on the weighted
  * mean of the accumulated ones (BSP: kvstore_accumulate, then kvstore_step_mean); it
  * bumps the version and then, when the store keeps one (ema_on), the momentum copy:
- * ema = m_t * ema + (1 - m_t) * w, with m_t of kvstore_ema_momentum (MoCo v3's cosine
+ * ema = m_t * ema + (1 - m_t) * w, with m_t of adamw_ema_momentum (MoCo v3's cosine
  * schedule towards 1, or a constant m0). Without it, ema is NULL and costs nothing.
  *
  * Zero-copy replies: w changes at the next update while ZeroMQ may still be sending an
@@ -75,10 +76,6 @@ void kvstore_destroy(kvstore_t **kv);
 
 /* The learning rate of the next step (version -> version + 1). */
 float kvstore_lr(const kvstore_t *kv);
-/* The EMA momentum after the step that makes version t, over T steps:
- * m_t = 1 - 0.5 (1 + cos(pi t / T)) (1 - m0) (MoCo v3; t is clamped to T), or m0 when
- * cosine is 0 or T <= 0. Pure; the store uses (m0, cosine, T) of its config. */
-float kvstore_ema_momentum(float m0, int cosine, long t, long T);
 /* One AdamW step with gradient g (n floats), then version++ and the EMA update. */
 void kvstore_step(kvstore_t *kv, const float *g);
 /* BSP: adds weight * g (n floats) to the step's sum. The first push's g is borrowed,

@@ -38,8 +38,6 @@
 #define PS_CKPTS_MAX 16     /* pending CKPT requests */
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
 
-/* cluster.ema's values, in the order of its choices "auto|on|off" (runtime/config.c). */
-enum { PS_EMA_AUTO = 0, PS_EMA_ON = 1, PS_EMA_OFF = 2 };
 
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
@@ -182,7 +180,7 @@ static int pull_check(server_t *s, const proto_msg_t *m) {
                   "copy (cluster.ema=%s and stage '%s'%s)",
                   config_enum_name("cluster", "ema", s->cfg.cluster.ema),
                   stage_ops_of(&s->cfg)->name,
-                  s->cfg.cluster.ema == PS_EMA_OFF ? "" : " does not read it");
+                  s->cfg.cluster.ema == EMA_OFF ? "" : " does not read it");
         return -1;
     }
     if (h->lo < kv->lo || h->lo >= kv->hi) {
@@ -843,8 +841,8 @@ int server_run(server_t *s, const volatile sig_atomic_t *stop) {
 /* Whether the servers keep the momentum encoder: cluster.ema=on, or auto and the running
  * stage reads it (an MAE run does not pay for the EMA pass). */
 static int ema_wanted(const mimic_cfg_t *cfg) {
-    if (cfg->cluster.ema == PS_EMA_ON) return 1;
-    if (cfg->cluster.ema == PS_EMA_OFF) return 0;
+    if (cfg->cluster.ema == EMA_ON) return 1;
+    if (cfg->cluster.ema == EMA_OFF) return 0;
     return (stage_ops_of(cfg)->reads & STAGE_READ_EMA) != 0;
 }
 

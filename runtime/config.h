@@ -24,6 +24,8 @@ typedef struct {
 
 /* cluster.consistency: when a server applies pushed gradients (pserver/consistency.h). */
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
+/* cluster.ema: whether servers keep the momentum copy (auto: the stage declares it). */
+typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
 /* train.stage: the objective (stages/stage.h; the order of its table). */
 typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3 } stage_kind_t;
 
@@ -70,7 +72,7 @@ typedef struct {
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;
-        int ema; /* 0 auto (the running stage's declaration), 1 always, 2 never */
+        ema_mode_t ema;
         int queue_shards; /* servers holding the negative queue (0: all of them) */
     } cluster;
     struct {

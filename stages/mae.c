@@ -17,7 +17,7 @@ static int mae_stage_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     if (!ms) return mimic_err(MIMIC_ENOMEM, "out of memory for the MAE stage");
     s->impl = ms;
     int rc = mae_new(&ms->m, &cfg->model);
-    if (!rc) rc = mae_batch_alloc(&ms->b, ms->m, batch);
+    if (!rc && batch > 0) rc = mae_batch_alloc(&ms->b, ms->m, batch);
     if (rc) return rc;
     s->p = ms->m->p;
     s->noise_len = ms->m->L;

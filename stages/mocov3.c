@@ -60,9 +60,10 @@ static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B) {
         (rc = head_spec_mocov3(ql, PRED_LAYERS, mlp, dim, 1)) < 0 ||
         (rc = head_register(&nt->proj, nt->p, "projector", D, pl, PROJ_LAYERS)) < 0 ||
         (rc = head_register(&nt->pred, nt->p, "predictor", dim, ql, PRED_LAYERS)) < 0 ||
-        (rc = params_finalize(nt->p)) < 0 ||
-        (rc = encoder_acts_alloc(&nt->ea, &nt->enc, VIEWS * B, nt->enc.L)) < 0)
+        (rc = params_finalize(nt->p)) < 0)
         return rc;
+    if (B == 0) return 0; /* parameters only */
+    if ((rc = encoder_acts_alloc(&nt->ea, &nt->enc, VIEWS * B, nt->enc.L)) < 0) return rc;
     for (int v = 0; v < VIEWS; v++)
         if ((rc = head_acts_alloc(&nt->proj_a[v], &nt->proj, B)) < 0 ||
             (rc = head_acts_alloc(&nt->pred_a[v], &nt->pred, B)) < 0)
@@ -140,7 +141,7 @@ static int moco_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     moco_t *mc = calloc(1, sizeof *mc);
     if (!mc) return mimic_err(MIMIC_ENOMEM, "out of memory for MoCo v3");
     s->impl = mc;
-    if (batch < 2)
+    if (batch == 1)
         return mimic_err(MIMIC_EINVAL, "config train.batch_size: MoCo v3 needs at least 2 "
                                        "(BatchNorm in its heads)");
     if (cfg->contrastive.dim <= 0 || cfg->contrastive.mlp_dim <= 0 ||
@@ -156,7 +157,7 @@ static int moco_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     mc->Mcap = batch * 2 * (cfg->cluster.workers > 1 ? cfg->cluster.workers : 1);
     int rc;
     if ((rc = net_build(&mc->on, cfg, batch)) || (rc = net_build(&mc->mo, cfg, batch)) ||
-        (rc = moco_buffers(mc)))
+        (batch > 0 && (rc = moco_buffers(mc))))
         return rc;
     s->p = mc->on.p;
     s->ema = mc->mo.p->w;

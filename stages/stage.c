@@ -17,7 +17,7 @@ const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
 
 int stage_new(stage_t **out, const mimic_cfg_t *cfg, int batch) {
     *out = NULL;
-    if (batch <= 0) return mimic_err(MIMIC_EINVAL, "config train.batch_size: must be positive");
+    if (batch < 0) return mimic_err(MIMIC_EINVAL, "config train.batch_size: must be positive");
     stage_t *s = calloc(1, sizeof *s);
     if (!s) return mimic_err(MIMIC_ENOMEM, "out of memory for the stage");
     s->ops = stage_ops_of(cfg);

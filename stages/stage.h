@@ -75,7 +75,8 @@ struct stage {
     void *impl; /* the objective's own state */
 };
 
-/* The stage named by cfg->train.stage, built for batches of up to `batch` samples. */
+/* The stage named by cfg->train.stage, built for batches of up to `batch` samples;
+ * batch 0 builds the parameters only (a server's table and initial values). */
 int stage_new(stage_t **out, const mimic_cfg_t *cfg, int batch);
 void stage_destroy(stage_t **s);
 /* The declaration of the stage cfg selects, without building it (servers ask what the

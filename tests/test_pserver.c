@@ -1285,7 +1285,7 @@ static void test_queue_sizes(void *ctx, fsched_t *f) {
     }
 }
 
-/* kvstore_ema_momentum against values worked out by hand (m0 0.9, T 50). */
+/* adamw_ema_momentum against values worked out by hand (m0 0.9, T 50). */
 static void test_ema_schedule(void) {
     static const struct {
         long t;
@@ -1300,12 +1300,12 @@ static void test_ema_schedule(void) {
         {25, 0, 0.9},        /* no schedule: m0 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        float m = kvstore_ema_momentum(0.9f, cases[i].cosine, cases[i].t, 50);
+        float m = adamw_ema_momentum(0.9f, cases[i].cosine, cases[i].t, 50);
         printf("EMA momentum t=%ld cosine=%d: %.8f (by hand %.8f)\n", cases[i].t, cases[i].cosine,
                (double)m, cases[i].m);
         T_CHECK(fabs((double)m - cases[i].m) < 1e-6);
     }
-    T_CHECK(kvstore_ema_momentum(0.99f, 1, 3, 0) == 0.99f); /* T = 0: constant */
+    T_CHECK(adamw_ema_momentum(0.99f, 1, 3, 0) == 0.99f); /* T = 0: constant */
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
