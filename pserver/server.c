@@ -73,6 +73,7 @@ struct server {
     negqueue_t *queue;          /* rank 0 only: the contrastive stage's negative keys */
     stepkeys_t *qkeys;          /* rank 0, BSP: the queue's keys of the steps not yet appended */
     stepkeys_t *xkeys;          /* rank 0: MoCo v3's key exchange */
+    size_t xdim;                /* floats per exchanged row */
     ps_wait_t *qpulls, *xwaits; /* held QUEUE_PULLs, KEYS_PUSHes waiting for their step */
     int nqpulls, nxwaits;
     cons_t *cons;    /* the consistency rules and the worker table */
@@ -478,9 +479,9 @@ static int keys_here(server_t *s, const proto_msg_t *m) {
     return 0;
 }
 
-/* A push of keys: from a live worker, rows of contrastive.dim floats. 0, or -1 after
- * answering ERROR. */
-static int keys_check(server_t *s, const proto_msg_t *m, size_t dim) {
+/* A push of keys: from a live worker, rows of `want` floats (the queue's: contrastive.dim;
+ * the exchange's: that times the stage's key views). 0, or -1 after answering ERROR. */
+static int keys_check(server_t *s, const proto_msg_t *m, size_t dim, size_t want) {
     const proto_hdr_t *h = &m->hdr;
     if (!keys_here(s, m)) return -1;
     if (h->sender < 0 || !cons_is_live(s->cons, h->sender)) {
@@ -489,10 +490,11 @@ static int keys_check(server_t *s, const proto_msg_t *m, size_t dim) {
                   proto_type_name(h->type), (int)h->sender, cons_epoch(s->cons));
         return -1;
     }
-    if (dim != s->queue->dim) {
+    if (dim != want) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
-                  "%s header field 'a[1]' (dim): %zu, but keys are %zu floats (contrastive.dim)",
-                  proto_type_name(h->type), dim, s->queue->dim);
+                  "%s header field 'a[1]' (dim): %zu, but keys are %zu floats (contrastive.dim "
+                  "x the stage's key views)",
+                  proto_type_name(h->type), dim, want);
         return -1;
     }
     return 0;
@@ -583,7 +585,7 @@ static void send_queue_ack(server_t *s, const proto_msg_t *m) {
 static void on_queue_push(server_t *s, const proto_msg_t *m) {
     char why[PROTO_STR_MAX + 1];
     size_t count = (size_t)m->hdr.a[PROTO_QPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_QPUSH_DIM];
-    if (keys_check(s, m, dim) != 0) return;
+    if (keys_check(s, m, dim, s->queue->dim) != 0) return;
     negqueue_t *q = s->queue;
     int rc;
     if (!q->rows && (rc = negqueue_alloc(q, s->max_payload))) { /* refuse before gathering */
@@ -677,7 +679,7 @@ static void keys_commit(server_t *s) {
 static void on_keys_push(server_t *s, const proto_msg_t *m) {
     char why[PROTO_STR_MAX + 1];
     size_t count = (size_t)m->hdr.a[PROTO_KPUSH_COUNT], dim = (size_t)m->hdr.a[PROTO_KPUSH_DIM];
-    if (keys_check(s, m, dim) != 0) return;
+    if (keys_check(s, m, dim, s->xdim) != 0) return;
     int rc = stepkeys_add(s->xkeys, m->hdr.sender, m->hdr.step, proto_msg_data(m), count, why,
                           sizeof why);
     if (rc == STEPKEYS_LATE) { /* its step was answered without it: it gets the rows so far */
@@ -962,7 +964,10 @@ static int keys_new(server_t *s) {
     if (!rc && (stage_ops_of(cfg)->server_state & STAGE_STATE_QUEUE))
         rc = negqueue_alloc(s->queue, s->max_payload);
     if (!rc && cfg->cluster.consistency == CONS_BSP) rc = stepkeys_new(&s->qkeys, dim, rows);
-    if (!rc) rc = stepkeys_new(&s->xkeys, dim, rows);
+    /* an exchanged row holds every key view of a sample (MoCo v3: both views) */
+    size_t views = stage_ops_of(cfg)->key_views > 1 ? (size_t)stage_ops_of(cfg)->key_views : 1;
+    s->xdim = dim * views;
+    if (!rc) rc = stepkeys_new(&s->xkeys, s->xdim, rows / views);
     if (rc) return rc;
     s->qpulls = calloc(PS_PULLS_MAX, sizeof *s->qpulls);
     s->xwaits = calloc(PS_PULLS_MAX, sizeof *s->xwaits);

@@ -314,6 +314,7 @@ const stage_ops_t stage_mocov3_ops = {
     .reads = STAGE_READ_WEIGHTS | STAGE_READ_EMA,
     .pushes = STAGE_PUSH_GRAD,
     .server_state = 0,
+    .key_views = VIEWS,
     .create = moco_create,
     .destroy = moco_destroy,
     .init = moco_init,

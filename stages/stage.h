@@ -38,6 +38,7 @@ typedef struct stage stage_t;
 typedef struct {
     const char *name; /* the train.stage value, and the progress line's tag */
     unsigned reads, pushes, server_state;
+    int key_views; /* key vectors per sample in the step's key exchange (MoCo v3: 2) */
     /* Builds the model of cfg and the activations for batches of up to `batch`. */
     int (*create)(stage_t *s, const mimic_cfg_t *cfg, int batch);
     void (*destroy)(stage_t *s);

@@ -38,6 +38,8 @@ typedef struct {
     int shutdown;
     uint64_t seq; /* of requests to the scheduler */
     double t_push, t_done, t_pull; /* the last update's phases */
+    float *keys_all;               /* MoCo v3: every worker's keys of the step */
+    size_t keys_cap;               /* rows keys_all holds */
     metrics_t mx;
     trace_t tr;
 } dist_t;
@@ -186,6 +188,23 @@ static int wait_tick(dist_t *d, int ts, uint64_t *version) {
         if (mimic_now() - start > limit)
             return mimic_err(MIMIC_ETIMEOUT, "no answer from the servers for %.0f s", limit);
     }
+}
+
+/* MoCo v3's keys of every worker (stage_t.exchange): this worker's keys of the step go
+ * to server rank 0, which answers once every live worker's keys are in. */
+static int dist_exchange(void *ctx, const float *keys, int n, int dim, const float **all, int *M,
+                         int *offset) {
+    dist_t *d = ctx;
+    kv_keys_info_t ki;
+    int ts = kv_keys_exchange(d->kv, d->version, keys, (size_t)n, (size_t)dim, d->keys_all,
+                              d->keys_cap, &ki);
+    if (ts < 0) return ts;
+    int rc = wait_tick(d, ts, NULL);
+    if (rc) return rc;
+    *all = d->keys_all;
+    *M = (int)ki.count;
+    *offset = (int)ki.offset;
+    return 0;
 }
 
 /* The momentum copy at d->version for a stage that reads it. Under BSP every version
@@ -352,6 +371,17 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     if ((rc = loader_new(&d.ld, cfg))) goto out;
     if ((rc = kv_new(&d.kv, zctx, ack.str, d.S, s->p->total, d.id, d.max_payload))) goto out;
     if ((rc = dist_open_records(&d))) goto out;
+    if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
+        int W = cfg->cluster.workers > 1 ? cfg->cluster.workers : 1;
+        d.keys_cap = (size_t)cfg->train.batch_size * 2 * (size_t)W;
+        d.keys_all = mimic_alloc(d.keys_cap * 2 * (size_t)cfg->contrastive.dim * sizeof(float));
+        if (!d.keys_all) {
+            rc = MIMIC_ENOMEM;
+            goto out;
+        }
+        s->exchange = dist_exchange;
+        s->exchange_ctx = &d;
+    }
     mimic_catch_stop_signals(1);
     rc = dist_train(&d, s);
 out:
@@ -363,5 +393,6 @@ out:
     zmq_ctx_term(zctx); /* after this ZeroMQ holds none of our buffers */
     stage_destroy(&s);
     loader_destroy(&d.ld);
+    mimic_free(d.keys_all);
     return rc;
 }
