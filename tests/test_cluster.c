@@ -8,7 +8,9 @@
  *  3. a worker SIGKILLed mid-epoch: training finishes with the others and every epoch
  *     is covered exactly once by the chunks reported done (scheduler accounting). */
 #include "common.h"
+#include "config.h"
 #include "safetensors.h"
+#include "stage.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -346,6 +348,49 @@ static void test_scheduler_death(void) {
     kill_all(&c);
 }
 
+/* MoCo v3 on 1 server x 2 workers (BSP): the keys of both workers meet in the exchange,
+ * and the momentum copy a worker keeps in lock-step (adamw_ema, no bytes) equals the
+ * servers' EMA bit for bit at the last step (the worker's model.safetensors
+ * "momentum.<name>" against the server shard's "ema"). */
+static void test_mocov3_lockstep(void) {
+    const char *moco = "--train.stage=mocov3 --contrastive.mlp_dim=32 --contrastive.dim=16 "
+                       "--data.scale_min=0.08 --train.batch_size=8 --train.steps=6 "
+                       "--cluster.ckpt_every=3";
+    cluster_t c;
+    T_CHECK(start(&c, "mocov3", 1, 2, moco) == 0);
+    T_CHECK(finish(&c, 120000));
+    mimic_cfg_t cfg;
+    config_defaults(&cfg);
+    const char *set[] = {"model.img_size=16", "model.patch_size=4", "model.embed_dim=32",
+                         "model.depth=2",     "model.num_heads=2",  "train.stage=mocov3",
+                         "contrastive.mlp_dim=32", "contrastive.dim=16"};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        T_CHECK(config_override(&cfg, set[i]) == 0);
+    stage_t *s = NULL;
+    char a[4400], b[4400], name[128];
+    snprintf(a, sizeof a, "%s/model.safetensors", c.dir);
+    snprintf(b, sizeof b, "%s/ckpt/server-0-step-6.safetensors", c.dir);
+    st_file_t *fw = NULL, *fs = NULL;
+    T_CHECK(stage_new(&s, &cfg, 0) == 0 && st_open(&fw, a) == 0 && st_open(&fs, b) == 0);
+    const st_tensor_t *ema = fs ? st_find(fs, "ema") : NULL;
+    T_CHECK(ema && s && (size_t)ema->numel == s->p->total);
+    int same = s && fw && ema && (size_t)ema->numel == s->p->total, moved = 0;
+    for (int i = 0; same && i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        snprintf(name, sizeof name, "momentum.%s", t->name);
+        const st_tensor_t *m = st_find(fw, name), *w = st_find(fw, t->name);
+        same = m && w && (size_t)m->numel == t->numel &&
+               memcmp(m->data, (const float *)ema->data + t->offset, t->numel * 4) == 0;
+        moved |= same && memcmp(m->data, w->data, t->numel * 4) != 0;
+    }
+    printf("MoCo v3 cluster: worker's momentum copy == servers' EMA bit for bit: %s\n",
+           same && moved ? "ok" : "FAIL");
+    T_CHECK(same && moved);
+    st_close(&fw);
+    st_close(&fs);
+    stage_destroy(&s);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin[SCHED], sizeof bin[0], "%s/scheduler/mimic-scheduler", build ? build : ".");
@@ -354,6 +399,7 @@ int main(void) {
     write_idx(96);
     test_equivalence(1);
     test_equivalence(2);
+    test_mocov3_lockstep();
     test_restart();
     test_worker_death();
     test_worker_join();
