@@ -8,68 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- keys: one table gives the defaults, the parser and the help ---- */
-
-typedef enum { K_STR, K_INT, K_LONG, K_FLOAT, K_FEATURES, K_POOL, K_KS } key_type_t;
-
-typedef struct {
-    const char *name;
-    key_type_t type;
-    size_t off, size;
-    const char *def, *help;
-} eval_key_t;
-
-#define KEY(n, t, f, d, h)                                                                         \
-    { n, t, offsetof(eval_cfg_t, f), sizeof(((eval_cfg_t *)0)->f), d, h }
-static const eval_key_t keys[] = {
-    KEY("features", K_FEATURES, features, "encoder",
-        "what is evaluated: encoder (the file's features) | random (an encoder of model.* at "
-        "MAE's init, seed train.seed) | pixels (the normalised images)"),
-    KEY("pool", K_POOL, pool, "cls",
-        "encoder feature: cls (cls token of the final norm, MAE's probe) | avg (mean of the "
-        "patch tokens of the final norm)"),
-    KEY("kind", K_STR, kind, "",
-        "data set kind of both sets (idx, imagefolder, csv, labellist); "
-        "empty: data.kind"),
-    KEY("train_path", K_STR, train_path, "",
-        "labelled set the probe trains on and k-NN searches; empty: data.path, data.labels and "
-        "data.usage"),
-    KEY("train_labels", K_STR, train_labels, "", "labels of eval.train_path (IDX, label list)"),
-    KEY("train_usage", K_STR, train_usage, "", "CSV Usage rows of eval.train_path (e.g. Training)"),
-    KEY("test_path", K_STR, test_path, "",
-        "labelled set the accuracies are measured on (required)"),
-    KEY("test_labels", K_STR, test_labels, "", "labels of eval.test_path (IDX, label list)"),
-    KEY("test_usage", K_STR, test_usage, "", "CSV Usage rows of eval.test_path (e.g. PublicTest)"),
-    KEY("train_limit", K_LONG, train_limit, "0", "use the first N training samples (0: all)"),
-    KEY("test_limit", K_LONG, test_limit, "0", "use the first N test samples (0: all)"),
-    KEY("batch_size", K_INT, batch_size, "32", "images per encoder forward during extraction"),
-    KEY("probe_epochs", K_INT, probe_epochs, "30", "linear probe: epochs over the features"),
-    KEY("probe_batch", K_INT, probe_batch, "256",
-        "linear probe: batch size (last partial "
-        "batch dropped)"),
-    KEY("probe_lr", K_FLOAT, probe_lr, "0.1", "linear probe: SGD learning rate (half-cosine to 0)"),
-    KEY("probe_momentum", K_FLOAT, probe_momentum, "0.9", "linear probe: SGD momentum"),
-    KEY("probe_weight_decay", K_FLOAT, probe_weight_decay, "0",
-        "linear probe: weight decay of the Linear weight (MAE: 0)"),
-    KEY("knn_k", K_KS, knn_k, "1,10,20", "k-NN: comma-separated k values (up to 8)"),
-    KEY("knn_temp", K_FLOAT, knn_temp, "0.07",
-        "k-NN: vote weight exp(cos/T) (DINO); 0: majority vote"),
-};
+/* ---- keys: runtime/config.c's [eval] section ---- */
 
 static int bad(const char *key, const char *value, const char *why) {
     return mimic_err(MIMIC_EINVAL, "config eval.%s: '%s' %s", key, value, why);
 }
 
-/* Names of the enum values, in enum order: parsed here, written to the JSON record. */
+/* Names of the enum values, in enum order (config.c's choices), for the JSON record. */
 static const char *const feature_names[] = {"encoder", "random", "pixels"};
 static const char *const pool_names[] = {"cls", "avg"};
-
-/* Index of value in names[0..n), or -1. */
-static int enum_index(const char *const *names, int n, const char *value) {
-    for (int i = 0; i < n; i++)
-        if (strcmp(value, names[i]) == 0) return i;
-    return -1;
-}
 
 static int parse_ks(eval_cfg_t *c, const char *key, const char *v) {
     int n = 0;
@@ -88,62 +35,32 @@ static int parse_ks(eval_cfg_t *c, const char *key, const char *v) {
     return 0;
 }
 
-int eval_cfg_set(eval_cfg_t *c, const char *key, const char *value) {
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        const eval_key_t *k = &keys[i];
-        if (strcmp(k->name, key) != 0) continue;
-        char *dst = (char *)c + k->off, *end = NULL;
-        switch (k->type) {
-        case K_STR:
-            if (strlen(value) >= k->size) return bad(key, value, "is too long");
-            memcpy(dst, value, strlen(value) + 1);
-            return 0;
-        case K_INT:
-        case K_LONG: {
-            long v = strtol(value, &end, 10);
-            if (!*value || *end || v < 0) return bad(key, value, "is not a non-negative integer");
-            if (k->type == K_INT) {
-                if (v > 1 << 30) return bad(key, value, "is too large");
-                *(int *)dst = (int)v;
-            } else {
-                *(long *)dst = v;
-            }
-            return 0;
-        }
-        case K_FLOAT: {
-            float v = strtof(value, &end);
-            if (!*value || *end || !(v >= 0)) return bad(key, value, "is not a number >= 0");
-            *(float *)dst = v;
-            return 0;
-        }
-        case K_FEATURES: {
-            int i = enum_index(feature_names, 3, value);
-            if (i < 0) return bad(key, value, "is not one of encoder, random, pixels");
-            c->features = (eval_features_t)i;
-            return 0;
-        }
-        case K_POOL: {
-            int i = enum_index(pool_names, 2, value);
-            if (i < 0) return bad(key, value, "is not one of cls, avg");
-            c->pool = (encoder_pool_t)i;
-            return 0;
-        }
-        case K_KS:
-            return parse_ks(c, key, value);
-        }
-    }
-    return mimic_err(MIMIC_EINVAL, "config eval.%s: unknown key", key);
-}
-
-void eval_defaults(eval_cfg_t *c) {
+int eval_cfg_from(eval_cfg_t *c, const mimic_cfg_t *cfg) {
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        MIMIC_CHECK(eval_cfg_set(c, keys[i].name, keys[i].def) == 0);
-}
-
-void eval_print_help(FILE *f) {
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        fprintf(f, "  eval.%-20s (default '%s') %s\n", keys[i].name, keys[i].def, keys[i].help);
+    c->features = (eval_features_t)cfg->eval.features;
+    c->pool = (encoder_pool_t)cfg->eval.pool;
+    snprintf(c->kind, sizeof c->kind, "%s", cfg->eval.kind);
+    snprintf(c->train_path, sizeof c->train_path, "%s", cfg->eval.train_path);
+    snprintf(c->train_labels, sizeof c->train_labels, "%s", cfg->eval.train_labels);
+    snprintf(c->train_usage, sizeof c->train_usage, "%s", cfg->eval.train_usage);
+    snprintf(c->test_path, sizeof c->test_path, "%s", cfg->eval.test_path);
+    snprintf(c->test_labels, sizeof c->test_labels, "%s", cfg->eval.test_labels);
+    snprintf(c->test_usage, sizeof c->test_usage, "%s", cfg->eval.test_usage);
+    c->train_limit = cfg->eval.train_limit;
+    c->test_limit = cfg->eval.test_limit;
+    c->batch_size = cfg->eval.batch_size;
+    c->probe_epochs = cfg->eval.probe_epochs;
+    c->probe_batch = cfg->eval.probe_batch;
+    c->probe_lr = cfg->eval.probe_lr;
+    c->probe_momentum = cfg->eval.probe_momentum;
+    c->probe_weight_decay = cfg->eval.probe_weight_decay;
+    c->knn_temp = cfg->eval.knn_temp;
+    if (c->train_limit < 0 || c->test_limit < 0 || c->batch_size < 1 || c->probe_epochs < 0 ||
+        c->probe_batch < 1 || !(c->probe_lr >= 0) || !(c->probe_momentum >= 0) ||
+        !(c->probe_weight_decay >= 0) || !(c->knn_temp >= 0))
+        return mimic_err(MIMIC_EINVAL, "config eval.*: limits, probe and k-NN settings must be "
+                                       "non-negative (batch sizes >= 1)");
+    return parse_ks(c, "knn_k", cfg->eval.knn_k);
 }
 
 /* ---- feature extraction ---- */

@@ -6,9 +6,8 @@
  * encoder.h) or the raw pixels as the loader normalises them (the baseline arm). The
  * encoder comes from a safetensors file with timm names (an MAE checkpoint or an export
  * of checkpoint_export_encoder): eval_run; or from memory, for a pipeline stage that
- * has just trained it: eval_run_model. Its own keys live in eval_cfg_t (defaults in
- * eval_defaults, parsed by eval_cfg_set) until runtime/config.c carries an [eval]
- * section; the data and model keys come from mimic_cfg_t. */
+ * has just trained it: eval_run_model. Its keys are the [eval] section of the one
+ * configuration (runtime/config.c), read into an eval_cfg_t by eval_cfg_from. */
 #ifndef MIMIC_EVAL_H
 #define MIMIC_EVAL_H
 
@@ -52,12 +51,8 @@ typedef struct {
     double t_extract_train, t_extract_test, t_probe, t_knn; /* seconds */
 } eval_result_t;
 
-void eval_defaults(eval_cfg_t *c);
-/* Sets key ("probe_lr", without the "eval." prefix) from a string; errors name
- * "eval.<key>" and the bad value. */
-int eval_cfg_set(eval_cfg_t *c, const char *key, const char *value);
-/* Documents every key with its default (for --help). */
-void eval_print_help(FILE *f);
+/* The [eval] keys of cfg, checked (knn_k parsed); errors name the key. */
+int eval_cfg_from(eval_cfg_t *c, const mimic_cfg_t *cfg);
 
 /* Loads the encoder of encoder_path (its [model] metadata overrides cfg->model, so an
  * MAE checkpoint needs no model flags) and evaluates it; with EVAL_FEATURES_RANDOM or

@@ -1,7 +1,5 @@
 /* mimic-eval — evaluates a frozen encoder (or raw pixels) on a labelled train/test pair:
- * linear probe and k-NN (eval.h). Until the worker runs evaluation as a pipeline stage
- * and runtime/config.c has an [eval] section, the eval.* keys are flags of this binary
- * only (an [eval] section in the INI file is not read). */
+ * linear probe and k-NN (eval.h), with the [eval] keys of the configuration. */
 #include "common.h"
 #include "config.h"
 #include "eval.h"
@@ -18,9 +16,9 @@ static void usage(FILE *f) {
           "  --encoder F   an MAE checkpoint or exported encoder (timm names); its [model]\n"
           "                metadata overrides model.* (not needed with --eval.features=pixels)\n"
           "  --out F       append the result as one JSON line to F\n"
-          "The model.*, data.* (mean, std, kind) and train.seed/threads keys apply; eval keys:\n",
+          "The model.*, data.* (mean, std, kind), train.seed/threads and eval.* keys apply\n"
+          "(mimic-eval --help-config lists them).\n",
           f);
-    eval_print_help(f);
 }
 
 int main(int argc, char **argv) {
@@ -30,25 +28,11 @@ int main(int argc, char **argv) {
          **rest = malloc((size_t)(argc + 1) * sizeof *rest);
     if (!cfg || !args || !rest) return 1;
     config_defaults(cfg);
-    eval_defaults(&ec);
     int nargs = 0, nrest = 0, rc = 0;
     args[nargs++] = argv[0];
     for (int i = 1; i < argc; i++) {
         if (config_help_flag(argv[i], usage)) return 0;
-        if (strncmp(argv[i], "--eval.", 7) == 0) {
-            char key[64];
-            const char *eq = strchr(argv[i], '=');
-            size_t n = eq ? (size_t)(eq - argv[i] - 7) : 0;
-            if (!eq || n >= sizeof key) {
-                mimic_err(MIMIC_EINVAL, "%s: expected --eval.key=value", argv[i]);
-                return 2;
-            }
-            memcpy(key, argv[i] + 7, n);
-            key[n] = 0;
-            if (eval_cfg_set(&ec, key, eq + 1)) return 2;
-        } else {
-            args[nargs++] = argv[i];
-        }
+        args[nargs++] = argv[i];
     }
     if (config_parse_args(cfg, nargs, args, rest, &nrest)) return 2;
     const char *encoder = NULL, *out = NULL;
@@ -67,6 +51,7 @@ int main(int argc, char **argv) {
         omp_set_num_threads(cfg->train.threads);
     }
     eval_result_t r;
+    if (eval_cfg_from(&ec, cfg)) return 2;
     rc = eval_run(cfg, &ec, encoder, out, &r);
     if (rc == 0) eval_print(stdout, &r);
     free(cfg);

@@ -1,6 +1,7 @@
 #include "checkpoint.h"
 
 #include "common.h"
+#include "posemb.h"
 #include "safetensors.h"
 
 #include <inttypes.h>
@@ -192,4 +193,28 @@ out:
 
 int checkpoint_load(const char *path, mae_t *model, float *m, float *v, checkpoint_state_t *st) {
     return checkpoint_load_params(path, model->p, m, v, NULL, st);
+}
+
+int checkpoint_export_encoder_params(const char *path, const params_t *p, const mae_cfg_t *model) {
+    int grid = model->img_size / model->patch_size, D = model->embed_dim, rc = MIMIC_ENOMEM;
+    int64_t pos_shape[3] = {1, 1 + (int64_t)grid * grid, D};
+    float *pos = mimic_alloc((size_t)(1 + grid * grid) * D * sizeof(float));
+    st_writer_t *w = st_writer_new();
+    if (!pos || !w) goto out;
+    posemb_sincos_2d(pos, D, grid, 1);
+    for (int i = 0; i < p->n; i++) {
+        const params_tensor_t *t = &p->t[i];
+        if (!is_encoder(t->name)) continue;
+        if ((rc = st_writer_add(w, t->name, "F32", t->shape, t->ndim, p->w + t->offset)))
+            goto out;
+        if (strcmp(t->name, "cls_token") == 0 &&
+            (rc = st_writer_add(w, "pos_embed", "F32", pos_shape, 3, pos)))
+            goto out;
+    }
+    if ((rc = add_meta(w, model, "mimicps-encoder", NULL, NULL))) goto out;
+    rc = st_writer_save(w, path);
+out:
+    st_writer_destroy(&w);
+    mimic_free(pos);
+    return rc;
 }

@@ -39,5 +39,8 @@ int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t 
  * the file). Errors name the file and tensor. */
 int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, float *ema,
                            checkpoint_state_t *st);
+/* The encoder tensors of any stage's p (cls_token, patch_embed.*, blocks.*, norm.*, and
+ * the sin-cos pos_embed of `model`), for timm's VisionTransformer and for evaluation. */
+int checkpoint_export_encoder_params(const char *path, const params_t *p, const mae_cfg_t *model);
 
 #endif

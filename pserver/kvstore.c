@@ -34,6 +34,9 @@ int kvstore_new(kvstore_t **out, const mimic_cfg_t *cfg, int servers, int rank, 
      * trainer initialise them (a pure function of the seed) */
     if ((rc = stage_new(&model, cfg, 0))) goto fail;
     model->ops->init(model, cfg->train.seed);
+    /* a pipeline stage starts from the previous stage's model (every server loads the
+     * file; only the range is kept); a resume then overwrites it from the shard */
+    if (cfg->train.init_from[0] && (rc = stage_init_from(model, cfg->train.init_from))) goto fail;
     if ((rc = copy_table(&kv->table, model->p))) goto fail;
     kv->total = model->p->total;
     keyrange_of(kv->total, servers, rank, &kv->lo, &kv->hi);

@@ -96,6 +96,9 @@ static const key_t_ KEYS[] = {
       "checkpoint to resume from (\"auto\": latest in out_dir)"),
     F("train", "threads", K_INT, train.threads, "0",
       "compute threads (0: OPENBLAS_NUM_THREADS or all cores)"),
+    F("train", "init_from", K_STR, train.init_from, "",
+      "start from the tensors of this safetensors file that the stage has (by name and shape; "
+      "a pipeline sets it to the previous stage's model)"),
     F("cluster", "scheduler", K_STR, cluster.scheduler, "",
       "scheduler address tcp://HOST:PORT (elastic launch; env MIMIC_SCHEDULER)"),
     F("cluster", "bind_host", K_STR, cluster.bind_host, "127.0.0.1",
@@ -138,6 +141,51 @@ static const key_t_ KEYS[] = {
       "hidden width of the projector and predictor MLPs"),
     F("contrastive", "temperature", K_FLOAT, contrastive.temperature, "0.2",
       "InfoNCE temperature tau"),
+    E("eval", "features", eval.features, "encoder|random|pixels", "encoder",
+      "what is evaluated: encoder (the stage's or file's features) | random (an encoder of "
+      "model.* at MAE's init, seed train.seed) | pixels (the normalised images)"),
+    E("eval", "pool", eval.pool, "cls|avg", "cls",
+      "encoder feature: cls (cls token of the final norm, MAE's probe) | avg (mean of the patch "
+      "tokens of the final norm)"),
+    F("eval", "kind", K_STR, eval.kind, "",
+      "data set kind of both sets (idx, imagefolder, csv, labellist); empty: data.kind"),
+    F("eval", "train_path", K_STR, eval.train_path, "",
+      "labelled set the probe trains on and k-NN searches; empty: data.path, data.labels and "
+      "data.usage"),
+    F("eval", "train_labels", K_STR, eval.train_labels, "",
+      "labels of eval.train_path (IDX, label list)"),
+    F("eval", "train_usage", K_STR, eval.train_usage, "",
+      "CSV Usage rows of eval.train_path (e.g. Training)"),
+    F("eval", "test_path", K_STR, eval.test_path,
+      "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+      "labelled held-out set the accuracies are measured on"),
+    F("eval", "test_labels", K_STR, eval.test_labels,
+      "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
+      "labels of eval.test_path (IDX, label list)"),
+    F("eval", "test_usage", K_STR, eval.test_usage, "",
+      "CSV Usage rows of eval.test_path (e.g. PublicTest)"),
+    F("eval", "train_limit", K_LONG, eval.train_limit, "0",
+      "use the first N training samples (0: all)"),
+    F("eval", "test_limit", K_LONG, eval.test_limit, "0", "use the first N test samples (0: all)"),
+    F("eval", "batch_size", K_INT, eval.batch_size, "32",
+      "images per encoder forward during extraction"),
+    F("eval", "probe_epochs", K_INT, eval.probe_epochs, "30", "linear probe: epochs over the features"),
+    F("eval", "probe_batch", K_INT, eval.probe_batch, "256",
+      "linear probe: batch size (last partial batch dropped)"),
+    F("eval", "probe_lr", K_FLOAT, eval.probe_lr, "0.1",
+      "linear probe: SGD learning rate (half-cosine to 0)"),
+    F("eval", "probe_momentum", K_FLOAT, eval.probe_momentum, "0.9", "linear probe: SGD momentum"),
+    F("eval", "probe_weight_decay", K_FLOAT, eval.probe_weight_decay, "0",
+      "linear probe: weight decay of the Linear weight (MAE: 0)"),
+    F("eval", "knn_k", K_STR, eval.knn_k, "1,10,20", "k-NN: comma-separated k values (up to 8)"),
+    F("eval", "knn_temp", K_FLOAT, eval.knn_temp, "0.07",
+      "k-NN: vote weight exp(cos/T) (DINO); 0: majority vote"),
+    F("pipeline", "stages", K_STR, pipeline.stages, "",
+      "stages run in order, e.g. mae,mocov3,eval: each starts from the previous one's "
+      "model (train.init_from) in out_dir/<i>-<stage>; [pipeline.<stage>] sections hold that "
+      "stage's keys (section.key = value); empty: the one stage train.stage"),
+    F("pipeline", "run", K_INT, pipeline.run, "-1",
+      "the pipeline stage this process runs (deploy/pipeline.sh sets it; -1: all, in-process)"),
 };
 #undef F
 #undef E
@@ -204,7 +252,33 @@ const char *config_enum_name(const char *section, const char *key, int value) {
     return enum_name(k->choices, value, name, sizeof name);
 }
 
+/* A key of one pipeline stage, kept as "<stage>\0<assignment>" and applied by
+ * config_pipeline_stage: from [pipeline.<stage>] sections (key = "section.key") or
+ * flags --pipeline.<stage>.<section>.<key>=value. */
+static int pipeline_override(mimic_cfg_t *c, const char *stage, size_t stage_len,
+                             const char *assign_key, const char *value) {
+    if (c->pipeline.noverrides == (int)(sizeof c->pipeline.overrides /
+                                        sizeof c->pipeline.overrides[0]))
+        return mimic_err(MIMIC_EINVAL, "pipeline: more than 64 stage keys");
+    char *dst = c->pipeline.overrides[c->pipeline.noverrides];
+    size_t cap = sizeof c->pipeline.overrides[0];
+    if (stage_len == 0 || !strchr(assign_key, '.') ||
+        stage_len + 2 + strlen(assign_key) + strlen(value) >= cap)
+        return mimic_err(MIMIC_EINVAL, "pipeline.%.*s: '%s = %s' is not a section.key = value",
+                         (int)stage_len, stage, assign_key, value);
+    memcpy(dst, stage, stage_len);
+    dst[stage_len] = 0;
+    snprintf(dst + stage_len + 1, cap - stage_len - 1, "%s=%s", assign_key, value);
+    c->pipeline.noverrides++;
+    return 0;
+}
+
 int config_set(mimic_cfg_t *c, const char *section, const char *key, const char *value) {
+    if (strncmp(section, "pipeline.", 9) == 0)
+        return pipeline_override(c, section + 9, strlen(section + 9), key, value);
+    const char *dot = strchr(key, '.');
+    if (strcmp(section, "pipeline") == 0 && dot)
+        return pipeline_override(c, key, (size_t)(dot - key), dot + 1, value);
     const key_t_ *k = find_key(section, key);
     if (!k) return mimic_err(MIMIC_EINVAL, "unknown config key %s.%s", section, key);
     char *dst = (char *)c + k->offset;
@@ -435,5 +509,71 @@ int config_start(mimic_cfg_t *c, int argc, char **argv, const char *prog, void (
         if (taken <= 0) code = CONFIG_EXIT_USAGE;
     }
     free(rest); /* what the flags keep points into argv */
+    if (code == CONFIG_RUN && c->pipeline.stages[0] && c->pipeline.run >= 0) {
+        /* one stage of a pipeline: this process runs with that stage's configuration */
+        static mimic_cfg_t stage; /* too large for the stack of a caller's caller */
+        char name[64];
+        if (config_pipeline_stage(c, c->pipeline.run, &stage, name, sizeof name))
+            return CONFIG_EXIT_USAGE;
+        *c = stage;
+    }
     return code;
+}
+
+int config_pipeline_count(const mimic_cfg_t *c) {
+    if (!c->pipeline.stages[0]) return 1;
+    int n = 1;
+    for (const char *p = c->pipeline.stages; *p; p++)
+        n += *p == ',';
+    return n;
+}
+
+/* Name of stage i of pipeline.stages (or train.stage's name for a one-stage run). */
+static int stage_name(const mimic_cfg_t *c, int i, char *name, size_t cap) {
+    const char *p = c->pipeline.stages;
+    for (int k = 0; k < i && p; k++) {
+        p = strchr(p, ',');
+        if (p) p++;
+    }
+    if (!p) return mimic_err(MIMIC_EINVAL, "pipeline.stages: no stage %d in '%s'", i, c->pipeline.stages);
+    size_t n = strcspn(p, ",");
+    if (n == 0 || n >= cap)
+        return mimic_err(MIMIC_EINVAL, "pipeline.stages: stage %d of '%s' is empty or too long", i,
+                         c->pipeline.stages);
+    memcpy(name, p, n);
+    name[n] = 0;
+    return 0;
+}
+
+int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char *name,
+                          size_t cap) {
+    int n = config_pipeline_count(base), rc;
+    if (i < 0 || i >= n)
+        return mimic_err(MIMIC_EINVAL, "pipeline.run: %d is not a stage of '%s' (0..%d)", i,
+                         base->pipeline.stages, n - 1);
+    *out = *base;
+    out->pipeline.run = i;
+    if (!base->pipeline.stages[0]) {
+        snprintf(name, cap, "%s", config_enum_name("train", "stage", base->train.stage));
+        snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
+        return 0;
+    }
+    if ((rc = stage_name(base, i, name, cap))) return rc;
+    snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
+    if (strcmp(name, "eval") != 0 && (rc = config_set(out, "train", "stage", name))) return rc;
+    for (int k = 0; k < base->pipeline.noverrides; k++) {
+        const char *o = base->pipeline.overrides[k];
+        if (strcmp(o, name) == 0 && (rc = config_override(out, o + strlen(o) + 1))) return rc;
+    }
+    int w = snprintf(out->train.out_dir, sizeof out->train.out_dir, "%s/%d-%s",
+                     base->train.out_dir, i, name);
+    if (w < 0 || (size_t)w >= sizeof out->train.out_dir)
+        return mimic_err(MIMIC_EINVAL, "train.out_dir: too long for pipeline stage dirs");
+    if (i > 0 && !out->train.init_from[0]) {
+        char prev[64];
+        if ((rc = stage_name(base, i - 1, prev, sizeof prev))) return rc;
+        snprintf(out->train.init_from, sizeof out->train.init_from, "%.900s/%d-%s/model.safetensors",
+                 base->train.out_dir, i - 1, prev);
+    }
+    return 0;
 }

@@ -57,6 +57,7 @@ typedef struct {
         int log_every, ckpt_every;
         char resume[CFG_PATH_MAX];
         int threads;
+        char init_from[CFG_PATH_MAX];
     } train;
     struct {
         char scheduler[256]; /* tcp://host:port of the scheduler (elastic launch) */
@@ -83,6 +84,24 @@ typedef struct {
         int mlp_dim;         /* hidden width of projector and predictor */
         float temperature;
     } contrastive;
+    struct { /* frozen-encoder evaluation (eval/eval.h) */
+        int features, pool; /* encoder|random|pixels; cls|avg */
+        char kind[16];
+        char train_path[CFG_PATH_MAX], train_labels[CFG_PATH_MAX], train_usage[32];
+        char test_path[CFG_PATH_MAX], test_labels[CFG_PATH_MAX], test_usage[32];
+        long train_limit, test_limit;
+        int batch_size, probe_epochs, probe_batch;
+        float probe_lr, probe_momentum, probe_weight_decay, knn_temp;
+        char knn_k[64]; /* "1,10,20": parsed by eval_cfg_from */
+    } eval;
+    struct {
+        char stages[256]; /* "mae,mocov3,eval"; empty: the one stage train.stage */
+        int run;          /* the index of the stage this process runs (-1: every stage) */
+        char name[64];    /* its name, set by config_pipeline_stage */
+        int noverrides;
+        /* [pipeline.<stage>] keys: "<stage>\0section.key=value" */
+        char overrides[64][CFG_PATH_MAX + 128];
+    } pipeline;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
@@ -124,5 +143,14 @@ typedef int(config_flag_fn)(void *ctx, char **rest, int n, int *i);
  *       return rc; */
 int config_start(mimic_cfg_t *c, int argc, char **argv, const char *prog, void (*usage)(FILE *),
                  config_flag_fn *flag, void *ctx);
+
+/* Stages of the pipeline (1 when pipeline.stages is empty). */
+int config_pipeline_count(const mimic_cfg_t *c);
+/* The config of pipeline stage i: base with train.stage = its name (not for "eval"),
+ * its [pipeline.<name>] keys applied, train.out_dir = base out_dir/<i>-<name>, and
+ * train.init_from = the previous stage's out_dir/model.safetensors unless the stage
+ * sets one. name (cap bytes) gets the stage's name. */
+int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char *name,
+                          size_t cap);
 
 #endif

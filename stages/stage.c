@@ -1,8 +1,11 @@
 #include "stage.h"
 
+#include "checkpoint.h"
 #include "common.h"
+#include "safetensors.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 extern const stage_ops_t stage_mae_ops, stage_mocov3_ops;
 
@@ -50,4 +53,27 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     if (t_fwd) *t_fwd = t1 - t0;
     if (t_bwd) *t_bwd = t2 - t1;
     return loss;
+}
+
+int stage_init_from(stage_t *s, const char *path) {
+    st_file_t *f = NULL;
+    int rc = st_open(&f, path), taken = 0;
+    if (rc) return rc;
+    for (int i = 0; i < s->p->n && !rc; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        if (!st_find(f, t->name)) continue;
+        if (!(rc = st_read_f32(f, t->name, s->p->w + t->offset, t->shape, t->ndim))) taken++;
+    }
+    st_close(&f);
+    if (rc) return rc;
+    if (taken == 0)
+        return mimic_err(MIMIC_EFORMAT, "%s: none of stage %s's %d tensors is in the file", path,
+                         s->ops->name, s->p->n);
+    if (s->ema) memcpy(s->ema, s->p->w, s->p->total * sizeof(float));
+    mimic_log("%s: %d of %d tensors from %s", s->ops->name, taken, s->p->n, path);
+    return 0;
+}
+
+int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path) {
+    return checkpoint_export_encoder_params(path, s->p, model);
 }

@@ -84,6 +84,15 @@ void stage_destroy(stage_t **s);
  * running stage reads and pushes). */
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg);
 
+/* Starts from the tensors of a safetensors file the stage has too (same name and shape;
+ * others are ignored, e.g. an MAE decoder when a MoCo stage starts from MAE): the
+ * weights and, when kept, the momentum copy. Logs how many it took; an error when the
+ * file has none of them, or one with the right name and the wrong shape. */
+int stage_init_from(stage_t *s, const char *path);
+/* Writes the encoder part of the weights (timm names: cls_token, pos_embed,
+ * patch_embed.*, blocks.*, norm.*) for timm's VisionTransformer and for eval. */
+int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path);
+
 /* One training step's compute: forward, zero the gradients, backward. Returns the loss;
  * *t_fwd and *t_bwd (may be NULL) get the seconds each phase took. */
 double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, double *t_bwd);

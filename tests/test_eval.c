@@ -166,12 +166,12 @@ static void base_cfg(mimic_cfg_t *c, eval_cfg_t *ec) {
     snprintf(c->data.labels, sizeof c->data.labels, "%s", tr_lab);
     c->data.mean[0] = 0.3f;
     c->data.std[0] = 0.3f;
-    eval_defaults(ec);
-    snprintf(ec->test_path, sizeof ec->test_path, "%s", te_img);
-    snprintf(ec->test_labels, sizeof ec->test_labels, "%s", te_lab);
-    ec->batch_size = 32;
-    ec->probe_batch = 32;
-    T_CHECK(eval_cfg_set(ec, "knn_k", "1,5,20") == 0);
+    snprintf(c->eval.test_path, sizeof c->eval.test_path, "%s", te_img);
+    snprintf(c->eval.test_labels, sizeof c->eval.test_labels, "%s", te_lab);
+    c->eval.batch_size = 32;
+    c->eval.probe_batch = 32;
+    T_CHECK(config_override(c, "eval.knn_k=1,5,20") == 0);
+    T_CHECK(eval_cfg_from(ec, c) == 0);
 }
 
 static int same_result(const eval_result_t *a, const eval_result_t *b) {
@@ -294,14 +294,15 @@ static void test_bad_input(void) {
     T_CHECK(eval_run(c, &ec, enc_path, NULL, &r) == MIMIC_EINVAL);
     T_CHECK(strstr(mimic_last_error(), "eval.test_path") != NULL);
     /* keys */
-    T_CHECK(eval_cfg_set(&ec, "knn_k", "5,0") == MIMIC_EINVAL);
+    T_CHECK(config_override(c, "eval.knn_k=5,0") == 0 && eval_cfg_from(&ec, c) == MIMIC_EINVAL);
     T_CHECK(strstr(mimic_last_error(), "eval.knn_k") != NULL);
-    T_CHECK(eval_cfg_set(&ec, "pool", "max") == MIMIC_EINVAL);
-    T_CHECK(eval_cfg_set(&ec, "probe_lr", "fast") == MIMIC_EINVAL);
+    T_CHECK(config_override(c, "eval.pool=max") == MIMIC_EINVAL);
+    T_CHECK(config_override(c, "eval.probe_lr=fast") == MIMIC_EINVAL);
     T_CHECK(strstr(mimic_last_error(), "eval.probe_lr") != NULL);
-    T_CHECK(eval_cfg_set(&ec, "bogus", "1") == MIMIC_EINVAL);
+    T_CHECK(config_override(c, "eval.bogus=1") == MIMIC_EINVAL);
     T_CHECK(strstr(mimic_last_error(), "eval.bogus") != NULL);
-    T_CHECK(eval_cfg_set(&ec, "knn_k", "3,7") == 0 && ec.knn_nk == 2 && ec.knn_k[1] == 7);
+    T_CHECK(config_override(c, "eval.knn_k=3,7") == 0 && eval_cfg_from(&ec, c) == 0 &&
+            ec.knn_nk == 2 && ec.knn_k[1] == 7);
     mimic_set_quiet(0);
     mae_destroy(&m);
     free(c);

@@ -345,13 +345,9 @@ static int dist_train(dist_t *d, stage_t *s) {
     trace_event(&d->tr, "pull", t0, mimic_now());
     long step = (long)d->version;
     if ((rc = train_run(cfg, s, d->ld, &be, &step, cfg->train.steps))) return rc;
-    if (d->rank == 0 && d->version >= (uint64_t)cfg->train.steps) {
-        char path[CFG_PATH_MAX + 64];
-        snprintf(path, sizeof path, "%s/model.safetensors", cfg->train.out_dir);
-        if ((rc = s->ops->save(s, path, NULL, NULL, (long)d->version, 0, 0, NULL))) return rc;
-        mimic_log("[worker %d] trained model (version %llu) written to %s", d->rank,
-                  (unsigned long long)d->version, path);
-    }
+    if (d->rank == 0 && d->version >= (uint64_t)cfg->train.steps &&
+        (rc = write_model(cfg, s, (long)d->version)))
+        return rc;
     mimic_log("[worker %d] done at version %llu", d->rank, (unsigned long long)d->version);
     return 0;
 }

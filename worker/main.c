@@ -13,7 +13,9 @@ static void usage(FILE *f) {
           "modes:\n"
           "  (default)                    distributed worker: --scheduler tcp://HOST:PORT,\n"
           "                               MIMIC_SCHEDULER, cluster.scheduler or mpirun\n"
-          "  --standalone                 train MAE in this process (no servers)\n"
+          "  --standalone                 train train.stage in this process (no servers); with\n"
+          "                               pipeline.stages, every stage in turn\n"
+          "  --pipeline-list              print the pipeline's stages: index name out_dir\n"
           "  --dump-grads --weights W.safetensors --batch X.safetensors --out G.safetensors\n"
           "                               write loss, pred, mask and every gradient\n"
           "  --export-encoder CKPT OUT    write the encoder of a checkpoint (timm names)\n"
@@ -37,7 +39,8 @@ typedef struct {
 static int worker_flag(void *ctx, char **rest, int n, int *i) {
     worker_args_t *w = ctx;
     const char *a = rest[*i];
-    if (strcmp(a, "--standalone") == 0 || strcmp(a, "--dump-grads") == 0) {
+    if (strcmp(a, "--standalone") == 0 || strcmp(a, "--dump-grads") == 0 ||
+        strcmp(a, "--pipeline-list") == 0) {
         w->mode = a;
     } else if (strcmp(a, "--export-encoder") == 0 && *i + 2 < n) {
         w->mode = a;
@@ -63,10 +66,13 @@ int main(int argc, char **argv) {
     int rc = config_start(&cfg, argc, argv, "mimic-worker", usage, worker_flag, &w);
     if (rc != CONFIG_RUN) return rc;
     worker_set_threads(&cfg);
-    if (strcmp(w.mode, "--distributed") == 0) {
-        rc = worker_distributed(&cfg, w.sched);
-    } else if (strcmp(w.mode, "--standalone") == 0) {
-        rc = worker_standalone(&cfg);
+    int whole = cfg.pipeline.stages[0] && cfg.pipeline.run < 0;
+    if (strcmp(w.mode, "--pipeline-list") == 0) {
+        rc = worker_pipeline_list(&cfg);
+    } else if (strcmp(w.mode, "--standalone") == 0 && whole) {
+        rc = worker_pipeline(&cfg);
+    } else if (strcmp(w.mode, "--distributed") == 0 || strcmp(w.mode, "--standalone") == 0) {
+        rc = worker_stage(&cfg, w.sched, strcmp(w.mode, "--standalone") == 0);
     } else if (strcmp(w.mode, "--dump-grads") == 0) {
         if (!w.weights || !w.batch || !w.out) {
             mimic_err(MIMIC_EINVAL, "--dump-grads needs --weights, --batch and --out");

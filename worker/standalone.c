@@ -152,6 +152,21 @@ static void log_start(solo_t *so, const stage_t *s, long step) {
     metrics_end(&so->mx);
 }
 
+/* At the end of training: out_dir/model.safetensors (weights, momentum copy, no
+ * optimiser state: what a next pipeline stage starts from) and encoder.safetensors
+ * (timm's VisionTransformer names). The distributed worker of rank 0 writes the same. */
+int write_model(const mimic_cfg_t *cfg, const stage_t *s, long step) {
+    char path[CFG_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/model.safetensors", cfg->train.out_dir);
+    int rc = s->ops->save(s, path, NULL, NULL, step, 0, 0, NULL);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/encoder.safetensors", cfg->train.out_dir);
+    if ((rc = stage_export_encoder(s, &cfg->model, path))) return rc;
+    mimic_log("trained model (step %ld) in %s/model.safetensors, encoder in %s", step,
+              cfg->train.out_dir, path);
+    return 0;
+}
+
 /* Trains to the end (or the stop), then writes the final checkpoint. */
 static int solo_train(solo_t *so, stage_t *s, long step) {
     const mimic_cfg_t *cfg = so->cfg;
@@ -164,6 +179,7 @@ static int solo_train(solo_t *so, stage_t *s, long step) {
     if ((rc = solo_save(so, s, step))) return rc;
     mimic_log("%s at step %ld; checkpoint %s", *mimic_stop_flag() ? "stopped" : "done", step,
               so->ckpt);
+    if (step >= cfg->train.steps && (rc = write_model(cfg, s, step))) return rc;
     metrics_begin(&so->mx, "end");
     metrics_int(&so->mx, "step", step);
     metrics_int(&so->mx, "bad_images", (long long)loader_bad(so->ld));
@@ -197,6 +213,9 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     snprintf(tag, sizeof tag, "[%s]", s->ops->name);
     so.tag = tag;
     if ((rc = open_run_dir(&so)) || (rc = solo_resume(&so, s, &step))) goto out;
+    if (step == 0 && so.epoch == 0 && so.cursor == 0 && cfg->train.init_from[0] &&
+        (rc = stage_init_from(s, cfg->train.init_from)))
+        goto out;
     so.done_epoch = so.epoch;
     so.done_cursor = so.cursor;
     order_permutation(so.perm, so.n, cfg->train.seed, so.epoch);
