@@ -25,7 +25,7 @@ typedef struct {
 /* cluster.consistency: when a server applies pushed gradients (pserver/consistency.h). */
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3 } stage_kind_t;
+typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC } stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -81,6 +81,15 @@ typedef struct {
         int mlp_dim;         /* hidden width of projector and predictor */
         float temperature;
     } contrastive;
+    struct {
+        int num_classes; /* classes of the labelled set (the classifier's outputs) */
+        float alpha;     /* Beta(alpha, alpha) of the mix; 0: no mixing */
+        float cutmix_p;  /* probability that a batch is mixed by CutMix, not mixup */
+        float smoothing; /* label smoothing of the classifier's targets */
+        float w_con;     /* weight of the mix-supervised contrastive term */
+        float tau;       /* its temperature */
+        int proj_dim;    /* the projection head's output */
+    } mimic;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
