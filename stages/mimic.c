@@ -144,16 +144,6 @@ static int mimic_build(mimic_t *mm, const mimic_cfg_t *cfg, int B) {
     return 0;
 }
 
-static double head_flops(const head_t *h) {
-    double f = 0;
-    int in = h->in_dim;
-    for (int l = 0; l < h->nlayers; l++) {
-        f += 2.0 * in * h->layer[l].out;
-        in = h->layer[l].out;
-    }
-    return f;
-}
-
 static int mimic_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     mimic_t *mm = calloc(1, sizeof *mm);
     if (!mm) return mimic_err(MIMIC_ENOMEM, "out of memory for MIMIC");
@@ -179,7 +169,9 @@ static int mimic_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     s->wants_labels = 1;
     s->noise_len = NOISE_LEN;
     double enc = encoder_forward_flops(&mm->enc, mm->enc.L);
-    s->flops_per_image = 3.0 * (enc + 2.0 * mm->D * mm->K + head_flops(&mm->proj));
+    /* forward + backward (3x) of the encoder, the classifier and the projector's two
+     * Linears (D -> D -> dim) */
+    s->flops_per_image = 3.0 * (enc + 2.0 * mm->D * (mm->K + mm->D + mm->dim));
     return 0;
 }
 
