@@ -72,9 +72,10 @@ static const key_t_ KEYS[] = {
       "two-view stages: probability of Gaussian blur for view 1, view 2"),
     F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
       "two-view stages: probability of solarize for view 1, view 2"),
-    E("train", "stage", train.stage, "mae|mocov3", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
-      "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys)"),
+      "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
+      "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -186,6 +187,19 @@ static const key_t_ KEYS[] = {
       "stage's keys (section.key = value); empty: the one stage train.stage"),
     F("pipeline", "run", K_INT, pipeline.run, "-1",
       "the pipeline stage this process runs (deploy/pipeline.sh sets it; -1: all, in-process)"),
+    F("mimic", "num_classes", K_INT, mimic.num_classes, "10",
+      "classes of the labelled set (labels 0..N-1; must match data.labels)"),
+    F("mimic", "alpha", K_FLOAT, mimic.alpha, "0.8",
+      "mix lambda ~ Beta(alpha, alpha) for mixup and CutMix (0: no mixing)"),
+    F("mimic", "cutmix_p", K_FLOAT, mimic.cutmix_p, "0.5",
+      "probability that a batch is mixed by CutMix instead of mixup"),
+    F("mimic", "smoothing", K_FLOAT, mimic.smoothing, "0.1",
+      "label smoothing of the classifier's soft targets (not of the contrastive weights)"),
+    F("mimic", "w_con", K_FLOAT, mimic.w_con, "1.0",
+      "weight of the mix-supervised contrastive term: L = CE + w_con * SupCon (0: CE only)"),
+    F("mimic", "tau", K_FLOAT, mimic.tau, "0.1", "temperature of the contrastive term"),
+    F("mimic", "proj_dim", K_INT, mimic.proj_dim, "128",
+      "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
 };
 #undef F
 #undef E

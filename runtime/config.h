@@ -27,7 +27,7 @@ typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 /* cluster.ema: whether servers keep the momentum copy (auto: the stage declares it). */
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3 } stage_kind_t;
+typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC } stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -102,6 +102,15 @@ typedef struct {
         /* [pipeline.<stage>] keys: "<stage>\0section.key=value" */
         char overrides[64][CFG_PATH_MAX + 128];
     } pipeline;
+    struct {
+        int num_classes; /* classes of the labelled set (the classifier's outputs) */
+        float alpha;     /* Beta(alpha, alpha) of the mix; 0: no mixing */
+        float cutmix_p;  /* probability that a batch is mixed by CutMix, not mixup */
+        float smoothing; /* label smoothing of the classifier's targets */
+        float w_con;     /* weight of the mix-supervised contrastive term */
+        float tau;       /* its temperature */
+        int proj_dim;    /* the projection head's output */
+    } mimic;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
