@@ -285,23 +285,6 @@ static void mimic_backward(stage_t *s) {
     encoder_backward(&mm->enc, mm->p, &mm->ea, mm->dout);
 }
 
-static int mimic_save(const stage_t *s, const char *path, const float *m, const float *v, long step,
-                      uint64_t epoch, uint64_t cursor, const char *ini) {
-    const mimic_t *mm = s->impl;
-    checkpoint_state_t st = {step, epoch, cursor};
-    return checkpoint_save_params(path, s->p, &mm->model, m, v, NULL, &st, ini);
-}
-
-static int mimic_load(stage_t *s, const char *path, float *m, float *v, long *step, uint64_t *epoch,
-                      uint64_t *cursor) {
-    checkpoint_state_t st = {0, 0, 0};
-    int rc = checkpoint_load_params(path, s->p, m, v, NULL, &st);
-    *step = st.step;
-    *epoch = st.epoch;
-    *cursor = st.cursor;
-    return rc;
-}
-
 const stage_ops_t stage_mimic_ops = {
     .name = "mimic",
     .reads = STAGE_READ_WEIGHTS,
@@ -312,6 +295,6 @@ const stage_ops_t stage_mimic_ops = {
     .init = mimic_init,
     .forward = mimic_forward,
     .backward = mimic_backward,
-    .save = mimic_save,
-    .load = mimic_load,
+    .save = stage_save_params,
+    .load = stage_load_params,
 };

@@ -292,23 +292,6 @@ static void moco_backward(stage_t *s) {
     encoder_backward(&on->enc, on->p, &on->ea, mc->dout);
 }
 
-static int moco_save(const stage_t *s, const char *path, const float *m, const float *v,
-                     long step, uint64_t epoch, uint64_t cursor, const char *ini) {
-    const moco_t *mc = s->impl;
-    checkpoint_state_t st = {step, epoch, cursor};
-    return checkpoint_save_params(path, s->p, &mc->model, m, v, s->ema, &st, ini);
-}
-
-static int moco_load(stage_t *s, const char *path, float *m, float *v, long *step,
-                     uint64_t *epoch, uint64_t *cursor) {
-    checkpoint_state_t st = {0, 0, 0};
-    int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
-    *step = st.step;
-    *epoch = st.epoch;
-    *cursor = st.cursor;
-    return rc;
-}
-
 const stage_ops_t stage_mocov3_ops = {
     .name = "mocov3",
     .reads = STAGE_READ_WEIGHTS | STAGE_READ_EMA,
@@ -320,6 +303,6 @@ const stage_ops_t stage_mocov3_ops = {
     .init = moco_init,
     .forward = moco_forward,
     .backward = moco_backward,
-    .save = moco_save,
-    .load = moco_load,
+    .save = stage_save_params,
+    .load = stage_load_params,
 };

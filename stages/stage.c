@@ -24,6 +24,7 @@ int stage_new(stage_t **out, const mimic_cfg_t *cfg, int batch) {
     stage_t *s = calloc(1, sizeof *s);
     if (!s) return mimic_err(MIMIC_ENOMEM, "out of memory for the stage");
     s->ops = stage_ops_of(cfg);
+    s->model = cfg->model;
     s->batch = batch;
     s->views = 1;
     int rc = s->ops->create(s, cfg, batch);
@@ -76,4 +77,20 @@ int stage_init_from(stage_t *s, const char *path) {
 
 int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path) {
     return checkpoint_export_encoder_params(path, s->p, model);
+}
+
+int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
+                      long step, uint64_t epoch, uint64_t cursor, const char *ini) {
+    checkpoint_state_t st = {step, epoch, cursor};
+    return checkpoint_save_params(path, s->p, &s->model, m, v, s->ema, &st, ini);
+}
+
+int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
+                      uint64_t *epoch, uint64_t *cursor) {
+    checkpoint_state_t st = {0, 0, 0};
+    int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
+    *step = st.step;
+    *epoch = st.epoch;
+    *cursor = st.cursor;
+    return rc;
 }

@@ -73,7 +73,8 @@ struct stage {
     int (*exchange)(void *ctx, const float *keys, int n, int dim, const float **all, int *M,
                     int *offset);
     void *exchange_ctx;
-    void *impl; /* the objective's own state */
+    mae_cfg_t model; /* the [model] keys, recorded in checkpoints */
+    void *impl;      /* the objective's own state */
 };
 
 /* The stage named by cfg->train.stage, built for batches of up to `batch` samples;
@@ -83,6 +84,13 @@ void stage_destroy(stage_t **s);
 /* The declaration of the stage cfg selects, without building it (servers ask what the
  * running stage reads and pushes). */
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg);
+
+/* save/load for any stage whose state is its parameters (and momentum copy): a
+ * checkpoint_save_params file with timm names. Stages point their ops at these. */
+int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
+                      long step, uint64_t epoch, uint64_t cursor, const char *ini);
+int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
+                      uint64_t *epoch, uint64_t *cursor);
 
 /* Starts from the tensors of a safetensors file the stage has too (same name and shape;
  * others are ignored, e.g. an MAE decoder when a MoCo stage starts from MAE): the

@@ -28,38 +28,8 @@
 #define MAXB 16
 #define PATH_CAP 1200
 
-/* Allocation counter for the no-allocation check (AddressSanitizer owns malloc, so the
- * sanitizer build does not interpose it and skips that check). */
-#ifndef __SANITIZE_ADDRESS__
-#include <stdatomic.h>
-#define COUNT_ALLOCS 1
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern void __libc_free(void *);
-static atomic_long allocs;
-void *malloc(size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_realloc(p, n);
-}
-int posix_memalign(void **p, size_t align, size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    *p = __libc_memalign(align, n);
-    return *p ? 0 : 12;
-}
-void free(void *p) {
-    __libc_free(p);
-}
-#endif
+#include "alloccount.h"
+#define COUNT_ALLOCS ALLOCCOUNT_ON
 
 /* A fixed list of batches: per-epoch permutations cut into chunks of B, V views each. */
 typedef struct {
@@ -497,7 +467,7 @@ out:
 /* Two views, 2 threads, run ahead like a trainer: after one warm-up batch, no batch
  * allocates (the slots' scratch, made in loader_new, covers crop, jitter and blur). */
 static void test_views_noalloc(const char *dir) {
-#ifdef COUNT_ALLOCS
+#if COUNT_ALLOCS
     char img[PATH_CAP];
     snprintf(img, sizeof img, "%s/img.idx", dir);
     mimic_cfg_t cfg;
@@ -516,13 +486,13 @@ static void test_views_noalloc(const char *dir) {
     int ok =
         ld && loader_submit(ld, p.idx[0], p.n[0], p.epoch[0], imgs[0], noise[0], p.L, NULL) == 0;
     for (int j = 0; ok && j < p.nb; j++) {
-        if (j == 1) before = atomic_load(&allocs);
+        if (j == 1) before = alloccount_get();
         ok &= loader_wait(ld) == p.n[j];
         if (j + 1 < p.nb)
             ok &= loader_submit(ld, p.idx[j + 1], p.n[j + 1], p.epoch[j + 1], imgs[(j + 1) % 2],
                                 noise[(j + 1) % 2], p.L, NULL) == 0;
     }
-    long during = atomic_load(&allocs) - before;
+    long during = alloccount_get() - before;
     printf("idx 2 views, 2 threads: allocations in %d batches after warm-up: %ld\n", p.nb - 1,
            during);
     T_CHECK(ok && before > 0 && during == 0); /* before > 0: the counter counts */

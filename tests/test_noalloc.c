@@ -14,43 +14,16 @@
 #include "loader.h"
 #include "stage.h"
 #include "train.h"
+#include "alloccount.h"
 #include "testutil.h"
 
 #include <cblas.h>
 #include <omp.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern void __libc_free(void *);
-
-static atomic_long allocs;
-void *malloc(size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    return __libc_realloc(p, n);
-}
-int posix_memalign(void **p, size_t align, size_t n) {
-    atomic_fetch_add(&allocs, 1);
-    *p = __libc_memalign(align, n);
-    return *p ? 0 : 12;
-}
-void free(void *p) {
-    __libc_free(p);
-}
 
 /* A backend for the real training loop (worker/train.h): sequential indices, AdamW in
  * place, and the allocation counter read around the steps after warm-up. */
@@ -84,8 +57,8 @@ static int na_after(void *self, stage_t *s, const train_step_t *st) {
     noalloc_t *na = self;
     T_CHECK(st->n == B);
     /* warm-up done after WARMUP steps (thread pools, crops, the batch run ahead) */
-    if (++na->steps == WARMUP) na->before = atomic_load(&allocs);
-    if (na->steps == WARMUP + 5) na->during = atomic_load(&allocs) - na->before;
+    if (++na->steps == WARMUP) na->before = alloccount_get();
+    if (na->steps == WARMUP + 5) na->during = alloccount_get() - na->before;
     return 0;
 }
 
