@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MAE training step: this project vs PyTorch, in one run on one machine.
+# MAE and MoCo v3 training steps: this project vs PyTorch, in one run on one machine.
 #   bench/run.sh [--record] [CONFIG.ini]   (default deploy/mae-fmnist.ini, batch 128)
 # Both sides get 2 cores: ours as one process with 2 OpenMP threads (GEMMs and
 # element-wise loops share the pool); PyTorch as ../shared/BENCH.md's fair
@@ -35,6 +35,25 @@ mimicps: $mi img/s  (OMP_NUM_THREADS=$threads, one process; $(get "$ours" mimic_
 PyTorch $(get "$theirs" torch_version): $ti img/s  (OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=1 torch.set_num_threads(1))
 ratio mimicps/PyTorch: $ratio
 sgemm on the model's GEMM calls ($threads threads): $(get "$ours" sgemm_gflops) GFLOP/s; MFU $(get "$ours" mfu)
+TXT
+)
+# The MoCo v3 step (stages/mocov3.c) on the same ViT, batch 64, two views, momentum
+# encoder, projector hidden 1024 -> 256: against PyTorch in the same fair setting.
+cmake --build build -j"$(nproc)" --target bench_moco >/dev/null
+mflags="--mlp_dim 1024 --dim 256"
+for k in img_size in_chans patch_size embed_dim depth num_heads; do
+  mflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
+done
+mours=$(OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_moco "$cfg" \
+  --contrastive.mlp_dim=1024 --contrastive.dim=256 --bench.batch 64)
+mtheirs=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=1 /usr/bin/python3 bench/bench_moco_torch.py \
+  $mflags --batch 64 --torch-threads 1)
+mmi=$(get "$mours" mimic_img_per_s); mti=$(get "$mtheirs" torch_img_per_s)
+report+=$(cat <<TXT
+
+MoCo v3 step (batch 64, two views, momentum encoder, projector 1024 -> 256): $(get "$mours" gflop_per_img) train GFLOP/img
+mimicps: $mmi img/s ($(get "$mours" mimic_model_gflops) model GFLOP/s); PyTorch: $mti img/s
+ratio mimicps/PyTorch (MoCo v3): $(awk -v a="$mmi" -v b="$mti" 'BEGIN{printf "%.2f", a/b}')
 TXT
 )
 echo "$report"
