@@ -20,8 +20,108 @@ static int load_weights(mae_t *m, const char *path) {
     return rc;
 }
 
+/* Reads every trainable tensor of s by name from a weights file (a checkpoint or
+ * model.safetensors of the stage), and its momentum copy ("momentum.<name>") when the
+ * stage keeps one: from the file when there, else equal to the weights. */
+static int load_stage_weights(stage_t *s, const char *path) {
+    st_file_t *f = NULL;
+    char name[PARAMS_NAME_MAX + 16];
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    const params_t *p = s->p;
+    for (int i = 0; i < p->n && !rc; i++)
+        rc = st_read_f32(f, p->t[i].name, params_w(p, i), p->t[i].shape, p->t[i].ndim);
+    for (int i = 0; i < p->n && !rc && s->ema; i++) {
+        const params_tensor_t *t = &p->t[i];
+        snprintf(name, sizeof name, "momentum.%s", t->name);
+        if (st_find(f, name))
+            rc = st_read_f32(f, name, s->ema + t->offset, t->shape, t->ndim);
+        else
+            memcpy(s->ema + t->offset, params_w(p, i), t->numel * sizeof(float));
+    }
+    st_close(&f);
+    return rc;
+}
+
+/* Writes loss and grad.<name> of every tensor of p (names: scratch, p->n entries). */
+static int write_grads(const char *out, const params_t *p, float loss,
+                       char (*names)[PARAMS_NAME_MAX + 8], st_writer_t *w) {
+    int64_t one = 1;
+    int rc = st_writer_add(w, "loss", "F32", &one, 1, &loss);
+    for (int i = 0; i < p->n && !rc; i++) {
+        const params_tensor_t *t = &p->t[i];
+        snprintf(names[i], sizeof names[i], "grad.%s", t->name);
+        rc = st_writer_add(w, names[i], "F32", t->shape, t->ndim, params_g(p, i));
+    }
+    if (!rc) rc = st_writer_meta(w, "format", "mimicps-grads");
+    if (!rc) rc = st_writer_meta(w, "version", "1");
+    if (!rc) rc = st_writer_save(w, out);
+    if (!rc) printf("loss %.8f; %d gradients written to %s\n", loss, p->n, out);
+    return rc;
+}
+
+/* Any stage other than MAE: images (B*views,C,H,W), and labels (B) / noise (B, noise_len)
+ * when the stage needs them; writes the loss and every gradient. */
+static int dump_stage(const mimic_cfg_t *cfg, const char *weights, const char *batch,
+                      const char *out) {
+    stage_t *s = NULL;
+    st_file_t *in = NULL;
+    st_writer_t *w = NULL;
+    float *imgs = NULL, *noise = NULL, *flab = NULL;
+    int *labels = NULL;
+    char(*names)[PARAMS_NAME_MAX + 8] = NULL;
+    int rc = st_open(&in, batch);
+    if (rc) return rc;
+    const st_tensor_t *ti = st_find(in, "images");
+    /* the views per sample, from the stage's parameters-only build */
+    if ((rc = stage_new(&s, cfg, 0))) goto out;
+    int views = s->views;
+    stage_destroy(&s);
+    if (!ti || ti->ndim != 4 || ti->shape[0] % views) {
+        rc = mimic_err(MIMIC_EFORMAT, "%s: tensor 'images' (B*%d,C,H,W) missing", batch, views);
+        goto out;
+    }
+    int B = (int)(ti->shape[0] / views), C = cfg->model.in_chans, S = cfg->model.img_size;
+    if ((rc = stage_new(&s, cfg, B)) || (rc = load_stage_weights(s, weights))) goto out;
+    int64_t ishape[4] = {(int64_t)B * s->views, C, S, S}, nshape[2] = {B, s->noise_len},
+            lshape[1] = {B};
+    imgs = malloc((size_t)B * s->views * C * S * S * sizeof(float));
+    noise = s->noise_len ? malloc((size_t)B * s->noise_len * sizeof(float)) : NULL;
+    flab = s->wants_labels ? malloc((size_t)B * sizeof(float)) : NULL;
+    labels = s->wants_labels ? malloc((size_t)B * sizeof(int)) : NULL;
+    names = calloc((size_t)s->p->n, sizeof *names);
+    if (!imgs || (s->noise_len && !noise) || (s->wants_labels && (!flab || !labels)) || !names) {
+        rc = mimic_err(MIMIC_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = st_read_f32(in, "images", imgs, ishape, 4)) ||
+        (noise && (rc = st_read_f32(in, "noise", noise, nshape, 2))) ||
+        (flab && (rc = st_read_f32(in, "labels", flab, lshape, 1))))
+        goto out;
+    for (int i = 0; flab && i < B; i++)
+        labels[i] = (int)flab[i];
+    stage_input_t input = {imgs, noise, labels};
+    float loss = (float)stage_compute(s, &input, B, NULL, NULL);
+    if (!(w = st_writer_new())) {
+        rc = MIMIC_ENOMEM;
+        goto out;
+    }
+    rc = write_grads(out, s->p, loss, names, w);
+out:
+    st_writer_destroy(&w);
+    st_close(&in);
+    stage_destroy(&s);
+    free(imgs);
+    free(noise);
+    free(flab);
+    free(labels);
+    free(names);
+    return rc;
+}
+
 int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *batch,
                       const char *out) {
+    if (cfg->train.stage != STAGE_KIND_MAE) return dump_stage(cfg, weights, batch, out);
     mae_t *m = NULL;
     mae_batch_t *b = NULL;
     st_file_t *in = NULL;
