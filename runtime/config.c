@@ -523,13 +523,18 @@ int config_start(mimic_cfg_t *c, int argc, char **argv, const char *prog, void (
         if (taken <= 0) code = CONFIG_EXIT_USAGE;
     }
     free(rest); /* what the flags keep points into argv */
-    if (code == CONFIG_RUN && c->pipeline.stages[0] && c->pipeline.run >= 0) {
-        /* one stage of a pipeline: this process runs with that stage's configuration */
+    if (code == CONFIG_RUN && c->pipeline.stages[0]) {
+        /* the pipeline is checked here (a bad stage key is a usage error); one stage of
+         * it (pipeline.run) makes this process run with that stage's configuration */
         static mimic_cfg_t stage; /* too large for the stack of a caller's caller */
         char name[64];
-        if (config_pipeline_stage(c, c->pipeline.run, &stage, name, sizeof name))
-            return CONFIG_EXIT_USAGE;
-        *c = stage;
+        for (int i = 0; i < config_pipeline_count(c); i++)
+            if (config_pipeline_stage(c, i, &stage, name, sizeof name)) return CONFIG_EXIT_USAGE;
+        if (c->pipeline.run >= 0) {
+            if (config_pipeline_stage(c, c->pipeline.run, &stage, name, sizeof name))
+                return CONFIG_EXIT_USAGE;
+            *c = stage;
+        }
     }
     return code;
 }
@@ -574,10 +579,25 @@ int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char
     }
     if ((rc = stage_name(base, i, name, cap))) return rc;
     snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
+    for (int k = 0; k < base->pipeline.noverrides; k++) { /* a misspelt section is an error */
+        const char *o = base->pipeline.overrides[k];
+        int known = 0;
+        char other[64];
+        for (int j = 0; j < n && !known; j++)
+            known = stage_name(base, j, other, sizeof other) == 0 && strcmp(other, o) == 0;
+        if (!known)
+            return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is not one of pipeline.stages "
+                                           "'%s'",
+                             o, o + strlen(o) + 1, o, base->pipeline.stages);
+    }
     if (strcmp(name, "eval") != 0 && (rc = config_set(out, "train", "stage", name))) return rc;
     for (int k = 0; k < base->pipeline.noverrides; k++) {
         const char *o = base->pipeline.overrides[k];
-        if (strcmp(o, name) == 0 && (rc = config_override(out, o + strlen(o) + 1))) return rc;
+        if (strcmp(o, name) == 0 && (rc = config_override(out, o + strlen(o) + 1))) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", mimic_last_error());
+            return mimic_err(rc, "[pipeline.%s]: %s", name, why);
+        }
     }
     int w = snprintf(out->train.out_dir, sizeof out->train.out_dir, "%s/%d-%s",
                      base->train.out_dir, i, name);

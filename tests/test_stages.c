@@ -3,7 +3,8 @@
  * MoCo v3 stage's whole loss (two views, encoder, projector, predictor, momentum
  * network, symmetric contrastive loss) checked by finite differences on every tensor,
  * the keys of other workers through the exchange hook (offset and M), the momentum copy
- * untouched by backward, and backward accumulating. */
+ * untouched by backward, and backward accumulating; and the pipeline's per-stage
+ * configuration (config_pipeline_stage). */
 #include "common.h"
 #include "config.h"
 #include "stage.h"
@@ -120,7 +121,43 @@ static void test_mocov3_fd(int with_exchange) {
     stage_destroy(&s);
 }
 
+/* The pipeline's configuration: stage i gets its name as train.stage, its own
+ * [pipeline.<stage>] keys, its directory and the previous stage's model; a misspelt
+ * section or a bad key in one is refused, naming it. */
+static void test_pipeline_cfg(void) {
+    static mimic_cfg_t base, st;
+    char name[64];
+    config_defaults(&base);
+    T_CHECK(config_override(&base, "train.out_dir=/tmp/p") == 0);
+    T_CHECK(config_override(&base, "pipeline.stages=mae,mocov3,eval") == 0);
+    T_CHECK(config_set(&base, "pipeline.mocov3", "train.steps", "7") == 0); /* INI form */
+    T_CHECK(config_override(&base, "pipeline.eval.eval.test_limit=5") == 0); /* flag form */
+    T_CHECK(config_pipeline_count(&base) == 3);
+    T_CHECK(config_pipeline_stage(&base, 0, &st, name, sizeof name) == 0);
+    T_CHECK(strcmp(name, "mae") == 0 && st.train.stage == STAGE_KIND_MAE &&
+            st.train.steps == base.train.steps && strcmp(st.train.out_dir, "/tmp/p/0-mae") == 0 &&
+            st.train.init_from[0] == 0);
+    T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == 0);
+    T_CHECK(strcmp(name, "mocov3") == 0 && st.train.stage == STAGE_KIND_MOCOV3 &&
+            st.train.steps == 7 && strcmp(st.train.out_dir, "/tmp/p/1-mocov3") == 0 &&
+            strcmp(st.train.init_from, "/tmp/p/0-mae/model.safetensors") == 0);
+    T_CHECK(config_pipeline_stage(&base, 2, &st, name, sizeof name) == 0);
+    T_CHECK(strcmp(st.pipeline.name, "eval") == 0 && st.eval.test_limit == 5 &&
+            strcmp(st.train.init_from, "/tmp/p/1-mocov3/model.safetensors") == 0);
+    mimic_set_quiet(1);
+    T_CHECK(config_pipeline_stage(&base, 3, &st, name, sizeof name) == MIMIC_EINVAL);
+    T_CHECK(config_override(&base, "pipeline.mocv3.train.steps=1") == 0);
+    T_CHECK(config_pipeline_stage(&base, 0, &st, name, sizeof name) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), "mocv3") != NULL);
+    base.pipeline.noverrides--; /* drop the misspelt one */
+    T_CHECK(config_override(&base, "pipeline.mocov3.train.bogus=1") == 0);
+    T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), "pipeline.mocov3") && strstr(mimic_last_error(), "bogus"));
+    mimic_set_quiet(0);
+}
+
 int main(void) {
+    test_pipeline_cfg();
     test_mocov3_fd(0);
     test_mocov3_fd(1);
     return testutil_summary("test_stages");
