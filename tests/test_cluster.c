@@ -348,46 +348,81 @@ static void test_scheduler_death(void) {
     kill_all(&c);
 }
 
-/* MoCo v3 on 1 server x 2 workers (BSP): the keys of both workers meet in the exchange,
- * and the momentum copy a worker keeps in lock-step (adamw_ema, no bytes) equals the
- * servers' EMA bit for bit at the last step (the worker's model.safetensors
- * "momentum.<name>" against the server shard's "ema"). */
+/* MoCo v3 on 2 servers x 2 workers (BSP): the keys of both workers meet in the
+ * exchange, and the momentum copy a worker keeps in lock-step (adamw_ema, no bytes)
+ * equals the servers' EMA bit for bit at the last step (the worker's model.safetensors
+ * "momentum.<name>" against the shards' "ema", each at its "lo"). Then
+ * --export-encoder on the cluster's checkpoint directory assembles both shards: its
+ * encoder tensors equal the worker's model bit for bit. */
 static void test_mocov3_lockstep(void) {
     const char *moco = "--train.stage=mocov3 --contrastive.mlp_dim=32 --contrastive.dim=16 "
                        "--data.scale_min=0.08 --train.batch_size=8 --train.steps=6 "
                        "--cluster.ckpt_every=3";
     cluster_t c;
-    T_CHECK(start(&c, "mocov3", 1, 2, moco) == 0);
+    T_CHECK(start(&c, "mocov3", 2, 2, moco) == 0);
     T_CHECK(finish(&c, 120000));
-    mimic_cfg_t cfg;
-    config_defaults(&cfg);
+    mimic_cfg_t *cfg = malloc(sizeof *cfg);
+    config_defaults(cfg);
     const char *set[] = {"model.img_size=16", "model.patch_size=4", "model.embed_dim=32",
                          "model.depth=2",     "model.num_heads=2",  "train.stage=mocov3",
                          "contrastive.mlp_dim=32", "contrastive.dim=16"};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
-        T_CHECK(config_override(&cfg, set[i]) == 0);
+        T_CHECK(config_override(cfg, set[i]) == 0);
     stage_t *s = NULL;
     char a[4400], b[4400], name[128];
     snprintf(a, sizeof a, "%s/model.safetensors", c.dir);
-    snprintf(b, sizeof b, "%s/ckpt/server-0-step-6.safetensors", c.dir);
-    st_file_t *fw = NULL, *fs = NULL;
-    T_CHECK(stage_new(&s, &cfg, 0) == 0 && st_open(&fw, a) == 0 && st_open(&fs, b) == 0);
-    const st_tensor_t *ema = fs ? st_find(fs, "ema") : NULL;
-    T_CHECK(ema && s && (size_t)ema->numel == s->p->total);
-    int same = s && fw && ema && (size_t)ema->numel == s->p->total, moved = 0;
+    st_file_t *fw = NULL;
+    T_CHECK(stage_new(&s, cfg, 0) == 0 && st_open(&fw, a) == 0);
+    float *ema = s ? calloc(s->p->total, sizeof(float)) : NULL;
+    int shards_ok = ema != NULL;
+    for (int r = 0; r < 2 && shards_ok; r++) { /* the servers' EMA, assembled */
+        st_file_t *fs = NULL;
+        snprintf(b, sizeof b, "%s/ckpt/server-%d-step-6.safetensors", c.dir, r);
+        const st_tensor_t *e = st_open(&fs, b) == 0 ? st_find(fs, "ema") : NULL;
+        const char *lo = fs ? st_meta(fs, "lo") : NULL;
+        shards_ok = e && lo && (size_t)atol(lo) + (size_t)e->numel <= s->p->total;
+        if (shards_ok) memcpy(ema + atol(lo), e->data, (size_t)e->numel * sizeof(float));
+        st_close(&fs);
+    }
+    T_CHECK(shards_ok);
+    int same = shards_ok && fw, moved = 0;
     for (int i = 0; same && i < s->p->n; i++) {
         const params_tensor_t *t = &s->p->t[i];
         snprintf(name, sizeof name, "momentum.%s", t->name);
         const st_tensor_t *m = st_find(fw, name), *w = st_find(fw, t->name);
         same = m && w && (size_t)m->numel == t->numel &&
-               memcmp(m->data, (const float *)ema->data + t->offset, t->numel * 4) == 0;
+               memcmp(m->data, ema + t->offset, t->numel * 4) == 0;
         moved |= same && memcmp(m->data, w->data, t->numel * 4) != 0;
     }
-    printf("MoCo v3 cluster: worker's momentum copy == servers' EMA bit for bit: %s\n",
-           same && moved ? "ok" : "FAIL");
+    printf("MoCo v3 cluster (2 servers): worker's momentum copy == servers' EMA bit for bit: "
+           "%s\n", same && moved ? "ok" : "FAIL");
     T_CHECK(same && moved);
+    /* the encoder of the cluster checkpoint (both shards) == the worker's model's */
+    char cmd[16384], enc[4400], log[4400];
+    snprintf(enc, sizeof enc, "%s/encoder-from-ckpt.safetensors", c.dir);
+    snprintf(log, sizeof log, "%s/export.log", c.dir);
+    snprintf(cmd, sizeof cmd,
+             "%s --model.img_size=16 --model.patch_size=4 --model.embed_dim=32 --model.depth=2 "
+             "--model.num_heads=2 %s --export-encoder %s/ckpt %s > %s 2>&1",
+             bin[WORKER], moco, c.dir, enc, log);
+    T_CHECK(system(cmd) == 0);
+    st_file_t *fe = NULL;
+    T_CHECK(st_open(&fe, enc) == 0);
+    int enc_same = fe && fw && st_find(fe, "pos_embed") && !st_find(fe, "projector.0.weight");
+    int count = 0;
+    for (int i = 0; enc_same && i < st_count(fe); i++) {
+        const st_tensor_t *te = st_at(fe, i), *tw = st_find(fw, te->name);
+        if (strcmp(te->name, "pos_embed") == 0) continue;
+        enc_same = tw && tw->nbytes == te->nbytes && memcmp(tw->data, te->data, te->nbytes) == 0;
+        count++;
+    }
+    printf("--export-encoder on the cluster checkpoint (2 shards): %d tensors equal the model: "
+           "%s\n", count, enc_same && count > 10 ? "ok" : "FAIL");
+    T_CHECK(enc_same && count > 10);
+    st_close(&fe);
     st_close(&fw);
-    st_close(&fs);
+    free(ema);
+    free(cfg);
     stage_destroy(&s);
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Loads every trainable tensor of `m` from a weights file by name (the fixed position
  * embeddings are recomputed, not read: they are not parameters). */
@@ -190,7 +191,76 @@ out:
     return rc;
 }
 
+/* The metadata value key of a shard as an unsigned number; errors name the file. */
+static int shard_u64(const st_file_t *f, const char *key, uint64_t *out) {
+    const char *v = st_meta(f, key);
+    char *end;
+    if (!v || !*v || *v == '-')
+        return mimic_err(MIMIC_EFORMAT, "%s: metadata '%s' missing", st_path(f), key);
+    *out = strtoull(v, &end, 10);
+    if (*end) return mimic_err(MIMIC_EFORMAT, "%s: metadata '%s' is not a number", st_path(f), key);
+    return 0;
+}
+
+/* A cluster checkpoint directory (cluster.ckpt_dir, default out_dir/ckpt): the step
+ * `latest` names, every server's shard of it, their ranges of "w" assembled into the
+ * stage's flat vector. */
+static int load_cluster_ckpt(stage_t *s, const char *dir) {
+    char path[CFG_PATH_MAX + 96], text[32] = "";
+    snprintf(path, sizeof path, "%s/latest", dir);
+    FILE *lf = fopen(path, "r");
+    if (!lf) return mimic_err(MIMIC_EIO, "%s: cannot read (not a cluster checkpoint directory)", path);
+    int got = fgets(text, sizeof text, lf) != NULL;
+    fclose(lf);
+    char *end;
+    unsigned long long step = strtoull(text, &end, 10);
+    if (!got || end == text || (*end && *end != '\n'))
+        return mimic_err(MIMIC_EFORMAT, "%s: '%s' is not a step", path, text);
+    uint64_t servers = 1, lo, hi, total;
+    int rc = 0;
+    for (uint64_t r = 0; r < servers && !rc; r++) {
+        st_file_t *f = NULL;
+        snprintf(path, sizeof path, "%s/server-%llu-step-%llu.safetensors", dir,
+                 (unsigned long long)r, step);
+        if ((rc = st_open(&f, path))) break;
+        if (!(rc = shard_u64(f, "servers", &servers)) && !(rc = shard_u64(f, "lo", &lo)) &&
+            !(rc = shard_u64(f, "hi", &hi)) && !(rc = shard_u64(f, "total", &total))) {
+            int64_t n = (int64_t)(hi - lo);
+            if (total != s->p->total || lo > hi || hi > total || servers < 1 || servers > 65536)
+                rc = mimic_err(MIMIC_EFORMAT,
+                               "%s: range [%llu, %llu) of %llu floats, but stage %s has %zu", path,
+                               (unsigned long long)lo, (unsigned long long)hi,
+                               (unsigned long long)total, s->ops->name, s->p->total);
+            else
+                rc = st_read_f32(f, "w", s->p->w + lo, &n, 1);
+        }
+        st_close(&f);
+    }
+    if (!rc) mimic_log("%s: step %llu from %llu server shard(s)", dir, step,
+                       (unsigned long long)servers);
+    return rc;
+}
+
 int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out) {
+    struct stat sb;
+    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode)) { /* a cluster checkpoint, any stage */
+        stage_t *s = NULL;
+        int rc = stage_new(&s, cfg, 0);
+        if (!rc) rc = load_cluster_ckpt(s, ckpt);
+        if (!rc) rc = checkpoint_export_encoder_params(out, s->p, &cfg->model);
+        if (!rc) printf("encoder of %s written to %s\n", ckpt, out);
+        stage_destroy(&s);
+        return rc;
+    }
+    if (cfg->train.stage != STAGE_KIND_MAE) { /* a stage's checkpoint or model file */
+        stage_t *s = NULL;
+        int rc = stage_new(&s, cfg, 0);
+        if (!rc) rc = load_stage_weights(s, ckpt);
+        if (!rc) rc = checkpoint_export_encoder_params(out, s->p, &cfg->model);
+        if (!rc) printf("encoder of %s written to %s\n", ckpt, out);
+        stage_destroy(&s);
+        return rc;
+    }
     mae_t *m = NULL;
     int rc = mae_new(&m, &cfg->model);
     if (rc) return rc;
