@@ -13,6 +13,7 @@
  * Flags: --bench.jpegs N (300), --bench.samples N (8192), --bench.rounds N (5) of
  * --bench.steps N (4) steps per thread count, --section.key=value as usual. */
 #define _GNU_SOURCE
+#include "benchutil.h"
 #include "adamw.h"
 #include "common.h"
 #include "config.h"
@@ -159,10 +160,6 @@ static double train_steps(trainer_t *t, loader_t *ld, int steps, double *data_s)
     return steps * B / (mimic_now() - t0);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Rounds of `steps` steps with data.threads 0, 1, 2 in turn (so that the load of a
  * shared machine hits all three alike); median images/s and data ms per step. */
@@ -194,9 +191,8 @@ static void bench_overlap(const mimic_cfg_t *cfg, int steps, int rounds) {
         for (int th = 0; th < NT; th++)
             ips[th][r] = train_steps(&t, ld[th], steps, &data_s[th]);
     for (int th = 0; th < NT; th++) {
-        qsort(ips[th], (size_t)rounds, sizeof(double), cmp_double);
         printf("mae_threads%d_img_per_s=%.2f data_ms_per_step=%.3f (median of %d x %d steps)\n", th,
-               ips[th][rounds / 2], 1e3 * data_s[th] / (rounds * steps), rounds, steps);
+               bench_median(ips[th], rounds), 1e3 * data_s[th] / (rounds * steps), rounds, steps);
         loader_destroy(&ld[th]);
     }
     for (int k = 0; k < 2; k++) {
@@ -235,22 +231,10 @@ static void bench_fill(const mimic_cfg_t *cfg) {
 int main(int argc, char **argv) {
     mimic_cfg_t cfg;
     config_defaults(&cfg);
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0, njpeg = 300, steps = 4, rounds = 5, nviews = 8192;
-    if (config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
-    for (int i = 0; i + 1 < nrest; i += 2) {
-        if (strcmp(rest[i], "--bench.jpegs") == 0)
-            njpeg = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.steps") == 0)
-            steps = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.samples") == 0)
-            nviews = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.rounds") == 0)
-            rounds = atoi(rest[i + 1]);
-        else
-            return fprintf(stderr, "bench_loader: unknown flag %s\n", rest[i]), 2;
-    }
-    free(rest);
+    int v[4] = {300, 4, 8192, 5}; /* jpegs, steps, samples, rounds */
+    const char *const names[4] = {"jpegs", "steps", "samples", "rounds"};
+    if (bench_args(&cfg, argc, argv, "bench_loader", names, v, 4)) return 2;
+    int njpeg = v[0], steps = v[1], nviews = v[2], rounds = v[3];
     printf("omp_threads=%d cores=%ld\n", omp_get_max_threads(), sysconf(_SC_NPROCESSORS_ONLN));
     if (njpeg > 0) {
         const char *t = getenv("TMPDIR");

@@ -5,6 +5,7 @@
  *   bench_moco CONFIG.ini [--section.key=value ...] [--bench.batch N]
  *              [--bench.windows N] [--bench.steps N] */
 #include "adamw.h"
+#include "benchutil.h"
 #include "common.h"
 #include "config.h"
 #include "rng.h"
@@ -15,30 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv) {
     static mimic_cfg_t cfg;
     config_defaults(&cfg);
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0, B = 64, windows = 3, steps = 5, warmup = 2;
-    if (!rest || config_parse_args(&cfg, argc, argv, rest, &nrest)) return 2;
-    for (int i = 0; i + 1 < nrest; i += 2) {
-        if (strcmp(rest[i], "--bench.batch") == 0)
-            B = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.windows") == 0)
-            windows = atoi(rest[i + 1]);
-        else if (strcmp(rest[i], "--bench.steps") == 0)
-            steps = atoi(rest[i + 1]);
-        else {
-            fprintf(stderr, "bench_moco: unknown flag %s\n", rest[i]);
-            return 2;
-        }
-    }
-    free(rest);
+    int v[3] = {64, 3, 5}, warmup = 2; /* batch, windows, steps */
+    const char *const names[3] = {"batch", "windows", "steps"};
+    if (bench_args(&cfg, argc, argv, "bench_moco", names, v, 3)) return 2;
+    int B = v[0], windows = v[1], steps = v[2];
     if (B < 2 || windows <= 0 || windows > 64 || steps <= 0) {
         fprintf(stderr, "bench_moco: bad --bench.* value\n");
         return 2;
@@ -70,8 +54,7 @@ int main(int argc, char **argv) {
         }
         if (w >= 0) ips[w] = (double)B * n / (mimic_now() - t0);
     }
-    qsort(ips, (size_t)windows, sizeof ips[0], cmp_double);
-    double med = ips[windows / 2], gf = s->flops_per_image / 1e9;
+    double med = bench_median(ips, windows), gf = s->flops_per_image / 1e9;
     printf("threads=%d\n", omp_get_max_threads());
     printf("batch=%d\n", B);
     printf("gflop_per_img=%.4f\n", gf);

@@ -36,35 +36,10 @@
 
 static unsigned long long seed = 2024;
 
-/* Every buffer a test allocates is recorded and freed by release_all(), so the
- * sanitizer build also checks for leaks. */
-static float *allocs[96];
-static int nallocs;
-
-static float *zeros(size_t n) {
-    MIMIC_CHECK(nallocs < (int)(sizeof allocs / sizeof *allocs));
-    float *x = mimic_alloc((n ? n : 1) * sizeof *x);
-    MIMIC_CHECK(x);
-    return allocs[nallocs++] = x;
-}
-
-static void release_all(void) {
-    while (nallocs > 0)
-        mimic_free(allocs[--nallocs]);
-}
-
 static float *rnd(size_t n, float lo, float hi) {
-    float *x = zeros(n);
-    testutil_fill(x, n, lo, hi, &seed);
-    return x;
+    return testutil_rnd(n, lo, hi, &seed);
 }
 
-static double dot_d(const float *a, const float *b, size_t n) {
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)a[i] * b[i];
-    return s;
-}
 
 static void fd_h(const char *name, testutil_loss_fn loss, void *ctx, float *param,
                  const float *grad, size_t n, double h) {
@@ -86,21 +61,21 @@ typedef struct {
 static double bn_loss(void *p) {
     bn_ctx *c = p;
     batchnorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C, 1e-5f);
-    return dot_d(c->out, c->r, (size_t)c->N * c->C);
+    return testutil_dot(c->out, c->r, (size_t)c->N * c->C);
 }
 
 static void test_batchnorm_case(int N, int C, int affine) {
     size_t n = (size_t)N * C;
-    bn_ctx c = {zeros(n),
-                zeros(C),
-                zeros(C),
+    bn_ctx c = {testutil_zeros(n),
+                testutil_zeros(C),
+                testutil_zeros(C),
                 rnd(n, -2, 3),
                 affine ? rnd(C, 0.5f, 1.5f) : NULL,
                 affine ? rnd(C, -0.5f, 0.5f) : NULL,
                 rnd(n, -1, 1),
                 N,
                 C};
-    float *o2 = zeros(n), *m2 = zeros(C), *r2 = zeros(C);
+    float *o2 = testutil_zeros(n), *m2 = testutil_zeros(C), *r2 = testutil_zeros(C);
     bn_loss(&c);
     batchnorm_forward_ref(o2, m2, r2, c.inp, c.w, c.b, N, C, 1e-5f);
     char name[96];
@@ -123,8 +98,8 @@ static void test_batchnorm_case(int N, int C, int affine) {
         T_CHECK(worst < 1e-5);
     }
 
-    float *gi = zeros(n), *gw = affine ? zeros(C) : NULL, *gb = affine ? zeros(C) : NULL;
-    float *ri = zeros(n), *rw = affine ? zeros(C) : NULL, *rb = affine ? zeros(C) : NULL;
+    float *gi = testutil_zeros(n), *gw = affine ? testutil_zeros(C) : NULL, *gb = affine ? testutil_zeros(C) : NULL;
+    float *ri = testutil_zeros(n), *rw = affine ? testutil_zeros(C) : NULL, *rb = affine ? testutil_zeros(C) : NULL;
     batchnorm_backward(gi, gw, gb, c.r, c.inp, c.w, c.mean, c.rstd, N, C);
     batchnorm_backward_ref(ri, rw, rb, c.r, c.inp, c.w, N, C, 1e-5f);
     testutil_close("  backward dinp vs ref", gi, ri, n, 1e-5);
@@ -138,7 +113,7 @@ static void test_batchnorm_case(int N, int C, int affine) {
     /* accumulation: a second call adds the same again (the statistics refreshed:
      * the last finite difference left them at a perturbed input) */
     bn_loss(&c);
-    float *g2 = zeros(n);
+    float *g2 = testutil_zeros(n);
     memcpy(g2, gi, n * sizeof *g2);
     batchnorm_backward(g2, NULL, NULL, c.r, c.inp, c.w, c.mean, c.rstd, N, C);
     for (size_t i = 0; i < n; i++)
@@ -157,8 +132,8 @@ static void test_batchnorm(void) {
     float *xt = rnd(nt, -1, 1), *dyt = rnd(nt, -1, 1), *wt = rnd(Ct, 0.5f, 1.5f);
     float *yt[2], *mt[2], *st[2], *dxt[2], *dwt[2];
     for (int t = 0; t < 2; t++) {
-        yt[t] = zeros(nt), mt[t] = zeros(Ct), st[t] = zeros(Ct), dxt[t] = zeros(nt);
-        dwt[t] = zeros(Ct);
+        yt[t] = testutil_zeros(nt), mt[t] = testutil_zeros(Ct), st[t] = testutil_zeros(Ct), dxt[t] = testutil_zeros(nt);
+        dwt[t] = testutil_zeros(Ct);
         omp_set_num_threads(t + 1);
         batchnorm_forward(yt[t], mt[t], st[t], xt, wt, NULL, Nt, Ct, 1e-5f);
         batchnorm_backward(dxt[t], dwt[t], NULL, dyt, xt, wt, mt[t], st[t], Nt, Ct);
@@ -171,7 +146,7 @@ static void test_batchnorm(void) {
     /* running statistics: torch's momentum rule with the unbiased variance */
     int N = 7, C = 66;
     float *x = rnd((size_t)N * C, -1, 2), *rm = rnd(C, -1, 1), *rv = rnd(C, 0.5f, 2);
-    float *want_m = zeros(C), *want_v = zeros(C);
+    float *want_m = testutil_zeros(C), *want_v = testutil_zeros(C);
     for (int c = 0; c < C; c++) {
         double s = 0.0, ss = 0.0;
         for (int i = 0; i < N; i++)
@@ -186,15 +161,15 @@ static void test_batchnorm(void) {
     testutil_close("batchnorm running var (unbiased)", rv, want_v, C, 1e-6);
 
     /* eval mode normalises with the given statistics */
-    float *w = rnd(C, 0.5f, 1.5f), *b = rnd(C, -1, 1), *y = zeros((size_t)N * C);
-    float *want = zeros((size_t)N * C);
+    float *w = rnd(C, 0.5f, 1.5f), *b = rnd(C, -1, 1), *y = testutil_zeros((size_t)N * C);
+    float *want = testutil_zeros((size_t)N * C);
     batchnorm_forward_eval(y, x, rm, rv, w, b, N, C, 1e-5f);
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++)
             want[(size_t)i * C + c] =
                 (float)((x[(size_t)i * C + c] - rm[c]) / sqrt(rv[c] + 1e-5) * w[c] + b[c]);
     testutil_close("batchnorm eval forward", y, want, (size_t)N * C, 1e-6);
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- ReLU, L2 norm */
@@ -207,31 +182,31 @@ typedef struct {
 static double relu_loss(void *p) {
     ew_ctx *c = p;
     relu_forward(c->out, c->inp, (size_t)c->N * c->D);
-    return dot_d(c->out, c->r, (size_t)c->N * c->D);
+    return testutil_dot(c->out, c->r, (size_t)c->N * c->D);
 }
 
 static double l2_loss(void *p) {
     ew_ctx *c = p;
     l2norm_forward(c->out, c->norm, c->inp, c->N, c->D);
-    return dot_d(c->out, c->r, (size_t)c->N * c->D);
+    return testutil_dot(c->out, c->r, (size_t)c->N * c->D);
 }
 
 static void test_relu_l2norm(void) {
     int N = 6, D = 10;
     size_t n = (size_t)N * D;
-    ew_ctx c = {zeros(n), zeros(N), rnd(n, -1, 1), rnd(n, -1, 1), N, D};
+    ew_ctx c = {testutil_zeros(n), testutil_zeros(N), rnd(n, -1, 1), rnd(n, -1, 1), N, D};
     for (size_t i = 0; i < n; i++) /* keep inputs a step away from the kink */
         c.inp[i] += c.inp[i] >= 0 ? 0.05f : -0.05f;
-    float *g = zeros(n);
+    float *g = testutil_zeros(n);
     relu_forward(c.out, c.inp, n);
     relu_backward(g, c.r, c.out, n); /* from the output: same sign pattern */
     fd("relu dinp", relu_loss, &c, c.inp, g, n);
 
-    float *g2 = zeros(n);
+    float *g2 = testutil_zeros(n);
     l2_loss(&c);
     double worst = 0.0;
     for (int i = 0; i < N; i++)
-        worst = fmax(worst, fabs(dot_d(c.out + (size_t)i * D, c.out + (size_t)i * D, D) - 1.0));
+        worst = fmax(worst, fabs(testutil_dot(c.out + (size_t)i * D, c.out + (size_t)i * D, D) - 1.0));
     printf("%-48s max err %.3e\n", "l2norm rows have unit norm", worst);
     T_CHECK(worst < 1e-6);
     l2norm_backward(g2, c.r, c.out, c.norm, N, D);
@@ -243,7 +218,7 @@ static void test_relu_l2norm(void) {
     l2norm_backward(dz, dy, zo, &zn, 1, 3);
     T_CHECK(zo[0] == 0.0f && zo[1] == 0.0f && zo[2] == 0.0f && zn == 0.0f);
     T_CHECK(fabsf(dz[0] - 0.1f) < 1e-6f && fabsf(dz[2] + 0.2f) < 1e-6f);
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- heads */
@@ -259,7 +234,7 @@ typedef struct {
 static double head_loss(void *ptr) {
     head_ctx *c = ptr;
     const float *y = head_forward(c->h, c->p, c->a, c->x, HEAD_TRAIN);
-    return dot_d(y, c->r, (size_t)c->N * c->h->out_dim);
+    return testutil_dot(y, c->r, (size_t)c->N * c->h->out_dim);
 }
 
 static void check_head_grads(const char *what, head_t *h, params_t *p, int N) {
@@ -267,7 +242,7 @@ static void check_head_grads(const char *what, head_t *h, params_t *p, int N) {
     T_CHECK(head_acts_alloc(&a, h, N) == 0);
     head_ctx c = {h, p, &a, rnd((size_t)N * h->in_dim, -1, 1), rnd((size_t)N * h->out_dim, -1, 1),
                   N};
-    float *dx = zeros((size_t)N * h->in_dim);
+    float *dx = testutil_zeros((size_t)N * h->in_dim);
     params_zero_grad(p);
     head_loss(&c);
     head_backward(h, p, &a, dx, c.r);
@@ -279,7 +254,7 @@ static void check_head_grads(const char *what, head_t *h, params_t *p, int N) {
     snprintf(name, sizeof name, "%s dx", what);
     fd_h(name, head_loss, &c, c.x, dx, (size_t)N * h->in_dim, FD_H_RELU);
     /* backward accumulates into the parameter gradients */
-    float *g1 = zeros(p->total), *dx2 = zeros((size_t)N * h->in_dim);
+    float *g1 = testutil_zeros(p->total), *dx2 = testutil_zeros((size_t)N * h->in_dim);
     memcpy(g1, p->g, p->total * sizeof *g1);
     head_loss(&c);
     head_backward(h, p, &a, dx2, c.r);
@@ -336,7 +311,7 @@ static void test_heads(void) {
     check_head_grads("mlp2 head", &h2, p, 5);
     head_free(&h2);
     params_destroy(&p);
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- losses */
@@ -370,10 +345,10 @@ static double supcon_ref(const float *z, const float *w, int M, int D, double ta
     for (int i = 0; i < M; i++) {
         double den = 0.0, W = 0.0, num = 0.0;
         for (int j = 0; j < M; j++)
-            if (j != i) den += exp(dot_d(z + (size_t)i * D, z + (size_t)j * D, D) / tau);
+            if (j != i) den += exp(testutil_dot(z + (size_t)i * D, z + (size_t)j * D, D) / tau);
         for (int j = 0; j < M; j++) {
             if (j == i) continue;
-            double s = dot_d(z + (size_t)i * D, z + (size_t)j * D, D) / tau;
+            double s = testutil_dot(z + (size_t)i * D, z + (size_t)j * D, D) / tau;
             W += w[(size_t)i * M + j];
             num += w[(size_t)i * M + j] * (s - log(den));
         }
@@ -385,7 +360,7 @@ static double supcon_ref(const float *z, const float *w, int M, int D, double ta
 static void test_losses(void) {
     int N = 5, K = 7, D = 6, M = 12;
     float dloss = 1.7f; /* backward scales by the upstream gradient */
-    loss_ctx c = {.prob = zeros((size_t)M * (M + K + 1)),
+    loss_ctx c = {.prob = testutil_zeros((size_t)M * (M + K + 1)),
                   .q = rnd((size_t)M * D, -0.6f, 0.6f),
                   .k = rnd((size_t)M * D, -0.6f, 0.6f),
                   .queue = rnd((size_t)K * D, -0.6f, 0.6f),
@@ -396,7 +371,7 @@ static void test_losses(void) {
                   .offset = 4,
                   .T = 0.2f,
                   .scale = 1.0f};
-    float *g = zeros((size_t)M * D);
+    float *g = testutil_zeros((size_t)M * D);
     queue_loss(&c);
     contrastive_queue_backward(g, c.prob, c.k, c.queue, N, K, D, c.T, 1.0f);
     fd("queue infonce dq", queue_loss, &c, c.q, g, (size_t)N * D);
@@ -409,11 +384,11 @@ static void test_losses(void) {
 
     /* SupCon with labels; label 9 occurs once, so row 3 has no positive */
     int labels[12] = {0, 1, 2, 9, 0, 1, 2, 0, 1, 2, 0, 1};
-    c.w = zeros((size_t)M * M);
+    c.w = testutil_zeros((size_t)M * M);
     contrastive_weights_labels(c.w, labels, M);
     c.scale = 0.1f / 0.07f;
     c.T = 0.1f;
-    float *scratch = zeros((size_t)M * M);
+    float *scratch = testutil_zeros((size_t)M * M);
     double l = supcon_loss(&c), want = supcon_ref(c.q, c.w, M, D, c.T, c.scale);
     printf("%-48s %.7f vs %.7f\n", "supcon loss vs double formula", l, want);
     T_CHECK(fabs(l - want) <= 1e-5 * fabs(want));
@@ -454,7 +429,7 @@ static void test_losses(void) {
     xent_loss(&c);
     xent_soft_backward(g, c.prob, c.target, N, K, 1.0f);
     fd("soft cross-entropy dlogits", xent_loss, &c, c.q, g, (size_t)N * K);
-    release_all();
+    testutil_release_all();
 }
 
 static void test_weights(void) {
@@ -478,7 +453,7 @@ static void test_weights(void) {
 static void test_mixup(void) {
     int B = 4, C = 2, H = 8, W = 10, K = 5;
     size_t n = (size_t)C * H * W;
-    float *x = rnd((size_t)B * n, -1, 1), *out = zeros((size_t)B * n), *y = zeros((size_t)B * K);
+    float *x = rnd((size_t)B * n, -1, 1), *out = testutil_zeros((size_t)B * n), *y = testutil_zeros((size_t)B * K);
     int labels[4] = {0, 3, 3, 1}, pair[4];
     mixup_pair_flip(pair, B);
     T_CHECK(pair[0] == 3 && pair[3] == 0 && pair[1] == 2);
@@ -547,7 +522,7 @@ static void test_mixup(void) {
 
     /* one batch: reproducible from the seed; labels carry the returned lam */
     mixup_cfg_t cfg = {.mixup_alpha = 0.8f, .cutmix_alpha = 1.0f, .switch_prob = 0.5f};
-    float *out2 = zeros((size_t)B * n), *y2 = zeros((size_t)B * K);
+    float *out2 = testutil_zeros((size_t)B * n), *y2 = testutil_zeros((size_t)B * K);
     for (int s = 0; s < 6; s++) {
         rng_t r1, r2;
         rng_seed(&r1, 50 + s);
@@ -558,7 +533,7 @@ static void test_mixup(void) {
         T_CHECK(memcmp(y, y2, (size_t)B * K * sizeof *y) == 0);
         T_CHECK(fabsf(y[0 * K + 0] - l1) < 1e-6f && fabsf(y[0 * K + 1] - (1.0f - l1)) < 1e-6f);
     }
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- PyTorch parity */
@@ -626,18 +601,18 @@ static void parity_v3(void) {
     const float *x[2] = {gold("v3.x1", (size_t)N * in), gold("v3.x2", (size_t)N * in)};
     const float *k[2] = {gold("v3.k1", (size_t)M * D), gold("v3.k2", (size_t)M * D)};
     head_acts_t pa[2], qa[2];
-    float *q[2], *qn[2], *norm[2], *dq[2], *dqn[2], *dh[2], *dx[2], *prob = zeros((size_t)N * M);
+    float *q[2], *qn[2], *norm[2], *dq[2], *dqn[2], *dh[2], *dx[2], *prob = testutil_zeros((size_t)N * M);
     double loss = 0.0;
     for (int v = 0; v < 2; v++) {
         T_CHECK(head_acts_alloc(&pa[v], &proj, N) == 0 && head_acts_alloc(&qa[v], &pred, N) == 0);
         const float *h = head_forward(&proj, p, &pa[v], x[v], HEAD_TRAIN);
         q[v] = (float *)head_forward(&pred, p, &qa[v], h, HEAD_TRAIN);
-        qn[v] = zeros((size_t)N * D);
-        norm[v] = zeros(N);
-        dq[v] = zeros((size_t)N * D);
-        dqn[v] = zeros((size_t)N * D);
-        dh[v] = zeros((size_t)N * D);
-        dx[v] = zeros((size_t)N * in);
+        qn[v] = testutil_zeros((size_t)N * D);
+        norm[v] = testutil_zeros(N);
+        dq[v] = testutil_zeros((size_t)N * D);
+        dqn[v] = testutil_zeros((size_t)N * D);
+        dh[v] = testutil_zeros((size_t)N * D);
+        dx[v] = testutil_zeros((size_t)N * in);
         l2norm_forward(qn[v], norm[v], q[v], N, D);
     }
     parity("v3.q1", qn[0], (size_t)N * D);
@@ -666,7 +641,7 @@ static void parity_v3(void) {
         for (int l = 0; l < hs[m]->nlayers; l++) {
             if (!hs[m]->run_mean[l]) continue;
             int o = hs[m]->layer[l].out;
-            float *got = zeros(2 * (size_t)o), *want = zeros(2 * (size_t)o);
+            float *got = testutil_zeros(2 * (size_t)o), *want = testutil_zeros(2 * (size_t)o);
             snprintf(name, sizeof name, "v3.after.%s.%d.running_mean", pre[m], hs[m]->bn_index[l]);
             memcpy(want, gold(name, o), o * sizeof(float));
             snprintf(name, sizeof name, "v3.after.%s.%d.running_var", pre[m], hs[m]->bn_index[l]);
@@ -688,8 +663,8 @@ static void parity_v3(void) {
 
 static void parity_queue(void) {
     int N = meta_i("batch"), K = meta_i("queue_len"), D = meta_i("out_dim");
-    float *qn = zeros((size_t)N * D), *norm = zeros(N), *prob = zeros((size_t)N * (K + 1));
-    float *dqn = zeros((size_t)N * D), *dq = zeros((size_t)N * D);
+    float *qn = testutil_zeros((size_t)N * D), *norm = testutil_zeros(N), *prob = testutil_zeros((size_t)N * (K + 1));
+    float *dqn = testutil_zeros((size_t)N * D), *dq = testutil_zeros((size_t)N * D);
     l2norm_forward(qn, norm, gold("queue.q_raw", (size_t)N * D), N, D);
     const float *k = gold("queue.k", (size_t)N * D), *queue = gold("queue.queue", (size_t)K * D);
     float loss = contrastive_queue_forward(prob, qn, k, queue, N, K, D, meta_f("queue_T"));
@@ -703,8 +678,8 @@ static void parity_queue(void) {
  * accumulates dloss * dL/dz_raw into dz. */
 static float supcon_chain(float *dz, const float *z_raw, const float *w, int M, int D, float tau,
                           float scale, float dloss) {
-    float *z = zeros((size_t)M * D), *norm = zeros(M), *prob = zeros((size_t)M * M);
-    float *scratch = zeros((size_t)M * M), *dzn = zeros((size_t)M * D);
+    float *z = testutil_zeros((size_t)M * D), *norm = testutil_zeros(M), *prob = testutil_zeros((size_t)M * M);
+    float *scratch = testutil_zeros((size_t)M * M), *dzn = testutil_zeros((size_t)M * D);
     l2norm_forward(z, norm, z_raw, M, D);
     float loss = contrastive_supcon_forward(prob, z, w, M, D, tau, scale);
     contrastive_supcon_backward(dzn, scratch, prob, w, z, M, D, tau, scale, dloss);
@@ -716,7 +691,7 @@ static void parity_supcon(void) {
     int B = meta_i("batch"), M = 2 * B, D = meta_i("out_dim"), labels[64];
     MIMIC_CHECK(M <= 64);
     float tau = meta_f("supcon_tau");
-    float *w = zeros((size_t)M * M), *dz = zeros((size_t)M * D);
+    float *w = testutil_zeros((size_t)M * M), *dz = testutil_zeros((size_t)M * D);
     gold_labels(labels, "supcon.labels", M);
     contrastive_weights_labels(w, labels, M);
     float loss = supcon_chain(dz, gold("supcon.z_raw", (size_t)M * D), w, M, D, tau,
@@ -732,8 +707,8 @@ static void parity_mimic(void) {
     float wcon = meta_f("w_con");
     gold_labels(labels, "mimic.labels", B);
     mixup_pair_flip(pair, B);
-    float *y = zeros((size_t)M * K), *w = zeros((size_t)M * M), *dz = zeros((size_t)M * D);
-    float *prob = zeros((size_t)B * K), *dl = zeros((size_t)B * K);
+    float *y = testutil_zeros((size_t)M * K), *w = testutil_zeros((size_t)M * M), *dz = testutil_zeros((size_t)M * D);
+    float *prob = testutil_zeros((size_t)B * K), *dl = testutil_zeros((size_t)B * K);
     mixup_labels(y, labels, pair, meta_f("mix_lam"), B, K, meta_f("smoothing"));
     parity("mimic.y", y, (size_t)B * K);
     memcpy(y + (size_t)B * K, y, (size_t)B * K * sizeof *y); /* both views */
@@ -764,7 +739,7 @@ static void test_parity(void) {
     parity_queue();
     parity_supcon();
     parity_mimic();
-    release_all();
+    testutil_release_all();
     st_close(&golden);
 }
 

@@ -22,46 +22,20 @@
 
 static unsigned long long seed = 12345;
 
-/* Every buffer a test allocates is recorded here and freed by release_all() at the
- * end of that test, so the sanitizer build also checks for leaks. */
-static float *allocs[64];
-static int nallocs;
-
-static float *zeros(size_t n) {
-    MIMIC_CHECK(nallocs < (int)(sizeof allocs / sizeof *allocs));
-    float *x = mimic_alloc(n * sizeof *x);
-    MIMIC_CHECK(x);
-    allocs[nallocs++] = x;
-    return x;
-}
-
-static void release_all(void) {
-    while (nallocs > 0)
-        mimic_free(allocs[--nallocs]);
-}
-
 static float *rnd(size_t n, float lo, float hi) {
-    float *x = zeros(n);
-    testutil_fill(x, n, lo, hi, &seed);
-    return x;
+    return testutil_rnd(n, lo, hi, &seed);
 }
 
 static float *copy(const float *src, size_t n) {
-    float *x = zeros(n);
+    float *x = testutil_zeros(n);
     memcpy(x, src, n * sizeof *x);
     return x;
 }
 
-static double dot_d(const float *a, const float *b, size_t n) {
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)a[i] * b[i];
-    return s;
-}
 
 /* Checks that a second backward call into grads already holding g1 leaves 2*g1. */
 static void check_twice(const char *name, const float *g1, const float *g2, size_t n) {
-    float *want = zeros(n);
+    float *want = testutil_zeros(n);
     for (size_t i = 0; i < n; i++)
         want[i] = 2.0f * g1[i];
     char buf[96];
@@ -123,12 +97,12 @@ typedef struct {
 static double gelu_loss(void *p) {
     gelu_ctx *c = p;
     gelu_forward(c->out, c->inp, c->n);
-    return dot_d(c->out, c->r, c->n);
+    return testutil_dot(c->out, c->r, c->n);
 }
 
 static void test_gelu(void) {
     size_t n = 400001;
-    float *x = zeros(n), *y = zeros(n), *dy = zeros(n), *dx = zeros(n);
+    float *x = testutil_zeros(n), *y = testutil_zeros(n), *dy = testutil_zeros(n), *dx = testutil_zeros(n);
     for (size_t i = 0; i < n; i++) {
         x[i] = -12.0f + 24.0f * (float)i / (float)(n - 1);
         dy[i] = 1.0f;
@@ -157,7 +131,7 @@ static void test_gelu(void) {
     T_CHECK(memcmp(alias, y, n * sizeof *y) == 0);
 
     /* same bits whatever the thread count */
-    float *y2 = zeros(n), *dx2 = zeros(n);
+    float *y2 = testutil_zeros(n), *dx2 = testutil_zeros(n);
     omp_set_num_threads(2);
     gelu_forward(y2, x, n);
     gelu_backward(dx2, dy, x, n);
@@ -167,15 +141,15 @@ static void test_gelu(void) {
 
     /* finite differences and accumulation on a small random case */
     size_t m = 96;
-    gelu_ctx c = {rnd(m, -4.0f, 4.0f), zeros(m), rnd(m, -1.0f, 1.0f), m};
-    float *g = zeros(m);
+    gelu_ctx c = {rnd(m, -4.0f, 4.0f), testutil_zeros(m), rnd(m, -1.0f, 1.0f), m};
+    float *g = testutil_zeros(m);
     gelu_backward(g, c.r, c.inp, m);
     testutil_fd_check("gelu dinp", gelu_loss, &c, c.inp, g, m, 96, 1e-2, 1e-3, 1e-4);
     float *g2 = copy(g, m);
     gelu_backward(g2, c.r, c.inp, m);
     check_twice("gelu dinp", g, g2, m);
 
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- linear */
@@ -188,13 +162,13 @@ typedef struct {
 static double linear_loss(void *p) {
     linear_ctx *c = p;
     linear_forward(c->out, c->inp, c->w, c->b, c->M, c->K, c->N);
-    return dot_d(c->out, c->r, (size_t)c->M * c->N);
+    return testutil_dot(c->out, c->r, (size_t)c->M * c->N);
 }
 
 static void test_linear_vs_ref(int M, int K, int N, int with_bias) {
     float *inp = rnd((size_t)M * K, -1, 1), *w = rnd((size_t)N * K, -1, 1);
     float *b = with_bias ? rnd(N, -1, 1) : NULL, *dout = rnd((size_t)M * N, -1, 1);
-    float *o1 = zeros((size_t)M * N), *o2 = zeros((size_t)M * N);
+    float *o1 = testutil_zeros((size_t)M * N), *o2 = testutil_zeros((size_t)M * N);
     linear_forward(o1, inp, w, b, M, K, N);
     linear_forward_ref(o2, inp, w, b, M, K, N);
     char name[96];
@@ -215,13 +189,13 @@ static void test_linear_vs_ref(int M, int K, int N, int with_bias) {
     testutil_close(name, db1, db2, N, 1e-5);
 
     /* NULL gradients are skipped; the others are unaffected */
-    float *di3 = zeros((size_t)M * K), *di4 = zeros((size_t)M * K);
+    float *di3 = testutil_zeros((size_t)M * K), *di4 = testutil_zeros((size_t)M * K);
     linear_backward(di3, NULL, NULL, dout, inp, w, M, K, N);
     linear_backward(di4, dw1, db1, dout, inp, w, M, K, N);
     T_CHECK(memcmp(di3, di4, (size_t)M * K * sizeof *di3) == 0);
     linear_backward(NULL, NULL, NULL, dout, inp, w, M, K, N);
 
-    release_all();
+    testutil_release_all();
 }
 
 static void test_linear(void) {
@@ -230,7 +204,7 @@ static void test_linear(void) {
     test_linear_vs_ref(34, 128, 96, 0);
 
     int M = 5, K = 7, N = 6;
-    linear_ctx c = {zeros((size_t)M * N),
+    linear_ctx c = {testutil_zeros((size_t)M * N),
                     rnd((size_t)M * K, -1, 1),
                     rnd((size_t)N * K, -1, 1),
                     rnd(N, -1, 1),
@@ -238,7 +212,7 @@ static void test_linear(void) {
                     M,
                     K,
                     N};
-    float *di = zeros((size_t)M * K), *dw = zeros((size_t)N * K), *db = zeros(N);
+    float *di = testutil_zeros((size_t)M * K), *dw = testutil_zeros((size_t)N * K), *db = testutil_zeros(N);
     linear_backward(di, dw, db, c.r, c.inp, c.w, M, K, N);
     testutil_fd_check("linear dinp", linear_loss, &c, c.inp, di, (size_t)M * K, 100, 1e-2, 1e-3,
                       1e-4);
@@ -249,7 +223,7 @@ static void test_linear(void) {
     check_twice("linear dinp", di, di2, (size_t)M * K);
     check_twice("linear dw", dw, dw2, (size_t)N * K);
     check_twice("linear db", db, db2, N);
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- layernorm */
@@ -292,7 +266,7 @@ typedef struct {
 static double ln_loss(void *p) {
     ln_ctx *c = p;
     layernorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->M, c->C, 1e-5f);
-    return dot_d(c->out, c->r, (size_t)c->M * c->C);
+    return testutil_dot(c->out, c->r, (size_t)c->M * c->C);
 }
 
 static void test_layernorm(void) {
@@ -300,9 +274,9 @@ static void test_layernorm(void) {
     int M = 2176, C = 192;
     size_t n = (size_t)M * C;
     float *inp = rnd(n, 2.0f, 6.0f), *w = rnd(C, 0.5f, 1.5f), *b = rnd(C, -0.5f, 0.5f);
-    float *dout = rnd(n, -1, 1), *out = zeros(n), *mean = zeros(M), *rstd = zeros(M);
+    float *dout = rnd(n, -1, 1), *out = testutil_zeros(n), *mean = testutil_zeros(M), *rstd = testutil_zeros(M);
     float *di = rnd(n, -1, 1), *dw = rnd(C, -1, 1), *db = rnd(C, -1, 1);
-    float *out_r = zeros(n), *di_r = copy(di, n), *dw_r = copy(dw, C), *db_r = copy(db, C);
+    float *out_r = testutil_zeros(n), *di_r = copy(di, n), *dw_r = copy(dw, C), *db_r = copy(db, C);
     float *di0 = copy(di, n), *dw0 = copy(dw, C), *db0 = copy(db, C);
     layernorm_forward(out, mean, rstd, inp, w, b, M, C, 1e-5f);
     layernorm_backward(di, dw, db, dout, inp, w, mean, rstd, M, C);
@@ -313,7 +287,7 @@ static void test_layernorm(void) {
     testutil_close("layernorm bwd db vs double ref", db, db_r, C, 1e-5);
 
     /* bitwise identical with two threads */
-    float *out2 = zeros(n), *mean2 = zeros(M), *rstd2 = zeros(M);
+    float *out2 = testutil_zeros(n), *mean2 = testutil_zeros(M), *rstd2 = testutil_zeros(M);
     omp_set_num_threads(2);
     layernorm_forward(out2, mean2, rstd2, inp, w, b, M, C, 1e-5f);
     layernorm_backward(di0, dw0, db0, dout, inp, w, mean, rstd, M, C);
@@ -326,16 +300,16 @@ static void test_layernorm(void) {
 
     /* finite differences for input, weight and bias; accumulation */
     int m = 4, c = 16;
-    ln_ctx x = {zeros((size_t)m * c),
-                zeros(m),
-                zeros(m),
+    ln_ctx x = {testutil_zeros((size_t)m * c),
+                testutil_zeros(m),
+                testutil_zeros(m),
                 rnd((size_t)m * c, -1.0f, 2.0f),
                 rnd(c, 0.5f, 1.5f),
                 rnd(c, -0.5f, 0.5f),
                 rnd((size_t)m * c, -1, 1),
                 m,
                 c};
-    float *gi = zeros((size_t)m * c), *gw = zeros(c), *gb = zeros(c);
+    float *gi = testutil_zeros((size_t)m * c), *gw = testutil_zeros(c), *gb = testutil_zeros(c);
     ln_loss(&x);
     layernorm_backward(gi, gw, gb, x.r, x.inp, x.w, x.mean, x.rstd, m, c);
     testutil_fd_check("layernorm dinp", ln_loss, &x, x.inp, gi, (size_t)m * c, 64, 1e-2, 1e-2,
@@ -343,7 +317,7 @@ static void test_layernorm(void) {
     testutil_fd_check("layernorm dw", ln_loss, &x, x.w, gw, c, 64, 1e-2, 1e-2, 1e-3);
     testutil_fd_check("layernorm db", ln_loss, &x, x.b, gb, c, 64, 1e-2, 1e-2, 1e-3);
     /* NULL gradients are skipped and do not change the others */
-    float *gw3 = zeros(c);
+    float *gw3 = testutil_zeros(c);
     layernorm_backward(NULL, gw3, NULL, x.r, x.inp, x.w, x.mean, x.rstd, m, c);
     T_CHECK(memcmp(gw3, gw, c * sizeof *gw) == 0);
     layernorm_backward(NULL, NULL, NULL, x.r, x.inp, x.w, x.mean, x.rstd, m, c);
@@ -354,7 +328,7 @@ static void test_layernorm(void) {
     check_twice("layernorm dw", gw, gw2, c);
     check_twice("layernorm db", gb, gb2, c);
 
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -424,9 +398,9 @@ static void attention_ref(float *out, float *dqkv, const float *dout, const floa
 static void test_attention_vs_ref(int B, int T, int C, int NH) {
     size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, na = (size_t)B * NH * T * T;
     /* a wide range of scores so that the softmax is far from uniform */
-    float *qkv = rnd(nq, -2, 2), *dout = rnd(no, -1, 1), *out = zeros(no), *att = zeros(na);
-    float *scratch = zeros(na), *dqkv = rnd(nq, -1, 1);
-    float *out_r = zeros(no), *dqkv_r = copy(dqkv, nq), *dqkv0 = copy(dqkv, nq);
+    float *qkv = rnd(nq, -2, 2), *dout = rnd(no, -1, 1), *out = testutil_zeros(no), *att = testutil_zeros(na);
+    float *scratch = testutil_zeros(na), *dqkv = rnd(nq, -1, 1);
+    float *out_r = testutil_zeros(no), *dqkv_r = copy(dqkv, nq), *dqkv0 = copy(dqkv, nq);
     attention_forward(out, att, qkv, B, T, C, NH);
     attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
     attention_ref(out_r, dqkv_r, dout, qkv, B, T, C, NH);
@@ -444,7 +418,7 @@ static void test_attention_vs_ref(int B, int T, int C, int NH) {
     }
     T_CHECK(worst < 1e-5);
 
-    float *out2 = zeros(no), *att2 = zeros(na);
+    float *out2 = testutil_zeros(no), *att2 = testutil_zeros(na);
     omp_set_num_threads(2);
     attention_forward(out2, att2, qkv, B, T, C, NH);
     attention_backward(dqkv0, scratch, dout, qkv, att, B, T, C, NH);
@@ -453,7 +427,7 @@ static void test_attention_vs_ref(int B, int T, int C, int NH) {
     T_CHECK(memcmp(att2, att, na * sizeof *att) == 0);
     T_CHECK(memcmp(dqkv0, dqkv, nq * sizeof *dqkv) == 0);
 
-    release_all();
+    testutil_release_all();
 }
 
 typedef struct {
@@ -464,7 +438,7 @@ typedef struct {
 static double attn_loss(void *p) {
     attn_ctx *c = p;
     attention_forward(c->out, c->att, c->qkv, c->B, c->T, c->C, c->NH);
-    return dot_d(c->out, c->r, (size_t)c->B * c->T * c->C);
+    return testutil_dot(c->out, c->r, (size_t)c->B * c->T * c->C);
 }
 
 static void test_attention(void) {
@@ -474,15 +448,15 @@ static void test_attention(void) {
 
     int B = 2, T = 5, C = 8, NH = 2;
     size_t nq = (size_t)B * T * 3 * C, na = (size_t)B * NH * T * T;
-    attn_ctx c = {zeros((size_t)B * T * C),
-                  zeros(na),
+    attn_ctx c = {testutil_zeros((size_t)B * T * C),
+                  testutil_zeros(na),
                   rnd(nq, -1.5f, 1.5f),
                   rnd((size_t)B * T * C, -1, 1),
                   B,
                   T,
                   C,
                   NH};
-    float *g = zeros(nq), *scratch = zeros(na);
+    float *g = testutil_zeros(nq), *scratch = testutil_zeros(na);
     attn_loss(&c);
     attention_backward(g, scratch, c.r, c.qkv, c.att, B, T, C, NH);
     testutil_fd_check("attention dqkv", attn_loss, &c, c.qkv, g, nq, (int)nq, 1e-2, 1e-2, 1e-3);
@@ -490,7 +464,7 @@ static void test_attention(void) {
     attn_loss(&c);
     attention_backward(g2, scratch, c.r, c.qkv, c.att, B, T, C, NH);
     check_twice("attention dqkv", g, g2, nq);
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- patches */
@@ -505,13 +479,13 @@ static double pe_loss(void *p) {
     int L = (c->H / c->p) * (c->W / c->p);
     patch_embed_forward(c->out, c->cols, c->img, c->w, c->b, c->B, c->C, c->H, c->W, c->p, c->D,
                         NULL, L, L);
-    return dot_d(c->out, c->r, (size_t)c->B * L * c->D);
+    return testutil_dot(c->out, c->r, (size_t)c->B * L * c->D);
 }
 
 static void test_patch(void) {
     int B = 2, C = 3, H = 8, W = 12, p = 4, gh = H / p, gw = W / p, L = gh * gw, P = p * p * C;
     size_t ni = (size_t)B * C * H * W;
-    float *img = zeros(ni), *pt = zeros(ni), *back = zeros(ni);
+    float *img = testutil_zeros(ni), *pt = testutil_zeros(ni), *back = testutil_zeros(ni);
     for (size_t i = 0; i < ni; i++)
         img[i] = (float)i;
     patch_patchify(pt, img, B, C, H, W, p);
@@ -525,8 +499,8 @@ static void test_patch(void) {
 
     /* the embedding equals a direct strided convolution */
     int D = 5;
-    pe_ctx c = {zeros((size_t)B * L * D),
-                zeros((size_t)B * L * P),
+    pe_ctx c = {testutil_zeros((size_t)B * L * D),
+                testutil_zeros((size_t)B * L * P),
                 rnd(ni, -1, 1),
                 rnd((size_t)D * P, -1, 1),
                 rnd(D, -1, 1),
@@ -538,7 +512,7 @@ static void test_patch(void) {
                 p,
                 D};
     pe_loss(&c);
-    float *conv = zeros((size_t)B * L * D), *dw_r = zeros((size_t)D * P), *db_r = zeros(D);
+    float *conv = testutil_zeros((size_t)B * L * D), *dw_r = testutil_zeros((size_t)D * P), *db_r = testutil_zeros(D);
     for (int n = 0; n < B; n++)
         for (int l = 0; l < L; l++)
             for (int d = 0; d < D; d++) {
@@ -557,7 +531,7 @@ static void test_patch(void) {
                 db_r[d] += (float)go;
             }
     testutil_close("patch_embed fwd vs direct conv", c.out, conv, (size_t)B * L * D, 1e-5);
-    float *dw = zeros((size_t)D * P), *db = zeros(D);
+    float *dw = testutil_zeros((size_t)D * P), *db = testutil_zeros(D);
     patch_embed_backward(dw, db, c.r, c.cols, B, L, C, p, D);
     testutil_close("patch_embed dw vs direct conv", dw, dw_r, (size_t)D * P, 1e-5);
     testutil_close("patch_embed db vs direct conv", db, db_r, D, 1e-5);
@@ -573,7 +547,7 @@ static void test_patch(void) {
     int K = 4, ids[2 * 6] = {5, 0, 3, 2, 1, 4, 1, 2, 0, 5, 3, 4}; /* (B, ld = L = 6) */
     T_CHECK(L == 6);
     pe_loss(&c); /* c.out from the unperturbed weights (the FD checks left the last probe) */
-    float *sub = zeros((size_t)B * K * D), *subcols = zeros((size_t)B * K * P);
+    float *sub = testutil_zeros((size_t)B * K * D), *subcols = testutil_zeros((size_t)B * K * P);
     patch_embed_forward(sub, subcols, c.img, c.w, c.b, B, C, H, W, p, D, ids, K, L);
     for (int n = 0; n < B; n++)
         for (int j = 0; j < K; j++) {
@@ -583,14 +557,14 @@ static void test_patch(void) {
                            c.out + ((size_t)n * L + ids[n * L + j]) * D, D, 1e-6);
         }
 
-    release_all();
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- posemb */
 
 static void test_posemb(void) {
     int D = 16, g = 4;
-    float *pe = zeros((size_t)(1 + g * g) * D);
+    float *pe = testutil_zeros((size_t)(1 + g * g) * D);
     posemb_sincos_2d(pe, D, g, 1);
     int zero = 1;
     for (int k = 0; k < D; k++)
@@ -613,10 +587,10 @@ static void test_posemb(void) {
         T_CHECK(row[k] == ((k / 4) % 2 ? 1.0f : 0.0f));
 
     /* without cls the same rows start at 0 */
-    float *pe2 = zeros((size_t)g * g * D);
+    float *pe2 = testutil_zeros((size_t)g * g * D);
     posemb_sincos_2d(pe2, D, g, 0);
     T_CHECK(memcmp(pe2, pe + D, (size_t)g * g * D * sizeof *pe) == 0);
-    release_all();
+    testutil_release_all();
 }
 
 int main(void) {

@@ -1,6 +1,9 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include "common.h"
+
+
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
@@ -225,4 +228,32 @@ int testutil_summary(const char *test_name) {
     if (dir) nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     printf("%s: all checks passed\n", test_name);
     return 0;
+}
+
+static float *scratch[128];
+static int nscratch;
+
+float *testutil_zeros(size_t n) {
+    MIMIC_CHECK(nscratch < (int)(sizeof scratch / sizeof *scratch));
+    float *x = mimic_alloc((n ? n : 1) * sizeof *x);
+    MIMIC_CHECK(x);
+    return scratch[nscratch++] = x;
+}
+
+float *testutil_rnd(size_t n, float lo, float hi, unsigned long long *seed) {
+    float *x = testutil_zeros(n);
+    testutil_fill(x, n, lo, hi, seed);
+    return x;
+}
+
+void testutil_release_all(void) {
+    while (nscratch > 0)
+        mimic_free(scratch[--nscratch]);
+}
+
+double testutil_dot(const float *a, const float *b, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
 }

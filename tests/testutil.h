@@ -16,6 +16,15 @@ double testutil_rel_err(const float *a, const float *b, size_t n);
 /* Checks rel_err(a, b) <= tol, printing "name: rel err X" either way. */
 void testutil_close(const char *name, const float *a, const float *b, size_t n, double tol);
 
+/* Scratch buffers for a test: testutil_zeros returns zeroed floats recorded in one
+ * pool, testutil_release_all frees them all (so the sanitizer build also checks leaks).
+ * testutil_rnd: zeros filled by testutil_fill from *seed. */
+float *testutil_zeros(size_t n);
+float *testutil_rnd(size_t n, float lo, float hi, unsigned long long *seed);
+void testutil_release_all(void);
+/* sum a[i]*b[i] in double. */
+double testutil_dot(const float *a, const float *b, size_t n);
+
 /* Fills x with uniform values in [lo, hi) from a fixed-seed generator. */
 void testutil_fill(float *x, size_t n, float lo, float hi, unsigned long long *seed);
 
