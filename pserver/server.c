@@ -852,15 +852,6 @@ static int ema_wanted(const mimic_cfg_t *cfg) {
 static int read_settings(server_t *s) {
     const mimic_cfg_t *cfg = &s->cfg;
     s->ema_on = ema_wanted(cfg);
-    /* One server holds the whole queue: a step's delta pull is a few hundred rows, and a
-     * full pull of K = 65536 x 128 floats (32 MB) happens once per worker start
-     * (docs/runtime.md, measurements). */
-    if (cfg->cluster.queue_shards > 1 || cfg->cluster.queue_shards < 0 ||
-        (cfg->cluster.queue_shards == 0 && cfg->cluster.servers > 1))
-        return mimic_err(MIMIC_EINVAL,
-                         "cluster.queue_shards: %d, but the negative queue is held by server "
-                         "rank 0 alone (set 1; docs/runtime.md says why)",
-                         cfg->cluster.queue_shards);
     if (s->ema_on && !(cfg->contrastive.momentum >= 0.0f && cfg->contrastive.momentum <= 1.0f))
         return mimic_err(MIMIC_EINVAL, "contrastive.momentum: %g is not in [0, 1]",
                          (double)cfg->contrastive.momentum);
@@ -951,7 +942,9 @@ static int update_threads(const mimic_cfg_t *cfg) {
 #endif
 }
 
-/* Rank 0's contrastive services: the queue (its ring allocated now when the stage uses
+/* Rank 0's contrastive services (one server holds the whole queue: a step's delta pull
+ * is a few hundred rows, and a full pull of K = 65536 x 128 floats, 32 MB, happens once
+ * per worker start; docs/runtime.md): the queue (its ring allocated now when the stage uses
  * it, else on the first push), the BSP queue's step keys and the key exchange. A
  * released matrix of keys must fit a reply (cluster.max_msg_mb). */
 static int keys_new(server_t *s) {

@@ -129,8 +129,6 @@ static const key_t_ KEYS[] = {
       "largest accepted message payload"),
     E("cluster", "ema", cluster.ema, "auto|on|off", "auto",
       "servers keep the momentum (EMA) copy: auto = when the running stage reads it"),
-    F("cluster", "queue_shards", K_INT, cluster.queue_shards, "1",
-      "servers that hold a slice of the negative queue (0: every server)"),
     F("contrastive", "momentum", K_FLOAT, contrastive.momentum, "0.99",
       "m0 of the momentum encoder k = m*k + (1-m)*q"),
     F("contrastive", "momentum_cosine", K_INT, contrastive.momentum_cosine, "1",

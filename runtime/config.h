@@ -74,7 +74,6 @@ typedef struct {
         int trace;
         long max_msg_mb;
         ema_mode_t ema;
-        int queue_shards; /* servers holding the negative queue (0: all of them) */
     } cluster;
     struct {
         float momentum;      /* m0 of the momentum encoder */
