@@ -133,6 +133,14 @@ int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t 
          (rc = add_copy(w, &nb, p, "optimizer.exp_avg_sq.", v))))
         goto fail;
     if ((rc = add_meta(w, model, CKPT_FORMAT, st, config_ini))) goto fail;
+    char keys[32];
+    if (st && st->queue) {
+        int64_t shape[2] = {(int64_t)st->queue_cap, (int64_t)st->queue_dim};
+        snprintf(keys, sizeof keys, "%" PRIu64, st->queue_keys);
+        if ((rc = st_writer_add(w, "queue", "F32", shape, 2, st->queue)) ||
+            (rc = st_writer_meta(w, "queue_keys", keys)))
+            goto fail;
+    }
     rc = st_writer_save(w, path);
 fail:
     st_writer_destroy(&w);
@@ -185,6 +193,10 @@ int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, fl
             (rc = meta_u64(f, "cursor", &st->cursor)))
             goto out;
         st->step = (long)step;
+        int64_t shape[2] = {(int64_t)st->queue_cap, (int64_t)st->queue_dim};
+        if (st->queue && ((rc = st_read_f32(f, "queue", st->queue, shape, 2)) ||
+                          (rc = meta_u64(f, "queue_keys", &st->queue_keys))))
+            goto out;
     }
 out:
     st_close(&f);

@@ -17,6 +17,14 @@ typedef struct {
     long step;       /* optimiser steps taken */
     uint64_t epoch;  /* epoch of the next sample */
     uint64_t cursor; /* position of the next sample in that epoch's permutation */
+    /* A negative queue kept with the state (MoCo v2; NULL: none): a ring of queue_cap x
+     * queue_dim floats, tensor "queue" [cap, dim], and queue_keys (keys ever appended),
+     * metadata "queue_keys" — the names of the servers' shards. checkpoint_save_params
+     * writes them; checkpoint_load_params requires them when queue is set, checks the
+     * shape and fills the ring and queue_keys. */
+    float *queue;
+    size_t queue_cap, queue_dim;
+    uint64_t queue_keys;
 } checkpoint_state_t;
 
 /* m, v may be NULL (an export without optimiser state). config_ini may be NULL. */

@@ -72,10 +72,11 @@ static const key_t_ KEYS[] = {
       "two-view stages: probability of Gaussian blur for view 1, view 2"),
     F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
       "two-view stages: probability of solarize for view 1, view 2"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
-      "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys)"),
+      "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
+      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",

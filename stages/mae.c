@@ -51,13 +51,13 @@ static void mae_stage_backward(stage_t *s) {
 
 static int mae_stage_save(const stage_t *s, const char *path, const float *m, const float *v,
                           long step, uint64_t epoch, uint64_t cursor, const char *ini) {
-    checkpoint_state_t st = {step, epoch, cursor};
+    checkpoint_state_t st = {.step = step, .epoch = epoch, .cursor = cursor};
     return checkpoint_save(path, ((const mae_stage_t *)s->impl)->m, m, v, &st, ini);
 }
 
 static int mae_stage_load(stage_t *s, const char *path, float *m, float *v, long *step,
                           uint64_t *epoch, uint64_t *cursor) {
-    checkpoint_state_t st = {0, 0, 0};
+    checkpoint_state_t st = {.step = 0};
     int rc = checkpoint_load(path, ((mae_stage_t *)s->impl)->m, m, v, &st);
     *step = st.step;
     *epoch = st.epoch;

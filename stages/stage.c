@@ -7,10 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const stage_ops_t stage_mae_ops, stage_mocov3_ops, stage_mimic_ops;
+extern const stage_ops_t stage_mae_ops, stage_mocov3_ops, stage_mimic_ops, stage_mocov2_ops;
 
 /* Indexed by cfg->train.stage (the order of the key's choices in config.c). */
-static const stage_ops_t *const STAGES[] = {&stage_mae_ops, &stage_mocov3_ops, &stage_mimic_ops};
+static const stage_ops_t *const STAGES[] = {&stage_mae_ops, &stage_mocov3_ops, &stage_mimic_ops,
+                                            &stage_mocov2_ops};
 
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
     int i = (int)cfg->train.stage;
@@ -56,6 +57,15 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     return loss;
 }
 
+void stage_queue_append(stage_t *s) {
+    if (!s->queue || !s->keys) return;
+    for (int i = 0; i < s->nkeys; i++) {
+        size_t slot = (size_t)(s->queue_keys++ % s->queue_cap);
+        memcpy(s->queue + slot * s->queue_dim, s->keys + (size_t)i * s->queue_dim,
+               s->queue_dim * sizeof(float));
+    }
+}
+
 int stage_init_from(stage_t *s, const char *path) {
     st_file_t *f = NULL;
     int rc = st_open(&f, path), taken = 0;
@@ -81,14 +91,22 @@ int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *p
 
 int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
                       long step, uint64_t epoch, uint64_t cursor, const char *ini) {
-    checkpoint_state_t st = {step, epoch, cursor};
+    checkpoint_state_t st = {.step = step, .epoch = epoch, .cursor = cursor};
+    st.queue = s->queue;
+    st.queue_cap = s->queue_cap;
+    st.queue_dim = s->queue_dim;
+    st.queue_keys = s->queue_keys;
     return checkpoint_save_params(path, s->p, &s->model, m, v, s->ema, &st, ini);
 }
 
 int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
                       uint64_t *epoch, uint64_t *cursor) {
-    checkpoint_state_t st = {0, 0, 0};
+    checkpoint_state_t st = {.step = 0};
+    st.queue = s->queue;
+    st.queue_cap = s->queue_cap;
+    st.queue_dim = s->queue_dim;
     int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
+    s->queue_keys = st.queue_keys;
     *step = st.step;
     *epoch = st.epoch;
     *cursor = st.cursor;

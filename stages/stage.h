@@ -73,6 +73,20 @@ struct stage {
     int (*exchange)(void *ctx, const float *keys, int n, int dim, const float **all, int *M,
                     int *offset);
     void *exchange_ctx;
+    /* MoCo v2's negative queue (ops->server_state & STAGE_STATE_QUEUE), owned by the
+     * stage: a ring of queue_cap rows of queue_dim floats where key number k (counting
+     * every key ever appended) lives in row k % queue_cap, the layout of the servers'
+     * queue (pserver/negqueue.h), so a cluster worker's delta pulls write straight into
+     * it. queue_keys counts the keys appended: rows 0 .. min(queue_keys, queue_cap)-1
+     * are valid. forward reads it as of the end of the previous step and leaves this
+     * step's keys in keys (nkeys rows of queue_dim). The standalone trainer appends
+     * them after each update (stage_queue_append); a cluster worker pushes them to the
+     * servers' queue and pulls what every worker appended. Saved with the stage. */
+    float *queue;
+    size_t queue_cap, queue_dim;
+    uint64_t queue_keys;
+    const float *keys;
+    int nkeys;
     mae_cfg_t model; /* the [model] keys, recorded in checkpoints */
     void *impl;      /* the objective's own state */
 };
@@ -100,6 +114,10 @@ int stage_init_from(stage_t *s, const char *path);
 /* Writes the encoder part of the weights (timm names: cls_token, pos_embed,
  * patch_embed.*, blocks.*, norm.*) for timm's VisionTransformer and for eval. */
 int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path);
+
+/* Appends the last forward's keys to the stage's queue (FIFO: the oldest rows are
+ * overwritten once it is full), as the servers' queue does under BSP. */
+void stage_queue_append(stage_t *s);
 
 /* One training step's compute: forward, zero the gradients, backward. Returns the loss;
  * *t_fwd and *t_bwd (may be NULL) get the seconds each phase took. */

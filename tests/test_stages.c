@@ -3,7 +3,8 @@
  * MoCo v3 stage's whole loss (two views, encoder, projector, predictor, momentum
  * network, symmetric contrastive loss) checked by finite differences on every tensor,
  * the keys of other workers through the exchange hook (offset and M), the momentum copy
- * untouched by backward, and backward accumulating; and the pipeline's per-stage
+ * untouched by backward, and backward accumulating; MoCo v2's loss against the queue
+ * the same way, its keys and the queue's FIFO; and the pipeline's per-stage
  * configuration (config_pipeline_stage). */
 #include "common.h"
 #include "config.h"
@@ -121,6 +122,89 @@ static void test_mocov3_fd(int with_exchange) {
     stage_destroy(&s);
 }
 
+/* MoCo v2: the loss against a partly filled queue (only its valid rows are negatives)
+ * checked by finite differences on every tensor; the keys it leaves are the momentum
+ * network's (unit rows, independent of the online weights); the queue appends them in
+ * FIFO order, wrapping; a step never sees its own keys. */
+static void test_mocov2(void) {
+    mimic_cfg_t cfg;
+    tiny_cfg(&cfg);
+    T_CHECK(config_override(&cfg, "train.stage=mocov2") == 0 &&
+            config_override(&cfg, "contrastive.queue_size=10") == 0);
+    const int B = 4, K = 10, dim = 6;
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
+    if (!s) return;
+    T_CHECK(s->views == 2 && s->ema && s->queue && s->queue_cap == (size_t)K &&
+            s->queue_dim == (size_t)dim && (s->ops->pushes & STAGE_PUSH_KEYS) &&
+            (s->ops->server_state & STAGE_STATE_QUEUE));
+    s->ops->init(s, 5);
+    /* (the seed keeps every hidden ReLU input farther than the difference step from 0 on
+     * this batch: seed 17 puts one within it, and the difference then straddles the kink) */
+    unsigned long long seed = 19;
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    testutil_fill(s->ema, s->p->total, -0.5f, 0.5f, &seed);
+    size_t nimg = (size_t)B * 2 * 8 * 8;
+    float *imgs = malloc(nimg * sizeof(float));
+    testutil_fill(imgs, nimg, -1.0f, 1.0f, &seed);
+    /* 7 valid rows of 10; rows 7.. hold garbage that must not count */
+    testutil_fill(s->queue, (size_t)K * dim, -0.4f, 0.4f, &seed);
+    s->queue_keys = 7;
+    float *rows8 = malloc((size_t)K * dim * sizeof(float));
+    memcpy(rows8, s->queue, (size_t)K * dim * sizeof(float));
+    ctx_t c = {s, {imgs, NULL, NULL}, B};
+    double loss = stage_compute(s, &c.in, B, NULL, NULL);
+    T_CHECK(isfinite(loss) && loss > 0);
+    for (int j = 7 * dim; j < K * dim; j++) /* garbage rows changed: the loss must not */
+        s->queue[j] = 100.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    memcpy(s->queue, rows8, (size_t)K * dim * sizeof(float));
+    T_CHECK(s->keys && s->nkeys == B);
+    for (int i = 0; i < B; i++) {
+        double n2 = 0;
+        for (int d = 0; d < dim; d++)
+            n2 += (double)s->keys[i * dim + d] * s->keys[i * dim + d];
+        T_CHECK(fabs(n2 - 1) < 1e-5);
+    }
+    /* the keys come from the momentum copy: new online weights leave them as they are */
+    float *k0 = malloc((size_t)B * dim * sizeof(float));
+    memcpy(k0, s->keys, (size_t)B * dim * sizeof(float));
+    float *w0 = malloc(s->p->total * sizeof(float));
+    memcpy(w0, s->p->w, s->p->total * sizeof(float));
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    s->ops->forward(s, &c.in, B);
+    T_CHECK(memcmp(k0, s->keys, (size_t)B * dim * sizeof(float)) == 0);
+    memcpy(s->p->w, w0, s->p->total * sizeof(float));
+    loss = stage_compute(s, &c.in, B, NULL, NULL);
+    char name[160];
+    int checked = 0;
+    for (int i = 0; i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        snprintf(name, sizeof name, "mocov2 %s", t->name);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(s->p, i), params_g(s->p, i), t->numel,
+                                 12, 1e-3, 3e-2, 5e-2);
+        checked++;
+    }
+    T_CHECK(checked == s->p->n && params_find(s->p, "projector.2.weight") >= 0);
+    /* appending: keys 7..10 go to rows 7, 8, 9, 0 (wrapping), the oldest row 0 replaced */
+    stage_queue_append(s);
+    T_CHECK(s->queue_keys == 11);
+    for (int i = 0; i < B; i++) {
+        int row = (7 + i) % K;
+        T_CHECK(memcmp(s->queue + (size_t)row * dim, k0 + (size_t)i * dim, dim * sizeof(float)) == 0);
+    }
+    T_CHECK(memcmp(s->queue + dim, rows8 + dim, 6 * dim * sizeof(float)) == 0);
+    /* with a full queue every row is a negative: the loss changes with any row */
+    double full = s->ops->forward(s, &c.in, B);
+    s->queue[8 * dim] += 0.5f;
+    T_CHECK(s->ops->forward(s, &c.in, B) != full);
+    free(k0);
+    free(w0);
+    free(rows8);
+    free(imgs);
+    stage_destroy(&s);
+}
+
 /* The pipeline's configuration: stage i gets its name as train.stage, its own
  * [pipeline.<stage>] keys, its directory and the previous stage's model; a misspelt
  * section or a bad key in one is refused, naming it. */
@@ -160,5 +244,6 @@ int main(void) {
     test_pipeline_cfg();
     test_mocov3_fd(0);
     test_mocov3_fd(1);
+    test_mocov2();
     return testutil_summary("test_stages");
 }

@@ -223,26 +223,54 @@ static void test_sigterm(void) {
     free(txt);
 }
 
+/* Runs `flags` to the end in out_dir <tmp>/<tag>-a, and again in <tag>-b stopped after
+ * 5 steps and resumed; the two checkpoints must be equal. Their paths go to pa, pb. */
+static void resume_equal(const char *tag, const char *flags, char *pa, char *pb, size_t cap) {
+    const char *tmp = testutil_tmpdir();
+    char a[1200], b[1200], log[1300], extra[6000];
+    snprintf(a, sizeof a, "%.1000s/%s-a", tmp, tag);
+    snprintf(b, sizeof b, "%.1000s/%s-b", tmp, tag);
+    snprintf(log, sizeof log, "%.1000s/%s.txt", tmp, tag);
+    T_CHECK(run(a, flags, log) == 0);
+    snprintf(extra, sizeof extra, "%s --train.stop_after=5", flags);
+    T_CHECK(run(b, extra, log) == 0);
+    snprintf(extra, sizeof extra, "%s --train.resume=auto", flags);
+    T_CHECK(run(b, extra, log) == 0);
+    snprintf(pa, cap, "%s/checkpoint.safetensors", a);
+    snprintf(pb, cap, "%s/checkpoint.safetensors", b);
+    compare_ckpts(pa, pb);
+}
+
+/* MoCo v2 standalone: the negative queue is part of the checkpoint and resumes exactly
+ * (stop at 5, resume to 12 equals 12 in one go); 12 steps of 8 keys wrap a queue of 40. */
+static void test_mocov2_resume(void) {
+    char pa[1300], pb[1300];
+    resume_equal("moco2",
+                 "--train.stage=mocov2 --contrastive.mlp_dim=32 --contrastive.dim=16 "
+                 "--contrastive.queue_size=40 --data.scale_min=0.08 --train.batch_size=8 "
+                 "--train.steps=12 --train.ckpt_every=0",
+                 pa, pb, sizeof pa);
+    st_file_t *f = NULL;
+    T_CHECK(st_open(&f, pa) == 0);
+    const st_tensor_t *q = f ? st_find(f, "queue") : NULL;
+    T_CHECK(q && q->ndim == 2 && q->shape[0] == 40 && q->shape[1] == 16);
+    T_CHECK(f && st_meta(f, "queue_keys") && strcmp(st_meta(f, "queue_keys"), "96") == 0);
+    T_CHECK(f && st_find(f, "momentum.projector.2.weight") && !st_find(f, "predictor.0.weight"));
+    st_close(&f);
+}
+
 /* MoCo v3 standalone: the momentum copy and the two-view batches resume exactly too
  * (stop at 5, resume to 12 equals 12 in one go, "momentum.*" included). */
 static void test_mocov3_resume(void) {
     const char *tmp = testutil_tmpdir();
-    char a[1200], b[1200], log[1300], pa[1300], pb[1300];
+    char a[1200], log[1300], pa[1300], pb[1300];
     const char *moco = "--train.stage=mocov3 --contrastive.mlp_dim=32 --contrastive.dim=16 "
                        "--data.scale_min=0.08 --train.batch_size=8 --train.steps=12 "
                        "--train.ckpt_every=0";
     char extra[6000];
+    resume_equal("moco", moco, pa, pb, sizeof pa);
     snprintf(a, sizeof a, "%.1000s/moco-a", tmp);
-    snprintf(b, sizeof b, "%.1000s/moco-b", tmp);
     snprintf(log, sizeof log, "%.1000s/moco.txt", tmp);
-    T_CHECK(run(a, moco, log) == 0);
-    snprintf(extra, sizeof extra, "%s --train.stop_after=5", moco);
-    T_CHECK(run(b, extra, log) == 0);
-    snprintf(extra, sizeof extra, "%s --train.resume=auto", moco);
-    T_CHECK(run(b, extra, log) == 0);
-    snprintf(pa, sizeof pa, "%s/checkpoint.safetensors", a);
-    snprintf(pb, sizeof pb, "%s/checkpoint.safetensors", b);
-    compare_ckpts(pa, pb);
     st_file_t *f = NULL;
     T_CHECK(st_open(&f, pa) == 0);
     T_CHECK(f && st_find(f, "momentum.blocks.0.attn.qkv.weight") &&
@@ -348,5 +376,6 @@ int main(void) {
     free(txt);
     test_formats();
     test_mocov3_resume();
+    test_mocov2_resume();
     return testutil_summary("test_train");
 }

@@ -40,6 +40,8 @@ typedef struct {
     double t_push, t_done, t_pull; /* the last update's phases */
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
+    kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */
+    double t_queue;                /* its wait after the parameters arrived */
     metrics_t mx;
     trace_t tr;
 } dist_t;
@@ -223,14 +225,30 @@ static int dist_momentum(dist_t *d, stage_t *s) {
     return ts < 0 ? ts : wait_tick(d, ts, NULL);
 }
 
+/* MoCo v2's queue as of the start of step d->version into the stage's ring: only the
+ * rows added since the last pull (under BSP held until every live worker's keys of the
+ * steps before are in). */
+static int queue_pull(dist_t *d, stage_t *s) {
+    int ts = kv_queue_pull(d->kv, d->version, s->queue, s->queue_cap, s->queue_dim, &d->qi);
+    if (ts < 0) return ts;
+    int rc = wait_tick(d, ts, NULL);
+    if (!rc) s->queue_keys = d->qi.version;
+    return rc;
+}
+
 /* Applies the gradient with the servers: under BSP one push-pull (the servers stream
  * version+1 back while computing it); under ASP/SSP a push, then a pull (SSP: of a
- * version at most cluster.staleness behind). The chunk is reported done in between. */
+ * version at most cluster.staleness behind). The chunk is reported done in between.
+ * MoCo v2 pushes its keys to the queue first (so a checkpoint of version+1 holds the
+ * queue as of that step) and pulls the queue's new rows once the parameters are in. */
 static int dist_update(void *self, stage_t *s, int n, long *step) {
     dist_t *d = self;
-    int rc, ts;
+    int rc, ts, tq = 0;
     double t0 = mimic_now(), t1, t2;
     d->chunk_n = n;
+    if (s->queue && (tq = kv_queue_push(d->kv, d->version, s->keys, (size_t)s->nkeys,
+                                        s->queue_dim)) < 0)
+        return tq;
     if (d->mode == CONS_BSP) {
         ts = kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
         if (ts < 0) return ts;
@@ -251,9 +269,12 @@ static int dist_update(void *self, stage_t *s, int n, long *step) {
         if ((rc = wait_tick(d, ts, &d->version))) return rc;
     }
     if (s->ema && (rc = dist_momentum(d, s))) return rc;
+    double t3 = mimic_now();
+    if (tq && ((rc = wait_tick(d, tq, NULL)) || (rc = queue_pull(d, s)))) return rc;
     d->t_push = t1 - t0;
     d->t_done = t2 - t1;
-    d->t_pull = mimic_now() - t2;
+    d->t_pull = t3 - t2;
+    d->t_queue = mimic_now() - t3;
     *step = (long)d->version;
     return 0;
 }
@@ -279,6 +300,12 @@ static int dist_after(void *self, stage_t *s, const train_step_t *st) {
     metrics_num(&d->mx, bsp ? "push_pull_s" : "push_s", d->t_push);
     metrics_num(&d->mx, "chunk_done_s", d->t_done);
     if (!bsp) metrics_num(&d->mx, "pull_wait_s", d->t_pull);
+    if (s->queue) { /* MoCo v2: the queue's delta pull of this step */
+        metrics_num(&d->mx, "queue_s", d->t_queue);
+        metrics_int(&d->mx, "queue_bytes", (long long)d->qi.bytes);
+        metrics_int(&d->mx, "queue_rows", (long long)d->qi.received);
+        metrics_int(&d->mx, "queue_keys", (long long)d->qi.version);
+    }
     metrics_end(&d->mx);
     return 0;
 }
@@ -342,6 +369,7 @@ static int dist_train(dist_t *d, stage_t *s) {
         if ((ts = kv_pull(d->kv, PROTO_WHICH_EMA, 0, s->ema)) < 0) return ts;
         if ((rc = wait_tick(d, ts, NULL))) return rc;
     }
+    if (s->queue && (rc = queue_pull(d, s))) return rc; /* the whole ring, once */
     trace_event(&d->tr, "pull", t0, mimic_now());
     long step = (long)d->version;
     if ((rc = train_run(cfg, s, d->ld, &be, &step, cfg->train.steps))) return rc;

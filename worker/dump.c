@@ -40,6 +40,12 @@ static int load_stage_weights(stage_t *s, const char *path) {
         else
             memcpy(s->ema + t->offset, params_w(p, i), t->numel * sizeof(float));
     }
+    if (!rc && s->queue && st_find(f, "queue")) { /* MoCo v2: the negatives of the file */
+        int64_t shape[2] = {(int64_t)s->queue_cap, (int64_t)s->queue_dim};
+        const char *keys = st_meta(f, "queue_keys");
+        rc = st_read_f32(f, "queue", s->queue, shape, 2);
+        s->queue_keys = keys ? strtoull(keys, NULL, 10) : s->queue_cap;
+    }
     st_close(&f);
     return rc;
 }

@@ -60,6 +60,7 @@ static int solo_update(void *self, stage_t *s, int n, long *step) {
         adamw_ema(s->ema, s->p->w, s->p->total,
                   adamw_ema_momentum(c->contrastive.momentum, c->contrastive.momentum_cosine,
                                      *step, c->train.steps));
+    stage_queue_append(s); /* MoCo v2: this step's keys join the negatives of the next */
     return 0;
 }
 
