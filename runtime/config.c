@@ -58,6 +58,9 @@ static const key_t_ KEYS[] = {
       "its batch). 1: on 2 cores beside 2 compute threads it hides Fashion-MNIST's ~0.5 ms "
       "per 128-image batch, more would only contend with them; JPEG sets (~1 ms an image) "
       "want more"),
+    F("data", "max_bad_run", K_LONG, data.max_bad_run, "1000",
+      "unreadable samples in a row (no readable one between) after which training stops with "
+      "an error naming the data set; a data set whose every sample is unreadable stops at once"),
     F("data", "jitter_p", K_FLOAT, data.jitter_p, "0.8",
       "two-view stages: probability of ColorJitter (on gray images only brightness and "
       "contrast act)"),

@@ -40,6 +40,7 @@ typedef struct {
         int hflip;
         float mean[4], std[4];
         int threads; /* loader threads decoding and augmenting ahead of the step */
+        long max_bad_run; /* unreadable samples in a row before training gives up */
         /* augmentation of the two views of contrastive stages (MoCo v3's asymmetric
          * recipe); [0] and [1] = view 1 and view 2 (K_FLOAT4 lists fill four) */
         float jitter_p, brightness, contrast, saturation, hue;

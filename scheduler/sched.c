@@ -38,6 +38,7 @@ struct sched {
     int S, W0;
     int resumed;
     long resume_step, end_step;
+    long unreadable_chunks; /* chunks reported done with no readable sample */
     int started, finishing, ckpt_failed, over, exit_code;
     double t0, finish_t, dead_s, resend_s;
     uint64_t memb_version;
@@ -397,6 +398,19 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entr
     }
     reply_ack(s, msg, PROTO_CHUNK_DONE);
     progress_samples(&s->pg, (uint64_t)a[PROTO_CDONE_PROCESSED]);
+    if (a[PROTO_CDONE_PROCESSED] == 0 && rc != WORKQ_DUPLICATE) {
+        /* a poison chunk: done (never requeued, so no worker meets it again), accounted */
+        s->unreadable_chunks++;
+        mimic_warn("scheduler: chunk %" PRId64 "/%" PRId64 " had no readable sample (worker id "
+                   "%d); skipped, %ld such chunk(s) so far",
+                   a[PROTO_CDONE_EPOCH], a[PROTO_CDONE_ID], m->id, s->unreadable_chunks);
+        jbegin(s, "chunk_unreadable");
+        metrics_int(&s->mx, "epoch", a[PROTO_CDONE_EPOCH]);
+        metrics_int(&s->mx, "chunk", a[PROTO_CDONE_ID]);
+        metrics_int(&s->mx, "worker", m->id);
+        metrics_int(&s->mx, "total", s->unreadable_chunks);
+        metrics_end(&s->mx);
+    }
     if (rc == WORKQ_DUPLICATE)
         mimic_warn("scheduler: worker id %d reported chunk %" PRId64 "/%" PRId64 " done again",
                    m->id, a[PROTO_CDONE_EPOCH], a[PROTO_CDONE_ID]);

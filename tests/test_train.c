@@ -117,6 +117,70 @@ static int write_jpeg(const char *path, int w, int h, unsigned long long seed) {
     return f ? 0 : -1;
 }
 
+/* Unreadable data never spins: an ImageFolder and a label list whose every file is
+ * garbage end with exit 2 and a message naming the data set; a set with some readable
+ * images trains to the end and counts the others, unless more than data.max_bad_run
+ * come in a row. */
+static void test_bad_data(void) {
+    const char *tmp = testutil_tmpdir();
+    char root[1200], path[1600], list[1400], extra[4096], out[1400], log[1400];
+    snprintf(root, sizeof root, "%.1000s/allbad", tmp);
+    snprintf(list, sizeof list, "%.1000s/allbad.txt", tmp);
+    snprintf(out, sizeof out, "%.1000s/allbad-out", tmp);
+    snprintf(log, sizeof log, "%.1000s/allbad-log.txt", tmp);
+    mkdir(root, 0755);
+    FILE *lf = fopen(list, "w");
+    unsigned long long seed = 3;
+    for (int c = 0; c < 2; c++) {
+        snprintf(path, sizeof path, "%s/c%d", root, c);
+        mkdir(path, 0755);
+        for (int i = 0; i < 6; i++) {
+            unsigned char junk[300];
+            for (size_t k = 0; k < sizeof junk; k++)
+                junk[k] = (unsigned char)((seed = seed * 6364136223846793005ULL + 1) >> 56);
+            snprintf(path, sizeof path, "%s/c%d/%d.jpg", root, c, i);
+            FILE *f = fopen(path, "wb");
+            T_CHECK(f && fwrite(junk, 1, sizeof junk, f) == sizeof junk);
+            if (f) fclose(f);
+            if (lf) fprintf(lf, "c%d/%d.jpg %d\n", c, i, c);
+        }
+    }
+    if (lf) fclose(lf);
+    const char *common = "--model.in_chans=3 --data.mean=0.5,0.5,0.5 --data.std=0.25,0.25,0.25 "
+                         "--train.batch_size=4 --train.steps=20 --train.ckpt_every=0";
+    snprintf(extra, sizeof extra, "%s --data.kind=imagefolder --data.path=%s", common, root);
+    T_CHECK(run(out, extra, log) == 2);
+    char *txt = slurp(log);
+    T_CHECK(txt && strstr(txt, "none of its 12 samples is readable") && strstr(txt, root));
+    free(txt);
+    snprintf(extra, sizeof extra, "%s --data.kind=labellist --data.path=%s --data.labels=%s",
+             common, root, list);
+    T_CHECK(run(out, extra, log) == 2);
+    txt = slurp(log);
+    T_CHECK(txt && strstr(txt, "none of its 12 samples is readable"));
+    free(txt);
+    /* 6 readable images beside the 12 bad ones: training ends, the bad ones counted */
+    snprintf(path, sizeof path, "%s/c2", root);
+    mkdir(path, 0755);
+    for (int i = 0; i < 6; i++) {
+        snprintf(path, sizeof path, "%s/c2/%d.jpg", root, i);
+        T_CHECK(write_jpeg(path, 24, 24, (unsigned long long)(500 + i)) == 0);
+    }
+    snprintf(extra, sizeof extra, "%s --data.kind=imagefolder --data.path=%s", common, root);
+    T_CHECK(run(out, extra, log) == 0);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    txt = slurp(path);
+    T_CHECK(txt && strstr(txt, "\"event\":\"end\"") && strstr(txt, "\"bad_images\":12"));
+    free(txt);
+    /* the same set with at most 3 unreadable in a row allowed: a batch of 4 bad stops it */
+    snprintf(extra, sizeof extra, "%s --data.kind=imagefolder --data.path=%s --data.max_bad_run=3",
+             common, root);
+    T_CHECK(run(out, extra, log) == 2);
+    txt = slurp(log);
+    T_CHECK(txt && strstr(txt, "in a row unreadable (data.max_bad_run 3"));
+    free(txt);
+}
+
 /* Standalone MAE runs on the other formats: an RGB ImageFolder of JPEGs, the same
  * files as a RAF-DB-style label list, and a FER2013 CSV (48x48 -> 16x16). */
 static void test_formats(void) {
@@ -375,6 +439,7 @@ int main(void) {
     T_CHECK(txt && strstr(txt, "trunc.idx"));
     free(txt);
     test_formats();
+    test_bad_data();
     test_mocov3_resume();
     test_mocov2_resume();
     return testutil_summary("test_train");

@@ -19,7 +19,9 @@ static void usage(FILE *f) {
           "  --dump-grads --weights W.safetensors --batch X.safetensors --out G.safetensors\n"
           "                               write loss, pred, mask and every gradient\n"
           "  --export-encoder CKPT OUT    write the encoder of a checkpoint (timm names)\n"
-          "  --help-config                list every config key with its default\n",
+          "  --help-config                list every config key with its default\n"
+          "Exit codes: 0 done, 1 a failure (I/O, a peer, memory), 2 bad arguments or input\n"
+          "(a flag, a setting, a file's content: e.g. a data set with no readable sample).\n",
           f);
 }
 
@@ -82,5 +84,6 @@ int main(int argc, char **argv) {
     } else {
         rc = worker_export_encoder(&cfg, w.ckpt, w.out);
     }
-    return rc ? 1 : 0;
+    /* 2: bad arguments or input (a setting, a file's content), as for a bad flag */
+    return rc == MIMIC_EINVAL || rc == MIMIC_EFORMAT || rc == MIMIC_ESHAPE ? 2 : rc ? 1 : 0;
 }

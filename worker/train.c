@@ -59,11 +59,42 @@ static int slot_build(slot_t *sl, loader_t *ld, const stage_t *s, size_t img_flo
     return 0;
 }
 
+/* Unreadable data never makes the loop spin: after each built batch, the samples since
+ * the last readable one are counted, and training stops with an error naming the data
+ * set when they exceed data.max_bad_run or when every sample of the set has been found
+ * unreadable (the loader's warnings name each file and why). */
+typedef struct {
+    const mimic_cfg_t *cfg;
+    long run; /* unreadable samples since the last readable one */
+} bad_guard_t;
+
+static int bad_check(bad_guard_t *g, loader_t *ld, const train_batch_t *b) {
+    const mimic_cfg_t *c = g->cfg;
+    if (b->n == b->count) {
+        g->run = 0;
+        return 0;
+    }
+    /* a batch with readable samples ends the run; the order within it is not known */
+    g->run = b->n > 0 ? 0 : g->run + b->count;
+    size_t bad = loader_bad(ld), size = loader_size(ld);
+    if (size > 0 && bad >= size)
+        return mimic_err(MIMIC_EINVAL,
+                         "data set %s (data.kind %s): none of its %zu samples is readable (the "
+                         "warnings above say why); check data.path, data.kind and data.labels",
+                         c->data.path, c->data.kind, size);
+    if (c->data.max_bad_run > 0 && g->run > c->data.max_bad_run)
+        return mimic_err(MIMIC_EINVAL,
+                         "data set %s (data.kind %s): %ld samples in a row unreadable "
+                         "(data.max_bad_run %ld; %zu of %zu unreadable so far): stopping",
+                         c->data.path, c->data.kind, g->run, c->data.max_bad_run, bad, size);
+    return 0;
+}
+
 /* Takes indices from the backend and starts the batch: on the loader's threads when
  * `ahead` and the batch lies in one epoch (slot_ready waits for it), else built here,
  * again while every sample of a batch was corrupt. 0, TRAIN_END or an error. */
 static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_backend_t *be,
-                     size_t img_floats, int ahead) {
+                     size_t img_floats, int ahead, bad_guard_t *g) {
     do {
         int rc = be->next(be->self, &sl->b, s->batch);
         if (rc) return rc;
@@ -76,7 +107,7 @@ static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_bac
             sl->pending = rc == 0;
             return rc;
         }
-        if ((rc = slot_build(sl, ld, s, img_floats))) return rc;
+        if ((rc = slot_build(sl, ld, s, img_floats)) || (rc = bad_check(g, ld, b))) return rc;
     } while (sl->b.n == 0 && !*mimic_stop_flag());
     return 0;
 }
@@ -84,14 +115,16 @@ static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_bac
 /* The slot's batch, built: waits for the loader's threads when it ran ahead, and takes
  * another batch when every sample was corrupt. */
 static int slot_ready(slot_t *sl, loader_t *ld, const stage_t *s, const train_backend_t *be,
-                      size_t img_floats) {
-    if (!sl->taken) return slot_take(sl, ld, s, be, img_floats, 0);
+                      size_t img_floats, bad_guard_t *g) {
+    if (!sl->taken) return slot_take(sl, ld, s, be, img_floats, 0, g);
     if (!sl->pending) return 0;
     sl->pending = 0;
     int n = loader_wait(ld);
     if (n < 0) return n;
     sl->b.n = n;
-    return n == 0 && !*mimic_stop_flag() ? slot_take(sl, ld, s, be, img_floats, 0) : 0;
+    int rc = bad_check(g, ld, &sl->b);
+    if (rc) return rc;
+    return n == 0 && !*mimic_stop_flag() ? slot_take(sl, ld, s, be, img_floats, 0, g) : 0;
 }
 
 typedef struct {
@@ -142,15 +175,16 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
     for (int i = 0; i < nslots && !rc; i++)
         rc = slot_alloc(&slots[i], s, img_floats);
     window_t w = {.t0 = mimic_now()};
+    bad_guard_t guard = {cfg, 0};
     while (!rc && *step < stop_at && *step < cfg->train.steps && !*mimic_stop_flag()) {
         slot_t *sl = &slots[cur];
         double t0 = mimic_now();
-        if ((rc = slot_ready(sl, ld, s, be, img_floats))) break;
+        if ((rc = slot_ready(sl, ld, s, be, img_floats, &guard))) break;
         if (sl->b.n == 0) break; /* stopped while skipping corrupt batches */
         /* the next batch is built on the loader's threads while this one computes */
         slot_t *nx = &slots[cur ^ 1];
         if (be->ahead && !nx->taken && *step + 1 < stop_at && *step + 1 < cfg->train.steps &&
-            (rc = slot_take(nx, ld, s, be, img_floats, 1)))
+            (rc = slot_take(nx, ld, s, be, img_floats, 1, &guard)))
             break;
         train_step_t st = {.step = *step, .n = sl->b.n, .t_start = t0, .batch = &sl->b};
         st.t_data = mimic_now() - t0;
