@@ -29,9 +29,22 @@ root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster "${args[@]}")
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
-exec mpirun "${root[@]}" --oversubscribe --bind-to none \
+# Preemption: mpirun kills its ranks a second after it gets SIGTERM, too soon for a
+# checkpoint; so mpirun runs in its own session (a terminal's Ctrl-C reaches only this
+# script) and a SIGTERM or SIGINT here becomes a SIGUSR1, which mpirun forwards to every
+# rank: the scheduler then has the cluster checkpoint the step it stops at within
+# cluster.grace_ms and ends (servers and workers ignore SIGUSR1 and follow it).
+setsid mpirun "${root[@]}" --oversubscribe --bind-to none \
   -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
   -np "$S" env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
       ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
   -np "$W" env OMP_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
-      ./build/worker/mimic-worker "$cfg" "${common[@]}"
+      ./build/worker/mimic-worker "$cfg" "${common[@]}" &
+job=$!
+trap 'echo "cluster.sh: preempting: SIGUSR1 to the cluster (the scheduler checkpoints, then ends)" >&2; kill -USR1 "$job" 2>/dev/null || true' TERM INT
+rc=0
+while :; do
+  wait "$job" && rc=0 || rc=$?
+  kill -0 "$job" 2>/dev/null || break # a trap interrupted the wait: wait again
+done
+exit "$rc"

@@ -126,6 +126,9 @@ static const key_t_ KEYS[] = {
       "to ZeroMQ's I/O thread that streams the slices)"),
     F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500",
       "steps between cluster checkpoints"),
+    F("cluster", "grace_ms", K_INT, cluster.grace_ms, "30000",
+      "on SIGTERM/SIGINT/SIGUSR1 the scheduler has the cluster checkpoint the step it stops at "
+      "within this time, then ends (0: end at once, as a second signal does)"),
     F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "",
       "checkpoint directory (default out_dir/ckpt)"),
     F("cluster", "trace", K_INT, cluster.trace, "0", "write Chrome trace-event JSON per process"),

@@ -71,6 +71,7 @@ typedef struct {
         long slice_floats;  /* BSP pull replies in slices, overlapping update and send */
         int server_threads; /* a server's OpenMP threads (0: automatic) */
         int ckpt_every;
+        int grace_ms; /* preemption: time to checkpoint the stop step */
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;

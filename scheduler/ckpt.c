@@ -107,6 +107,22 @@ int ckpt_server_done(ckpt_t *c, long step, int rank, int status, int *complete, 
     return 0;
 }
 
+void ckpt_stop_at(ckpt_t *c, long step) {
+    int keep = 0, have = 0;
+    for (int i = 0; i < c->nwin; i++) {
+        if (c->win[i].step > step) {
+            free(c->win[i].done);
+            continue;
+        }
+        have |= c->win[i].step == step;
+        c->win[keep++] = c->win[i];
+    }
+    c->nwin = keep;
+    c->end = step;
+    c->plan_over = have;
+    if (!have && c->planned >= step) c->planned = step - 1;
+}
+
 long ckpt_min_pending(const ckpt_t *c) {
     long m = plan_peek(c);
     for (int i = 0; i < c->nwin; i++)

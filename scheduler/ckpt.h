@@ -33,6 +33,9 @@ int ckpt_next_request(ckpt_t *c, long *step);
  * why) for a step not requested or a second answer. */
 int ckpt_server_done(ckpt_t *c, long step, int rank, int status, int *complete, int *failed,
                      char *why, size_t whylen);
+/* Makes `step` the plan's last checkpoint (a preemption's stop step, > the servers'
+ * version): requests for later steps are forgotten (their answers are then refused). */
+void ckpt_stop_at(ckpt_t *c, long step);
 /* Smallest planned step not complete yet (requested or not), -1 when none remain. */
 long ckpt_min_pending(const ckpt_t *c);
 /* Last step committed to DIR/latest by this process or found at start, -1 if none. */

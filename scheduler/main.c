@@ -24,7 +24,9 @@ static void usage(FILE *f) {
           "Prints `scheduler listening on tcp://HOST:PORT`; give that address to every\n"
           "mimic-pserver and mimic-worker (--scheduler, MIMIC_SCHEDULER or cluster.scheduler).\n"
           "Exit codes: 0 trained, 1 checkpoint/I-O failure, 2 bad arguments or input,\n"
-          "3 a server died (restart with --train.resume=auto), 128+N stopped by signal N.\n",
+          "3 a server died (restart with --train.resume=auto), 128+N stopped by signal N\n"
+          "(SIGTERM, SIGINT or SIGUSR1 after the quorum: the cluster first checkpoints the\n"
+          "step it stops at, within cluster.grace_ms; --train.resume=auto continues there).\n",
           f);
 }
 
@@ -73,6 +75,7 @@ int main(int argc, char **argv) {
     if (rc != CONFIG_RUN) return rc;
 
     mimic_catch_stop_signals(0); /* zmq_poll returns EINTR at once */
+    mimic_catch_preempt_signal();  /* SIGUSR1 too: a launcher's forwarded SIGTERM */
 
     sched_t *s = NULL;
     sched_opts_t opts = {.port = args.port, .stop = mimic_stop_flag()};

@@ -39,6 +39,11 @@ struct sched {
     int resumed;
     long resume_step, end_step;
     long unreadable_chunks; /* chunks reported done with no readable sample */
+    /* preemption (docs/runtime.md): the signal, when the grace period ends, the highest
+     * version a chunk was asked for (BSP: handed out), and ASP/SSP's draining */
+    int preempt_sig, draining;
+    double preempt_deadline;
+    long max_req;
     int started, finishing, ckpt_failed, over, exit_code;
     double t0, finish_t, dead_s, resend_s;
     uint64_t memb_version;
@@ -363,11 +368,13 @@ static uint64_t keep_version(const sched_t *s) {
 
 static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
     proto_hdr_t h;
-    if (s->finishing || msg->hdr.step >= (uint64_t)s->end_step) {
+    if (s->draining && (long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;
+    if (s->finishing || s->draining || msg->hdr.step >= (uint64_t)s->end_step) {
         proto_make_chunk_end(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step);
         send_to(s, m, &h, NULL, NULL, NULL);
         return;
     }
+    if ((long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;
     workq_chunk_t c;
     int rc = workq_next(s->q, m->id, msg->hdr.step, &c);
     if (rc) {
@@ -616,8 +623,88 @@ static void tick(sched_t *s, double now) {
     if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) == 0 ||
                          now - s->finish_t > 2 * s->dead_s)) {
         char why[128];
-        snprintf(why, sizeof why, "training finished at step %ld", s->end_step);
-        end_run(s, s->ckpt_failed ? SCHED_EXIT_FAIL : SCHED_EXIT_OK, why);
+        if (s->preempt_sig) {
+            snprintf(why, sizeof why, "preempted by signal %d: stopped at step %ld, checkpointed",
+                     s->preempt_sig, s->end_step);
+            end_run(s, s->ckpt_failed ? SCHED_EXIT_FAIL : SCHED_EXIT_SIGNAL + s->preempt_sig, why);
+        } else {
+            snprintf(why, sizeof why, "training finished at step %ld", s->end_step);
+            end_run(s, s->ckpt_failed ? SCHED_EXIT_FAIL : SCHED_EXIT_OK, why);
+        }
+    }
+}
+
+/* The stop step P of a preemption: checkpoint P is requested (the plan ends there),
+ * training ends at P, and the run exits 128 + signal once it is written. */
+static void preempt_at(sched_t *s, long P, double now) {
+    s->end_step = P;
+    ckpt_stop_at(s->ck, P);
+    request_checkpoints(s);
+    jbegin(s, "preempt");
+    metrics_int(&s->mx, "signal", s->preempt_sig);
+    metrics_int(&s->mx, "stop_step", P);
+    metrics_end(&s->mx);
+    mimic_log("scheduler: signal %d: training stops at step %ld and checkpoints it (grace "
+              "%.1f s; a second signal ends at once)",
+              s->preempt_sig, P, s->preempt_deadline - now);
+}
+
+/* SIGTERM/SIGINT/SIGUSR1 (what a cloud scheduler sends before it preempts; a launcher
+ * forwards SIGUSR1 through mpirun): the cluster checkpoints the current step within
+ * cluster.grace_ms, then ends. Under BSP the stop step is the one after the newest
+ * version a chunk was handed out for, so every worker completes exactly the steps
+ * the uninterrupted run makes (the checkpoint equals its state there); under ASP/SSP
+ * every chunk request is answered END (draining), and once no worker is left the
+ * servers' last version is checkpointed. Before the quorum, while finishing, with
+ * grace_ms 0 or on a second signal the run ends at once. */
+static void on_stop_signal(sched_t *s, int sig, double now) {
+    char why[96];
+    if (s->preempt_sig || !s->started || s->finishing || s->cfg.cluster.grace_ms <= 0) {
+        snprintf(why, sizeof why, "scheduler stopped by signal %d", sig);
+        end_run(s, SCHED_EXIT_SIGNAL + sig, why);
+        return;
+    }
+    s->preempt_sig = sig;
+    s->preempt_deadline = now + s->cfg.cluster.grace_ms * 1e-3;
+    if (s->cfg.cluster.consistency != CONS_BSP) {
+        s->draining = 1;
+        mimic_log("scheduler: signal %d: draining (no new chunks) before the checkpoint", sig);
+        return;
+    }
+    long P = s->max_req + 1;
+    if (P <= s->resume_step) {
+        snprintf(why, sizeof why, "stopped by signal %d before any step", sig);
+        end_run(s, SCHED_EXIT_SIGNAL + sig, why);
+        return;
+    }
+    if (P < s->end_step) {
+        preempt_at(s, P, now);
+    } else { /* the last step is under way: the run ends as planned */
+        mimic_log("scheduler: signal %d during the last step; finishing at step %ld", sig,
+                  s->end_step);
+        s->preempt_sig = 0;
+    }
+}
+
+/* A preemption's timers: ASP/SSP's checkpoint once drained, and the grace period. */
+static void preempt_tick(sched_t *s, double now) {
+    char why[PATH_MAX + 200];
+    if (s->draining && members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) == 0) {
+        s->draining = 0;
+        if (s->max_req <= s->resume_step || s->max_req >= s->end_step) {
+            snprintf(why, sizeof why, "stopped by signal %d with nothing new to checkpoint",
+                     s->preempt_sig);
+            end_run(s, SCHED_EXIT_SIGNAL + s->preempt_sig, why);
+            return;
+        }
+        preempt_at(s, s->max_req, now);
+    }
+    if (now > s->preempt_deadline) {
+        snprintf(why, sizeof why,
+                 "signal %d: the grace period (cluster.grace_ms) ended before checkpoint %ld "
+                 "was complete; resume starts from %s/latest",
+                 s->preempt_sig, s->end_step, s->ckdir);
+        end_run(s, SCHED_EXIT_SIGNAL + s->preempt_sig, why);
     }
 }
 
@@ -631,12 +718,13 @@ static int on_message(void *ctx, void *sock, proto_msg_t *msg, int rc) {
 int sched_run(sched_t *s) {
     while (!s->over) {
         if (s->stop && *s->stop) {
-            char why[64];
             int sig = *s->stop;
-            snprintf(why, sizeof why, "scheduler stopped by signal %d", sig);
-            end_run(s, SCHED_EXIT_SIGNAL + sig, why);
-            break;
+            *s->stop = 0; /* consumed: the next signal is a second one */
+            on_stop_signal(s, sig, mimic_now());
+            if (s->over) break;
         }
+        if (s->preempt_sig && !s->over) preempt_tick(s, mimic_now());
+        if (s->over) break;
         zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
         int ready = proto_poll(&it, 1, SCHED_TICK_MS); /* 0 after a signal too */
         if (ready < 0) {
@@ -775,6 +863,7 @@ int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
     if ((rc = count_samples(cfg, &n)) || (rc = workq_new(&s->q, n, cs, cfg->train.seed)) ||
         (rc = open_dirs(s)) || (rc = decide_resume(s)))
         goto fail;
+    s->max_req = s->resume_step - 1;
     s->end_step = cfg->train.steps;
     if (cfg->train.stop_after > 0 && s->resume_step + cfg->train.stop_after < s->end_step)
         s->end_step = s->resume_step + cfg->train.stop_after;

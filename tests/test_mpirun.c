@@ -1,16 +1,21 @@
-// TIMEOUT: 180
+// TIMEOUT: 300
 /* test_mpirun — the cluster launch: one mpirun in MPMD form (1 scheduler, 1 server,
  * 2 workers, --oversubscribe) on a tiny model; MPI only hands out the scheduler's
  * address. Asserts a clean exit, the trained model file, both workers' metrics and the
- * scheduler's accounting. */
+ * scheduler's accounting. Then preemption: SIGUSR1 to mpirun mid-run (what
+ * deploy/cluster.sh turns a SIGTERM into) checkpoints the step the cluster stops at;
+ * a resume from it ends with every tensor equal to the uninterrupted run's. */
 #include "safetensors.h"
 #include "testutil.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+static void test_preempt(const char *b, const char *dir, const char *data, const char *labels);
 
 int main(void) {
     const char *b = getenv("MIMIC_BUILD_DIR");
@@ -67,5 +72,86 @@ int main(void) {
     char *s = testutil_slurp(path);
     T_CHECK(s && strstr(s, "\"covered\":64,\"duplicates\":0"));
     free(s);
+    test_preempt(b, dir, data, labels);
     return testutil_summary("test_mpirun");
+}
+
+/* The mpirun command of a 1 x 2 cluster training 60 steps into dir/<name> (extra flags
+ * appended), its output to dir/<name>.txt. */
+static void cluster_cmd(char *cmd, size_t cap, const char *b, const char *dir, const char *data,
+                        const char *labels, const char *name, const char *extra) {
+    char flags[4096];
+    snprintf(flags, sizeof flags,
+             "--model.img_size=16 --model.patch_size=4 --model.embed_dim=32 --model.depth=2 "
+             "--model.num_heads=2 --mae.decoder_embed_dim=16 --mae.decoder_depth=1 "
+             "--mae.decoder_num_heads=2 --data.path=%s --data.labels=%s --train.batch_size=8 "
+             "--train.steps=60 --train.log_every=2 --train.out_dir=%s/%s "
+             "--cluster.heartbeat_ms=100 --cluster.ckpt_every=1000 %s",
+             data, labels, dir, name, extra);
+    const char *root = geteuid() == 0 ? "--allow-run-as-root" : "";
+    const char *env = "env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
+                      "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1";
+    snprintf(cmd, cap,
+             "exec mpirun %s --oversubscribe --bind-to none "
+             "-np 1 %s %s/scheduler/mimic-scheduler %s : -np 1 %s %s/pserver/mimic-pserver %s : "
+             "-np 2 %s %s/worker/mimic-worker %s > %s/%s.txt 2>&1",
+             root, env, b, flags, env, b, flags, env, b, flags, dir, name);
+}
+
+static int run_sh(const char *cmd, int timeout_ms, int preempt_at_step, const char *log) {
+    char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+    int pid = testutil_spawn(argv, "/dev/null");
+    if (pid < 0) return -1;
+    if (preempt_at_step > 0) {
+        char want[64];
+        snprintf(want, sizeof want, "step %d/60", preempt_at_step);
+        T_CHECK(testutil_wait_file(log, want, timeout_ms));
+        kill(pid, SIGUSR1);
+    }
+    int rc = testutil_wait_pid(pid, timeout_ms);
+    if (rc < 0) testutil_kill(pid);
+    return rc;
+}
+
+static void test_preempt(const char *b, const char *dir, const char *data, const char *labels) {
+    char cmd[16384], log[1300], path[1400], a[1400], c[1400];
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "straight", "");
+    snprintf(log, sizeof log, "%s/straight.txt", dir);
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 0);
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "preempted", "");
+    snprintf(log, sizeof log, "%s/preempted.txt", dir);
+    int rc = run_sh(cmd, 120000, 10, log);
+    char *txt = testutil_slurp(log);
+    T_CHECK(rc == 128 + SIGUSR1 && txt && strstr(txt, "preempted by signal 10: stopped at step"));
+    free(txt);
+    snprintf(path, sizeof path, "%s/preempted/ckpt/latest", dir);
+    txt = testutil_slurp(path);
+    int at = txt ? atoi(txt) : -1;
+    free(txt);
+    printf("preempted: SIGUSR1 to mpirun after step 10, checkpoint of step %d of 60\n", at);
+    T_CHECK(at >= 10 && at < 60);
+    snprintf(path, sizeof path, "%s/preempted/model.safetensors", dir);
+    T_CHECK(access(path, F_OK) != 0); /* no final model from a stopped run */
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "preempted", "--train.resume=auto");
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 0);
+    txt = testutil_slurp(log);
+    char want[64];
+    snprintf(want, sizeof want, "resuming from checkpoint step %d", at);
+    T_CHECK(txt && strstr(txt, want));
+    free(txt);
+    snprintf(a, sizeof a, "%s/straight/model.safetensors", dir);
+    snprintf(c, sizeof c, "%s/preempted/model.safetensors", dir);
+    st_file_t *fa = NULL, *fc = NULL;
+    T_CHECK(st_open(&fa, a) == 0 && st_open(&fc, c) == 0);
+    int same = fa && fc && st_count(fa) == st_count(fc) && st_count(fa) > 10;
+    for (int i = 0; same && i < st_count(fa); i++) {
+        const st_tensor_t *x = st_at(fa, i), *y = st_find(fc, x->name);
+        same = y && x->nbytes == y->nbytes && memcmp(x->data, y->data, x->nbytes) == 0;
+        if (!same) fprintf(stderr, "  %s differs after the preemption and resume\n", x->name);
+    }
+    printf("preempted at %d, resumed: every tensor equals the uninterrupted run bit for bit: %s\n",
+           at, same ? "ok" : "FAIL");
+    T_CHECK(same);
+    st_close(&fa);
+    st_close(&fc);
 }

@@ -103,8 +103,7 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
     if (d->shutdown) return TRAIN_END;
     const proto_hdr_t *c = &r.hdr;
     if (c->na > PROTO_CHUNK_STATUS && c->a[PROTO_CHUNK_STATUS] == PROTO_CHUNK_END) {
-        d->shutdown = 1;
-        proto_msg_close(&r);
+        proto_msg_close(&r); /* training is over: this worker leaves (LEAVE) when done */
         return TRAIN_END;
     }
     int count = (int)c->a[PROTO_CHUNK_COUNT];
