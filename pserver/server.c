@@ -85,8 +85,11 @@ struct server {
     int npulls;
     ps_ckpt_t ckpts[PS_CKPTS_MAX];
     int nckpts;
-    int have_written;
-    uint64_t last_written;
+    /* the steps written lately (a ring): a CKPT repeated because our CKPT_DONE was lost
+     * is answered again, even after the version moved on */
+    uint64_t written[PS_CKPTS_MAX];
+    int nwritten;
+    int drop_ckpt_done; /* test hook (MIMIC_TEST_DROP_CKPT_DONE=n): the first n are lost */
     int done, warned_finished;
     double sched_seen; /* when the scheduler last sent anything on the main connection */
 };
@@ -233,6 +236,12 @@ static void on_pull(server_t *s, const proto_msg_t *m) {
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
 static void send_ckpt_done(server_t *s, uint64_t step, int status, const char *text) {
+    if (s->drop_ckpt_done > 0) {
+        s->drop_ckpt_done--;
+        ps_log(s, "CKPT_DONE for step %" PRIu64 " dropped (test hook MIMIC_TEST_DROP_CKPT_DONE)",
+               step);
+        return;
+    }
     proto_hdr_t h;
     proto_make_ckpt_done(&h, s->id, 0, step, status, text);
     if (proto_send(member_socket(s->member), NULL, 0, &h, NULL, NULL, NULL) != 0)
@@ -248,8 +257,7 @@ static void write_ckpt(server_t *s, const char *dir) {
         send_ckpt_done(s, s->kv->version, rc, mimic_last_error());
         return;
     }
-    s->have_written = 1;
-    s->last_written = s->kv->version;
+    s->written[s->nwritten++ % PS_CKPTS_MAX] = s->kv->version;
     ps_log(s, "checkpoint step %" PRIu64 " written: %s (%.0f ms)", s->kv->version, path,
            (mimic_now() - t0) * 1e3);
     send_ckpt_done(s, s->kv->version, 0, path);
@@ -278,12 +286,14 @@ static void check_ckpts(server_t *s) {
 
 static void on_ckpt(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
-    if (s->have_written && h->step == s->last_written && h->step == s->kv->version) {
-        char path[4096] = "";
-        shardckpt_path(path, sizeof path, h->str, s->rank, h->step);
-        send_ckpt_done(s, h->step, 0, path); /* a repeated request: already on disk */
-        return;
-    }
+    int n = s->nwritten < PS_CKPTS_MAX ? s->nwritten : PS_CKPTS_MAX;
+    for (int i = 0; i < n; i++)
+        if (s->written[i] == h->step) { /* a repeated request: already on disk */
+            char path[4096] = "";
+            shardckpt_path(path, sizeof path, h->str, s->rank, h->step);
+            send_ckpt_done(s, h->step, 0, path);
+            return;
+        }
     for (int i = 0; i < s->nckpts; i++)
         if (s->ckpts[i].step == h->step) { /* a repeat may name a new directory */
             snprintf(s->ckpts[i].dir, sizeof s->ckpts[i].dir, "%s", h->str);
@@ -863,6 +873,8 @@ static int read_settings(server_t *s) {
         return mimic_err(MIMIC_EINVAL, "cluster.max_msg_mb: %ld is not in 1..%ld",
                          cfg->cluster.max_msg_mb, 1L << 20);
     s->max_payload = (size_t)cfg->cluster.max_msg_mb << 20;
+    const char *drop = getenv("MIMIC_TEST_DROP_CKPT_DONE"); /* tests only: a lost message */
+    s->drop_ckpt_done = drop ? atoi(drop) : 0;
     if (cfg->cluster.server_threads < 0 || cfg->cluster.server_threads > PS_THREADS_MAX)
         return mimic_err(MIMIC_EINVAL, "cluster.server_threads: %d is not in 0..%d",
                          cfg->cluster.server_threads, PS_THREADS_MAX);

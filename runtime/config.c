@@ -126,6 +126,12 @@ static const key_t_ KEYS[] = {
       "to ZeroMQ's I/O thread that streams the slices)"),
     F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500",
       "steps between cluster checkpoints"),
+    F("cluster", "quorum_ms", K_INT, cluster.quorum_ms, "600000",
+      "the scheduler ends (exit 1) when the servers and cluster.workers have not all registered "
+      "within this time (0: wait forever)"),
+    F("cluster", "idle_ms", K_INT, cluster.idle_ms, "600000",
+      "the scheduler ends (exit 1) when no worker has been live for this long during training, "
+      "e.g. every worker died and none joined (0: wait forever)"),
     F("cluster", "grace_ms", K_INT, cluster.grace_ms, "30000",
       "on SIGTERM/SIGINT/SIGUSR1 the scheduler has the cluster checkpoint the step it stops at "
       "within this time, then ends (0: end at once, as a second signal does)"),

@@ -72,6 +72,7 @@ typedef struct {
         int server_threads; /* a server's OpenMP threads (0: automatic) */
         int ckpt_every;
         int grace_ms; /* preemption: time to checkpoint the stop step */
+        int quorum_ms, idle_ms; /* the scheduler's longest waits */
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;

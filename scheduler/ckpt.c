@@ -27,6 +27,7 @@ struct ckpt {
     ckpt_req_t win[CKPT_WINDOW];
     int nwin;
     long latest;
+    long completed; /* newest step every server answered, -1 if none */
 };
 
 int ckpt_new(ckpt_t **out, const char *dir, long every, long resume, long end, int nservers) {
@@ -41,6 +42,7 @@ int ckpt_new(ckpt_t **out, const char *dir, long every, long resume, long end, i
     c->planned = resume;
     c->nservers = nservers;
     c->latest = -1;
+    c->completed = -1;
     *out = c;
     return 0;
 }
@@ -86,25 +88,37 @@ int ckpt_server_done(ckpt_t *c, long step, int rank, int status, int *complete, 
     int i = 0;
     while (i < c->nwin && c->win[i].step != step)
         i++;
+    if (rank < 0 || rank >= c->nservers) {
+        snprintf(why, whylen, "no server rank %d", rank);
+        return MIMIC_EINVAL;
+    }
     if (i == c->nwin) {
-        snprintf(why, whylen, "no checkpoint of step %ld was requested (or it is complete)", step);
+        if (step <= c->completed) return 1; /* complete already: a resent CKPT's answer */
+        snprintf(why, whylen, "no checkpoint of step %ld was requested", step);
         return MIMIC_EINVAL;
     }
     ckpt_req_t *r = &c->win[i];
-    if (rank < 0 || rank >= c->nservers || r->done[rank]) {
-        snprintf(why, whylen, "server rank %d already answered checkpoint %ld", rank, step);
-        return MIMIC_EINVAL;
-    }
+    if (r->done[rank]) return 1;
     r->done[rank] = 1;
     r->answered++;
     r->failed += status < 0;
     if (r->answered < c->nservers) return 0;
     *complete = 1;
     *failed = r->failed;
+    if (step > c->completed) c->completed = step;
     free(r->done);
     memmove(&c->win[i], &c->win[i + 1], (size_t)(c->nwin - i - 1) * sizeof c->win[0]);
     c->nwin--;
     return 0;
+}
+
+int ckpt_overdue(const ckpt_t *c, int rank, long version, long *steps, int cap) {
+    int n = 0;
+    for (int i = 0; i < c->nwin && n < cap; i++)
+        if (c->win[i].step <= version && rank >= 0 && rank < c->nservers &&
+            !c->win[i].done[rank])
+            steps[n++] = c->win[i].step;
+    return n;
 }
 
 void ckpt_stop_at(ckpt_t *c, long step) {

@@ -29,10 +29,14 @@ const char *ckpt_dir(const ckpt_t *c);
 /* 1 and the next step to request from every server when the window has room, else 0. */
 int ckpt_next_request(ckpt_t *c, long *step);
 /* Records rank's CKPT_DONE(step, status). *complete = 1 when it was the last server for
- * that step (then *failed = how many servers reported an error). MIMIC_EINVAL (reason in
- * why) for a step not requested or a second answer. */
+ * that step (then *failed = how many servers reported an error). 1 for a repeated
+ * answer (to a resent CKPT; nothing recorded), MIMIC_EINVAL (reason in why) for a step
+ * never requested. */
 int ckpt_server_done(ckpt_t *c, long step, int rank, int status, int *complete, int *failed,
                      char *why, size_t whylen);
+/* The requested steps <= version that server `rank` has not answered (its CKPT or
+ * CKPT_DONE was lost: the caller sends CKPT again), at most cap of them into steps. */
+int ckpt_overdue(const ckpt_t *c, int rank, long version, long *steps, int cap);
 /* Makes `step` the plan's last checkpoint (a preemption's stop step, > the servers'
  * version): requests for later steps are forgotten (their answers are then refused). */
 void ckpt_stop_at(ckpt_t *c, long step);

@@ -45,7 +45,8 @@ struct sched {
     double preempt_deadline;
     long max_req;
     int started, finishing, ckpt_failed, over, exit_code;
-    double t0, finish_t, dead_s, resend_s;
+    double t0, finish_t, dead_s, resend_s, ckpt_resent;
+    double idle_since; /* when the last live worker went (0: there are workers) */
     uint64_t memb_version;
     volatile sig_atomic_t *stop;
 };
@@ -196,6 +197,28 @@ static void request_checkpoints(sched_t *s) {
             const members_entry_t *m = members_at(s->mb, i);
             if (m->role == PROTO_ROLE_SERVER && m->state == MEMBERS_LIVE)
                 send_to(s, m, &h, NULL, NULL, NULL);
+        }
+    }
+}
+
+/* CKPT again to a server whose version passed a requested step it has not answered
+ * (the CKPT or its CKPT_DONE was lost; servers answer a repeat from what they wrote),
+ * at most every resend period. */
+static void resend_checkpoints(sched_t *s, double now) {
+    if (now - s->ckpt_resent < s->resend_s) return;
+    s->ckpt_resent = now;
+    long steps[CKPT_WINDOW];
+    for (int i = 0; i < members_size(s->mb); i++) {
+        const members_entry_t *m = members_at(s->mb, i);
+        if (m->role != PROTO_ROLE_SERVER || m->state != MEMBERS_LIVE) continue;
+        int n = ckpt_overdue(s->ck, m->rank, (long)m->step, steps, CKPT_WINDOW);
+        for (int k = 0; k < n; k++) {
+            proto_hdr_t h;
+            proto_make_ckpt(&h, PROTO_ID_SCHEDULER, 0, (uint64_t)steps[k], s->ckdir);
+            send_to(s, m, &h, NULL, NULL, NULL);
+            mimic_log("scheduler: server rank %d is at version %llu without answering checkpoint "
+                      "%ld; CKPT sent again",
+                      m->rank, (unsigned long long)m->step, steps[k]);
         }
     }
 }
@@ -456,7 +479,9 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry
     long step = (long)msg->hdr.step;
     int status = (int)msg->hdr.a[PROTO_CKDONE_STATUS], complete, failed;
     char why[256];
-    if (ckpt_server_done(s->ck, step, m->rank, status, &complete, &failed, why, sizeof why)) {
+    int rc = ckpt_server_done(s->ck, step, m->rank, status, &complete, &failed, why, sizeof why);
+    if (rc == 1) return; /* a second answer, to a CKPT resent because one was lost */
+    if (rc) {
         reply_error(s, msg, MIMIC_EINVAL, "CKPT_DONE: %s", why);
         return;
     }
@@ -464,7 +489,7 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry
         mimic_warn("scheduler: server rank %d could not write checkpoint %ld: %s (%s)", m->rank,
                    step, mimic_strerror(status), msg->hdr.str);
     if (!complete) return;
-    int rc = failed ? MIMIC_EPEER : ckpt_commit(s->ck, step, s->q);
+    rc = failed ? MIMIC_EPEER : ckpt_commit(s->ck, step, s->q);
     if (rc) {
         s->ckpt_failed++;
         jbegin(s, "checkpoint_failed");
@@ -582,6 +607,7 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
         members_entry_t *owner = members_by_id(s->mb, msg->hdr.sender);
         if (owner && (owner->state == MEMBERS_LIVE || owner->state == MEMBERS_PENDING)) {
             members_touch(owner, now);
+            owner->step = msg->hdr.step; /* a server's version: overdue checkpoints */
             reply_ack(s, msg, PROTO_HEARTBEAT); /* the member's sign that we are alive */
         }
         trace_event(&s->tr, "HEARTBEAT", now, mimic_now());
@@ -601,6 +627,37 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
 
 /* ---- timers ------------------------------------------------------------------------ */
 
+/* A cluster that never forms, or one left without workers, ends with a reason rather
+ * than waiting forever (cluster.quorum_ms, cluster.idle_ms; 0: wait). */
+static void check_waits(sched_t *s, double now) {
+    const mimic_cfg_t *c = &s->cfg;
+    char why[PATH_MAX + 200];
+    if (!s->started) {
+        if (c->cluster.quorum_ms > 0 && now - s->t0 > c->cluster.quorum_ms * 1e-3) {
+            snprintf(why, sizeof why,
+                     "no quorum after %.0f s (cluster.quorum_ms): %d of %d server(s) and %d of "
+                     "%d worker(s) registered",
+                     now - s->t0, members_count(s->mb, PROTO_ROLE_SERVER, MEMBERS_LIVE), s->S,
+                     members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_PENDING), s->W0);
+            end_run(s, SCHED_EXIT_FAIL, why);
+        }
+        return;
+    }
+    if (s->finishing || s->preempt_sig ||
+        members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) > 0) {
+        s->idle_since = 0;
+        return;
+    }
+    if (s->idle_since == 0) s->idle_since = now;
+    if (c->cluster.idle_ms > 0 && now - s->idle_since > c->cluster.idle_ms * 1e-3) {
+        snprintf(why, sizeof why,
+                 "no worker for %.0f s (cluster.idle_ms); resume with --train.resume=auto from "
+                 "%s/latest",
+                 now - s->idle_since, s->ckdir);
+        end_run(s, SCHED_EXIT_FAIL, why);
+    }
+}
+
 static void tick(sched_t *s, double now) {
     members_entry_t *m;
     while (!s->over && (m = members_expired(s->mb, now, s->dead_s))) {
@@ -609,6 +666,7 @@ static void tick(sched_t *s, double now) {
         else
             worker_gone(s, m, MEMBERS_DEAD, now);
     }
+    if (!s->over) check_waits(s, now);
     if (s->over) return;
     for (int i = 0; s->started && i < members_size(s->mb); i++) {
         m = members_at(s->mb, i);
@@ -619,6 +677,7 @@ static void tick(sched_t *s, double now) {
             send_membership(s, m, now);
         }
     }
+    if (s->started) resend_checkpoints(s, now);
     progress_tick(&s->pg, now, stderr, &s->mx, s->t0);
     if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) == 0 ||
                          now - s->finish_t > 2 * s->dead_s)) {

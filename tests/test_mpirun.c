@@ -4,7 +4,10 @@
  * address. Asserts a clean exit, the trained model file, both workers' metrics and the
  * scheduler's accounting. Then preemption: SIGUSR1 to mpirun mid-run (what
  * deploy/cluster.sh turns a SIGTERM into) checkpoints the step the cluster stops at;
- * a resume from it ends with every tensor equal to the uninterrupted run's. */
+ * a resume from it ends with every tensor equal to the uninterrupted run's. And a lost
+ * message: the server drops its first CKPT_DONE, the last step's (a test hook), without
+ * which the run cannot end; the scheduler sends the CKPT again and the run checkpoints
+ * and finishes. */
 #include "safetensors.h"
 #include "testutil.h"
 
@@ -16,6 +19,8 @@
 #include <unistd.h>
 
 static void test_preempt(const char *b, const char *dir, const char *data, const char *labels);
+static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
+                                const char *labels);
 
 int main(void) {
     const char *b = getenv("MIMIC_BUILD_DIR");
@@ -73,6 +78,7 @@ int main(void) {
     T_CHECK(s && strstr(s, "\"covered\":64,\"duplicates\":0"));
     free(s);
     test_preempt(b, dir, data, labels);
+    test_lost_ckpt_done(b, dir, data, labels);
     return testutil_summary("test_mpirun");
 }
 
@@ -154,4 +160,24 @@ static void test_preempt(const char *b, const char *dir, const char *data, const
     T_CHECK(same);
     st_close(&fa);
     st_close(&fc);
+}
+
+static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
+                                const char *labels) {
+    char cmd[16384], full[16500], log[1300], path[1400];
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "lost", "--train.steps=12");
+    snprintf(full, sizeof full, "MIMIC_TEST_DROP_CKPT_DONE=1 %s", cmd);
+    snprintf(log, sizeof log, "%s/lost.txt", dir);
+    T_CHECK(run_sh(full, 120000, 0, log) == 0);
+    char *txt = testutil_slurp(log);
+    T_CHECK(txt && strstr(txt, "CKPT_DONE for step 12 dropped (test hook"));
+    T_CHECK(txt && strstr(txt, "without answering checkpoint 12; CKPT sent again"));
+    T_CHECK(txt && strstr(txt, "checkpoint of step 12 complete") &&
+            strstr(txt, "training finished at step 12"));
+    free(txt);
+    snprintf(path, sizeof path, "%s/lost/ckpt/latest", dir);
+    txt = testutil_slurp(path);
+    T_CHECK(txt && atoi(txt) == 12);
+    free(txt);
+    printf("lost CKPT_DONE of the last step: CKPT resent, answered again, the run finished\n");
 }

@@ -647,6 +647,60 @@ static void test_bad_input(void) {
     free(text);
 }
 
+/* ---- E: waits that end: no quorum, no worker left ---------------------------------- */
+
+static void test_waits(void) {
+    printf("E. no quorum in cluster.quorum_ms; no worker for cluster.idle_ms\n");
+    char ep[512], log[4300];
+    if (start("e1", "--cluster.servers=1 --cluster.workers=2 --cluster.quorum_ms=600", ep,
+              sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep);
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40004", 1);
+    int st = testutil_wait_pid(sched_pid, 20000);
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+    snprintf(log, sizeof log, "%s/e1-log.txt", testutil_tmpdir());
+    char *text = testutil_slurp(log);
+    printf("  exit %d\n", st);
+    T_CHECK(st == 1 && text &&
+            strstr(text, "registered") && strstr(text, "1 of 1 server(s) and 0 of 2 worker(s)") &&
+            strstr(text, "no quorum after"));
+    free(text);
+    peer_destroy(&srv);
+
+    if (start("e2", "--cluster.servers=1 --cluster.workers=1 --cluster.idle_ms=600", ep,
+              sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    srv = peer_new("server", ep);
+    peer_t *w = peer_new("worker", ep);
+    rmsg_t r;
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40005", 1);
+    take_ack(srv, 1, 3000);
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    take_ack(w, 2, 3000);
+    simple(w, PROTO_LEAVE, 0, 3); /* the only worker goes; none comes */
+    T_CHECK(expect(w, PROTO_ACK, 3000, &r));
+    rmsg_free(&r);
+    w->hb = 0;
+    double t0 = mimic_now();
+    while ((st = testutil_wait_pid(sched_pid, 50)) == -1 && mimic_now() - t0 < 20)
+        pump(0); /* the server's heartbeats: only the workers are missing */
+    if (st != -1) sched_pid = 0;
+    kill_sched();
+    snprintf(log, sizeof log, "%s/e2-log.txt", testutil_tmpdir());
+    text = testutil_slurp(log);
+    printf("  exit %d\n", st);
+    T_CHECK(st == 1 && text && strstr(text, "no worker for") && strstr(text, "cluster.idle_ms"));
+    free(text);
+    peer_destroy(&srv);
+    peer_destroy(&w);
+}
+
 /* ---- Q: the work queue in-process --------------------------------------------------- */
 
 typedef struct {
@@ -780,6 +834,7 @@ int main(void) {
     test_resume();
     test_signal();
     test_bad_input();
+    test_waits();
     kill_sched();
     zmq_ctx_term(zctx);
     return testutil_summary("test_scheduler");
