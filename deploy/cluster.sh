@@ -29,22 +29,15 @@ root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster "${args[@]}")
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
-# Preemption: mpirun kills its ranks a second after it gets SIGTERM, too soon for a
-# checkpoint; so mpirun runs in its own session (a terminal's Ctrl-C reaches only this
-# script) and a SIGTERM or SIGINT here becomes a SIGUSR1, which mpirun forwards to every
-# rank: the scheduler then has the cluster checkpoint the step it stops at within
-# cluster.grace_ms and ends (servers and workers ignore SIGUSR1 and follow it).
-setsid mpirun "${root[@]}" --oversubscribe --bind-to none \
+# deploy/supervise.sh runs mpirun: a SIGTERM/SIGINT to this script reaches every rank as
+# SIGUSR1, on which the scheduler checkpoints the step the cluster stops at and ends
+# (docs/runtime.md, "Preemption"); a cluster that fails because a process died (a
+# killed server) is started again from its last checkpoint, up to MIMIC_RESTARTS (3)
+# times ("Servers that come back").
+exec bash deploy/supervise.sh --restarts "${MIMIC_RESTARTS:-3}" -- \
+  mpirun "${root[@]}" --oversubscribe --bind-to none \
   -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
   -np "$S" env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
       ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
   -np "$W" env OMP_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
-      ./build/worker/mimic-worker "$cfg" "${common[@]}" &
-job=$!
-trap 'echo "cluster.sh: preempting: SIGUSR1 to the cluster (the scheduler checkpoints, then ends)" >&2; kill -USR1 "$job" 2>/dev/null || true' TERM INT
-rc=0
-while :; do
-  wait "$job" && rc=0 || rc=$?
-  kill -0 "$job" 2>/dev/null || break # a trap interrupted the wait: wait again
-done
-exit "$rc"
+      ./build/worker/mimic-worker "$cfg" "${common[@]}"

@@ -851,7 +851,10 @@ static int open_dirs(sched_t *s) {
 }
 
 static int decide_resume(sched_t *s) {
-    const char *r = s->cfg.train.resume;
+    /* MIMIC_RESUME: what a supervisor sets when it starts the cluster again
+     * (deploy/supervise.sh); an explicit train.resume wins */
+    const char *env = getenv("MIMIC_RESUME");
+    const char *r = s->cfg.train.resume[0] || !env ? s->cfg.train.resume : env;
     long latest = -1;
     int have = ckpt_read_latest(s->ckdir, &latest);
     if (have < 0) return have;

@@ -7,7 +7,9 @@
  * a resume from it ends with every tensor equal to the uninterrupted run's. And a lost
  * message: the server drops its first CKPT_DONE, the last step's (a test hook), without
  * which the run cannot end; the scheduler sends the CKPT again and the run checkpoints
- * and finishes. */
+ * and finishes. And a server SIGKILLed mid-run under deploy/supervise.sh: the cluster is
+ * started again from its last checkpoint and the final model equals the uninterrupted
+ * run's bit for bit. */
 #include "safetensors.h"
 #include "testutil.h"
 
@@ -19,8 +21,10 @@
 #include <unistd.h>
 
 static void test_preempt(const char *b, const char *dir, const char *data, const char *labels);
+static int same_files(const char *a, const char *c, const char *what);
 static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
                                 const char *labels);
+static void test_server_kill(const char *b, const char *dir, const char *data, const char *labels);
 
 int main(void) {
     const char *b = getenv("MIMIC_BUILD_DIR");
@@ -79,13 +83,15 @@ int main(void) {
     free(s);
     test_preempt(b, dir, data, labels);
     test_lost_ckpt_done(b, dir, data, labels);
+    test_server_kill(b, dir, data, labels);
     return testutil_summary("test_mpirun");
 }
 
 /* The mpirun command of a 1 x 2 cluster training 60 steps into dir/<name> (extra flags
  * appended), its output to dir/<name>.txt. */
-static void cluster_cmd(char *cmd, size_t cap, const char *b, const char *dir, const char *data,
-                        const char *labels, const char *name, const char *extra) {
+static void supervised_cmd(char *cmd, size_t cap, const char *launcher, const char *b,
+                           const char *dir, const char *data, const char *labels, const char *name,
+                           const char *extra) {
     char flags[4096];
     snprintf(flags, sizeof flags,
              "--model.img_size=16 --model.patch_size=4 --model.embed_dim=32 --model.depth=2 "
@@ -98,10 +104,15 @@ static void cluster_cmd(char *cmd, size_t cap, const char *b, const char *dir, c
     const char *env = "env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
                       "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1";
     snprintf(cmd, cap,
-             "exec mpirun %s --oversubscribe --bind-to none "
+             "exec %s mpirun %s --oversubscribe --bind-to none "
              "-np 1 %s %s/scheduler/mimic-scheduler %s : -np 1 %s %s/pserver/mimic-pserver %s : "
              "-np 2 %s %s/worker/mimic-worker %s > %s/%s.txt 2>&1",
-             root, env, b, flags, env, b, flags, env, b, flags, dir, name);
+             launcher, root, env, b, flags, env, b, flags, env, b, flags, dir, name);
+}
+
+static void cluster_cmd(char *cmd, size_t cap, const char *b, const char *dir, const char *data,
+                        const char *labels, const char *name, const char *extra) {
+    supervised_cmd(cmd, cap, "", b, dir, data, labels, name, extra);
 }
 
 static int run_sh(const char *cmd, int timeout_ms, int preempt_at_step, const char *log) {
@@ -147,19 +158,10 @@ static void test_preempt(const char *b, const char *dir, const char *data, const
     free(txt);
     snprintf(a, sizeof a, "%s/straight/model.safetensors", dir);
     snprintf(c, sizeof c, "%s/preempted/model.safetensors", dir);
-    st_file_t *fa = NULL, *fc = NULL;
-    T_CHECK(st_open(&fa, a) == 0 && st_open(&fc, c) == 0);
-    int same = fa && fc && st_count(fa) == st_count(fc) && st_count(fa) > 10;
-    for (int i = 0; same && i < st_count(fa); i++) {
-        const st_tensor_t *x = st_at(fa, i), *y = st_find(fc, x->name);
-        same = y && x->nbytes == y->nbytes && memcmp(x->data, y->data, x->nbytes) == 0;
-        if (!same) fprintf(stderr, "  %s differs after the preemption and resume\n", x->name);
-    }
+    int same = same_files(a, c, "after the preemption and resume");
     printf("preempted at %d, resumed: every tensor equals the uninterrupted run bit for bit: %s\n",
            at, same ? "ok" : "FAIL");
     T_CHECK(same);
-    st_close(&fa);
-    st_close(&fc);
 }
 
 static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
@@ -180,4 +182,56 @@ static void test_lost_ckpt_done(const char *b, const char *dir, const char *data
     T_CHECK(txt && atoi(txt) == 12);
     free(txt);
     printf("lost CKPT_DONE of the last step: CKPT resent, answered again, the run finished\n");
+}
+
+/* Every tensor of two safetensors files equal, bit for bit. */
+static int same_files(const char *a, const char *c, const char *what) {
+    st_file_t *fa = NULL, *fc = NULL;
+    T_CHECK(st_open(&fa, a) == 0 && st_open(&fc, c) == 0);
+    int same = fa && fc && st_count(fa) == st_count(fc) && st_count(fa) > 10;
+    for (int i = 0; same && i < st_count(fa); i++) {
+        const st_tensor_t *x = st_at(fa, i), *y = st_find(fc, x->name);
+        same = y && x->nbytes == y->nbytes && memcmp(x->data, y->data, x->nbytes) == 0;
+        if (!same) fprintf(stderr, "  %s differs (%s)\n", x->name, what);
+    }
+    st_close(&fa);
+    st_close(&fc);
+    return same;
+}
+
+static void test_server_kill(const char *b, const char *dir, const char *data, const char *labels) {
+    char cmd[16384], launcher[1200], log[1300], find[2800], a[1400], c[1400];
+    const char *src = getenv("MIMIC_SOURCE_DIR");
+    snprintf(launcher, sizeof launcher, "%s/deploy/supervise.sh --restarts 2 --",
+             src ? src : ".");
+    supervised_cmd(cmd, sizeof cmd, launcher, b, dir, data, labels, "killed",
+                   "--cluster.ckpt_every=10");
+    snprintf(log, sizeof log, "%s/killed.txt", dir);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    int pid = testutil_spawn(argv, "/dev/null");
+    T_CHECK(pid > 0 && testutil_wait_file(log, "step 26/60", 120000));
+    /* the server of this run (its out_dir is in its arguments), SIGKILLed */
+    snprintf(find, sizeof find, "pgrep -f '^%s/pserver/mimic-pserver .*out_dir=%s/killed '", b,
+             dir);
+    FILE *p = popen(find, "r");
+    int spid = 0;
+    if (p && fscanf(p, "%d", &spid) != 1) spid = 0;
+    if (p) pclose(p);
+    T_CHECK(spid > 0);
+    if (spid > 0) kill(spid, SIGKILL);
+    int rc = pid > 0 ? testutil_wait_pid(pid, 180000) : -1;
+    if (rc < 0 && pid > 0) testutil_kill(pid);
+    T_CHECK(rc == 0);
+    char *txt = testutil_slurp(log);
+    T_CHECK(txt && strstr(txt, "supervise: the cluster exited") &&
+            strstr(txt, "resuming from checkpoint step") &&
+            strstr(txt, "training finished at step 60"));
+    free(txt);
+    snprintf(a, sizeof a, "%s/straight/model.safetensors", dir);
+    snprintf(c, sizeof c, "%s/killed/model.safetensors", dir);
+    int same = same_files(a, c, "after a server was killed");
+    printf("server SIGKILLed after step 26: restarted from the last checkpoint, final model "
+           "equals the uninterrupted run bit for bit: %s\n",
+           same ? "ok" : "FAIL");
+    T_CHECK(same);
 }
