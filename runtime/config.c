@@ -126,6 +126,9 @@ static const key_t_ KEYS[] = {
       "to ZeroMQ's I/O thread that streams the slices)"),
     F("cluster", "ckpt_every", K_INT, cluster.ckpt_every, "500",
       "steps between cluster checkpoints"),
+    F("cluster", "chunk_retries", K_INT, cluster.chunk_retries, "3",
+      "a chunk whose holder died is handed out again at most this many times; then it is "
+      "skipped as a poison chunk (counted in epoch_done's skipped; 0: retry forever)"),
     F("cluster", "quorum_ms", K_INT, cluster.quorum_ms, "600000",
       "the scheduler ends (exit 1) when the servers and cluster.workers have not all registered "
       "within this time (0: wait forever)"),

@@ -73,6 +73,7 @@ typedef struct {
         int ckpt_every;
         int grace_ms; /* preemption: time to checkpoint the stop step */
         int quorum_ms, idle_ms; /* the scheduler's longest waits */
+        int chunk_retries;      /* hand-outs of a chunk whose holders died */
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;

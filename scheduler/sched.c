@@ -278,7 +278,7 @@ static void maybe_start(sched_t *s, double now) {
 
 static void worker_gone(sched_t *s, members_entry_t *m, members_state_t st, double now) {
     m->state = st;
-    int r = workq_requeue_worker(s->q, m->id);
+    int skipped = 0, r = workq_requeue_worker(s->q, m->id, st == MEMBERS_DEAD, &skipped);
     const char *what = st == MEMBERS_DEAD ? "worker_dead" : "worker_left";
     mimic_log("scheduler: worker rank %d (id %d) %s; %d chunk(s) back at the front of the queue",
               m->rank, m->id, st == MEMBERS_DEAD ? "declared dead (no heartbeat)" : "left", r);
@@ -286,6 +286,7 @@ static void worker_gone(sched_t *s, members_entry_t *m, members_state_t st, doub
     metrics_int(&s->mx, "id", m->id);
     metrics_int(&s->mx, "rank", m->rank);
     metrics_int(&s->mx, "requeued", r);
+    metrics_int(&s->mx, "skipped", skipped);
     metrics_end(&s->mx);
     mark(s, what);
     membership_changed(s, now);
@@ -451,6 +452,7 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entr
     metrics_int(&s->mx, "covered", (long long)st.covered);
     metrics_int(&s->mx, "duplicates", (long long)st.duplicates);
     metrics_int(&s->mx, "requeued_chunks", st.requeued_chunks);
+    metrics_int(&s->mx, "skipped", (long long)st.skipped);
     metrics_end(&s->mx);
     mark(s, "epoch_done");
     mimic_log("scheduler: epoch %" PRIu64 " done: %" PRIu64 "/%" PRIu64 " samples covered, %" PRIu64
@@ -925,6 +927,7 @@ int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
     if ((rc = count_samples(cfg, &n)) || (rc = workq_new(&s->q, n, cs, cfg->train.seed)) ||
         (rc = open_dirs(s)) || (rc = decide_resume(s)))
         goto fail;
+    workq_set_max_deaths(s->q, cfg->cluster.chunk_retries);
     s->max_req = s->resume_step - 1;
     s->end_step = cfg->train.steps;
     if (cfg->train.stop_after > 0 && s->resume_step + cfg->train.stop_after < s->end_step)

@@ -25,6 +25,7 @@ enum { CH_NEW, CH_OUT, CH_QUEUED, CH_DONE };
 typedef struct {
     uint8_t state;
     uint32_t done;    /* times reported done */
+    uint32_t deaths;  /* holders that died with it */
     int32_t worker;   /* holder while CH_OUT */
     uint64_t version; /* parameter version of the last hand-out */
 } wq_chunk_t;
@@ -34,7 +35,7 @@ typedef struct {
     wq_perm_t *perm;
     wq_chunk_t *ch;
     uint32_t nchunks, ndone;
-    uint64_t covered, duplicates;
+    uint64_t covered, duplicates, skipped;
     uint32_t requeued;
     int reported;
     int handed;           /* any chunk handed out since the epoch was created */
@@ -54,6 +55,7 @@ struct workq {
     uint32_t next; /* cursor: next fresh chunk id of the last epoch (may equal nchunks) */
     wq_ref_t *rq;  /* requeued chunks; the front of the queue is the END of the array */
     size_t nrq, caprq;
+    int max_deaths; /* a chunk whose holders died more often is skipped (0: never) */
 };
 
 static void perm_unref(wq_perm_t *p) {
@@ -217,6 +219,22 @@ int workq_next(workq_t *q, int32_t worker, uint64_t version, workq_chunk_t *out)
     return 0;
 }
 
+/* One more chunk of e is over (done or skipped): the epoch's stats once all are. */
+static void epoch_chunk_done(const workq_t *q, wq_epoch_t *e, workq_epoch_stats_t *st,
+                             int *finished) {
+    e->ndone++;
+    if (e->ndone == e->nchunks && !e->reported) {
+        e->reported = 1;
+        *finished = 1;
+        st->epoch = e->epoch;
+        st->samples = q->n;
+        st->covered = e->covered;
+        st->duplicates = e->duplicates;
+        st->requeued_chunks = e->requeued;
+        st->skipped = e->skipped;
+    }
+}
+
 int workq_done(workq_t *q, int32_t worker, uint64_t epoch, uint32_t id, workq_epoch_stats_t *st,
                int *finished, char *why, size_t whylen) {
     (void)worker; /* a chunk is processed whoever reports it; the holder is informative */
@@ -246,28 +264,38 @@ int workq_done(workq_t *q, int32_t worker, uint64_t epoch, uint32_t id, workq_ep
     }
     c->state = CH_DONE; /* from OUT, or QUEUED: a stale requeue entry is skipped later */
     c->done = 1;
-    e->ndone++;
     e->covered += count;
-    if (e->ndone == e->nchunks && !e->reported) {
-        e->reported = 1;
-        *finished = 1;
-        st->epoch = e->epoch;
-        st->samples = q->n;
-        st->covered = e->covered;
-        st->duplicates = e->duplicates;
-        st->requeued_chunks = e->requeued;
-    }
+    epoch_chunk_done(q, e, st, finished);
     return WORKQ_DONE;
 }
 
-int workq_requeue_worker(workq_t *q, int32_t worker) {
+void workq_set_max_deaths(workq_t *q, int max_deaths) {
+    q->max_deaths = max_deaths > 0 ? max_deaths : 0;
+}
+
+int workq_requeue_worker(workq_t *q, int32_t worker, int died, int *skipped) {
     int n = 0;
+    if (skipped) *skipped = 0;
     /* Newest first onto the front, so the oldest chunk is handed out first. */
     for (int i = q->nep - 1; i >= 0; i--) {
         wq_epoch_t *e = q->ep[i];
         for (uint32_t k = e->nchunks; k-- > 0;) {
             wq_chunk_t *c = &e->ch[k];
             if (c->state != CH_OUT || c->worker != worker) continue;
+            if (died && q->max_deaths > 0 && ++c->deaths > (uint32_t)q->max_deaths) {
+                /* a poison chunk: every worker that takes it dies; skip it, accounted */
+                workq_epoch_stats_t st;
+                int finished = 0;
+                c->state = CH_DONE;
+                e->skipped += chunk_count(q, k);
+                epoch_chunk_done(q, e, &st, &finished);
+                mimic_warn("work queue: chunk %" PRIu64 "/%u skipped: %u worker(s) died holding "
+                           "it (cluster.chunk_retries %d)%s",
+                           e->epoch, k, c->deaths, q->max_deaths,
+                           finished ? "; it was the epoch's last chunk" : "");
+                if (skipped) ++*skipped;
+                continue;
+            }
             if (push_front(q, e->epoch, k)) {
                 mimic_warn("work queue: chunk %" PRIu64 "/%u lost (out of memory)", e->epoch, k);
                 continue;

@@ -35,6 +35,7 @@ typedef struct {
 typedef struct {
     uint64_t epoch, samples, covered, duplicates;
     uint32_t requeued_chunks;
+    uint64_t skipped; /* samples of poison chunks skipped: covered + skipped == samples */
 } workq_epoch_stats_t;
 
 enum { WORKQ_DONE = 0, WORKQ_DUPLICATE = 1 };
@@ -59,8 +60,12 @@ int workq_done(workq_t *q, int32_t worker, uint64_t epoch, uint32_t id, workq_ep
                int *finished, char *why, size_t whylen);
 
 /* Puts every chunk handed to worker and not done back at the front, oldest first.
- * Returns how many. */
-int workq_requeue_worker(workq_t *q, int32_t worker);
+ * Returns how many. died = 1 when the worker died holding them: a chunk whose holders
+ * died more than max_deaths times (workq_set_max_deaths; 0: no limit) is a poison
+ * chunk — it is not handed out again but skipped, counted in its epoch's `skipped`,
+ * and *skipped (may be NULL) gets how many were. */
+int workq_requeue_worker(workq_t *q, int32_t worker, int died, int *skipped);
+void workq_set_max_deaths(workq_t *q, int max_deaths);
 /* Chunks handed to worker and not yet done. */
 int workq_outstanding(const workq_t *q, int32_t worker);
 

@@ -460,7 +460,7 @@ static void run_epoch0(run_t *a) {
     char jsonl[4400];
     snprintf(jsonl, sizeof jsonl, "%s/a/scheduler.jsonl", testutil_tmpdir());
     const char *want = "{\"event\":\"epoch_done\",\"epoch\":0,\"samples\":40,\"covered\":40,"
-                       "\"duplicates\":0,\"requeued_chunks\":1}";
+                       "\"duplicates\":0,\"requeued_chunks\":1,\"skipped\":0}";
     T_CHECK(testutil_wait_file(jsonl, want, 3000));
     printf("  %s\n", want);
 }
@@ -758,7 +758,7 @@ static void test_queue(void) {
     workq_epoch_stats_t st;
     /* Worker 2 takes 0/1, 0/2 at version 0 and dies: both come back first, oldest first. */
     q_take(q, 2, 0, 2, got);
-    T_CHECK(workq_outstanding(q, 2) == 2 && workq_requeue_worker(q, 2) == 2);
+    T_CHECK(workq_outstanding(q, 2) == 2 && workq_requeue_worker(q, 2, 1, NULL) == 2);
     q_take(q, 1, 1, 2, got);
     T_CHECK(got[0].id == 1 && got[1].id == 2 && got[0].epoch == 0);
     q_take(q, 1, 1, 1, got); /* 0/3, the short one */
@@ -777,7 +777,7 @@ static void test_queue(void) {
     q_take(q, 1, 4, 1, got);
     q_take(q, 1, 4, 1, got);
     T_CHECK(got[0].epoch == 2 && got[0].id == 0);
-    T_CHECK(workq_requeue_worker(q, 3) == 2); /* 1/0 and 1/1 wait at the front */
+    T_CHECK(workq_requeue_worker(q, 3, 1, NULL) == 2); /* 1/0 and 1/1 wait at the front */
     workq_prune(q, 3);                        /* epoch 0 (all before version 3) goes */
     char *snap = q_snapshot(q, 3);
     printf("  as of version 3: %s", snap);
@@ -822,6 +822,40 @@ static void test_queue(void) {
     workq_destroy(&q);
 }
 
+/* A poison chunk: every worker that takes chunk 0 dies. With 2 deaths allowed it is
+ * handed out 3 times, then skipped; the epoch still ends, covered + skipped == N; a
+ * worker that LEAVEs with a chunk does not count as a death. */
+static void test_poison_chunk(void) {
+    printf("P. poison chunk: skipped after cluster.chunk_retries deaths, accounted\n");
+    workq_t *q = NULL;
+    T_CHECK(workq_new(&q, 10, 3, 5) == 0); /* chunks 0..3 of 3, 3, 3, 1 samples */
+    if (!q) return;
+    workq_set_max_deaths(q, 2);
+    workq_chunk_t c;
+    int skipped = -1;
+    T_CHECK(workq_next(q, 1, 0, &c) == 0 && c.id == 0);
+    workq_release((void *)c.idx, c.hold);
+    T_CHECK(workq_requeue_worker(q, 1, 0, &skipped) == 1 && skipped == 0); /* left */
+    for (int death = 1; death <= 3; death++) {
+        T_CHECK(workq_next(q, 10 + death, 0, &c) == 0 && c.epoch == 0 && c.id == 0);
+        workq_release((void *)c.idx, c.hold);
+        int back = workq_requeue_worker(q, 10 + death, 1, &skipped);
+        T_CHECK(death <= 2 ? back == 1 && skipped == 0 : back == 0 && skipped == 1);
+    }
+    workq_epoch_stats_t st = {0};
+    int fin = 0;
+    char why[256];
+    for (uint32_t k = 1; k <= 3; k++) { /* the next chunks are fresh: 1, 2, 3 */
+        T_CHECK(workq_next(q, 20, 1, &c) == 0 && c.epoch == 0 && c.id == k);
+        workq_release((void *)c.idx, c.hold);
+        T_CHECK(workq_done(q, 20, 0, k, &st, &fin, why, sizeof why) == WORKQ_DONE);
+    }
+    T_CHECK(fin && st.covered == 7 && st.skipped == 3 && st.covered + st.skipped == st.samples);
+    printf("  epoch 0: covered %llu + skipped %llu of %llu\n", (unsigned long long)st.covered,
+           (unsigned long long)st.skipped, (unsigned long long)st.samples);
+    workq_destroy(&q);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin, sizeof bin, "%s/scheduler/mimic-scheduler", build ? build : ".");
@@ -830,6 +864,7 @@ int main(void) {
     zctx = zmq_ctx_new();
     write_idx();
     test_queue();
+    test_poison_chunk();
     test_run();
     test_resume();
     test_signal();
