@@ -9,7 +9,9 @@
  * which the run cannot end; the scheduler sends the CKPT again and the run checkpoints
  * and finishes. And a server SIGKILLed mid-run under deploy/supervise.sh: the cluster is
  * started again from its last checkpoint and the final model equals the uninterrupted
- * run's bit for bit. */
+ * run's bit for bit. And a poison chunk: an ImageFolder whose first chunk of epoch 0 is
+ * four garbage files trains to the end, the chunk skipped and accounted. */
+#include "order.h"
 #include "safetensors.h"
 #include "testutil.h"
 
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +28,7 @@ static int same_files(const char *a, const char *c, const char *what);
 static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
                                 const char *labels);
 static void test_server_kill(const char *b, const char *dir, const char *data, const char *labels);
+static void test_poison_chunk(const char *b, const char *dir);
 
 int main(void) {
     const char *b = getenv("MIMIC_BUILD_DIR");
@@ -84,6 +88,7 @@ int main(void) {
     test_preempt(b, dir, data, labels);
     test_lost_ckpt_done(b, dir, data, labels);
     test_server_kill(b, dir, data, labels);
+    test_poison_chunk(b, dir);
     return testutil_summary("test_mpirun");
 }
 
@@ -234,4 +239,63 @@ static void test_server_kill(const char *b, const char *dir, const char *data, c
            "equals the uninterrupted run bit for bit: %s\n",
            same ? "ok" : "FAIL");
     T_CHECK(same);
+}
+
+static void test_poison_chunk(const char *b, const char *dir) {
+    enum { PER_CLASS = 16, N = 2 * PER_CLASS, CHUNK = 4, SEED = 7 };
+    char root[1200], path[1400], cmd[16384], log[1300];
+    snprintf(root, sizeof root, "%s/poison", dir);
+    mkdir(root, 0755);
+    /* sample i of the folder is class i / 16, file i % 16 (sorted names); the garbage
+     * goes exactly where epoch 0's first chunk is */
+    uint32_t perm[N];
+    order_permutation(perm, N, SEED, 0);
+    int bad[N] = {0};
+    for (int k = 0; k < CHUNK; k++)
+        bad[perm[k]] = 1;
+    for (int c = 0; c < 2; c++) {
+        snprintf(path, sizeof path, "%s/c%d", root, c);
+        mkdir(path, 0755);
+        for (int i = 0; i < PER_CLASS; i++) {
+            snprintf(path, sizeof path, "%s/c%d/%02d.jpg", root, c, i);
+            if (bad[c * PER_CLASS + i]) {
+                FILE *f = fopen(path, "wb");
+                T_CHECK(f && fputs("not a jpeg at all", f) >= 0);
+                if (f) fclose(f);
+            } else {
+                T_CHECK(testutil_write_jpeg(path, 20, 20, (unsigned long long)(c * 100 + i)) == 0);
+            }
+        }
+    }
+    const char *root_flag = geteuid() == 0 ? "--allow-run-as-root" : "";
+    char flags[4096];
+    snprintf(flags, sizeof flags,
+             "--model.img_size=16 --model.in_chans=3 --model.patch_size=4 --model.embed_dim=32 "
+             "--model.depth=1 --model.num_heads=2 --mae.decoder_embed_dim=16 "
+             "--mae.decoder_depth=1 --mae.decoder_num_heads=2 --data.kind=imagefolder "
+             "--data.path=%s --data.mean=0.5,0.5,0.5 --data.std=0.25,0.25,0.25 "
+             "--train.batch_size=%d --train.seed=%d --train.steps=12 --train.log_every=2 "
+             "--train.out_dir=%s/poison-out --cluster.heartbeat_ms=100",
+             root, CHUNK, SEED, dir);
+    const char *env = "env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
+                      "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1";
+    snprintf(log, sizeof log, "%s/poison.txt", dir);
+    snprintf(cmd, sizeof cmd,
+             "exec mpirun %s --oversubscribe --bind-to none "
+             "-np 1 %s %s/scheduler/mimic-scheduler %s : -np 1 %s %s/pserver/mimic-pserver %s : "
+             "-np 2 %s %s/worker/mimic-worker %s > %s 2>&1",
+             root_flag, env, b, flags, env, b, flags, env, b, flags, log);
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 0);
+    char *txt = testutil_slurp(log);
+    T_CHECK(txt && strstr(txt, "chunk 0/0 had no readable sample") &&
+            strstr(txt, "training finished at step 12"));
+    free(txt);
+    snprintf(path, sizeof path, "%s/poison-out/scheduler.jsonl", dir);
+    txt = testutil_slurp(path);
+    T_CHECK(txt && strstr(txt, "\"event\":\"chunk_unreadable\"") &&
+            strstr(txt, "\"epoch\":0,\"chunk\":0,"));
+    T_CHECK(txt && strstr(txt, "\"epoch\":0,\"samples\":32,\"covered\":32,\"duplicates\":0"));
+    free(txt);
+    printf("poison chunk (epoch 0, chunk 0: 4 garbage files) skipped and accounted; training "
+           "finished\n");
 }

@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <turbojpeg.h>
 
 static char worker[4096], data[4096], labels[4096];
 
@@ -92,31 +91,6 @@ out:
     st_close(&fb);
 }
 
-/* A w x h RGB JPEG of smooth colour blobs, encoded with TurboJPEG. */
-static int write_jpeg(const char *path, int w, int h, unsigned long long seed) {
-    unsigned char *px = malloc((size_t)w * h * 3), *jpg = NULL;
-    unsigned long size = 0;
-    float c[6];
-    testutil_fill(c, 6, 0.0f, 1.0f, &seed);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            for (int k = 0; k < 3; k++)
-                px[(y * w + x) * 3 + k] =
-                    (unsigned char)(127 + 120 * sin(c[k] * 6 + x * 0.3 * c[3]) *
-                                              cos(y * 0.3 * c[4 + k % 2]));
-    tjhandle t = tjInitCompress();
-    int rc = tjCompress2(t, px, w, 0, h, TJPF_RGB, &jpg, &size, TJSAMP_420, 90, 0);
-    FILE *f = rc == 0 ? fopen(path, "wb") : NULL;
-    if (f) {
-        fwrite(jpg, 1, size, f);
-        fclose(f);
-    }
-    tjFree(jpg);
-    tjDestroy(t);
-    free(px);
-    return f ? 0 : -1;
-}
-
 /* Unreadable data never spins: an ImageFolder and a label list whose every file is
  * garbage end with exit 2 and a message naming the data set; a set with some readable
  * images trains to the end and counts the others, unless more than data.max_bad_run
@@ -164,7 +138,7 @@ static void test_bad_data(void) {
     mkdir(path, 0755);
     for (int i = 0; i < 6; i++) {
         snprintf(path, sizeof path, "%s/c2/%d.jpg", root, i);
-        T_CHECK(write_jpeg(path, 24, 24, (unsigned long long)(500 + i)) == 0);
+        T_CHECK(testutil_write_jpeg(path, 24, 24, (unsigned long long)(500 + i)) == 0);
     }
     snprintf(extra, sizeof extra, "%s --data.kind=imagefolder --data.path=%s", common, root);
     T_CHECK(run(out, extra, log) == 0);
@@ -198,7 +172,7 @@ static void test_formats(void) {
         mkdir(path, 0755);
         for (int i = 0; i < 12; i++) {
             snprintf(path, sizeof path, "%s/%s/%02d.jpg", root, classes[c], i);
-            T_CHECK(write_jpeg(path, 40 + 8 * (i % 3), 36, (unsigned long long)(c * 100 + i)) == 0);
+            T_CHECK(testutil_write_jpeg(path, 40 + 8 * (i % 3), 36, (unsigned long long)(c * 100 + i)) == 0);
             fprintf(lf, "%s/%02d.jpg %d\n", classes[c], i, c + 1);
         }
     }

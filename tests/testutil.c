@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <turbojpeg.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -256,4 +257,29 @@ double testutil_dot(const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++)
         s += (double)a[i] * b[i];
     return s;
+}
+
+/* A w x h RGB JPEG of smooth colour blobs, encoded with TurboJPEG. */
+int testutil_write_jpeg(const char *path, int w, int h, unsigned long long seed) {
+    unsigned char *px = malloc((size_t)w * h * 3), *jpg = NULL;
+    unsigned long size = 0;
+    float c[6];
+    testutil_fill(c, 6, 0.0f, 1.0f, &seed);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int k = 0; k < 3; k++)
+                px[(y * w + x) * 3 + k] =
+                    (unsigned char)(127 + 120 * sin(c[k] * 6 + x * 0.3 * c[3]) *
+                                              cos(y * 0.3 * c[4 + k % 2]));
+    tjhandle t = tjInitCompress();
+    int rc = tjCompress2(t, px, w, 0, h, TJPF_RGB, &jpg, &size, TJSAMP_420, 90, 0);
+    FILE *f = rc == 0 ? fopen(path, "wb") : NULL;
+    if (f) {
+        fwrite(jpg, 1, size, f);
+        fclose(f);
+    }
+    tjFree(jpg);
+    tjDestroy(t);
+    free(px);
+    return f ? 0 : -1;
 }

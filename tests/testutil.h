@@ -57,6 +57,9 @@ const char *testutil_src_path(const char *rel);
 const char *testutil_tmpdir(void);
 const char *testutil_tmpdir_created(void); /* NULL if testutil_tmpdir was never called */
 
+/* A w x h RGB JPEG of smooth colour blobs (seeded), encoded with TurboJPEG: 0 or -1. */
+int testutil_write_jpeg(const char *path, int w, int h, unsigned long long seed);
+
 /* Child processes for integration tests (loopback only; killed by pid).
  * testutil_spawn starts argv[0] with argv (NULL-terminated), stdout and stderr
  * appended to log; returns the pid or -1. */
