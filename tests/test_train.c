@@ -395,7 +395,7 @@ int main(void) {
     fclose(f);
     char extra[4400];
     snprintf(extra, sizeof extra, "--data.path=%s", bad);
-    T_CHECK(run(dir_a, extra, log) != 0);
+    T_CHECK(run(dir_a, extra, log) == 2);
     txt = slurp(log);
     T_CHECK(txt && strstr(txt, "trunc.idx"));
     free(txt);
@@ -408,7 +408,7 @@ int main(void) {
     T_CHECK(txt && strstr(txt, "train.batch_size"));
     free(txt);
     snprintf(extra, sizeof extra, "--train.resume=%s", bad);
-    T_CHECK(run(dir_a, extra, log) != 0);
+    T_CHECK(run(dir_a, extra, log) == 2);
     txt = slurp(log);
     T_CHECK(txt && strstr(txt, "trunc.idx"));
     free(txt);
