@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this module copies it as host memory"
@@ -93,6 +94,7 @@ struct st_writer {
     int n, cap;
     char **mkey, **mval;
     int nmeta, metacap;
+    int no_checksums;
 };
 
 st_writer_t *st_writer_new(void) {
@@ -291,12 +293,42 @@ static int fsync_parent_dir(const char *path) {
     return rc;
 }
 
+/* The metadata key holding a tensor's checksum (malloc'ed; NULL when out of memory). */
+static char *crc_key(const char *name) {
+    size_t n = strlen(name) + 7;
+    char *k = malloc(n);
+    if (k) snprintf(k, n, "crc32.%s", name);
+    return k;
+}
+
+/* CRC-32 (zlib's) of every tensor's bytes as metadata "crc32.<name>" (8 hex digits),
+ * which st_open verifies: a file damaged in place (same size) is refused, not served. */
+void st_writer_checksums(st_writer_t *w, int on) {
+    w->no_checksums = !on;
+}
+
+static int add_checksums(st_writer_t *w) {
+    char val[16];
+    if (w->no_checksums) return 0;
+    for (int i = 0; i < w->n; i++) {
+        const wtensor_t *t = &w->t[i];
+        char *key = crc_key(t->name);
+        if (!key) return mimic_err(MIMIC_ENOMEM, "safetensors: out of memory");
+        snprintf(val, sizeof val, "%08lx", crc32_z(0, t->data, t->nbytes));
+        int rc = st_writer_meta(w, key, val);
+        free(key);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int st_writer_save(st_writer_t *w, const char *path) {
     MIMIC_CHECK(w && path);
     sbuf_t hdr = {0};
     char *tmp = NULL;
     FILE *fp = NULL;
-    int rc = build_header(w, &hdr);
+    int rc = add_checksums(w);
+    if (!rc) rc = build_header(w, &hdr);
     if (rc) {
         mimic_err(rc, "%s: out of memory building the header", path);
         goto fail;
@@ -543,6 +575,29 @@ static int parse_header(st_file_t *f, size_t hlen) {
     return rc;
 }
 
+/* Every tensor that has a "crc32.<name>" entry (files we wrote) must match it. */
+static int verify_checksums(const st_file_t *f) {
+    for (int i = 0; i < f->n; i++) {
+        const st_tensor_t *t = &f->t[i];
+        char *key = crc_key(t->name);
+        if (!key) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", f->path);
+        const char *want = st_meta(f, key);
+        free(key);
+        if (!want) continue;
+        char *end;
+        unsigned long stored = strtoul(want, &end, 16);
+        unsigned long got = crc32_z(0, t->data, t->nbytes);
+        if (*end || end == want)
+            return mimic_err(MIMIC_EFORMAT, "%s: tensor %s: its checksum metadata is not hex",
+                             f->path, t->name);
+        if (stored != got)
+            return mimic_err(MIMIC_EFORMAT,
+                             "%s: tensor %s: checksum %08lx, stored %08lx: the file is corrupt",
+                             f->path, t->name, got, stored);
+    }
+    return 0;
+}
+
 int st_open(st_file_t **out, const char *path) {
     MIMIC_CHECK(out && path);
     *out = NULL;
@@ -567,7 +622,7 @@ int st_open(st_file_t **out, const char *path) {
                        hlen > ST_MAX_HEADER ? "the 100 MB limit" : "the file", f->size);
         goto fail;
     }
-    if ((rc = parse_header(f, (size_t)hlen))) goto fail;
+    if ((rc = parse_header(f, (size_t)hlen)) || (rc = verify_checksums(f))) goto fail;
     *out = f;
     return 0;
 fail:

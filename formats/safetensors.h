@@ -7,8 +7,8 @@
  *
  * Writer: st_writer_new, st_writer_add (borrows the data until save), st_writer_meta,
  * st_writer_save (atomic: temp file, fsync, rename, fsync dir), st_writer_destroy.
- * Reader: st_open loads and validates the whole file (any defect -> MIMIC_EFORMAT with a
- * message naming the file and tensor); st_find / st_at / st_meta look inside;
+ * Reader: st_open loads and validates the whole file, checksums included (any defect ->
+ * MIMIC_EFORMAT with a message naming the file and tensor); st_find / st_at / st_meta look inside;
  * st_read_f32 copies one tensor out after checking dtype and shape; st_close. */
 #ifndef MIMIC_SAFETENSORS_H
 #define MIMIC_SAFETENSORS_H
@@ -65,7 +65,12 @@ int st_writer_add(st_writer_t *w, const char *name, const char *dtype, const int
 /* Sets (or replaces) a __metadata__ entry. Strings are copied. */
 int st_writer_meta(st_writer_t *w, const char *key, const char *value);
 /* Writes path.tmp.<pid>, fsyncs it, renames it over path and fsyncs the directory, so a
- * crash leaves either the old or the new file. MIMIC_EIO names the path on failure. */
+ * crash leaves either the old or the new file. MIMIC_EIO names the path on failure.
+ * Every tensor's CRC-32 goes into the metadata as "crc32.<name>" (8 hex digits), and
+ * st_open refuses a file whose tensor no longer matches it (damage in place, same
+ * size); st_writer_checksums(w, 0) leaves them out (a file laid out exactly as
+ * another writer's). */
+void st_writer_checksums(st_writer_t *w, int on);
 int st_writer_save(st_writer_t *w, const char *path);
 void st_writer_destroy(st_writer_t **w);
 
