@@ -138,6 +138,9 @@ static const key_t_ KEYS[] = {
     F("cluster", "grace_ms", K_INT, cluster.grace_ms, "30000",
       "on SIGTERM/SIGINT/SIGUSR1 the scheduler has the cluster checkpoint the step it stops at "
       "within this time, then ends (0: end at once, as a second signal does)"),
+    F("cluster", "keep_ckpts", K_INT, cluster.keep_ckpts, "3",
+      "complete cluster checkpoints kept on disk, newest first; older steps are deleted "
+      "(0: keep all). A damaged newest step is skipped at resume for the previous one"),
     F("cluster", "ckpt_dir", K_STR, cluster.ckpt_dir, "",
       "checkpoint directory (default out_dir/ckpt)"),
     F("cluster", "trace", K_INT, cluster.trace, "0", "write Chrome trace-event JSON per process"),

@@ -71,6 +71,7 @@ typedef struct {
         long slice_floats;  /* BSP pull replies in slices, overlapping update and send */
         int server_threads; /* a server's OpenMP threads (0: automatic) */
         int ckpt_every;
+        int keep_ckpts; /* complete checkpoints kept on disk (0: all) */
         int grace_ms; /* preemption: time to checkpoint the stop step */
         int quorum_ms, idle_ms; /* the scheduler's longest waits */
         int chunk_retries;      /* hand-outs of a chunk whose holders died */

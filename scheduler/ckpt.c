@@ -2,7 +2,9 @@
 #include "ckpt.h"
 
 #include "common.h"
+#include "safetensors.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -172,6 +174,21 @@ int ckpt_write_atomic(const char *path, const char *data, size_t len) {
     }
     fd = -1;
     if (rename(tmp, path) != 0) goto fail;
+    /* the rename itself is durable only once the directory is synced */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) goto fail;
+    int synced = fsync(dfd) == 0;
+    close(dfd);
+    if (!synced) goto fail;
     return 0;
 fail:;
     int e = errno;
@@ -261,4 +278,71 @@ int ckpt_load_queue(const char *dir, long step, workq_t *q) {
     int rc = workq_restore(q, text, len, path);
     free(text);
     return rc;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+int ckpt_steps_on_disk(const char *dir, long *steps, int cap) {
+    DIR *d = opendir(dir);
+    if (!d) return mimic_err(MIMIC_EIO, "%s: cannot list (%s)", dir, strerror(errno));
+    long *all = NULL;
+    size_t n = 0, room = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long step;
+        int end = 0;
+        if (sscanf(e->d_name, "scheduler-step-%ld.json%n", &step, &end) != 1 || step < 0 ||
+            e->d_name[end] != 0 || end == 0)
+            continue;
+        if (n == room) {
+            long *g = realloc(all, (room = room ? 2 * room : 16) * sizeof *all);
+            if (!g) {
+                free(all);
+                closedir(d);
+                return mimic_err(MIMIC_ENOMEM, "%s: out of memory listing checkpoints", dir);
+            }
+            all = g;
+        }
+        all[n++] = step;
+    }
+    closedir(d);
+    if (n) qsort(all, n, sizeof *all, cmp_desc);
+    int k = (int)(n < (size_t)cap ? n : (size_t)cap);
+    if (k) memcpy(steps, all, (size_t)k * sizeof *steps);
+    free(all);
+    return k;
+}
+
+int ckpt_verify(const char *dir, long step, int nservers, char *why, size_t whylen) {
+    char path[PATH_MAX];
+    for (int r = 0; r < nservers; r++) {
+        snprintf(path, sizeof path, "%s/server-%d-step-%ld.safetensors", dir, r, step);
+        st_file_t *f = NULL;
+        int rc = st_open(&f, path); /* reads it whole and checks every tensor's checksum */
+        st_close(&f);
+        if (rc) {
+            snprintf(why, whylen, "%s", mimic_last_error());
+            return rc;
+        }
+    }
+    snprintf(path, sizeof path, "%s/scheduler-step-%ld.json", dir, step);
+    if (access(path, R_OK) != 0) {
+        snprintf(why, whylen, "%s: missing", path);
+        return MIMIC_EIO;
+    }
+    return 0;
+}
+
+void ckpt_remove_step(const char *dir, long step, int nservers) {
+    char path[PATH_MAX];
+    /* the queue snapshot first: without it the step is not a candidate any more */
+    snprintf(path, sizeof path, "%s/scheduler-step-%ld.json", dir, step);
+    unlink(path);
+    for (int r = 0; r < nservers; r++) {
+        snprintf(path, sizeof path, "%s/server-%d-step-%ld.safetensors", dir, r, step);
+        unlink(path);
+    }
 }

@@ -55,6 +55,16 @@ int ckpt_read_latest(const char *dir, long *step);
 /* Restores q from DIR/scheduler-step-<step>.json. */
 int ckpt_load_queue(const char *dir, long step, workq_t *q);
 
+/* Temp file, fsync, rename over path, fsync of the directory. */
 int ckpt_write_atomic(const char *path, const char *data, size_t len);
+
+/* The steps that have a queue snapshot in dir, newest first (at most cap; the newest
+ * kept); how many, or MIMIC_EIO. */
+int ckpt_steps_on_disk(const char *dir, long *steps, int cap);
+/* Whether step is complete and intact: every server's shard opens (its tensors' CRC-32
+ * match) and the queue snapshot is there. 0, or an error with the reason in why. */
+int ckpt_verify(const char *dir, long step, int nservers, char *why, size_t whylen);
+/* Deletes step's files (queue snapshot first, then every server's shard). */
+void ckpt_remove_step(const char *dir, long step, int nservers);
 
 #endif

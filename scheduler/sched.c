@@ -477,6 +477,18 @@ static void begin_finish(sched_t *s, double now) {
               s->end_step);
 }
 
+/* Keeps the newest cluster.keep_ckpts complete steps on disk, deleting older ones. */
+static void prune_checkpoints(sched_t *s) {
+    int keep = s->cfg.cluster.keep_ckpts;
+    if (keep <= 0) return;
+    long steps[1024];
+    int n = ckpt_steps_on_disk(s->ckdir, steps, 1024);
+    for (int i = keep; i < n; i++) {
+        ckpt_remove_step(s->ckdir, steps[i], s->S);
+        mimic_log("scheduler: checkpoint %ld deleted (cluster.keep_ckpts %d)", steps[i], keep);
+    }
+}
+
 static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry_t *m, double now) {
     long step = (long)msg->hdr.step;
     int status = (int)msg->hdr.a[PROTO_CKDONE_STATUS], complete, failed;
@@ -505,6 +517,7 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry
         metrics_str(&s->mx, "dir", s->ckdir);
         metrics_end(&s->mx);
         mimic_log("scheduler: checkpoint of step %ld complete in %s", step, s->ckdir);
+        prune_checkpoints(s);
     }
     mark(s, "checkpoint");
     request_checkpoints(s);
@@ -852,6 +865,43 @@ static int open_dirs(sched_t *s) {
     return 0;
 }
 
+/* The step to resume from: *step (latest) when every server's shard of it is intact
+ * (CRC-32 of every tensor) and its queue snapshot is there, else the newest earlier
+ * step that is, with a warning, and `latest` rewritten to name it (so the next
+ * restart does not trip over the damaged one again). */
+static int intact_step(sched_t *s, long *step) {
+    char why[1024];
+    if (ckpt_verify(s->ckdir, *step, s->S, why, sizeof why) == 0) return 0;
+    mimic_warn("scheduler: checkpoint %ld is damaged: %s", *step, why);
+    long steps[256];
+    int n = ckpt_steps_on_disk(s->ckdir, steps, 256);
+    if (n < 0) return n;
+    for (int i = 0; i < n; i++) {
+        if (steps[i] >= *step) continue;
+        if (ckpt_verify(s->ckdir, steps[i], s->S, why, sizeof why) != 0) {
+            mimic_warn("scheduler: checkpoint %ld is damaged too: %s", steps[i], why);
+            continue;
+        }
+        char path[PATH_MAX + 16], line[32];
+        int len = snprintf(line, sizeof line, "%ld\n", steps[i]);
+        snprintf(path, sizeof path, "%s/latest", s->ckdir);
+        int rc = ckpt_write_atomic(path, line, (size_t)len);
+        if (rc) return rc;
+        mimic_warn("scheduler: resuming from checkpoint %ld instead of %ld (%s/latest now "
+                   "names it)",
+                   steps[i], *step, s->ckdir);
+        jbegin(s, "checkpoint_fallback");
+        metrics_int(&s->mx, "damaged", *step);
+        metrics_int(&s->mx, "step", steps[i]);
+        metrics_end(&s->mx);
+        *step = steps[i];
+        return 0;
+    }
+    return mimic_err(MIMIC_EFORMAT, "%s: no intact checkpoint to resume from (step %ld is "
+                                    "damaged and no earlier one is whole)",
+                     s->ckdir, *step);
+}
+
 static int decide_resume(sched_t *s) {
     /* MIMIC_RESUME: what a supervisor sets when it starts the cluster again
      * (deploy/supervise.sh); an explicit train.resume wins */
@@ -861,10 +911,12 @@ static int decide_resume(sched_t *s) {
     int have = ckpt_read_latest(s->ckdir, &latest);
     if (have < 0) return have;
     if (!r[0]) {
-        if (have == 0)
-            mimic_log("scheduler: %s/latest (step %ld) exists but train.resume is empty; "
-                      "starting fresh",
-                      s->ckdir, latest);
+        if (have == 0) /* a fresh start would overwrite that run's checkpoints */
+            return mimic_err(MIMIC_EINVAL,
+                             "%s/latest (step %ld) exists and train.resume is empty: pass "
+                             "--train.resume=auto to continue that run, or give a new "
+                             "train.out_dir (or cluster.ckpt_dir) to start afresh",
+                             s->ckdir, latest);
         return 0;
     }
     if (strcmp(r, "auto") != 0) {
@@ -882,7 +934,9 @@ static int decide_resume(sched_t *s) {
         mimic_log("scheduler: no checkpoint in %s; starting fresh", s->ckdir);
         return 0;
     }
-    int rc = ckpt_load_queue(s->ckdir, latest, s->q);
+    int rc = intact_step(s, &latest);
+    if (rc) return rc;
+    rc = ckpt_load_queue(s->ckdir, latest, s->q);
     if (rc) return rc;
     s->resumed = 1;
     s->resume_step = latest;

@@ -10,7 +10,10 @@
  * and finishes. And a server SIGKILLed mid-run under deploy/supervise.sh: the cluster is
  * started again from its last checkpoint and the final model equals the uninterrupted
  * run's bit for bit. And a poison chunk: an ImageFolder whose first chunk of epoch 0 is
- * four garbage files trains to the end, the chunk skipped and accounted. */
+ * four garbage files trains to the end, the chunk skipped and accounted. And checkpoints
+ * that cannot be silently wrong: only cluster.keep_ckpts steps stay on disk; a shard
+ * damaged in place makes the resume fall back to the previous step; a fresh start over
+ * an existing checkpoint directory is refused. */
 #include "order.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -29,6 +32,8 @@ static void test_lost_ckpt_done(const char *b, const char *dir, const char *data
                                 const char *labels);
 static void test_server_kill(const char *b, const char *dir, const char *data, const char *labels);
 static void test_poison_chunk(const char *b, const char *dir);
+static void test_damaged_ckpt(const char *b, const char *dir, const char *data,
+                              const char *labels);
 
 int main(void) {
     const char *b = getenv("MIMIC_BUILD_DIR");
@@ -89,6 +94,7 @@ int main(void) {
     test_lost_ckpt_done(b, dir, data, labels);
     test_server_kill(b, dir, data, labels);
     test_poison_chunk(b, dir);
+    test_damaged_ckpt(b, dir, data, labels);
     return testutil_summary("test_mpirun");
 }
 
@@ -298,4 +304,48 @@ static void test_poison_chunk(const char *b, const char *dir) {
     free(txt);
     printf("poison chunk (epoch 0, chunk 0: 4 garbage files) skipped and accounted; training "
            "finished\n");
+}
+
+static void test_damaged_ckpt(const char *b, const char *dir, const char *data,
+                              const char *labels) {
+    char cmd[16384], log[1300], path[1400];
+    const char *ck = "--train.steps=30 --cluster.ckpt_every=10 --cluster.keep_ckpts=2";
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "damaged", ck);
+    snprintf(log, sizeof log, "%s/damaged.txt", dir);
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 0);
+    /* steps 20 and 30 kept, 10 deleted */
+    int kept[3];
+    for (int k = 1; k <= 3; k++) {
+        snprintf(path, sizeof path, "%s/damaged/ckpt/server-0-step-%d.safetensors", dir, 10 * k);
+        kept[k - 1] = access(path, F_OK) == 0;
+    }
+    T_CHECK(!kept[0] && kept[1] && kept[2]);
+    /* 64 bytes of step 30's shard overwritten in place (same size) */
+    snprintf(path, sizeof path, "%s/damaged/ckpt/server-0-step-30.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    T_CHECK(f && fseek(f, -4096, SEEK_END) == 0);
+    for (int i = 0; f && i < 64; i++)
+        fputc(0xff, f);
+    if (f) fclose(f);
+    /* a fresh start over it is refused (exit 2), naming the way out */
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "damaged", "--train.steps=40");
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 2);
+    char *txt = testutil_slurp(log);
+    T_CHECK(txt && strstr(txt, "exists and train.resume is empty"));
+    free(txt);
+    /* the resume detects the damage and continues from step 20 */
+    cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "damaged",
+                "--train.steps=40 --train.resume=auto");
+    T_CHECK(run_sh(cmd, 120000, 0, log) == 0);
+    txt = testutil_slurp(log);
+    T_CHECK(txt && strstr(txt, "checkpoint 30 is damaged") && strstr(txt, "the file is corrupt") &&
+            strstr(txt, "resuming from checkpoint 20 instead of 30") &&
+            strstr(txt, "training finished at step 40"));
+    free(txt);
+    snprintf(path, sizeof path, "%s/damaged/ckpt/latest", dir);
+    txt = testutil_slurp(path);
+    T_CHECK(txt && atoi(txt) == 40);
+    free(txt);
+    printf("checkpoints: 2 kept; step 30's shard damaged in place -> resumed from 20, "
+           "finished at 40; a fresh start over the directory refused\n");
 }

@@ -21,6 +21,7 @@
 #include "json.h"
 #include "order.h"
 #include "proto.h"
+#include "safetensors.h"
 #include "testutil.h"
 #include "workq.h"
 
@@ -465,6 +466,8 @@ static void run_epoch0(run_t *a) {
     printf("  %s\n", want);
 }
 
+static void fake_shard(const char *ckdir, int step);
+
 /* METRICS, and the checkpoint of step 2 with the queue as of that version. */
 static void run_checkpoints(run_t *a) {
     peer_t *wa = a->wa, *srv = a->srv;
@@ -483,6 +486,7 @@ static void run_checkpoints(run_t *a) {
     T_CHECK(request_chunk(wa, 2, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 1);
     rmsg_free(&c);
     chunk_done(wa, 1, 4, 0); /* never handed out */
+    fake_shard(a->ckdir, 2);
     proto_make_ckpt_done(&h, srv->id, 0, 2, 0, NULL);
     peer_send(srv, &h, NULL);
     snprintf(path, sizeof path, "%s/latest", a->ckdir);
@@ -505,6 +509,18 @@ static void run_checkpoints(run_t *a) {
     chunk_done(wa, 1, 1, 1);
 }
 
+/* What a real server writes before its CKPT_DONE: its shard of the step (a resume
+ * checks that every shard opens and its checksums match). */
+static void fake_shard(const char *ckdir, int step) {
+    char path[4500];
+    float w[4] = {1, 2, 3, 4};
+    int64_t shape[1] = {4};
+    snprintf(path, sizeof path, "%s/server-0-step-%d.safetensors", ckdir, step);
+    st_writer_t *wr = st_writer_new();
+    T_CHECK(wr && st_writer_add(wr, "w", "F32", shape, 1, w) == 0 && st_writer_save(wr, path) == 0);
+    st_writer_destroy(&wr);
+}
+
 /* The last checkpoint ends training: END, LEAVE, SHUTDOWN, exit 0, log and trace. */
 static void run_end(run_t *a) {
     peer_t *wa = a->wa, *srv = a->srv;
@@ -513,6 +529,7 @@ static void run_end(run_t *a) {
     proto_hdr_t h;
     rmsg_t r, c;
     /* The last checkpoint ends training: END to a worker, SHUTDOWN after it left. */
+    fake_shard(a->ckdir, 4);
     proto_make_ckpt_done(&h, srv->id, 0, 4, 0, NULL);
     peer_send(srv, &h, NULL);
     snprintf(path, sizeof path, "%s/latest", a->ckdir);
