@@ -31,6 +31,7 @@ struct member {
     int id, role;
     int period_ms;
     uint64_t step, seq;
+    char *servers; /* REGISTER_ACK's server endpoints, from str or the payload */
 };
 
 static int set_int(void *sock, int opt, int value) {
@@ -118,7 +119,20 @@ static int join_handle(member_t *m, proto_hdr_t *ack_out) {
     } else if (rc == 0 && msg.hdr.type == PROTO_REGISTER_ACK) {
         m->id = (int)msg.hdr.a[PROTO_RACK_ID];
         if (ack_out) *ack_out = msg.hdr;
-        result = 1;
+        /* the endpoints travel in str, or, when longer than PROTO_STR_MAX (many servers),
+         * as the u8 payload one a line */
+        int in_payload = msg.hdr.dtype == PROTO_DT_U8 && msg.hdr.nbytes > 0;
+        size_t len = in_payload ? msg.hdr.nbytes : strlen(msg.hdr.str);
+        free(m->servers);
+        if (!(m->servers = malloc(len + 1))) {
+            result = mimic_err(MIMIC_ENOMEM, "out of memory for the server list");
+        } else {
+            memcpy(m->servers, in_payload ? proto_msg_data(&msg) : msg.hdr.str, len);
+            m->servers[len] = 0;
+            for (size_t i = 0; i < len; i++)
+                if (m->servers[i] == '\n' || m->servers[i] == 0) m->servers[i] = ' ';
+            result = 1;
+        }
     } else if (rc == 0 && msg.hdr.type == PROTO_ERROR) {
         result =
             mimic_err(MIMIC_EPEER, "scheduler %s refused REGISTER: %s", m->endpoint, msg.hdr.str);
@@ -315,6 +329,11 @@ void member_destroy(member_t **mp) {
         pthread_join(m->beat_thread, NULL);
     }
     if (m->sock) zmq_close(m->sock);
+    free(m->servers);
     free(m);
     *mp = NULL;
+}
+
+const char *member_servers(const member_t *m) {
+    return m->servers ? m->servers : "";
 }

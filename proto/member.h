@@ -31,6 +31,9 @@ int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role
 
 void *member_socket(member_t *m); /* the scheduler DEALER, for zmq_poll and proto_send */
 int member_id(const member_t *m); /* id from REGISTER_ACK: the sender of every message */
+/* The server endpoints of REGISTER_ACK separated by single spaces, in rank order,
+ * wherever they travelled (str, or the payload when they exceed PROTO_STR_MAX). */
+const char *member_servers(const member_t *m);
 const char *member_endpoint(const member_t *m); /* the scheduler's endpoint */
 
 void member_set_heartbeat(member_t *m, int period_ms); /* <= 0 keeps the current period */

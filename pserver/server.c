@@ -8,6 +8,7 @@
  * which this file keeps while the store reads it (kvstore_accumulate). Checkpoints are
  * written right after the step that reaches their version, before the next message is
  * read, so a shard is exactly version N. */
+#define _DEFAULT_SOURCE /* realpath */
 #define _POSIX_C_SOURCE 200809L
 #include "server.h"
 
@@ -23,6 +24,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,8 +286,43 @@ static void check_ckpts(server_t *s) {
     s->nckpts = keep;
 }
 
+/* The checkpoint directory of this server's configuration (cluster.ckpt_dir, default
+ * train.out_dir/ckpt): the only place it writes shards to or reads them from. */
+static void ckpt_root(const server_t *s, char *dir, size_t cap) {
+    if (s->cfg.cluster.ckpt_dir[0])
+        snprintf(dir, cap, "%s", s->cfg.cluster.ckpt_dir);
+    else
+        snprintf(dir, cap, "%s/ckpt", s->cfg.train.out_dir);
+}
+
+/* Whether CKPT's directory is this server's own (the same directory once resolved): a
+ * path from the wire is never written to otherwise. */
+static int ckpt_dir_ok(const server_t *s, const char *dir, char *why, size_t whylen) {
+    char root[CFG_PATH_MAX + 8], a[PATH_MAX], b[PATH_MAX];
+    ckpt_root(s, root, sizeof root);
+    if (!realpath(root, a) && (mimic_mkdir_p(root) != 0 || !realpath(root, a))) {
+        snprintf(why, whylen, "this server's checkpoint directory %.900s: %s", root,
+                 strerror(errno));
+        return 0;
+    }
+    if (!realpath(dir, b) || strcmp(a, b) != 0) {
+        snprintf(why, whylen,
+                 "CKPT names %.900s, not this server's checkpoint directory %.900s "
+                 "(cluster.ckpt_dir): refused",
+                 dir, a);
+        return 0;
+    }
+    return 1;
+}
+
 static void on_ckpt(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
+    char why[2048];
+    if (!ckpt_dir_ok(s, h->str, why, sizeof why)) {
+        ps_log(s, "checkpoint %" PRIu64 ": %s", h->step, why);
+        send_ckpt_done(s, h->step, MIMIC_EINVAL, why);
+        return;
+    }
     int n = s->nwritten < PS_CKPTS_MAX ? s->nwritten : PS_CKPTS_MAX;
     for (int i = 0; i < n; i++)
         if (s->written[i] == h->step) { /* a repeated request: already on disk */
@@ -895,16 +932,13 @@ static int bind_router(server_t *s) {
 /* Resumes from the shard of step `text` (REGISTER_ACK.str). */
 static int resume(server_t *s, const char *text) {
     char dir[CFG_PATH_MAX + 8], *end;
+    ckpt_root(s, dir, sizeof dir);
     errno = 0;
     unsigned long long step = strtoull(text, &end, 10);
     if (end == text || *end || errno || text[0] == '-')
         return mimic_err(MIMIC_EFORMAT,
                          "scheduler %s: REGISTER_ACK field 'str': resume step '%s' is not a number",
                          member_endpoint(s->member), text);
-    if (s->cfg.cluster.ckpt_dir[0])
-        snprintf(dir, sizeof dir, "%s", s->cfg.cluster.ckpt_dir);
-    else
-        snprintf(dir, sizeof dir, "%s/ckpt", s->cfg.train.out_dir);
     int rc = shardckpt_load(s->kv, s->queue, dir, s->rank, s->servers, step);
     if (rc) return rc;
     if (s->queue) {

@@ -491,7 +491,10 @@ static void prune_checkpoints(sched_t *s) {
 
 static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry_t *m, double now) {
     long step = (long)msg->hdr.step;
-    int status = (int)msg->hdr.a[PROTO_CKDONE_STATUS], complete, failed;
+    /* any non-zero status is a failure, whatever an int cast would make of it */
+    int64_t st64 = msg->hdr.a[PROTO_CKDONE_STATUS];
+    int status = st64 == 0 ? 0 : st64 < 0 && st64 >= INT_MIN ? (int)st64 : MIMIC_EPEER;
+    int complete, failed;
     char why[256];
     int rc = ckpt_server_done(s->ck, step, m->rank, status, &complete, &failed, why, sizeof why);
     if (rc == 1) return; /* a second answer, to a CKPT resent because one was lost */

@@ -147,6 +147,11 @@ static int spawn_server(child_t *c, const char *name, const char *ep, const char
     argv[n++] = bin;
     for (int i = 0; i < NBASE; i++)
         argv[n++] = (char *)BASE_ARGS[i];
+    /* the directory the fake scheduler's CKPTs name (a server writes only to its own);
+     * a later --cluster.ckpt_dir in extra overrides it */
+    static char ckflag[1100];
+    snprintf(ckflag, sizeof ckflag, "--cluster.ckpt_dir=%s/ckpt", testutil_tmpdir());
+    argv[n++] = ckflag;
     for (int i = 0; extra && extra[i]; i++)
         argv[n++] = (char *)extra[i];
     argv[n++] = "--scheduler";
@@ -575,7 +580,7 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
     T_CHECK(m.hdr.step == 3 && m.hdr.a[PROTO_CKDONE_STATUS] == 0);
     proto_msg_close(&m);
-    char path[1200];
+    char path[1300];
     snprintf(path, sizeof path, "%s/server-1-step-3.safetensors", ckdir);
     T_CHECK(access(path, R_OK) == 0);
     mirror_step(r, 1, (const float *const[]){g4}, (const int[]){5});
@@ -587,6 +592,17 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
     T_CHECK(m.hdr.step == 1 && m.hdr.a[PROTO_CKDONE_STATUS] < 0);
     proto_msg_close(&m);
+    /* a CKPT naming any other directory is refused: a path from the wire is not written */
+    char other[1200];
+    snprintf(other, sizeof other, "%.1000s/elsewhere", testutil_tmpdir());
+    T_CHECK(mimic_mkdir_p(other) == 0);
+    sched_simple(f, &c, PROTO_CKPT, 3, other);
+    T_CHECK(sched_expect(f, &m, PROTO_CKPT_DONE) == 0);
+    T_CHECK(m.hdr.step == 3 && m.hdr.a[PROTO_CKDONE_STATUS] < 0 &&
+            strstr(m.hdr.str, "not this server's checkpoint directory"));
+    proto_msg_close(&m);
+    snprintf(path, sizeof path, "%s/server-1-step-3.safetensors", other);
+    T_CHECK(access(path, F_OK) != 0);
     T_CHECK(f->beats > 0);
     printf("heartbeats seen: %d\n", f->beats);
 
@@ -839,15 +855,16 @@ static void test_join(void *ctx) {
  * member's thread. Then the write goes through, fails on the FIFO, the scheduler hears
  * why, and the pull that waited meanwhile is answered. */
 static void test_blocked_loop(void *ctx, fsched_t *f) {
-    const char *extra[] = {NULL};
+    char dir[1200], path[1400], fifo[1500], flag[1300];
+    snprintf(dir, sizeof dir, "%.1100s/blocked-ckpt", testutil_tmpdir());
+    snprintf(flag, sizeof flag, "--cluster.ckpt_dir=%s", dir);
+    const char *extra[] = {flag, NULL};
     child_t c;
     if (start_server(f, &c, "blocked", extra, 1, 0, "") != 0) {
         T_CHECK(!"server started");
         testutil_kill(c.pid);
         return;
     }
-    char dir[1200], path[1400], fifo[1500];
-    snprintf(dir, sizeof dir, "%.1100s/blocked-ckpt", testutil_tmpdir());
     T_CHECK(mimic_mkdir_p(dir) == 0);
     snprintf(path, sizeof path, "%s/server-0-step-0.safetensors", dir);
     snprintf(fifo, sizeof fifo, "%s.tmp.%d", path, c.pid); /* st_writer_save's temp name */

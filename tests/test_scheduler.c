@@ -19,6 +19,7 @@
  *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
 #include "common.h"
 #include "json.h"
+#include "member.h"
 #include "order.h"
 #include "proto.h"
 #include "safetensors.h"
@@ -61,7 +62,7 @@ typedef struct {
     int nin;
 } peer_t;
 
-static peer_t *peers[8];
+static peer_t *peers[80]; /* test F: 64 servers */
 static int npeers;
 
 static void free_copy(void *data, void *hint) {
@@ -124,7 +125,7 @@ static void pump(int ms) {
     double end = mimic_now() + ms * 1e-3;
     do {
         double now = mimic_now();
-        zmq_pollitem_t items[8];
+        zmq_pollitem_t items[80];
         for (int i = 0; i < npeers; i++) {
             peer_t *p = peers[i];
             if (p->hb && now - p->last_hb >= HB_MS * 1e-3) {
@@ -718,6 +719,52 @@ static void test_waits(void) {
     peer_destroy(&w);
 }
 
+/* ---- F: 64 servers with long endpoints ---------------------------------------------- */
+
+/* Their list exceeds REGISTER_ACK's str (1024 bytes) and travels as the payload; a
+ * worker joining with the member client (what mimic-worker uses) gets all 64, in rank
+ * order. */
+static void test_many_servers(void) {
+    enum { S = 64 };
+    printf("F. %d servers with long endpoints: the worker gets every address\n", S);
+    char ep[512], extra[128];
+    snprintf(extra, sizeof extra, "--cluster.servers=%d --cluster.workers=1", S);
+    if (start("f", extra, ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    static char eps[S][96];
+    peer_t *srv[S];
+    for (int i = 0; i < S; i++) {
+        snprintf(eps[i], sizeof eps[i],
+                 "tcp://parameter-server-%02d.a-rather-long-cluster-domain.example:%d", i,
+                 41000 + i);
+        srv[i] = peer_new("server", ep);
+        do_register(srv[i], PROTO_ROLE_SERVER, eps[i], (uint64_t)(i + 1));
+        pump(5); /* registration order = rank order */
+    }
+    member_t *w = NULL;
+    proto_hdr_t ack;
+    T_CHECK(member_join(&w, zctx, ep, PROTO_ROLE_WORKER, NULL, 5000, &ack) == 0);
+    const char *list = w ? member_servers(w) : "";
+    size_t want_len = 0;
+    int match = 1, k = 0;
+    const char *p = list;
+    for (; k < S && match; k++) {
+        size_t n = strlen(eps[k]);
+        want_len += n + (k > 0);
+        match = strncmp(p, eps[k], n) == 0 && (p[n] == ' ' || (k == S - 1 && p[n] == 0));
+        p += n + 1;
+    }
+    printf("  %zu bytes of endpoints, all %d in rank order: %s\n", strlen(list), S,
+           match && k == S ? "ok" : "FAIL");
+    T_CHECK(match && k == S && strlen(list) == want_len && want_len > PROTO_STR_MAX);
+    member_destroy(&w);
+    kill_sched();
+    for (int i = 0; i < S; i++)
+        peer_destroy(&srv[i]);
+}
+
 /* ---- Q: the work queue in-process --------------------------------------------------- */
 
 typedef struct {
@@ -887,6 +934,7 @@ int main(void) {
     test_signal();
     test_bad_input();
     test_waits();
+    test_many_servers();
     kill_sched();
     zmq_ctx_term(zctx);
     return testutil_summary("test_scheduler");

@@ -326,7 +326,7 @@ static int resolve_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep,
                                    "MIMIC_SCHEDULER or cluster.scheduler, or launch with mpirun");
 }
 
-/* Registers with the scheduler: id, rank, the servers' endpoints (ack->str). */
+/* Registers with the scheduler: id, rank, the servers' endpoints (member_servers). */
 static int dist_join(dist_t *d, void *zctx, const char *ep, proto_hdr_t *ack) {
     int rc = member_join(&d->mb, zctx, ep, PROTO_ROLE_WORKER, NULL, 60000, ack);
     if (rc) return rc;
@@ -392,7 +392,8 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     if ((rc = dist_join(&d, zctx, ep, &ack))) goto out;
     if ((rc = stage_new(&s, cfg, cfg->train.batch_size))) goto out;
     if ((rc = loader_new(&d.ld, cfg))) goto out;
-    if ((rc = kv_new(&d.kv, zctx, ack.str, d.S, s->p->total, d.id, d.max_payload))) goto out;
+    if ((rc = kv_new(&d.kv, zctx, member_servers(d.mb), d.S, s->p->total, d.id, d.max_payload)))
+        goto out;
     if ((rc = dist_open_records(&d))) goto out;
     if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
         int W = cfg->cluster.workers > 1 ? cfg->cluster.workers : 1;
