@@ -20,6 +20,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#define SCHED_CHUNKS_HELD_MAX 2 /* chunks a worker may hold not reported done */
 #define MEMB_RESENDS_MAX 20  /* MEMBERSHIP resends per version to a server that does not ACK */
 #define SCHED_BURST 256      /* messages read per wake-up before the timers run */
 #define SCHED_LINGER_MS 2000 /* closing lets the last SHUTDOWNs go out this long */
@@ -396,6 +397,17 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry
     if (s->finishing || s->draining || msg->hdr.step >= (uint64_t)s->end_step) {
         proto_make_chunk_end(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step);
         send_to(s, m, &h, NULL, NULL, NULL);
+        return;
+    }
+    /* a worker takes one chunk a step and reports it before the next: a peer asking for
+     * more without reporting any is refused, so it cannot drain the queue or grow the
+     * scheduler's memory with chunks nobody will report */
+    int held = workq_outstanding(s->q, m->id);
+    if (held >= SCHED_CHUNKS_HELD_MAX) {
+        reply_error(s, msg, MIMIC_EPEER,
+                    "worker id %d holds %d chunk(s) not reported done (at most %d): report "
+                    "them first",
+                    m->id, held, SCHED_CHUNKS_HELD_MAX);
         return;
     }
     if ((long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;

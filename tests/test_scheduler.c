@@ -701,6 +701,16 @@ static void test_waits(void) {
     take_ack(srv, 1, 3000);
     do_register(w, PROTO_ROLE_WORKER, NULL, 2);
     take_ack(w, 2, 3000);
+    /* a worker holds at most 2 chunks not reported done: a third request is refused */
+    rmsg_t ch;
+    for (int k = 0; k < 2; k++) {
+        T_CHECK(request_chunk(w, 0, &ch, NULL) == 0);
+        rmsg_free(&ch);
+    }
+    simple(w, PROTO_CHUNK_REQ, 0, 77);
+    T_CHECK(expect(w, PROTO_ERROR, 3000, &r) && strstr(r.hdr.str, "not reported done"));
+    printf("  a third chunk without reporting the first two: refused (%s)\n", r.hdr.str);
+    rmsg_free(&r);
     simple(w, PROTO_LEAVE, 0, 3); /* the only worker goes; none comes */
     T_CHECK(expect(w, PROTO_ACK, 3000, &r));
     rmsg_free(&r);
