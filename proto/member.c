@@ -32,6 +32,7 @@ struct member {
     int period_ms;
     uint64_t step, seq;
     char *servers; /* REGISTER_ACK's server endpoints, from str or the payload */
+    int64_t token; /* REGISTER_ACK's heartbeat token (0: none given) */
 };
 
 static int set_int(void *sock, int opt, int value) {
@@ -118,6 +119,7 @@ static int join_handle(member_t *m, proto_hdr_t *ack_out) {
         result = mimic_err(MIMIC_EIO, "scheduler %s: receive failed: %s", m->endpoint, msg.why);
     } else if (rc == 0 && msg.hdr.type == PROTO_REGISTER_ACK) {
         m->id = (int)msg.hdr.a[PROTO_RACK_ID];
+        m->token = msg.hdr.na > PROTO_RACK_TOKEN ? msg.hdr.a[PROTO_RACK_TOKEN] : 0;
         if (ack_out) *ack_out = msg.hdr;
         /* the endpoints travel in str, or, when longer than PROTO_STR_MAX (many servers),
          * as the u8 payload one a line */
@@ -249,7 +251,8 @@ void member_set_step(member_t *m, uint64_t step) {
 }
 
 /* The heartbeat thread: its own DEALER (sockets are not shared across threads), a
- * HEARTBEAT carrying this member's id every period; the scheduler matches it by id. */
+ * HEARTBEAT carrying this member's id and REGISTER_ACK's token every period; the
+ * scheduler takes it for the member only when both match. */
 static void *beat_main(void *arg) {
     member_t *m = arg;
     void *sock = zmq_socket(m->zctx, ZMQ_DEALER);
@@ -264,6 +267,8 @@ static void *beat_main(void *arg) {
     while (!atomic_load(&m->beat_stop)) {
         proto_hdr_t h;
         proto_make_heartbeat(&h, m->id, ++seq, atomic_load(&m->beat_step));
+        h.na = PROTO_HB_TOKEN + 1; /* what binds this connection's beats to us */
+        h.a[PROTO_HB_TOKEN] = m->token;
         proto_send(sock, NULL, 0, &h, NULL, NULL, NULL); /* a dropped beat is the signal */
         /* the scheduler ACKs every heartbeat: hearing them is how the member knows the
          * scheduler is alive while it waits on something else (member_sched_silence_s) */

@@ -81,7 +81,11 @@ enum {
     PROTO_RACK_RANK = 3,     /* rank within its role (a server's key-range index) */
     PROTO_RACK_EPOCH = 4,    /* optional: membership epoch */
     PROTO_RACK_NKEYS = 5,    /* optional: total parameter count (float elements) */
+    PROTO_RACK_TOKEN = 6,    /* optional: the secret the member's heartbeats carry */
 };
+/* HEARTBEAT a[]: the REGISTER_ACK token, which binds a heartbeat sent on the member's
+ * own connection (not the one it registered on) to the member. */
+enum { PROTO_HB_TOKEN = 0 };
 enum { PROTO_MEMB_EPOCH = 0, PROTO_MEMB_LIVE = 1 };
 enum { PROTO_CREQ_EPOCH = 0 /* optional: the epoch the worker is in */ };
 enum {

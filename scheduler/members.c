@@ -4,6 +4,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 struct members {
     members_entry_t *v;
@@ -50,6 +52,11 @@ members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_
     memcpy(m->ident, ident, identlen);
     m->identlen = identlen;
     m->joined = m->last_seen = now;
+    /* 62 random bits: what an outsider who knows the id cannot guess */
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) /* never on Linux >= 3.17 */
+        r = (uint64_t)(now * 1e9) ^ ((uint64_t)m->id << 32) ^ (uint64_t)getpid();
+    m->token = (int64_t)(r >> 2) | 1;
     return m;
 }
 

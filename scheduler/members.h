@@ -34,6 +34,8 @@ typedef struct {
     double joined, last_seen;         /* mimic_now() seconds */
     uint64_t step;                    /* last HEARTBEAT.st */
     uint64_t reg_seq;                 /* REGISTER.seq, echoed by the (deferred) REGISTER_ACK */
+    int64_t token; /* random, in REGISTER_ACK: a heartbeat on another connection needs it */
+    int warned_token; /* a foreign heartbeat for this id was logged */
     char endpoint[PROTO_STR_MAX + 1]; /* servers: their ROUTER endpoint */
     /* servers: MEMBERSHIP delivery (version acknowledged, last send, resends) */
     uint64_t memb_acked;

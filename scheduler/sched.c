@@ -144,6 +144,9 @@ static void send_register_ack(sched_t *s, const members_entry_t *m) {
     proto_make_register_ack(&h, PROTO_ID_SCHEDULER, m->reg_seq, m->id, s->S,
                             members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE), m->rank,
                             s->memb_version, text);
+    h.a[PROTO_RACK_NKEYS] = 0; /* unknown here */
+    h.a[PROTO_RACK_TOKEN] = m->token;
+    h.na = PROTO_RACK_TOKEN + 1;
     if (in_str) {
         free(eps);
         send_to(s, m, &h, NULL, NULL, NULL);
@@ -635,7 +638,17 @@ static void handle(sched_t *s, const proto_msg_t *msg, int rc, double now) {
      * a long forward/backward pass must not make a busy worker look dead. */
     if (!m && msg->hdr.type == PROTO_HEARTBEAT && msg->hdr.sender >= 0) {
         members_entry_t *owner = members_by_id(s->mb, msg->hdr.sender);
-        if (owner && (owner->state == MEMBERS_LIVE || owner->state == MEMBERS_PENDING)) {
+        /* ... and by the token of its REGISTER_ACK: an id alone (anyone can count) would
+         * let an outsider keep a dead member alive */
+        int bound = owner && msg->hdr.na > PROTO_HB_TOKEN &&
+                    msg->hdr.a[PROTO_HB_TOKEN] == owner->token;
+        if (owner && !bound && !owner->warned_token) {
+            owner->warned_token = 1;
+            mimic_warn("scheduler: a HEARTBEAT for id %d from another connection without its "
+                       "token: ignored",
+                       owner->id);
+        }
+        if (bound && (owner->state == MEMBERS_LIVE || owner->state == MEMBERS_PENDING)) {
             members_touch(owner, now);
             owner->step = msg->hdr.step; /* a server's version: overdue checkpoints */
             reply_ack(s, msg, PROTO_HEARTBEAT); /* the member's sign that we are alive */

@@ -729,6 +729,48 @@ static void test_waits(void) {
     peer_destroy(&w);
 }
 
+/* ---- G: a foreign heartbeat ---------------------------------------------------------- */
+
+/* Heartbeats for a worker's id from another connection, without the REGISTER_ACK token
+ * (or with a wrong one), do not keep the silent worker alive. */
+static void test_foreign_heartbeat(void) {
+    printf("G. heartbeats for a worker's id from an outsider's connection\n");
+    char ep[512], log[4300];
+    if (start("g", "--cluster.servers=1 --cluster.workers=1", ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep), *w = peer_new("worker", ep), *x = peer_new("outsider", ep);
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40006", 1);
+    take_ack(srv, 1, 3000);
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    take_ack(w, 2, 3000);
+    w->hb = 0; /* the worker goes silent */
+    double t0 = mimic_now();
+    for (int k = 0; mimic_now() - t0 < DEAD_MS * 2e-3; k++) {
+        proto_hdr_t h;
+        proto_hdr_init(&h, PROTO_HEARTBEAT, w->id);
+        if (k & 1) { /* a guessed token */
+            h.na = 1;
+            h.a[0] = 12345;
+        }
+        peer_send(x, &h, NULL);
+        pump(HB_MS / 2);
+    }
+    kill_sched();
+    snprintf(log, sizeof log, "%s/g-log.txt", testutil_tmpdir());
+    char *text = testutil_slurp(log);
+    char want[64];
+    snprintf(want, sizeof want, "(id %d) declared dead", w->id);
+    T_CHECK(text && strstr(text, want) && strstr(text, "without its token: ignored"));
+    printf("  the worker was declared dead despite %0.1f s of foreign heartbeats: %s\n",
+           DEAD_MS * 2e-3, text && strstr(text, want) ? "ok" : "FAIL");
+    free(text);
+    peer_destroy(&srv);
+    peer_destroy(&w);
+    peer_destroy(&x);
+}
+
 /* ---- F: 64 servers with long endpoints ---------------------------------------------- */
 
 /* Their list exceeds REGISTER_ACK's str (1024 bytes) and travels as the payload; a
@@ -945,6 +987,7 @@ int main(void) {
     test_bad_input();
     test_waits();
     test_many_servers();
+    test_foreign_heartbeat();
     kill_sched();
     zmq_ctx_term(zctx);
     return testutil_summary("test_scheduler");
