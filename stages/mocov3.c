@@ -244,11 +244,11 @@ static int gather_keys(stage_t *s, moco_t *mc, int n) {
 static double moco_forward(stage_t *s, const stage_input_t *in, int n) {
     moco_t *mc = s->impl;
     const int D = mc->D, k = mc->dim;
+    mc->n = 0; /* until the keys are in: stage_compute runs backward after a failed forward */
     if (n < 2) {
         mimic_err(MIMIC_EINVAL, "MoCo v3: a batch of %d sample(s) (BatchNorm needs 2)", n);
         return NAN;
     }
-    mc->n = n;
     net_features(&mc->on, mc->feat, mc->fv, in->imgs, n, D);
     net_features(&mc->mo, mc->fm, mc->fmv, in->imgs, n, D);
     for (int v = 0; v < VIEWS; v++) {
@@ -263,6 +263,7 @@ static double moco_forward(stage_t *s, const stage_input_t *in, int n) {
         l2norm_forward(mc->kn[v], mc->knorm[v], km, n, k);
     }
     if (gather_keys(s, mc, n)) return NAN;
+    mc->n = n;
     double loss = 0;
     for (int v = 0; v < VIEWS; v++) /* q of view v against the keys of the other view */
         loss += contrastive_v3_forward(mc->prob[v], mc->qn[v], mc->kall[1 - v], n, mc->M, k,
@@ -274,6 +275,7 @@ static void moco_backward(stage_t *s) {
     moco_t *mc = s->impl;
     net_t *on = &mc->on;
     const int n = mc->n, D = mc->D, k = mc->dim;
+    if (n == 0) return; /* the forward failed (and said why) */
     for (int v = 0; v < VIEWS; v++) {
         size_t nk = (size_t)n * k;
         mimic_zero(mc->dq[v], nk);
