@@ -102,6 +102,25 @@ void batchnorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
 }
 
+void batchnorm_forward_groups(float *out, float *mean, float *rstd, const float *inp,
+                              const float *w, const float *b, int G, int N, int C, float eps) {
+    MIMIC_CHECK(G >= 1 && N % G == 0);
+    size_t at = (size_t)(N / G) * C; /* floats of one group */
+    for (int g = 0; g < G; g++)
+        batchnorm_forward(out + g * at, mean + (size_t)g * C, rstd + (size_t)g * C, inp + g * at, w,
+                          b, N / G, C, eps);
+}
+
+void batchnorm_backward_groups(float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *w, const float *mean,
+                               const float *rstd, int G, int N, int C) {
+    MIMIC_CHECK(G >= 1 && N % G == 0);
+    size_t at = (size_t)(N / G) * C; /* floats of one group */
+    for (int g = 0; g < G; g++)
+        batchnorm_backward(dinp ? dinp + g * at : NULL, dw, db, dout + g * at, inp + g * at, w,
+                           mean + (size_t)g * C, rstd + (size_t)g * C, N / G, C);
+}
+
 void batchnorm_forward_eval(float *out, const float *inp, const float *run_mean,
                             const float *run_var, const float *w, const float *b, int N, int C,
                             float eps) {

@@ -129,12 +129,18 @@ void head_init(const head_t *h, params_t *p, rng_t *rng) {
 }
 
 void head_acts_resize(head_acts_t *a, int n) {
-    MIMIC_CHECK(n >= 1 && n <= a->cap);
+    MIMIC_CHECK(n >= 1 && n <= a->cap && n % a->groups == 0);
     a->N = n;
 }
 
 int head_acts_alloc(head_acts_t *a, const head_t *h, int N) {
+    return head_acts_alloc_groups(a, h, N, 1);
+}
+
+int head_acts_alloc_groups(head_acts_t *a, const head_t *h, int N, int G) {
     memset(a, 0, sizeof *a);
+    if (G < 1 || N % G)
+        return mimic_err(MIMIC_EINVAL, "head: %d rows do not split into %d BatchNorm groups", N, G);
     int has_bn = 0;
     size_t total = 2 * (size_t)N * h->max_dim;
     for (int l = 0; l < h->nlayers; l++) {
@@ -142,15 +148,18 @@ int head_acts_alloc(head_acts_t *a, const head_t *h, int N) {
         total += (size_t)N * o;
         if (h->layer[l].bn != HEAD_BN_NONE) {
             has_bn = 1;
-            total += (size_t)N * o + 2 * o;
+            total += (size_t)N * o + 2 * (size_t)G * o;
         }
     }
-    if (N < 1 || (has_bn && N < 2))
+    if (N < 1 || (has_bn && N / G < 2))
         return mimic_err(MIMIC_EINVAL,
-                         "head: batch of %d row(s); BatchNorm needs at least 2 rows per batch", N);
+                         "head: batch of %d row(s) (%d per BatchNorm group); BatchNorm needs at "
+                         "least 2 rows per group",
+                         N, N / G);
     a->mem = mimic_alloc(total * sizeof(float));
     if (!a->mem) return MIMIC_ENOMEM;
     a->N = a->cap = N;
+    a->groups = G;
     float *m = a->mem;
     a->d0 = m;
     m += (size_t)N * h->max_dim;
@@ -166,8 +175,8 @@ int head_acts_alloc(head_acts_t *a, const head_t *h, int N) {
         a->y[l] = m;
         m += (size_t)N * o;
         a->mean[l] = m;
-        a->rstd[l] = m + o;
-        m += 2 * o;
+        a->rstd[l] = m + (size_t)G * o;
+        m += 2 * (size_t)G * o;
     }
     return 0;
 }
@@ -196,10 +205,10 @@ const float *head_forward(head_t *h, const params_t *p, head_acts_t *a, const fl
         if (s->bn != HEAD_BN_NONE) {
             const float *bw = opt_w(p, h->bn_w[l]), *bb = opt_w(p, h->bn_b[l]);
             if (mode == HEAD_TRAIN) {
-                batchnorm_forward(a->y[l], a->mean[l], a->rstd[l], a->lin[l], bw, bb, N, s->out,
-                                  h->bn_eps);
-                batchnorm_update_running(h->run_mean[l], h->run_var[l], a->lin[l], N, s->out,
-                                         h->bn_momentum);
+                batchnorm_forward_groups(a->y[l], a->mean[l], a->rstd[l], a->lin[l], bw, bb,
+                                         a->groups, N, s->out, h->bn_eps);
+                batchnorm_update_running(h->run_mean[l], h->run_var[l], a->lin[l], N / a->groups,
+                                         s->out, h->bn_momentum);
             } else {
                 batchnorm_forward_eval(a->y[l], a->lin[l], h->run_mean[l], h->run_var[l], bw, bb, N,
                                        s->out, h->bn_eps);
@@ -227,8 +236,9 @@ void head_backward(const head_t *h, params_t *p, head_acts_t *a, float *dx, cons
         }
         if (s->bn != HEAD_BN_NONE) {
             mimic_zero(other, n);
-            batchnorm_backward(other, opt_g(p, h->bn_w[l]), opt_g(p, h->bn_b[l]), cur, a->lin[l],
-                               opt_w(p, h->bn_w[l]), a->mean[l], a->rstd[l], N, o);
+            batchnorm_backward_groups(other, opt_g(p, h->bn_w[l]), opt_g(p, h->bn_b[l]), cur,
+                                      a->lin[l], opt_w(p, h->bn_w[l]), a->mean[l], a->rstd[l],
+                                      a->groups, N, o);
             t = cur, cur = other, other = t;
         }
         const float *xin = l ? a->y[l - 1] : a->x;

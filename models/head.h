@@ -8,7 +8,10 @@
  * predictor, MoCo v2's encoder_q.fc and SupCon's head load by name (see head_register).
  * BN running statistics are buffers, not parameters (the optimiser and the servers
  * must not touch them): the head_t owns them. Activations live in a head_acts_t
- * allocated once per batch size; forward and backward allocate nothing. */
+ * allocated once per batch size; forward and backward allocate nothing. The acts also
+ * say how the rows are grouped for BN's batch statistics (head_acts_alloc_groups): one
+ * group is the usual per-process BN; G groups reproduce G workers' per-worker BN in
+ * one process (contrastive.bn_groups). */
 #ifndef MIMIC_HEAD_H
 #define MIMIC_HEAD_H
 
@@ -50,10 +53,11 @@ typedef struct {
 
 typedef struct {
     int N, cap; /* rows in use, rows allocated */
+    int groups; /* BN statistics per group of N/groups contiguous rows */
     const float *x;               /* the input of the last forward (borrowed) */
     float *lin[HEAD_MAX_LAYERS];  /* Linear outputs (N, out) */
     float *y[HEAD_MAX_LAYERS];    /* layer outputs after BN/ReLU (may equal lin) */
-    float *mean[HEAD_MAX_LAYERS]; /* BN batch statistics (out) */
+    float *mean[HEAD_MAX_LAYERS]; /* BN batch statistics (groups, out) */
     float *rstd[HEAD_MAX_LAYERS];
     float *d0, *d1; /* backward scratch (N, max_dim) */
     float *mem;
@@ -83,13 +87,19 @@ void head_init(const head_t *h, params_t *p, rng_t *rng);
 /* Buffers for batches of N rows; N >= 2 if the head has a BN (MIMIC_EINVAL otherwise:
  * batch statistics of one row are undefined). */
 int head_acts_alloc(head_acts_t *a, const head_t *h, int N);
+/* The same with BN batch statistics per group: the rows are G contiguous groups of N/G
+ * rows, each normalised as if it were a batch of its own (batchnorm_forward_groups).
+ * G must divide N, and N/G >= 2 if the head has a BN (MIMIC_EINVAL otherwise). */
+int head_acts_alloc_groups(head_acts_t *a, const head_t *h, int N, int G);
 void head_acts_free(head_acts_t *a);
 /* Runs the next passes on n rows, 2 <= n <= the allocated rows (a batch shortened by
- * corrupt samples); nothing is reallocated. */
+ * corrupt samples), n a multiple of the groups (checked); nothing is reallocated. */
 void head_acts_resize(head_acts_t *a, int n);
 
 /* x (N, in_dim) -> returns the output (N, out_dim), owned by a. HEAD_TRAIN uses batch
- * statistics and updates h's running statistics; HEAD_EVAL uses the running ones (its
+ * statistics (per group of a) and updates h's running statistics with those of the
+ * first group, i.e. what worker 0 of a cluster keeps (torch's DDP, which broadcasts
+ * rank 0's BN buffers, does the same); HEAD_EVAL uses the running ones (its
  * activations are not meant for backward). x must stay valid until backward. */
 const float *head_forward(head_t *h, const params_t *p, head_acts_t *a, const float *x,
                           head_mode_t mode);

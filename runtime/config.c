@@ -159,6 +159,10 @@ static const key_t_ KEYS[] = {
       "hidden width of the projector and predictor MLPs"),
     F("contrastive", "temperature", K_FLOAT, contrastive.temperature, "0.2",
       "InfoNCE temperature tau"),
+    F("contrastive", "bn_groups", K_INT, contrastive.bn_groups, "1",
+      "standalone only: the heads' BatchNorm statistics per group of batch_size/G contiguous "
+      "samples, as G workers of batch_size/G compute them (G > 1 is refused on a cluster, whose "
+      "workers each have their own)"),
     E("eval", "features", eval.features, "encoder|random|pixels", "encoder",
       "what is evaluated: encoder (the stage's or file's features) | random (an encoder of "
       "model.* at MAE's init, seed train.seed) | pixels (the normalised images)"),

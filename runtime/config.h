@@ -87,6 +87,7 @@ typedef struct {
         int dim;             /* key dimension (the projector's output) */
         int mlp_dim;         /* hidden width of projector and predictor */
         float temperature;
+        int bn_groups;       /* heads' BN statistics per batch/G samples (standalone) */
     } contrastive;
     struct { /* frozen-encoder evaluation (eval/eval.h) */
         int features, pool; /* encoder|random|pixels; cls|avg */

@@ -9,8 +9,10 @@
  * indices, head.h). The momentum network is a second table of the same layout whose
  * values are stage_t.ema (the servers' EMA, or the standalone trainer's): its predictor
  * is never run. BatchNorm statistics are per worker (batch statistics of the local
- * batch), as MoCo v3 without SyncBatchNorm. (ours) The encoder starts from MAE's init
- * (METHODS.md) and AdamW leaves biases and norms undecayed, like MAE's groups. */
+ * batch), as MoCo v3 without SyncBatchNorm; the standalone trainer reproduces G
+ * workers with contrastive.bn_groups = G (statistics per group of n/G samples). (ours)
+ * The encoder starts from MAE's init (METHODS.md) and AdamW leaves biases and norms
+ * undecayed, like MAE's groups. */
 #include "checkpoint.h"
 #include "common.h"
 #include "contrastive.h"
@@ -38,6 +40,7 @@ typedef struct {
     mae_cfg_t model;
     float tau;
     int B, D, dim, Mcap, n, M, offset;
+    int groups;   /* contrastive.bn_groups: BN statistics per group of n/groups samples */
     net_t on, mo; /* online; momentum (its w is stage_t.ema) */
     /* (2B, D) features of both views interleaved as loaded, and per view (B, D) */
     float *feat, *fv[VIEWS], *fm, *fmv[VIEWS];
@@ -51,8 +54,8 @@ typedef struct {
 
 static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B) {
     head_layer_t pl[PROJ_LAYERS], ql[PRED_LAYERS];
-    const int D = cfg->model.embed_dim, mlp = cfg->contrastive.mlp_dim,
-              dim = cfg->contrastive.dim;
+    const int D = cfg->model.embed_dim, mlp = cfg->contrastive.mlp_dim, dim = cfg->contrastive.dim,
+              G = cfg->contrastive.bn_groups;
     int rc;
     if (!(nt->p = params_new())) return mimic_err(MIMIC_ENOMEM, "out of memory for MoCo v3");
     if ((rc = encoder_register(&nt->enc, nt->p, &cfg->model)) < 0 ||
@@ -65,8 +68,8 @@ static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B) {
     if (B == 0) return 0; /* parameters only */
     if ((rc = encoder_acts_alloc(&nt->ea, &nt->enc, VIEWS * B, nt->enc.L)) < 0) return rc;
     for (int v = 0; v < VIEWS; v++)
-        if ((rc = head_acts_alloc(&nt->proj_a[v], &nt->proj, B)) < 0 ||
-            (rc = head_acts_alloc(&nt->pred_a[v], &nt->pred, B)) < 0)
+        if ((rc = head_acts_alloc_groups(&nt->proj_a[v], &nt->proj, B, G)) < 0 ||
+            (rc = head_acts_alloc_groups(&nt->pred_a[v], &nt->pred, B, G)) < 0)
             return rc;
     return 0;
 }
@@ -148,11 +151,18 @@ static int moco_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
         !(cfg->contrastive.temperature > 0))
         return mimic_err(MIMIC_EINVAL,
                          "config contrastive.dim, mlp_dim and temperature must be positive");
+    const int G = cfg->contrastive.bn_groups;
+    if (G < 1 || (batch > 0 && (batch % G || batch / G < 2)))
+        return mimic_err(MIMIC_EINVAL,
+                         "config contrastive.bn_groups = %d: train.batch_size %d must split into "
+                         "that many groups of at least 2 samples (BatchNorm in the heads)",
+                         G, batch);
     mc->model = cfg->model;
     mc->tau = cfg->contrastive.temperature;
     mc->B = batch;
     mc->D = cfg->model.embed_dim;
     mc->dim = cfg->contrastive.dim;
+    mc->groups = G;
     /* the keys of every worker: room for twice the expected cluster (elastic joins) */
     mc->Mcap = batch * 2 * (cfg->cluster.workers > 1 ? cfg->cluster.workers : 1);
     int rc;
@@ -244,11 +254,21 @@ static int gather_keys(stage_t *s, moco_t *mc, int n) {
 static double moco_forward(stage_t *s, const stage_input_t *in, int n) {
     moco_t *mc = s->impl;
     const int D = mc->D, k = mc->dim;
-    if (n < 2) {
-        mimic_err(MIMIC_EINVAL, "MoCo v3: a batch of %d sample(s) (BatchNorm needs 2)", n);
+    mc->n = 0; /* until the keys are in: stage_compute runs backward after a failed forward */
+    if (n < 2 * mc->groups || n % mc->groups) {
+        mimic_err(MIMIC_EINVAL,
+                  "MoCo v3: a batch of %d sample(s) does not split into contrastive.bn_groups = "
+                  "%d group(s) of at least 2 (BatchNorm)",
+                  n, mc->groups);
         return NAN;
     }
-    mc->n = n;
+    if (mc->groups > 1 && s->exchange) { /* the backend that exchanges keys is a cluster's */
+        mimic_err(MIMIC_EINVAL,
+                  "config contrastive.bn_groups = %d is for the standalone trainer: on a cluster "
+                  "each worker's BatchNorm already has statistics of its own batch (set it to 1)",
+                  mc->groups);
+        return NAN;
+    }
     net_features(&mc->on, mc->feat, mc->fv, in->imgs, n, D);
     net_features(&mc->mo, mc->fm, mc->fmv, in->imgs, n, D);
     for (int v = 0; v < VIEWS; v++) {
@@ -263,6 +283,7 @@ static double moco_forward(stage_t *s, const stage_input_t *in, int n) {
         l2norm_forward(mc->kn[v], mc->knorm[v], km, n, k);
     }
     if (gather_keys(s, mc, n)) return NAN;
+    mc->n = n;
     double loss = 0;
     for (int v = 0; v < VIEWS; v++) /* q of view v against the keys of the other view */
         loss += contrastive_v3_forward(mc->prob[v], mc->qn[v], mc->kall[1 - v], n, mc->M, k,
@@ -274,6 +295,7 @@ static void moco_backward(stage_t *s) {
     moco_t *mc = s->impl;
     net_t *on = &mc->on;
     const int n = mc->n, D = mc->D, k = mc->dim;
+    if (n == 0) return; /* the forward failed (and said why) */
     for (int v = 0; v < VIEWS; v++) {
         size_t nk = (size_t)n * k;
         mimic_zero(mc->dq[v], nk);

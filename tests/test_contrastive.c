@@ -1,7 +1,9 @@
 // TIMEOUT: 120
 /* test_contrastive — the contrastive stage's layers, heads and losses: BatchNorm1d
  * against a double reference (batch statistics, backward, eval mode, running
- * statistics), finite differences for every backward (BN, ReLU, L2 normalisation, the
+ * statistics), BN and heads with statistics per group of rows (contrastive.bn_groups)
+ * against the same applied slice by slice, finite differences for every backward (BN,
+ * grouped BN, ReLU, L2 normalisation, the
  * MLP heads' parameters and input, the queue / MoCo v3 / SupCon / soft-CE losses), the
  * degenerate cases (one-row BN refused, SupCon rows without positives), the weight
  * builders, Mixup/CutMix, and parity with PyTorch on the committed golden file
@@ -55,12 +57,16 @@ static void fd(const char *name, testutil_loss_fn loss, void *ctx, float *param,
 
 typedef struct {
     float *out, *mean, *rstd, *inp, *w, *b, *r;
-    int N, C;
+    int N, C, G; /* G > 1: batchnorm_forward_groups */
 } bn_ctx;
 
 static double bn_loss(void *p) {
     bn_ctx *c = p;
-    batchnorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C, 1e-5f);
+    if (c->G > 1)
+        batchnorm_forward_groups(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->G, c->N, c->C,
+                                 1e-5f);
+    else
+        batchnorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C, 1e-5f);
     return testutil_dot(c->out, c->r, (size_t)c->N * c->C);
 }
 
@@ -74,7 +80,8 @@ static void test_batchnorm_case(int N, int C, int affine) {
                 affine ? rnd(C, -0.5f, 0.5f) : NULL,
                 rnd(n, -1, 1),
                 N,
-                C};
+                C,
+                1};
     float *o2 = testutil_zeros(n), *m2 = testutil_zeros(C), *r2 = testutil_zeros(C);
     bn_loss(&c);
     batchnorm_forward_ref(o2, m2, r2, c.inp, c.w, c.b, N, C, 1e-5f);
@@ -121,7 +128,57 @@ static void test_batchnorm_case(int N, int C, int affine) {
     testutil_close("  backward accumulates (2 calls = 2x)", g2, ri, n, 1e-6);
 }
 
+/* Statistics per group of N/G rows: the same as batchnorm_forward/backward on each
+ * slice (dw, db summed over the slices), unlike one BN over all N rows; and the
+ * gradients by finite differences. */
+static void test_batchnorm_groups(int G, int N, int C) {
+    size_t n = (size_t)N * C, at = (size_t)(N / G) * C, gc = (size_t)G * C;
+    bn_ctx c = {.out = testutil_zeros(n),
+                .mean = testutil_zeros(gc),
+                .rstd = testutil_zeros(gc),
+                .inp = rnd(n, -2, 3),
+                .w = rnd(C, 0.5f, 1.5f),
+                .b = rnd(C, -0.5f, 0.5f),
+                .r = rnd(n, -1, 1),
+                .N = N,
+                .C = C,
+                .G = G};
+    for (size_t i = at; i < n; i++) /* the groups' statistics differ */
+        c.inp[i] = 2.0f * c.inp[i] + 1.0f;
+    float *y = testutil_zeros(n), *m = testutil_zeros(gc), *r = testutil_zeros(gc);
+    float *whole = testutil_zeros(n), *wm = testutil_zeros(C), *wr = testutil_zeros(C);
+    bn_loss(&c);
+    for (int g = 0; g < G; g++)
+        batchnorm_forward(y + g * at, m + (size_t)g * C, r + (size_t)g * C, c.inp + g * at, c.w,
+                          c.b, N / G, C, 1e-5f);
+    batchnorm_forward(whole, wm, wr, c.inp, c.w, c.b, N, C, 1e-5f);
+    char name[96];
+    snprintf(name, sizeof name, "batchnorm %d groups of %d rows == slice by slice", G, N / G);
+    int same = memcmp(c.out, y, n * sizeof *y) == 0 && memcmp(c.mean, m, gc * sizeof *m) == 0 &&
+               memcmp(c.rstd, r, gc * sizeof *r) == 0;
+    double apart = testutil_rel_err(c.out, whole, n);
+    printf("%-48s %s (vs one BN over %d rows: rel err %.2e)\n", name, same ? "ok" : "FAIL", N,
+           apart);
+    T_CHECK(same && apart > 0.1);
+
+    float *gi = testutil_zeros(n), *gw = testutil_zeros(C), *gb = testutil_zeros(C);
+    float *si = testutil_zeros(n), *sw = testutil_zeros(C), *sb = testutil_zeros(C);
+    batchnorm_backward_groups(gi, gw, gb, c.r, c.inp, c.w, c.mean, c.rstd, G, N, C);
+    for (int g = 0; g < G; g++)
+        batchnorm_backward(si + g * at, sw, sb, c.r + g * at, c.inp + g * at, c.w,
+                           m + (size_t)g * C, r + (size_t)g * C, N / G, C);
+    same = memcmp(gi, si, n * sizeof *si) == 0 && memcmp(gw, sw, C * sizeof *sw) == 0 &&
+           memcmp(gb, sb, C * sizeof *sb) == 0;
+    printf("%-48s %s\n", "  backward == slice by slice (dw, db summed)", same ? "ok" : "FAIL");
+    T_CHECK(same);
+    fd("  grouped batchnorm dinp", bn_loss, &c, c.inp, gi, n);
+    fd("  grouped batchnorm dw", bn_loss, &c, c.w, gw, C);
+    fd("  grouped batchnorm db", bn_loss, &c, c.b, gb, C);
+}
+
 static void test_batchnorm(void) {
+    test_batchnorm_groups(2, 8, 70);
+    test_batchnorm_groups(3, 9, 5);
     test_batchnorm_case(5, 70, 1); /* two channel blocks, the second partial */
     test_batchnorm_case(3, 3, 0);
     test_batchnorm_case(9, 17, 0);
@@ -237,9 +294,11 @@ static double head_loss(void *ptr) {
     return testutil_dot(y, c->r, (size_t)c->N * c->h->out_dim);
 }
 
-static void check_head_grads(const char *what, head_t *h, params_t *p, int N) {
+/* Finite differences of every parameter and of the input, BN statistics per group of
+ * N/G rows. */
+static void check_head_grads(const char *what, head_t *h, params_t *p, int N, int G) {
     head_acts_t a;
-    T_CHECK(head_acts_alloc(&a, h, N) == 0);
+    T_CHECK(head_acts_alloc_groups(&a, h, N, G) == 0);
     head_ctx c = {h, p, &a, rnd((size_t)N * h->in_dim, -1, 1), rnd((size_t)N * h->out_dim, -1, 1),
                   N};
     float *dx = testutil_zeros((size_t)N * h->in_dim);
@@ -292,8 +351,9 @@ static void test_heads(void) {
     mimic_set_quiet(1);
     T_CHECK(head_acts_alloc(&a, &proj, 1) == MIMIC_EINVAL); /* BN of one row */
     mimic_set_quiet(0);
-    check_head_grads("mocov3 projector", &proj, p, 6);
-    check_head_grads("mocov3 predictor", &pred, p, 4);
+    check_head_grads("mocov3 projector", &proj, p, 6, 1);
+    check_head_grads("mocov3 predictor", &pred, p, 4, 1);
+    check_head_grads("mocov3 projector, 2 BN groups", &proj, p, 8, 2);
     head_free(&proj);
     head_free(&pred);
     params_destroy(&p);
@@ -308,8 +368,73 @@ static void test_heads(void) {
     head_init(&h2, p, &rng);
     T_CHECK(head_acts_alloc(&a, &h2, 1) == 0);
     head_acts_free(&a);
-    check_head_grads("mlp2 head", &h2, p, 5);
+    check_head_grads("mlp2 head", &h2, p, 5, 1);
     head_free(&h2);
+    params_destroy(&p);
+    testutil_release_all();
+}
+
+/* A head whose BN statistics are per group of rows (head_acts_alloc_groups) equals the
+ * head run on each slice: output, input gradient, parameter gradients (summed over the
+ * slices) and the running statistics (those of the first slice); and differs from the
+ * head with one group. */
+static void test_heads_groups(void) {
+    enum { G = 2, n = 5, N = G * n, IN = 7 };
+    head_layer_t spec[HEAD_MAX_LAYERS];
+    params_t *p = params_new();
+    head_t h;
+    T_CHECK(head_register(&h, p, "projector", IN, spec, head_spec_mocov3(spec, 3, 12, 5, 1)) == 0);
+    T_CHECK(params_finalize(p) == 0);
+    rng_t rng;
+    rng_seed(&rng, 11);
+    head_init(&h, p, &rng);
+    const size_t out = (size_t)h.out_dim;
+    size_t nrun = 0;
+    for (int l = 0; l < h.nlayers; l++)
+        nrun += h.run_mean[l] ? 2 * (size_t)h.layer[l].out : 0;
+    head_acts_t ag, as, a1, bad;
+    T_CHECK(head_acts_alloc_groups(&ag, &h, N, G) == 0 && head_acts_alloc(&as, &h, n) == 0 &&
+            head_acts_alloc(&a1, &h, N) == 0);
+    mimic_set_quiet(1);
+    T_CHECK(head_acts_alloc_groups(&bad, &h, 9, 2) == MIMIC_EINVAL); /* 9 rows, 2 groups */
+    T_CHECK(head_acts_alloc_groups(&bad, &h, 6, 6) == MIMIC_EINVAL); /* 1 row per group */
+    mimic_set_quiet(0);
+    float *x = rnd((size_t)N * IN, -1, 1), *r = rnd((size_t)N * out, -1, 1);
+    for (size_t i = (size_t)n * IN; i < (size_t)N * IN; i++) /* the slices differ */
+        x[i] = 1.5f * x[i] + 0.5f;
+    float *run0 = testutil_zeros(nrun), *run_g = testutil_zeros(nrun),
+          *run_s = testutil_zeros(nrun);
+    float *yg = testutil_zeros((size_t)N * out), *ys = testutil_zeros((size_t)N * out);
+    float *dxg = testutil_zeros((size_t)N * IN), *dxs = testutil_zeros((size_t)N * IN);
+    float *gg = testutil_zeros(p->total);
+    memcpy(run0, h.running, nrun * sizeof *run0);
+
+    memcpy(yg, head_forward(&h, p, &ag, x, HEAD_TRAIN), (size_t)N * out * sizeof *yg);
+    memcpy(run_g, h.running, nrun * sizeof *run_g);
+    params_zero_grad(p);
+    head_backward(&h, p, &ag, dxg, r);
+    memcpy(gg, p->g, p->total * sizeof *gg);
+
+    memcpy(h.running, run0, nrun * sizeof *run0);
+    params_zero_grad(p);
+    for (int g = 0; g < G; g++) {
+        const float *xs = x + (size_t)g * n * IN;
+        memcpy(ys + (size_t)g * n * out, head_forward(&h, p, &as, xs, HEAD_TRAIN),
+               (size_t)n * out * sizeof *ys);
+        if (g == 0) memcpy(run_s, h.running, nrun * sizeof *run_s);
+        head_backward(&h, p, &as, dxs + (size_t)g * n * IN, r + (size_t)g * n * out);
+    }
+    testutil_close("head, 2 BN groups == slice by slice: output", yg, ys, (size_t)N * out, 1e-6);
+    testutil_close("  input gradient", dxg, dxs, (size_t)N * IN, 1e-5);
+    testutil_close("  parameter gradients (summed)", gg, p->g, p->total, 1e-5);
+    testutil_close("  running statistics (first group's)", run_g, run_s, nrun, 1e-6);
+    double apart = testutil_rel_err(head_forward(&h, p, &a1, x, HEAD_TRAIN), yg, (size_t)N * out);
+    printf("%-48s rel err %.2e\n", "  vs one BN group over all rows (must differ)", apart);
+    T_CHECK(apart > 0.01);
+    head_acts_free(&ag);
+    head_acts_free(&as);
+    head_acts_free(&a1);
+    head_free(&h);
     params_destroy(&p);
     testutil_release_all();
 }
@@ -747,6 +872,7 @@ int main(void) {
     test_batchnorm();
     test_relu_l2norm();
     test_heads();
+    test_heads_groups();
     test_losses();
     test_weights();
     test_mixup();
