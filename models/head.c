@@ -249,3 +249,13 @@ void head_backward(const head_t *h, params_t *p, head_acts_t *a, float *dx, cons
         if (l) t = cur, cur = other, other = t;
     }
 }
+
+double head_flops(const head_t *h) {
+    double f = 0;
+    int in = h->in_dim;
+    for (int l = 0; l < h->nlayers; l++) {
+        f += 2.0 * in * h->layer[l].out;
+        in = h->layer[l].out;
+    }
+    return f;
+}

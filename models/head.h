@@ -84,6 +84,10 @@ void head_free(head_t *h);
  * so they keep these defaults.) */
 void head_init(const head_t *h, params_t *p, rng_t *rng);
 
+/* Forward FLOPs per row: 2 * in * out summed over the Linears (BN and ReLU not
+ * counted, as for the encoder). */
+double head_flops(const head_t *h);
+
 /* Buffers for batches of N rows; N >= 2 if the head has a BN (MIMIC_EINVAL otherwise:
  * batch statistics of one row are undefined). */
 int head_acts_alloc(head_acts_t *a, const head_t *h, int N);

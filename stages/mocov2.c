@@ -134,12 +134,7 @@ static int moco2_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     s->views = VIEWS;
     s->queue_cap = (size_t)mc->K;
     s->queue_dim = (size_t)mc->dim;
-    double enc = encoder_forward_flops(&mc->on.enc, mc->on.enc.L), proj = 0;
-    int in = mc->on.proj.in_dim;
-    for (int l = 0; l < mc->on.proj.nlayers; l++) {
-        proj += 2.0 * in * mc->on.proj.layer[l].out;
-        in = mc->on.proj.layer[l].out;
-    }
+    double enc = encoder_forward_flops(&mc->on.enc, mc->on.enc.L), proj = head_flops(&mc->on.proj);
     /* per sample: the query view forward + backward (3x), the key view forward, and the
      * logits against the queue (forward and backward) */
     s->flops_per_image = 3.0 * (enc + proj) + enc + proj + 3.0 * 2.0 * mc->K * mc->dim;

@@ -130,16 +130,6 @@ static int moco_buffers(moco_t *mc) {
     return 0;
 }
 
-static double head_flops(const head_t *h) {
-    double f = 0;
-    int in = h->in_dim;
-    for (int l = 0; l < h->nlayers; l++) {
-        f += 2.0 * in * h->layer[l].out;
-        in = h->layer[l].out;
-    }
-    return f;
-}
-
 static int moco_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     moco_t *mc = calloc(1, sizeof *mc);
     if (!mc) return mimic_err(MIMIC_ENOMEM, "out of memory for MoCo v3");

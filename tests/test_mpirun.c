@@ -126,6 +126,16 @@ static void cluster_cmd(char *cmd, size_t cap, const char *b, const char *dir, c
     supervised_cmd(cmd, cap, "", b, dir, data, labels, name, extra);
 }
 
+/* The step dir/<name>/ckpt/latest names, -1 when there is none. */
+static int latest_step(const char *dir, const char *name) {
+    char path[1400];
+    snprintf(path, sizeof path, "%s/%s/ckpt/latest", dir, name);
+    char *txt = testutil_slurp(path);
+    int at = txt ? atoi(txt) : -1;
+    free(txt);
+    return at;
+}
+
 static int run_sh(const char *cmd, int timeout_ms, int preempt_at_step, const char *log) {
     char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
     int pid = testutil_spawn(argv, "/dev/null");
@@ -152,10 +162,7 @@ static void test_preempt(const char *b, const char *dir, const char *data, const
     char *txt = testutil_slurp(log);
     T_CHECK(rc == 128 + SIGUSR1 && txt && strstr(txt, "preempted by signal 10: stopped at step"));
     free(txt);
-    snprintf(path, sizeof path, "%s/preempted/ckpt/latest", dir);
-    txt = testutil_slurp(path);
-    int at = txt ? atoi(txt) : -1;
-    free(txt);
+    int at = latest_step(dir, "preempted");
     printf("preempted: SIGUSR1 to mpirun after step 10, checkpoint of step %d of 60\n", at);
     T_CHECK(at >= 10 && at < 60);
     snprintf(path, sizeof path, "%s/preempted/model.safetensors", dir);
@@ -177,7 +184,7 @@ static void test_preempt(const char *b, const char *dir, const char *data, const
 
 static void test_lost_ckpt_done(const char *b, const char *dir, const char *data,
                                 const char *labels) {
-    char cmd[16384], full[16500], log[1300], path[1400];
+    char cmd[16384], full[16500], log[1300];
     cluster_cmd(cmd, sizeof cmd, b, dir, data, labels, "lost", "--train.steps=12");
     snprintf(full, sizeof full, "MIMIC_TEST_DROP_CKPT_DONE=1 %s", cmd);
     snprintf(log, sizeof log, "%s/lost.txt", dir);
@@ -188,10 +195,7 @@ static void test_lost_ckpt_done(const char *b, const char *dir, const char *data
     T_CHECK(txt && strstr(txt, "checkpoint of step 12 complete") &&
             strstr(txt, "training finished at step 12"));
     free(txt);
-    snprintf(path, sizeof path, "%s/lost/ckpt/latest", dir);
-    txt = testutil_slurp(path);
-    T_CHECK(txt && atoi(txt) == 12);
-    free(txt);
+    T_CHECK(latest_step(dir, "lost") == 12);
     printf("lost CKPT_DONE of the last step: CKPT resent, answered again, the run finished\n");
 }
 
@@ -342,10 +346,7 @@ static void test_damaged_ckpt(const char *b, const char *dir, const char *data,
             strstr(txt, "resuming from checkpoint 20 instead of 30") &&
             strstr(txt, "training finished at step 40"));
     free(txt);
-    snprintf(path, sizeof path, "%s/damaged/ckpt/latest", dir);
-    txt = testutil_slurp(path);
-    T_CHECK(txt && atoi(txt) == 40);
-    free(txt);
+    T_CHECK(latest_step(dir, "damaged") == 40);
     printf("checkpoints: 2 kept; step 30's shard damaged in place -> resumed from 20, "
            "finished at 40; a fresh start over the directory refused\n");
 }
