@@ -17,6 +17,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,6 +360,24 @@ static void test_worker_death(void) {
     T_CHECK(epochs >= 3 && good == epochs);
 }
 
+/* A worker told to stop alone (SIGTERM, elastic: the orchestrator scales down) finishes
+ * its step, leaves and exits 0; the others finish the run and epochs stay exact. */
+static void test_worker_sigterm(void) {
+    cluster_t c;
+    start_running(&c, "wterm", 1, 2, "--train.batch_size=8 --train.steps=40", 1);
+    kill(c.workers[1], SIGTERM);
+    int st = reap(&c.workers[1], 30000);
+    T_CHECK(finish(&c, 180000));
+    char *log = testutil_slurp(c.log);
+    int left = log && strstr(log, "worker rank 1 (id ") && strstr(log, ") left;");
+    free(log);
+    int epochs, good, requeued;
+    epoch_accounting(c.dir, 96, &epochs, &good, &requeued);
+    printf("worker SIGTERMed alone: exit %d, %s; %d epochs accounted, %d exact\n", st,
+           left ? "left cleanly" : "did not leave: FAIL", epochs, good);
+    T_CHECK(st == 0 && left && epochs >= 2 && good == epochs);
+}
+
 /* Elastic: the run starts with one worker; two more join mid-training and take part
  * in the synchronous steps; every process ends cleanly and epochs stay exact. */
 static void test_worker_join(void) {
@@ -531,6 +550,7 @@ int main(void) {
     test_mocov3_lockstep();
     test_restart();
     test_worker_death();
+    test_worker_sigterm();
     test_worker_join();
     test_server_death();
     test_scheduler_death();
