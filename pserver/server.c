@@ -37,6 +37,7 @@
 #define PS_LINGER_MS 1000
 #define PS_BURST 64         /* messages read from one socket before looking at the other */
 #define PS_PULLS_MAX 4096   /* held pulls; more are refused with ERROR */
+#define PS_PULLS_PER_PEER 16 /* held pulls of one connection (a worker holds 1-2) */
 #define PS_CKPTS_MAX 16     /* pending CKPT requests */
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
 
@@ -208,6 +209,26 @@ static int pull_check(server_t *s, const proto_msg_t *m) {
 /* Keeps a PULL that is not ready in the table (ERROR when the table is full). */
 static void hold_pull(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
+    /* A worker waits for the next version (SSP: up to cluster.staleness further); a pull
+     * for one further ahead would be held for nothing but to take room. */
+    uint64_t ahead = (uint64_t)(s->cfg.cluster.staleness > 0 ? s->cfg.cluster.staleness : 0) + 2;
+    if (h->step > s->kv->version + ahead) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PULL header field 'st': version %" PRIu64 " is more than %" PRIu64
+                  " ahead of this server's %" PRIu64,
+                  h->step, ahead, s->kv->version);
+        return;
+    }
+    /* and one connection holds only a few: a flood from one peer cannot fill the table */
+    int mine = 0;
+    for (int i = 0; i < s->npulls; i++)
+        mine += s->pulls[i].idlen == m->idlen && memcmp(s->pulls[i].id, m->id, m->idlen) == 0;
+    if (mine >= PS_PULLS_PER_PEER) {
+        reply_err(s, s->router, m, MIMIC_EPEER,
+                  "%d pulls from this connection already wait for later versions (at most %d)",
+                  mine, PS_PULLS_PER_PEER);
+        return;
+    }
     if (s->npulls >= PS_PULLS_MAX) {
         reply_err(s, s->router, m, MIMIC_ENOMEM, "%d pulls already wait for later versions",
                   PS_PULLS_MAX);

@@ -850,6 +850,48 @@ static void test_join(void *ctx) {
     if (b.router) zmq_close(b.router);
 }
 
+/* A held-pull flood: one connection may keep 16 pulls waiting, a pull for a version far
+ * ahead is refused at once, and another connection's pull is still held and answered
+ * when the version comes. */
+static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank);
+static void mirror_free(mirror_t *r);
+
+static void test_pull_flood(void *ctx, fsched_t *f) {
+    const char *extra[] = {NULL};
+    child_t c;
+    if (start_server(f, &c, "flood", extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        return;
+    }
+    fworker_t x = {0}, w = {0};
+    worker_open(&x, ctx, c.ep, 10); /* the flooder uses a live worker's id */
+    worker_open(&w, ctx, c.ep, 10);
+    int32_t ids[1] = {10};
+    sched_membership(f, &c, 1, ids, 1);
+    uint64_t far = w_pull(&x, 1000000, 0, 8, PROTO_WHICH_PARAMS);
+    w_error(&x, far, "ahead of this server's");
+    for (int i = 0; i < 16; i++)
+        w_pull(&x, 1, 0, 8, PROTO_WHICH_PARAMS);
+    T_CHECK(w_quiet(&x)); /* 16 held */
+    uint64_t extra_pull = w_pull(&x, 1, 0, 8, PROTO_WHICH_PARAMS);
+    w_error(&x, extra_pull, "already wait for later versions (at most 16)");
+    uint64_t mine = w_pull(&w, 1, 0, 8, PROTO_WHICH_PARAMS); /* another connection: held */
+    T_CHECK(w_quiet(&w));
+    mirror_t r;
+    mirror_init(&r, extra, 1, 0);
+    float *g = calloc(r.hi - r.lo, sizeof(float)), got[8];
+    w_ack(&w, w_push(&w, 0, r.lo, r.hi, 1, g)); /* version 1 */
+    w_reply(&w, mine, 1, 0, 8, got);
+    free(g);
+    mirror_free(&r);
+    printf("pull flood: one connection holds at most 16, far-future pulls refused, another "
+           "connection's pull answered at version 1\n");
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&x);
+    worker_close(&w);
+}
+
 /* The event loop held up (here: a checkpoint whose temp file is a FIFO nobody reads,
  * so the write blocks in open) must not stop the heartbeats: they come from the
  * member's thread. Then the write goes through, fails on the FIFO, the scheduler hears
@@ -1358,6 +1400,7 @@ int main(void) {
     test_queue_sizes(ctx, &f);
     test_join(ctx);
     test_blocked_loop(ctx, &f);
+    test_pull_flood(ctx, &f);
     test_bad_flags(&f);
     free(p3);
     free(e3);
