@@ -136,8 +136,10 @@ static int latest_step(const char *dir, const char *name) {
     return at;
 }
 
+/* Runs cmd in a session of its own, so that a timeout kills every rank mpirun started
+ * (a SIGKILLed mpirun leaves them running). */
 static int run_sh(const char *cmd, int timeout_ms, int preempt_at_step, const char *log) {
-    char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+    char *argv[] = {"/usr/bin/setsid", "/bin/sh", "-c", (char *)cmd, NULL};
     int pid = testutil_spawn(argv, "/dev/null");
     if (pid < 0) return -1;
     if (preempt_at_step > 0) {
@@ -147,7 +149,10 @@ static int run_sh(const char *cmd, int timeout_ms, int preempt_at_step, const ch
         kill(pid, SIGUSR1);
     }
     int rc = testutil_wait_pid(pid, timeout_ms);
-    if (rc < 0) testutil_kill(pid);
+    if (rc < 0) {
+        kill(-pid, SIGKILL); /* the session's process group: mpirun and its ranks */
+        testutil_kill(pid);
+    }
     return rc;
 }
 
@@ -222,7 +227,7 @@ static void test_server_kill(const char *b, const char *dir, const char *data, c
     supervised_cmd(cmd, sizeof cmd, launcher, b, dir, data, labels, "killed",
                    "--cluster.ckpt_every=10");
     snprintf(log, sizeof log, "%s/killed.txt", dir);
-    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    char *argv[] = {"/usr/bin/setsid", "/bin/sh", "-c", cmd, NULL};
     int pid = testutil_spawn(argv, "/dev/null");
     T_CHECK(pid > 0 && testutil_wait_file(log, "step 26/60", 120000));
     /* the server of this run (its out_dir is in its arguments), SIGKILLed */
@@ -235,7 +240,10 @@ static void test_server_kill(const char *b, const char *dir, const char *data, c
     T_CHECK(spid > 0);
     if (spid > 0) kill(spid, SIGKILL);
     int rc = pid > 0 ? testutil_wait_pid(pid, 180000) : -1;
-    if (rc < 0 && pid > 0) testutil_kill(pid);
+    if (rc < 0 && pid > 0) {
+        kill(-pid, SIGKILL);
+        testutil_kill(pid);
+    }
     T_CHECK(rc == 0);
     char *txt = testutil_slurp(log);
     T_CHECK(txt && strstr(txt, "supervise: the cluster exited") &&
