@@ -46,8 +46,14 @@ static const key_t_ KEYS[] = {
       "IDX images file, ImageFolder root, FER2013 CSV, or image root of a label list"),
     F("data", "labels", K_STR, data.labels,
       "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz",
-      "IDX labels file or RAF-DB-style list (`name label` lines); empty = none"),
-    F("data", "usage", K_STR, data.usage, "", "FER2013 CSV: keep rows with this Usage"),
+      "IDX labels file, RAF-DB-style list (`name label` lines; a missing name.jpg is looked "
+      "up as name_aligned.jpg), or for a CSV set FERPlus's fer2013new.csv (majority-vote "
+      "labels); empty = none (CSV: the emotion column)"),
+    F("data", "usage", K_STR, data.usage, "",
+      "FER2013 CSV: keep rows with this Usage; label list: keep names starting with this "
+      "(RAF-DB: train_ or test_)"),
+    F("data", "label_base", K_INT, data.label_base, "0",
+      "label list: the number its first class has (RAF-DB's list counts 1..7: 1)"),
     F("data", "scale_min", K_FLOAT, data.scale_min, "0.2", "RandomResizedCrop lower area scale"),
     F("data", "scale_max", K_FLOAT, data.scale_max, "1.0", "RandomResizedCrop upper area scale"),
     F("data", "hflip", K_INT, data.hflip, "1", "random horizontal flip (0/1)"),
