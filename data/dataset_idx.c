@@ -110,13 +110,14 @@ fail:
 }
 
 /* Reads the a->bytes data bytes the header announced, and checks that nothing follows.
- * The header is not trusted for the allocation size: the buffer grows as data actually
- * arrives. */
+ * The header is not trusted for the allocation size: the buffer starts at 64 KB and
+ * doubles as data actually arrives (a 16 MB start made every small or lying file cost
+ * a 16 MB mapping: 180 files/s under the fuzzer). */
 static int idx_body(idx_array *a, gzFile f, const char *path) {
     const char *why;
     char dims[96];
     dims_str(dims, sizeof dims, a);
-    size_t bytes = a->bytes, cap = bytes < ((size_t)1 << 24) ? bytes : ((size_t)1 << 24);
+    size_t bytes = a->bytes, cap = bytes < ((size_t)1 << 16) ? bytes : ((size_t)1 << 16);
     if (!(a->data = malloc(cap))) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
     size_t have = 0;
     for (;;) {
