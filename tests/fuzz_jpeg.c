@@ -3,8 +3,9 @@
  * to RGB, warnings as corruption), followed by the resize of the training and
  * evaluation transforms (augment_rrc, augment_resize). The input is a byte choosing
  * the training size (16, 32, 64, 224) and the crop's random stream, then the file. Every
- * input must be refused as a bad sample (MIMIC_EFORMAT) or give an RGB image no smaller
- * than the target that both resizes turn into finite floats.
+ * input must be refused as a bad sample (MIMIC_EFORMAT), leaving the reader able to
+ * decode the next good file, or give an RGB image no smaller than the target that both
+ * resizes turn into finite floats.
  * Built as fuzz_jpeg (MIMIC_FUZZ=ON, clang) and as the ctest fuzz_jpeg_replay. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -36,6 +37,24 @@ static dataset_t *one_file_set(const char *file) {
     return ds;
 }
 
+/* After a refusal: a small good JPEG must still decode with the same reader. */
+static void check_recovers(dataset_t *ds, const char *file, image_u8 *im) {
+    static unsigned char *good;
+    static unsigned long ngood;
+    if (!good) {
+        uint8_t px[16 * 16 * 3];
+        for (size_t i = 0; i < sizeof px; i++)
+            px[i] = (uint8_t)(i * 7);
+        tjhandle tj = tjInitCompress();
+        if (!tj || tjCompress2(tj, px, 16, 0, 16, TJPF_RGB, &good, &ngood, TJSAMP_420, 80, 0))
+            fuzz_fail("jpeg", "cannot encode the good JPEG", NULL);
+        tjDestroy(tj);
+    }
+    fuzz_write(file, good, ngood);
+    if (dataset_get(ds, 0, im, 16) != 0 || im->w != 16)
+        fuzz_fail("jpeg", "a good JPEG fails after a bad one: the reader kept the error", NULL);
+}
+
 static void check_floats(const float *x, size_t n, const char *what) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i]) || x[i] < -1.01f || x[i] > 1.01f) fuzz_fail("jpeg", what, NULL);
@@ -57,6 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (rc != MIMIC_EFORMAT && rc != MIMIC_ENOMEM)
             fuzz_fail("jpeg", "a bad file is not a bad sample", mimic_strerror(rc));
         if (im.w != 0 || im.h != 0) fuzz_fail("jpeg", "a refused sample keeps its size", NULL);
+        check_recovers(ds, file, &im);
         return 0;
     }
     if (im.c != 3 || im.w <= 0 || im.h <= 0 || im.cap < (size_t)im.w * im.h * 3)
