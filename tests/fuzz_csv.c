@@ -39,18 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_write(csv, data + 1, ncsv);
     if (flags & 4) fuzz_write(votes, rest ? rest : data, nrest);
     dataset_opts o = {DATASET_CSV, csv, flags & 4 ? votes : NULL, usages[flags & 3], 0};
-    mimic_set_quiet(1);
-    dataset_t *ds = NULL;
-    size_t count = 0;
-    int rc = dataset_open(&ds, &o), rc_count = dataset_count(&o, &count);
-    if (rc) fuzz_check_error("csv", rc);
-    if (rc != rc_count) fuzz_fail("csv", "dataset_count and dataset_open disagree", NULL);
-    if (!rc && count != dataset_size(ds)) fuzz_fail("csv", "dataset_count differs", NULL);
-    if (ds) {
-        check_set(ds);
-        fuzz_accepted++;
-    }
-    dataset_destroy(&ds);
+    fuzz_run_set("csv", &o, check_set);
     return 0;
 }
 
@@ -100,7 +89,7 @@ static const char *const dict[] = {"emotion",  "pixels",   "Usage", "Training", 
                                    "256",      "\xef\xbb\xbf",       NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"csv", seeds, dict, 5000};
+    static const fuzz_target_t t = {"csv", seeds, dict, 20000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

@@ -54,19 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     write_maybe_gz(img, data + 1, nimg, flags & 1);
     if (flags & 2) write_maybe_gz(lab, rest ? rest : data, nrest, flags & 4);
     dataset_opts o = {DATASET_IDX, img, flags & 2 ? lab : NULL, NULL, 0};
-    mimic_set_quiet(1);
-    dataset_t *ds = NULL;
-    size_t count = 0;
-    int rc = dataset_open(&ds, &o), rc_count = dataset_count(&o, &count);
-    if (rc) fuzz_check_error("idx", rc);
-    if (rc_count) fuzz_check_error("idx", rc_count);
-    if (rc_count && !rc) fuzz_fail("idx", "dataset_count refuses what dataset_open reads", NULL);
-    if (!rc && count != dataset_size(ds)) fuzz_fail("idx", "dataset_count differs", NULL);
-    if (ds) {
-        check_set(ds);
-        fuzz_accepted++;
-    }
-    dataset_destroy(&ds);
+    fuzz_run_set("idx", &o, check_set);
     return 0;
 }
 
@@ -112,7 +100,7 @@ static const char *const dict[] = {"\x08\x03", "\x08\x01",         "\x08\x04", "
                                    "\xa5",     "\xff\xff\xff\xff", "\x01\x01", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"idx", seeds, dict, 4000};
+    static const fuzz_target_t t = {"idx", seeds, dict, 8000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

@@ -138,7 +138,7 @@ static const char *const dict[] = {"\xff\xd8",     "\xff\xd9", "\xff\xc0", "\xff
                                    "\xff\xff\xff", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"jpeg", seeds, dict, 3000};
+    static const fuzz_target_t t = {"jpeg", seeds, dict, 10000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

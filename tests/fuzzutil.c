@@ -110,14 +110,14 @@ static void seeds_free(fuzz_seeds_t *s) {
 /* ---- deterministic mutations (the replay twin's small stand-in for libFuzzer) ---- */
 
 static uint64_t rng_state = 0x243f6a8885a308d3ULL;
-static uint64_t rnd(void) { /* splitmix64 */
+uint64_t fuzz_rand(void) { /* splitmix64 */
     uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
-static size_t below(size_t n) {
-    return n ? (size_t)(rnd() % n) : 0;
+size_t fuzz_below(size_t n) {
+    return n ? (size_t)(fuzz_rand() % n) : 0;
 }
 
 typedef struct {
@@ -142,57 +142,57 @@ static void mutate_once(buf_t *b, const fuzz_seeds_t *s, const char *const *dict
     static const uint8_t bytes[] = {0x00, 0x01, 0x7f, 0x80, 0xff, '\n', '\r', ',',
                                     '"',  ' ',  '=',  '[',  ']',  '{',  '}',  ':'};
     uint8_t tmp[64];
-    switch (below(10)) {
+    switch (fuzz_below(10)) {
     case 0: /* bit flip */
-        if (b->n) b->b[below(b->n)] ^= (uint8_t)(1u << below(8));
+        if (b->n) b->b[fuzz_below(b->n)] ^= (uint8_t)(1u << fuzz_below(8));
         break;
     case 1: /* interesting byte */
-        if (b->n) b->b[below(b->n)] = bytes[below(sizeof bytes)];
+        if (b->n) b->b[fuzz_below(b->n)] = bytes[fuzz_below(sizeof bytes)];
         break;
     case 2: /* truncate */
-        b->n = below(b->n + 1);
+        b->n = fuzz_below(b->n + 1);
         break;
     case 3: { /* random bytes in */
-        size_t k = 1 + below(16);
+        size_t k = 1 + fuzz_below(16);
         for (size_t i = 0; i < k; i++)
-            tmp[i] = (uint8_t)rnd();
-        put(b, below(b->n + 1), 0, tmp, k);
+            tmp[i] = (uint8_t)fuzz_rand();
+        put(b, fuzz_below(b->n + 1), 0, tmp, k);
         break;
     }
     case 4: /* delete a span */
-        put(b, below(b->n + 1), 1 + below(32), NULL, 0);
+        put(b, fuzz_below(b->n + 1), 1 + fuzz_below(32), NULL, 0);
         break;
     case 5: { /* duplicate a span */
-        size_t at = below(b->n + 1), k = below(b->n - at + 1);
+        size_t at = fuzz_below(b->n + 1), k = fuzz_below(b->n - at + 1);
         if (k > sizeof tmp) k = sizeof tmp;
         memcpy(tmp, b->b + at, k);
-        put(b, below(b->n + 1), 0, tmp, k);
+        put(b, fuzz_below(b->n + 1), 0, tmp, k);
         break;
     }
     case 6: { /* splice in a part of another seed */
-        int j = (int)below((size_t)s->count);
-        size_t from = below(s->n[j] + 1), k = below(s->n[j] - from + 1);
-        put(b, below(b->n + 1), below(k + 1), s->b[j] + from, k);
+        int j = (int)fuzz_below((size_t)s->count);
+        size_t from = fuzz_below(s->n[j] + 1), k = fuzz_below(s->n[j] - from + 1);
+        put(b, fuzz_below(b->n + 1), fuzz_below(k + 1), s->b[j] + from, k);
         break;
     }
     case 7: { /* a number over a digit run (or anywhere) */
-        const char *num = numbers[below(sizeof numbers / sizeof numbers[0])];
-        size_t at = below(b->n + 1), end = at;
+        const char *num = numbers[fuzz_below(sizeof numbers / sizeof numbers[0])];
+        size_t at = fuzz_below(b->n + 1), end = at;
         while (end < b->n && b->b[end] >= '0' && b->b[end] <= '9')
             end++;
         put(b, at, end - at, num, strlen(num));
         break;
     }
     case 8: { /* overwrite 1, 2, 4 or 8 bytes with a boundary value */
-        uint64_t v = below(2) ? ~(uint64_t)0 >> below(64) : (uint64_t)1 << below(64);
-        size_t w = (size_t)1 << below(4), at = below(b->n + 1);
+        uint64_t v = fuzz_below(2) ? ~(uint64_t)0 >> fuzz_below(64) : (uint64_t)1 << fuzz_below(64);
+        size_t w = (size_t)1 << fuzz_below(4), at = fuzz_below(b->n + 1);
         if (at + w <= b->n) memcpy(b->b + at, &v, w);
         break;
     }
     default: /* a token of the format */
         if (ndict) {
-            const char *tok = dict[below((size_t)ndict)];
-            put(b, below(b->n + 1), below(3) == 0 ? below(8) : 0, tok, strlen(tok));
+            const char *tok = dict[fuzz_below((size_t)ndict)];
+            put(b, fuzz_below(b->n + 1), fuzz_below(3) == 0 ? fuzz_below(8) : 0, tok, strlen(tok));
         }
         break;
     }
@@ -304,10 +304,10 @@ int fuzz_replay_main(const fuzz_target_t *t, int argc, char **argv) {
         double t0 = mimic_now();
         fuzz_accepted = 0;
         for (int r = 0; r < t->runs; r++) {
-            int j = (int)below((size_t)s.count);
+            int j = (int)fuzz_below((size_t)s.count);
             memcpy(b.b, s.b[j], s.n[j]);
             b.n = s.n[j];
-            for (size_t k = 1 + below(4); k > 0; k--)
+            for (size_t k = 1 + fuzz_below(4); k > 0; k--)
                 mutate_once(&b, &s, t->dict, ndict);
             run_one(b.b, b.n);
         }

@@ -42,6 +42,10 @@ size_t fuzz_split(const uint8_t *data, size_t n, uint8_t sep, const uint8_t **re
                   size_t *nrest);
 
 /* ---- replay twin ---- */
+/* The replay's deterministic random stream (splitmix64), for targets that mutate too. */
+uint64_t fuzz_rand(void);
+size_t fuzz_below(size_t n); /* uniform in [0, n), 0 when n is 0 */
+
 typedef struct {
     uint8_t **b;
     size_t *n;
@@ -67,5 +71,31 @@ typedef struct {
 /* main() of a replay twin: see the header comment. FUZZ_CORPUS (a compile definition)
  * names the committed regression directory. Returns the process exit code. */
 int fuzz_replay_main(const fuzz_target_t *t, int argc, char **argv);
+
+#ifdef MIMIC_DATASET_H
+#include "common.h"
+/* For the data set targets (dataset.h included first): dataset_open and dataset_count on
+ * o, held against each other, then check(set) on what opened. A refusal is one line
+ * (fuzz_check_error) and both give the same answer (IDX excepted where dataset.h says
+ * so: counting reads the headers only, so it may accept a file whose payload is cut).
+ * Inline so that fuzzutil.c, linked by fuzz_proto too, needs no data library. */
+static inline void fuzz_run_set(const char *target, const dataset_opts *o,
+                                void (*check)(dataset_t *ds)) {
+    dataset_t *ds = NULL;
+    size_t count = 0;
+    mimic_set_quiet(1);
+    int rc = dataset_open(&ds, o);
+    if (rc) fuzz_check_error(target, rc);
+    int rc_count = dataset_count(o, &count);
+    if (rc_count) fuzz_check_error(target, rc_count);
+    if (o->kind == DATASET_IDX ? rc_count && !rc : rc != rc_count)
+        fuzz_fail(target, "dataset_count and dataset_open disagree", mimic_last_error());
+    if (!ds) return;
+    if (count != dataset_size(ds) || count == 0) fuzz_fail(target, "dataset_count differs", NULL);
+    check(ds);
+    fuzz_accepted++;
+    dataset_destroy(&ds);
+}
+#endif
 
 #endif
