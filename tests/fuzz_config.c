@@ -173,7 +173,7 @@ static const char *const dict[] = {
     "9223372036854775808", "0x1p3", "inf", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"config", seeds, dict, 10000};
+    static const fuzz_target_t t = {"config", seeds, dict, 5000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

@@ -89,7 +89,7 @@ static const char *const dict[] = {"emotion",  "pixels",   "Usage", "Training", 
                                    "256",      "\xef\xbb\xbf",       NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"csv", seeds, dict, 20000};
+    static const fuzz_target_t t = {"csv", seeds, dict, 10000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

@@ -100,7 +100,7 @@ static const char *const dict[] = {"\x08\x03", "\x08\x01",         "\x08\x04", "
                                    "\xa5",     "\xff\xff\xff\xff", "\x01\x01", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"idx", seeds, dict, 8000};
+    static const fuzz_target_t t = {"idx", seeds, dict, 2000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

@@ -84,7 +84,7 @@ static const char *const dict[] = {"a.jpg", "b.jpg", "sub/c.jpg", "train_00001.j
                                    "#", "-1", "1048577", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"labellist", seeds, dict, 20000};
+    static const fuzz_target_t t = {"labellist", seeds, dict, 10000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif

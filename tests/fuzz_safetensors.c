@@ -164,7 +164,7 @@ static const char *const dict[] = {
     "18446744073709551616", "0.5", "true", "null", NULL};
 
 int main(int argc, char **argv) {
-    static const fuzz_target_t t = {"safetensors", seeds, dict, 20000};
+    static const fuzz_target_t t = {"safetensors", seeds, dict, 10000};
     return fuzz_replay_main(&t, argc, argv);
 }
 #endif
