@@ -27,17 +27,24 @@ typedef enum { DATASET_IDX, DATASET_IMAGEFOLDER, DATASET_CSV, DATASET_LABELLIST 
  * - DATASET_CSV: path = FER2013-style CSV with header "emotion,pixels,Usage" (Usage
  *   optional, column order free); pixels = a square number of 0..255 values separated
  *   by spaces, the same count in every row; usage = keep only rows whose Usage equals
- *   it (e.g. "Training", "PublicTest"), NULL keeps all.
+ *   it (e.g. "Training", "PublicTest"), NULL keeps all. labels = NULL (the emotion
+ *   column), or FERPlus's fer2013new.csv (one row of votes per row of path, in order):
+ *   the label is then FERPlus's majority vote (neutral, happiness, surprise, sadness,
+ *   anger, disgust, fear, contempt = 0..7) and rows without one (no majority after
+ *   dropping single votes, unknown, not a face) are left out.
  * - DATASET_LABELLIST: labels = text file of "name label" lines (RAF-DB's
  *   list_patition_label.txt; blank lines and '#' comments skipped), path = directory the
- *   names are relative to. Labels are kept as written (RAF-DB counts 1..7, so class 0 is
- *   then empty and num_classes is 8); names are used verbatim (RAF-DB's aligned images
- *   need a list naming the *_aligned.jpg files). */
+ *   names are relative to. A name whose file is missing is looked up with "_aligned"
+ *   before its extension (RAF-DB's list names train_00001.jpg, its Image/aligned folder
+ *   holds train_00001_aligned.jpg); in neither place it is an error. The class is the
+ *   label minus label_base (RAF-DB counts 1..7: label_base 1). usage = keep only the
+ *   lines whose name starts with it (RAF-DB: "train_", "test_"), NULL keeps all. */
 typedef struct {
     dataset_kind kind;
     const char *path;
     const char *labels;
     const char *usage;
+    int label_base; /* label lists: the list's first class number (0 or RAF-DB's 1) */
 } dataset_opts;
 
 typedef struct dataset dataset_t;

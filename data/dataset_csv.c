@@ -1,5 +1,6 @@
 /* FER2013-style CSV reader ("emotion,pixels,Usage"): parsed whole at open (pixels kept,
- * or only rows counted by dataset_count). */
+ * or only rows counted by dataset_count); FERPlus's vote file (fer2013new.csv) is read
+ * row by row beside it when given as the labels. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
@@ -129,15 +130,124 @@ static int parse_header(csv_columns *cols, char *line, const char *path, const c
     return 0;
 }
 
+typedef struct votes votes_t;
+
 /* The state of one pass over the data lines. */
 typedef struct {
     const char *path;
     csv_columns cols;
+    votes_t *votes; /* FERPlus labels, or NULL: the emotion column */
     size_t lineno;
     size_t npix; /* pixels per row, set by the first row */
     int side;
     bytes_vec row; /* pixels of the current row */
 } csv_pass;
+
+/* FERPlus (microsoft/FERPlus fer2013new.csv): "Usage,Image name,neutral,happiness,
+ * surprise,sadness,anger,disgust,fear,contempt,unknown,NF", ten taggers' votes per row,
+ * one row per row of fer2013.csv in the same order. */
+#define FERPLUS_VOTES 10  /* the 8 emotions, unknown, not a face */
+#define FERPLUS_CLASSES 8 /* neutral .. contempt = labels 0..7 */
+
+struct votes {
+    FILE *f;
+    const char *path;
+    size_t lineno;
+    int ncols, usage;         /* usage: column index or -1 */
+    int col[FERPLUS_VOTES];   /* column of each vote */
+    char *line;
+    size_t cap;
+};
+
+/* FERPlus's "majority" label (src/ferplus.py): single votes are dropped as outliers,
+ * then the top class must hold more than half of the remaining votes; -1 when none
+ * does or when it is unknown / not a face (FERPlus leaves those images out). */
+static int ferplus_majority(const int *votes) {
+    int sum = 0, best = 0, top = 0;
+    for (int k = 0; k < FERPLUS_VOTES; k++) {
+        int v = votes[k] > 1 ? votes[k] : 0;
+        sum += v;
+        if (v > top) top = v, best = k;
+    }
+    return 2 * top > sum && best < FERPLUS_CLASSES ? best : -1;
+}
+
+static int votes_open(votes_t *v, const char *path) {
+    static const char *names[FERPLUS_VOTES] = {"neutral", "happiness", "surprise", "sadness",
+                                               "anger",   "disgust",   "fear",     "contempt",
+                                               "unknown", "NF"};
+    memset(v, 0, sizeof *v);
+    v->path = path;
+    v->lineno = 1;
+    if (!(v->f = fopen(path, "r")))
+        return mimic_err(MIMIC_EIO, "%s: cannot open FERPlus labels: %s", path, strerror(errno));
+    if (getline(&v->line, &v->cap, v->f) < 0)
+        return mimic_err(MIMIC_EFORMAT, "%s:1: empty file, expected the FERPlus header", path);
+    char *f[CSV_MAX_FIELDS], *line = v->line;
+    if (!strncmp(line, "\xEF\xBB\xBF", 3)) line += 3;
+    v->ncols = split_csv(line, f, CSV_MAX_FIELDS);
+    v->usage = -1;
+    for (int k = 0; k < FERPLUS_VOTES; k++)
+        v->col[k] = -1;
+    for (int i = 0; i < v->ncols && i < CSV_MAX_FIELDS; i++) {
+        if (!strcasecmp(f[i], "usage")) v->usage = i;
+        for (int k = 0; k < FERPLUS_VOTES; k++)
+            if (!strcasecmp(f[i], names[k])) v->col[k] = i;
+    }
+    for (int k = 0; k < FERPLUS_VOTES; k++)
+        if (v->col[k] < 0 || v->ncols > CSV_MAX_FIELDS)
+            return mimic_err(MIMIC_EFORMAT,
+                             "%s:1: not FERPlus's fer2013new.csv (no column %s); data.labels of a "
+                             "CSV set is that vote file, empty for the emotion column",
+                             path, names[k]);
+    return 0;
+}
+
+/* The label of the vote row beside data row p->lineno (-1: FERPlus has none for it). */
+static int votes_next(votes_t *v, const csv_pass *p, const char *usage, int *label) {
+    char *fld[CSV_MAX_FIELDS] = {0}, *s = NULL;
+    while (getline(&v->line, &v->cap, v->f) >= 0) {
+        v->lineno++;
+        if (*(s = trim(v->line))) break;
+        s = NULL;
+    }
+    if (!s)
+        return ferror(v->f) ? mimic_err(MIMIC_EIO, "%s:%zu: read error", v->path, v->lineno)
+                            : mimic_err(MIMIC_EFORMAT, "%s: ends at line %zu, before the row of %s:%zu",
+                                        v->path, v->lineno, p->path, p->lineno);
+    int nf = split_csv(s, fld, CSV_MAX_FIELDS), votes[FERPLUS_VOTES];
+    if (nf != v->ncols)
+        return mimic_err(MIMIC_EFORMAT, "%s:%zu: %d fields, the header has %d", v->path, v->lineno,
+                         nf, v->ncols);
+    for (int k = 0; k < FERPLUS_VOTES; k++)
+        if (parse_label(fld[v->col[k]], &votes[k]))
+            return mimic_err(MIMIC_EFORMAT, "%s:%zu: bad vote count \"%.20s\"", v->path, v->lineno,
+                             fld[v->col[k]]);
+    if (usage && v->usage >= 0 && strcmp(usage, fld[v->usage]) != 0)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s:%zu: Usage \"%.20s\" but %s:%zu says \"%.20s\": the files are not "
+                         "row for row",
+                         v->path, v->lineno, fld[v->usage], p->path, p->lineno, usage);
+    *label = ferplus_majority(votes);
+    return 0;
+}
+
+/* After the last data row: the vote file must end too. */
+static int votes_finish(votes_t *v, const csv_pass *p) {
+    while (getline(&v->line, &v->cap, v->f) >= 0) {
+        v->lineno++;
+        if (*trim(v->line))
+            return mimic_err(MIMIC_EFORMAT, "%s:%zu: more vote rows than %s has rows", v->path,
+                             v->lineno, p->path);
+    }
+    return ferror(v->f) ? mimic_err(MIMIC_EIO, "%s:%zu: read error", v->path, v->lineno) : 0;
+}
+
+static void votes_free(votes_t *v) {
+    if (v->f) fclose(v->f);
+    free(v->line);
+    memset(v, 0, sizeof *v);
+}
 
 /* Checks the pixel count of the row just parsed: the first row sets a square size that
  * every other row must repeat. */
@@ -213,6 +323,8 @@ static int read_rows(dataset_t *ds, csv_pass *p, FILE *f, const char *usage, int
         int label = 0;
         const char *row_usage = NULL;
         if ((rc = parse_row(p, line, &label, &row_usage))) break;
+        if (p->votes && (rc = votes_next(p->votes, p, row_usage, &label))) break;
+        if (label < 0) continue; /* FERPlus: no majority, unknown or not a face */
         if (label + 1 > ds->num_classes) ds->num_classes = label + 1;
         if (usage && strcmp(row_usage, usage) != 0) continue;
         if (!keep_pixels)
@@ -227,12 +339,15 @@ static int read_rows(dataset_t *ds, csv_pass *p, FILE *f, const char *usage, int
 
 int dataset_csv_open(dataset_t *ds, const dataset_opts *o, int keep_pixels) {
     csv_pass p = {.path = o->path, .lineno = 1};
+    votes_t votes = {0};
     bytes_vec all = {0};
     char *line = NULL;
     size_t linecap = 0;
     int rc;
     FILE *f = fopen(o->path, "r");
     if (!f) return mimic_err(MIMIC_EIO, "%s: cannot open CSV: %s", o->path, strerror(errno));
+    if (o->labels && (rc = votes_open(&votes, o->labels))) goto out;
+    if (o->labels) p.votes = &votes;
     if (getline(&line, &linecap, f) < 0) {
         rc = ferror(f) ? mimic_err(MIMIC_EIO, "%s: read error", o->path)
                        : mimic_err(MIMIC_EFORMAT, "%s:1: empty file, expected a header", o->path);
@@ -240,9 +355,13 @@ int dataset_csv_open(dataset_t *ds, const dataset_opts *o, int keep_pixels) {
     }
     if ((rc = parse_header(&p.cols, line, o->path, o->usage))) goto out;
     if ((rc = read_rows(ds, &p, f, o->usage, keep_pixels, &all))) goto out;
+    if (p.votes && (rc = votes_finish(&votes, &p))) goto out;
     if (ds->n == 0) {
-        rc = o->usage ? mimic_err(MIMIC_EINVAL, "%s: no rows with Usage \"%s\"", o->path, o->usage)
-                      : mimic_err(MIMIC_EFORMAT, "%s: no data rows", o->path);
+        rc = o->usage ? mimic_err(MIMIC_EINVAL, "%s: no rows with Usage \"%s\"%s", o->path,
+                                  o->usage, o->labels ? " and a FERPlus label" : "")
+             : o->labels ? mimic_err(MIMIC_EFORMAT, "%s: no rows with a FERPlus label in %s",
+                                     o->path, o->labels)
+                         : mimic_err(MIMIC_EFORMAT, "%s: no data rows", o->path);
         goto out;
     }
     ds->pixels = all.v;
@@ -250,6 +369,7 @@ int dataset_csv_open(dataset_t *ds, const dataset_opts *o, int keep_pixels) {
     ds->w = ds->h = p.side;
     ds->channels = 1;
 out:
+    votes_free(&votes);
     free(all.v);
     free(p.row.v);
     free(line);

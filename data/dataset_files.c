@@ -154,6 +154,69 @@ int dataset_folder_open(dataset_t *ds, const dataset_opts *o) {
     return 0;
 }
 
+/* "name.jpg" -> "name_aligned.jpg" (RAF-DB's list names the original images, its aligned
+ * folder holds these). A name without an extension gets the suffix appended. */
+static char *aligned_name(const char *name) {
+    static const char suffix[] = "_aligned";
+    const char *dot = strrchr(name, '.'), *slash = strrchr(name, '/');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - name) : strlen(name);
+    size_t n = strlen(name);
+    char *s = malloc(n + sizeof suffix);
+    if (!s) return NULL;
+    memcpy(s, name, stem);
+    memcpy(s + stem, suffix, sizeof suffix - 1);
+    memcpy(s + stem + sizeof suffix - 1, name + stem, n - stem + 1);
+    return s;
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The image a list line names: dir/name, or else dir/<name with _aligned>. A line whose
+ * image is in neither place is an error naming the list, the line and both paths. */
+static int list_image(char **out, const dataset_opts *o, size_t lineno, const char *name) {
+    *out = path_join(o->path, name);
+    if (!*out) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", o->labels);
+    if (is_file(*out)) return 0;
+    char *alt = aligned_name(name), *full = alt ? path_join(o->path, alt) : NULL;
+    free(alt);
+    if (full && is_file(full)) {
+        free(*out);
+        *out = full;
+        return 0;
+    }
+    int rc = full ? mimic_err(MIMIC_EIO, "%s:%zu: image not found: neither %s nor %s is a file",
+                              o->labels, lineno, *out, full)
+                  : mimic_err(MIMIC_ENOMEM, "%s: out of memory", o->labels);
+    free(full);
+    free(*out);
+    *out = NULL;
+    return rc;
+}
+
+/* Splits a list line (trimmed, not blank, not a comment) in place into the name and its
+ * label counted from o->label_base. */
+static int list_line(char *s, const dataset_opts *o, size_t lineno, int *label) {
+    size_t len = strlen(s);
+    char *sep = s + len;
+    while (sep > s && sep[-1] != ' ' && sep[-1] != '\t')
+        sep--;
+    char *lab = sep, *end;
+    while (sep > s && (sep[-1] == ' ' || sep[-1] == '\t'))
+        *--sep = '\0';
+    errno = 0;
+    long v = strtol(lab, &end, 10);
+    if (sep == s || errno || end == lab || *end || v < o->label_base || v > (1 << 20))
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s:%zu: expected \"name label\" (label >= %d, data.label_base), got "
+                         "\"%.60s\"",
+                         o->labels, lineno, o->label_base, s);
+    *label = (int)(v - o->label_base);
+    return 0;
+}
+
 int dataset_list_open(dataset_t *ds, const dataset_opts *o) {
     struct stat st;
     if (stat(o->path, &st) != 0)
@@ -161,11 +224,14 @@ int dataset_list_open(dataset_t *ds, const dataset_opts *o) {
                          strerror(errno));
     if (!S_ISDIR(st.st_mode))
         return mimic_err(MIMIC_EIO, "%s: image directory is not a directory", o->path);
+    if (o->label_base < 0 || o->label_base > (1 << 20))
+        return mimic_err(MIMIC_EINVAL, "%s: data.label_base %d is not in 0..%d", o->labels,
+                         o->label_base, 1 << 20);
     FILE *f = fopen(o->labels, "r");
     if (!f)
         return mimic_err(MIMIC_EIO, "%s: cannot open label list: %s", o->labels, strerror(errno));
     char *line = NULL;
-    size_t linecap = 0, lineno = 0, cap = 0;
+    size_t linecap = 0, lineno = 0, cap = 0, prefix = o->usage ? strlen(o->usage) : 0;
     int rc = 0;
     while (!rc && getline(&line, &linecap, f) >= 0) {
         lineno++;
@@ -175,29 +241,21 @@ int dataset_list_open(dataset_t *ds, const dataset_opts *o) {
         size_t len = strlen(s);
         while (len && strchr(" \t\r\n", s[len - 1]))
             s[--len] = '\0';
-        if (!len || s[0] == '#') continue;
-        char *sep = s + len;
-        while (sep > s && sep[-1] != ' ' && sep[-1] != '\t')
-            sep--;
-        char *lab = sep, *end;
-        while (sep > s && (sep[-1] == ' ' || sep[-1] == '\t'))
-            *--sep = '\0';
-        errno = 0;
-        long v = strtol(lab, &end, 10);
-        if (sep == s || errno || end == lab || *end || v < 0 || v > (1 << 20)) {
-            rc = mimic_err(MIMIC_EFORMAT,
-                           "%s:%zu: expected \"name label\" (label >= 0), got \"%.60s\"", o->labels,
-                           lineno, s);
-            break;
-        }
-        rc = push_sample(ds, &cap, path_join(o->path, s), (int)v);
-        if (!rc && (int)v + 1 > ds->num_classes) ds->num_classes = (int)v + 1;
+        int label = 0;
+        if (!len || s[0] == '#' || (rc = list_line(s, o, lineno, &label))) continue;
+        if (label + 1 > ds->num_classes) ds->num_classes = label + 1;
+        if (prefix && strncmp(s, o->usage, prefix) != 0) continue; /* RAF-DB: train_, test_ */
+        char *file;
+        if (!(rc = list_image(&file, o, lineno, s))) rc = push_sample(ds, &cap, file, label);
     }
     if (!rc && ferror(f)) rc = mimic_err(MIMIC_EIO, "%s:%zu: read error", o->labels, lineno);
     free(line);
     fclose(f);
     if (rc) return rc;
-    if (ds->n == 0) return mimic_err(MIMIC_EFORMAT, "%s: no \"name label\" lines", o->labels);
+    if (ds->n == 0)
+        return o->usage ? mimic_err(MIMIC_EINVAL, "%s: no lines whose name starts with \"%s\"",
+                                    o->labels, o->usage)
+                        : mimic_err(MIMIC_EFORMAT, "%s: no \"name label\" lines", o->labels);
     ds->channels = 3;
     return 0;
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "common.h"
@@ -57,7 +58,11 @@ static int idx_header(gzFile *out, idx_array *a, const char *path, const char *w
     if (!f)
         return mimic_err(MIMIC_EIO, "%s: cannot open %s: %s", path, what,
                          errno ? strerror(errno) : "gzopen failed");
-    gzbuffer(f, 1u << 17);
+    /* 128 KB of input (and zlib's 256 KB of output) speed up a 30 MB file; a small one
+     * keeps zlib's 8 KB default, so that a header read or a tiny file does not map
+     * 384 KB (fuzz_idx: 180 -> 700 files/s). */
+    struct stat st;
+    gzbuffer(f, stat(path, &st) == 0 && st.st_size < (1 << 17) ? 8192u : 1u << 17);
 
     uint8_t hdr[16];
     size_t got = gz_fill(f, hdr, 4, &why);
@@ -110,13 +115,14 @@ fail:
 }
 
 /* Reads the a->bytes data bytes the header announced, and checks that nothing follows.
- * The header is not trusted for the allocation size: the buffer grows as data actually
- * arrives. */
+ * The header is not trusted for the allocation size: the buffer starts at 64 KB and
+ * doubles as data actually arrives (a 16 MB start made every small or lying file cost
+ * a 16 MB mapping: 180 files/s under the fuzzer). */
 static int idx_body(idx_array *a, gzFile f, const char *path) {
     const char *why;
     char dims[96];
     dims_str(dims, sizeof dims, a);
-    size_t bytes = a->bytes, cap = bytes < ((size_t)1 << 24) ? bytes : ((size_t)1 << 24);
+    size_t bytes = a->bytes, cap = bytes < ((size_t)1 << 16) ? bytes : ((size_t)1 << 16);
     if (!(a->data = malloc(cap))) return mimic_err(MIMIC_ENOMEM, "%s: out of memory", path);
     size_t have = 0;
     for (;;) {

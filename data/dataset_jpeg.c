@@ -110,9 +110,26 @@ static tjscalingfactor pick_scale(int w, int h, int target) {
     return best;
 }
 
+/* A file TurboJPEG failed on, as a bad sample; the handle is replaced. TurboJPEG 2.1.5
+ * leaves a handle that failed in tjDecompressHeader3 in its error state: every later
+ * file on it failed the same way ("Unsupported marker type 0xfa" for all), so one
+ * corrupt file lost every sample its reader decoded after it (found by fuzz_jpeg). */
+static int bad_decode(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img,
+                      const char *what) {
+    char why[200];
+    snprintf(why, sizeof why, "%s (%s%s)", what,
+             tjGetErrorCode(rd->tj) == TJERR_WARNING ? "warning: " : "",
+             tjGetErrorStr2(rd->tj));
+    tjDestroy(rd->tj);
+    rd->tj = tjInitDecompress(); /* NULL: the next call reports it */
+    return bad_sample(ds, i, img, "%s", why);
+}
+
 int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img,
                      int target_size) {
-    MIMIC_CHECK(rd != NULL && rd->tj != NULL); /* a reader made for this dataset */
+    MIMIC_CHECK(rd != NULL && ds->files != NULL); /* a reader made for this dataset */
+    if (!rd->tj && !(rd->tj = tjInitDecompress()))
+        return mimic_err(MIMIC_ENOMEM, "%s: cannot set up the JPEG decoder", ds->path);
     long long size = read_whole(rd, ds->files[i]);
     if (size < 0) return bad_sample(ds, i, img, "cannot read: %s", strerror(errno));
     tjhandle tj = rd->tj;
@@ -122,7 +139,7 @@ int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *im
     int w = 0, h = 0, subsamp = 0, cs = 0;
     if (tjDecompressHeader3(tj, rd->filebuf, (unsigned long)size, &w, &h, &subsamp, &cs) != 0 ||
         w <= 0 || h <= 0)
-        return bad_sample(ds, i, img, "not a JPEG (%s)", tjGetErrorStr2(tj));
+        return bad_decode(ds, rd, i, img, "not a JPEG");
     if (cs == TJCS_CMYK || cs == TJCS_YCCK)
         return bad_sample(ds, i, img, "CMYK JPEGs are not supported");
     tjscalingfactor sf = pick_scale(w, h, target_size);
@@ -135,8 +152,6 @@ int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *im
      * (a truncated file is one) stop decoding and count as corruption. */
     if (tjDecompress2(tj, rd->filebuf, (unsigned long)size, img->px, sw, 0, sh, TJPF_RGB,
                       TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0)
-        return bad_sample(ds, i, img, "corrupt JPEG (%s: %s)",
-                          tjGetErrorCode(tj) == TJERR_WARNING ? "warning" : "error",
-                          tjGetErrorStr2(tj));
+        return bad_decode(ds, rd, i, img, "corrupt JPEG");
     return 0;
 }

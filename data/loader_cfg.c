@@ -71,6 +71,7 @@ int loader_opts(dataset_opts *o, const mimic_cfg_t *cfg) {
     o->path = cfg->data.path;
     o->labels = cfg->data.labels[0] ? cfg->data.labels : NULL;
     o->usage = cfg->data.usage[0] ? cfg->data.usage : NULL;
+    o->label_base = cfg->data.label_base;
     return 0;
 }
 

@@ -334,9 +334,16 @@ static int check_unique_keys(parser_t *p, const json_value_t *v) {
     int rc = 0;
     for (int k = 1; k < v->n && !rc; k++) {
         if (key_cmp(&idx[k - 1], &idx[k]) == 0) {
+            /* the key comes from the file: control bytes (a newline, found by fuzz_safetensors)
+             * would break the one-line message */
+            char shown[101];
+            size_t n = 0;
+            for (; n < 100 && n < idx[k]->len; n++)
+                shown[n] = (unsigned char)idx[k]->str[n] < 0x20 ? '?' : idx[k]->str[n];
+            shown[n] = '\0';
             if (p->errlen)
-                snprintf(p->err, p->errlen, "duplicate key \"%.100s\" in object ending at byte %zu",
-                         idx[k]->str, p->pos);
+                snprintf(p->err, p->errlen, "duplicate key \"%s\" in object ending at byte %zu",
+                         shown, p->pos);
             rc = MIMIC_EFORMAT;
         }
     }

@@ -455,15 +455,17 @@ static int parse_tensor(st_file_t *f, st_tensor_t *t, uint64_t *begin, const jso
         return mimic_err(MIMIC_EFORMAT, "%s: tensor \"%s\": entry is not an object", f->path, name);
     for (int k = 0; k < v->n; k++) {
         const char *field = v->keys[k].str;
+        char pf[88];
         if (strcmp(field, "dtype") && strcmp(field, "shape") && strcmp(field, "data_offsets"))
             return mimic_err(MIMIC_EFORMAT, "%s: tensor \"%s\": unknown field \"%.40s\"", f->path,
-                             name, field);
+                             name, printable(pf, field));
     }
     const json_value_t *dt = json_get(v, "dtype"), *sh = json_get(v, "shape"),
                        *off = json_get(v, "data_offsets");
+    char pd[88];
     if (!dt || dt->type != JSON_STRING || st_dtype_parse(dt->str) < 0)
         return mimic_err(MIMIC_EFORMAT, "%s: tensor \"%s\": missing or unknown dtype \"%.20s\"",
-                         f->path, name, dt && dt->type == JSON_STRING ? dt->str : "");
+                         f->path, name, dt && dt->type == JSON_STRING ? printable(pd, dt->str) : "");
     t->dtype = (st_dtype_t)st_dtype_parse(dt->str);
     if (!sh || sh->type != JSON_ARRAY || sh->n > ST_MAX_DIMS)
         return mimic_err(MIMIC_EFORMAT, "%s: tensor \"%s\": shape missing or over %d dims", f->path,

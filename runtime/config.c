@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <float.h>
 #include <ini.h>
 #include <math.h>
 #include <stdlib.h>
@@ -46,8 +47,14 @@ static const key_t_ KEYS[] = {
       "IDX images file, ImageFolder root, FER2013 CSV, or image root of a label list"),
     F("data", "labels", K_STR, data.labels,
       "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz",
-      "IDX labels file or RAF-DB-style list (`name label` lines); empty = none"),
-    F("data", "usage", K_STR, data.usage, "", "FER2013 CSV: keep rows with this Usage"),
+      "IDX labels file, RAF-DB-style list (`name label` lines; a missing name.jpg is looked "
+      "up as name_aligned.jpg), or for a CSV set FERPlus's fer2013new.csv (majority-vote "
+      "labels); empty = none (CSV: the emotion column)"),
+    F("data", "usage", K_STR, data.usage, "",
+      "FER2013 CSV: keep rows with this Usage; label list: keep names starting with this "
+      "(RAF-DB: train_ or test_)"),
+    F("data", "label_base", K_INT, data.label_base, "0",
+      "label list: the number its first class has (RAF-DB's list counts 1..7: 1)"),
     F("data", "scale_min", K_FLOAT, data.scale_min, "0.2", "RandomResizedCrop lower area scale"),
     F("data", "scale_max", K_FLOAT, data.scale_max, "1.0", "RandomResizedCrop upper area scale"),
     F("data", "hflip", K_INT, data.hflip, "1", "random horizontal flip (0/1)"),
@@ -235,7 +242,8 @@ static int parse_float(const char *v, float *out) {
     char *end;
     errno = 0;
     double d = strtod(v, &end);
-    if (end == v || *end != '\0' || errno || !isfinite(d)) return -1;
+    /* 1e39 is a finite double but an infinite float (found by fuzz_config) */
+    if (end == v || *end != '\0' || errno || !(fabs(d) <= FLT_MAX)) return -1;
     *out = (float)d;
     return 0;
 }
@@ -247,6 +255,18 @@ static int parse_long(const char *v, long long *out) {
     if (end == v || *end != '\0' || errno) return -1;
     *out = x;
     return 0;
+}
+
+/* Why an INI file cannot hold string value v, or NULL when it can: libinih strips the
+ * blanks around a value, starts a comment at " ;" and has no escapes, so config_write's
+ * file would load back something else (found by fuzz_config). */
+static const char *ini_unsafe(const char *v) {
+    size_t n = strlen(v);
+    if (n && (v[0] == ' ' || v[n - 1] == ' ')) return "leading or trailing blanks";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) return "a control character";
+    if (v[0] == ';' || strstr(v, " ;")) return "';' at the start or after a blank (a comment)";
+    return NULL;
 }
 
 /* Index of value in "a|b|c", or -1. */
@@ -336,12 +356,17 @@ int config_set(mimic_cfg_t *c, const char *section, const char *key, const char 
         if (parse_float(value, &f)) goto bad;
         *(float *)dst = f;
         return 0;
-    case K_STR:
+    case K_STR: {
+        const char *why = ini_unsafe(value);
+        if (why)
+            return mimic_err(MIMIC_EINVAL, "config %s.%s: a value with %s cannot be kept in an "
+                             "INI file", section, key, why);
         if (strlen(value) >= k->size)
             return mimic_err(MIMIC_EINVAL, "config %s.%s: value longer than %zu bytes", section,
                              key, k->size - 1);
         memcpy(dst, value, strlen(value) + 1);
         return 0;
+    }
     case K_ENUM: {
         int i = enum_index(k->choices, value);
         if (i < 0)
@@ -388,15 +413,42 @@ static int cfg_ini_line(void *user, const char *section, const char *name, const
     load_ctx_t *ctx = user;
     int rc = config_set(ctx->c, section, name, value);
     if (rc) {
-        mimic_err(rc, "%s: %s", ctx->path, mimic_last_error());
+        /* a copy: mimic_err writes the buffer mimic_last_error points at (formatting it
+         * into itself garbled every message about a bad key in a file) */
+        char why[512];
+        snprintf(why, sizeof why, "%s", mimic_last_error());
+        mimic_err(rc, "%s: %s", ctx->path, why);
         if (!ctx->rc) ctx->rc = rc;
         return 0;
     }
     return 1;
 }
 
+/* libinih reads a line in pieces of INI_MAX_LINE - 1 bytes and takes the rest for the
+ * next line: a value cut short, or continued as a multi-line value when the rest starts
+ * with a blank (a path silently became "= 5"; found by fuzz_config). Refuse such lines. */
+static int check_line_lengths(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0; /* ini_parse reports it */
+    int c, line = 1, rc = 0;
+    size_t len = 0;
+    while (!rc && (c = getc(f)) != EOF) {
+        if (c == '\n') {
+            line++;
+            len = 0;
+        } else if (++len > INI_MAX_LINE - 2) {
+            rc = mimic_err(MIMIC_EFORMAT, "%s:%d: line longer than %d bytes (libinih's limit)",
+                           path, line, INI_MAX_LINE - 2);
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
 int config_load(mimic_cfg_t *c, const char *path) {
     load_ctx_t ctx = {c, path, 0};
+    int rc = check_line_lengths(path);
+    if (rc) return rc;
     int line = ini_parse(path, cfg_ini_line, &ctx);
     if (line == -1) return mimic_err(MIMIC_EIO, "%s: cannot open config file", path);
     if (line == -2) return mimic_err(MIMIC_ENOMEM, "%s: out of memory parsing", path);

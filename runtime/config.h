@@ -36,6 +36,7 @@ typedef struct {
         char path[CFG_PATH_MAX];
         char labels[CFG_PATH_MAX];
         char usage[32];
+        int label_base; /* label lists: the list's first class number */
         float scale_min, scale_max;
         int hflip;
         float mean[4], std[4];

@@ -11,6 +11,7 @@
  *    files named on its command line (to replay a crash found by the fuzzer). */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
+#include "fuzzutil.h"
 #include "proto.h"
 
 #include <stdint.h>
@@ -22,8 +23,6 @@ static void die(const char *what, const char *why) {
     fprintf(stderr, "fuzz_proto: %s (%s)\n", what, why ? why : "");
     abort();
 }
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     proto_hdr_t h, g;
@@ -57,16 +56,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 #define NSEEDS (2 * (PROTO_TYPE_COUNT - 1))
 #define MAXIN (PROTO_HDR_MAX + 64)
 
-static uint64_t rng = 0x243f6a8885a308d3ULL;
-static uint64_t rnd(void) { /* splitmix64 */
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static size_t below(size_t n) {
-    return n ? (size_t)(rnd() % n) : 0;
-}
 
 typedef struct {
     uint8_t b[MAXIN];
@@ -186,43 +175,43 @@ static void mutate(input_t *in, const input_t *seeds) {
     static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0,
                                           0xbf, 0xc0, 0xc1, 0xc2, 0xca, 0xcb, 0xcc, 0xcf,
                                           0xd3, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xff};
-    const input_t *s = &seeds[below((size_t)NSEEDS)];
+    const input_t *s = &seeds[fuzz_below((size_t)NSEEDS)];
     *in = *s;
-    switch (below(8)) {
+    switch (fuzz_below(8)) {
     case 0: /* random bytes */
-        in->n = below(96);
+        in->n = fuzz_below(96);
         for (size_t i = 0; i < in->n; i++)
-            in->b[i] = (uint8_t)rnd();
-        if (in->n && (rnd() & 1)) in->b[0] = (uint8_t)(0x80 | below(16));
+            in->b[i] = (uint8_t)fuzz_rand();
+        if (in->n && (fuzz_rand() & 1)) in->b[0] = (uint8_t)(0x80 | fuzz_below(16));
         break;
     case 1: /* bit flips */
-        for (size_t k = 1 + below(4); k > 0; k--)
-            in->b[below(in->n)] ^= (uint8_t)(1u << below(8));
+        for (size_t k = 1 + fuzz_below(4); k > 0; k--)
+            in->b[fuzz_below(in->n)] ^= (uint8_t)(1u << fuzz_below(8));
         break;
     case 2: /* interesting bytes */
-        for (size_t k = 1 + below(3); k > 0; k--)
-            in->b[below(in->n)] = interesting[below(sizeof interesting)];
+        for (size_t k = 1 + fuzz_below(3); k > 0; k--)
+            in->b[fuzz_below(in->n)] = interesting[fuzz_below(sizeof interesting)];
         break;
     case 3: /* truncation */
-        in->n = below(in->n);
+        in->n = fuzz_below(in->n);
         break;
     case 4: { /* insert random bytes */
-        size_t at = below(in->n + 1), k = 1 + below(9);
+        size_t at = fuzz_below(in->n + 1), k = 1 + fuzz_below(9);
         memmove(in->b + at + k, in->b + at, in->n - at);
         for (size_t i = 0; i < k; i++)
-            in->b[at + i] = (uint8_t)rnd();
+            in->b[at + i] = (uint8_t)fuzz_rand();
         in->n += k;
         break;
     }
     case 5: { /* delete a span */
-        size_t at = below(in->n), k = 1 + below(in->n - at);
+        size_t at = fuzz_below(in->n), k = 1 + fuzz_below(in->n - at);
         memmove(in->b + at, in->b + at + k, in->n - at - k);
         in->n -= k;
         break;
     }
     case 6: { /* splice two seeds */
-        const input_t *t = &seeds[below((size_t)NSEEDS)];
-        size_t cut = below(s->n), from = below(t->n);
+        const input_t *t = &seeds[fuzz_below((size_t)NSEEDS)];
+        size_t cut = fuzz_below(s->n), from = fuzz_below(t->n);
         memcpy(in->b + cut, t->b + from, t->n - from);
         in->n = cut + t->n - from;
         break;
@@ -231,8 +220,8 @@ static void mutate(input_t *in, const input_t *seeds) {
         static const uint8_t big[][9] = {{0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
                                          {0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0},
                                          {0xce, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}};
-        size_t at = below(in->n), w = 1 + below(3);
-        const uint8_t *v = big[below(3)];
+        size_t at = fuzz_below(in->n), w = 1 + fuzz_below(3);
+        const uint8_t *v = big[fuzz_below(3)];
         size_t vl = v[0] == 0xce ? 5 : 9;
         if (at + w > in->n) w = in->n - at;
         memmove(in->b + at + vl, in->b + at + w, in->n - at - w);

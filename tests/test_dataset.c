@@ -1,9 +1,12 @@
-// TIMEOUT: 120
+// TIMEOUT: 240
 /* test_dataset — the four data set formats on small files written here: IDX (raw and
  * gzip, broken headers and sizes), FER2013 CSV (usage filter, broken header, rows and
  * values), RAF-DB label lists and ImageFolder trees of JPEGs encoded with TurboJPEG
- * (truncated, random bytes, gray, DCT scaling, mutated bytes). Fashion-MNIST is checked
- * when its Debian package is installed. Prints decode+augment throughput. */
+ * (truncated, random bytes, gray, DCT scaling, mutated bytes). The FER sets in the
+ * layouts they ship in: RAF-DB basic (its list, 1-based labels, _aligned images; MAE
+ * and MIMIC train on it through mimic-worker), FERPlus votes beside fer2013.csv,
+ * AffectNet-style class folders. Fashion-MNIST is checked when its Debian package is
+ * installed. Prints decode+augment throughput. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
@@ -66,7 +69,7 @@ static int names(const char *file) {
 
 static int open_quiet(dataset_t **ds, dataset_kind kind, const char *path, const char *labels,
                       const char *usage) {
-    dataset_opts o = {kind, path, labels, usage};
+    dataset_opts o = {kind, path, labels, usage, 0};
     mimic_set_quiet(1);
     int rc = dataset_open(ds, &o);
     mimic_set_quiet(0);
@@ -76,7 +79,7 @@ static int open_quiet(dataset_t **ds, dataset_kind kind, const char *path, const
 /* dataset_count for these options (quiet), or the error code. */
 static long long count_quiet(dataset_kind kind, const char *path, const char *labels,
                              const char *usage) {
-    dataset_opts o = {kind, path, labels, usage};
+    dataset_opts o = {kind, path, labels, usage, 0};
     size_t n = 0;
     mimic_set_quiet(1);
     int rc = dataset_count(&o, &n);
@@ -119,7 +122,7 @@ static void test_idx(void) {
 
     for (int gz = 0; gz < 2; gz++) {
         dataset_t *ds = NULL;
-        dataset_opts o = {DATASET_IDX, gz ? pg : p, gz ? plg : pl, NULL};
+        dataset_opts o = {DATASET_IDX, gz ? pg : p, gz ? plg : pl, NULL, 0};
         T_CHECK(dataset_open(&ds, &o) == 0);
         if (!ds) continue;
         T_CHECK(dataset_size(ds) == 10);
@@ -255,7 +258,7 @@ static void test_csv(void) {
         write_text(tp(p, variant ? "fer_crlf.csv" : "fer.csv"), s);
         free(s);
         dataset_t *ds = NULL;
-        dataset_opts o = {DATASET_CSV, p, NULL, "Training"};
+        dataset_opts o = {DATASET_CSV, p, NULL, "Training", 0};
         T_CHECK(dataset_open(&ds, &o) == 0);
         if (!ds) continue;
         T_CHECK(dataset_size(ds) == 3);
@@ -386,10 +389,11 @@ static void test_labellist(void) {
     uint8_t *a = ramp_image(40, 30, 3, 1), *b = ramp_image(40, 30, 3, 2);
     write_jpeg(tp(p, "raf/train_00001.jpg"), a, 40, 30, 3);
     write_jpeg(tp(p, "raf/train_00002.jpg"), b, 40, 30, 3);
+    write_text(tp(p, "raf/broken.jpg"), "not a JPEG\n");
     write_text(tp(list, "raf_list.txt"),
-               "train_00001.jpg 1\n\n# comment\ntrain_00002.jpg 7\r\nmissing.jpg 3\n");
+               "train_00001.jpg 1\n\n# comment\ntrain_00002.jpg 7\r\nbroken.jpg 3\n");
     dataset_t *ds = NULL;
-    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL};
+    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL, 0};
     T_CHECK(count_quiet(DATASET_LABELLIST, dir, list, NULL) == 3);
     T_CHECK(dataset_open(&ds, &o) == 0);
     if (ds) {
@@ -410,6 +414,13 @@ static void test_labellist(void) {
         image_u8_free(&im);
         dataset_destroy(&ds);
     }
+    /* a name that is a file in neither form: one line naming the list, line, both paths */
+    write_text(tp(p, "raf_missing.txt"), "train_00001.jpg 1\n\nmissing.jpg 3\n");
+    T_CHECK(open_quiet(&ds, DATASET_LABELLIST, dir, p, NULL) == MIMIC_EIO && ds == NULL);
+    T_CHECK(names(p) && strstr(mimic_last_error(), ":3:") && names("raf/missing.jpg") &&
+            names("raf/missing_aligned.jpg") && !strchr(mimic_last_error(), '\n'));
+    printf("list: %s\n", mimic_last_error());
+    T_CHECK(count_quiet(DATASET_LABELLIST, dir, p, NULL) == MIMIC_EIO);
     write_text(tp(p, "raf_bad.txt"), "train_00001.jpg 1\ntrain_00002.jpg\n");
     T_CHECK(open_quiet(&ds, DATASET_LABELLIST, dir, p, NULL) == MIMIC_EFORMAT);
     T_CHECK(names(p) && strstr(mimic_last_error(), ":2:"));
@@ -451,7 +462,7 @@ static void test_imagefolder(void) {
     write_file(tp(p, "folder/cat/soi_random.jpg"), noise, sizeof noise);
 
     dataset_t *ds = NULL;
-    dataset_opts o = {DATASET_IMAGEFOLDER, tp(root, "folder"), NULL, NULL};
+    dataset_opts o = {DATASET_IMAGEFOLDER, tp(root, "folder"), NULL, NULL, 0};
     mimic_set_quiet(1); /* empty class emu, skipped notes.txt */
     T_CHECK(dataset_open(&ds, &o) == 0);
     mimic_set_quiet(0);
@@ -530,7 +541,7 @@ static void test_jpeg_fuzz(void) {
     unsigned char *good = read_all(p, &n), *buf = malloc(n);
     write_text(tp(list, "fuzz.txt"), "x.jpg 0\n");
     dataset_t *ds = NULL;
-    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL};
+    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL, 0};
     T_CHECK(dataset_open(&ds, &o) == 0);
     if (!ds) {
         free(good);
@@ -562,6 +573,13 @@ static void test_jpeg_fuzz(void) {
         else
             other++;
     }
+    /* an unsupported marker after the start: TurboJPEG 2.1.5 kept the handle in that
+     * error, so every later file failed too (found by fuzz_jpeg); the next good file
+     * must decode */
+    write_file(p, "\xff\xd8\xff\xfa\x00\x04\x00\x00", 8);
+    T_CHECK(dataset_get(ds, 0, &im, 16) == MIMIC_EFORMAT);
+    write_file(p, good, n);
+    T_CHECK(dataset_get(ds, 0, &im, 0) == 0 && im.w == 64 && im.h == 48);
     /* a start marker, then no marker at all: TurboJPEG 2.1.5 reads the header "fine"
      * without giving a size (found by UBSan in test_loader) */
     memcpy(buf, good, 2);
@@ -579,6 +597,247 @@ static void test_jpeg_fuzz(void) {
     free(src);
 }
 
+/* ---------------------------------------------------------------- FER layouts as shipped */
+
+/* The mimic-worker binary trains `steps` standalone steps on a data set given by `data`
+ * flags (RGB, 16x16 tiny model); returns 1 when metrics.jsonl shows the last step, a
+ * finite loss and no bad image (printing the log otherwise). */
+static int trains(const char *tag, const char *data, const char *stage, int steps) {
+    const char *build = getenv("MIMIC_BUILD_DIR");
+    char out[PATH_CAP], log[PATH_CAP], cmd[4 * PATH_CAP + 1024], want[32];
+    snprintf(out, sizeof out, "%s/run-%s", tmp, tag);
+    snprintf(log, sizeof log, "%s/run-%s.txt", tmp, tag);
+    snprintf(cmd, sizeof cmd,
+             "%s/worker/mimic-worker --standalone --model.img_size=16 --model.in_chans=3 "
+             "--model.patch_size=4 --model.embed_dim=32 --model.depth=2 --model.num_heads=2 "
+             "--mae.decoder_embed_dim=16 --mae.decoder_depth=1 --mae.decoder_num_heads=2 "
+             "--data.mean=0.5,0.5,0.5 --data.std=0.25,0.25,0.25 --train.batch_size=4 "
+             "--train.steps=%d --train.warmup_steps=1 --train.lr=1e-3 --train.log_every=1 "
+             "--train.ckpt_every=0 --train.out_dir=%s %s %s > %s 2>&1",
+             build ? build : ".", steps, out, stage, data, log);
+    int rc = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/metrics.jsonl", out);
+    char *m = testutil_slurp(cmd);
+    snprintf(want, sizeof want, "\"step\":%d,", steps);
+    const char *last = m ? strstr(m, want) : NULL, *loss = last ? strstr(last, "\"loss\":") : NULL;
+    int ok = rc == 0 && loss && isfinite(atof(loss + 7)) && strstr(last, "\"bad_images\":0");
+    printf("standalone %s on %s: %s\n", stage[0] ? stage + 2 : "train.stage=mae", tag,
+           ok ? "trains" : "FAIL");
+    if (!ok) {
+        char *l = testutil_slurp(log);
+        fprintf(stderr, "exit %d\n%s\n", rc, l ? l : "(no log)");
+        free(l);
+    }
+    free(m);
+    return ok;
+}
+
+/* RAF-DB basic as it ships: EmotionLabel/list_patition_label.txt names train_00001.jpg
+ * with labels 1..7, Image/aligned holds train_00001_aligned.jpg (100x100). */
+static void test_rafdb(void) {
+    char root[PATH_CAP], aligned[PATH_CAP], list[PATH_CAP], p[PATH_CAP];
+    const char *dirs[] = {"rafdb", "rafdb/basic", "rafdb/basic/EmotionLabel", "rafdb/basic/Image",
+                          "rafdb/basic/Image/aligned"};
+    for (int i = 0; i < 5; i++)
+        mkdir(tp(p, dirs[i]), 0755);
+    tp(root, "rafdb/basic");
+    tp(aligned, "rafdb/basic/Image/aligned");
+    tp(list, "rafdb/basic/EmotionLabel/list_patition_label.txt");
+    FILE *f = fopen(list, "w");
+    MIMIC_CHECK(f != NULL);
+    uint8_t *first = NULL;
+    for (int i = 0; i < 16; i++) { /* 12 train, 4 test, listed test first as RAF-DB does */
+        int train = i >= 4, k = train ? i - 3 : i + 1;
+        char name[64];
+        snprintf(name, sizeof name, train ? "train_%05d" : "test_%04d", k);
+        fprintf(f, "%s.jpg %d\n", name, 1 + i % 7);
+        uint8_t *px = ramp_image(100, 100, 3, i);
+        snprintf(p, sizeof p, "%.1900s/%s_aligned.jpg", aligned, name);
+        write_jpeg(p, px, 100, 100, 3);
+        if (i == 4)
+            first = px;
+        else
+            free(px);
+    }
+    fclose(f);
+
+    dataset_t *ds = NULL;
+    dataset_opts o = {DATASET_LABELLIST, aligned, list, "train_", 1};
+    T_CHECK(dataset_open(&ds, &o) == 0);
+    if (ds) {
+        T_CHECK(dataset_size(ds) == 12 && dataset_num_classes(ds) == 7 &&
+                dataset_channels(ds) == 3);
+        int labels_ok = 1;
+        for (size_t i = 0; i < 12; i++)
+            labels_ok &= dataset_label(ds, i) == (int)((i + 4) % 7); /* 1..7 -> 0..6 */
+        T_CHECK(labels_ok);
+        image_u8 im = {0};
+        T_CHECK(dataset_get(ds, 0, &im, 224) == 0);
+        check_decoded("rafdb: train_00001.jpg -> _aligned", &im, first, 100, 100, 3, 1);
+        image_u8_free(&im);
+        dataset_destroy(&ds);
+    }
+    T_CHECK(count_quiet(DATASET_LABELLIST, aligned, list, "train_") == 12);
+    o.usage = "test_";
+    T_CHECK(dataset_open(&ds, &o) == 0);
+    T_CHECK(ds && dataset_size(ds) == 4 && dataset_label(ds, 3) == 3);
+    dataset_destroy(&ds);
+    o.usage = NULL;
+    o.label_base = 0; /* labels as written: class 0 empty */
+    T_CHECK(dataset_open(&ds, &o) == 0);
+    T_CHECK(ds && dataset_size(ds) == 16 && dataset_num_classes(ds) == 8 &&
+            dataset_label(ds, 0) == 1);
+    dataset_destroy(&ds);
+    printf("rafdb: list_patition_label.txt + Image/aligned: 12 train, 4 test, labels 0..6\n");
+
+    /* the listed name wins over its _aligned twin */
+    uint8_t *a = ramp_image(20, 20, 3, 21), *b = ramp_image(20, 20, 3, 22);
+    write_jpeg(tp(p, "rafdb/basic/Image/aligned/both.jpg"), a, 20, 20, 3);
+    write_jpeg(tp(p, "rafdb/basic/Image/aligned/both_aligned.jpg"), b, 20, 20, 3);
+    write_text(tp(p, "rafdb/both.txt"), "both.jpg 2\n");
+    dataset_opts ob = {DATASET_LABELLIST, aligned, p, NULL, 1};
+    T_CHECK(dataset_open(&ds, &ob) == 0);
+    if (ds) {
+        image_u8 im = {0};
+        T_CHECK(dataset_get(ds, 0, &im, 0) == 0 && dataset_label(ds, 0) == 1);
+        check_decoded("rafdb: both.jpg (listed name first)", &im, a, 20, 20, 3, 1);
+        image_u8_free(&im);
+        dataset_destroy(&ds);
+    }
+    /* a label below label_base names the list and line */
+    write_text(tp(p, "rafdb/zero.txt"), "train_00001.jpg 1\ntrain_00002.jpg 0\n");
+    dataset_opts oz = {DATASET_LABELLIST, aligned, p, NULL, 1};
+    mimic_set_quiet(1);
+    T_CHECK(dataset_open(&ds, &oz) == MIMIC_EFORMAT && ds == NULL);
+    mimic_set_quiet(0);
+    T_CHECK(names(p) && strstr(mimic_last_error(), ":2:") && strstr(mimic_last_error(), ">= 1"));
+    T_CHECK(open_quiet(&ds, DATASET_LABELLIST, aligned, list, "val_") == MIMIC_EINVAL);
+    T_CHECK(names(list) && strstr(mimic_last_error(), "val_"));
+
+    /* the done-when: MAE and MIMIC (7 classes, so labels 1..7 must have become 0..6) train
+     * on the layout as shipped */
+    char flags[3 * PATH_CAP];
+    snprintf(flags, sizeof flags,
+             "--data.kind=labellist --data.path=%s --data.labels=%s --data.label_base=1 "
+             "--data.usage=train_",
+             aligned, list);
+    T_CHECK(trains("rafdb", flags, "", 4));
+    T_CHECK(trains("rafdb", flags,
+                   "--train.stage=mimic --mimic.num_classes=7 --mimic.proj_dim=16", 3));
+    free(first);
+    free(a);
+    free(b);
+}
+
+/* FERPlus: fer2013.csv's pixels with fer2013new.csv's majority-vote labels. */
+static void test_ferplus(void) {
+    static const struct {
+        const char *votes; /* neutral happiness surprise sadness anger disgust fear contempt
+                            * unknown NF */
+        int label;         /* -1: FERPlus leaves the image out */
+    } rows[] = {
+        {"0,10,0,0,0,0,0,0,0,0", 1}, {"4,0,0,1,3,2,0,0,0,0", -1}, /* 4 of 9: no majority */
+        {"0,0,0,0,0,0,0,0,0,10", -1},                              /* not a face */
+        {"6,1,1,0,0,0,0,0,2,0", 0},  /* single votes dropped: 6 of 8 */
+        {"0,0,0,0,0,0,0,6,4,0", 7},  {"0,0,0,0,0,0,0,0,8,2", -1}, /* unknown */
+        {"5,5,0,0,0,0,0,0,0,0", -1}, {"2,0,0,0,0,0,8,0,0,0", 6},
+    };
+    const int n = (int)(sizeof rows / sizeof rows[0]);
+    char csv[PATH_CAP], votes[PATH_CAP], bad[PATH_CAP], line[256];
+    FILE *fc = fopen(tp(csv, "fer2013.csv"), "w"), *fv = fopen(tp(votes, "fer2013new.csv"), "w");
+    MIMIC_CHECK(fc && fv);
+    fprintf(fc, "emotion,pixels,Usage\n");
+    fprintf(fv, "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+                "unknown,NF\n");
+    for (int r = 0; r < n; r++) {
+        const char *usage = r < 6 ? "Training" : "PublicTest";
+        csv_row(line, sizeof line, r % 7, 16, r, usage, 1, "\n");
+        fputs(line, fc);
+        if (rows[r].label == -1 && r == 2)
+            fprintf(fv, "%s,,%s\n", usage, rows[r].votes); /* FERPlus leaves the name empty */
+        else
+            fprintf(fv, "%s,fer%07d.png,%s\n", usage, r, rows[r].votes);
+    }
+    fclose(fc);
+    fclose(fv);
+    dataset_t *ds = NULL;
+    dataset_opts o = {DATASET_CSV, csv, votes, NULL, 0};
+    T_CHECK(dataset_open(&ds, &o) == 0);
+    if (ds) {
+        int k = 0, ok = 1;
+        for (int r = 0; r < n; r++)
+            if (rows[r].label >= 0) ok &= dataset_label(ds, (size_t)k++) == rows[r].label;
+        T_CHECK(ok && dataset_size(ds) == (size_t)k && k == 4);
+        T_CHECK(dataset_num_classes(ds) == 8);
+        image_u8 im = {0};
+        T_CHECK(dataset_get(ds, 1, &im, 4) == 0 && im.w == 4 && im.px[0] == (3 * 31) % 256);
+        image_u8_free(&im);
+        dataset_destroy(&ds);
+    }
+    T_CHECK(count_quiet(DATASET_CSV, csv, votes, "Training") == 3);
+    T_CHECK(count_quiet(DATASET_CSV, csv, votes, "PublicTest") == 1);
+    printf("ferplus: fer2013.csv + fer2013new.csv majority votes: 4 of %d rows kept\n", n);
+
+    /* the vote file is not that file, is short, is long, or is not row for row */
+    write_text(tp(bad, "notvotes.csv"), "Usage,Image name,neutral,happiness\nTraining,x,1,2\n");
+    T_CHECK(open_quiet(&ds, DATASET_CSV, csv, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(strstr(mimic_last_error(), ":1:") && strstr(mimic_last_error(), "surprise"));
+    char *all = testutil_slurp(votes);
+    MIMIC_CHECK(all != NULL);
+    char *cut = all;
+    for (int i = 0; i < n; i++) /* header + n-1 rows */
+        cut = strchr(cut, '\n') + 1;
+    write_file(tp(bad, "short.csv"), all, (size_t)(cut - all));
+    T_CHECK(open_quiet(&ds, DATASET_CSV, csv, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(names(csv) && strstr(mimic_last_error(), ":9"));
+    printf("ferplus: %s\n", mimic_last_error());
+    FILE *fl = fopen(tp(bad, "long.csv"), "w");
+    fprintf(fl, "%sTraining,x.png,10,0,0,0,0,0,0,0,0,0\n", all);
+    fclose(fl);
+    T_CHECK(open_quiet(&ds, DATASET_CSV, csv, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(strstr(mimic_last_error(), ":10:") != NULL);
+    char *pub = strstr(all, "PublicTest");
+    memcpy(pub, "PrivateTes", 10); /* row 7 of the votes (line 8) */
+    write_text(tp(bad, "shifted.csv"), all);
+    T_CHECK(open_quiet(&ds, DATASET_CSV, csv, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(names(csv) && strstr(mimic_last_error(), ":8:"));
+    printf("ferplus: %s\n", mimic_last_error());
+    free(all);
+    write_text(tp(bad, "votes_nan.csv"),
+               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+               "unknown,NF\nTraining,a.png,1,x,0,0,0,0,0,0,0,0\n");
+    T_CHECK(open_quiet(&ds, DATASET_CSV, csv, bad, NULL) == MIMIC_EFORMAT && names(bad));
+    T_CHECK(strstr(mimic_last_error(), ":2:") != NULL);
+}
+
+/* Image-folder releases: FER2013 as Kaggle ships it (train/angry/x.jpg) and AffectNet's
+ * class-numbered folders (train_set/0 .. 7): labels are the sorted folder names. */
+static void test_class_folders(void) {
+    char p[PATH_CAP];
+    mkdir(tp(p, "affectnet"), 0755);
+    mkdir(tp(p, "affectnet/train_set"), 0755);
+    uint8_t *px = ramp_image(24, 24, 3, 30);
+    for (int c = 7; c >= 0; c--) {
+        snprintf(p, sizeof p, "%s/affectnet/train_set/%d", tmp, c);
+        mkdir(p, 0755);
+        for (int i = 0; i < 2; i++) {
+            snprintf(p, sizeof p, "%s/affectnet/train_set/%d/%d.jpg", tmp, c, 100 * c + i);
+            write_jpeg(p, px, 24, 24, 3);
+        }
+    }
+    dataset_t *ds = NULL;
+    T_CHECK(open_quiet(&ds, DATASET_IMAGEFOLDER, tp(p, "affectnet/train_set"), NULL, NULL) == 0);
+    if (ds) {
+        int ok = dataset_size(ds) == 16 && dataset_num_classes(ds) == 8;
+        for (size_t i = 0; ok && i < 16; i++)
+            ok = dataset_label(ds, i) == (int)(i / 2);
+        T_CHECK(ok);
+        dataset_destroy(&ds);
+    }
+    printf("affectnet-style: train_set/0..7 folders -> labels 0..7\n");
+    free(px);
+}
+
 /* ---------------------------------------------------------------- real data, speed */
 
 static void test_fashion_mnist(void) {
@@ -593,7 +852,7 @@ static void test_fashion_mnist(void) {
     }
     fclose(f);
     dataset_t *ds = NULL;
-    dataset_opts o = {DATASET_IDX, img, lab, NULL};
+    dataset_opts o = {DATASET_IDX, img, lab, NULL, 0};
     double t0 = mimic_now();
     T_CHECK(dataset_open(&ds, &o) == 0);
     if (!ds) return;
@@ -655,7 +914,7 @@ static void bench_jpeg(void) {
     tjDestroy(tj);
     write_text(tp(list, "bench.txt"), "photo.jpg 0\n");
     dataset_t *ds = NULL;
-    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL};
+    dataset_opts o = {DATASET_LABELLIST, dir, list, NULL, 0};
     T_CHECK(dataset_open(&ds, &o) == 0);
     if (!ds) {
         free(px);
@@ -689,6 +948,9 @@ int main(void) {
     test_idx();
     test_csv();
     test_labellist();
+    test_rafdb();
+    test_ferplus();
+    test_class_folders();
     test_imagefolder();
     test_jpeg_fuzz();
     test_fashion_mnist();
