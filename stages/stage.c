@@ -4,6 +4,7 @@
 #include "common.h"
 #include "safetensors.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,7 +51,7 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     double loss = s->ops->forward(s, in, n);
     double t1 = mimic_now();
     params_zero_grad(s->p);
-    s->ops->backward(s);
+    if (isfinite(loss)) s->ops->backward(s); /* a failed forward left nothing to go back on */
     double t2 = mimic_now();
     if (t_fwd) *t_fwd = t1 - t0;
     if (t_bwd) *t_bwd = t2 - t1;
