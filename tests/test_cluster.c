@@ -382,18 +382,23 @@ static void test_worker_sigterm(void) {
  * in the synchronous steps; every process ends cleanly and epochs stay exact. */
 static void test_worker_join(void) {
     cluster_t c;
-    start_running(&c, "join", 1, 1, "--train.batch_size=8 --train.steps=60", 0);
+    /* the first worker is paused (SIGSTOP) until both joiners registered: a run of 60
+     * tiny steps is over in well under a second, sooner than two processes start on a
+     * loaded machine; dead_ms is raised so the pause is not taken for a death */
+    const char *common = "--train.batch_size=8 --train.steps=60 --cluster.dead_ms=20000";
+    start_running(&c, "join", 1, 1, common, 0);
+    kill(c.workers[0], SIGSTOP);
     char flags[4096];
     char *ep = testutil_slurp(c.epfile);
     ep[strcspn(ep, "\n")] = 0;
-    snprintf(flags, sizeof flags,
-             "--cluster.servers=1 --cluster.workers=1 --train.batch_size=8 --train.steps=60 "
-             "--scheduler %s",
-             ep);
+    snprintf(flags, sizeof flags, "--cluster.servers=1 --cluster.workers=1 %s --scheduler %s",
+             common, ep);
     free(ep);
     c.workers[1] = spawn(WORKER, &c, flags);
     c.workers[2] = spawn(WORKER, &c, flags);
     c.W = 3;
+    T_CHECK(testutil_wait_file(c.log, "worker rank 2 (id", 60000)); /* "... joined" */
+    kill(c.workers[0], SIGCONT);
     T_CHECK(finish(&c, 180000));
     char path[1400];
     snprintf(path, sizeof path, "%s/scheduler.jsonl", c.dir);
