@@ -1,9 +1,11 @@
 #include "eval.h"
 
 #include "common.h"
+#include "linear.h"
 #include "loader.h"
 #include "metrics.h"
 #include "probe.h"
+#include "safetensors.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,106 @@ int eval_cfg_from(eval_cfg_t *c, const mimic_cfg_t *cfg) {
     return parse_ks(c, "knn_k", cfg->eval.knn_k);
 }
 
+/* ---- the model's own classifier ---- */
+
+/* timm's names of a fine-tuned ViT's classifier, which the mimic stage keeps */
+#define HEAD_WEIGHT "head.weight"
+#define HEAD_BIAS "head.bias"
+
+/* The classifier a model carries: logits = head(cls feature of the final norm), as the
+ * mimic stage computes them in training (there on mixed images; here on the images
+ * without augmentation). w NULL: the model has none. */
+typedef struct {
+    const char *name;   /* the model, for errors */
+    const float *w, *b; /* (K, D), (K) */
+    int K, D;
+    float *feat, *logits; /* (B, D) cls features when eval.pool is not cls; (B, K) */
+} classifier_t;
+
+static void classifier_free(classifier_t *cl) {
+    mimic_free(cl->feat);
+    mimic_free(cl->logits);
+    cl->feat = cl->logits = NULL;
+}
+
+/* The classifier in p (a mimic stage's parameters, or a model file's as eval_run
+ * registers them), with buffers for batches of up to B images; none is not an error. */
+static int classifier_find(classifier_t *cl, const params_t *p, int D, int B, const char *name) {
+    memset(cl, 0, sizeof *cl);
+    cl->name = name;
+    int iw = params_find(p, HEAD_WEIGHT), ib = params_find(p, HEAD_BIAS);
+    if (iw < 0 && ib < 0) return 0;
+    const params_tensor_t *w = iw >= 0 ? &p->t[iw] : NULL, *b = ib >= 0 ? &p->t[ib] : NULL;
+    if (!w || !b || w->ndim != 2 || w->shape[1] != D || w->shape[0] < 1 || b->ndim != 1 ||
+        b->shape[0] != w->shape[0])
+        return mimic_err(MIMIC_ESHAPE,
+                         "%s: the classifier must be " HEAD_WEIGHT " (K, %d) and " HEAD_BIAS
+                         " (K) on the encoder's %d features",
+                         name, D, D);
+    cl->w = params_w(p, iw);
+    cl->b = params_w(p, ib);
+    cl->K = (int)w->shape[0];
+    cl->D = D;
+    cl->feat = mimic_alloc((size_t)B * D * sizeof(float));
+    cl->logits = mimic_alloc((size_t)B * cl->K * sizeof(float));
+    if (!cl->feat || !cl->logits)
+        return mimic_err(MIMIC_ENOMEM, "%s: out of memory for the classifier's logits", name);
+    return 0;
+}
+
+/* How many of the n images whose encoder output is in a the classifier labels right;
+ * feat: their cls features when the caller has them (NULL: taken from a here). A label
+ * outside the classifier's classes is an error naming the data set (path). */
+static long classifier_right(classifier_t *cl, const encoder_acts_t *a, const float *feat,
+                             const int *y, int n, const char *path) {
+    if (!feat) {
+        encoder_features(cl->feat, a, ENCODER_POOL_CLS);
+        feat = cl->feat;
+    }
+    linear_forward(cl->logits, feat, cl->w, cl->b, n, cl->D, cl->K);
+    long right = 0;
+    for (int i = 0; i < n; i++) {
+        if (y[i] >= cl->K)
+            return mimic_err(MIMIC_EINVAL,
+                             "%s: label %d is outside the %d classes of " HEAD_WEIGHT " in %s",
+                             path, y[i], cl->K, cl->name);
+        const float *l = cl->logits + (size_t)i * cl->K;
+        int best = 0;
+        for (int k = 1; k < cl->K; k++)
+            if (l[k] > l[best]) best = k;
+        right += best == y[i];
+    }
+    return right;
+}
+
+/* Registers the classifier of the model file f after the encoder in p, with the shape its
+ * head.weight claims (K rows of the encoder's D): classifier_read then checks both
+ * tensors against it, and the errors name the file and the tensor. */
+static int classifier_add(params_t *p, const st_file_t *f, int D, int64_t shape[2]) {
+    const st_tensor_t *w = st_find(f, HEAD_WEIGHT), *b = st_find(f, HEAD_BIAS);
+    shape[0] = shape[1] = 0;
+    if (!w && !b) return 0;
+    if (!w || !b)
+        return mimic_err(MIMIC_EFORMAT,
+                         "%s: no tensor \"%s\" beside \"%s\" (a classifier needs both)", st_path(f),
+                         w ? HEAD_BIAS : HEAD_WEIGHT, w ? HEAD_WEIGHT : HEAD_BIAS);
+    shape[0] = w->ndim >= 1 ? w->shape[0] : 1;
+    shape[1] = D;
+    if (shape[0] < 1)
+        return mimic_err(MIMIC_ESHAPE, "%s: tensor \"" HEAD_WEIGHT "\" has no rows (classes)",
+                         st_path(f));
+    int rc = params_add(p, HEAD_WEIGHT, 2, shape);
+    if (rc >= 0) rc = params_add(p, HEAD_BIAS, 1, shape);
+    return rc < 0 ? rc : 0;
+}
+
+static int classifier_read(params_t *p, const st_file_t *f, const int64_t shape[2]) {
+    if (shape[0] == 0) return 0;
+    int rc = st_read_f32(f, HEAD_WEIGHT, params_w(p, params_find(p, HEAD_WEIGHT)), shape, 2);
+    if (!rc) rc = st_read_f32(f, HEAD_BIAS, params_w(p, params_find(p, HEAD_BIAS)), shape, 1);
+    return rc;
+}
+
 /* ---- feature extraction ---- */
 
 typedef struct {
@@ -70,6 +172,7 @@ typedef struct {
     float *x;         /* (n, dim) */
     int *y;           /* (n) */
     int n, dim, classes;
+    long head_right; /* samples the model's classifier labels right */
     double secs;
 } feats_t;
 
@@ -101,7 +204,7 @@ static void set_loader_cfg(mimic_cfg_t *lc, const mimic_cfg_t *cfg, const eval_c
 }
 
 static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
-                   const params_t *p, int train) {
+                   const params_t *p, classifier_t *cl, int train) {
     mimic_cfg_t *lc = malloc(sizeof *lc);
     loader_t *ld = NULL;
     float *imgs = NULL;
@@ -172,6 +275,14 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
             encoder_acts_resize(&a, got);
             encoder_forward(e, p, &a, imgs, NULL, e->L);
             encoder_features(dst, &a, ec->pool);
+            long right = 0;
+            if (cl->w &&
+                (right = classifier_right(cl, &a, ec->pool == ENCODER_POOL_CLS ? dst : NULL,
+                                          f->y + f->n, got, path)) < 0) {
+                rc = (int)right;
+                goto out;
+            }
+            f->head_right += right;
         }
         f->n += got;
         if (mimic_now() > next_log) {
@@ -231,6 +342,11 @@ static void write_json(const char *out_json, const char *name, const eval_cfg_t 
         snprintf(key, sizeof key, "knn%d_recall", r->knn[q].k);
         metrics_num(&m, key, r->knn[q].recall);
     }
+    if (r->finetune) {
+        metrics_num(&m, "finetune_top1", r->finetune_top1);
+        metrics_num(&m, "finetune_train_top1", r->finetune_train_top1);
+        metrics_int(&m, "finetune_classes", r->finetune_classes);
+    }
     metrics_num(&m, "t_extract_train", r->t_extract_train);
     metrics_num(&m, "t_extract_test", r->t_extract_test);
     metrics_num(&m, "t_probe", r->t_probe);
@@ -244,6 +360,10 @@ void eval_print(FILE *f, const eval_result_t *r) {
             r->n_test, r->classes, r->dim);
     fprintf(f, "  %-14s top-1 %6.2f%%  (train %.2f%%, loss %.4f)\n", "linear probe",
             100 * r->probe_test_top1, 100 * r->probe_train_top1, r->probe_loss);
+    if (r->finetune)
+        fprintf(f, "  %-14s top-1 %6.2f%%  (train %.2f%%, the model's own head, %d classes)\n",
+                "fine-tuned", 100 * r->finetune_top1, 100 * r->finetune_train_top1,
+                r->finetune_classes);
     for (int q = 0; q < r->knn_nk; q++) {
         char name[32];
         snprintf(name, sizeof name, "k-NN k=%d", r->knn[q].k);
@@ -260,6 +380,7 @@ int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t
     eval_result_t *r = res ? res : &local;
     memset(r, 0, sizeof *r);
     feats_t tr = {.what = "train"}, te = {.what = "test"};
+    classifier_t cl = {0};
     int pixels = ec->features == EVAL_FEATURES_PIXELS, rc;
     if (!pixels && (!e || !p))
         return mimic_err(MIMIC_EINVAL, "eval: encoder features need an encoder");
@@ -270,13 +391,22 @@ int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t
                          ">= 2 and > 0 (got %d, %d, %g)",
                          ec->probe_epochs, ec->probe_batch, ec->probe_lr);
     if (!pixels && (rc = check_model(cfg, e))) return rc;
-    if ((rc = extract(&tr, cfg, ec, e, p, 1)) || (rc = extract(&te, cfg, ec, e, p, 0))) goto out;
+    if (!pixels && (rc = classifier_find(&cl, p, e->dim, ec->batch_size, name ? name : "model")))
+        goto out;
+    if ((rc = extract(&tr, cfg, ec, e, p, &cl, 1)) || (rc = extract(&te, cfg, ec, e, p, &cl, 0)))
+        goto out;
     r->n_train = tr.n;
     r->n_test = te.n;
     r->dim = tr.dim;
     r->classes = tr.classes > te.classes ? tr.classes : te.classes;
     r->t_extract_train = tr.secs;
     r->t_extract_test = te.secs;
+    if (cl.w) {
+        r->finetune = 1;
+        r->finetune_classes = cl.K;
+        r->finetune_top1 = (double)te.head_right / te.n;
+        r->finetune_train_top1 = (double)tr.head_right / tr.n;
+    }
 
     probe_cfg_t pc = {ec->probe_epochs,       ec->probe_batch < tr.n ? ec->probe_batch : tr.n,
                       ec->probe_lr,           ec->probe_momentum,
@@ -301,6 +431,7 @@ int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t
     r->t_knn = mimic_now() - t0;
     write_json(out_json, name ? name : "", ec, r);
 out:
+    classifier_free(&cl);
     feats_free(&tr);
     feats_free(&te);
     return rc;
@@ -326,6 +457,8 @@ int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_p
         return mimic_err(MIMIC_EINVAL, "eval: eval.features=encoder needs an encoder file");
     mimic_cfg_t *c = malloc(sizeof *c);
     params_t *p = params_new();
+    st_file_t *f = NULL;
+    int64_t head[2] = {0, 0};
     encoder_t e;
     memset(&e, 0, sizeof e);
     int rc = MIMIC_ENOMEM;
@@ -338,17 +471,23 @@ int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_p
             mimic_log("[eval] %s: model.%s (and any other [model] key) taken from the file",
                       encoder_path, diff);
     }
-    if ((rc = encoder_register(&e, p, &c->model)) || (rc = params_finalize(p))) goto out;
+    if ((rc = encoder_register(&e, p, &c->model))) goto out;
+    /* a fine-tuned model's classifier comes along (a file without one is no error) */
+    if (!random && ((rc = st_open(&f, encoder_path)) || (rc = classifier_add(p, f, e.dim, head))))
+        goto out;
+    if ((rc = params_finalize(p))) goto out;
     if (random) {
         rng_t r;
         rng_seed(&r, cfg->train.seed);
         encoder_init(&e, p, &r);
         encoder_path = "random-init";
-    } else if ((rc = encoder_load(&e, p, encoder_path))) {
+    } else if ((rc = encoder_load(&e, p, encoder_path)) || (rc = classifier_read(p, f, head))) {
         goto out;
     }
+    st_close(&f);
     rc = eval_run_model(c, ec, &e, p, encoder_path, out_json, res);
 out:
+    st_close(&f);
     encoder_free(&e);
     params_destroy(&p);
     free(c);

@@ -7,7 +7,11 @@
  * encoder comes from a safetensors file with timm names (an MAE checkpoint or an export
  * of checkpoint_export_encoder): eval_run; or from memory, for a pipeline stage that
  * has just trained it: eval_run_model. Its keys are the [eval] section of the one
- * configuration (runtime/config.c), read into an eval_cfg_t by eval_cfg_from. */
+ * configuration (runtime/config.c), read into an eval_cfg_t by eval_cfg_from.
+ *
+ * A model that carries its own classifier (timm's head.weight (K, D) and head.bias (K)
+ * on the cls feature, as the mimic stage trains and saves it) is also evaluated as it is:
+ * its top-1 on the same sets, the "fine-tune" row next to the frozen-encoder ones. */
 #ifndef MIMIC_EVAL_H
 #define MIMIC_EVAL_H
 
@@ -48,6 +52,10 @@ typedef struct {
     double probe_train_top1, probe_test_top1, probe_loss;
     knn_result_t knn[EVAL_MAX_KS];
     int knn_nk;
+    /* the model's own classifier, when it has one (finetune 1): top-1 of argmax(head(cls
+     * feature)) on the test set and on the (limited) training set, and its classes */
+    int finetune, finetune_classes;
+    double finetune_top1, finetune_train_top1;
     double t_extract_train, t_extract_test, t_probe, t_knn; /* seconds */
 } eval_result_t;
 
@@ -62,7 +70,9 @@ int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_p
              const char *out_json, eval_result_t *res);
 /* The same with an encoder in memory (e, p: e.g. the prefix of a stage's parameters);
  * e and p are ignored for EVAL_FEATURES_PIXELS. cfg->model must describe e (image size
- * and channels for the loader). name labels the JSON record. */
+ * and channels for the loader). name labels the JSON record and the errors. When p holds
+ * head.weight and head.bias (a mimic stage's parameters), that classifier is evaluated
+ * too; a test label outside its classes is an error. */
 int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
                    const params_t *p, const char *name, const char *out_json, eval_result_t *res);
 

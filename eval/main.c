@@ -1,5 +1,6 @@
 /* mimic-eval — evaluates a frozen encoder (or raw pixels) on a labelled train/test pair:
- * linear probe and k-NN (eval.h), with the [eval] keys of the configuration. */
+ * linear probe and k-NN, and a fine-tuned model's own classifier (eval.h), with the
+ * [eval] keys of the configuration. */
 #include "common.h"
 #include "config.h"
 #include "eval.h"
@@ -14,7 +15,9 @@ static void usage(FILE *f) {
     fputs("usage: mimic-eval [CONFIG.ini] [--section.key=value ...] [--eval.key=value ...]\n"
           "                  [--encoder ENCODER.safetensors] [--out METRICS.jsonl]\n"
           "  --encoder F   an MAE checkpoint or exported encoder (timm names); its [model]\n"
-          "                metadata overrides model.* (not needed with --eval.features=pixels)\n"
+          "                metadata overrides model.* (not needed with --eval.features=pixels);\n"
+          "                a fine-tuned model's classifier (head.weight, head.bias: the mimic\n"
+          "                stage's model.safetensors) is scored too, the fine-tuned row\n"
           "  --out F       append the result as one JSON line to F\n"
           "The model.*, data.* (mean, std, kind), train.seed/threads and eval.* keys apply\n"
           "(mimic-eval --help-config lists them).\n",

@@ -3,14 +3,18 @@
  * majority and weighted votes, ties, recall@k), probe and k-NN near 100% on features
  * separable by construction, recall@k >= top-1 and monotone in k, eval_run end to end
  * on a class-dependent IDX set (pixels, random init, an exported MAE encoder from file
- * and from memory, deterministic extraction), and clear errors for bad input. */
+ * and from memory, deterministic extraction), a mimic stage's model file whose classifier
+ * is set to known values (its accuracy against one computed here), and clear errors for
+ * bad input (a classifier of the wrong shape among them). */
 #include "checkpoint.h"
 #include "common.h"
 #include "eval.h"
 #include "knn.h"
+#include "loader.h"
 #include "mae.h"
 #include "probe.h"
 #include "safetensors.h"
+#include "stage.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -253,6 +257,214 @@ static void write_plain(const char *out, const params_t *p, int n, const char *d
     st_writer_destroy(&w);
 }
 
+/* ---- the model's own classifier (a fine-tuned head) ---- */
+
+enum { NCLS = 10 };
+
+/* The cls features (n, D) of the first n images of a set, computed here: the loader in its
+ * evaluation mode (whole image, no augmentation), the encoder, the cls row. */
+static float *cls_features(const mimic_cfg_t *c, const char *img, const char *lab, int n,
+                           const encoder_t *e, const params_t *p, int *y) {
+    mimic_cfg_t *lc = malloc(sizeof *lc);
+    *lc = *c;
+    snprintf(lc->data.path, sizeof lc->data.path, "%s", img);
+    snprintf(lc->data.labels, sizeof lc->data.labels, "%s", lab);
+    loader_t *ld = NULL;
+    T_CHECK(loader_new(&ld, lc) == 0);
+    loader_set_eval(ld, 1);
+    float *imgs = malloc(sizeof(float) * (size_t)n * SIDE * SIDE), *f = NULL;
+    uint32_t *idx = malloc(sizeof *idx * (size_t)n);
+    for (int i = 0; i < n; i++)
+        idx[i] = (uint32_t)i;
+    T_CHECK(loader_fill(ld, idx, n, 0, imgs, NULL, 0, y) == n);
+    encoder_acts_t a;
+    T_CHECK(encoder_acts_alloc(&a, e, n, e->L) == 0);
+    encoder_forward(e, p, &a, imgs, NULL, e->L);
+    f = malloc(sizeof(float) * (size_t)n * e->dim);
+    encoder_features(f, &a, ENCODER_POOL_CLS);
+    encoder_acts_free(&a);
+    loader_destroy(&ld);
+    free(imgs);
+    free(idx);
+    free(lc);
+    return f;
+}
+
+/* Correct argmax_k (w_k . x + b_k) over n rows, in double. */
+static long head_right(const float *w, const float *b, const float *x, const int *y, int n, int D) {
+    long right = 0;
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        double lbest = -INFINITY;
+        for (int k = 0; k < NCLS; k++) {
+            double l = b[k];
+            for (int d = 0; d < D; d++)
+                l += (double)w[k * D + d] * x[(size_t)i * D + d];
+            if (l > lbest) lbest = l, best = k;
+        }
+        right += best == y[i];
+    }
+    return right;
+}
+
+/* A model file: the encoder of p (its first ne tensors) and the given head tensors
+ * (a NULL one left out). */
+static void write_head(const char *out, const params_t *p, int ne, const float *w,
+                       const int64_t *wshape, int wndim, const float *b, int64_t bK) {
+    st_writer_t *wr = st_writer_new();
+    for (int i = 0; i < ne; i++)
+        T_CHECK(st_writer_add(wr, p->t[i].name, "F32", p->t[i].shape, p->t[i].ndim,
+                              params_w(p, i)) == 0);
+    if (w) T_CHECK(st_writer_add(wr, "head.weight", "F32", wshape, wndim, w) == 0);
+    if (b) T_CHECK(st_writer_add(wr, "head.bias", "F32", &bK, 1, b) == 0);
+    T_CHECK(st_writer_save(wr, out) == 0);
+    st_writer_destroy(&wr);
+}
+
+static void test_finetune(void) {
+    enum { NTR = 300, NTE = 100, D = 16 };
+    const char *dir = testutil_tmpdir();
+    char model[4300], bad[4300];
+    snprintf(model, sizeof model, "%s/mimic-model.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad-head.safetensors", dir);
+    mimic_cfg_t *c = malloc(sizeof *c);
+    eval_cfg_t ec;
+    eval_result_t r, r2;
+    base_cfg(c, &ec);
+    c->train.stage = STAGE_KIND_MIMIC;
+    c->mimic.num_classes = NCLS;
+
+    /* a mimic stage's model at its initialisation; its encoder, here, with the head in
+     * the same params_t as eval_run keeps it */
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, c, 2) == 0);
+    if (!s) return;
+    s->ops->init(s, 5);
+    params_t *p = params_new();
+    encoder_t e;
+    const int64_t wshape[2] = {NCLS, D}, bshape[1] = {NCLS};
+    T_CHECK(encoder_register(&e, p, &c->model) == 0);
+    int iw = params_add(p, "head.weight", 2, wshape), ib = params_add(p, "head.bias", 1, bshape);
+    T_CHECK(iw >= 0 && ib >= 0 && params_finalize(p) == 0);
+    T_CHECK(s->ops->save(s, model, NULL, NULL, 0, 0, 0, NULL) == 0);
+    T_CHECK(encoder_load(&e, p, model) == 0);
+
+    /* the head: nearest class mean of the training features, w_k = mu_k, b_k = -|mu_k|^2/2 */
+    int ytr[NTR], yte[NTE], cnt[NCLS] = {0};
+    float *ftr = cls_features(c, tr_img, tr_lab, NTR, &e, p, ytr);
+    float *fte = cls_features(c, te_img, te_lab, NTE, &e, p, yte);
+    float *w = params_w(p, iw), *b = params_w(p, ib);
+    memset(w, 0, sizeof(float) * NCLS * D);
+    for (int i = 0; i < NTR; i++) {
+        cnt[ytr[i]]++;
+        for (int d = 0; d < D; d++)
+            w[ytr[i] * D + d] += ftr[i * D + d];
+    }
+    for (int k = 0; k < NCLS; k++) {
+        double sq = 0;
+        for (int d = 0; d < D; d++) {
+            w[k * D + d] /= (float)cnt[k];
+            sq += (double)w[k * D + d] * w[k * D + d];
+        }
+        b[k] = (float)(-0.5 * sq);
+    }
+    long right = head_right(w, b, fte, yte, NTE, D), right_tr = head_right(w, b, ftr, ytr, NTR, D);
+    printf("finetune: nearest-mean head right on %ld/%d test, %ld/%d train\n", right, NTE, right_tr,
+           NTR);
+    T_CHECK(right >= NTE / 2); /* far above chance (10%): the head means something */
+    memcpy(params_w(s->p, params_find(s->p, "head.weight")), w, sizeof(float) * NCLS * D);
+    memcpy(params_w(s->p, params_find(s->p, "head.bias")), b, sizeof(float) * NCLS);
+    T_CHECK(s->ops->save(s, model, NULL, NULL, 0, 0, 0, NULL) == 0);
+
+    char json[4200];
+    snprintf(json, sizeof json, "%s/finetune.jsonl", dir);
+    T_CHECK(eval_run(c, &ec, model, json, &r) == 0);
+    eval_print(stdout, &r);
+    T_CHECK(r.finetune == 1 && r.finetune_classes == NCLS);
+    T_CHECK(fabs(r.finetune_top1 - (double)right / NTE) < 1e-12);
+    T_CHECK(fabs(r.finetune_train_top1 - (double)right_tr / NTR) < 1e-12);
+    char *js = testutil_slurp(json);
+    T_CHECK(js && strstr(js, "\"finetune_top1\":") && strstr(js, "\"finetune_classes\":10"));
+    free(js);
+    /* the head reads the cls feature whatever eval.pool the probe uses; in memory too */
+    ec.pool = ENCODER_POOL_AVG;
+    T_CHECK(eval_run(c, &ec, model, NULL, &r2) == 0);
+    T_CHECK(r2.finetune && r2.finetune_top1 == r.finetune_top1);
+    ec.pool = ENCODER_POOL_CLS;
+    T_CHECK(eval_run_model(c, &ec, &e, p, "memory", NULL, &r2) == 0);
+    T_CHECK(r2.finetune && r2.finetune_top1 == r.finetune_top1 &&
+            r2.finetune_train_top1 == r.finetune_train_top1);
+    /* rows shifted by one class: the reference drops, and eval with it */
+    float *wrot = malloc(sizeof(float) * NCLS * D), brot[NCLS];
+    for (int k = 0; k < NCLS; k++) {
+        memcpy(wrot + k * D, w + ((k + 1) % NCLS) * D, sizeof(float) * D);
+        brot[k] = b[(k + 1) % NCLS];
+    }
+    long right_rot = head_right(wrot, brot, fte, yte, NTE, D);
+    write_head(bad, p, e.ntensors, wrot, wshape, 2, brot, NCLS);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == 0);
+    printf("finetune: shifted head %ld/%d, eval %.3f\n", right_rot, NTE, r2.finetune_top1);
+    T_CHECK(right_rot < right && fabs(r2.finetune_top1 - (double)right_rot / NTE) < 1e-12);
+    /* a zero weight and a bias that picks one class: every image is called that class; on
+     * the first 4 test images (labels 0..3) class 3 is right once, class 5 never */
+    float *zero = calloc(NCLS * D, sizeof(float)), pick[NCLS] = {0};
+    ec.test_limit = 4;
+    for (int k = 3; k <= 5; k += 2) {
+        pick[k] = 1.0f;
+        write_head(bad, p, e.ntensors, zero, wshape, 2, pick, NCLS);
+        T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == 0);
+        T_CHECK(r2.n_test == 4 && r2.finetune_top1 == (k == 3 ? 0.25 : 0.0));
+        T_CHECK(r2.finetune_train_top1 == 0.1);
+        pick[k] = 0.0f;
+    }
+    ec.test_limit = 0;
+    free(zero);
+    /* an encoder without a head: no fine-tune row */
+    write_head(bad, p, e.ntensors, NULL, NULL, 0, NULL, 0);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == 0 && r2.finetune == 0);
+
+    /* wrong heads are named, with the file */
+    mimic_set_quiet(1);
+    const int64_t wide[2] = {NCLS, D + 1}, flat[1] = {NCLS * D}, five[2] = {5, D};
+    write_head(bad, p, e.ntensors, wrot, wide, 2, brot, NCLS);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_ESHAPE);
+    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "head.weight"));
+    write_head(bad, p, e.ntensors, wrot, flat, 1, brot, NCLS);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_ESHAPE);
+    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "head.weight"));
+    write_head(bad, p, e.ntensors, wrot, wshape, 2, brot, NCLS - 1);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_ESHAPE);
+    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "head.bias"));
+    write_head(bad, p, e.ntensors, wrot, wshape, 2, NULL, 0);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_EFORMAT);
+    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "head.bias"));
+    /* a head of 5 classes on labels 0..9 */
+    write_head(bad, p, e.ntensors, wrot, five, 2, brot, 5);
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "5 classes"));
+    /* in memory: a bias that does not match */
+    params_t *q = params_new();
+    encoder_t e2;
+    const int64_t nine[1] = {NCLS - 1};
+    T_CHECK(encoder_register(&e2, q, &c->model) == 0);
+    T_CHECK(params_add(q, "head.weight", 2, wshape) >= 0 &&
+            params_add(q, "head.bias", 1, nine) >= 0);
+    T_CHECK(params_finalize(q) == 0);
+    T_CHECK(eval_run_model(c, &ec, &e2, q, "in-memory", NULL, &r2) == MIMIC_ESHAPE);
+    T_CHECK(strstr(mimic_last_error(), "in-memory") && strstr(mimic_last_error(), "head.bias"));
+    mimic_set_quiet(0);
+
+    encoder_free(&e2);
+    params_destroy(&q);
+    free(wrot);
+    free(ftr);
+    free(fte);
+    encoder_free(&e);
+    params_destroy(&p);
+    stage_destroy(&s);
+    free(c);
+}
+
 static void test_bad_input(void) {
     const char *dir = testutil_tmpdir();
     char missing[4300], shape[4300], nofile[4300];
@@ -312,6 +524,7 @@ int main(void) {
     test_knn_hand();
     test_separable();
     test_end_to_end();
+    test_finetune();
     test_bad_input();
     return testutil_summary("test_eval");
 }
