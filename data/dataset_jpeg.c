@@ -14,7 +14,11 @@
 #include "dataset_impl.h"
 
 #define JPEG_MAX_FILE_BYTES ((long long)256 << 20)
-#define JPEG_MAX_PIXELS ((size_t)1 << 26) /* after DCT scaling: 64 Mpixel, 192 MB RGB */
+/* 64 Mpixel (8192 x 8192), of the file and of the decoded image. The file's own size
+ * counts too: a progressive JPEG makes libjpeg hold every coefficient of the full-size
+ * image, so a 261-byte file saying 62760 x 64479 had it allocate gigabytes before it
+ * found the scan broken (40 s under ASan; found by fuzz_jpeg). */
+#define JPEG_MAX_PIXELS ((size_t)1 << 26)
 
 struct dataset_reader {
     tjhandle tj;      /* NULL for in-memory sets */
@@ -142,6 +146,8 @@ int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *im
         return bad_decode(ds, rd, i, img, "not a JPEG");
     if (cs == TJCS_CMYK || cs == TJCS_YCCK)
         return bad_sample(ds, i, img, "CMYK JPEGs are not supported");
+    if ((size_t)w * (size_t)h > JPEG_MAX_PIXELS)
+        return bad_sample(ds, i, img, "%dx%d pixels is too large", w, h);
     tjscalingfactor sf = pick_scale(w, h, target_size);
     int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
     if (sw <= 0 || sh <= 0 || (size_t)sw * (size_t)sh > JPEG_MAX_PIXELS)

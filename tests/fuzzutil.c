@@ -14,6 +14,7 @@
 
 #define FUZZ_MAX_FILES 16
 #define FUZZ_MAX_INPUT (1 << 20)
+#define FUZZ_SLOW_SECONDS 5.0
 
 long fuzz_accepted;
 static char scratch[512];
@@ -198,13 +199,20 @@ static void mutate_once(buf_t *b, const fuzz_seeds_t *s, const char *const *dict
     }
 }
 
+/* Runs one input. Every input takes milliseconds; one that takes seconds is a hang or
+ * a resource blow-up (libFuzzer's -timeout=10 finds them; this finds them again in the
+ * ASan ctest, where the huge JPEG of tests/fuzz_corpus/jpeg took 40 s). */
 static void run_one(const uint8_t *data, size_t n) {
     /* a copy of exactly n bytes, so that AddressSanitizer sees any read past the input */
     uint8_t *copy = malloc(n ? n : 1);
     MIMIC_CHECK(copy != NULL);
     if (n) memcpy(copy, data, n);
+    double t0 = mimic_now();
     LLVMFuzzerTestOneInput(copy, n);
     free(copy);
+    char took[32];
+    snprintf(took, sizeof took, "%.1f s", mimic_now() - t0);
+    if (mimic_now() - t0 > FUZZ_SLOW_SECONDS) fuzz_fail("replay", "an input took over 5 s", took);
 }
 
 static int run_file(const char *path, int verbose) {
