@@ -207,9 +207,10 @@ static void request_checkpoints(sched_t *s) {
 
 /* CKPT again to a server whose version passed a requested step it has not answered
  * (the CKPT or its CKPT_DONE was lost; servers answer a repeat from what they wrote),
- * at most every resend period. */
+ * at most every cluster.dead_ms: a large shard takes seconds to write, during which
+ * the server's heartbeats already carry the step. */
 static void resend_checkpoints(sched_t *s, double now) {
-    if (now - s->ckpt_resent < s->resend_s) return;
+    if (now - s->ckpt_resent < s->dead_s) return;
     s->ckpt_resent = now;
     long steps[CKPT_WINDOW];
     for (int i = 0; i < members_size(s->mb); i++) {
