@@ -395,7 +395,8 @@ static void test_finetune(void) {
     T_CHECK(r2.finetune && r2.finetune_top1 == r.finetune_top1 &&
             r2.finetune_train_top1 == r.finetune_train_top1);
     /* rows shifted by one class: the reference drops, and eval with it */
-    float *wrot = malloc(sizeof(float) * NCLS * D), brot[NCLS];
+    /* room for D + 1 columns: the wrong-shape cases below write it as (NCLS, D + 1) */
+    float *wrot = calloc((size_t)NCLS * (D + 1), sizeof(float)), brot[NCLS];
     for (int k = 0; k < NCLS; k++) {
         memcpy(wrot + k * D, w + ((k + 1) % NCLS) * D, sizeof(float) * D);
         brot[k] = b[(k + 1) % NCLS];
