@@ -97,7 +97,7 @@ train() {
   local t0; t0=$(date +%s.%N)
   $W $cfg --standalone "$@" --train.steps="$n" --train.warmup_steps=$warm \
     --train.init_from="$init" --train.out_dir="$d" "${flags[@]}" 2>&1 | tee "$out/$name.log" |
-    grep -E '^\[|GFLOP|done' || true
+    grep --line-buffered -E '^\[|GFLOP|done' || true
   [ -f "$d/model.safetensors" ] || { echo "quality: stage $name failed ($out/$name.log)" >&2; exit 1; }
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' > "$d/wall_s"
 }
