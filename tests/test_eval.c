@@ -394,8 +394,9 @@ static void test_finetune(void) {
     T_CHECK(eval_run_model(c, &ec, &e, p, "memory", NULL, &r2) == 0);
     T_CHECK(r2.finetune && r2.finetune_top1 == r.finetune_top1 &&
             r2.finetune_train_top1 == r.finetune_train_top1);
-    /* rows shifted by one class: the reference drops, and eval with it */
-    float *wrot = malloc(sizeof(float) * NCLS * D), brot[NCLS];
+    /* rows shifted by one class: the reference drops, and eval with it (the buffer has
+     * room for the (K, D + 1) head below) */
+    float *wrot = calloc(NCLS * (D + 1), sizeof(float)), brot[NCLS];
     for (int k = 0; k < NCLS; k++) {
         memcpy(wrot + k * D, w + ((k + 1) % NCLS) * D, sizeof(float) * D);
         brot[k] = b[(k + 1) % NCLS];
