@@ -58,9 +58,9 @@ t_start=$(date +%s)
 # Stage recipes, fixed before the measured run (lr = blr * batch / 256; warmup 10% of a
 # stage's steps, then a half-cosine to 0). MAE and MoCo v3 are deploy/fmnist.ini's.
 # Tuned for a budget of well under one epoch (pilots in bench/RESULTS.md): the
-# supervised recipe's lr 5e-4 (1e-3 made the loss jump back after warmup), and a light
-# augmentation (mixup/CutMix alpha 0.2, crops of at least 35% of the image) since heavy
-# regularisation only slows a run this short.
+# supervised recipe's lr 5e-4 (at 1e-3 the loss stayed at chance for 50 steps), and a
+# light augmentation (mixup/CutMix alpha 0.2, crops of at least 35% of the image) since
+# heavy regularisation only slows a run this short.
 MAE=(--train.stage=mae --train.batch_size=64 --train.blr=1.5e-3 --train.weight_decay=0.05
   --train.beta2=0.95 --data.scale_min=0.2)
 MOCO=(--train.stage=mocov3 --train.batch_size=64 --train.blr=1.5e-4 --train.weight_decay=0.1

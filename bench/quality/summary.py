@@ -84,8 +84,9 @@ def main():
 
     by = {r["arm"]: r for r in rows}
 
-    def target(what, got, want):
-        verdict = "met" if got >= want else f"MISSED by {100 * (want - got):.2f} points"
+    def target(what, got, want, strict=False):
+        ok = got > want if strict else got >= want
+        verdict = "met" if ok else f"MISSED by {100 * (want - got):.2f} points"
         print(f"- {what}: {100 * got:.2f}% vs {100 * want:.2f}%: {verdict}")
 
     print()
@@ -93,7 +94,7 @@ def main():
         target("MAE -> MIMIC >= 92%", by["e"]["finetune_top1"], 0.92)
         if by["b"]["finetune_top1"] is not None:
             target("MAE -> MIMIC above supervised from scratch", by["e"]["finetune_top1"],
-                   by["b"]["finetune_top1"] + 1e-4)
+                   by["b"]["finetune_top1"], strict=True)
         target("MAE -> MoCo v3 probe >= raw-pixel probe + 3 points", by["d"]["probe_top1"],
                by["a"]["probe_top1"] + 0.03)
 
