@@ -170,6 +170,12 @@ static int read_copy(const st_file_t *f, const params_t *p, const char *prefix, 
     return 0;
 }
 
+int checkpoint_read_queue(const st_file_t *f, checkpoint_state_t *st) {
+    int64_t shape[2] = {(int64_t)st->queue_cap, (int64_t)st->queue_dim};
+    int rc = st_read_f32(f, "queue", st->queue, shape, 2);
+    return rc ? rc : meta_u64(f, "queue_keys", &st->queue_keys);
+}
+
 int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, float *ema,
                            checkpoint_state_t *st) {
     st_file_t *f = NULL;
@@ -193,10 +199,7 @@ int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, fl
             (rc = meta_u64(f, "cursor", &st->cursor)))
             goto out;
         st->step = (long)step;
-        int64_t shape[2] = {(int64_t)st->queue_cap, (int64_t)st->queue_dim};
-        if (st->queue && ((rc = st_read_f32(f, "queue", st->queue, shape, 2)) ||
-                          (rc = meta_u64(f, "queue_keys", &st->queue_keys))))
-            goto out;
+        if (st->queue && (rc = checkpoint_read_queue(f, st))) goto out;
     }
 out:
     st_close(&f);

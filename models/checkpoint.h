@@ -10,6 +10,7 @@
 #define MIMIC_CHECKPOINT_H
 
 #include "mae.h"
+#include "safetensors.h"
 
 #include <stdint.h>
 
@@ -43,6 +44,10 @@ int checkpoint_export_encoder(const char *path, const mae_t *model);
 int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t *model,
                            const float *m, const float *v, const float *ema,
                            const checkpoint_state_t *st, const char *config_ini);
+/* Reads the negative queue of an open checkpoint into st->queue (st->queue_cap x
+ * st->queue_dim, shape checked) and st->queue_keys ("queue_keys" metadata); errors name
+ * the file. */
+int checkpoint_read_queue(const st_file_t *f, checkpoint_state_t *st);
 /* Reads what checkpoint_save_params wrote (m, v, ema when non-NULL: then they must be in
  * the file). Errors name the file and tensor. */
 int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, float *ema,

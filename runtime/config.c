@@ -67,7 +67,8 @@ static const key_t_ KEYS[] = {
       "want more"),
     F("data", "max_bad_run", K_LONG, data.max_bad_run, "1000",
       "unreadable samples in a row (no readable one between) after which training stops with "
-      "an error naming the data set; a data set whose every sample is unreadable stops at once"),
+      "an error naming the data set (0: no limit); a data set whose every sample is unreadable "
+      "stops at once"),
     F("data", "jitter_p", K_FLOAT, data.jitter_p, "0.8",
       "two-view stages: probability of ColorJitter (on gray images only brightness and "
       "contrast act)"),

@@ -58,6 +58,13 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     return loss;
 }
 
+checkpoint_state_t stage_queue_state(const stage_t *s) {
+    return (checkpoint_state_t){.queue = s->queue,
+                                .queue_cap = s->queue_cap,
+                                .queue_dim = s->queue_dim,
+                                .queue_keys = s->queue_keys};
+}
+
 void stage_queue_append(stage_t *s) {
     if (!s->queue || !s->keys) return;
     for (int i = 0; i < s->nkeys; i++) {
@@ -92,20 +99,16 @@ int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *p
 
 int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
                       long step, uint64_t epoch, uint64_t cursor, const char *ini) {
-    checkpoint_state_t st = {.step = step, .epoch = epoch, .cursor = cursor};
-    st.queue = s->queue;
-    st.queue_cap = s->queue_cap;
-    st.queue_dim = s->queue_dim;
-    st.queue_keys = s->queue_keys;
+    checkpoint_state_t st = stage_queue_state(s);
+    st.step = step;
+    st.epoch = epoch;
+    st.cursor = cursor;
     return checkpoint_save_params(path, s->p, &s->model, m, v, s->ema, &st, ini);
 }
 
 int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
                       uint64_t *epoch, uint64_t *cursor) {
-    checkpoint_state_t st = {.step = 0};
-    st.queue = s->queue;
-    st.queue_cap = s->queue_cap;
-    st.queue_dim = s->queue_dim;
+    checkpoint_state_t st = stage_queue_state(s);
     int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
     s->queue_keys = st.queue_keys;
     *step = st.step;

@@ -14,6 +14,7 @@
 #ifndef MIMIC_STAGE_H
 #define MIMIC_STAGE_H
 
+#include "checkpoint.h"
 #include "config.h"
 #include "params.h"
 
@@ -114,6 +115,10 @@ int stage_init_from(stage_t *s, const char *path);
 /* Writes the encoder part of the weights (timm names: cls_token, pos_embed,
  * patch_embed.*, blocks.*, norm.*) for timm's VisionTransformer and for eval. */
 int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path);
+
+/* The checkpoint state of the stage's queue (queue NULL when it keeps none): ring,
+ * shape and keys appended, for checkpoint_save_params / _load_params / _read_queue. */
+checkpoint_state_t stage_queue_state(const stage_t *s);
 
 /* Appends the last forward's keys to the stage's queue (FIFO: the oldest rows are
  * overwritten once it is full), as the servers' queue does under BSP. */

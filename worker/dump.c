@@ -41,10 +41,8 @@ static int load_stage_weights(stage_t *s, const char *path) {
             memcpy(s->ema + t->offset, params_w(p, i), t->numel * sizeof(float));
     }
     if (!rc && s->queue && st_find(f, "queue")) { /* MoCo v2: the negatives of the file */
-        int64_t shape[2] = {(int64_t)s->queue_cap, (int64_t)s->queue_dim};
-        const char *keys = st_meta(f, "queue_keys");
-        rc = st_read_f32(f, "queue", s->queue, shape, 2);
-        s->queue_keys = keys ? strtoull(keys, NULL, 10) : s->queue_cap;
+        checkpoint_state_t st = stage_queue_state(s);
+        if (!(rc = checkpoint_read_queue(f, &st))) s->queue_keys = st.queue_keys;
     }
     st_close(&f);
     return rc;
@@ -249,19 +247,11 @@ static int load_cluster_ckpt(stage_t *s, const char *dir) {
 
 int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out) {
     struct stat sb;
-    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode)) { /* a cluster checkpoint, any stage */
+    int dir = stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode); /* a cluster checkpoint */
+    if (dir || cfg->train.stage != STAGE_KIND_MAE) { /* any stage; or a stage's file */
         stage_t *s = NULL;
         int rc = stage_new(&s, cfg, 0);
-        if (!rc) rc = load_cluster_ckpt(s, ckpt);
-        if (!rc) rc = checkpoint_export_encoder_params(out, s->p, &cfg->model);
-        if (!rc) printf("encoder of %s written to %s\n", ckpt, out);
-        stage_destroy(&s);
-        return rc;
-    }
-    if (cfg->train.stage != STAGE_KIND_MAE) { /* a stage's checkpoint or model file */
-        stage_t *s = NULL;
-        int rc = stage_new(&s, cfg, 0);
-        if (!rc) rc = load_stage_weights(s, ckpt);
+        if (!rc) rc = dir ? load_cluster_ckpt(s, ckpt) : load_stage_weights(s, ckpt);
         if (!rc) rc = checkpoint_export_encoder_params(out, s->p, &cfg->model);
         if (!rc) printf("encoder of %s written to %s\n", ckpt, out);
         stage_destroy(&s);
