@@ -195,6 +195,9 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     long step = 0;
     if (cfg->train.steps <= 0)
         return mimic_err(MIMIC_EINVAL, "config train.steps: must be positive");
+    /* from the start: opening a large or broken data set takes time too, and a stop
+     * meanwhile must end the run cleanly (the loop then trains no step) */
+    mimic_catch_stop_signals(1);
     if ((rc = stage_new(&s, cfg, B))) return rc;
     s->ops->init(s, cfg->train.seed);
     if ((rc = loader_new(&so.ld, cfg))) goto out;
@@ -220,7 +223,6 @@ int worker_standalone(const mimic_cfg_t *cfg) {
     so.done_epoch = so.epoch;
     so.done_cursor = so.cursor;
     order_permutation(so.perm, so.n, cfg->train.seed, so.epoch);
-    mimic_catch_stop_signals(1); /* the loop finishes its step, checkpoints and exits */
     log_start(&so, s, step);
     rc = solo_train(&so, s, step);
 out:
