@@ -1,13 +1,16 @@
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* mkostemp */
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char last_error[512];
 static int quiet_flag; /* only tests set it; read-only during training */
@@ -111,6 +114,55 @@ int mimic_mkdir_p(const char *path) {
     return 0;
 bad:
     return mimic_err(MIMIC_EIO, "%s: cannot create directory (%s)", buf, strerror(errno));
+}
+
+/* fsync of the directory holding path: the rename into it is durable only then. */
+static int fsync_dir_of(const char *path) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    /* some filesystems cannot fsync a directory (EINVAL); the rename itself went through */
+    int ok = fd >= 0 && (fsync(fd) == 0 || errno == EINVAL);
+    int e = errno;
+    if (fd >= 0) close(fd);
+    errno = e;
+    return ok ? 0 : -1;
+}
+
+int mimic_write_atomic(const char *path, const void *data, size_t len, unsigned mode) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
+        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
+    int fd = mkostemp(tmp, O_CLOEXEC); /* O_CREAT | O_EXCL, mode 0600 */
+    if (fd < 0) return mimic_err(MIMIC_EIO, "%s: cannot create (%s)", tmp, strerror(errno));
+    const char *p = data;
+    size_t off = 0;
+    if (fchmod(fd, (mode_t)mode) != 0) goto fail;
+    while (off < len) {
+        ssize_t w = write(fd, p + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) goto fail;
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0) goto fail;
+    int closed = close(fd);
+    fd = -1;
+    if (closed != 0 || rename(tmp, path) != 0) goto fail;
+    if (fsync_dir_of(path) != 0)
+        return mimic_err(MIMIC_EIO, "%s: cannot sync its directory (%s)", path, strerror(errno));
+    return 0;
+fail:;
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return mimic_err(MIMIC_EIO, "%s: cannot write (%s)", path, strerror(e));
 }
 
 void mimic_zero(float *x, size_t n) {

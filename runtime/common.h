@@ -51,5 +51,10 @@ double mimic_now(void); /* monotonic seconds */
 void mimic_zero(float *x, size_t n);
 /* mkdir -p: creates path and its missing parents (0755); errors name the directory. */
 int mimic_mkdir_p(const char *path);
+/* Replaces path with len bytes at once: a unique temp file beside it (O_EXCL, created
+ * 0600 and then given `mode`, so it is never more open than mode), fsync, rename over
+ * path, fsync of the directory. A crash leaves the old file or the new one, never a
+ * mix. 0 or MIMIC_EIO naming the path. */
+int mimic_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
 
 #endif

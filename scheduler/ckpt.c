@@ -155,46 +155,7 @@ void ckpt_set_latest(ckpt_t *c, long step) {
 }
 
 int ckpt_write_atomic(const char *path, const char *data, size_t len) {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return mimic_err(MIMIC_EINVAL, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return mimic_err(MIMIC_EIO, "%s: cannot create (%s)", tmp, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) goto fail;
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0) goto fail;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) goto fail;
-    /* the rename itself is durable only once the directory is synced */
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        dir[1] = 0;
-    else if (slash)
-        *slash = 0;
-    else
-        snprintf(dir, sizeof dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) goto fail;
-    int synced = fsync(dfd) == 0;
-    close(dfd);
-    if (!synced) goto fail;
-    return 0;
-fail:;
-    int e = errno;
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return mimic_err(MIMIC_EIO, "%s: cannot write (%s)", path, strerror(e));
+    return mimic_write_atomic(path, data, len, 0644);
 }
 
 int ckpt_commit(ckpt_t *c, long step, const workq_t *q) {

@@ -55,7 +55,7 @@ int ckpt_read_latest(const char *dir, long *step);
 /* Restores q from DIR/scheduler-step-<step>.json. */
 int ckpt_load_queue(const char *dir, long step, workq_t *q);
 
-/* Temp file, fsync, rename over path, fsync of the directory. */
+/* mimic_write_atomic with mode 0644: temp file, fsync, rename, fsync of the directory. */
 int ckpt_write_atomic(const char *path, const char *data, size_t len);
 
 /* The steps that have a queue snapshot in dir, newest first (at most cap; the newest
