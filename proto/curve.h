@@ -45,18 +45,28 @@ typedef struct {
  * MIMIC_EINVAL (missing setting, no MPI rank to pick a key by), MIMIC_EFORMAT (a key file
  * or allow line that is not what mimic-keys writes), MIMIC_EIO. */
 int curve_open(curve_t **out, const curve_opts_t *o);
-/* Stops the ZAP thread and wipes the secret key. NULL-safe. */
+/* Stops the ZAP thread (which closes its two sockets) and wipes the secret key.
+ * NULL-safe. Call it after closing the ROUTER given to curve_serve and before zmq_ctx_term;
+ * closing that ROUTER ends its monitor (it is not touched here: it may be gone), and the
+ * sockets of other threads are the caller's to close before zmq_ctx_term. */
 void curve_close(curve_t **c);
 
 /* Makes router a CURVE server with this process's key and starts the ZAP handler on
  * zctx (once per process), which also watches router for failed handshakes (peers with
- * no CURVE or a wrong server key) and logs them. Call before zmq_bind. 0 or MIMIC_EIO. */
+ * no CURVE or a wrong server key) and logs them. Call before zmq_bind. 0 or MIMIC_EIO.
+ * A second router of the same curve_t and zctx is answered for but not watched. */
 int curve_serve(curve_t *c, void *zctx, void *router);
 /* Makes sock a CURVE client of the server whose Z85 public key is server_key (NULL: the
  * scheduler's). Call before zmq_connect. 0, MIMIC_EFORMAT (bad key) or MIMIC_EIO. */
 int curve_client(const curve_t *c, void *sock, const char *server_key);
 
 const char *curve_public(const curve_t *c); /* this process's Z85 public key ("" when off) */
+/* Peers refused so far (logged or not): 400 answers of the ZAP handler, and handshakes
+ * that failed before it (no CURVE, wrong server key). Zeros when off. */
+typedef struct {
+    unsigned long zap_refused, handshake_failed;
+} curve_stats_t;
+void curve_stats(const curve_t *c, curve_stats_t *out);
 /* The role a ZAP User-Id ("worker <z85>") grants: PROTO_ROLE_WORKER/_SERVER, or -1. */
 int curve_user_role(const char *user);
 
