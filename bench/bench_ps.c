@@ -164,11 +164,17 @@ int main(int argc, char **argv) {
     member_t *mb = NULL;
     kv_t *kv = NULL;
     proto_hdr_t ack;
-    int rc = member_join(&mb, ctx, sched, PROTO_ROLE_WORKER, NULL, 30000, &ack);
+    int rc = member_join(&mb, ctx, NULL, sched, PROTO_ROLE_WORKER, NULL, 30000, &ack);
     if (!rc) rc = member_beat_thread(mb);
-    if (!rc)
-        rc = kv_new(&kv, ctx, ack.str, (int)ack.a[PROTO_RACK_NSERVERS], n,
-                    (int32_t)ack.a[PROTO_RACK_ID], bytes + 4096);
+    if (!rc) {
+        kv_opts_t ko = {.endpoints = member_servers(mb),
+                        .nservers = (int)ack.a[PROTO_RACK_NSERVERS],
+                        .total = n,
+                        .id = member_id(mb),
+                        .token = member_token(mb),
+                        .max_payload = bytes + 4096};
+        rc = kv_new(&kv, ctx, &ko);
+    }
     /* Interleaved: each iteration times one raw round trip, one push-pull and one pull,
      * so all three see the same state of this noisy machine. */
     double tr[BENCH_ITERS_MAX], t[BENCH_ITERS_MAX], tp[BENCH_ITERS_MAX];

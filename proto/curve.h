@@ -25,6 +25,8 @@
 
 #include <stddef.h>
 
+#include "config.h"
+
 #define CURVE_Z85 41       /* a Z85 key: 40 characters and the NUL */
 #define CURVE_USER_MAX 64  /* "worker " + 40 + NUL fits */
 #define CURVE_ROLE_SCHEDULER 0 /* the other roles are PROTO_ROLE_WORKER / _SERVER */
@@ -74,5 +76,17 @@ int curve_user_role(const char *user);
  * are kept (a cluster grows by running it again with a larger W); allow is rewritten.
  * 0, MIMIC_EINVAL or MIMIC_EIO naming the file. */
 int curve_keygen(const char *dir, int servers, int workers);
+
+/* curve_open with the process's cluster.curve, .keys, .key and .servers settings. */
+static inline int curve_open_cfg(curve_t **out, const mimic_cfg_t *cfg, int role,
+                                 const char *who) {
+    curve_opts_t o = {.on = cfg->cluster.curve,
+                      .dir = cfg->cluster.keys,
+                      .key_file = cfg->cluster.key,
+                      .role = role,
+                      .nservers = cfg->cluster.servers,
+                      .who = who};
+    return curve_open(out, &o);
+}
 
 #endif

@@ -22,6 +22,7 @@
 struct member {
     void *sock;
     void *zctx;
+    const curve_t *curve;
     pthread_t beat_thread; /* member_beat_thread: heartbeats on its own connection */
     int beat_running;
     atomic_int beat_stop;
@@ -176,8 +177,8 @@ static int join_wait(member_t *m, join_mon_t *jm, const char *my_endpoint, int t
                      m->endpoint, timeout_ms);
 }
 
-int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role,
-                const char *my_endpoint, int timeout_ms, proto_hdr_t *ack_out) {
+int member_join(member_t **out, void *zctx, const curve_t *curve, const char *sched_endpoint,
+                int role, const char *my_endpoint, int timeout_ms, proto_hdr_t *ack_out) {
     int rc;
     join_mon_t jm = {0};
     if (!out) return mimic_err(MIMIC_EINVAL, "member_join: no output pointer");
@@ -196,6 +197,7 @@ int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role
     snprintf(m->endpoint, sizeof m->endpoint, "%s", sched_endpoint);
     m->role = role;
     m->zctx = zctx;
+    m->curve = curve;
     m->id = PROTO_ID_NONE;
     m->period_ms = MEMBER_HEARTBEAT_MS;
     m->sock = zmq_socket(zctx, ZMQ_DEALER);
@@ -206,6 +208,9 @@ int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role
     /* Never block on the scheduler: a full pipe means it stopped reading anyway. */
     set_int(m->sock, ZMQ_SNDTIMEO, 0);
     set_int(m->sock, ZMQ_LINGER, MEMBER_LINGER_MS);
+    int64_t max_msg = MEMBER_MAX_PAYLOAD + PROTO_HDR_MAX + 1024;
+    zmq_setsockopt(m->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
+    if ((rc = curve_client(curve, m->sock, NULL))) goto fail;
     if (mon_open(&jm, zctx, m->sock) != 0)
         mimic_warn("scheduler %s: no socket monitor; REGISTER will not be resent on reconnect",
                    m->endpoint);
@@ -238,6 +243,9 @@ int member_id(const member_t *m) {
 const char *member_endpoint(const member_t *m) {
     return m ? m->endpoint : "";
 }
+int64_t member_token(const member_t *m) {
+    return m ? m->token : 0;
+}
 
 void member_set_heartbeat(member_t *m, int period_ms) {
     if (!m || period_ms <= 0) return;
@@ -259,7 +267,9 @@ static void *beat_main(void *arg) {
     if (!sock) return NULL;
     set_int(sock, ZMQ_SNDTIMEO, 0);
     set_int(sock, ZMQ_LINGER, 0);
-    if (zmq_connect(sock, m->endpoint) != 0) {
+    int64_t max_msg = PROTO_HDR_MAX + 1024; /* only ACKs come back here */
+    zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
+    if (curve_client(m->curve, sock, NULL) != 0 || zmq_connect(sock, m->endpoint) != 0) {
         zmq_close(sock);
         return NULL;
     }

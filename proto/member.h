@@ -24,10 +24,10 @@ typedef struct member member_t;
 /* Joins the cluster as role (PROTO_ROLE_WORKER or PROTO_ROLE_SERVER); my_endpoint is
  * the server's bound ROUTER endpoint (REGISTER.str), NULL for workers. Waits up to
  * timeout_ms (-1: forever) for REGISTER_ACK and copies its header to *ack_out (may be
- * NULL). Errors name the scheduler endpoint: MIMIC_ETIMEOUT (no answer), MIMIC_EPEER
+ * NULL). curve (NULL: off) makes both connections to the scheduler CURVE clients. Errors name the scheduler endpoint: MIMIC_ETIMEOUT (no answer), MIMIC_EPEER
  * (the scheduler answered ERROR), MIMIC_EINVAL (bad arguments), MIMIC_EIO. */
-int member_join(member_t **out, void *zctx, const char *sched_endpoint, int role,
-                const char *my_endpoint, int timeout_ms, proto_hdr_t *ack_out);
+int member_join(member_t **out, void *zctx, const curve_t *curve, const char *sched_endpoint,
+                int role, const char *my_endpoint, int timeout_ms, proto_hdr_t *ack_out);
 
 void *member_socket(member_t *m); /* the scheduler DEALER, for zmq_poll and proto_send */
 int member_id(const member_t *m); /* id from REGISTER_ACK: the sender of every message */
@@ -35,6 +35,9 @@ int member_id(const member_t *m); /* id from REGISTER_ACK: the sender of every m
  * wherever they travelled (str, or the payload when they exceed PROTO_STR_MAX). */
 const char *member_servers(const member_t *m);
 const char *member_endpoint(const member_t *m); /* the scheduler's endpoint */
+/* REGISTER_ACK's token: a worker names its connections to the servers by it
+ * (proto_peer_ident); 0 when the scheduler gave none. */
+int64_t member_token(const member_t *m);
 
 void member_set_heartbeat(member_t *m, int period_ms); /* <= 0 keeps the current period */
 /* How long a member waits on a silent scheduler before it ends itself: 5 x dead_ms

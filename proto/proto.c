@@ -52,7 +52,7 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
     [PROTO_LEAVE] = {.name = "LEAVE"},
     [PROTO_MEMBERSHIP] = {.name = "MEMBERSHIP",
                           .req = KB(K_A) | PAYLOAD,
-                          .dtypes = DTB(PROTO_DT_I32),
+                          .dtypes = DTB(PROTO_DT_I64),
                           .min_a = 2,
                           .args = {"epoch", "live workers"}},
     [PROTO_CHUNK_REQ] = {.name = "CHUNK_REQ", .args = {"epoch"}},
@@ -318,7 +318,8 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
                         "header field 'str': a server's REGISTER must carry its bind address");
         return 0;
     case PROTO_MEMBERSHIP:
-        return expect_n(h, sp, (uint64_t)a[PROTO_MEMB_LIVE], 4, "live worker ids", why, whylen);
+        return expect_n(h, sp, (uint64_t)a[PROTO_MEMB_LIVE], PROTO_MEMB_ENTRY, "live workers' ids and tokens",
+                        why, whylen);
     case PROTO_CHUNK:
         if (h->na > PROTO_CHUNK_STATUS && a[PROTO_CHUNK_STATUS] > PROTO_CHUNK_END)
             return fail(why, whylen, "header field 'a[4]' (status): unknown chunk status %" PRId64,

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <zmq.h>
 
+#include "curve.h"
+
 #define PROTO_VERSION 1u
 #define PROTO_HDR_MAX 4096 /* encoded header bytes; larger header frames are refused */
 #define PROTO_STR_MAX 1024 /* bytes of "str", excluding the terminating NUL */
@@ -86,7 +88,11 @@ enum {
 /* HEARTBEAT a[]: the REGISTER_ACK token, which binds a heartbeat sent on the member's
  * own connection (not the one it registered on) to the member. */
 enum { PROTO_HB_TOKEN = 0 };
+/* MEMBERSHIP (scheduler -> servers only). Payload: live x {i64 id, i64 token} in id order;
+ * the token (REGISTER_ACK's) is what a worker's connections to the servers are named by
+ * (proto_peer_ident), so a server takes a sender id only on its owner's connection. */
 enum { PROTO_MEMB_EPOCH = 0, PROTO_MEMB_LIVE = 1 };
+#define PROTO_MEMB_ENTRY 16 /* payload bytes per live worker */
 enum { PROTO_CREQ_EPOCH = 0 /* optional: the epoch the worker is in */ };
 enum {
     PROTO_CHUNK_EPOCH = 0,
@@ -146,6 +152,7 @@ typedef struct {
     proto_hdr_t hdr;
     uint8_t id[PROTO_ID_MAX]; /* ROUTER identity of the sender (idlen 0 otherwise) */
     size_t idlen;
+    char user[CURVE_USER_MAX]; /* the CURVE peer ("worker <z85>"; "" without CURVE) */
     zmq_msg_t payload;
     int has_payload;
     char why[PROTO_WHY_MAX]; /* reason when proto_recv failed, "" otherwise */
@@ -182,7 +189,7 @@ void proto_make_register_ack(proto_hdr_t *h, int32_t sender, uint64_t seq, int32
                              int nworkers, int rank, uint64_t epoch, const char *text);
 void proto_make_heartbeat(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
 void proto_make_leave(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
-/* Payload: nlive i32 worker ids. */
+/* Payload: nlive x {i64 id, i64 token} (PROTO_MEMB_ENTRY bytes each). */
 void proto_make_membership(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t epoch,
                            uint64_t nlive);
 void proto_make_chunk_req(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
@@ -283,6 +290,12 @@ void proto_msg_close(proto_msg_t *m); /* releases the payload; safe to call twic
 /* Sends ERROR (a[0] = code, a[1] = req type, str = why, seq echoed) to req's sender. */
 int proto_reply_error(void *sock, int32_t self, const proto_msg_t *req, int code, const char *why);
 
+/* The ZeroMQ routing id a worker gives its connections to the servers: a tag byte, its id
+ * and its REGISTER_ACK token, so that the id it sends is only valid on connections that
+ * prove the token (the servers learn it from MEMBERSHIP). */
+#define PROTO_PEER_IDENT 13
+void proto_peer_ident(uint8_t out[PROTO_PEER_IDENT], int32_t id, int64_t token);
+
 /* ---- event-loop sockets (proto_zmq.c) ------------------------------------------------ */
 
 /* How a process binds the ROUTER its peers connect to (the scheduler, each server). */
@@ -292,6 +305,9 @@ typedef struct {
     int linger_ms;          /* ZMQ_LINGER: how long closing lets queued replies go out */
     int64_t max_msg;        /* ZMQ_MAXMSGSIZE in bytes: a larger frame drops that peer */
     int advertise_hostname; /* a wildcard bind advertises gethostname(), else a warning */
+    curve_t *curve;         /* CURVE server with ZAP (curve_serve); NULL: off, and a
+                               non-loopback bind says so at start */
+    const char *who;        /* "scheduler", "server": names the process in that warning */
 } proto_router_opts_t;
 
 /* Creates and binds a ROUTER for an event loop that must never block on one peer:

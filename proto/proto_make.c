@@ -58,7 +58,17 @@ void proto_make_membership(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_
     h->na = 2;
     h->a[PROTO_MEMB_EPOCH] = (int64_t)epoch;
     h->a[PROTO_MEMB_LIVE] = (int64_t)nlive;
-    proto_hdr_set_payload(h, PROTO_DT_I32, nlive);
+    proto_hdr_set_payload(h, PROTO_DT_I64, nlive * 2);
+}
+
+void proto_peer_ident(uint8_t out[PROTO_PEER_IDENT], int32_t id, int64_t token) {
+    uint32_t u = (uint32_t)id;
+    uint64_t t = (uint64_t)token;
+    out[0] = 'w'; /* a routing id never starts with 0, which ZeroMQ reserves */
+    for (int i = 0; i < 4; i++)
+        out[1 + i] = (uint8_t)(u >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        out[5 + i] = (uint8_t)(t >> (8 * i));
 }
 
 void proto_make_chunk_req(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step) {

@@ -197,8 +197,15 @@ static void msg_reset(proto_msg_t *m) {
     proto_hdr_init(&m->hdr, PROTO_INVALID, PROTO_ID_NONE);
     m->hdr.version = 0;
     m->idlen = 0;
+    m->user[0] = '\0';
     m->has_payload = 0;
     m->why[0] = '\0';
+}
+
+/* The authenticated peer of a frame: the ZAP User-Id CURVE gave its connection. */
+static void peer_user(zmq_msg_t *f, proto_msg_t *out) {
+    const char *u = zmq_msg_gets(f, "User-Id");
+    if (u) snprintf(out->user, sizeof out->user, "%s", u);
 }
 
 /* Reads identity (ROUTER only) and header frames; returns 0, MIMIC_EFORMAT (rest of the
@@ -210,11 +217,13 @@ static int recv_head(void *sock, int router, proto_msg_t *out, size_t max_payloa
         size_t n = zmq_msg_size(&f);
         out->idlen = n < PROTO_ID_MAX ? n : PROTO_ID_MAX;
         memcpy(out->id, zmq_msg_data(&f), out->idlen);
+        peer_user(&f, out);
         *more = zmq_msg_more(&f);
         zmq_msg_close(&f);
         if (!*more) return recv_fail(out, "message has an identity frame but no header frame");
     }
     if (recv_frame(sock, &f, router ? 0 : ZMQ_DONTWAIT) != 0) goto io;
+    if (!router) peer_user(&f, out);
     *more = zmq_msg_more(&f);
     size_t hlen = zmq_msg_size(&f);
     int rc;
@@ -347,6 +356,13 @@ int proto_router_bind(void **out, void *zctx, const proto_router_opts_t *o, char
         rc = mimic_err(MIMIC_EIO, "ROUTER socket options: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
+    if (o->curve && (rc = curve_serve(o->curve, zctx, sock))) goto fail;
+    if (!o->curve && strncmp(o->host, "127.", 4) != 0 && strcmp(o->host, "localhost") != 0 &&
+        strcmp(o->host, "::1") != 0)
+        mimic_warn("%s: cluster.curve is off and %s is not a loopback address: anyone who "
+                   "reaches it can join, read and write the model, unencrypted "
+                   "(docs/security.md)",
+                   o->who ? o->who : "this process", o->host);
     if (o->port)
         snprintf(addr, sizeof addr, "tcp://%s:%d", o->host, o->port);
     else

@@ -68,6 +68,7 @@ typedef struct {
 struct server {
     mimic_cfg_t cfg;
     void *zctx, *router;
+    curve_t *curve; /* NULL: cluster.curve off */
     member_t *member;
     char endpoint[256];
     int id, rank, servers;
@@ -94,6 +95,11 @@ struct server {
     int nwritten;
     int drop_ckpt_done; /* test hook (MIMIC_TEST_DROP_CKPT_DONE=n): the first n are lost */
     int done, warned_finished;
+    /* the scheduler's member list: live workers' {id, token} pairs, ids ascending; a
+     * request is taken only under an id of it, on a connection named by its token */
+    int64_t *peers;
+    size_t npeers;
+    uint64_t refused; /* requests refused for their sender: logged sparsely */
     double sched_seen; /* when the scheduler last sent anything on the main connection */
 };
 
@@ -773,27 +779,92 @@ static void send_ack(server_t *s, const proto_msg_t *m) {
         ps_log(s, "ACK of %s not sent: %s", proto_type_name(m->hdr.type), mimic_last_error());
 }
 
+/* The token of live worker `id` in the member list, or 0 when it is not in it. */
+static int64_t peer_token(const server_t *s, int32_t id) {
+    size_t lo = 0, hi = s->npeers;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->peers[2 * mid] == id) return s->peers[2 * mid + 1];
+        if (s->peers[2 * mid] < id) lo = mid + 1;
+        else hi = mid;
+    }
+    return 0;
+}
+
+/* Drops the waiting requests of workers no longer in the member list: nobody would
+ * read their replies, and they would hold room in the tables. */
+static void drop_departed(server_t *s) {
+    int k = 0;
+    for (int i = 0; i < s->npulls; i++)
+        if (peer_token(s, s->pulls[i].sender)) s->pulls[k++] = s->pulls[i];
+    s->npulls = k;
+    ps_wait_t *tabs[2] = {s->qpulls, s->xwaits};
+    int *ns[2] = {&s->nqpulls, &s->nxwaits};
+    for (int t = 0; t < 2; t++) {
+        k = 0;
+        for (int i = 0; tabs[t] && i < *ns[t]; i++)
+            if (peer_token(s, tabs[t][i].sender)) tabs[t][k++] = tabs[t][i];
+        *ns[t] = k;
+    }
+}
+
 static void on_membership(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
     int64_t epoch = h->a[PROTO_MEMB_EPOCH], live = h->a[PROTO_MEMB_LIVE];
-    const int32_t *ids = proto_msg_data(m);
+    const int64_t *pairs = proto_msg_data(m);
     if (cons_membership_outdated(s->cons, epoch)) {
         ps_log(s, "ignoring MEMBERSHIP epoch %" PRId64 " older than %" PRId64, epoch,
                cons_epoch(s->cons));
         send_ack(s, m);
         return;
     }
-    if (live > 0 && (!ids || proto_msg_size(m) != (size_t)live * sizeof(int32_t))) {
+    if (live > 0 && (!pairs || proto_msg_size(m) != (size_t)live * PROTO_MEMB_ENTRY)) {
         reply_err(s, member_socket(s->member), m, MIMIC_EFORMAT,
-                  "MEMBERSHIP header field 'n' does not hold %" PRId64 " i32 ids", live);
+                  "MEMBERSHIP header field 'n' does not hold %" PRId64 " {id, token} pairs", live);
         return;
     }
-    if (cons_membership(s->cons, epoch, ids, live > 0 ? (size_t)live : 0) != 0) {
+    if (live > CONS_WORKERS_MAX) {
         reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: more than %d workers",
                   CONS_WORKERS_MAX);
         return;
     }
+    size_t n = live > 0 ? (size_t)live : 0;
+    int32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    int64_t *copy = n ? malloc(n * PROTO_MEMB_ENTRY) : NULL;
+    if (n && (!ids || !copy)) {
+        free(ids);
+        free(copy);
+        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int64_t id = pairs[2 * i];
+        if (id < 1 || id > INT32_MAX || pairs[2 * i + 1] == 0 || (i && id <= pairs[2 * i - 2])) {
+            free(ids);
+            free(copy);
+            reply_err(s, member_socket(s->member), m, MIMIC_EFORMAT,
+                      "MEMBERSHIP payload entry %zu: id %" PRId64 " token %" PRId64
+                      " (ids must ascend from 1, tokens be non-zero)",
+                      i, id, pairs[2 * i + 1]);
+            return;
+        }
+        ids[i] = (int32_t)id;
+        copy[2 * i] = id;
+        copy[2 * i + 1] = pairs[2 * i + 1];
+    }
+    int rc = cons_membership(s->cons, epoch, ids, n);
+    free(ids);
+    if (rc != 0) {
+        free(copy);
+        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: more than %d workers",
+                  CONS_WORKERS_MAX);
+        return;
+    }
+    free(s->peers);
+    s->peers = copy;
+    s->npeers = n;
     ps_log(s, "membership epoch %" PRId64 ": %" PRId64 " live workers", epoch, live);
+    drop_departed(s);
     send_ack(s, m);
     maybe_step_bsp(s); /* a shrink may leave only workers that already pushed */
     release_pulls(s);  /* SSP: the slowest worker may have left */
@@ -829,7 +900,32 @@ static void on_sched(server_t *s, const proto_msg_t *m) {
     }
 }
 
+/* Whether m's sender id is a live worker's and m came on a connection of that worker
+ * (its routing id proves the REGISTER_ACK token); otherwise answers ERROR. A flood of
+ * refusals is logged sparsely: the first 10, then every 1000th. */
+static int peer_bound(server_t *s, const proto_msg_t *m) {
+    int64_t token = peer_token(s, m->hdr.sender);
+    uint8_t want[PROTO_PEER_IDENT];
+    const char *why = NULL;
+    if (!token) {
+        why = "is not a live worker in the scheduler's member list";
+    } else {
+        proto_peer_ident(want, m->hdr.sender, token);
+        if (m->idlen != sizeof want || memcmp(m->id, want, sizeof want) != 0)
+            why = "belongs to another connection (a worker's id is valid only on its own)";
+    }
+    if (!why) return 1;
+    char line[PROTO_STR_MAX + 1];
+    snprintf(line, sizeof line, "%s header field 's': sender %d %s (membership epoch %" PRId64 ")",
+             proto_type_name(m->hdr.type), (int)m->hdr.sender, why, cons_epoch(s->cons));
+    if (++s->refused <= 10 || s->refused % 1000 == 0)
+        ps_log(s, "refused %s (%" PRIu64 " refused so far)", line, s->refused);
+    proto_reply_error(s->router, s->id, m, MIMIC_EPEER, line);
+    return 0;
+}
+
 static void on_data(server_t *s, proto_msg_t *m) {
+    if (!peer_bound(s, m)) return;
     switch (m->hdr.type) {
     case PROTO_PULL:
         on_pull(s, m);
@@ -940,13 +1036,18 @@ static int read_settings(server_t *s) {
 }
 
 /* Replies to vanished peers fail (EPEER) instead of vanishing; a full pipe to a stuck
- * peer fails at once (the reply is dropped) instead of blocking the loop; frames far
- * beyond any legal message make ZeroMQ drop the peer. Moderately oversized ones still
- * reach proto_recv, which answers ERROR. (proto_router_bind sets exactly that.) */
+ * peer fails at once (the reply is dropped) instead of blocking the loop; a frame more
+ * than 1 MB beyond cluster.max_msg_mb makes ZeroMQ drop the peer as soon as the frame's
+ * size is read, before anything of it is buffered. Slightly oversized ones still reach
+ * proto_recv, which answers ERROR. (proto_router_bind sets exactly that.) */
 static int bind_router(server_t *s) {
     proto_router_opts_t o = {.host = s->cfg.cluster.bind_host,
                              .linger_ms = PS_LINGER_MS,
-                             .max_msg = (int64_t)s->max_payload * 2 + (1 << 20)};
+                             .max_msg = (int64_t)s->max_payload + (1 << 20),
+                             .who = "pserver"};
+    int rc = curve_open_cfg(&s->curve, &s->cfg, PROTO_ROLE_SERVER, "pserver");
+    if (rc) return rc;
+    o.curve = s->curve;
     return proto_router_bind(&s->router, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
@@ -1056,8 +1157,8 @@ int server_new(server_t **out, const mimic_cfg_t *cfg, const char *sched_endpoin
     if ((rc = bind_router(s))) goto fail;
     /* A scheduler silent for 20 death periods (60 s by default) is not there. */
     int join_ms = cfg->cluster.dead_ms > 50 ? 20 * cfg->cluster.dead_ms : 1000;
-    rc = member_join(&s->member, s->zctx, sched_endpoint, PROTO_ROLE_SERVER, s->endpoint, join_ms,
-                     &ack);
+    rc = member_join(&s->member, s->zctx, s->curve, sched_endpoint, PROTO_ROLE_SERVER, s->endpoint,
+                     join_ms, &ack);
     if (rc) goto fail;
     member_set_heartbeat(s->member, cfg->cluster.heartbeat_ms);
     if ((rc = member_beat_thread(s->member))) goto fail;
@@ -1102,6 +1203,7 @@ void server_destroy(server_t **sp) {
                kv->n_snap ? kv->t_snap * 1e3 / (double)kv->n_snap : 0.0, kv->n_snap_fallback);
     member_destroy(&s->member);
     if (s->router) zmq_close(s->router);
+    curve_close(&s->curve);
     /* Terminating the context waits (up to the linger) until ZeroMQ let go of every
      * zero-copy reply, so the snapshots can be freed after it. */
     if (s->zctx) zmq_ctx_term(s->zctx);
@@ -1114,6 +1216,7 @@ void server_destroy(server_t **sp) {
     free(s->xwaits);
     cons_destroy(&s->cons);
     free(s->pulls);
+    free(s->peers);
     free(s);
     *sp = NULL;
 }

@@ -156,6 +156,13 @@ static const key_t_ KEYS[] = {
       "largest accepted message payload"),
     E("cluster", "ema", cluster.ema, "auto|on|off", "auto",
       "servers keep the momentum (EMA) copy: auto = when the running stage reads it"),
+    E("cluster", "curve", cluster.curve, "off|on", "off",
+      "encrypt and authenticate every cluster socket with CURVE: peers need a key of "
+      "cluster.keys' allow-list (docs/security.md; keys from mimic-keys)"),
+    F("cluster", "keys", K_STR, cluster.keys, "",
+      "CURVE key directory written by mimic-keys (scheduler.pub, allow, the key pairs)"),
+    F("cluster", "key", K_STR, cluster.key, "",
+      "this process's CURVE key pair file (default: picked from cluster.keys by MPI rank)"),
     F("contrastive", "momentum", K_FLOAT, contrastive.momentum, "0.99",
       "m0 of the momentum encoder k = m*k + (1-m)*q"),
     F("contrastive", "momentum_cosine", K_INT, contrastive.momentum_cosine, "1",

@@ -80,6 +80,9 @@ typedef struct {
         int trace;
         long max_msg_mb;
         ema_mode_t ema;
+        int curve;                /* 0 off, 1 on: CURVE on every socket (docs/security.md) */
+        char keys[CFG_PATH_MAX];  /* the key directory of mimic-keys */
+        char key[CFG_PATH_MAX];   /* this process's key pair ("" : by MPI rank in keys) */
     } cluster;
     struct {
         float momentum;      /* m0 of the momentum encoder */

@@ -36,7 +36,12 @@ typedef struct {
     uint64_t reg_seq;                 /* REGISTER.seq, echoed by the (deferred) REGISTER_ACK */
     int64_t token; /* random, in REGISTER_ACK: a heartbeat on another connection needs it */
     int warned_token; /* a foreign heartbeat for this id was logged */
+    /* workers: REGISTER_ACK is due once every live server acknowledged MEMBERSHIP
+     * version ack_after (the first that lists it), so no server refuses its first pull */
+    int ack_due;
+    uint64_t ack_after;
     char endpoint[PROTO_STR_MAX + 1]; /* servers: their ROUTER endpoint */
+    char key[CURVE_Z85];              /* servers: the CURVE public key they registered with */
     /* servers: MEMBERSHIP delivery (version acknowledged, last send, resends) */
     uint64_t memb_acked;
     double memb_sent;

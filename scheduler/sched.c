@@ -28,6 +28,7 @@
 struct sched {
     mimic_cfg_t cfg;
     void *zctx, *sock;
+    curve_t *curve; /* NULL: cluster.curve off */
     char endpoint[512];   /* published address */
     char ckdir[PATH_MAX]; /* absolute checkpoint directory */
     members_t *mb;
@@ -115,15 +116,17 @@ static int servers_registered(sched_t *s) {
 /* The server endpoints in rank order, space-separated: malloc'ed, *len bytes; NULL when
  * out of memory. */
 static char *server_list(sched_t *s, size_t *len) {
-    size_t cap = (size_t)s->S * (PROTO_STR_MAX + 1) + 1;
+    size_t cap = (size_t)s->S * (PROTO_STR_MAX + CURVE_Z85 + 1) + 1;
     char *eps = malloc(cap);
     if (!eps) return NULL;
     eps[0] = 0;
     *len = 0;
     for (int r = 0; r < s->S; r++) {
         const members_entry_t *srv = server_of_rank(s, r);
-        *len += (size_t)snprintf(eps + *len, cap - *len, "%s%s", r ? " " : "",
-                                 srv ? srv->endpoint : "");
+        /* with CURVE, each endpoint is followed by the key the server authenticated with */
+        *len += (size_t)snprintf(eps + *len, cap - *len, "%s%s%s%s", r ? " " : "",
+                                 srv ? srv->endpoint : "", srv && srv->key[0] ? "," : "",
+                                 srv ? srv->key : "");
     }
     return eps;
 }
@@ -164,16 +167,49 @@ static void send_register_ack(sched_t *s, const members_entry_t *m) {
 
 static void send_membership(sched_t *s, members_entry_t *srv, double now) {
     int n = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
-    int32_t *ids = n ? malloc((size_t)n * sizeof *ids) : NULL;
-    if (n && !ids) {
+    int64_t *pairs = n ? malloc((size_t)n * PROTO_MEMB_ENTRY) : NULL;
+    if (n && !pairs) {
         mimic_warn("scheduler: out of memory for MEMBERSHIP");
         return;
     }
-    n = members_live_workers(s->mb, ids, n);
+    int k = 0;
+    for (int i = 0; i < members_size(s->mb) && k < n; i++) { /* ids ascend with i */
+        const members_entry_t *w = members_at(s->mb, i);
+        if (w->role != PROTO_ROLE_WORKER || w->state != MEMBERS_LIVE) continue;
+        pairs[2 * k] = w->id;
+        pairs[2 * k + 1] = w->token;
+        k++;
+    }
     proto_hdr_t h;
-    proto_make_membership(&h, PROTO_ID_SCHEDULER, s->memb_version, s->memb_version, (uint64_t)n);
-    send_to(s, srv, &h, ids, ids ? free_buf : NULL, NULL);
+    proto_make_membership(&h, PROTO_ID_SCHEDULER, s->memb_version, s->memb_version, (uint64_t)k);
+    send_to(s, srv, &h, pairs, pairs ? free_buf : NULL, NULL);
     srv->memb_sent = now;
+}
+
+/* Sends the REGISTER_ACKs that wait for the servers to know their workers. */
+static void release_acks(sched_t *s) {
+    uint64_t known = UINT64_MAX; /* the MEMBERSHIP version every live server has */
+    for (int i = 0; i < members_size(s->mb); i++) {
+        const members_entry_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_SERVER && m->state == MEMBERS_LIVE && m->memb_acked < known)
+            known = m->memb_acked;
+    }
+    for (int i = 0; i < members_size(s->mb); i++) {
+        members_entry_t *m = members_at(s->mb, i);
+        if (m->role != PROTO_ROLE_WORKER || m->state != MEMBERS_LIVE || !m->ack_due ||
+            m->ack_after > known)
+            continue;
+        m->ack_due = 0;
+        send_register_ack(s, m);
+    }
+}
+
+/* A worker's REGISTER_ACK goes out once the servers acknowledged the MEMBERSHIP that
+ * lists it (membership_changed just sent it). */
+static void ack_when_known(sched_t *s, members_entry_t *m) {
+    m->ack_due = 1;
+    m->ack_after = s->memb_version;
+    release_acks(s);
 }
 
 static void membership_changed(sched_t *s, double now) {
@@ -267,8 +303,8 @@ static void maybe_start(sched_t *s, double now) {
     membership_changed(s, now);
     request_checkpoints(s);
     for (int i = 0; i < members_size(s->mb); i++) {
-        const members_entry_t *m = members_at(s->mb, i);
-        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_LIVE) send_register_ack(s, m);
+        members_entry_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_LIVE) ack_when_known(s, m);
     }
     progress_init(&s->pg, s->end_step, s->resume_step, now);
     int W = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
@@ -307,10 +343,16 @@ static void server_failed(sched_t *s, members_entry_t *m, const char *what) {
 
 static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *known, double now) {
     int role = (int)msg->hdr.a[PROTO_REG_ROLE];
+    if (s->curve && curve_user_role(msg->user) != role) { /* a worker's key makes no server */
+        reply_error(s, msg, MIMIC_EPEER, "REGISTER as a %s: this CURVE key (%s) is not a %s's in %s/allow",
+                    members_role_name(role), msg->user[0] ? msg->user : "none",
+                    members_role_name(role), s->cfg.cluster.keys);
+        return;
+    }
     if (known) {
         if (known->role == role && known->state == MEMBERS_LIVE) {
             known->reg_seq = msg->hdr.seq; /* a retry: answer again, same id */
-            send_register_ack(s, known);
+            if (!known->ack_due) send_register_ack(s, known);
         } else if (known->role == role && known->state == MEMBERS_PENDING) {
             known->reg_seq = msg->hdr.seq; /* still deferred; answered at the quorum */
         } else if (known->role != role) {
@@ -349,6 +391,8 @@ static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *kno
         m->state = MEMBERS_LIVE;
         m->reg_seq = msg->hdr.seq;
         snprintf(m->endpoint, sizeof m->endpoint, "%s", msg->hdr.str);
+        const char *key = strchr(msg->user, ' '); /* "server <z85>" */
+        if (s->curve && key) snprintf(m->key, sizeof m->key, "%s", key + 1);
         send_register_ack(s, m);
         mimic_log("scheduler: server rank %d (id %d) registered at %s", rank, m->id, m->endpoint);
         jbegin(s, "register");
@@ -378,7 +422,7 @@ static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *kno
         m->state = MEMBERS_LIVE;
         mimic_log("scheduler: worker rank %d (id %d) joined", rank, m->id);
         membership_changed(s, now);
-        send_register_ack(s, m);
+        ack_when_known(s, m);
         return;
     }
     mimic_log("scheduler: worker rank %d (id %d) registered; waiting for %d server(s) and %d "
@@ -546,8 +590,10 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry
 
 static void on_ack(sched_t *s, const proto_msg_t *msg, members_entry_t *m) {
     if (msg->hdr.a[PROTO_ACK_TYPE] == PROTO_MEMBERSHIP && m->role == PROTO_ROLE_SERVER &&
-        msg->hdr.seq > m->memb_acked && msg->hdr.seq <= s->memb_version)
+        msg->hdr.seq > m->memb_acked && msg->hdr.seq <= s->memb_version) {
         m->memb_acked = msg->hdr.seq;
+        release_acks(s);
+    }
 }
 
 /* ---- dispatch ---------------------------------------------------------------------- */
@@ -986,7 +1032,11 @@ static int open_socket(sched_t *s, int port) {
                              .port = port,
                              .linger_ms = SCHED_LINGER_MS,
                              .max_msg = 1 << 20,
-                             .advertise_hostname = 1};
+                             .advertise_hostname = 1,
+                             .who = "scheduler"};
+    int rc = curve_open_cfg(&s->curve, &s->cfg, CURVE_ROLE_SCHEDULER, "scheduler");
+    if (rc) return rc;
+    o.curve = s->curve;
     return proto_router_bind(&s->sock, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
@@ -1072,6 +1122,7 @@ void sched_destroy(sched_t **ps) {
     if (!ps || !*ps) return;
     sched_t *s = *ps;
     if (s->sock) zmq_close(s->sock); /* LINGER lets the SHUTDOWNs go out */
+    curve_close(&s->curve);
     if (s->zctx) zmq_ctx_term(s->zctx);
     trace_close(&s->tr);
     metrics_close(&s->mx);

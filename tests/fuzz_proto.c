@@ -85,7 +85,7 @@ static void seed_hdr(proto_hdr_t *h, int type, int rich) {
         break;
     case PROTO_MEMBERSHIP:
         args(h, 2, 1, 3, 0, 0, 0);
-        h->dtype = PROTO_DT_I32, h->nbytes = 12;
+        h->dtype = PROTO_DT_I64, h->nbytes = 3 * PROTO_MEMB_ENTRY;
         break;
     case PROTO_CHUNK_REQ:
         if (rich) args(h, 1, 2, 0, 0, 0, 0);

@@ -52,7 +52,9 @@ static void test_destroy_with_push_in_flight(int nservers) {
     for (size_t i = 0; i < n; i++)
         grad[i] = (float)i;
     kv_t *kv = NULL;
-    T_CHECK(kv_new(&kv, zctx, eps, nservers, n, 1, 1 << 20) == 0);
+    kv_opts_t ko = {.endpoints = eps, .nservers = nservers, .total = n, .id = 1, .token = 5,
+                    .max_payload = 1 << 20};
+    T_CHECK(kv_new(&kv, zctx, &ko) == 0);
     int ts = kv_push(kv, 0, 8, grad);
     T_CHECK(ts > 0);
     uint64_t v = 0;
@@ -88,7 +90,9 @@ static void test_keys_channels(void) {
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
     void *zctx = zmq_ctx_new();
     kv_t *kv = NULL;
-    T_CHECK(kv_new(&kv, zctx, ep, 1, 1024, 1, 1 << 20) == 0);
+    kv_opts_t ko = {.endpoints = ep, .nservers = 1, .total = 1024, .id = 1, .token = 5,
+                    .max_payload = 1 << 20};
+    T_CHECK(kv_new(&kv, zctx, &ko) == 0);
     enum { K = 64, D = 8, N = 16 };
     float *keys = calloc(N * D, sizeof(float)), *ring = calloc(K * D, sizeof(float));
     float *all = calloc(4 * N * D, sizeof(float));

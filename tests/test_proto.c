@@ -70,8 +70,8 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
     case PROTO_MEMBERSHIP: {
         int64_t a[] = {(int64_t)rnd_below(100), (int64_t)rnd_below(64)};
         set_args(h, 2, a);
-        h->dtype = PROTO_DT_I32;
-        h->nbytes = (uint64_t)a[1] * 4;
+        h->dtype = PROTO_DT_I64;
+        h->nbytes = (uint64_t)a[1] * PROTO_MEMB_ENTRY;
         break;
     }
     case PROTO_CHUNK_REQ:
@@ -320,9 +320,16 @@ static void test_builders_control(void) {
     check_made("LEAVE", &h, ref(&w, PROTO_LEAVE, 4, 10, 121));
     proto_make_membership(&h, PROTO_ID_SCHEDULER, 6, 6, 3);
     set_args(ref(&w, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER, 6, 0), 2, (int64_t[]){6, 3});
-    w.dtype = PROTO_DT_I32;
-    w.nbytes = 3 * sizeof(int32_t);
+    w.dtype = PROTO_DT_I64;
+    w.nbytes = 3 * PROTO_MEMB_ENTRY; /* {id, token} pairs */
     check_made("MEMBERSHIP", &h, &w);
+    /* a worker's routing id: tag, id and token little-endian, distinct per token */
+    uint8_t pi[PROTO_PEER_IDENT], pj[PROTO_PEER_IDENT];
+    proto_peer_ident(pi, 0x01020304, 0x1122334455667788);
+    const uint8_t pe[PROTO_PEER_IDENT] = {'w', 4, 3, 2, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
+    T_CHECK(memcmp(pi, pe, sizeof pe) == 0);
+    proto_peer_ident(pj, 0x01020304, 0x1122334455667789);
+    T_CHECK(memcmp(pi, pj, sizeof pj) != 0);
     proto_make_ckpt(&h, PROTO_ID_SCHEDULER, 0, 5000, "/var/lib/mimic/ckpt");
     ref(&w, PROTO_CKPT, PROTO_ID_SCHEDULER, 0, 5000);
     proto_hdr_set_str(&w, "/var/lib/mimic/ckpt");
@@ -772,6 +779,9 @@ static void test_semantics(void) {
     make_valid(&h, PROTO_MEMBERSHIP);
     h.dtype = PROTO_DT_F32;
     expect_hdr("membership dtype", &h, "'dt'");
+    make_valid(&h, PROTO_MEMBERSHIP); /* bare i32 ids (before tokens) are refused */
+    h.dtype = PROTO_DT_I32;
+    expect_hdr("membership of i32 ids", &h, "'dt'");
     make_valid(&h, PROTO_CHUNK);
     h.dtype = PROTO_DT_U8;
     expect_hdr("chunk dtype", &h, "must be i64 or u32, got u8");

@@ -20,6 +20,7 @@
 #include "proto.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -105,18 +106,25 @@ static void sched_send(fsched_t *f, const child_t *c, proto_hdr_t *h, const void
     T_CHECK(rc == 0);
 }
 
+/* The REGISTER_ACK token the fake scheduler gives worker `id`: MEMBERSHIP carries it to
+ * the server, and a worker's connections are named by it (proto_peer_ident). */
+static int64_t token_of(int32_t id) {
+    return 7000 + id;
+}
+
 static void sched_membership(fsched_t *f, const child_t *c, int64_t epoch, const int32_t *ids,
                              int n) {
     proto_hdr_t h;
     proto_msg_t m;
-    proto_hdr_init(&h, PROTO_MEMBERSHIP, PROTO_ID_SCHEDULER);
-    h.seq = 900 + (uint64_t)epoch;
-    h.na = 2;
-    h.a[PROTO_MEMB_EPOCH] = epoch;
-    h.a[PROTO_MEMB_LIVE] = n;
-    h.dtype = PROTO_DT_I32;
-    h.nbytes = (uint64_t)n * 4;
-    sched_send(f, c, &h, ids);
+    int64_t pairs[2 * 16];
+    T_CHECK(n <= 16);
+    for (int i = 0; i < n; i++) {
+        pairs[2 * i] = ids[i];
+        pairs[2 * i + 1] = token_of(ids[i]);
+    }
+    proto_make_membership(&h, PROTO_ID_SCHEDULER, 900 + (uint64_t)epoch, (uint64_t)epoch,
+                          (uint64_t)n);
+    sched_send(f, c, &h, pairs);
     T_CHECK(sched_expect(f, &m, PROTO_ACK) == 0);
     T_CHECK(m.hdr.a[PROTO_ACK_TYPE] == PROTO_MEMBERSHIP && m.hdr.seq == h.seq);
     proto_msg_close(&m);
@@ -218,12 +226,29 @@ typedef struct {
     uint64_t seq;
 } fworker_t;
 
-static void worker_open(fworker_t *w, void *ctx, const char *ep, int32_t id) {
+/* A fake worker's connection under id, named as the real one's (token_of(id)); with
+ * token 0 it is a stranger's connection claiming that id. */
+static void worker_open_as(fworker_t *w, void *ctx, const char *ep, int32_t id, int64_t token) {
     int zero = 0;
+    uint8_t ident[PROTO_PEER_IDENT];
     w->sock = zmq_socket(ctx, ZMQ_DEALER);
     zmq_setsockopt(w->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (token) {
+        proto_peer_ident(ident, id, token);
+        T_CHECK(zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, ident, sizeof ident) == 0);
+    }
     T_CHECK(zmq_connect(w->sock, ep) == 0);
     w->id = id;
+}
+
+static void worker_open(fworker_t *w, void *ctx, const char *ep, int32_t id) {
+    worker_open_as(w, ctx, ep, id, token_of(id));
+}
+
+static int kv_open(kv_t **kv, void *ctx, const char *ep, size_t total, int32_t id) {
+    kv_opts_t ko = {.endpoints = ep, .nservers = 1, .total = total, .id = id,
+                    .token = token_of(id), .max_payload = MAXPAY};
+    return kv_new(kv, ctx, &ko);
 }
 
 static void worker_close(fworker_t *w) {
@@ -307,6 +332,9 @@ static void w_ack(fworker_t *w, uint64_t seq) {
 static void w_error(fworker_t *w, uint64_t seq, const char *text) {
     proto_msg_t m;
     int rc = proto_recv(w->sock, &m, MAXPAY, WAIT_MS);
+    if (rc || m.hdr.type != PROTO_ERROR)
+        fprintf(stderr, "worker %d: wanted ERROR '%s' (seq %" PRIu64 "), got %s: %s\n", w->id, text,
+                seq, rc ? "nothing" : proto_type_name(m.hdr.type), rc ? m.why : m.hdr.str);
     T_CHECK(rc == 0 && m.hdr.type == PROTO_ERROR);
     if (rc == 0 && m.hdr.type == PROTO_ERROR) {
         T_CHECK(m.hdr.a[PROTO_ERR_CODE] < 0);
@@ -489,12 +517,30 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
         testutil_kill(c.pid);
         return;
     }
-    fworker_t w1 = {0}, w2 = {0};
+    fworker_t w1 = {0}, w2 = {0}, spoof = {0}, guess = {0};
     worker_open(&w1, ctx, c.ep, 10);
     worker_open(&w2, ctx, c.ep, 11);
+    /* before the scheduler's member list nobody is a worker: NaN gradients (once applied
+     * to every parameter) and pulls are refused */
+    float *nan = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        nan[i] = NAN;
+    w_error(&w1, w_push(&w1, 0, lo, hi, 1, nan), "member list");
+    w_error(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), "member list");
     int32_t both[2] = {10, 11}, one[1] = {10};
     sched_membership(f, &c, 1, both, 2);
     float *got = calloc(n, sizeof(float));
+    /* a stranger's connection under a live worker's id (no token, a guessed one): its
+     * push, pull and queue requests are refused and change nothing */
+    worker_open_as(&spoof, ctx, c.ep, 10, 0);
+    worker_open_as(&guess, ctx, c.ep, 10, token_of(10) + 1);
+    fworker_t *strangers[2] = {&spoof, &guess};
+    for (int k = 0; k < 2; k++) {
+        w_error(strangers[k], w_push(strangers[k], 0, lo, hi, 1, nan), "another connection");
+        w_error(strangers[k], w_pull(strangers[k], 0, lo, hi, PROTO_WHICH_EMA), "another connection");
+        worker_close(strangers[k]);
+    }
+    free(nan);
 
     /* the initial values are mae_init's, bit for bit, for PARAMS, EMA and a sub-range */
     w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 0, lo, hi, got);
@@ -522,12 +568,15 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     uint64_t s = w_push(&w1, 0, lo, hi, 1, g1);
     w_error(&w1, s, "stale push");
 
-    /* membership shrink: worker 11 leaves, worker 10 already pushed -> step applies */
+    /* membership shrink: worker 11 leaves, worker 10 already pushed -> step applies;
+     * 11's own held pull leaves with it (nobody would read the reply) */
     w_ack(&w1, w_push(&w1, 1, lo, hi, 2, g3));
-    held = w_pull(&w2, 2, lo, hi, PROTO_WHICH_PARAMS);
-    T_CHECK(w_quiet(&w2));
+    held = w_pull(&w1, 2, lo, hi, PROTO_WHICH_PARAMS);
+    w_pull(&w2, 2, lo, hi, PROTO_WHICH_PARAMS);
+    T_CHECK(w_quiet(&w1) && w_quiet(&w2));
     sched_membership(f, &c, 2, one, 1);
-    w_reply(&w2, held, 2, lo, hi, got);
+    w_reply(&w1, held, 2, lo, hi, got);
+    T_CHECK(w_quiet(&w2));
     mirror_step(r, 1, (const float *const[]){g3}, (const int[]){2});
     testutil_close("BSP step 2 released by a membership shrink", got, r->w, n, 1e-6);
 
@@ -567,7 +616,7 @@ static void test_bsp(void *ctx, fsched_t *f, const char *ckdir, float *p3, float
     T_CHECK(proto_send(w1.sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
     w_error(&w1, 4243, "not accepted");
     s = w_push(&w2, 2, lo, hi, 1, g1); /* worker 11 is no longer live */
-    w_error(&w2, s, "live set");
+    w_error(&w2, s, "member list");
     w_error(&w1, w_qpull(&w1, 0), "rank 0");
     w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 2, lo, hi, got);
     testutil_close("still serving after malformed input", got, r->w, n, 1e-6);
@@ -631,13 +680,13 @@ static void test_resume(void *ctx, fsched_t *f, const char *ckdir, const float *
     }
     fworker_t w1 = {0};
     worker_open(&w1, ctx, c.ep, 10);
+    int32_t one[1] = {10};
+    sched_membership(f, &c, 1, one, 1);
     float *got = calloc(n, sizeof(float));
     w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_PARAMS), 3, lo, hi, got);
     T_CHECK(memcmp(got, p3, n * sizeof(float)) == 0);
     w_reply(&w1, w_pull(&w1, 0, lo, hi, PROTO_WHICH_EMA), 3, lo, hi, got);
     T_CHECK(memcmp(got, e3, n * sizeof(float)) == 0);
-    int32_t one[1] = {10};
-    sched_membership(f, &c, 1, one, 1);
     float *g5 = grad(n, 5);
     w_ack(&w1, w_push(&w1, 3, lo, hi, 1, g5));
     w_reply(&w1, w_pull(&w1, 4, lo, hi, PROTO_WHICH_PARAMS), 4, lo, hi, got);
@@ -850,9 +899,10 @@ static void test_join(void *ctx) {
     if (b.router) zmq_close(b.router);
 }
 
-/* A held-pull flood: one connection may keep 16 pulls waiting, a pull for a version far
- * ahead is refused at once, and another connection's pull is still held and answered
- * when the version comes. */
+/* A held-pull flood from a live worker: it may keep 16 pulls waiting, a pull for a
+ * version far ahead is refused at once, another worker's pull is still held, and the
+ * flooder's pulls go when it leaves the member list; the other's is answered when the
+ * version comes. */
 static void mirror_init(mirror_t *r, const char *const *extra, int S, int rank);
 static void mirror_free(mirror_t *r);
 
@@ -865,10 +915,10 @@ static void test_pull_flood(void *ctx, fsched_t *f) {
         return;
     }
     fworker_t x = {0}, w = {0};
-    worker_open(&x, ctx, c.ep, 10); /* the flooder uses a live worker's id */
-    worker_open(&w, ctx, c.ep, 10);
-    int32_t ids[1] = {10};
-    sched_membership(f, &c, 1, ids, 1);
+    worker_open(&x, ctx, c.ep, 10); /* the flooder is a live worker */
+    worker_open(&w, ctx, c.ep, 11);
+    int32_t ids[2] = {10, 11}, rest[1] = {11};
+    sched_membership(f, &c, 1, ids, 2);
     uint64_t far = w_pull(&x, 1000000, 0, 8, PROTO_WHICH_PARAMS);
     w_error(&x, far, "ahead of this server's");
     for (int i = 0; i < 16; i++)
@@ -876,17 +926,19 @@ static void test_pull_flood(void *ctx, fsched_t *f) {
     T_CHECK(w_quiet(&x)); /* 16 held */
     uint64_t extra_pull = w_pull(&x, 1, 0, 8, PROTO_WHICH_PARAMS);
     w_error(&x, extra_pull, "already wait for later versions (at most 16)");
-    uint64_t mine = w_pull(&w, 1, 0, 8, PROTO_WHICH_PARAMS); /* another connection: held */
+    uint64_t mine = w_pull(&w, 1, 0, 8, PROTO_WHICH_PARAMS); /* another worker's: held */
     T_CHECK(w_quiet(&w));
+    sched_membership(f, &c, 2, rest, 1); /* the flooder is declared dead */
     mirror_t r;
     mirror_init(&r, extra, 1, 0);
     float *g = calloc(r.hi - r.lo, sizeof(float)), got[8];
     w_ack(&w, w_push(&w, 0, r.lo, r.hi, 1, g)); /* version 1 */
     w_reply(&w, mine, 1, 0, 8, got);
+    T_CHECK(w_quiet(&x)); /* its 16 pulls left with it */
     free(g);
     mirror_free(&r);
-    printf("pull flood: one connection holds at most 16, far-future pulls refused, another "
-           "connection's pull answered at version 1\n");
+    printf("pull flood: one worker holds at most 16, far-future pulls refused, dropped when "
+           "it leaves; another worker's pull answered at version 1\n");
     T_CHECK(stop_server(f, &c) == 0);
     worker_close(&x);
     worker_close(&w);
@@ -1009,7 +1061,7 @@ typedef struct {
 static int qworkers_open(qworkers_t *w, void *ctx, const char *ep, size_t total) {
     memset(w, 0, sizeof *w);
     for (int i = 0; i < 2; i++)
-        if (kv_new(&w->kv[i], ctx, ep, 1, total, 10 + i, MAXPAY) != 0) return -1;
+        if (kv_open(&w->kv[i], ctx, ep, total, 10 + i) != 0) return -1;
     return 0;
 }
 
@@ -1115,7 +1167,7 @@ static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
     kv_refused(w.kv[1], kv_queue_push(w.kv[1], N1, big, 70000, QD), "exceeds the limit");
     free(big);
     fworker_t raw = {0};
-    worker_open(&raw, ctx, c.ep, 10);
+    worker_open_as(&raw, ctx, c.ep, 10, 0); /* a connection of its own: malformed frames are refused before any id */
     proto_hdr_t h;
     proto_make_queue_push(&h, 10, 777, N1, 2, QD);
     unsigned char hb[PROTO_HDR_MAX];
@@ -1183,7 +1235,7 @@ static void test_queue_bsp(void *ctx, fsched_t *f, const char *ckdir) {
     qref_push(&ref, k10, 5);
     T_CHECK(w.info[0].version == ref.version && w.info[0].received == 5);
     T_CHECK(memcmp(w.ring[0], ref.ring, sizeof ref.ring) == 0);
-    kv_refused(w.kv[1], kv_queue_push(w.kv[1], (uint64_t)v + 1, k10, 1, QD), "live set");
+    kv_refused(w.kv[1], kv_queue_push(w.kv[1], (uint64_t)v + 1, k10, 1, QD), "member list");
     qworkers_close(&w);
     T_CHECK(stop_server(f, &c) == 0);
 }
@@ -1235,7 +1287,7 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
                "exceeds the limit");
     free(big);
     fworker_t raw = {0};
-    worker_open(&raw, ctx, c.ep, 10);
+    worker_open_as(&raw, ctx, c.ep, 10, 0); /* a connection of its own: malformed frames are refused before any id */
     proto_hdr_t h;
     proto_make_keys_push(&h, 10, 778, 2, 2, QD);
     h.nbytes -= 4; /* n is not count x dim x 4: the decoder says so */
@@ -1259,7 +1311,7 @@ static void test_keys_exchange(void *ctx, fsched_t *f) {
     T_CHECK(memcmp(all[0], keys[0], 3 * QD * sizeof(float)) == 0);
     make_keys(keys[1], 2, 1, 2);
     kv_refused(w.kv[1], kv_keys_exchange(w.kv[1], 2, keys[1], 2, QD, all[1], 32, &ki[1]),
-               "live set");
+               "member list");
     /* it was a false alarm: back in the live set, its keys of step 2 come late and it
      * gets step 2's rows so far plus its own */
     sched_membership(f, &c, 3, both, 2);
@@ -1297,11 +1349,11 @@ static void test_queue_sizes(void *ctx, fsched_t *f) {
             testutil_kill(c.pid);
             return;
         }
-        int32_t one[1] = {10};
+        int32_t one[1] = {10}, both[2] = {10, 11}; /* 11 reads the whole ring at the end */
         sched_membership(f, &c, 1, one, 1);
         kv_t *kv = NULL, *fresh = NULL;
-        T_CHECK(kv_new(&kv, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
-        T_CHECK(kv_new(&fresh, ctx, c.ep, 1, total, 10, MAXPAY) == 0);
+        T_CHECK(kv_open(&kv, ctx, c.ep, total, 10) == 0);
+        T_CHECK(kv_open(&fresh, ctx, c.ep, total, 11) == 0);
         float *ring = calloc((size_t)K * D, sizeof(float)), *ring2 = calloc((size_t)K * D, 4);
         float *keys = malloc((size_t)STEP_KEYS * D * sizeof(float));
         kv_queue_info_t qi = {0};
@@ -1322,6 +1374,7 @@ static void test_queue_sizes(void *ctx, fsched_t *f) {
             }
         }
         T_CHECK(ok && delta_bytes == (size_t)STEP_KEYS * D * sizeof(float));
+        sched_membership(f, &c, 2, both, 2); /* a reader joins, with nothing of the ring */
         double t0 = mimic_now();
         kv_queue_info_t fi = {0};
         T_CHECK(kv_wait(fresh,

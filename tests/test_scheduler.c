@@ -27,6 +27,8 @@
 #include "workq.h"
 
 #include <signal.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,8 @@ typedef struct {
     int id, rank, hb; /* hb: send heartbeats while pumping */
     double last_hb;
     int hb_acks; /* ACKs of our heartbeats (the scheduler acks every one) */
+    int64_t rack_id; /* the id of the last REGISTER_ACK (p->id is set by the test itself) */
+    int memb_manual; /* a server that ACKs MEMBERSHIP by hand (else pump does, as servers do) */
     rmsg_t in[INBOX];
     int nin;
 } peer_t;
@@ -150,6 +154,14 @@ static void pump(int ms) {
                     m.hdr.a[PROTO_ACK_TYPE] == PROTO_HEARTBEAT) {
                     p->hb_acks++; /* the scheduler's liveness signal, counted, not queued */
                 } else if (rc == 0 && p->nin < INBOX) {
+                    if (m.hdr.type == PROTO_REGISTER_ACK) p->rack_id = m.hdr.a[PROTO_RACK_ID];
+                    if (m.hdr.type == PROTO_MEMBERSHIP && !p->memb_manual) {
+                        proto_hdr_t ack; /* the REGISTER_ACK's id, as a server takes it */
+                        proto_make_ack(&ack, m.hdr.sender == PROTO_ID_SCHEDULER && p->id < 0
+                                                 ? (int32_t)p->rack_id : p->id,
+                                       m.hdr.seq, PROTO_MEMBERSHIP);
+                        peer_send(p, &ack, NULL);
+                    }
                     rmsg_t *r = &p->in[p->nin++];
                     r->hdr = m.hdr;
                     r->size = proto_msg_size(&m);
@@ -380,29 +392,40 @@ static void run_register(run_t *a) {
     srv->id = (int)r.hdr.a[PROTO_RACK_ID];
     pump(300);
     T_CHECK(!has(wa, PROTO_REGISTER_ACK)); /* one worker of two */
+    srv->memb_manual = 1;
     do_register(wb, PROTO_ROLE_WORKER, NULL, 31);
+    /* MEMBERSHIP with both workers and their tokens goes to the server first; the
+     * workers hear REGISTER_ACK only once the server acknowledged it */
+    T_CHECK(expect(srv, PROTO_MEMBERSHIP, 3000, &r));
+    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 2 && r.size == 2 * PROTO_MEMB_ENTRY);
+    int64_t pairs[4] = {0};
+    if (r.size == sizeof pairs) memcpy(pairs, r.data, sizeof pairs);
+    T_CHECK(pairs[0] > 0 && pairs[2] > pairs[0] && pairs[1] != 0 && pairs[3] != 0 &&
+            pairs[1] != pairs[3]);
+    pump(300);
+    T_CHECK(!has(wa, PROTO_REGISTER_ACK) && !has(wb, PROTO_REGISTER_ACK));
+    proto_hdr_t h;
+    proto_make_ack(&h, srv->id, r.hdr.seq, PROTO_MEMBERSHIP);
+    peer_send(srv, &h, NULL);
+    rmsg_free(&r);
+    srv->memb_manual = 0;
+    while (has(srv, PROTO_MEMBERSHIP) && expect(srv, PROTO_MEMBERSHIP, 0, &r)) /* resent meanwhile */
+        rmsg_free(&r);
     T_CHECK(expect(wa, PROTO_REGISTER_ACK, 3000, &r));
     T_CHECK(r.hdr.seq == 11 && r.hdr.a[PROTO_RACK_NSERVERS] == 1 &&
             r.hdr.a[PROTO_RACK_NWORKERS] == 2 && r.hdr.a[PROTO_RACK_RANK] == 0);
     T_CHECK(strcmp(r.hdr.str, "tcp://127.0.0.1:40001") == 0);
     wa->id = (int)r.hdr.a[PROTO_RACK_ID];
+    /* the token the server was given for A is the one A was given */
+    T_CHECK(r.hdr.a[PROTO_RACK_TOKEN] == (pairs[0] == wa->id ? pairs[1] : pairs[3]));
     take_ack(wb, 31, 3000);
     T_CHECK(wb->rank == 1 && wa->id != wb->id && wa->id != srv->id && wb->id != srv->id &&
             wa->id > 0 && wb->id > 0);
+    T_CHECK((pairs[0] == wa->id && pairs[2] == wb->id) || (pairs[0] == wb->id && pairs[2] == wa->id));
     printf("  ids: server %d, worker A %d (rank %d), worker B %d (rank %d)\n", srv->id, wa->id,
            wa->rank, wb->id, wb->rank);
 
-    /* MEMBERSHIP with both workers, then the checkpoint plan: steps 2 and 4. */
-    T_CHECK(expect(srv, PROTO_MEMBERSHIP, 3000, &r));
-    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 2 && r.size == 8);
-    if (r.size == 8) {
-        const int32_t *ids = r.data;
-        T_CHECK((ids[0] == wa->id && ids[1] == wb->id) || (ids[0] == wb->id && ids[1] == wa->id));
-    }
-    proto_hdr_t h;
-    proto_make_ack(&h, srv->id, r.hdr.seq, PROTO_MEMBERSHIP);
-    peer_send(srv, &h, NULL);
-    rmsg_free(&r);
+    /* then the checkpoint plan: steps 2 and 4 */
     for (int k = 1; k <= 2; k++) {
         T_CHECK(expect(srv, PROTO_CKPT, 3000, &r));
         T_CHECK((long)r.hdr.step == 2 * k && strstr(r.hdr.str, "/a/ckpt"));
@@ -446,7 +469,8 @@ static void run_epoch0(run_t *a) {
     printf("  worker B declared dead %.0f ms after its last heartbeat (dead_ms %d)\n", dt * 1e3,
            DEAD_MS);
     T_CHECK(dt >= DEAD_MS * 1e-3 && dt <= DEAD_MS * 1e-3 + 1.0);
-    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 1 && r.size == 4 && *(int32_t *)r.data == wa->id);
+    T_CHECK(r.hdr.a[PROTO_MEMB_LIVE] == 1 && r.size == PROTO_MEMB_ENTRY &&
+            *(int64_t *)r.data == wa->id);
     rmsg_free(&r);
     chunk_done(wb, 0, 1, 0); /* the dead cannot report */
 
@@ -773,6 +797,23 @@ static void test_foreign_heartbeat(void) {
 
 /* ---- F: 64 servers with long endpoints ---------------------------------------------- */
 
+/* member_join on a thread of its own, while the test's fake servers answer MEMBERSHIP
+ * (the worker's REGISTER_ACK waits for them). */
+typedef struct {
+    const char *ep;
+    member_t *w;
+    proto_hdr_t ack;
+    int rc;
+    atomic_int done;
+} joiner_t;
+
+static void *join_main(void *arg) {
+    joiner_t *j = arg;
+    j->rc = member_join(&j->w, zctx, NULL, j->ep, PROTO_ROLE_WORKER, NULL, 5000, &j->ack);
+    atomic_store(&j->done, 1);
+    return NULL;
+}
+
 /* Their list exceeds REGISTER_ACK's str (1024 bytes) and travels as the payload; a
  * worker joining with the member client (what mimic-worker uses) gets all 64, in rank
  * order. */
@@ -795,9 +836,14 @@ static void test_many_servers(void) {
         do_register(srv[i], PROTO_ROLE_SERVER, eps[i], (uint64_t)(i + 1));
         pump(5); /* registration order = rank order */
     }
-    member_t *w = NULL;
-    proto_hdr_t ack;
-    T_CHECK(member_join(&w, zctx, ep, PROTO_ROLE_WORKER, NULL, 5000, &ack) == 0);
+    joiner_t j = {.ep = ep};
+    pthread_t th;
+    T_CHECK(pthread_create(&th, NULL, join_main, &j) == 0);
+    while (!atomic_load(&j.done))
+        pump(5);
+    pthread_join(th, NULL);
+    T_CHECK(j.rc == 0);
+    member_t *w = j.w;
     const char *list = w ? member_servers(w) : "";
     size_t want_len = 0;
     int match = 1, k = 0;

@@ -25,6 +25,7 @@
 typedef struct {
     const mimic_cfg_t *cfg;
     member_t *mb;
+    curve_t *curve; /* NULL: cluster.curve off */
     kv_t *kv;
     loader_t *ld;
     int id, rank, S, W;
@@ -328,7 +329,9 @@ static int resolve_scheduler(const mimic_cfg_t *cfg, const char *flag, char *ep,
 
 /* Registers with the scheduler: id, rank, the servers' endpoints (member_servers). */
 static int dist_join(dist_t *d, void *zctx, const char *ep, proto_hdr_t *ack) {
-    int rc = member_join(&d->mb, zctx, ep, PROTO_ROLE_WORKER, NULL, 60000, ack);
+    int rc = curve_open_cfg(&d->curve, d->cfg, PROTO_ROLE_WORKER, "worker");
+    if (rc) return rc;
+    rc = member_join(&d->mb, zctx, d->curve, ep, PROTO_ROLE_WORKER, NULL, 60000, ack);
     if (rc) return rc;
     member_set_heartbeat(d->mb, d->cfg->cluster.heartbeat_ms);
     if ((rc = member_beat_thread(d->mb))) return rc;
@@ -392,8 +395,14 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
     if ((rc = dist_join(&d, zctx, ep, &ack))) goto out;
     if ((rc = stage_new(&s, cfg, cfg->train.batch_size))) goto out;
     if ((rc = loader_new(&d.ld, cfg))) goto out;
-    if ((rc = kv_new(&d.kv, zctx, member_servers(d.mb), d.S, s->p->total, d.id, d.max_payload)))
-        goto out;
+    kv_opts_t ko = {.endpoints = member_servers(d.mb),
+                    .nservers = d.S,
+                    .total = s->p->total,
+                    .id = d.id,
+                    .token = member_token(d.mb),
+                    .max_payload = d.max_payload,
+                    .curve = d.curve};
+    if ((rc = kv_new(&d.kv, zctx, &ko))) goto out;
     if ((rc = dist_open_records(&d))) goto out;
     if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
         int W = cfg->cluster.workers > 1 ? cfg->cluster.workers : 1;
@@ -414,6 +423,7 @@ out:
     metrics_close(&d.mx);
     kv_destroy(&d.kv);
     member_destroy(&d.mb);
+    curve_close(&d.curve);
     zmq_ctx_term(zctx); /* after this ZeroMQ holds none of our buffers */
     stage_destroy(&s);
     loader_destroy(&d.ld);

@@ -52,36 +52,57 @@ struct kv {
     uint64_t qversion; /* the queue version the local ring holds */
 };
 
-int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
-           size_t max_payload) {
+int kv_new(kv_t **out, void *zctx, const kv_opts_t *o) {
     *out = NULL;
-    if (nservers < 1 || nservers > KV_MAX_SERVERS)
-        return mimic_err(MIMIC_EINVAL, "kv: %d servers (1..%d supported)", nservers,
+    if (o->nservers < 1 || o->nservers > KV_MAX_SERVERS)
+        return mimic_err(MIMIC_EINVAL, "kv: %d servers, supported 1..%d", o->nservers,
                          KV_MAX_SERVERS);
     kv_t *kv = calloc(1, sizeof *kv);
     if (!kv) return mimic_err(MIMIC_ENOMEM, "kv: out of memory");
-    kv->S = nservers;
-    kv->id = my_id;
-    kv->max_payload = max_payload;
-    const char *p = endpoints;
+    kv->S = o->nservers;
+    kv->id = o->id;
+    kv->max_payload = o->max_payload;
+    uint8_t ident[PROTO_PEER_IDENT];
+    proto_peer_ident(ident, o->id, o->token);
+    /* no frame beyond the largest reply is buffered (a server is trusted, but a bug or
+     * a stranger at its address should not grow us) */
+    int64_t max_msg = (int64_t)o->max_payload + (1 << 16);
+    const char *p = o->endpoints;
     int rc = 0;
-    for (int s = 0; s < nservers; s++) {
+    for (int s = 0; s < o->nservers; s++) {
         kv_server_t *sv = &kv->srv[s];
+        char key[CURVE_Z85] = "";
         while (*p == ' ')
             p++;
-        size_t n = strcspn(p, " ");
-        if (n == 0 || n >= sizeof sv->endpoint) {
-            rc = mimic_err(MIMIC_EFORMAT, "kv: server list '%s' has no endpoint %d", endpoints, s);
+        size_t n = strcspn(p, " "), ep = strcspn(p, " ,");
+        if (ep == 0 || ep >= sizeof sv->endpoint || (n > ep && n - ep - 1 >= sizeof key)) {
+            rc = mimic_err(MIMIC_EFORMAT, "kv: server list '%s' has no endpoint %d", o->endpoints,
+                           s);
             goto fail;
         }
-        memcpy(sv->endpoint, p, n);
-        sv->endpoint[n] = 0;
+        memcpy(sv->endpoint, p, ep);
+        sv->endpoint[ep] = 0;
+        if (n > ep) {
+            memcpy(key, p + ep + 1, n - ep - 1);
+            key[n - ep - 1] = 0;
+        }
         p += n;
-        keyrange_of(total, nservers, s, &sv->lo, &sv->hi);
+        keyrange_of(o->total, o->nservers, s, &sv->lo, &sv->hi);
         sv->sock = zmq_socket(zctx, ZMQ_DEALER);
         int linger = 0;
         if (!sv->sock || zmq_setsockopt(sv->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-            zmq_connect(sv->sock, sv->endpoint)) {
+            zmq_setsockopt(sv->sock, ZMQ_ROUTING_ID, ident, sizeof ident) ||
+            zmq_setsockopt(sv->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg)) {
+            rc = mimic_err(MIMIC_EIO, "kv: socket for server %d: %s", s, zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+        if (o->curve && !key[0]) {
+            rc = mimic_err(MIMIC_EFORMAT, "kv: server %d (%s) came without its CURVE key", s,
+                           sv->endpoint);
+            goto fail;
+        }
+        if ((rc = curve_client(o->curve, sv->sock, key[0] ? key : NULL))) goto fail;
+        if (zmq_connect(sv->sock, sv->endpoint)) {
             rc = mimic_err(MIMIC_EIO, "kv: cannot connect to server %d at %s: %s", s, sv->endpoint,
                            zmq_strerror(zmq_errno()));
             goto fail;

@@ -41,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "curve.h"
+
 typedef struct kv kv_t;
 
 /* What a queue pull brought, filled when kv_wait returns for it. */
@@ -62,9 +64,19 @@ typedef struct {
     size_t bytes;  /* payload bytes received */
 } kv_keys_info_t;
 
-/* endpoints: the S server endpoints separated by spaces (REGISTER_ACK.str). */
-int kv_new(kv_t **out, void *zctx, const char *endpoints, int nservers, size_t total, int32_t my_id,
-           size_t max_payload);
+/* Who this worker is to the servers, and where they are. */
+typedef struct {
+    const char *endpoints; /* the S server endpoints separated by spaces (REGISTER_ACK);
+                              with CURVE each is "endpoint,<server's z85 public key>" */
+    int nservers;
+    size_t total;       /* parameter floats of the model */
+    int32_t id;         /* REGISTER_ACK's id: the sender of every request */
+    int64_t token;      /* REGISTER_ACK's token: names the connections (proto_peer_ident) */
+    size_t max_payload; /* cluster.max_msg_mb: larger replies are refused */
+    const curve_t *curve; /* NULL: CURVE off */
+} kv_opts_t;
+
+int kv_new(kv_t **out, void *zctx, const kv_opts_t *o);
 void kv_destroy(kv_t **kv);
 /* Pulls the whole vector into dst (which = PROTO_WHICH_PARAMS or _EMA); a server holds
  * its answer until its version >= min_version. Returns a timestamp (> 0) or an error. */
