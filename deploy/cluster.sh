@@ -3,7 +3,10 @@
 # starts 1 scheduler, S parameter servers and W workers (default 1 and 2) on the
 # bundled default (deploy/mae-fmnist.ini). MPI only gives ranks and hands the
 # scheduler's address to everyone; training then runs over ZeroMQ.
-#   deploy/cluster.sh [--servers S] [--workers W] [--section.key=value ...]
+#   deploy/cluster.sh [--servers S] [--workers W] [--curve] [--section.key=value ...]
+# --curve (or MIMIC_CURVE=1) encrypts and authenticates every socket: a key pair per rank
+# is made once in KEYS (default runs/cluster/keys, mode 0700; MIMIC_KEYS to choose) by
+# mimic-keys, and each rank picks its own by its MPI rank (docs/security.md).
 # Each process gets its own thread budget: workers share the cores, one OpenBLAS/OpenMP
 # thread each (OMP_THREADS_PER_WORKER to change); the scheduler one; a server updates
 # with all cores but one and leaves that to ZeroMQ (cluster.server_threads).
@@ -12,11 +15,13 @@ cd "$(dirname "$0")/.."
 source deploy/env.sh
 S=1
 W=2
+curve=${MIMIC_CURVE:-0}
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --servers) S=$2; shift 2 ;;
     --workers) W=$2; shift 2 ;;
+    --curve) curve=1; shift ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -27,7 +32,13 @@ cfg=${MIMIC_CONFIG:-deploy/mae-fmnist.ini}
 t=${OMP_THREADS_PER_WORKER:-1}
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
-common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster "${args[@]}")
+common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster)
+if [ "$curve" = 1 ]; then
+  keys=${MIMIC_KEYS:-runs/cluster/keys}
+  ./build/proto/mimic-keys "$keys" --servers "$S" --workers "$W" >&2
+  common+=(--cluster.curve=on --cluster.keys="$keys")
+fi
+common+=("${args[@]}")
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
 # deploy/supervise.sh runs mpirun: a SIGTERM/SIGINT to this script reaches every rank as
 # SIGUSR1, on which the scheduler checkpoints the step the cluster stops at and ends

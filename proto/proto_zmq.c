@@ -217,13 +217,12 @@ static int recv_head(void *sock, int router, proto_msg_t *out, size_t max_payloa
         size_t n = zmq_msg_size(&f);
         out->idlen = n < PROTO_ID_MAX ? n : PROTO_ID_MAX;
         memcpy(out->id, zmq_msg_data(&f), out->idlen);
-        peer_user(&f, out);
         *more = zmq_msg_more(&f);
         zmq_msg_close(&f);
         if (!*more) return recv_fail(out, "message has an identity frame but no header frame");
     }
     if (recv_frame(sock, &f, router ? 0 : ZMQ_DONTWAIT) != 0) goto io;
-    if (!router) peer_user(&f, out);
+    peer_user(&f, out); /* a ROUTER's own identity frame carries no metadata */
     *more = zmq_msg_more(&f);
     size_t hlen = zmq_msg_size(&f);
     int rc;
