@@ -12,12 +12,21 @@
  *     is covered exactly once by the chunks reported done (scheduler accounting). */
 #include "common.h"
 #include "config.h"
+#include "proto.h"
 #include "safetensors.h"
 #include "stage.h"
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +43,12 @@ static void write_idx(int n) {
 typedef struct {
     char dir[1200], log[1300], epfile[1300];
     int sched, servers[4], workers[4], S, W;
+    /* set before start(): each process gets OMPI_COMM_WORLD_RANK as under mpirun (its
+     * CURVE key is picked by it); servers and workers reach the scheduler at `via` (a
+     * capturing proxy) when given */
+    int ranked;
+    char via[128];
+    int nspawned[3];
 } cluster_t;
 
 #define MAXARGS 48
@@ -63,14 +78,136 @@ static void build_argv(char **argv, char *store, size_t cap, int role, const cha
 }
 
 static int spawn(int role, const cluster_t *c, const char *extra) {
-    char *argv[MAXARGS], store[16384];
+    char *argv[MAXARGS], store[16384], rank[16];
     build_argv(argv, store, sizeof store, role, c->dir, extra);
-    return testutil_spawn(argv, c->log);
+    if (!c->ranked) return testutil_spawn(argv, c->log);
+    /* the MPI world rank mpirun would give: scheduler, servers, workers in order */
+    int r = role == SCHED ? 0 : 1 + (role == SERVER ? c->nspawned[SERVER] : c->S + c->nspawned[WORKER]);
+    snprintf(rank, sizeof rank, "%d", r);
+    setenv("OMPI_COMM_WORLD_RANK", rank, 1);
+    int pid = testutil_spawn(argv, c->log);
+    unsetenv("OMPI_COMM_WORLD_RANK");
+    ((cluster_t *)c)->nspawned[role]++;
+    return pid;
 }
 
-/* Starts scheduler, S servers and W workers; extra flags go to every process. */
-static int start(cluster_t *c, const char *name, int S, int W, const char *extra) {
+/* ---- a capturing TCP proxy (the CURVE test's "tcpdump") -------------------------------- */
+
+/* Relays every connection made to its port to the scheduler's and keeps a copy of all
+ * bytes that pass, both ways. */
+typedef struct {
+    int lfd, target_port;
+    pthread_t th;
+    atomic_int stop, running;
+    unsigned char *cap;
+    size_t ncap, capcap;
+} proxy_t;
+
+static proxy_t proxy;
+
+static void proxy_keep(const unsigned char *b, size_t n) {
+    if (proxy.ncap + n > proxy.capcap) {
+        size_t want = (proxy.ncap + n) * 2;
+        unsigned char *p = realloc(proxy.cap, want);
+        if (!p) return;
+        proxy.cap = p;
+        proxy.capcap = want;
+    }
+    memcpy(proxy.cap + proxy.ncap, b, n);
+    proxy.ncap += n;
+}
+
+static void *proxy_main(void *arg) {
+    (void)arg;
+    enum { PAIRS = 32 };
+    struct pollfd fds[1 + 2 * PAIRS];
+    int n = 0; /* connected pairs: fds[1 + 2i] client, fds[2 + 2i] scheduler */
+    unsigned char buf[65536];
+    while (!atomic_load(&proxy.stop)) {
+        fds[0] = (struct pollfd){proxy.lfd, POLLIN, 0};
+        for (int i = 0; i < 2 * n; i++)
+            fds[1 + i].events = POLLIN, fds[1 + i].revents = 0;
+        if (poll(fds, (nfds_t)(1 + 2 * n), 50) <= 0) continue;
+        if ((fds[0].revents & POLLIN) && n < PAIRS) {
+            int cfd = accept(proxy.lfd, NULL, NULL), sfd = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)proxy.target_port)};
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            if (cfd >= 0 && sfd >= 0 && connect(sfd, (struct sockaddr *)&a, sizeof a) == 0) {
+                fds[1 + 2 * n].fd = cfd;
+                fds[2 + 2 * n].fd = sfd;
+                n++;
+            } else {
+                if (cfd >= 0) close(cfd);
+                if (sfd >= 0) close(sfd);
+            }
+        }
+        for (int i = 0; i < 2 * n; i++) {
+            if (!(fds[1 + i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t got = read(fds[1 + i].fd, buf, sizeof buf);
+            int peer = fds[1 + (i ^ 1)].fd;
+            if (got > 0) {
+                proxy_keep(buf, (size_t)got);
+                for (ssize_t off = 0, w; off < got; off += w)
+                    if ((w = write(peer, buf + off, (size_t)(got - off))) <= 0) break;
+            } else { /* one side closed: close the pair, keep the table dense */
+                int pair = i / 2;
+                close(fds[1 + 2 * pair].fd);
+                close(fds[2 + 2 * pair].fd);
+                n--;
+                fds[1 + 2 * pair] = fds[1 + 2 * n];
+                fds[2 + 2 * pair] = fds[2 + 2 * n];
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < 2 * n; i++)
+        close(fds[1 + i].fd);
+    return NULL;
+}
+
+/* Listens on a free loopback port, written to via. */
+static int proxy_open(char *via, size_t cap) {
+    memset(&proxy, 0, sizeof proxy);
+    proxy.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (proxy.lfd < 0 || bind(proxy.lfd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(proxy.lfd, 16) != 0 || getsockname(proxy.lfd, (struct sockaddr *)&a, &len) != 0)
+        return -1;
+    snprintf(via, cap, "tcp://127.0.0.1:%d", ntohs(a.sin_port));
+    return 0;
+}
+
+/* The scheduler is at ep: relaying begins. */
+static void start_via(const char *ep) {
+    const char *colon = strrchr(ep, ':');
+    proxy.target_port = colon ? atoi(colon + 1) : 0;
+    if (pthread_create(&proxy.th, NULL, proxy_main, NULL) == 0) atomic_store(&proxy.running, 1);
+}
+
+static void proxy_close(void) {
+    atomic_store(&proxy.stop, 1);
+    if (atomic_load(&proxy.running)) pthread_join(proxy.th, NULL);
+    if (proxy.lfd >= 0) close(proxy.lfd);
+    free(proxy.cap);
+    memset(&proxy, 0, sizeof proxy);
+}
+
+/* Where the bytes of a plaintext mimicps header ("v": 1, "t": ...) occur in buf. */
+static const unsigned char *plain_header(const unsigned char *buf, size_t n) {
+    static const unsigned char sig[] = {0xa1, 'v', PROTO_VERSION, 0xa1, 't'};
+    return n >= sizeof sig ? memmem(buf, n, sig, sizeof sig) : NULL;
+}
+
+/* Starts scheduler, S servers and W workers; extra flags go to every process; ranked:
+ * each gets the MPI rank mpirun would (OMPI_COMM_WORLD_RANK); via: servers and workers
+ * reach the scheduler through the capturing proxy at that endpoint. */
+static int start_as(cluster_t *c, const char *name, int S, int W, const char *extra, int ranked,
+                    const char *via) {
     memset(c, 0, sizeof *c);
+    c->ranked = ranked;
+    snprintf(c->via, sizeof c->via, "%s", via ? via : "");
     c->S = S;
     c->W = W;
     snprintf(c->dir, sizeof c->dir, "%s/%s", testutil_tmpdir(), name);
@@ -88,14 +225,19 @@ static int start(cluster_t *c, const char *name, int S, int W, const char *extra
     }
     char *ep = testutil_slurp(c->epfile);
     ep[strcspn(ep, "\n")] = 0;
+    if (c->via[0]) start_via(ep); /* the proxy now knows where to forward */
     char pflags[6000];
-    snprintf(pflags, sizeof pflags, "%s --scheduler %s", flags, ep);
+    snprintf(pflags, sizeof pflags, "%s --scheduler %s", flags, c->via[0] ? c->via : ep);
     free(ep);
     for (int i = 0; i < S; i++)
         c->servers[i] = spawn(SERVER, c, pflags);
     for (int i = 0; i < W; i++)
         c->workers[i] = spawn(WORKER, c, pflags);
     return 0;
+}
+
+static int start(cluster_t *c, const char *name, int S, int W, const char *extra) {
+    return start_as(c, name, S, W, extra, 0, NULL);
 }
 
 static void kill_all(cluster_t *c) {
@@ -530,12 +672,161 @@ static void test_mocov3_lockstep(void) {
     stage_destroy(&s);
 }
 
+/* ---- CURVE: the authorised cluster trains; strangers get nowhere; nothing in clear ---- */
+
+/* Sends REGISTER (role) or PULL from a fresh DEALER to ep: no CURVE (pub NULL), or as the
+ * CURVE client pub/sec of a server with key server_key. 1 when anything came back within
+ * wait_ms (its reason in why), else 0. */
+static int probe(const char *ep, const char *server_key, const char *pub, const char *sec,
+                 int type, char *why, size_t cap, int wait_ms) {
+    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0, got = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    if (pub)
+        T_CHECK(zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, server_key, 41) == 0 &&
+                zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 41) == 0 &&
+                zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 41) == 0);
+    proto_hdr_t h;
+    if (type == PROTO_REGISTER)
+        proto_make_register(&h, PROTO_ID_NONE, 1, PROTO_ROLE_SERVER, "tcp://127.0.0.1:1");
+    else
+        proto_make_pull(&h, 1, 1, 0, 0, 8, PROTO_WHICH_PARAMS);
+    proto_msg_t m;
+    if (zmq_connect(d, ep) == 0 && proto_send(d, NULL, 0, &h, NULL, NULL, NULL) == 0 &&
+        proto_recv(d, &m, 1 << 20, wait_ms) == 0) {
+        got = 1;
+        snprintf(why, cap, "%s %s", proto_type_name(m.hdr.type), m.hdr.str);
+        proto_msg_close(&m);
+    }
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    return got;
+}
+
+/* The public and secret key of a mimic-keys file ("public X\nsecret Y\n"). */
+static int read_key(const char *path, char *pub, char *sec) {
+    char *t = testutil_slurp(path);
+    int ok = t && sscanf(t, "public %40s secret %40s", pub, sec) == 2;
+    free(t);
+    return ok ? 0 : -1;
+}
+
+static void test_curve_cluster(void) {
+    printf("CURVE: 1 server, 2 workers with keys picked by rank, strangers refused, no "
+           "plaintext header on the wire\n");
+    char keys[1200], cmd[3000], sched_pub[64] = "", wpub[64], wsec[64], path[1300], why[1200];
+    snprintf(keys, sizeof keys, "%s/keys", testutil_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s/proto/mimic-keys %s --servers 1 --workers 2 > /dev/null",
+             getenv("MIMIC_BUILD_DIR") ? getenv("MIMIC_BUILD_DIR") : ".", keys);
+    T_CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/scheduler.pub", keys);
+    char *t = testutil_slurp(path);
+    if (t) sscanf(t, "%40s", sched_pub);
+    free(t);
+    snprintf(path, sizeof path, "%s/worker-1.key", keys);
+    T_CHECK(strlen(sched_pub) == 40 && read_key(path, wpub, wsec) == 0);
+    char spub[41], ssec[41]; /* a key pair nobody allowed */
+    T_CHECK(zmq_curve_keypair(spub, ssec) == 0);
+
+    cluster_t c;
+    char via[128];
+    T_CHECK(proxy_open(via, sizeof via) == 0);
+    char flags[1500];
+    snprintf(flags, sizeof flags,
+             "--train.steps=8 --train.batch_size=8 --cluster.ckpt_every=4 --cluster.curve=on "
+             "--cluster.keys=%s",
+             keys);
+    if (start_as(&c, "curve", 1, 2, flags, 1, via) != 0) {
+        T_CHECK(!"CURVE cluster started");
+        kill_all(&c);
+        proxy_close();
+        return;
+    }
+    /* the scheduler: no CURVE, a key not in the allow-list, a worker's key that would
+     * register as a server (the impostor) */
+    char *ep = testutil_slurp(c.epfile);
+    if (ep) ep[strcspn(ep, "\n")] = 0;
+    /* nothing comes back to a peer without CURVE or with a key not in the allow-list
+     * (ZeroMQ retries their handshakes; the scheduler logs the first refusals), and a
+     * worker's key cannot register as a server: no REGISTER_ACK, the rank stays the
+     * real server's */
+    int plain = probe(ep, NULL, NULL, NULL, PROTO_REGISTER, why, sizeof why, 1000);
+    int seen_plain = testutil_wait_file(c.log, "scheduler: refused a peer: CURVE handshake failed", 20000);
+    int stranger = probe(ep, sched_pub, spub, ssec, PROTO_REGISTER, why, sizeof why, 1000);
+    int impostor = probe(ep, sched_pub, wpub, wsec, PROTO_REGISTER, why, sizeof why, 3000);
+    printf("  scheduler: no CURVE %s, unknown key %s, a worker's key as a server: %s\n",
+           plain ? "ANSWERED" : seen_plain ? "refused, logged" : "unanswered, not logged",
+           stranger ? "ANSWERED" : "refused", impostor ? why : "no answer");
+    T_CHECK(!plain && !stranger && seen_plain);
+    T_CHECK(!impostor || (strstr(why, "ERROR") && strstr(why, "not a server's")));
+    /* the server, once registered (its endpoint is in scheduler.jsonl) */
+    char sj[1300];
+    snprintf(sj, sizeof sj, "%s/scheduler.jsonl", c.dir);
+    T_CHECK(testutil_wait_file(sj, "\"role\":\"server\"", 10000));
+    char *log = testutil_slurp(sj), sep[256] = "";
+    const char *e = log ? strstr(log, "\"role\":\"server\"") : NULL;
+    if (e && (e = strstr(e, "\"endpoint\":\""))) sscanf(e + 12, "%255[^\"]", sep);
+    free(log);
+    plain = probe(sep, NULL, NULL, NULL, PROTO_PULL, why, sizeof why, 1000);
+    char spub2[41], ssec2[41];
+    T_CHECK(zmq_curve_keypair(spub2, ssec2) == 0);
+    char srvpub[64] = "", srvsec[64];
+    snprintf(path, sizeof path, "%s/server-0.key", keys);
+    T_CHECK(read_key(path, srvpub, srvsec) == 0); /* the server's public key, as a worker has it */
+    stranger = probe(sep, srvpub, spub2, ssec2, PROTO_PULL, why, sizeof why, 1000);
+    printf("  server %s: no CURVE %s, unknown key %s\n", sep, plain ? "ANSWERED" : "refused",
+           stranger ? "ANSWERED" : "refused");
+    T_CHECK(sep[0] && !plain && !stranger);
+    free(ep);
+    T_CHECK(finish(&c, 60000));
+    snprintf(path, sizeof path, "%s/model.safetensors", c.dir);
+    T_CHECK(access(path, R_OK) == 0);
+    /* who registered: the 1 server and 2 workers, nobody else; the refusals were logged */
+    log = testutil_slurp(sj);
+    int regs = 0;
+    for (const char *q = log; q && (q = strstr(q, "\"event\":\"register\"")); q++)
+        regs++;
+    free(log);
+    printf("  %d registrations (1 server, 2 workers)\n", regs);
+    T_CHECK(regs == 3);
+    /* the capture of every connection to the scheduler */
+    const unsigned char *clear = plain_header(proxy.cap, proxy.ncap);
+    printf("  captured %zu bytes of scheduler traffic; plaintext header: %s\n", proxy.ncap,
+           clear ? "FOUND" : "none");
+    T_CHECK(proxy.ncap > 2000 && !clear);
+    proxy_close();
+
+    /* the detector itself finds a header sent without CURVE through the same proxy */
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
+    char rep[128];
+    size_t len = sizeof rep;
+    int zero = 0;
+    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_bind(r, "tcp://127.0.0.1:*") == 0 &&
+            zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, rep, &len) == 0);
+    T_CHECK(proxy_open(via, sizeof via) == 0);
+    start_via(rep);
+    probe(via, NULL, NULL, NULL, PROTO_REGISTER, why, sizeof why, 1000);
+    atomic_store(&proxy.stop, 1); /* join the relay: everything it saw is in the capture */
+    pthread_join(proxy.th, NULL);
+    atomic_store(&proxy.running, 0);
+    T_CHECK(plain_header(proxy.cap, proxy.ncap) != NULL);
+    proxy_close();
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin[SCHED], sizeof bin[0], "%s/scheduler/mimic-scheduler", build ? build : ".");
     snprintf(bin[SERVER], sizeof bin[0], "%s/pserver/mimic-pserver", build ? build : ".");
     snprintf(bin[WORKER], sizeof bin[0], "%s/worker/mimic-worker", build ? build : ".");
     write_idx(96);
+    const char *only = getenv("MIMIC_TEST_ONLY"); /* e.g. "curve": that scenario alone */
+    if (only && strcmp(only, "curve") == 0) {
+        test_curve_cluster();
+        return testutil_summary("test_cluster");
+    }
     test_equivalence("mae", 1, "", "", 1e-4, NULL);
     test_equivalence("mae", 2, "", "", 1e-4, NULL);
     /* MoCo v3's heads have BatchNorm per worker: the standalone batch in 2 BN groups.
@@ -559,5 +850,6 @@ int main(void) {
     test_worker_join();
     test_server_death();
     test_scheduler_death();
+    test_curve_cluster();
     return testutil_summary("test_cluster");
 }
