@@ -10,17 +10,29 @@
 struct members {
     members_entry_t *v;
     int n, cap;
+    int max; /* entries at most (members_set_max) */
     int32_t next_id;
 };
 
-members_t *members_new(void) {
+members_t *members_new(int max) {
+    MIMIC_CHECK(max >= 1);
     members_t *t = calloc(1, sizeof *t);
     if (!t) {
         mimic_err(MIMIC_ENOMEM, "out of memory for the membership table");
         return NULL;
     }
+    t->max = max;
     t->next_id = PROTO_ID_SCHEDULER + 1;
     return t;
+}
+
+void members_set_max(members_t *t, int max) {
+    MIMIC_CHECK(max >= 1);
+    t->max = max;
+}
+
+int members_max(const members_t *t) {
+    return t->max;
 }
 
 void members_destroy(members_t **pt) {
@@ -30,16 +42,36 @@ void members_destroy(members_t **pt) {
     *pt = NULL;
 }
 
-members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen,
-                             double now) {
+/* A full table makes room by forgetting departed workers (DEAD or LEFT), oldest first,
+ * up to a quarter of the table at once, so the compaction is paid once per many adds.
+ * The order (ascending ids) is kept; servers are never forgotten: their entries are
+ * what rank assignment counts. Returns how many were forgotten. */
+static int forget_departed(members_t *t) {
+    int want = t->max / 4 > 0 ? t->max / 4 : 1, dropped = 0, w = 0;
+    for (int i = 0; i < t->n; i++) {
+        const members_entry_t *m = &t->v[i];
+        if (dropped < want && m->role == PROTO_ROLE_WORKER &&
+            (m->state == MEMBERS_DEAD || m->state == MEMBERS_LEFT)) {
+            dropped++;
+            continue;
+        }
+        if (w != i) t->v[w] = t->v[i];
+        w++;
+    }
+    t->n = w;
+    return dropped;
+}
+
+int members_add(members_t *t, int role, const uint8_t *ident, size_t identlen, double now,
+                members_entry_t **out) {
     MIMIC_CHECK(identlen > 0 && identlen <= PROTO_ID_MAX);
+    *out = NULL;
+    if (t->n >= t->max && forget_departed(t) == 0) return MIMIC_EPEER;
     if (t->n == t->cap) {
         int cap = t->cap ? 2 * t->cap : 16;
+        if (cap > t->max && t->max > t->n) cap = t->max; /* never more than max */
         members_entry_t *v = realloc(t->v, (size_t)cap * sizeof *v);
-        if (!v) {
-            mimic_err(MIMIC_ENOMEM, "out of memory for %d members", cap);
-            return NULL;
-        }
+        if (!v) return mimic_err(MIMIC_ENOMEM, "out of memory for %d members", cap);
         t->v = v;
         t->cap = cap;
     }
@@ -57,7 +89,8 @@ members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_
     if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) /* never on Linux >= 3.17 */
         r = (uint64_t)(now * 1e9) ^ ((uint64_t)m->id << 32) ^ (uint64_t)getpid();
     m->token = (int64_t)(r >> 2) | 1;
-    return m;
+    *out = m;
+    return 0;
 }
 
 members_entry_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen) {
@@ -103,15 +136,20 @@ int members_live_workers(const members_t *t, int32_t *ids, int cap) {
 }
 
 int members_free_worker_rank(const members_t *t) {
-    for (int r = 0;; r++) {
-        int used = 0;
-        for (int i = 0; i < t->n && !used; i++) {
-            const members_entry_t *m = &t->v[i];
-            used = m->role == PROTO_ROLE_WORKER && m->rank == r &&
-                   (m->state == MEMBERS_LIVE || m->state == MEMBERS_PENDING);
-        }
-        if (!used) return r;
+    /* one pass over the table (a rank-by-rank search is quadratic in it) */
+    uint8_t *used = calloc((size_t)t->n + 1, 1);
+    if (!used) return mimic_err(MIMIC_ENOMEM, "out of memory choosing a worker rank");
+    for (int i = 0; i < t->n; i++) {
+        const members_entry_t *m = &t->v[i];
+        if (m->role == PROTO_ROLE_WORKER && m->rank >= 0 && m->rank <= t->n &&
+            (m->state == MEMBERS_LIVE || m->state == MEMBERS_PENDING))
+            used[m->rank] = 1;
     }
+    int r = 0;
+    while (used[r]) /* n + 1 slots, at most n used */
+        r++;
+    free(used);
+    return r;
 }
 
 members_entry_t *members_expired(members_t *t, double now, double dead_s) {

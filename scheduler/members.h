@@ -6,8 +6,11 @@
  * Workers wait in MEMBERS_PENDING until the initial quorum (docs/runtime.md,
  * "Membership"); LIVE members are timed out after cluster.dead_ms of silence. Dead and
  * departed members stay in the table so that a late message from them is answered "not
- * a member" rather than mistaken for a newcomer. The table owns nothing but itself:
- *   members_new(&t); m = members_add(t, role, ident, len, now); members_touch(m, now);
+ * a member" rather than mistaken for a newcomer — until the table holds `max` entries:
+ * then the oldest departed workers are forgotten to make room, and when none is left
+ * to forget a registration is refused (a flood of connections cannot grow it further).
+ * The table owns nothing but itself:
+ *   t = members_new(max); members_add(t, role, ident, len, now, &m); members_touch(m, now);
  *   while ((m = members_expired(t, now, dead_s))) ...; members_destroy(&t); */
 #ifndef MIMIC_MEMBERS_H
 #define MIMIC_MEMBERS_H
@@ -50,13 +53,18 @@ typedef struct {
 
 typedef struct members members_t;
 
-members_t *members_new(void);
+/* A table of at most max (>= 1) entries; NULL when out of memory. */
+members_t *members_new(int max);
 void members_destroy(members_t **t);
+void members_set_max(members_t *t, int max);
+int members_max(const members_t *t);
 
-/* Adds a member with the next id (state PENDING, rank -1). The pointer stays valid
- * until the next members_add. NULL when out of memory. */
-members_entry_t *members_add(members_t *t, int role, const uint8_t *ident, size_t identlen,
-                             double now);
+/* Adds a member with the next id (state PENDING, rank -1) into *out. The pointer
+ * stays valid until the next members_add (which may forget departed workers and move
+ * entries). 0, MIMIC_ENOMEM, or MIMIC_EPEER (nothing recorded: the caller words it)
+ * when the table holds max entries and no departed worker is left to forget. */
+int members_add(members_t *t, int role, const uint8_t *ident, size_t identlen, double now,
+                members_entry_t **out);
 members_entry_t *members_by_ident(members_t *t, const uint8_t *ident, size_t identlen);
 members_entry_t *members_by_id(members_t *t, int32_t id);
 /* i-th member in registration order (i < members_size). */
@@ -68,7 +76,7 @@ void members_touch(members_entry_t *m, double now);
 int members_count(const members_t *t, int role, members_state_t state);
 /* Ids of the live workers, ascending, into ids (cap entries); returns how many. */
 int members_live_workers(const members_t *t, int32_t *ids, int cap);
-/* The lowest worker rank not held by a pending or live worker. */
+/* The lowest worker rank not held by a pending or live worker, or MIMIC_ENOMEM. */
 int members_free_worker_rank(const members_t *t);
 /* A live member silent for more than dead_s seconds, or NULL. The caller marks it. */
 members_entry_t *members_expired(members_t *t, double now, double dead_s);

@@ -21,6 +21,11 @@
 #include <zmq.h>
 
 #define SCHED_CHUNKS_HELD_MAX 2 /* chunks a worker may hold not reported done */
+/* Member-table entries (~1.5 kB each) at least, and per server or worker of the quorum:
+ * room for elastic joins and departed workers, while a flood of REGISTERs from new
+ * connections is refused once the table is full (members.h) */
+#define SCHED_MEMBERS_MIN 4096
+#define SCHED_MEMBERS_PER_PEER 4
 #define MEMB_RESENDS_MAX 20  /* MEMBERSHIP resends per version to a server that does not ACK */
 #define SCHED_BURST 256      /* messages read per wake-up before the timers run */
 #define SCHED_LINGER_MS 2000 /* closing lets the last SHUTDOWNs go out this long */
@@ -41,6 +46,8 @@ struct sched {
     int resumed;
     long resume_step, end_step;
     long unreadable_chunks; /* chunks reported done with no readable sample */
+    long refused_full;      /* REGISTERs refused: the member table was full */
+    int members_max_test;   /* MIMIC_TEST_MEMBERS_MAX (tests only; 0: unset) */
     /* preemption (docs/runtime.md): the signal, when the grace period ends, the highest
      * version a chunk was asked for (BSP: handed out), and ASP/SSP's draining */
     int preempt_sig, draining;
@@ -341,6 +348,28 @@ static void server_failed(sched_t *s, members_entry_t *m, const char *what) {
     end_run(s, SCHED_EXIT_SERVER, why);
 }
 
+/* A new entry for the REGISTER's connection, or an ERROR to it (non-zero). */
+static int add_member(sched_t *s, const proto_msg_t *msg, int role, double now,
+                      members_entry_t **out) {
+    int rc = members_add(s->mb, role, msg->id, msg->idlen, now, out);
+    if (rc == MIMIC_ENOMEM) reply_error(s, msg, rc, "scheduler out of memory");
+    if (rc != MIMIC_EPEER) return rc;
+    int max = members_max(s->mb);
+    reply_error(s, msg, rc,
+                "the scheduler's member table is full (%d members, none departed to forget): "
+                "registration refused",
+                max);
+    /* a flood is logged, not echoed line by line: refusals 1, 10, 100, ... */
+    long n = ++s->refused_full, p = 1;
+    while (p < n && p <= LONG_MAX / 10)
+        p *= 10;
+    if (n == p)
+        mimic_warn("scheduler: REGISTER as a %s refused: the member table is full (%d entries, "
+                   "none departed to forget); %ld refused so far",
+                   members_role_name(role), max, n);
+    return rc;
+}
+
 static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *known, double now) {
     int role = (int)msg->hdr.a[PROTO_REG_ROLE];
     if (s->curve && curve_user_role(msg->user) != role) { /* a worker's key makes no server */
@@ -382,11 +411,8 @@ static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *kno
             reply_error(s, msg, MIMIC_EINVAL, "REGISTER of a server needs its endpoint in str");
             return;
         }
-        members_entry_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
-        if (!m) {
-            reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
-            return;
-        }
+        members_entry_t *m = NULL;
+        if (add_member(s, msg, role, now, &m)) return;
         m->rank = rank;
         m->state = MEMBERS_LIVE;
         m->reg_seq = msg->hdr.seq;
@@ -405,11 +431,12 @@ static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *kno
         return;
     }
     int rank = members_free_worker_rank(s->mb);
-    members_entry_t *m = members_add(s->mb, role, msg->id, msg->idlen, now);
-    if (!m) {
-        reply_error(s, msg, MIMIC_ENOMEM, "scheduler out of memory");
+    members_entry_t *m = NULL;
+    if (rank < 0) {
+        reply_error(s, msg, rank, "scheduler out of memory");
         return;
     }
+    if (add_member(s, msg, role, now, &m)) return;
     m->rank = rank;
     m->reg_seq = msg->hdr.seq;
     jbegin(s, "register");
@@ -1040,6 +1067,13 @@ static int open_socket(sched_t *s, int port) {
     return proto_router_bind(&s->sock, s->zctx, &o, s->endpoint, sizeof s->endpoint);
 }
 
+/* The member table's size for the quorum S + W0 (SCHED_MEMBERS_MIN at least). */
+static int table_limit(const sched_t *s) {
+    if (s->members_max_test > 0) return s->members_max_test;
+    long n = SCHED_MEMBERS_PER_PEER * ((long)s->S + s->W0);
+    return n < SCHED_MEMBERS_MIN ? SCHED_MEMBERS_MIN : n > INT_MAX / 2 ? INT_MAX / 2 : (int)n;
+}
+
 int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
     *out = NULL;
     int rc = check_cfg(cfg);
@@ -1069,7 +1103,9 @@ int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
                        s->S)))
         goto fail;
     if (s->resumed) ckpt_set_latest(s->ck, s->resume_step);
-    if (!(s->mb = members_new())) {
+    const char *mmax = getenv("MIMIC_TEST_MEMBERS_MAX"); /* tests only: a small table */
+    s->members_max_test = mmax ? atoi(mmax) : 0;
+    if (!(s->mb = members_new(table_limit(s)))) {
         rc = MIMIC_ENOMEM;
         goto fail;
     }
@@ -1112,6 +1148,7 @@ void sched_set_quorum(sched_t *s, int servers, int workers) {
         }
     }
     if (workers >= 0) s->W0 = workers;
+    members_set_max(s->mb, table_limit(s));
 }
 
 const char *sched_endpoint(const sched_t *s) {

@@ -6,7 +6,8 @@
  * momentum encoder (EMA) on its schedule, and refused when the servers keep none; the
  * negative queue and the key exchange through the worker's client (kv.h) with two
  * workers: BSP order, delta pulls, crash-restart from the shard, a dead worker, and
- * malformed or oversized pushes. */
+ * malformed or oversized pushes; a stranger's 64 MB frame is dropped by ZeroMQ before
+ * it is buffered (the server's RSS stays flat) and the server goes on serving. */
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
 
@@ -944,6 +945,66 @@ static void test_pull_flood(void *ctx, fsched_t *f) {
     worker_close(&w);
 }
 
+/* A stranger sends one 64 MB frame to a server with cluster.max_msg_mb = 1: the
+ * ROUTER's ZMQ_MAXMSGSIZE (max_msg_mb + 1 MB) makes ZeroMQ drop the connection once it
+ * has read the frame's size, so the server never buffers it (the issue: a 400 MB frame
+ * grew a server to 422 MB before the header-based check ran). Its RSS, sampled until
+ * the frame is surely sent, stays within 1 MB + a margin of where it was; it answers
+ * the stranger nothing and a member's pull afterwards. */
+#define BIGFRAME_MB 64
+#define BIGFRAME_MARGIN_KB (16 << 10)
+
+static void test_big_frame(void *ctx, fsched_t *f) {
+    const char *extra[] = {NULL}; /* BASE_ARGS: --cluster.max_msg_mb=1 */
+    child_t c;
+    if (start_server(f, &c, "bigframe", extra, 1, 0, "") != 0) {
+        T_CHECK(!"server started");
+        testutil_kill(c.pid);
+        return;
+    }
+    fworker_t w = {0}, x = {0};
+    worker_open(&w, ctx, c.ep, 10);
+    int32_t ids[1] = {10};
+    sched_membership(f, &c, 1, ids, 1);
+    float got[8];
+    w_reply(&w, w_pull(&w, 0, 0, 8, PROTO_WHICH_PARAMS), 0, 0, 8, got); /* up and serving */
+    long rss0 = testutil_rss_kb(c.pid), peak = rss0;
+
+    worker_open_as(&x, ctx, c.ep, 10, 0); /* a stranger's connection */
+    size_t big = (size_t)BIGFRAME_MB << 20, hlen = 0;
+    uint8_t hbuf[PROTO_HDR_MAX];
+    char why[256];
+    proto_hdr_t h; /* a consistent header: n = 4 x (hi - lo) = 64 MB */
+    proto_make_push(&h, 10, 1, 0, 0, big / sizeof(float), 1);
+    T_CHECK(proto_encode_hdr(&h, hbuf, sizeof hbuf, &hlen, why, sizeof why) == 0);
+    uint8_t *pay = malloc(big);
+    T_CHECK(pay != NULL);
+    if (pay) memset(pay, 0x5a, big);
+    double t0 = mimic_now();
+    T_CHECK(zmq_send(x.sock, hbuf, hlen, ZMQ_SNDMORE) == (int)hlen);
+    T_CHECK(pay && zmq_send(x.sock, pay, big, 0) == (int)big);
+    free(pay); /* zmq_send copied it */
+    /* 64 MB cross loopback well within a second; sample for 2 s (bounded by WAIT_MS) */
+    int heard = 0;
+    while (mimic_now() - t0 < 2.0 && mimic_now() - t0 < WAIT_MS * 1e-3) {
+        long kb = testutil_rss_kb(c.pid);
+        if (kb > peak) peak = kb;
+        zmq_pollitem_t it = {x.sock, 0, ZMQ_POLLIN, 0};
+        heard |= zmq_poll(&it, 1, 10) != 0;
+    }
+    long rss1 = testutil_rss_kb(c.pid);
+    printf("64 MB frame from a stranger (max_msg_mb 1): server RSS %ld kB before, peak %ld kB, "
+           "%ld kB after (limit %ld kB = before + 1 MB + %d MB)\n",
+           rss0, peak, rss1, rss0 + 1024 + BIGFRAME_MARGIN_KB, BIGFRAME_MARGIN_KB >> 10);
+    T_CHECK(rss0 > 0 && peak < rss0 + 1024 + BIGFRAME_MARGIN_KB);
+    T_CHECK(testutil_wait_pid(c.pid, 0) == -1); /* still running */
+    w_reply(&w, w_pull(&w, 0, 0, 8, PROTO_WHICH_PARAMS), 0, 0, 8, got);
+    T_CHECK(!heard && w_quiet(&x)); /* the stranger heard nothing */
+    T_CHECK(stop_server(f, &c) == 0);
+    worker_close(&x);
+    worker_close(&w);
+}
+
 /* The event loop held up (here: a checkpoint whose temp file is a FIFO nobody reads,
  * so the write blocks in open) must not stop the heartbeats: they come from the
  * member's thread. Then the write goes through, fails on the FIFO, the scheduler hears
@@ -1454,6 +1515,7 @@ int main(void) {
     test_join(ctx);
     test_blocked_loop(ctx, &f);
     test_pull_flood(ctx, &f);
+    test_big_frame(ctx, &f);
     test_bad_flags(&f);
     free(p3);
     free(e3);

@@ -14,6 +14,11 @@
  *     where the snapshot says; a server that stops heartbeating ends the run (exit 3).
  *  C. SIGTERM: SHUTDOWN to every peer (also a worker still waiting for its ACK).
  *  D. a missing data file: exit 2 naming it.
+ *  H. floods: 200 000 CHUNK_REQ from a live worker that reports nothing get 2 CHUNKs
+ *     and then ERRORs, and the scheduler's RSS grows < 8 MB; 300 connections that
+ *     REGISTER and close fill a member table capped at 40 (MIMIC_TEST_MEMBERS_MAX),
+ *     the rest are refused "member table is full", and once the joiners are dead their
+ *     entries are reused by new registrations.
  *  Q. the work queue's snapshot/restore arithmetic directly (the mimic_workq
  *     library, in-process): requeues to the front, the queue "as of version N"
  *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
@@ -62,6 +67,8 @@ typedef struct {
     int hb_acks; /* ACKs of our heartbeats (the scheduler acks every one) */
     int64_t rack_id; /* the id of the last REGISTER_ACK (p->id is set by the test itself) */
     int memb_manual; /* a server that ACKs MEMBERSHIP by hand (else pump does, as servers do) */
+    int count_errors; /* ERRORs are counted in `errors`, not queued (test H's floods) */
+    long errors;
     rmsg_t in[INBOX];
     int nin;
 } peer_t;
@@ -79,16 +86,26 @@ static void rmsg_free(rmsg_t *m) {
     m->data = NULL;
 }
 
-static peer_t *peer_new(const char *name, const char *ep) {
+/* sndbuf > 0: a flooder whose sends block once about sndbuf bytes wait (a short ZeroMQ
+ * queue and a small TCP buffer), so what it sent is soon what the scheduler read. */
+static peer_t *peer_new_buf(const char *name, const char *ep, int sndbuf) {
     peer_t *p = calloc(1, sizeof *p);
     p->name = name;
     p->id = PROTO_ID_NONE;
     p->sock = zmq_socket(zctx, ZMQ_DEALER);
-    int zero = 0;
+    int zero = 0, hwm = 100;
     zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (sndbuf > 0) {
+        zmq_setsockopt(p->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(p->sock, ZMQ_SNDBUF, &sndbuf, sizeof sndbuf);
+    }
     T_CHECK(zmq_connect(p->sock, ep) == 0);
     peers[npeers++] = p;
     return p;
+}
+
+static peer_t *peer_new(const char *name, const char *ep) {
+    return peer_new_buf(name, ep, 0);
 }
 
 static void peer_destroy(peer_t **pp) {
@@ -153,6 +170,8 @@ static void pump(int ms) {
                 if (rc == 0 && m.hdr.type == PROTO_ACK &&
                     m.hdr.a[PROTO_ACK_TYPE] == PROTO_HEARTBEAT) {
                     p->hb_acks++; /* the scheduler's liveness signal, counted, not queued */
+                } else if (rc == 0 && m.hdr.type == PROTO_ERROR && p->count_errors) {
+                    p->errors++;
                 } else if (rc == 0 && p->nin < INBOX) {
                     if (m.hdr.type == PROTO_REGISTER_ACK) p->rack_id = m.hdr.a[PROTO_RACK_ID];
                     if (m.hdr.type == PROTO_MEMBERSHIP && !p->memb_manual) {
@@ -863,6 +882,213 @@ static void test_many_servers(void) {
         peer_destroy(&srv[i]);
 }
 
+/* ---- H: floods ------------------------------------------------------------------------ */
+
+#define FLOOD_REQS 200000
+#define FLOOD_RSS_KB 8192 /* growth allowed: the issue saw 8 -> 60 MB */
+
+/* Removes the messages of type t (0: all) from p's inbox; returns how many. */
+static int drop(peer_t *p, proto_type_t t) {
+    int n = 0, k = 0;
+    for (int i = 0; i < p->nin; i++) {
+        if (t == 0 || p->in[i].hdr.type == t) {
+            rmsg_free(&p->in[i]);
+            n++;
+        } else {
+            p->in[k++] = p->in[i];
+        }
+    }
+    p->nin = k;
+    return n;
+}
+
+static int log_lines(const char *name) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s-log.txt", testutil_tmpdir(), name);
+    char *text = testutil_slurp(path);
+    int n = 0;
+    for (const char *c = text; c && *c; c++)
+        n += *c == '\n';
+    free(text);
+    return n;
+}
+
+/* A live worker asks for chunks without ever reporting one: the scheduler hands out
+ * SCHED_CHUNKS_HELD_MAX and refuses the rest, so its work queue does not grow. */
+static void test_chunk_flood(void) {
+    printf("H1. %d CHUNK_REQ from a worker that reports nothing\n", FLOOD_REQS);
+    char ep[512];
+    if (start("h1", "--cluster.servers=1 --cluster.workers=1", ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    /* the fake worker's heartbeats share its connection with the flood (a real worker's
+     * have their own): a short send queue keeps them from waiting behind seconds of it */
+    peer_t *srv = peer_new("server", ep), *w = peer_new_buf("worker", ep, 16384);
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40007", 1);
+    take_ack(srv, 1, 3000);
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    take_ack(w, 2, 3000);
+    pump(300);
+    drop(srv, 0);
+    drop(w, 0);
+    long rss0 = testutil_rss_kb(sched_pid);
+    int lines0 = log_lines("h1"), chunks = 0, others = 0;
+    w->count_errors = 1;
+    double t0 = mimic_now();
+    for (int i = 0; i < FLOOD_REQS; i++) {
+        simple(w, PROTO_CHUNK_REQ, 0, (uint64_t)i + 1);
+        if (i % 1000 == 999) { /* heartbeats go; replies read so far are counted */
+            pump(0);
+            chunks += drop(w, PROTO_CHUNK);
+            others += drop(w, 0);
+            drop(srv, 0);
+        }
+    }
+    double sent = mimic_now() - t0;
+    /* a CHUNK_DONE queued behind the flood: its ACK means all of it was read */
+    proto_hdr_t h;
+    proto_make_chunk_done(&h, w->id, 424242, 0, 0, CHUNK);
+    peer_send(w, &h, NULL);
+    int acked = 0;
+    for (double end = mimic_now() + 30; !acked && mimic_now() < end;) {
+        pump(10);
+        for (int k = 0; k < w->nin && !acked; k++)
+            acked = w->in[k].hdr.type == PROTO_ACK && w->in[k].hdr.seq == 424242;
+        chunks += drop(w, PROTO_CHUNK);
+        others += drop(w, 0) - acked;
+    }
+    w->count_errors = 0;
+    T_CHECK(acked);
+    double done = mimic_now() - t0;
+    long rss1 = testutil_rss_kb(sched_pid);
+    int lines = log_lines("h1") - lines0;
+    printf("  sent in %.2f s, all handled in %.2f s; replies: %d CHUNK, %ld ERROR, %d other "
+           "(%ld dropped by the scheduler while our queue was full)\n",
+           sent, done, chunks, w->errors, others, FLOOD_REQS - chunks - w->errors);
+    printf("  scheduler RSS %ld kB before, %ld kB after (+%ld kB; limit +%d kB); %d log "
+           "line(s) meanwhile\n",
+           rss0, rss1, rss1 - rss0, FLOOD_RSS_KB, lines);
+    T_CHECK(rss0 > 0 && rss1 > 0 && rss1 - rss0 < FLOOD_RSS_KB);
+    T_CHECK(chunks == 2 && w->errors > 0 && others == 0);
+    /* it still serves: chunk 0 was reported, so one more is handed out, and heartbeats
+     * are answered */
+    rmsg_t c;
+    T_CHECK(request_chunk(w, 0, &c, NULL) == 0 && c.hdr.a[PROTO_CHUNK_ID] == 2);
+    rmsg_free(&c);
+    int acks = w->hb_acks;
+    pump(3 * HB_MS);
+    T_CHECK(w->hb_acks > acks && testutil_wait_pid(sched_pid, 0) == -1);
+    kill_sched();
+    peer_destroy(&srv);
+    peer_destroy(&w);
+}
+
+/* REGISTER as a worker from a new connection, closed after the reply: 1 REGISTER_ACK,
+ * 0 ERROR "member table is full", -1 anything else or nothing within 3 s. */
+static int register_once(const char *ep, uint64_t seq) {
+    void *sock = zmq_socket(zctx, ZMQ_DEALER);
+    int zero = 0, out = -1;
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    T_CHECK(zmq_connect(sock, ep) == 0);
+    proto_hdr_t h;
+    proto_make_register(&h, PROTO_ID_NONE, seq, PROTO_ROLE_WORKER, NULL);
+    T_CHECK(proto_send(sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
+    for (double end = mimic_now() + 3; out == -1 && mimic_now() < end;) {
+        pump(0); /* the server ACKs MEMBERSHIP: a join's REGISTER_ACK waits for it */
+        for (int i = 0; i < npeers; i++) /* room in the inboxes, so that it goes on ACKing */
+            drop(peers[i], PROTO_MEMBERSHIP);
+        proto_msg_t m;
+        if (proto_recv(sock, &m, 1 << 20, 2) == 0) {
+            if (m.hdr.type == PROTO_REGISTER_ACK)
+                out = 1;
+            else if (m.hdr.type == PROTO_ERROR && strstr(m.hdr.str, "member table is full"))
+                out = 0;
+            else
+                printf("  unexpected %s: %s\n", proto_type_name(m.hdr.type), m.hdr.str);
+        }
+        proto_msg_close(&m);
+    }
+    zmq_close(sock);
+    return out;
+}
+
+/* Registers n connections; counts ACKs and refusals, and where the first refusal came. */
+static void register_many(const char *ep, int n, int *acked, int *refused, int *first_refused) {
+    static uint64_t seq = 100;
+    *acked = *refused = 0;
+    *first_refused = -1;
+    for (int i = 0; i < n; i++) {
+        int r = register_once(ep, ++seq);
+        *acked += r == 1;
+        *refused += r == 0;
+        if (r == 0 && *first_refused < 0) *first_refused = i;
+        T_CHECK(r >= 0);
+    }
+}
+
+static void test_register_flood(void) {
+    enum { MAX = 40, FLOOD = 300, LATER = 20 };
+    printf("H2. %d connections REGISTER and close; member table capped at %d\n", FLOOD, MAX);
+    char ep[512], cap[16];
+    snprintf(cap, sizeof cap, "%d", MAX);
+    setenv("MIMIC_TEST_MEMBERS_MAX", cap, 1);
+    /* dead_ms 4 s: the flood is over before any joiner is declared dead */
+    int rc = start("h2", "--cluster.servers=1 --cluster.workers=1 --cluster.dead_ms=4000", ep,
+                   sizeof ep);
+    unsetenv("MIMIC_TEST_MEMBERS_MAX");
+    if (rc) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep), *w = peer_new("worker", ep);
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40008", 1);
+    take_ack(srv, 1, 3000);
+    do_register(w, PROTO_ROLE_WORKER, NULL, 2);
+    take_ack(w, 2, 3000);
+    pump(300);
+    long rss0 = testutil_rss_kb(sched_pid);
+    int acked, refused, first;
+    double t0 = mimic_now();
+    register_many(ep, FLOOD, &acked, &refused, &first);
+    double dt = mimic_now() - t0;
+    printf("  %d joined, %d refused (the first at connection %d) in %.2f s\n", acked, refused,
+           first, dt);
+    if (dt < 3.5) /* nobody died meanwhile: the table is exactly full */
+        T_CHECK(acked == MAX - 2 && first == MAX - 2 && refused == FLOOD - acked);
+    else
+        T_CHECK(acked >= MAX - 2 && refused > 0);
+    /* the joiners are declared dead (4 s after they joined); their entries are then
+     * reused: new registrations are accepted again */
+    int live = -1;
+    for (double end = mimic_now() + 10; live != 1 && mimic_now() < end;) {
+        pump(50);
+        for (int i = 0; i < srv->nin; i++)
+            if (srv->in[i].hdr.type == PROTO_MEMBERSHIP)
+                live = (int)srv->in[i].hdr.a[PROTO_MEMB_LIVE];
+        drop(srv, 0);
+    }
+    printf("  the joiners declared dead %.1f s after the flood began\n", mimic_now() - t0);
+    T_CHECK(live == 1);
+    drop(srv, 0);
+    int later_acked, later_refused;
+    register_many(ep, LATER, &later_acked, &later_refused, &first);
+    long rss1 = testutil_rss_kb(sched_pid);
+    printf("  after they died: %d of %d new registrations joined\n", later_acked, LATER);
+    printf("  scheduler RSS %ld kB before, %ld kB after (+%ld kB; limit +%d kB)\n", rss0, rss1,
+           rss1 - rss0, FLOOD_RSS_KB);
+    T_CHECK(later_acked == LATER && later_refused == 0);
+    T_CHECK(rss0 > 0 && rss1 > 0 && rss1 - rss0 < FLOOD_RSS_KB);
+    /* the legitimate worker was served throughout */
+    rmsg_t c;
+    drop(w, 0);
+    T_CHECK(request_chunk(w, 0, &c, NULL) == 0);
+    rmsg_free(&c);
+    kill_sched();
+    peer_destroy(&srv);
+    peer_destroy(&w);
+}
+
 /* ---- Q: the work queue in-process --------------------------------------------------- */
 
 typedef struct {
@@ -1034,6 +1260,8 @@ int main(void) {
     test_waits();
     test_many_servers();
     test_foreign_heartbeat();
+    test_chunk_flood();
+    test_register_flood();
     kill_sched();
     zmq_ctx_term(zctx);
     return testutil_summary("test_scheduler");

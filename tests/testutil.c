@@ -201,6 +201,18 @@ char *testutil_slurp(const char *path) {
     return s;
 }
 
+long testutil_rss_kb(int pid) {
+    char path[64], line[256];
+    long kb = -1;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    while (kb < 0 && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0) kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
 int testutil_wait_file(const char *path, const char *contains, int timeout_ms) {
     for (int waited = 0; waited <= timeout_ms; waited += 20) {
         char *s = testutil_slurp(path);

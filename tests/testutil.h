@@ -74,6 +74,8 @@ void testutil_kill(int pid);
 int testutil_wait_file(const char *path, const char *contains, int timeout_ms);
 /* Reads a whole file (NUL-terminated, caller frees) or NULL. */
 char *testutil_slurp(const char *path);
+/* Resident memory of process pid in kB (VmRSS of /proc/<pid>/status), or -1. */
+long testutil_rss_kb(int pid);
 
 int testutil_summary(const char *test_name);
 
