@@ -8,6 +8,13 @@
 #  2. distributed step overhead: the local cluster (1 server, 2 workers x batch B/2,
 #     one thread each) against the standalone trainer (batch B, 2 threads), images/s
 #     as the median of the logged windows after the first.
+# Both parts run with CURVE off and on (cluster.curve, a key directory from mimic-keys
+# in the temporary dir, each process given its key file by cluster.key), in the order
+# off, on, on, off so that drift and the other tenants' load hit both alike; a CURVE
+# figure is the mean of its two runs (part 1) or the median of both runs' windows
+# (part 2), and the on/off ratios are the cost of encryption. The standalone run sits
+# in the middle of part 2. The raw ZeroMQ reference is plaintext; with CURVE bench_ps
+# also times the raw round trip with CURVE on both ends (no cluster, no ZAP).
 #   bench/ps.sh [--record] [CONFIG.ini]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,48 +31,141 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; [ 
 trap cleanup EXIT
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-# 1. data plane
-./build/scheduler/mimic-scheduler "$cfg" --cluster.workers=1 --train.steps=1000000 \
-  --train.out_dir="$tmp/ps" --endpoint-file "$tmp/ep" > "$tmp/sched.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$tmp/ep" ] && break; sleep 0.1; done
-ep=$(cat "$tmp/ep")
-env -u OMP_NUM_THREADS ./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 --train.steps=1000000 \
-  --train.out_dir="$tmp/ps" --scheduler "$ep" > "$tmp/server.log" 2>&1 &
-pids+=($!)
-ps_out=$(./build/bench/bench_ps "$cfg" --scheduler "$ep" --bench.iters 41)
-for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-pids=()
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+keys=$tmp/keys
+./build/proto/mimic-keys "$keys" --servers 1 --workers 2 >/dev/null
+order=(off on on off)
+cv=()
+curve_args() { # MODE KEYFILE: the flags that put one process under CURVE, in cv
+  cv=()
+  if [ "$1" = on ]; then cv=(--cluster.curve=on --cluster.keys="$keys" --cluster.key="$keys/$2"); fi
+}
 get() { printf '%s\n' "$1" | sed -n "s/^$2=//p"; }
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END{printf "%.3f", s/NR}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
+# on/off of each adjacent pair of runs (1 over 0, 2 over 3), given the 4 runs' figures
+paired() { echo "$(ratio "$2" "$1"), $(ratio "$3" "$4")"; }
+
+# 1. data plane: a fresh scheduler + server per run, bench_ps the only worker
+data_plane() { # MODE RUN
+  local d=$tmp/ps-$2
+  mkdir -p "$d"
+  curve_args "$1" scheduler.key
+  ./build/scheduler/mimic-scheduler "$cfg" --cluster.workers=1 --train.steps=1000000 \
+    --train.out_dir="$d" --endpoint-file "$d/ep" "${cv[@]}" > "$d/sched.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [ -s "$d/ep" ] && break; sleep 0.1; done
+  local ep
+  ep=$(cat "$d/ep")
+  curve_args "$1" server-0.key
+  env -u OMP_NUM_THREADS ./build/pserver/mimic-pserver "$cfg" --cluster.workers=1 \
+    --train.steps=1000000 --train.out_dir="$d" --scheduler "$ep" "${cv[@]}" \
+    > "$d/server.log" 2>&1 &
+  pids+=($!)
+  curve_args "$1" worker-0.key
+  ./build/bench/bench_ps "$cfg" --scheduler "$ep" --bench.iters 21 "${cv[@]}" > "$d/out"
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  pids=()
+}
+for r in 0 1 2 3; do data_plane "${order[$r]}" "$r"; done
+ps1=$(cat "$tmp/ps-0/out")
+pp() { # FIELD MODE: the mean over the runs in that mode
+  local v=()
+  for r in 0 1 2 3; do
+    if [ "${order[$r]}" = "$2" ]; then v+=("$(get "$(cat "$tmp/ps-$r/out")" "$1")"); fi
+  done
+  mean "${v[@]}"
+}
+runs() { # FIELD MODE: the runs' figures in order, for the spread
+  local v=()
+  for r in 0 1 2 3; do
+    if [ "${order[$r]}" = "$2" ]; then v+=("$(get "$(cat "$tmp/ps-$r/out")" "$1")"); fi
+  done
+  echo "${v[*]}" | sed 's/ /, /g'
+}
 
 # 2. step overhead on the same total batch
 B=$(sed -n 's/^batch_size *= *//p' "$cfg" | head -1)
 steps=40
-median_ips() { # JSON lines file, field: median of the windows after the first
-  grep -o "\"$2\":[0-9.e+-]*" "$1" | cut -d: -f2 | tail -n +2 | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'
+windows() { # JSON lines file, field: the windows after the first
+  grep -o "\"$2\":[0-9.e+-]*" "$1" | cut -d: -f2 | tail -n +2
 }
-OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 ./build/worker/mimic-worker "$cfg" --standalone \
-  --train.steps=$steps --train.log_every=5 --train.out_dir="$tmp/solo" > "$tmp/solo.log" 2>&1
-solo=$(median_ips "$tmp/solo/metrics.jsonl" images_per_s)
+median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+solo_run() {
+  OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 ./build/worker/mimic-worker "$cfg" --standalone \
+    --train.steps=$steps --train.log_every=5 --train.out_dir="$tmp/solo" > "$tmp/solo.log" 2>&1
+}
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
-common=(--train.batch_size=$((B / 2)) --train.steps=$steps --train.log_every=5 \
-        --cluster.workers=2 --train.out_dir="$tmp/cluster")
-mpirun "${root[@]}" --oversubscribe --bind-to none \
-  -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
-  -np 1 env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
-      ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
-  -np 2 "${one[@]}" ./build/worker/mimic-worker "$cfg" "${common[@]}" > "$tmp/cluster.log" 2>&1
-clus=$(median_ips "$tmp/cluster/scheduler.jsonl" img_per_s)
+cluster_run() { # MODE RUN: mpirun as deploy/cluster.sh, each rank its key by cluster.key
+  local common=(--train.batch_size=$((B / 2)) --train.steps=$steps --train.log_every=5 \
+                --cluster.servers=1 --cluster.workers=2 --train.out_dir="$tmp/cluster-$2")
+  local sc sv w0 w1
+  curve_args "$1" scheduler.key; sc=("${cv[@]}")
+  curve_args "$1" server-0.key; sv=("${cv[@]}")
+  curve_args "$1" worker-0.key; w0=("${cv[@]}")
+  curve_args "$1" worker-1.key; w1=("${cv[@]}")
+  mpirun "${root[@]}" --oversubscribe --bind-to none \
+    -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" "${sc[@]}" : \
+    -np 1 env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
+        ./build/pserver/mimic-pserver "$cfg" "${common[@]}" "${sv[@]}" : \
+    -np 1 "${one[@]}" ./build/worker/mimic-worker "$cfg" "${common[@]}" "${w0[@]}" : \
+    -np 1 "${one[@]}" ./build/worker/mimic-worker "$cfg" "${common[@]}" "${w1[@]}" \
+    > "$tmp/cluster-$2.log" 2>&1
+}
+cluster_run "${order[0]}" 0
+cluster_run "${order[1]}" 1
+solo_run
+cluster_run "${order[2]}" 2
+cluster_run "${order[3]}" 3
+solo=$(windows "$tmp/solo/metrics.jsonl" images_per_s | median)
+step_ips() { # MODE: median of the windows of both its runs; RUNS: each run's median
+  for r in 0 1 2 3; do
+    if [ "${order[$r]}" = "$1" ]; then windows "$tmp/cluster-$r/scheduler.jsonl" img_per_s; fi
+  done | median
+}
+step_runs() {
+  local v=()
+  for r in 0 1 2 3; do
+    if [ "${order[$r]}" = "$1" ]; then
+      v+=("$(windows "$tmp/cluster-$r/scheduler.jsonl" img_per_s | median)")
+    fi
+  done
+  echo "${v[*]}" | sed 's/ /, /g'
+}
+step_paired() {
+  local v=()
+  for r in 0 1 2 3; do v+=("$(windows "$tmp/cluster-$r/scheduler.jsonl" img_per_s | median)"); done
+  paired "${v[@]}"
+}
+pp_paired() { # FIELD
+  local v=()
+  for r in 0 1 2 3; do v+=("$(get "$(cat "$tmp/ps-$r/out")" "$1")"); done
+  paired "${v[@]}"
+}
+clus=$(step_ips off)
+clus_cv=$(step_ips on)
 overhead=$(awk -v a="$clus" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
+overhead_cv=$(awk -v a="$clus_cv" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+raw=$(pp raw_zmq_gbps off); ppo=$(pp ps_push_pull_gbps off); ppc=$(pp ps_push_pull_gbps on)
+pullo=$(pp pull_only_gbps off); pullc=$(pp pull_only_gbps on)
+rawc_raw=$(pp raw_zmq_gbps on); rawc=$(pp raw_curve_gbps on)
+adamw=$(pp server_adamw_ms off); tro=$(pp ps_transport_gbps off)
 report=$(cat <<TXT
-vector: $(get "$ps_out" vector_floats) floats ($(get "$ps_out" vector_mb) MB)
-raw ZeroMQ loopback round trip (zero-copy send, copy into params on receive): $(get "$ps_out" raw_zmq_gbps) GB/s
-push+pull through scheduler + 1 server: $(get "$ps_out" ps_push_pull_gbps) GB/s = $(get "$ps_out" ratio_ps_raw) of raw
-  of which server AdamW+EMA between push and pull: $(get "$ps_out" server_adamw_ms) ms; transport alone $(get "$ps_out" ps_transport_gbps) GB/s = $(get "$ps_out" ratio_transport_raw) of raw
-pull only (no update in between): $(get "$ps_out" pull_only_gbps) GB/s = $(get "$ps_out" ratio_pull_raw) of raw
-step on total batch $B: standalone (1 process, 2 threads) $solo img/s; cluster (1 server, 2 workers x $((B / 2)), 1 thread each) $clus img/s; overhead $overhead%
+load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); order of runs off, on, on, off (part 2: standalone between the 2nd and 3rd)
+vector: $(get "$ps1" vector_floats) floats ($(get "$ps1" vector_mb) MB)
+CURVE off (mean of 2 runs of 21 round trips, medians):
+raw ZeroMQ loopback round trip (plaintext, zero-copy send, copy into params on receive): $raw GB/s
+push+pull through scheduler + 1 server: $ppo GB/s ($(runs ps_push_pull_gbps off)) = $(ratio "$ppo" "$raw") of raw
+  of which server AdamW+EMA between push and pull: $adamw ms; transport alone $tro GB/s = $(ratio "$tro" "$raw") of raw
+pull only (no update in between): $pullo GB/s = $(ratio "$pullo" "$raw") of raw
+CURVE on (same):
+raw ZeroMQ round trip with CURVE on both ends: $rawc GB/s = $(ratio "$rawc" "$rawc_raw") of plaintext raw in the same runs ($rawc_raw)
+push+pull: $ppc GB/s ($(runs ps_push_pull_gbps on)) = $(ratio "$ppc" "$rawc") of raw CURVE; CURVE on/off $(ratio "$ppc" "$ppo") (pairs $(pp_paired ps_push_pull_gbps))
+pull only: $pullc GB/s; CURVE on/off $(ratio "$pullc" "$pullo") (pairs $(pp_paired pull_only_gbps))
+step on total batch $B: standalone (1 process, 2 threads) $solo img/s; cluster (1 server, 2 workers x $((B / 2)), 1 thread each, median of both runs' windows) CURVE off $clus img/s ($(step_runs off)), overhead $overhead%; CURVE on $clus_cv img/s ($(step_runs on)), overhead $overhead_cv%; CURVE on/off $(ratio "$clus_cv" "$clus") (pairs $(step_paired))
 TXT
 )
 echo "$report"
