@@ -461,12 +461,7 @@ static void send_push_ack(server_t *s, const proto_msg_t *m) {
 /* Checks a PUSH against this server's range; 0, or -1 after answering ERROR. */
 static int push_check(server_t *s, const proto_msg_t *m) {
     const proto_hdr_t *h = &m->hdr;
-    const kvstore_t *kv = s->kv;
-    if (h->sender < 0) {
-        reply_err(s, s->router, m, MIMIC_EINVAL,
-                  "PUSH header field 's': sender %d is not a registered worker", (int)h->sender);
-        return -1;
-    }
+    const kvstore_t *kv = s->kv; /* the sender is a live member's (peer_bound) */
     if (h->lo != kv->lo || h->hi != kv->hi) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PUSH header field '%s': range [%" PRIu64 ", %" PRIu64
@@ -557,13 +552,7 @@ static int keys_here(server_t *s, const proto_msg_t *m) {
  * the exchange's: that times the stage's key views). 0, or -1 after answering ERROR. */
 static int keys_check(server_t *s, const proto_msg_t *m, size_t dim, size_t want) {
     const proto_hdr_t *h = &m->hdr;
-    if (!keys_here(s, m)) return -1;
-    if (h->sender < 0 || !cons_is_live(s->cons, h->sender)) {
-        reply_err(s, s->router, m, MIMIC_EPEER,
-                  "%s from worker %d, which is not in the live set (membership epoch %" PRId64 ")",
-                  proto_type_name(h->type), (int)h->sender, cons_epoch(s->cons));
-        return -1;
-    }
+    if (!keys_here(s, m)) return -1; /* the sender is a live member's (peer_bound) */
     if (dim != want) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "%s header field 'a[1]' (dim): %zu, but keys are %zu floats (contrastive.dim "
@@ -829,37 +818,30 @@ static void on_membership(server_t *s, const proto_msg_t *m) {
         return;
     }
     size_t n = live > 0 ? (size_t)live : 0;
-    int32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
-    int64_t *copy = n ? malloc(n * PROTO_MEMB_ENTRY) : NULL;
-    if (n && (!ids || !copy)) {
-        free(ids);
-        free(copy);
-        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: out of memory");
-        return;
-    }
     for (size_t i = 0; i < n; i++) {
         int64_t id = pairs[2 * i];
         if (id < 1 || id > INT32_MAX || pairs[2 * i + 1] == 0 || (i && id <= pairs[2 * i - 2])) {
-            free(ids);
-            free(copy);
             reply_err(s, member_socket(s->member), m, MIMIC_EFORMAT,
                       "MEMBERSHIP payload entry %zu: id %" PRId64 " token %" PRId64
                       " (ids must ascend from 1, tokens be non-zero)",
                       i, id, pairs[2 * i + 1]);
             return;
         }
-        ids[i] = (int32_t)id;
-        copy[2 * i] = id;
-        copy[2 * i + 1] = pairs[2 * i + 1];
     }
-    int rc = cons_membership(s->cons, epoch, ids, n);
+    int32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    int64_t *copy = n ? malloc(n * PROTO_MEMB_ENTRY) : NULL;
+    int rc = n && (!ids || !copy) ? MIMIC_ENOMEM : 0;
+    for (size_t i = 0; !rc && i < n; i++)
+        ids[i] = (int32_t)pairs[2 * i];
+    if (!rc) rc = cons_membership(s->cons, epoch, ids, n);
     free(ids);
     if (rc != 0) {
         free(copy);
-        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM, "MEMBERSHIP: more than %d workers",
-                  CONS_WORKERS_MAX);
+        reply_err(s, member_socket(s->member), m, MIMIC_ENOMEM,
+                  "MEMBERSHIP: out of memory, or more than %d workers", CONS_WORKERS_MAX);
         return;
     }
+    if (n) memcpy(copy, pairs, n * PROTO_MEMB_ENTRY);
     free(s->peers);
     s->peers = copy;
     s->npeers = n;

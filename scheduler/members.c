@@ -127,11 +127,14 @@ int members_count(const members_t *t, int role, members_state_t state) {
     return c;
 }
 
-int members_live_workers(const members_t *t, int32_t *ids, int cap) {
+int members_live_workers(const members_t *t, int64_t *pairs, int cap) {
     int c = 0; /* ids are assigned in table order, so this is ascending */
     for (int i = 0; i < t->n && c < cap; i++)
-        if (t->v[i].role == PROTO_ROLE_WORKER && t->v[i].state == MEMBERS_LIVE)
-            ids[c++] = t->v[i].id;
+        if (t->v[i].role == PROTO_ROLE_WORKER && t->v[i].state == MEMBERS_LIVE) {
+            pairs[2 * c] = t->v[i].id;
+            pairs[2 * c + 1] = t->v[i].token;
+            c++;
+        }
     return c;
 }
 

@@ -74,8 +74,9 @@ int members_size(const members_t *t);
 void members_touch(members_entry_t *m, double now);
 /* Members of `role` in `state` (role 0: any role). */
 int members_count(const members_t *t, int role, members_state_t state);
-/* Ids of the live workers, ascending, into ids (cap entries); returns how many. */
-int members_live_workers(const members_t *t, int32_t *ids, int cap);
+/* The live workers as {id, token} pairs (MEMBERSHIP's payload), ids ascending, into pairs
+ * (cap pairs); returns how many. */
+int members_live_workers(const members_t *t, int64_t *pairs, int cap);
 /* The lowest worker rank not held by a pending or live worker, or MIMIC_ENOMEM. */
 int members_free_worker_rank(const members_t *t);
 /* A live member silent for more than dead_s seconds, or NULL. The caller marks it. */

@@ -179,14 +179,7 @@ static void send_membership(sched_t *s, members_entry_t *srv, double now) {
         mimic_warn("scheduler: out of memory for MEMBERSHIP");
         return;
     }
-    int k = 0;
-    for (int i = 0; i < members_size(s->mb) && k < n; i++) { /* ids ascend with i */
-        const members_entry_t *w = members_at(s->mb, i);
-        if (w->role != PROTO_ROLE_WORKER || w->state != MEMBERS_LIVE) continue;
-        pairs[2 * k] = w->id;
-        pairs[2 * k + 1] = w->token;
-        k++;
-    }
+    int k = members_live_workers(s->mb, pairs, n);
     proto_hdr_t h;
     proto_make_membership(&h, PROTO_ID_SCHEDULER, s->memb_version, s->memb_version, (uint64_t)k);
     send_to(s, srv, &h, pairs, pairs ? free_buf : NULL, NULL);
