@@ -728,13 +728,15 @@ static void test_curve_cluster(void) {
     char spub[41], ssec[41]; /* a key pair nobody allowed */
     T_CHECK(zmq_curve_keypair(spub, ssec) == 0);
 
+    /* a run that lasts until the probes are done: then a SIGTERM to the scheduler
+     * checkpoints the step the cluster stopped at and ends every process */
     cluster_t c;
     char via[128];
     T_CHECK(proxy_open(via, sizeof via) == 0);
     char flags[1500];
     snprintf(flags, sizeof flags,
-             "--train.steps=8 --train.batch_size=8 --cluster.ckpt_every=4 --cluster.curve=on "
-             "--cluster.keys=%s",
+             "--train.steps=1000000 --train.batch_size=8 --cluster.ckpt_every=0 "
+             "--cluster.curve=on --cluster.keys=%s",
              keys);
     if (start_as(&c, "curve", 1, 2, flags, 1, via) != 0) {
         T_CHECK(!"CURVE cluster started");
@@ -742,45 +744,56 @@ static void test_curve_cluster(void) {
         proxy_close();
         return;
     }
-    /* the scheduler: no CURVE, a key not in the allow-list, a worker's key that would
-     * register as a server (the impostor) */
+    char sj[1300], wj[1300];
+    snprintf(sj, sizeof sj, "%s/scheduler.jsonl", c.dir);
+    snprintf(wj, sizeof wj, "%s/worker-0.jsonl", c.dir);
+    T_CHECK(testutil_wait_file(wj, "\"version\":3,", 60000)); /* training, encrypted */
+    /* the scheduler: no CURVE and a key not in the allow-list get no answer and are
+     * logged; a worker's key cannot register as a server (the impostor) */
     char *ep = testutil_slurp(c.epfile);
     if (ep) ep[strcspn(ep, "\n")] = 0;
-    /* nothing comes back to a peer without CURVE or with a key not in the allow-list
-     * (ZeroMQ retries their handshakes; the scheduler logs the first refusals), and a
-     * worker's key cannot register as a server: no REGISTER_ACK, the rank stays the
-     * real server's */
     int plain = probe(ep, NULL, NULL, NULL, PROTO_REGISTER, why, sizeof why, 1000);
-    int seen_plain = testutil_wait_file(c.log, "scheduler: refused a peer: CURVE handshake failed", 20000);
+    int seen_plain = testutil_wait_file(c.log, "scheduler: refused a peer: CURVE handshake failed", 10000);
     int stranger = probe(ep, sched_pub, spub, ssec, PROTO_REGISTER, why, sizeof why, 1000);
-    int impostor = probe(ep, sched_pub, wpub, wsec, PROTO_REGISTER, why, sizeof why, 3000);
+    int seen_stranger = testutil_wait_file(c.log, spub, 10000); /* "refused ... key <spub>" */
+    int impostor = probe(ep, sched_pub, wpub, wsec, PROTO_REGISTER, why, sizeof why, 10000);
     printf("  scheduler: no CURVE %s, unknown key %s, a worker's key as a server: %s\n",
            plain ? "ANSWERED" : seen_plain ? "refused, logged" : "unanswered, not logged",
-           stranger ? "ANSWERED" : "refused", impostor ? why : "no answer");
-    T_CHECK(!plain && !stranger && seen_plain);
-    T_CHECK(!impostor || (strstr(why, "ERROR") && strstr(why, "not a server's")));
-    /* the server, once registered (its endpoint is in scheduler.jsonl) */
-    char sj[1300];
-    snprintf(sj, sizeof sj, "%s/scheduler.jsonl", c.dir);
-    T_CHECK(testutil_wait_file(sj, "\"role\":\"server\"", 10000));
+           stranger ? "ANSWERED" : seen_stranger ? "refused, logged" : "unanswered, not logged",
+           impostor ? why : "no answer");
+    T_CHECK(!plain && !stranger && seen_plain && seen_stranger);
+    T_CHECK(impostor && strstr(why, "ERROR") && strstr(why, "not a server's"));
+    /* the server (its endpoint is in scheduler.jsonl) the same, with its own key known */
     char *log = testutil_slurp(sj), sep[256] = "";
     const char *e = log ? strstr(log, "\"role\":\"server\"") : NULL;
     if (e && (e = strstr(e, "\"endpoint\":\""))) sscanf(e + 12, "%255[^\"]", sep);
     free(log);
     plain = probe(sep, NULL, NULL, NULL, PROTO_PULL, why, sizeof why, 1000);
-    char spub2[41], ssec2[41];
+    seen_plain = testutil_wait_file(c.log, "pserver: refused a peer: CURVE handshake failed", 10000);
+    char spub2[41], ssec2[41], srvpub[64] = "", srvsec[64];
     T_CHECK(zmq_curve_keypair(spub2, ssec2) == 0);
-    char srvpub[64] = "", srvsec[64];
     snprintf(path, sizeof path, "%s/server-0.key", keys);
     T_CHECK(read_key(path, srvpub, srvsec) == 0); /* the server's public key, as a worker has it */
     stranger = probe(sep, srvpub, spub2, ssec2, PROTO_PULL, why, sizeof why, 1000);
-    printf("  server %s: no CURVE %s, unknown key %s\n", sep, plain ? "ANSWERED" : "refused",
-           stranger ? "ANSWERED" : "refused");
-    T_CHECK(sep[0] && !plain && !stranger);
+    seen_stranger = testutil_wait_file(c.log, spub2, 10000);
+    printf("  server %s: no CURVE %s, unknown key %s\n", sep,
+           plain ? "ANSWERED" : seen_plain ? "refused, logged" : "unanswered, not logged",
+           stranger ? "ANSWERED" : seen_stranger ? "refused, logged" : "unanswered, not logged");
+    T_CHECK(sep[0] && !plain && !stranger && seen_plain && seen_stranger);
     free(ep);
-    T_CHECK(finish(&c, 60000));
-    snprintf(path, sizeof path, "%s/model.safetensors", c.dir);
-    T_CHECK(access(path, R_OK) == 0);
+    /* end it: the scheduler checkpoints the stop step and exits 128 + SIGTERM; the
+     * servers and workers are sent home and exit 0 */
+    kill(c.sched, SIGTERM);
+    int st = reap(&c.sched, 60000), others = 0;
+    for (int i = 0; i < c.S; i++)
+        others |= reap(&c.servers[i], 10000);
+    for (int i = 0; i < c.W; i++)
+        others |= reap(&c.workers[i], 10000);
+    kill_all(&c);
+    snprintf(path, sizeof path, "%s/ckpt/latest", c.dir);
+    printf("  SIGTERM: scheduler exit %d, servers and workers %s, checkpoint %s\n", st,
+           others ? "FAILED" : "exit 0", access(path, R_OK) == 0 ? "written" : "MISSING");
+    T_CHECK(st == 128 + SIGTERM && others == 0 && access(path, R_OK) == 0);
     /* who registered: the 1 server and 2 workers, nobody else; the refusals were logged */
     log = testutil_slurp(sj);
     int regs = 0;
