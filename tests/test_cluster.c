@@ -18,13 +18,18 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <math.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include <zmq.h>
 #include <stdio.h>
@@ -89,6 +94,89 @@ static int spawn(int role, const cluster_t *c, const char *extra) {
     unsetenv("OMPI_COMM_WORLD_RANK");
     ((cluster_t *)c)->nspawned[role]++;
     return pid;
+}
+
+/* ---- a loopback sniffer (AF_PACKET, root): every TCP segment on lo ------------------ */
+
+/* Counts the payload bytes of every TCP segment on the loopback interface by port, and
+ * notes the ports of segments that hold a plaintext mimicps header. Needs CAP_NET_RAW;
+ * without it the test says so and relies on the proxy's capture of the scheduler's
+ * connections. */
+typedef struct {
+    int fd;
+    pthread_t th;
+    atomic_int stop;
+    uint64_t *bytes;       /* payload bytes seen per port (either end) */
+    uint16_t clear[64][2]; /* ports of segments with a plaintext header */
+    int nclear;
+} sniff_t;
+
+static sniff_t sniff = {.fd = -1};
+
+static const unsigned char *plain_header(const unsigned char *buf, size_t n);
+
+static void *sniff_main(void *arg) {
+    (void)arg;
+    unsigned char pkt[70000];
+    while (!atomic_load(&sniff.stop)) {
+        ssize_t n = recv(sniff.fd, pkt, sizeof pkt, 0);
+        if (n < 14 + 20) continue; /* a timeout, or not IPv4 + TCP */
+        const unsigned char *ip = pkt + 14; /* lo has a zeroed Ethernet header */
+        size_t ihl = (size_t)(ip[0] & 15) * 4;
+        if ((ip[0] >> 4) != 4 || ip[9] != 6 || (size_t)n < 14 + ihl + 20) continue;
+        const unsigned char *tcp = ip + ihl;
+        size_t off = (size_t)(tcp[12] >> 4) * 4, total = ((size_t)ip[2] << 8) | ip[3];
+        if (total > (size_t)n - 14 || ihl + off > total) continue;
+        uint16_t sport = (uint16_t)(tcp[0] << 8 | tcp[1]), dport = (uint16_t)(tcp[2] << 8 | tcp[3]);
+        size_t len = total - ihl - off;
+        sniff.bytes[sport] += len;
+        sniff.bytes[dport] += len;
+        if (len && plain_header(tcp + off, len) && sniff.nclear < 64) {
+            sniff.clear[sniff.nclear][0] = sport;
+            sniff.clear[sniff.nclear][1] = dport;
+            sniff.nclear++;
+        }
+    }
+    return NULL;
+}
+
+/* 0 when sniffing, -1 (and why) when this process may not. */
+static int sniff_open(char *why, size_t cap) {
+    memset(&sniff, 0, sizeof sniff);
+    sniff.fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+                            .sll_ifindex = (int)if_nametoindex("lo")};
+    struct timeval tv = {0, 50000};
+    if (sniff.fd < 0 || a.sll_ifindex == 0 || bind(sniff.fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        setsockopt(sniff.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+        !(sniff.bytes = calloc(65536, sizeof *sniff.bytes)) ||
+        pthread_create(&sniff.th, NULL, sniff_main, NULL) != 0) {
+        snprintf(why, cap, "%s", strerror(errno));
+        if (sniff.fd >= 0) close(sniff.fd);
+        free(sniff.bytes);
+        memset(&sniff, 0, sizeof sniff);
+        sniff.fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+/* Stops the sniffer; what it saw stays readable until the next sniff_open. */
+static void sniff_stop(void) {
+    if (sniff.fd < 0) return;
+    atomic_store(&sniff.stop, 1);
+    pthread_join(sniff.th, NULL);
+    close(sniff.fd);
+    sniff.fd = -1;
+}
+
+/* Plaintext headers seen on connections to one of the ports (0s end the list). */
+static int sniff_clear_on(const int *ports) {
+    int hits = 0;
+    for (int i = 0; i < sniff.nclear; i++)
+        for (const int *p = ports; *p; p++)
+            hits += sniff.clear[i][0] == *p || sniff.clear[i][1] == *p;
+    return hits;
 }
 
 /* ---- a capturing TCP proxy (the CURVE test's "tcpdump") -------------------------------- */
@@ -730,6 +818,8 @@ static void test_curve_cluster(void) {
 
     /* a run that lasts until the probes are done: then a SIGTERM to the scheduler
      * checkpoints the step the cluster stopped at and ends every process */
+    char nosniff[256] = "";
+    int sniffing = sniff_open(nosniff, sizeof nosniff) == 0;
     cluster_t c;
     char via[128];
     T_CHECK(proxy_open(via, sizeof via) == 0);
@@ -780,6 +870,8 @@ static void test_curve_cluster(void) {
            plain ? "ANSWERED" : seen_plain ? "refused, logged" : "unanswered, not logged",
            stranger ? "ANSWERED" : seen_stranger ? "refused, logged" : "unanswered, not logged");
     T_CHECK(sep[0] && !plain && !stranger && seen_plain && seen_stranger);
+    char ep_kept[256];
+    snprintf(ep_kept, sizeof ep_kept, "%s", ep ? ep : "tcp://127.0.0.1:0");
     free(ep);
     /* end it: the scheduler checkpoints the stop step and exits 128 + SIGTERM; the
      * servers and workers are sent home and exit 0 */
@@ -802,12 +894,29 @@ static void test_curve_cluster(void) {
     free(log);
     printf("  %d registrations (1 server, 2 workers)\n", regs);
     T_CHECK(regs == 3);
-    /* the capture of every connection to the scheduler */
+    /* the proxy's copy of every connection to the scheduler */
     const unsigned char *clear = plain_header(proxy.cap, proxy.ncap);
-    printf("  captured %zu bytes of scheduler traffic; plaintext header: %s\n", proxy.ncap,
+    printf("  proxy: %zu bytes of scheduler traffic; plaintext header: %s\n", proxy.ncap,
            clear ? "FOUND" : "none");
     T_CHECK(proxy.ncap > 2000 && !clear);
     proxy_close();
+    /* the loopback capture: every segment to or from the scheduler, the proxy and the
+     * server, the workers' pushes and pulls included */
+    sniff_stop();
+    if (sniffing) {
+        int sched_port = atoi(strrchr(ep_kept, ':') + 1), srv_port = atoi(strrchr(sep, ':') + 1),
+            proxy_port = atoi(strrchr(via, ':') + 1);
+        const int ports[] = {sched_port, srv_port, proxy_port, 0};
+        int hits = sniff_clear_on(ports);
+        printf("  loopback capture: %.1f MB to/from the server, %.2f MB to/from the scheduler; "
+               "plaintext headers: %d\n",
+               (double)sniff.bytes[srv_port] / 1e6, (double)sniff.bytes[sched_port] / 1e6, hits);
+        T_CHECK(sniff.bytes[srv_port] > 100000 && sniff.bytes[sched_port] > 2000 && hits == 0);
+    } else {
+        printf("  loopback capture: not possible here (AF_PACKET: %s); the proxy's capture "
+               "covers the scheduler's connections only\n",
+               nosniff);
+    }
 
     /* the detector itself finds a header sent without CURVE through the same proxy */
     void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
@@ -818,13 +927,21 @@ static void test_curve_cluster(void) {
     T_CHECK(zmq_bind(r, "tcp://127.0.0.1:*") == 0 &&
             zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, rep, &len) == 0);
     T_CHECK(proxy_open(via, sizeof via) == 0);
+    sniffing = sniffing && sniff_open(nosniff, sizeof nosniff) == 0;
     start_via(rep);
     probe(via, NULL, NULL, NULL, PROTO_REGISTER, why, sizeof why, 1000);
     atomic_store(&proxy.stop, 1); /* join the relay: everything it saw is in the capture */
     pthread_join(proxy.th, NULL);
     atomic_store(&proxy.running, 0);
     T_CHECK(plain_header(proxy.cap, proxy.ncap) != NULL);
+    sniff_stop();
+    if (sniffing) {
+        const int ports[] = {atoi(strrchr(rep, ':') + 1), 0};
+        T_CHECK(sniff_clear_on(ports) > 0);
+    }
     proxy_close();
+    free(sniff.bytes);
+    sniff.bytes = NULL;
     zmq_close(r);
     zmq_ctx_term(ctx);
 }
