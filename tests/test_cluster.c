@@ -142,6 +142,7 @@ static void *sniff_main(void *arg) {
 
 /* 0 when sniffing, -1 (and why) when this process may not. */
 static int sniff_open(char *why, size_t cap) {
+    free(sniff.bytes); /* the previous capture's */
     memset(&sniff, 0, sizeof sniff);
     sniff.fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
     struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
