@@ -1,5 +1,6 @@
-/* bench_mae — in one run: (a) cblas_sgemm GFLOP/s on exactly the GEMM calls of one
- * MAE training step (shapes, transposes, accumulation), and (b) this project's MAE
+/* bench_mae — in one run: (a) GEMM GFLOP/s on exactly the GEMM calls of one MAE
+ * training step (shapes, transposes, accumulation), as sgemm and, when train.precision
+ * gives bf16, as the bf16 path (MFU is against the precision's own rate), and (b) this project's MAE
  * training step (forward, backward, AdamW) in images/s. Same threads for both (set
  * OMP_NUM_THREADS / OPENBLAS_NUM_THREADS). Config flags as for mimic-worker
  * (`--model.depth=12 ...`); `--bench.batch N`, `--bench.windows N`, `--bench.steps N`.
@@ -10,6 +11,7 @@
 #include "common.h"
 #include "config.h"
 #include "mae.h"
+#include "mm.h"
 #include "rng.h"
 
 #include <cblas.h>
@@ -43,8 +45,9 @@ static int model_gemms(const mae_t *m, int B, gemm_use_t *u) {
 }
 
 /* Times forward (NT) and the two backward GEMMs (NN into dinp, TN into dw) of each
- * layer as linear.c issues them; returns GFLOP/s over the whole set. */
-static double sgemm_gflops(const gemm_use_t *u, int n, int reps) {
+ * layer as linear.c issues them, in the current precision (mm_gemm, operand rounding
+ * included for bf16); returns GFLOP/s over the whole set. */
+static double gemm_gflops(const gemm_use_t *u, int n, int reps) {
     size_t maxa = 0, maxw = 0, maxo = 0;
     for (int i = 0; i < n; i++) {
         size_t a = (size_t)u[i].M * u[i].K, w = (size_t)u[i].N * u[i].K,
@@ -70,12 +73,9 @@ static double sgemm_gflops(const gemm_use_t *u, int n, int reps) {
             int M = u[i].M, K = u[i].K, N = u[i].N;
             double t0 = mimic_now();
             for (int c = 0; c < u[i].count; c++) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, W, K,
-                            0.0f, O, N);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, O, N, W, K,
-                            1.0f, dA, K);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, O, N, A, K,
-                            1.0f, dW, K);
+                mm_gemm(0, 1, M, N, K, A, K, W, K, 0.0f, O, N);
+                mm_gemm(0, 0, M, K, N, O, N, W, K, 1.0f, dA, K);
+                mm_gemm(1, 0, N, K, M, O, N, A, K, 1.0f, dW, K);
             }
             t += mimic_now() - t0;
             flops += 3.0 * 2.0 * M * K * N * u[i].count;
@@ -109,7 +109,14 @@ int main(int argc, char **argv) {
     mae_init(m, 0);
     gemm_use_t uses[16];
     int nu = model_gemms(m, B, uses);
-    double sg = sgemm_gflops(uses, nu, 3);
+    mm_precision_t prec;
+    if (mm_precision_parse(config_enum_name("train", "precision", cfg.train.precision),
+                           "train.precision", &prec))
+        return 2;
+    mm_set_precision(MM_FP32);
+    double sg = gemm_gflops(uses, nu, 3);
+    mm_set_precision(prec);
+    double pg = prec == MM_FP32 ? sg : gemm_gflops(uses, nu, 3);
 
     size_t total = m->p->total,
            img = (size_t)cfg.model.in_chans * cfg.model.img_size * cfg.model.img_size;
@@ -139,10 +146,12 @@ int main(int argc, char **argv) {
     printf("threads=%d\n", omp_get_max_threads());
     printf("batch=%d\n", B);
     printf("gflop_per_img=%.4f\n", gf);
+    printf("precision=%s\n", mm_precision_name(prec));
     printf("sgemm_gflops=%.2f\n", sg);
+    printf("gemm_gflops=%.2f\n", pg);
     printf("mimic_img_per_s=%.2f\n", med);
     printf("mimic_model_gflops=%.2f\n", med * gf);
-    printf("mfu=%.3f\n", med * gf / sg);
+    printf("mfu=%.3f\n", med * gf / pg);
     printf("final_loss=%.4f\n", loss);
     mae_batch_free(&b);
     mae_destroy(&m);

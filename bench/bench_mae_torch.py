@@ -5,7 +5,11 @@ with MAE's param groups) on synthetic data, images/s as the median of N windows.
 The model is tests/golden/gen_golden.py's functional MAE (the one the C code is
 checked against), set to the benchmark config, in float32. Thread settings are the
 caller's: bench/run.sh uses OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=1 and
---torch-threads 1, the fair single-process peer of ../shared/BENCH.md."""
+--torch-threads 1, the fair single-process peer of ../shared/BENCH.md. --autocast runs
+the forward under torch.autocast("cpu", dtype=torch.bfloat16), what a PyTorch user does
+on a CPU with AVX512_BF16 (GEMMs in oneDNN's bf16 kernels, fp32 weights and AdamW)."""
+
+import contextlib
 
 import argparse
 import os
@@ -31,6 +35,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--autocast", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.torch_threads)
     for k in G.CFG:
@@ -47,12 +52,19 @@ def main():
     B, L = a.batch, (a.img_size // a.patch_size) ** 2
     imgs = torch.randn(B, a.in_chans, a.img_size, a.img_size)
     ips = []
+
+    def autocast():
+        if a.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     for w in range(-1, a.windows):
         n = a.warmup if w < 0 else a.steps
         t0 = time.perf_counter()
         for _ in range(n):
             noise = torch.rand(B, L)
-            loss = G.mae_forward(P, imgs, noise)[0]
+            with autocast():
+                loss = G.mae_forward(P, imgs, noise)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -62,6 +74,7 @@ def main():
     print(f"torch_threads={torch.get_num_threads()}")
     print(f"torch_img_per_s={statistics.median(ips):.2f}")
     print(f"torch_final_loss={loss.item():.4f}")
+    print(f"torch_precision={'bf16-autocast' if a.autocast else 'fp32'}")
 
 
 if __name__ == "__main__":

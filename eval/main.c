@@ -3,6 +3,7 @@
  * [eval] keys of the configuration. */
 #include "common.h"
 #include "config.h"
+#include "mm.h"
 #include "eval.h"
 
 #include <cblas.h>
@@ -49,10 +50,9 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (cfg->train.threads > 0) {
-        openblas_set_num_threads(cfg->train.threads);
-        omp_set_num_threads(cfg->train.threads);
-    }
+    if (mm_setup(cfg->train.threads, config_enum_name("train", "precision", cfg->train.precision),
+                 "train.precision"))
+        return 2;
     eval_result_t r;
     if (eval_cfg_from(&ec, cfg)) return 2;
     rc = eval_run(cfg, &ec, encoder, out, &r);

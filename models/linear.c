@@ -1,6 +1,7 @@
 #include "linear.h"
 
-#include <cblas.h>
+#include "mm.h"
+
 #include <stddef.h>
 #include <string.h>
 
@@ -14,17 +15,20 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
             memcpy(out + (size_t)m * N, b, (size_t)N * sizeof *b);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, w, K, beta, out, N);
+    mm_gemm(0, 1, M, N, K, inp, K, w, K, beta, out, N);
 }
 
 void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *w, int M, int K, int N) {
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K, 1.0f,
-                    dinp, K);
-    if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, inp, K, 1.0f,
-                    dw, K);
+    if (mm_precision() == MM_BF16) {
+        /* dout rounded once for both products */
+        const unsigned short *d16 = dinp || dw ? mm_pack(0, dout, M, N, N) : NULL;
+        if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, mm_pack(1, w, N, K, K), 1.0f, dinp, K);
+        if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, mm_pack(2, inp, M, K, K), 1.0f, dw, K);
+    } else {
+        if (dinp) mm_gemm(0, 0, M, K, N, dout, N, w, K, 1.0f, dinp, K);
+        if (dw) mm_gemm(1, 0, N, K, M, dout, N, inp, K, 1.0f, dw, K);
+    }
     if (db) {
         /* Row by row so the inner loop runs along contiguous memory and vectorises;
          * the order of summation over rows is fixed, so results do not depend on

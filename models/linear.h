@@ -1,6 +1,7 @@
 /* linear — fully connected layer out = inp @ w^T + b, PyTorch's nn.Linear layout.
  *
- * Both directions are GEMMs through cblas_sgemm. Backward accumulates (+=) into
+ * Both directions are GEMMs through mm_gemm (fp32 sgemm, or bf16 products with fp32
+ * accumulation when the process computes in bf16: models/mm.h). Backward accumulates (+=) into
  * dinp, dw and db so that several uses of a tensor sum their gradients; any of the
  * three may be NULL when that gradient is not wanted. */
 #ifndef MIMIC_LINEAR_H

@@ -109,6 +109,10 @@ static const key_t_ KEYS[] = {
       "checkpoint to resume from (\"auto\": latest in out_dir)"),
     F("train", "threads", K_INT, train.threads, "0",
       "compute threads (0: OPENBLAS_NUM_THREADS or all cores)"),
+    E("train", "precision", train.precision, "auto|fp32|bf16", "auto",
+      "the linear layers' GEMMs: fp32, or bf16 products with fp32 accumulation (oneDNN; "
+      "weights, optimiser and element-wise layers stay fp32); auto: bf16 where the CPU has "
+      "AVX512_BF16 (docs/precision.md)"),
     F("train", "init_from", K_STR, train.init_from, "",
       "start from the tensors of this safetensors file that the stage has (by name and shape; "
       "a pipeline sets it to the previous stage's model)"),

@@ -59,6 +59,7 @@ typedef struct {
         int log_every, ckpt_every;
         char resume[CFG_PATH_MAX];
         int threads;
+        int precision; /* 0 auto, 1 fp32, 2 bf16 (models/mm.h) */
         char init_from[CFG_PATH_MAX];
     } train;
     struct {

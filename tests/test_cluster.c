@@ -429,7 +429,9 @@ static void compare_models(const char *what, const char *a, const char *b, doubl
  * 16 after 6 steps: flags go to both, solo_flags to the standalone run only; the models
  * are compared as compare_models does. Step t's chunks 2t and 2t+1 (one per worker,
  * whichever asks first) are the two halves of the standalone batch t; the servers
- * average the workers' mean gradients, the standalone loss is the mean over both. */
+ * average the workers' mean gradients, the standalone loss is the mean over both.
+ * Both compute in fp32: the check is of the system's arithmetic to fp32 rounding, and
+ * bf16 products would differ at bf16's (test_bf16 checks that path against fp32). */
 static void test_equivalence(const char *tag, int S, const char *flags, const char *solo_flags,
                              double tol, const char *skip) {
     char solo[4300], cmd[16384], name[128], a[4400], b[4400];
@@ -437,7 +439,8 @@ static void test_equivalence(const char *tag, int S, const char *flags, const ch
     snprintf(solo, sizeof solo, "%s/solo-%s", testutil_tmpdir(), tag);
     char *argv[MAXARGS], store[16384];
     char extra[512];
-    snprintf(extra, sizeof extra, "--standalone --train.batch_size=16 --train.steps=%d %s %s",
+    snprintf(extra, sizeof extra,
+             "--standalone --train.precision=fp32 --train.batch_size=16 --train.steps=%d %s %s",
              steps, flags, solo_flags);
     build_argv(argv, store, sizeof store, WORKER, solo, extra);
     snprintf(cmd, sizeof cmd, "%s-log.txt", solo);
@@ -446,7 +449,8 @@ static void test_equivalence(const char *tag, int S, const char *flags, const ch
 
     cluster_t c;
     snprintf(name, sizeof name, "bsp-%s-%d", tag, S);
-    snprintf(extra, sizeof extra, "--train.batch_size=8 --train.steps=%d %s", steps, flags);
+    snprintf(extra, sizeof extra, "--train.precision=fp32 --train.batch_size=8 --train.steps=%d %s",
+             steps, flags);
     T_CHECK(start(&c, name, S, 2, extra) == 0);
     T_CHECK(finish(&c, 120000));
     snprintf(a, sizeof a, "%s/model.safetensors", c.dir);

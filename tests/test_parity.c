@@ -77,7 +77,8 @@ int main(void) {
 
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(cmd, sizeof cmd,
-             "%s/worker/mimic-worker --dump-grads --weights %s --batch %s --out %s "
+             "%s/worker/mimic-worker --dump-grads --train.precision=fp32 "
+             "--weights %s --batch %s --out %s "
              "--model.img_size=%d --model.in_chans=%d --model.patch_size=%d "
              "--model.embed_dim=%d --model.depth=%d --model.num_heads=%d --model.mlp_ratio=%g "
              "--mae.decoder_embed_dim=%d --mae.decoder_depth=%d --mae.decoder_num_heads=%d "

@@ -1,9 +1,8 @@
 #include "common.h"
 #include "config.h"
+#include "mm.h"
 #include "worker.h"
 
-#include <cblas.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +24,9 @@ static void usage(FILE *f) {
           f);
 }
 
-void worker_set_threads(const mimic_cfg_t *cfg) {
-    if (cfg->train.threads > 0) {
-        openblas_set_num_threads(cfg->train.threads);
-        omp_set_num_threads(cfg->train.threads);
-    }
+int worker_set_threads(const mimic_cfg_t *cfg) {
+    return mm_setup(cfg->train.threads, config_enum_name("train", "precision", cfg->train.precision),
+                    "train.precision");
 }
 
 /* What the command line asks of this process (pointers into argv). */
@@ -67,7 +64,7 @@ int main(int argc, char **argv) {
     worker_args_t w = {.mode = "--distributed"};
     int rc = config_start(&cfg, argc, argv, "mimic-worker", usage, worker_flag, &w);
     if (rc != CONFIG_RUN) return rc;
-    worker_set_threads(&cfg);
+    if (worker_set_threads(&cfg)) return CONFIG_EXIT_USAGE;
     int whole = cfg.pipeline.stages[0] && cfg.pipeline.run < 0;
     if (strcmp(w.mode, "--pipeline-list") == 0) {
         rc = worker_pipeline_list(&cfg);

@@ -26,7 +26,8 @@ int worker_stage(const mimic_cfg_t *cfg, const char *sched, int standalone);
 /* Prints "index name out_dir" per stage (for deploy/pipeline.sh). */
 int worker_pipeline_list(const mimic_cfg_t *cfg);
 int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out);
-/* Sets OpenBLAS and OpenMP threads from train.threads (0: leave the environment's). */
-void worker_set_threads(const mimic_cfg_t *cfg);
+/* Sets OpenBLAS and OpenMP threads from train.threads (0: leave the environment's) and
+ * the GEMM precision from train.precision; MIMIC_EINVAL when the CPU cannot. */
+int worker_set_threads(const mimic_cfg_t *cfg);
 
 #endif

@@ -1,0 +1,270 @@
+#include "mm.h"
+
+#include "common.h"
+
+#include <cblas.h>
+#include <dnnl.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static mm_precision_t g_precision = MM_FP32;
+
+int mm_cpu_has_bf16(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return 0;
+    /* oneDNN's own dispatch must agree (it also honours ONEDNN_MAX_CPU_ISA) */
+    return dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core_bf16;
+}
+
+const char *mm_precision_name(mm_precision_t p) { return p == MM_BF16 ? "bf16" : "fp32"; }
+
+int mm_precision_parse(const char *word, const char *what, mm_precision_t *out) {
+    if (!strcmp(word, "fp32")) {
+        *out = MM_FP32;
+        return 0;
+    }
+    if (!strcmp(word, "auto")) {
+        *out = mm_cpu_has_bf16() ? MM_BF16 : MM_FP32;
+        return 0;
+    }
+    if (!strcmp(word, "bf16")) {
+        if (!mm_cpu_has_bf16()) {
+            return mimic_err(MIMIC_EINVAL, "%s=bf16: this CPU has no AVX512_BF16 (use auto or fp32)",
+                             what);
+        }
+        *out = MM_BF16;
+        return 0;
+    }
+    return mimic_err(MIMIC_EINVAL, "%s=%s: expected fp32, bf16 or auto", what, word);
+}
+
+void mm_set_precision(mm_precision_t p) { g_precision = p; }
+
+int mm_setup(int threads, const char *precision, const char *what) {
+    if (threads > 0) {
+        openblas_set_num_threads(threads);
+        omp_set_num_threads(threads);
+    }
+    mm_precision_t p = MM_FP32;
+    int rc = mm_precision_parse(precision, what, &p);
+    if (rc) return rc;
+    mm_set_precision(p);
+    return 0;
+}
+mm_precision_t mm_precision(void) { return g_precision; }
+
+/* ---- fp32 -> bf16 ------------------------------------------------------------ */
+
+/* Round to nearest even on the bit pattern: the carry from the low half rounds the
+ * high half, and a tie rounds to the even high half; a NaN keeps a mantissa bit so it
+ * does not round into an infinity. Vectorises; the AVX512_BF16 instruction does the
+ * same in one step where the CPU has it. */
+static void to_bf16_portable(uint16_t *dst, const float *src, long n) {
+    for (long i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+        dst[i] = (uint16_t)(nan ? (u >> 16) | 0x40u : r);
+    }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void to_bf16_avx512(uint16_t *dst,
+                                                                        const float *src,
+                                                                        long n) {
+    long i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512bh two = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+        _mm512_storeu_si512((void *)(dst + i), (__m512i)two);
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m256bh one = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)one);
+    }
+    to_bf16_portable(dst + i, src + i, n - i);
+}
+
+static int g_avx512bf16 = -1;
+
+void mm_to_bf16(unsigned short *dst, const float *src, long n) {
+    if (g_avx512bf16 < 0) {
+        __builtin_cpu_init();
+        g_avx512bf16 = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    }
+    if (g_avx512bf16)
+        to_bf16_avx512(dst, src, n);
+    else
+        to_bf16_portable(dst, src, n);
+}
+
+/* rows x cols of src (leading dimension ld) into dst, packed (leading dimension cols) */
+static void pack_bf16(uint16_t *dst, const float *src, int rows, int cols, int ld) {
+    if (ld == cols) {
+        long n = (long)rows * cols;
+        long chunk = 1L << 15;
+        long nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nchunks > 4)
+        for (long c = 0; c < nchunks; c++) {
+            long lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
+            mm_to_bf16(dst + lo, src + lo, len);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if ((long)rows * cols > (1L << 17))
+    for (int r = 0; r < rows; r++)
+        mm_to_bf16(dst + (size_t)r * cols, src + (size_t)r * ld, cols);
+}
+
+/* ---- the bf16 engine: oneDNN matmul primitives, one per GEMM shape ---------------- */
+
+typedef struct {
+    int ta, tb, M, N, K, ldc, beta;
+    dnnl_primitive_t prim;
+    dnnl_memory_t a, b, c, pad;
+} mm_prim_t;
+
+static struct {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    mm_prim_t *prims;
+    int nprims, cap;
+    uint16_t *buf[MM_SLOTS + 1]; /* the packed operands; the primitives' scratchpad */
+    size_t buf_len[MM_SLOTS + 1];
+} g;
+
+/* oneDNN fails only on a broken installation or exhausted memory: there is no step to
+ * save, so the process ends with the reason. */
+static void check(dnnl_status_t s, const char *what) {
+    if (s == dnnl_success) return;
+    mimic_err(MIMIC_EINVAL, "oneDNN: %s failed (status %d)", what, (int)s);
+    exit(1);
+}
+
+static uint16_t *scratch(int i, size_t n) {
+    if (n == 0) n = 1;
+    if (g.buf_len[i] < n) {
+        free(g.buf[i]);
+        g.buf[i] = aligned_alloc(64, (n * sizeof(uint16_t) + 63) / 64 * 64);
+        if (!g.buf[i]) check(dnnl_out_of_memory, "bf16 scratch");
+        g.buf_len[i] = n;
+    }
+    return g.buf[i];
+}
+
+static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int beta) {
+    for (int i = 0; i < g.nprims; i++) {
+        mm_prim_t *p = &g.prims[i];
+        if (p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K &&
+            p->ldc == ldc && p->beta == beta)
+            return p;
+    }
+    if (!g.engine) {
+        check(dnnl_engine_create(&g.engine, dnnl_cpu, 0), "engine");
+        check(dnnl_stream_create(&g.stream, g.engine, dnnl_stream_default_flags), "stream");
+    }
+    if (g.nprims == g.cap) {
+        g.cap = g.cap ? 2 * g.cap : 32;
+        g.prims = realloc(g.prims, (size_t)g.cap * sizeof *g.prims);
+        if (!g.prims) check(dnnl_out_of_memory, "GEMM primitive table");
+    }
+    mm_prim_t *p = &g.prims[g.nprims];
+    *p = (mm_prim_t){.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .beta = beta};
+    /* The operands are packed as stored, so a transposed operand is the stored matrix
+     * read with swapped strides. */
+    dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
+    dnnl_dims_t sa = {ta ? 1 : K, ta ? M : 1}, sb = {tb ? 1 : N, tb ? K : 1}, sc = {ldc, 1};
+    dnnl_memory_desc_t ma, mb, mc;
+    check(dnnl_memory_desc_init_by_strides(&ma, 2, da, dnnl_bf16, sa), "src desc");
+    check(dnnl_memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb), "weights desc");
+    check(dnnl_memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc), "dst desc");
+    dnnl_matmul_desc_t desc;
+    check(dnnl_matmul_desc_init(&desc, &ma, &mb, NULL, &mc), "matmul desc");
+    dnnl_primitive_attr_t attr;
+    check(dnnl_primitive_attr_create(&attr), "attr");
+    /* our scratchpad: oneDNN's own is allocated (and page-faulted in) on every call */
+    check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
+    dnnl_post_ops_t po = NULL;
+    if (beta) {
+        check(dnnl_post_ops_create(&po), "post ops");
+        check(dnnl_post_ops_append_sum(po, 1.0f), "sum post op");
+        check(dnnl_primitive_attr_set_post_ops(attr, po), "set post ops");
+    }
+    dnnl_primitive_desc_t pd;
+    check(dnnl_primitive_desc_create(&pd, &desc, attr, g.engine, NULL), "matmul");
+    check(dnnl_primitive_create(&p->prim, pd), "primitive");
+    check(dnnl_memory_create(&p->a, &ma, g.engine, DNNL_MEMORY_NONE), "memory");
+    check(dnnl_memory_create(&p->b, &mb, g.engine, DNNL_MEMORY_NONE), "memory");
+    check(dnnl_memory_create(&p->c, &mc, g.engine, DNNL_MEMORY_NONE), "memory");
+    const dnnl_memory_desc_t *mp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    check(dnnl_memory_create(&p->pad, mp, g.engine, DNNL_MEMORY_NONE), "memory");
+    dnnl_primitive_desc_destroy(pd);
+    if (po) dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(attr);
+    g.nprims++;
+    return p;
+}
+
+uint16_t *mm_pack(int slot, const float *src, int rows, int cols, int ld) {
+    MIMIC_CHECK(slot >= 0 && slot < MM_SLOTS);
+    uint16_t *dst = scratch(slot, (size_t)rows * cols);
+    pack_bf16(dst, src, rows, cols, ld);
+    return dst;
+}
+
+void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const uint16_t *A, const uint16_t *B,
+                  float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) { /* oneDNN refuses empty products: C = beta C */
+        if (beta == 0.0f)
+            for (int m = 0; m < M; m++)
+                memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof *C);
+        return;
+    }
+    MIMIC_CHECK(beta == 0.0f || beta == 1.0f);
+    mm_prim_t *p = prim_for(ta, tb, M, N, K, ldc, beta != 0.0f);
+    check(dnnl_memory_set_data_handle(p->a, (void *)A), "set handle");
+    check(dnnl_memory_set_data_handle(p->b, (void *)B), "set handle");
+    check(dnnl_memory_set_data_handle(p->c, C), "set handle");
+    const dnnl_memory_desc_t *mp;
+    check(dnnl_memory_get_memory_desc(p->pad, &mp), "scratchpad desc");
+    size_t padb = dnnl_memory_desc_get_size(mp);
+    check(dnnl_memory_set_data_handle(p->pad, scratch(MM_SLOTS, padb / sizeof(uint16_t) + 1)),
+          "set handle");
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->a},
+                               {DNNL_ARG_WEIGHTS, p->b},
+                               {DNNL_ARG_DST, p->c},
+                               {DNNL_ARG_SCRATCHPAD, p->pad}};
+    check(dnnl_primitive_execute(p->prim, g.stream, 4, args), "matmul");
+    check(dnnl_stream_wait(g.stream), "stream wait");
+}
+
+void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+             int ldb, float beta, float *C, int ldc) {
+    if (g_precision == MM_FP32 || (beta != 0.0f && beta != 1.0f)) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (M == 0 || N == 0) return;
+    const uint16_t *a16 = mm_pack(0, A, ta ? K : M, ta ? M : K, lda);
+    const uint16_t *b16 = mm_pack(1, B, tb ? N : K, tb ? K : N, ldb);
+    mm_gemm_bf16(ta, tb, M, N, K, a16, b16, beta, C, ldc);
+}
+
+void mm_release(void) {
+    for (int i = 0; i < g.nprims; i++) {
+        dnnl_primitive_destroy(g.prims[i].prim);
+        dnnl_memory_destroy(g.prims[i].a);
+        dnnl_memory_destroy(g.prims[i].b);
+        dnnl_memory_destroy(g.prims[i].c);
+        dnnl_memory_destroy(g.prims[i].pad);
+    }
+    free(g.prims);
+    for (int i = 0; i <= MM_SLOTS; i++) free(g.buf[i]);
+    if (g.stream) dnnl_stream_destroy(g.stream);
+    if (g.engine) dnnl_engine_destroy(g.engine);
+    memset(&g, 0, sizeof g);
+}

@@ -1,0 +1,57 @@
+/* mm — the GEMM engine of the linear layers, in one of two precisions.
+ *
+ * fp32: OpenBLAS's sgemm, as everywhere else.
+ * bf16: operands rounded to bfloat16 (round to nearest even) and multiplied by oneDNN's
+ *   matmul with fp32 accumulation and an fp32 result: on CPUs with AVX512_BF16
+ *   (vdpbf16ps: Zen4, Sapphire Rapids and later) about twice sgemm's rate. Weights,
+ *   gradients, optimiser state and every element-wise layer stay fp32; only the
+ *   products of a GEMM see 8-bit mantissas, as under torch.autocast("cpu", bfloat16).
+ *   No loss scaling: bf16 has fp32's 8-bit exponent, so small gradients do not
+ *   underflow the way fp16's 5-bit exponent makes them (docs/precision.md).
+ *
+ * The precision is one process-wide setting (mm_set_precision), chosen once at start
+ * from train.precision; the default is fp32, so a program that never sets it computes
+ * exactly as before. Not thread-safe: the GEMMs of the layers run on the calling
+ * thread (they are parallel inside). */
+#ifndef MIMIC_MM_H
+#define MIMIC_MM_H
+
+typedef enum { MM_FP32 = 0, MM_BF16 = 1 } mm_precision_t;
+
+/* 1 when the CPU has AVX512_BF16 and oneDNN will run its bf16 kernels on it. */
+int mm_cpu_has_bf16(void);
+
+/* "fp32" | "bf16" | "auto" (bf16 where mm_cpu_has_bf16, fp32 elsewhere) -> *out.
+ * -1 with a one-line error naming `what` for another word or for bf16 on a CPU
+ * without it. */
+int mm_precision_parse(const char *word, const char *what, mm_precision_t *out);
+void mm_set_precision(mm_precision_t p);
+/* A binary's compute set-up from its config: threads (> 0: OpenBLAS and OpenMP; 0
+ * leaves the environment's) and the precision word of `what` (train.precision).
+ * 0, or MIMIC_EINVAL with the one-line reason. */
+int mm_setup(int threads, const char *precision, const char *what);
+mm_precision_t mm_precision(void);
+const char *mm_precision_name(mm_precision_t p);
+
+/* C(M,N) = op(A) op(B) + beta C, row-major, op(X) = X or X^T (ta/tb nonzero), beta 0
+ * or 1: the products the linear layers need, in the current precision. */
+void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+             int ldb, float beta, float *C, int ldc);
+
+/* The bf16 path in two steps, for a caller that uses one operand in several products
+ * (linear_backward: dout in both). mm_pack rounds rows x cols of src (leading
+ * dimension ld) into the engine's buffer `slot` (0 .. MM_SLOTS-1), packed (leading
+ * dimension cols), valid until that slot is packed again; mm_gemm_bf16 multiplies
+ * packed operands as stored (op(A) is A^T when ta: A packed as K x M). */
+enum { MM_SLOTS = 4 };
+unsigned short *mm_pack(int slot, const float *src, int rows, int cols, int ld);
+void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,
+                  const unsigned short *B, float beta, float *C, int ldc);
+
+/* Rounds n floats to bfloat16 (round to nearest even; NaN stays NaN). */
+void mm_to_bf16(unsigned short *dst, const float *src, long n);
+
+/* Releases the bf16 engine's primitives and scratch (tests, leak checks). */
+void mm_release(void);
+
+#endif
