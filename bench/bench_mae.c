@@ -3,7 +3,8 @@
  * gives bf16, as the bf16 path (MFU is against the precision's own rate), and (b) this project's MAE
  * training step (forward, backward, AdamW) in images/s. Same threads for both (set
  * OMP_NUM_THREADS / OPENBLAS_NUM_THREADS). Config flags as for mimic-worker
- * (`--model.depth=12 ...`); `--bench.batch N`, `--bench.windows N`, `--bench.steps N`.
+ * (`--model.depth=12 ...`); `--bench.batch N`, `--bench.windows N`, `--bench.steps N`, `--bench.gemm_reps N` (3;
+ * 0 skips the GEMM timing, e.g. to profile the step alone).
  * Prints key=value lines that bench/run.sh parses. Synthetic data: the step is timed,
  * not the data set. */
 #include "benchutil.h"
@@ -95,9 +96,9 @@ static double gemm_gflops(const gemm_use_t *u, int n, int reps) {
 int main(int argc, char **argv) {
     mimic_cfg_t cfg;
     config_defaults(&cfg);
-    int v[3] = {128, 3, 10}, warmup = 3; /* batch, windows, steps */
-    const char *const names[3] = {"batch", "windows", "steps"};
-    if (bench_args(&cfg, argc, argv, "bench_mae", names, v, 3)) return 2;
+    int v[4] = {128, 3, 10, 3}, warmup = 3; /* batch, windows, steps, GEMM timing reps */
+    const char *const names[4] = {"batch", "windows", "steps", "gemm_reps"};
+    if (bench_args(&cfg, argc, argv, "bench_mae", names, v, 4)) return 2;
     int B = v[0], windows = v[1], steps = v[2];
     if (B <= 0 || windows <= 0 || windows > 64 || steps <= 0) {
         fprintf(stderr, "bench_mae: bad --bench.* value\n");
@@ -114,9 +115,9 @@ int main(int argc, char **argv) {
                            "train.precision", &prec))
         return 2;
     mm_set_precision(MM_FP32);
-    double sg = gemm_gflops(uses, nu, 3);
+    double sg = v[3] > 0 ? gemm_gflops(uses, nu, v[3]) : 0;
     mm_set_precision(prec);
-    double pg = prec == MM_FP32 ? sg : gemm_gflops(uses, nu, 3);
+    double pg = prec == MM_FP32 || v[3] <= 0 ? sg : gemm_gflops(uses, nu, v[3]);
 
     size_t total = m->p->total,
            img = (size_t)cfg.model.in_chans * cfg.model.img_size * cfg.model.img_size;

@@ -121,9 +121,9 @@ static void pack_bf16(uint16_t *dst, const float *src, int rows, int cols, int l
 /* ---- the bf16 engine: oneDNN matmul primitives, one per GEMM shape ---------------- */
 
 typedef struct {
-    int ta, tb, M, N, K, ldc, beta;
+    int ta, tb, M, N, K, ldc, beta, bias;
     dnnl_primitive_t prim;
-    dnnl_memory_t a, b, c, pad;
+    dnnl_memory_t a, b, c, pad, d; /* d: the bias row */
 } mm_prim_t;
 
 static struct {
@@ -154,11 +154,11 @@ static uint16_t *scratch(int i, size_t n) {
     return g.buf[i];
 }
 
-static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int beta) {
+static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int beta, int bias) {
     for (int i = 0; i < g.nprims; i++) {
         mm_prim_t *p = &g.prims[i];
         if (p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K &&
-            p->ldc == ldc && p->beta == beta)
+            p->ldc == ldc && p->beta == beta && p->bias == bias)
             return p;
     }
     if (!g.engine) {
@@ -171,17 +171,20 @@ static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int bet
         if (!g.prims) check(dnnl_out_of_memory, "GEMM primitive table");
     }
     mm_prim_t *p = &g.prims[g.nprims];
-    *p = (mm_prim_t){.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .beta = beta};
+    *p = (mm_prim_t){
+        .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .beta = beta, .bias = bias};
     /* The operands are packed as stored, so a transposed operand is the stored matrix
      * read with swapped strides. */
     dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
     dnnl_dims_t sa = {ta ? 1 : K, ta ? M : 1}, sb = {tb ? 1 : N, tb ? K : 1}, sc = {ldc, 1};
-    dnnl_memory_desc_t ma, mb, mc;
+    dnnl_dims_t dd = {1, N}, sd = {N, 1};
+    dnnl_memory_desc_t ma, mb, mc, md;
+    check(dnnl_memory_desc_init_by_strides(&md, 2, dd, dnnl_f32, sd), "bias desc");
     check(dnnl_memory_desc_init_by_strides(&ma, 2, da, dnnl_bf16, sa), "src desc");
     check(dnnl_memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb), "weights desc");
     check(dnnl_memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc), "dst desc");
     dnnl_matmul_desc_t desc;
-    check(dnnl_matmul_desc_init(&desc, &ma, &mb, NULL, &mc), "matmul desc");
+    check(dnnl_matmul_desc_init(&desc, &ma, &mb, bias ? &md : NULL, &mc), "matmul desc");
     dnnl_primitive_attr_t attr;
     check(dnnl_primitive_attr_create(&attr), "attr");
     /* our scratchpad: oneDNN's own is allocated (and page-faulted in) on every call */
@@ -198,6 +201,7 @@ static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int bet
     check(dnnl_memory_create(&p->a, &ma, g.engine, DNNL_MEMORY_NONE), "memory");
     check(dnnl_memory_create(&p->b, &mb, g.engine, DNNL_MEMORY_NONE), "memory");
     check(dnnl_memory_create(&p->c, &mc, g.engine, DNNL_MEMORY_NONE), "memory");
+    check(dnnl_memory_create(&p->d, &md, g.engine, DNNL_MEMORY_NONE), "memory");
     const dnnl_memory_desc_t *mp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     check(dnnl_memory_create(&p->pad, mp, g.engine, DNNL_MEMORY_NONE), "memory");
     dnnl_primitive_desc_destroy(pd);
@@ -214,17 +218,17 @@ uint16_t *mm_pack(int slot, const float *src, int rows, int cols, int ld) {
     return dst;
 }
 
-void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const uint16_t *A, const uint16_t *B,
-                  float beta, float *C, int ldc) {
+void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const uint16_t *A,
+                       const uint16_t *B, const float *bias, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
-    if (K == 0) { /* oneDNN refuses empty products: C = beta C */
-        if (beta == 0.0f)
-            for (int m = 0; m < M; m++)
-                memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof *C);
+    if (K == 0) { /* oneDNN refuses empty products: C = bias + beta C */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++)
+                C[(size_t)m * ldc + n] = (bias ? bias[n] : 0.0f) + (beta != 0.0f ? C[(size_t)m * ldc + n] : 0.0f);
         return;
     }
     MIMIC_CHECK(beta == 0.0f || beta == 1.0f);
-    mm_prim_t *p = prim_for(ta, tb, M, N, K, ldc, beta != 0.0f);
+    mm_prim_t *p = prim_for(ta, tb, M, N, K, ldc, beta != 0.0f, bias != NULL);
     check(dnnl_memory_set_data_handle(p->a, (void *)A), "set handle");
     check(dnnl_memory_set_data_handle(p->b, (void *)B), "set handle");
     check(dnnl_memory_set_data_handle(p->c, C), "set handle");
@@ -233,12 +237,19 @@ void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const uint16_t *A, const 
     size_t padb = dnnl_memory_desc_get_size(mp);
     check(dnnl_memory_set_data_handle(p->pad, scratch(MM_SLOTS, padb / sizeof(uint16_t) + 1)),
           "set handle");
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->a},
+    if (bias) check(dnnl_memory_set_data_handle(p->d, (void *)bias), "set handle");
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->a},
                                {DNNL_ARG_WEIGHTS, p->b},
                                {DNNL_ARG_DST, p->c},
-                               {DNNL_ARG_SCRATCHPAD, p->pad}};
-    check(dnnl_primitive_execute(p->prim, g.stream, 4, args), "matmul");
+                               {DNNL_ARG_SCRATCHPAD, p->pad},
+                               {DNNL_ARG_BIAS, p->d}};
+    check(dnnl_primitive_execute(p->prim, g.stream, bias ? 5 : 4, args), "matmul");
     check(dnnl_stream_wait(g.stream), "stream wait");
+}
+
+void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const uint16_t *A, const uint16_t *B,
+                  float beta, float *C, int ldc) {
+    mm_gemm_bf16_bias(ta, tb, M, N, K, A, B, NULL, beta, C, ldc);
 }
 
 void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
@@ -261,6 +272,7 @@ void mm_release(void) {
         dnnl_memory_destroy(g.prims[i].b);
         dnnl_memory_destroy(g.prims[i].c);
         dnnl_memory_destroy(g.prims[i].pad);
+        dnnl_memory_destroy(g.prims[i].d);
     }
     free(g.prims);
     for (int i = 0; i <= MM_SLOTS; i++) free(g.buf[i]);

@@ -47,6 +47,11 @@ enum { MM_SLOTS = 4 };
 unsigned short *mm_pack(int slot, const float *src, int rows, int cols, int ld);
 void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,
                   const unsigned short *B, float beta, float *C, int ldc);
+/* The same plus a bias row added to every row of C (N floats; NULL: none), in the
+ * product's own pass. */
+void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const unsigned short *A,
+                       const unsigned short *B, const float *bias, float beta, float *C,
+                       int ldc);
 
 /* Rounds n floats to bfloat16 (round to nearest even; NaN stays NaN). */
 void mm_to_bf16(unsigned short *dst, const float *src, long n);
