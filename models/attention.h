@@ -3,7 +3,9 @@
  * qkv is the output of the block's qkv Linear: for token t of sample b the row holds
  * [q (C) | k (C) | v (C)], each split into NH heads of C/NH (timm's layout). Forward
  * keeps the softmax probabilities (att) for backward. Backward accumulates (+=) into
- * dqkv and uses `scratch` (B*NH*T*T floats) for the gradient of the scores. */
+ * dqkv and uses `scratch` (B*NH*T*T floats) for the gradient of the scores.
+ * In bf16 (mm_precision) the four products run batched over every (sample, head) on
+ * bf16 head-major copies with fp32 accumulation; softmax stays fp32. */
 #ifndef MIMIC_ATTENTION_H
 #define MIMIC_ATTENTION_H
 

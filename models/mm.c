@@ -121,7 +121,7 @@ static void pack_bf16(uint16_t *dst, const float *src, int rows, int cols, int l
 /* ---- the bf16 engine: oneDNN matmul primitives, one per GEMM shape ---------------- */
 
 typedef struct {
-    int ta, tb, M, N, K, ldc, beta, bias;
+    int batch, ta, tb, M, N, K, ldc, beta, bias;
     dnnl_primitive_t prim;
     dnnl_memory_t a, b, c, pad, d; /* d: the bias row */
 } mm_prim_t;
@@ -131,8 +131,9 @@ static struct {
     dnnl_stream_t stream;
     mm_prim_t *prims;
     int nprims, cap;
-    uint16_t *buf[MM_SLOTS + 1]; /* the packed operands; the primitives' scratchpad */
-    size_t buf_len[MM_SLOTS + 1];
+    /* the packed operands, the primitives' scratchpad, the float buffers */
+    uint16_t *buf[MM_SLOTS + 1 + MM_FSLOTS];
+    size_t buf_len[MM_SLOTS + 1 + MM_FSLOTS];
 } g;
 
 /* oneDNN fails only on a broken installation or exhausted memory: there is no step to
@@ -154,10 +155,11 @@ static uint16_t *scratch(int i, size_t n) {
     return g.buf[i];
 }
 
-static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int beta, int bias) {
+static mm_prim_t *prim_for(int batch, int ta, int tb, int M, int N, int K, int ldc, int beta,
+                           int bias) {
     for (int i = 0; i < g.nprims; i++) {
         mm_prim_t *p = &g.prims[i];
-        if (p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K &&
+        if (p->batch == batch && p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K &&
             p->ldc == ldc && p->beta == beta && p->bias == bias)
             return p;
     }
@@ -172,17 +174,29 @@ static mm_prim_t *prim_for(int ta, int tb, int M, int N, int K, int ldc, int bet
     }
     mm_prim_t *p = &g.prims[g.nprims];
     *p = (mm_prim_t){
-        .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .beta = beta, .bias = bias};
+        .batch = batch, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .beta = beta, .bias = bias};
     /* The operands are packed as stored, so a transposed operand is the stored matrix
-     * read with swapped strides. */
-    dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
-    dnnl_dims_t sa = {ta ? 1 : K, ta ? M : 1}, sb = {tb ? 1 : N, tb ? K : 1}, sc = {ldc, 1};
-    dnnl_dims_t dd = {1, N}, sd = {N, 1};
+     * read with swapped strides; a batch (batch > 1) is the leading dimension of three,
+     * its matrices one after another. */
+    int nd = batch > 1 ? 3 : 2, o = nd - 2;
+    dnnl_dims_t da = {0}, db = {0}, dc = {0}, dd = {0}, sa = {0}, sb = {0}, sc = {0}, sd = {0};
+    if (batch > 1) {
+        da[0] = db[0] = dc[0] = batch;
+        dd[0] = 1;
+        sa[0] = (dnnl_dim_t)M * K;
+        sb[0] = (dnnl_dim_t)K * N;
+        sc[0] = (dnnl_dim_t)M * ldc;
+        sd[0] = N;
+    }
+    da[o] = M, da[o + 1] = K, sa[o] = ta ? 1 : K, sa[o + 1] = ta ? M : 1;
+    db[o] = K, db[o + 1] = N, sb[o] = tb ? 1 : N, sb[o + 1] = tb ? K : 1;
+    dc[o] = M, dc[o + 1] = N, sc[o] = ldc, sc[o + 1] = 1;
+    dd[o] = 1, dd[o + 1] = N, sd[o] = N, sd[o + 1] = 1;
     dnnl_memory_desc_t ma, mb, mc, md;
-    check(dnnl_memory_desc_init_by_strides(&md, 2, dd, dnnl_f32, sd), "bias desc");
-    check(dnnl_memory_desc_init_by_strides(&ma, 2, da, dnnl_bf16, sa), "src desc");
-    check(dnnl_memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb), "weights desc");
-    check(dnnl_memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc), "dst desc");
+    check(dnnl_memory_desc_init_by_strides(&md, nd, dd, dnnl_f32, sd), "bias desc");
+    check(dnnl_memory_desc_init_by_strides(&ma, nd, da, dnnl_bf16, sa), "src desc");
+    check(dnnl_memory_desc_init_by_strides(&mb, nd, db, dnnl_bf16, sb), "weights desc");
+    check(dnnl_memory_desc_init_by_strides(&mc, nd, dc, dnnl_f32, sc), "dst desc");
     dnnl_matmul_desc_t desc;
     check(dnnl_matmul_desc_init(&desc, &ma, &mb, bias ? &md : NULL, &mc), "matmul desc");
     dnnl_primitive_attr_t attr;
@@ -218,17 +232,17 @@ uint16_t *mm_pack(int slot, const float *src, int rows, int cols, int ld) {
     return dst;
 }
 
-void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const uint16_t *A,
-                       const uint16_t *B, const float *bias, float beta, float *C, int ldc) {
-    if (M == 0 || N == 0) return;
+static void run_bf16(int batch, int ta, int tb, int M, int N, int K, const uint16_t *A,
+                     const uint16_t *B, const float *bias, float beta, float *C, int ldc) {
+    if (M == 0 || N == 0 || batch == 0) return;
     if (K == 0) { /* oneDNN refuses empty products: C = bias + beta C */
-        for (int m = 0; m < M; m++)
+        for (long m = 0; m < (long)M * batch; m++)
             for (int n = 0; n < N; n++)
                 C[(size_t)m * ldc + n] = (bias ? bias[n] : 0.0f) + (beta != 0.0f ? C[(size_t)m * ldc + n] : 0.0f);
         return;
     }
     MIMIC_CHECK(beta == 0.0f || beta == 1.0f);
-    mm_prim_t *p = prim_for(ta, tb, M, N, K, ldc, beta != 0.0f, bias != NULL);
+    mm_prim_t *p = prim_for(batch, ta, tb, M, N, K, ldc, beta != 0.0f, bias != NULL);
     check(dnnl_memory_set_data_handle(p->a, (void *)A), "set handle");
     check(dnnl_memory_set_data_handle(p->b, (void *)B), "set handle");
     check(dnnl_memory_set_data_handle(p->c, C), "set handle");
@@ -247,9 +261,29 @@ void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const uint16_t *A,
     check(dnnl_stream_wait(g.stream), "stream wait");
 }
 
+void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const uint16_t *A,
+                       const uint16_t *B, const float *bias, float beta, float *C, int ldc) {
+    run_bf16(1, ta, tb, M, N, K, A, B, bias, beta, C, ldc);
+}
+
 void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const uint16_t *A, const uint16_t *B,
                   float beta, float *C, int ldc) {
-    mm_gemm_bf16_bias(ta, tb, M, N, K, A, B, NULL, beta, C, ldc);
+    run_bf16(1, ta, tb, M, N, K, A, B, NULL, beta, C, ldc);
+}
+
+void mm_bmm_bf16(int batch, int ta, int tb, int M, int N, int K, const uint16_t *A,
+                 const uint16_t *B, float beta, float *C) {
+    run_bf16(batch, ta, tb, M, N, K, A, B, NULL, beta, C, N);
+}
+
+uint16_t *mm_buffer(int slot, size_t n) {
+    MIMIC_CHECK(slot >= 0 && slot < MM_SLOTS);
+    return scratch(slot, n);
+}
+
+float *mm_fbuffer(int slot, size_t n) {
+    MIMIC_CHECK(slot >= 0 && slot < MM_FSLOTS);
+    return (float *)scratch(MM_SLOTS + 1 + slot, 2 * n);
 }
 
 void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
@@ -275,7 +309,7 @@ void mm_release(void) {
         dnnl_memory_destroy(g.prims[i].d);
     }
     free(g.prims);
-    for (int i = 0; i <= MM_SLOTS; i++) free(g.buf[i]);
+    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS; i++) free(g.buf[i]);
     if (g.stream) dnnl_stream_destroy(g.stream);
     if (g.engine) dnnl_engine_destroy(g.engine);
     memset(&g, 0, sizeof g);

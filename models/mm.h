@@ -16,6 +16,8 @@
 #ifndef MIMIC_MM_H
 #define MIMIC_MM_H
 
+#include <stddef.h>
+
 typedef enum { MM_FP32 = 0, MM_BF16 = 1 } mm_precision_t;
 
 /* 1 when the CPU has AVX512_BF16 and oneDNN will run its bf16 kernels on it. */
@@ -43,7 +45,7 @@ void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const
  * dimension ld) into the engine's buffer `slot` (0 .. MM_SLOTS-1), packed (leading
  * dimension cols), valid until that slot is packed again; mm_gemm_bf16 multiplies
  * packed operands as stored (op(A) is A^T when ta: A packed as K x M). */
-enum { MM_SLOTS = 4 };
+enum { MM_SLOTS = 10, MM_FSLOTS = 3 };
 unsigned short *mm_pack(int slot, const float *src, int rows, int cols, int ld);
 void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,
                   const unsigned short *B, float beta, float *C, int ldc);
@@ -52,6 +54,16 @@ void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,
 void mm_gemm_bf16_bias(int ta, int tb, int M, int N, int K, const unsigned short *A,
                        const unsigned short *B, const float *bias, float beta, float *C,
                        int ldc);
+
+/* batch products at once, each operand's matrices one after another (A: batch of M x K
+ * or K x M when ta, ...), C batch x M x N: attention's per-head products. */
+void mm_bmm_bf16(int batch, int ta, int tb, int M, int N, int K, const unsigned short *A,
+                 const unsigned short *B, float beta, float *C);
+/* The engine's buffers (grow-only, valid until asked for again with a larger n): bf16
+ * slot 0 .. MM_SLOTS-1 (shared with mm_pack: linear uses 0-2, attention 4-8) and float
+ * slot 0 .. MM_FSLOTS-1 (attention). */
+unsigned short *mm_buffer(int slot, size_t n);
+float *mm_fbuffer(int slot, size_t n);
 
 /* Rounds n floats to bfloat16 (round to nearest even; NaN stays NaN). */
 void mm_to_bf16(unsigned short *dst, const float *src, long n);

@@ -7,7 +7,7 @@
  *    product of the bf16-rounded operands to fp32-accumulation accuracy (so the
  *    products are bf16 and the sums fp32), and against sgemm of the unrounded operands
  *    within bf16's bound, yet not equal to it (so the bf16 path really ran).
- * 3. linear forward/backward and a whole MAE forward/backward in bf16 against fp32:
+ * 3. linear forward/backward, attention forward/backward, and a whole MAE forward/backward in bf16 against fp32:
  *    loss to 1%, every gradient tensor to cosine >= 0.999.
  * 4. A loss curve: 300 MAE steps (AdamW) from one initialisation on one data set in
  *    fp32 and in bf16; both learn, and the bf16 curve tracks the fp32 one (windows of
@@ -15,6 +15,7 @@
  * On a CPU without AVX512_BF16 the test checks that bf16 is refused with a message
  * and that auto picks fp32, then skips the rest (exit 77). */
 #include "adamw.h"
+#include "attention.h"
 #include "common.h"
 #include "linear.h"
 #include "mae.h"
@@ -186,6 +187,39 @@ static void test_linear(void) {
     T_CHECK(testutil_rel_err(y[1], y[0], (size_t)M * N) > 1e-6);
 }
 
+/* attention in bf16 (batched per-head products) against fp32, T odd and hd not a
+ * multiple of 16, so every edge of the batched kernels is used */
+static void test_attention(void) {
+    unsigned long long seed = 8;
+    int B = 3, T = 17, C = 60, NH = 3;
+    size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, na = (size_t)B * NH * T * T;
+    float *qkv = testutil_rnd(nq, -1, 1, &seed), *dout = testutil_rnd(no, -1, 1, &seed);
+    float *out[2], *att[2], *dqkv[2], *scr = testutil_zeros(na);
+    unsigned long long seed0 = seed;
+    dqkv[0] = testutil_rnd(nq, -1, 1, &seed); /* backward accumulates into it */
+    dqkv[1] = testutil_zeros(nq);
+    memcpy(dqkv[1], dqkv[0], nq * sizeof *dqkv[1]);
+    for (int p = 0; p < 2; p++) {
+        out[p] = testutil_zeros(no);
+        att[p] = testutil_zeros(na);
+        mm_set_precision(p ? MM_BF16 : MM_FP32);
+        attention_forward(out[p], att[p], qkv, B, T, C, NH);
+        attention_backward(dqkv[p], scr, dout, qkv, att[p], B, T, C, NH);
+    }
+    mm_set_precision(MM_FP32);
+    testutil_close("attention probabilities bf16", att[1], att[0], na, 0.02);
+    testutil_close("attention out bf16", out[1], out[0], no, 0.02);
+    testutil_close("attention dqkv bf16 (accumulated)", dqkv[1], dqkv[0], nq, 0.02);
+    float *init = testutil_zeros(nq);
+    testutil_fill(init, nq, -1, 1, &seed0);
+    for (size_t i = 0; i < nq; i++) { /* the increments alone */
+        dqkv[0][i] -= init[i];
+        dqkv[1][i] -= init[i];
+    }
+    testutil_close("attention dqkv bf16 (the increment)", dqkv[1], dqkv[0], nq, 0.02);
+    T_CHECK(testutil_rel_err(out[1], out[0], no) > 1e-6);
+}
+
 /* Smooth images (sums of Gaussian blobs): what masked patches are predictable from. */
 static void blob_images(float *x, int n, int side, unsigned long long seed) {
     for (int i = 0; i < n; i++) {
@@ -335,6 +369,7 @@ int main(void) {
     test_rounding();
     test_gemm();
     test_linear();
+    test_attention();
     test_mae_grads();
     test_curve();
     mm_release();
