@@ -118,8 +118,19 @@ static void resample_col(float *tmp, const image_u8 *in, int x0, int cw, const a
     }
 }
 
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p) {
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 /* acc (S, cin): horizontal pass of one row; px indexes tmp (crop-relative columns) and
- * has one tap count for all outputs (axis_plan_uniform). */
+ * has one tap count for all outputs (axis_plan_uniform). RGB: one 4-lane vector per tap
+ * holds a pixel's R, G, B (and the next pixel's R, unused), so each tap is one
+ * multiply-add instead of three (the per-lane sums are those of the scalar loop, in the
+ * same order); tmp and acc have one float of slack for the 4th lane. */
 static inline void resample_row(float *acc, const float *tmp, const axis_plan *px, int S, int cin) {
     const int mt = px->maxtaps, n = px->ntaps[0];
     for (int x = 0; x < S; x++) {
@@ -131,15 +142,10 @@ static inline void resample_row(float *acc, const float *tmp, const axis_plan *p
                 a0 += w[k] * s[k];
             acc[x] = a0;
         } else { /* cin == 3 */
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
-            for (int k = 0; k < n; k++) {
-                a0 += w[k] * s[3 * k];
-                a1 += w[k] * s[3 * k + 1];
-                a2 += w[k] * s[3 * k + 2];
-            }
-            acc[3 * x] = a0;
-            acc[3 * x + 1] = a1;
-            acc[3 * x + 2] = a2;
+            v4f a = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < n; k++)
+                a += w[k] * load4(s + 3 * k);
+            memcpy(acc + 3 * x, &a, sizeof a); /* its 4th lane is overwritten next */
         }
     }
 }
@@ -190,8 +196,9 @@ static int ws_reserve(augment_ws *ws, size_t nint, size_t nflt) {
  * it grows with cw and ch, so the whole image bounds every crop of it. */
 static int ws_reserve_crop(augment_ws *ws, int cw, int ch, int cin, int S) {
     size_t mx = (size_t)axis_maxtaps(cw, S), my = (size_t)axis_maxtaps(ch, S);
-    size_t tmp_len = ((size_t)cw + mx) * (size_t)cin;
-    return ws_reserve(ws, 4 * (size_t)S, (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin);
+    size_t tmp_len = ((size_t)cw + mx) * (size_t)cin + 1; /* + 1: resample_row's 4th lane */
+    return ws_reserve(ws, 4 * (size_t)S,
+                      (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin + 1);
 }
 
 /* Floats augment_blur needs: one S x S plane, one padded row, the kernel. */
@@ -231,7 +238,8 @@ static int resample_crop(float *out, const image_u8 *in, const augment_box *box,
         b[c] = -m / s;
     }
     axis_plan px = {.maxtaps = axis_maxtaps(cw, S)}, py = {.maxtaps = axis_maxtaps(ch, S)};
-    const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin; /* zeroed tail */
+    /* a zeroed tail of maxtaps pixels and one float (resample_row's 4th lane) */
+    const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin + 1;
     if (ws_reserve_crop(ws, cw, ch, cin, S))
         return mimic_err(MIMIC_ENOMEM, "augment: out of memory for a %dx%d crop", cw, ch);
     int *ibuf = ws->ibuf;

@@ -6,7 +6,6 @@
  * columns: only what the crop needs is transformed, and nothing below it is decoded. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
-#include <jpeglib.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+
+#include <jpeglib.h> /* after stdio.h: it uses FILE and size_t without including them */
 
 #include "common.h"
 #include "dataset_impl.h"
