@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <turbojpeg.h>
 
 #include "augment.h"
@@ -383,6 +384,31 @@ static void check_crop_reference(const mimic_cfg_t *cfg) {
            "reference, %d within 2/255\n",
            exact, good, close);
     T_CHECK(good > 20 && exact > good / 2 && close == good);
+
+    /* loader_ready: the threads alone finish a submitted batch (the caller only polls,
+     * for at most 60 s), after which loader_wait has nothing left to build */
+    mimic_cfg_t c2 = *cfg;
+    c2.data.threads = 2;
+    loader_t *l2 = NULL;
+    uint32_t idx[6] = {0, 1, 2, 4, 5, 6};
+    float *b6 = malloc(6 * isz * sizeof(float));
+    T_CHECK(loader_new(&l2, &c2) == 0);
+    if (l2 && b6 && loader_submit(l2, idx, 6, 0, b6, NULL, 0, NULL) == 0) {
+        int polls = 0;
+        while (!loader_ready(l2) && polls < 60000) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            polls++;
+        }
+        T_CHECK(loader_ready(l2));
+        mimic_set_quiet(1);
+        int got = loader_wait(l2);
+        mimic_set_quiet(0);
+        printf("loader_ready after %d polls of 1 ms; the batch gave %d of 6\n", polls, got);
+        T_CHECK(got == 6 - (int)loader_bad(l2));
+    }
+    free(b6);
+    loader_destroy(&l2);
     image_u8_free(&im);
     augment_ws_free(&ws);
     free(got);
