@@ -24,13 +24,15 @@ bf16=no
 if grep -qw avx512_bf16 /proc/cpuinfo; then bf16=yes; fi
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 set +e
-out=$(OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_datapath "$@")
+# passive: OpenMP threads sleep while they wait, so the step's CPU time is its work
+out=$(OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
+  ./build/bench/bench_datapath "$@")
 rc=$?
 set -e
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 report=$(cat <<TXT
 CPU: $cpu, avx512_bf16: $bf16, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto}; load average before/after: $load0 / $load1
-command: OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench/bench_datapath $*
+command: OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench/bench_datapath $*
 $out
 TXT
 )
