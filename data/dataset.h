@@ -6,6 +6,8 @@
  * DCT scaling when a file is much larger than the training resolution). Access is by
  * index because the scheduler hands workers chunks of a seeded permutation:
  *   dataset_open(&ds, &opts); dataset_get(ds, i, &img, 224); augment_rrc(out, &img, ...);
+ * The training path decodes only the crop it will use, drawn from the header's size:
+ *   dataset_read_crop(ds, rd, i, &img, 224, draw, arg, &box); augment_crop_ws(out, &img, &box..);
  * dataset_get reuses a reader (decoder handle, file buffer) inside the dataset_t, so it
  * serves one thread; threads share one dataset_t through dataset_read, a reader each.
  * dataset_count sizes a set without decoding and links without the JPEG decoder. */
