@@ -141,6 +141,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_datapath: bad --bench.* value\n");
         return 2;
     }
+    if (njpeg < B) {
+        fprintf(stderr, "bench_datapath: --bench.jpegs %d is less than a batch (%d)\n", njpeg, B);
+        return 2;
+    }
     static const int src_w[NSRC] = {224, 500}, src_h[NSRC] = {224, 375};
     static const int threads[NTH] = {1, 2};
     char dirs[NSRC][900];
@@ -181,11 +185,7 @@ int main(int argc, char **argv) {
     double ratio[NSRC][NTH][MAXR], cratio[NSRC][NTH][MAXR];
     for (int s = 0; s < NSRC; s++)
         for (int k = 0; k < NTH; k++)
-            loader_pass(ld[s][k], perm, njpeg < B ? njpeg : B, B, imgs, noise, L, 0, &cms);
-    if (njpeg < B) {
-        fprintf(stderr, "bench_datapath: --bench.jpegs %d is less than a batch (%d)\n", njpeg, B);
-        return 2;
-    }
+            loader_pass(ld[s][k], perm, B, B, imgs, noise, L, 0, &cms);
     if (steps) mae_steps(&t, imgs, noise, 1, &cms);
     for (int r = 0; r < rounds; r++) {
         for (int s = 0; s < NSRC; s++)
