@@ -2,7 +2,9 @@
 /* test_dataset — the four data set formats on small files written here: IDX (raw and
  * gzip, broken headers and sizes), FER2013 CSV (usage filter, broken header, rows and
  * values), RAF-DB label lists and ImageFolder trees of JPEGs encoded with TurboJPEG
- * (truncated, random bytes, gray, DCT scaling, mutated bytes). The FER sets in the
+ * (truncated, random bytes, gray, DCT scaling, mutated bytes), and the training path's
+ * crop decode against the full decode (4:2:0, 4:2:2, 4:4:4, 4:4:0, 4:1:1, gray,
+ * progressive; unscaled crops bit-exact). The FER sets in the
  * layouts they ship in: RAF-DB basic (its list, 1-based labels, _aligned images; MAE
  * and MIMIC train on it through mimic-worker), FERPlus votes beside fer2013.csv,
  * AffectNet-style class folders. Fashion-MNIST is checked when its Debian package is
@@ -543,11 +545,14 @@ static uint8_t *photo_image(int w, int h, int seed) {
     return px;
 }
 
+/* subsamp: a TJSAMP_*, plus 100 for a progressive file */
 static void write_jpeg_sub(const char *path, const uint8_t *px, int w, int h, int subsamp) {
     tjhandle tj = tjInitCompress();
     unsigned char *buf = NULL;
     unsigned long size = 0;
-    MIMIC_CHECK(tj && tjCompress2(tj, px, w, 0, h, TJPF_RGB, &buf, &size, subsamp, 90, 0) == 0);
+    int flags = subsamp >= 100 ? TJFLAG_PROGRESSIVE : 0;
+    MIMIC_CHECK(tj &&
+                tjCompress2(tj, px, w, 0, h, TJPF_RGB, &buf, &size, subsamp % 100, 90, flags) == 0);
     write_file(path, buf, size);
     tjFree(buf);
     tjDestroy(tj);
@@ -703,7 +708,10 @@ static void test_jpeg_crop(void) {
              {"crop/a/2photo422.jpg", 375, 500, TJSAMP_422},
              {"crop/a/3big420.jpg", 1600, 1200, TJSAMP_420},
              {"crop/a/4gray.jpg", 300, 200, -1},
-             {"crop/a/5small.jpg", 100, 90, TJSAMP_420}};
+             {"crop/a/5small.jpg", 100, 90, TJSAMP_420},
+             {"crop/a/6photo440.jpg", 301, 257, TJSAMP_440},
+             {"crop/a/7photo411.jpg", 419, 233, TJSAMP_411},
+             {"crop/a/8progressive.jpg", 480, 360, 100 + TJSAMP_420}};
     const int nf = (int)(sizeof f / sizeof f[0]);
     for (int k = 0; k < nf; k++) {
         uint8_t *px = photo_image(f[k].w, f[k].h, 20 + k);
