@@ -1,5 +1,5 @@
 /* bench_loader — the data loader's throughput and what its threads buy a trainer.
- * (a) A JPEG ImageFolder of --bench.jpegs 224x224 files (written here with TurboJPEG
+ * (a) A JPEG ImageFolder of --bench.jpegs 224x224 photo-like files (bench/benchjpeg.c,
  *     under $TMPDIR, removed at the end) loaded at 224x224 RGB in batches of 64 with
  *     data.threads 0, 1, 2: images/s of loader_fill (decode + RandomResizedCrop + noise),
  *     then with two views per sample (loader_set_views: the contrastive recipe, crop,
@@ -13,8 +13,9 @@
  * Flags: --bench.jpegs N (300), --bench.samples N (8192), --bench.rounds N (5) of
  * --bench.steps N (4) steps per thread count, --section.key=value as usual. */
 #define _GNU_SOURCE
-#include "benchutil.h"
 #include "adamw.h"
+#include "benchjpeg.h"
+#include "benchutil.h"
 #include "common.h"
 #include "config.h"
 #include "loader.h"
@@ -26,55 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <turbojpeg.h>
 #include <unistd.h>
-
-/* n 224x224 JPEGs (quality 90, 4:2:0, smooth noise: ~20 KB, like photos) in 4 class
- * folders under dir. */
-static int write_jpegs(const char *dir, int n) {
-    int side = 224;
-    uint8_t *px = malloc((size_t)side * side * 3);
-    tjhandle tj = tjInitCompress();
-    if (!px || !tj) return -1;
-    rng_t r;
-    rng_seed(&r, 3);
-    char p[4200];
-    for (int i = 0; i < n; i++) {
-        int a = 1 + (int)rng_below(&r, 5), b = 1 + (int)rng_below(&r, 5);
-        for (size_t k = 0; k < (size_t)side * side * 3; k++) {
-            size_t x = k / 3 % side, y = k / 3 / side;
-            px[k] = (uint8_t)((x * a + y * b + k % 3 * 70) % 220 + rng_below(&r, 30));
-        }
-        unsigned char *buf = NULL;
-        unsigned long size = 0;
-        if (tjCompress2(tj, px, side, 0, side, TJPF_RGB, &buf, &size, TJSAMP_420, 90, 0)) return -1;
-        snprintf(p, sizeof p, "%s/c%d", dir, i % 4);
-        mkdir(p, 0755);
-        snprintf(p, sizeof p, "%s/c%d/%04d.jpg", dir, i % 4, i);
-        FILE *f = fopen(p, "wb");
-        if (!f || fwrite(buf, 1, size, f) != size) return -1;
-        fclose(f);
-        tjFree(buf);
-    }
-    tjDestroy(tj);
-    free(px);
-    return 0;
-}
-
-static void remove_jpegs(const char *dir, int n) {
-    char p[4200];
-    for (int i = 0; i < n; i++) {
-        snprintf(p, sizeof p, "%s/c%d/%04d.jpg", dir, i % 4, i);
-        unlink(p);
-    }
-    for (int c = 0; c < 4; c++) {
-        snprintf(p, sizeof p, "%s/c%d", dir, c);
-        rmdir(p);
-    }
-    rmdir(dir);
-}
 
 /* CPU seconds of the whole process (all threads): the work an image costs, apart from
  * how busy the machine is. */
@@ -160,7 +114,6 @@ static double train_steps(trainer_t *t, loader_t *ld, int steps, double *data_s)
     return steps * B / (mimic_now() - t0);
 }
 
-
 /* Rounds of `steps` steps with data.threads 0, 1, 2 in turn (so that the load of a
  * shared machine hits all three alike); median images/s and data ms per step. */
 static void bench_overlap(const mimic_cfg_t *cfg, int steps, int rounds) {
@@ -237,10 +190,8 @@ int main(int argc, char **argv) {
     int njpeg = v[0], steps = v[1], nviews = v[2], rounds = v[3];
     printf("omp_threads=%d cores=%ld\n", omp_get_max_threads(), sysconf(_SC_NPROCESSORS_ONLN));
     if (njpeg > 0) {
-        const char *t = getenv("TMPDIR");
         char dir[900];
-        snprintf(dir, sizeof dir, "%.800s/bench-loader-XXXXXX", t ? t : "/tmp");
-        if (!mkdtemp(dir) || write_jpegs(dir, njpeg)) return 1;
+        if (bench_jpeg_folder(dir, sizeof dir, njpeg, 224, 224, 3, NULL)) return 1;
         mimic_cfg_t c = cfg;
         snprintf(c.data.kind, sizeof c.data.kind, "imagefolder");
         snprintf(c.data.path, sizeof c.data.path, "%.900s", dir);
@@ -250,7 +201,7 @@ int main(int argc, char **argv) {
         for (int views = 1; views <= 2; views++)
             for (int th = 0; th <= 2; th++)
                 bench_fill_views(&c, "jpeg_224", njpeg, th, views);
-        remove_jpegs(dir, njpeg);
+        bench_jpeg_folder_remove(dir, njpeg);
     }
     if (nviews > 0)
         for (int th = 0; th <= 2; th++)

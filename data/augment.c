@@ -46,39 +46,42 @@ static int axis_maxtaps(int in_n, int out_n) {
 }
 
 /* PIL's precompute_coeffs for the bilinear (triangle) filter over the source segment
- * [in0, in0 + in_n): when shrinking, the triangle is stretched by the scale so every
- * source pixel contributes (antialiasing, as torchvision's antialias=True); when
- * enlarging it is plain half-pixel-centred bilinear. Zero-weight taps are dropped so an
- * identity resize is a single tap of weight exactly 1. */
-static void axis_plan_fill(axis_plan *p, int in0, int in_n, int out_n) {
-    double scale = (double)in_n / (double)out_n;
+ * [a, a + n) (pixel j covers [j, j + 1); a and n may be fractional, as PIL's resize box):
+ * when shrinking, the triangle is stretched by the scale so every source pixel
+ * contributes (antialiasing, as torchvision's antialias=True); when enlarging it is plain
+ * half-pixel-centred bilinear. Taps stay inside the pixels the segment touches, and
+ * start[] counts from pixel `off`. Zero-weight taps are dropped so an identity resize is
+ * a single tap of weight exactly 1. */
+static void axis_plan_fill(axis_plan *p, double a, double n, int out_n, int off) {
+    double scale = n / (double)out_n;
     double support = scale > 1.0 ? scale : 1.0;
     double ss = 1.0 / support;
+    const int first_px = (int)floor(a), end_px = (int)ceil(a + n);
     for (int i = 0; i < out_n; i++) {
-        double center = ((double)i + 0.5) * scale;
-        int lo = (int)(center - support + 0.5);
-        int hi = (int)(center + support + 0.5);
-        if (lo < 0) lo = 0;
-        if (hi > in_n) hi = in_n;
+        double center = a + ((double)i + 0.5) * scale;
+        int lo = (int)floor(center - support + 0.5);
+        int hi = (int)floor(center + support + 0.5);
+        if (lo < first_px) lo = first_px;
+        if (hi > end_px) hi = end_px;
         float *w = p->w + (size_t)i * (size_t)p->maxtaps;
         double sum = 0.0;
-        int n = 0, first = -1;
+        int k = 0, first = -1;
         for (int x = lo; x < hi; x++) {
             double d = fabs(((double)x - center + 0.5) * ss);
             double v = d < 1.0 ? 1.0 - d : 0.0;
             if (v <= 0.0 && first < 0) continue; /* leading zero taps */
             if (first < 0) first = x;
-            w[n++] = (float)v;
+            w[k++] = (float)v;
             sum += v;
         }
-        while (n > 1 && w[n - 1] <= 0.0f)
-            n--; /* trailing zero taps */
-        MIMIC_CHECK(n >= 1 && n <= p->maxtaps && sum > 0.0);
+        while (k > 1 && w[k - 1] <= 0.0f)
+            k--; /* trailing zero taps */
+        MIMIC_CHECK(k >= 1 && k <= p->maxtaps && sum > 0.0);
         float inv = (float)(1.0 / sum);
-        for (int k = 0; k < n; k++)
-            w[k] *= inv;
-        p->start[i] = in0 + first;
-        p->ntaps[i] = n;
+        for (int t = 0; t < k; t++)
+            w[t] *= inv;
+        p->start[i] = first - off;
+        p->ntaps[i] = k;
     }
 }
 
@@ -115,8 +118,19 @@ static void resample_col(float *tmp, const image_u8 *in, int x0, int cw, const a
     }
 }
 
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p) {
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 /* acc (S, cin): horizontal pass of one row; px indexes tmp (crop-relative columns) and
- * has one tap count for all outputs (axis_plan_uniform). */
+ * has one tap count for all outputs (axis_plan_uniform). RGB: one 4-lane vector per tap
+ * holds a pixel's R, G, B (and the next pixel's R, unused), so each tap is one
+ * multiply-add instead of three (the per-lane sums are those of the scalar loop, in the
+ * same order); tmp and acc have one float of slack for the 4th lane. */
 static inline void resample_row(float *acc, const float *tmp, const axis_plan *px, int S, int cin) {
     const int mt = px->maxtaps, n = px->ntaps[0];
     for (int x = 0; x < S; x++) {
@@ -128,15 +142,10 @@ static inline void resample_row(float *acc, const float *tmp, const axis_plan *p
                 a0 += w[k] * s[k];
             acc[x] = a0;
         } else { /* cin == 3 */
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
-            for (int k = 0; k < n; k++) {
-                a0 += w[k] * s[3 * k];
-                a1 += w[k] * s[3 * k + 1];
-                a2 += w[k] * s[3 * k + 2];
-            }
-            acc[3 * x] = a0;
-            acc[3 * x + 1] = a1;
-            acc[3 * x + 2] = a2;
+            v4f a = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < n; k++)
+                a += w[k] * load4(s + 3 * k);
+            memcpy(acc + 3 * x, &a, sizeof a); /* its 4th lane is overwritten next */
         }
     }
 }
@@ -187,8 +196,9 @@ static int ws_reserve(augment_ws *ws, size_t nint, size_t nflt) {
  * it grows with cw and ch, so the whole image bounds every crop of it. */
 static int ws_reserve_crop(augment_ws *ws, int cw, int ch, int cin, int S) {
     size_t mx = (size_t)axis_maxtaps(cw, S), my = (size_t)axis_maxtaps(ch, S);
-    size_t tmp_len = ((size_t)cw + mx) * (size_t)cin;
-    return ws_reserve(ws, 4 * (size_t)S, (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin);
+    size_t tmp_len = ((size_t)cw + mx) * (size_t)cin + 1; /* + 1: resample_row's 4th lane */
+    return ws_reserve(ws, 4 * (size_t)S,
+                      (size_t)S * (mx + my) + tmp_len + (size_t)S * (size_t)cin + 1);
 }
 
 /* Floats augment_blur needs: one S x S plane, one padded row, the kernel. */
@@ -211,11 +221,14 @@ void augment_ws_free(augment_ws *ws) {
     memset(ws, 0, sizeof *ws);
 }
 
-/* out (cout, S, S) from the crop (x0, y0, cw, ch) of in: per output row, a vertical pass
- * into one crop-wide float row, then a horizontal pass and the normalised write. */
-static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw, int ch, int S,
-                         int flip, const float *mean, const float *std, int cout, augment_ws *ws) {
+/* out (cout, S, S) from the crop box (pixel units, may be fractional) of in: per output
+ * row, a vertical pass into one float row over the columns the box touches, then a
+ * horizontal pass and the normalised write. */
+static int resample_crop(float *out, const image_u8 *in, const augment_box *box, int S, int flip,
+                         const float *mean, const float *std, int cout, augment_ws *ws) {
     const int cin = in->c;
+    const int x0 = (int)floor(box->x), cw = (int)ceil(box->x + box->w) - x0;
+    const int ch = (int)ceil(box->y + box->h) - (int)floor(box->y);
     float a[3], b[3];
     for (int c = 0; c < cout; c++) {
         float m = mean ? mean[c] : 0.0f, s = std ? std[c] : 1.0f;
@@ -225,7 +238,8 @@ static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw,
         b[c] = -m / s;
     }
     axis_plan px = {.maxtaps = axis_maxtaps(cw, S)}, py = {.maxtaps = axis_maxtaps(ch, S)};
-    const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin; /* zeroed tail */
+    /* a zeroed tail of maxtaps pixels and one float (resample_row's 4th lane) */
+    const size_t tmp_len = (size_t)(cw + px.maxtaps) * (size_t)cin + 1;
     if (ws_reserve_crop(ws, cw, ch, cin, S))
         return mimic_err(MIMIC_ENOMEM, "augment: out of memory for a %dx%d crop", cw, ch);
     int *ibuf = ws->ibuf;
@@ -239,9 +253,9 @@ static int resample_crop(float *out, const image_u8 *in, int x0, int y0, int cw,
     float *tmp = py.w + (size_t)S * (size_t)py.maxtaps;
     float *acc = tmp + tmp_len;
     memset(tmp + (size_t)cw * (size_t)cin, 0, (tmp_len - (size_t)cw * (size_t)cin) * sizeof(float));
-    axis_plan_fill(&px, 0, cw, S); /* columns index tmp, which starts at x0 */
+    axis_plan_fill(&px, box->x, box->w, S, x0); /* columns index tmp, which starts at x0 */
     axis_plan_uniform(&px, S);
-    axis_plan_fill(&py, y0, ch, S);
+    axis_plan_fill(&py, box->y, box->h, S, 0);
 
     for (int y = 0; y < S; y++) {
         resample_col(tmp, in, x0, cw, &py, y);
@@ -309,20 +323,48 @@ int augment_rrc(float *out, const image_u8 *in, int S, float scale_lo, float sca
     return rc;
 }
 
+static int check_ranges(float scale_lo, float scale_hi, float ratio_lo, float ratio_hi) {
+    if (!(scale_lo > 0.0f && scale_lo <= scale_hi && isfinite(scale_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad scale range (%g, %g)", scale_lo, scale_hi);
+    if (!(ratio_lo > 0.0f && ratio_lo <= ratio_hi && isfinite(ratio_hi)))
+        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad ratio range (%g, %g)", ratio_lo, ratio_hi);
+    return 0;
+}
+
+int augment_rrc_draw(augment_box *box, int *flip, int W, int H, float scale_lo, float scale_hi,
+                     float ratio_lo, float ratio_hi, int hflip, rng_t *rng) {
+    MIMIC_CHECK(box != NULL && flip != NULL && rng != NULL);
+    if (W <= 0 || H <= 0) return mimic_err(MIMIC_EINVAL, "augment_rrc: empty %dx%d image", W, H);
+    int rc = check_ranges(scale_lo, scale_hi, ratio_lo, ratio_hi);
+    if (rc) return rc;
+    int x0, y0, cw, ch;
+    rrc_box(W, H, scale_lo, scale_hi, ratio_lo, ratio_hi, rng, &x0, &y0, &cw, &ch);
+    *box = (augment_box){x0, y0, cw, ch};
+    *flip = hflip && rng_uniform(rng) < 0.5f;
+    return 0;
+}
+
+int augment_crop_ws(float *out, const image_u8 *in, const augment_box *box, int S, int flip,
+                    const float *mean, const float *std, int out_channels, augment_ws *ws) {
+    int rc = check_args(out, in, S, out_channels);
+    if (rc) return rc;
+    if (!(box->w > 0.0 && box->h > 0.0 && box->x >= 0.0 && box->y >= 0.0 &&
+          box->x + box->w <= in->w && box->y + box->h <= in->h))
+        return mimic_err(MIMIC_EINVAL, "augment: crop (%g, %g) %gx%g outside the %dx%d image",
+                         box->x, box->y, box->w, box->h, in->w, in->h);
+    return resample_crop(out, in, box, S, flip, mean, std, out_channels, ws);
+}
+
 int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float scale_hi,
                    float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
                    int out_channels, rng_t *rng, augment_ws *ws) {
     int rc = check_args(out, in, S, out_channels);
     if (rc) return rc;
-    MIMIC_CHECK(rng != NULL);
-    if (!(scale_lo > 0.0f && scale_lo <= scale_hi && isfinite(scale_hi)))
-        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad scale range (%g, %g)", scale_lo, scale_hi);
-    if (!(ratio_lo > 0.0f && ratio_lo <= ratio_hi && isfinite(ratio_hi)))
-        return mimic_err(MIMIC_EINVAL, "augment_rrc: bad ratio range (%g, %g)", ratio_lo, ratio_hi);
-    int x0, y0, cw, ch;
-    rrc_box(in->w, in->h, scale_lo, scale_hi, ratio_lo, ratio_hi, rng, &x0, &y0, &cw, &ch);
-    int flip = hflip && rng_uniform(rng) < 0.5f;
-    return resample_crop(out, in, x0, y0, cw, ch, S, flip, mean, std, out_channels, ws);
+    augment_box box;
+    int flip;
+    rc = augment_rrc_draw(&box, &flip, in->w, in->h, scale_lo, scale_hi, ratio_lo, ratio_hi, hflip,
+                          rng);
+    return rc ? rc : resample_crop(out, in, &box, S, flip, mean, std, out_channels, ws);
 }
 
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,
@@ -337,7 +379,8 @@ int augment_resize_ws(float *out, const image_u8 *in, int S, const float *mean, 
                       int out_channels, augment_ws *ws) {
     int rc = check_args(out, in, S, out_channels);
     if (rc) return rc;
-    return resample_crop(out, in, 0, 0, in->w, in->h, S, 0, mean, std, out_channels, ws);
+    const augment_box whole = {0.0, 0.0, in->w, in->h};
+    return resample_crop(out, in, &whole, S, 0, mean, std, out_channels, ws);
 }
 
 /* ------------------------------------------------------------------ colour and blur */
@@ -548,12 +591,12 @@ int augment_view_ws(float *out, const image_u8 *in, int S, const augment_view *v
         a[c] = 1.0f / s;
         b[c] = -m / s;
     }
-    int x0, y0, cw, ch;
-    rrc_box(in->w, in->h, v->scale_lo, v->scale_hi, v->ratio_lo, v->ratio_hi, rng, &x0, &y0, &cw,
-            &ch);
-    int flip = v->hflip && rng_uniform(rng) < 0.5f;
+    augment_box box;
+    int flip;
+    rc = augment_rrc_draw(&box, &flip, in->w, in->h, v->scale_lo, v->scale_hi, v->ratio_lo,
+                          v->ratio_hi, v->hflip, rng);
     /* ToTensor's [0,1] first: the colour ops are defined there */
-    rc = resample_crop(out, in, x0, y0, cw, ch, S, flip, NULL, NULL, out_channels, ws);
+    if (!rc) rc = resample_crop(out, in, &box, S, flip, NULL, NULL, out_channels, ws);
     if (rc) return rc;
     const size_t npx = (size_t)S * (size_t)S;
     for (size_t i = 0; i < (size_t)out_channels * npx; i++)

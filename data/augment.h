@@ -57,6 +57,22 @@ int augment_rrc_ws(float *out, const image_u8 *in, int S, float scale_lo, float 
                    float ratio_lo, float ratio_hi, int hflip, const float *mean, const float *std,
                    int out_channels, rng_t *rng, augment_ws *ws);
 
+/* A crop in pixel units of the image it applies to (pixel j covers [j, j+1)); x, y, w, h
+ * may be fractional, as PIL's resize box, when the image was decoded at a reduced scale. */
+typedef struct {
+    double x, y, w, h;
+} augment_box;
+/* The crop and flip augment_rrc would draw for a W x H image (same draws, same order),
+ * apart from the resampling, so that a decoder can read only the crop
+ * (dataset_read_crop). Returns 0 or MIMIC_EINVAL for bad ranges. */
+int augment_rrc_draw(augment_box *box, int *flip, int W, int H, float scale_lo, float scale_hi,
+                     float ratio_lo, float ratio_hi, int hflip, rng_t *rng);
+/* out (out_channels, S, S): the box of in resized to S x S, mirrored if flip, normalised
+ * as in augment_rrc (augment_rrc_ws = augment_rrc_draw + augment_crop_ws). The box must
+ * lie inside in. Returns 0 or MIMIC_EINVAL / MIMIC_ENOMEM. */
+int augment_crop_ws(float *out, const image_u8 *in, const augment_box *box, int S, int flip,
+                    const float *mean, const float *std, int out_channels, augment_ws *ws);
+
 /* out (out_channels, S, S): the whole image resized to S x S (aspect ratio not kept),
  * normalised as in augment_rrc. Deterministic: the evaluation transform. */
 int augment_resize(float *out, const image_u8 *in, int S, const float *mean, const float *std,

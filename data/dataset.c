@@ -73,6 +73,18 @@ int dataset_read(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, i
     return 0;
 }
 
+int dataset_read_crop(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target_size,
+                      dataset_crop_fn crop, void *arg, augment_box *box) {
+    MIMIC_CHECK(ds != NULL && img != NULL && crop != NULL && box != NULL);
+    if (i >= ds->n)
+        return mimic_err(MIMIC_EINVAL, "%s: sample %zu out of range (size %zu)", ds->path, i,
+                         ds->n);
+    if (!rd) rd = ds->rd; /* the set's own reader, as dataset_get */
+    if (ds->files) return dataset_jpeg_crop(ds, rd, i, img, target_size, crop, arg, box);
+    int rc = dataset_read(ds, rd, i, img, target_size);
+    return rc ? rc : crop(arg, img->w, img->h, box);
+}
+
 int dataset_get(dataset_t *ds, size_t i, image_u8 *img, int target_size) {
     return dataset_read(ds, ds ? ds->rd : NULL, i, img, target_size);
 }

@@ -6,6 +6,8 @@
  * DCT scaling when a file is much larger than the training resolution). Access is by
  * index because the scheduler hands workers chunks of a seeded permutation:
  *   dataset_open(&ds, &opts); dataset_get(ds, i, &img, 224); augment_rrc(out, &img, ...);
+ * The training path decodes only the crop it will use, drawn from the header's size:
+ *   dataset_read_crop(ds, rd, i, &img, 224, draw, arg, &box); augment_crop_ws(out, &img, &box..);
  * dataset_get reuses a reader (decoder handle, file buffer) inside the dataset_t, so it
  * serves one thread; threads share one dataset_t through dataset_read, a reader each.
  * dataset_count sizes a set without decoding and links without the JPEG decoder. */
@@ -79,6 +81,21 @@ int dataset_get(dataset_t *ds, size_t i, image_u8 *img, int target_size);
 /* dataset_get with the caller's reader: threads with distinct readers (and images) may
  * read one dataset_t at once; bad samples are still warned once and counted once. */
 int dataset_read(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target_size);
+/* Chooses the crop of a sample from its full size w x h, before any pixel is decoded
+ * (the loader draws augment_rrc_draw here). Sets *box inside the image; a non-zero
+ * return is passed back by dataset_read_crop. */
+typedef int (*dataset_crop_fn)(void *arg, int w, int h, augment_box *box);
+/* dataset_read for one crop (the training path): reads sample i's header, asks crop for
+ * the box (full-size pixels), then decodes only what the box needs: the rows it spans
+ * and the iMCU columns around it (libjpeg skips the rows above, crops the columns, and
+ * never decodes the rows below), with the strongest DCT scaling (1/2, 1/4, 1/8) that
+ * keeps the scaled box >= target_size on both sides. img receives that region and *box
+ * becomes the crop in img's pixels (fractional under scaling), ready for
+ * augment_crop_ws. In-memory sets copy the whole image and keep the box as drawn.
+ * rd NULL: the set's own reader (one thread, as dataset_get). Errors as dataset_read (a
+ * corrupt file warns once, naming it, and gives MIMIC_EFORMAT). */
+int dataset_read_crop(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target_size,
+                      dataset_crop_fn crop, void *arg, augment_box *box);
 /* Number of distinct samples dataset_get/dataset_read found bad so far. */
 size_t dataset_bad_count(const dataset_t *ds);
 /* In-memory sets (IDX, CSV), whose samples all have one size: sets *w, *h and returns 1.

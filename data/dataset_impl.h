@@ -52,5 +52,7 @@ void dataset_files_free(dataset_t *ds);
 /* JPEG sets after listing: the corrupt-sample flags and the reader of dataset_get. */
 int dataset_jpeg_init(dataset_t *ds);
 int dataset_jpeg_get(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target_size);
+int dataset_jpeg_crop(dataset_t *ds, dataset_reader_t *rd, size_t i, image_u8 *img, int target,
+                      dataset_crop_fn crop, void *arg, augment_box *box);
 
 #endif

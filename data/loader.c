@@ -38,6 +38,7 @@ typedef struct {
     int *labels;
     uint8_t *state;    /* n SAMPLE_* (capacity state_cap) */
     atomic_int next;   /* next sample to claim: slots claim in increasing order */
+    atomic_int done;   /* samples finished (built, skipped or failed) */
     atomic_int failed; /* a sample failed hard: claim no more */
 } batch_t;
 
@@ -69,10 +70,10 @@ static size_t img_floats(const loader_t *ld) {
     return (size_t)ld->C * (size_t)ld->S * (size_t)ld->S;
 }
 
-/* The views of one sample into out (views, C, S, S), every draw from the sample's
- * stream r: one view is the MAE transform (crop and flip) drawn from r itself, as before
- * views existed; with several, view v draws from a stream seeded by the v-th draw of r,
- * so a view's choices do not shift with what the views before it drew. */
+/* The views of one sample into out (views, C, S, S) from the decoded image, every draw
+ * from the sample's stream r: the evaluation resize, or (views >= 2) view v drawn from a
+ * stream seeded by the v-th draw of r, so a view's choices do not shift with what the
+ * views before it drew. (One training view, the MAE transform, is build_sample's.) */
 static int build_views(loader_t *ld, slot_t *s, float *out, rng_t *r) {
     const size_t isz = img_floats(ld);
     if (ld->eval) {
@@ -81,9 +82,7 @@ static int build_views(loader_t *ld, slot_t *s, float *out, rng_t *r) {
             memcpy(out + (size_t)v * isz, out, isz * sizeof(float));
         return rc;
     }
-    if (ld->views == 1)
-        return augment_rrc_ws(out, &s->img, ld->S, ld->scale_lo, ld->scale_hi, 3.0f / 4.0f,
-                              4.0f / 3.0f, ld->hflip, ld->mean, ld->std, ld->C, r, &s->ws);
+    MIMIC_CHECK(ld->views >= 2); /* one view: build_sample's crop path */
     uint64_t seeds[LOADER_MAX_VIEWS];
     for (int v = 0; v < ld->views; v++)
         seeds[v] = rng_u64(r);
@@ -97,17 +96,43 @@ static int build_views(loader_t *ld, slot_t *s, float *out, rng_t *r) {
     return 0;
 }
 
+/* The MAE transform's crop, drawn once the decoder knows the image's size. */
+typedef struct {
+    const loader_t *ld;
+    rng_t *r;
+    int flip;
+} crop_draw_t;
+
+static int draw_crop(void *arg, int w, int h, augment_box *box) {
+    crop_draw_t *c = arg;
+    return augment_rrc_draw(box, &c->flip, w, h, c->ld->scale_lo, c->ld->scale_hi, 3.0f / 4.0f,
+                            4.0f / 3.0f, c->ld->hflip, c->r);
+}
+
 /* Builds sample k of the batch at position k. Returns 0, 1 for a corrupt sample (the
- * dataset warned and counted it), or a negative error. */
+ * dataset warned and counted it), or a negative error. The one-view training transform
+ * draws its crop before decoding, so that only the crop is decoded (dataset_read_crop);
+ * the draws are those of augment_rrc_ws on the whole image, in the same order. */
 static int build_sample(loader_t *ld, slot_t *s, int k) {
     const batch_t *b = &ld->b;
     uint32_t i = b->idx[k];
-    int rc = dataset_read(ld->ds, s->rd, i, &s->img, ld->S);
-    if (rc == MIMIC_EFORMAT) return 1;
-    if (rc) return rc;
     rng_t r;
     rng_split(&r, ld->seed, order_sample_stream(b->epoch, i));
-    rc = build_views(ld, s, b->imgs + (size_t)k * (size_t)ld->views * img_floats(ld), &r);
+    float *out = b->imgs + (size_t)k * (size_t)ld->views * img_floats(ld);
+    int rc;
+    if (ld->views == 1 && !ld->eval) {
+        crop_draw_t c = {ld, &r, 0};
+        augment_box box;
+        rc = dataset_read_crop(ld->ds, s->rd, i, &s->img, ld->S, draw_crop, &c, &box);
+        if (rc == MIMIC_EFORMAT) return 1;
+        if (!rc)
+            rc = augment_crop_ws(out, &s->img, &box, ld->S, c.flip, ld->mean, ld->std, ld->C,
+                                 &s->ws);
+    } else {
+        rc = dataset_read(ld->ds, s->rd, i, &s->img, ld->S);
+        if (rc == MIMIC_EFORMAT) return 1;
+        if (!rc) rc = build_views(ld, s, out, &r);
+    }
     if (rc) return rc;
     if (b->noise)
         for (int l = 0; l < b->L; l++)
@@ -132,6 +157,7 @@ static void run_samples(loader_t *ld, slot_t *s) {
             }
             atomic_store(&b->failed, 1);
         }
+        atomic_fetch_add(&b->done, 1);
     }
 }
 
@@ -329,6 +355,7 @@ int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, floa
     b->noise = noise;
     b->labels = labels;
     atomic_store(&b->next, 0);
+    atomic_store(&b->done, 0);
     atomic_store(&b->failed, 0);
     for (int t = 0; t <= ld->nthreads; t++)
         ld->slots[t].err_k = -1;
@@ -373,6 +400,11 @@ static int compact(const loader_t *ld) {
         filled++;
     }
     return filled;
+}
+
+int loader_ready(loader_t *ld) {
+    MIMIC_CHECK(ld != NULL && ld->in_flight); /* loader_submit first */
+    return atomic_load(&ld->b.done) >= ld->b.n || atomic_load(&ld->b.failed);
 }
 
 int loader_wait(loader_t *ld) {

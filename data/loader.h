@@ -63,6 +63,10 @@ int loader_submit(loader_t *ld, const uint32_t *idx, int n, uint64_t epoch, floa
  * returns how many samples were filled (corrupt ones skipped, compacted in order exactly
  * like loader_fill), or a negative error (that of the first failing sample). */
 int loader_wait(loader_t *ld);
+/* Without blocking or helping: 1 when every sample of the submitted batch is finished
+ * (or one failed hard), so that loader_wait has nothing left to build; else 0. Lets a
+ * caller that has other work (or a benchmark timing the threads alone) poll. */
+int loader_ready(loader_t *ld);
 
 /* Checks the [data] section of cfg (kind, crop scales, std, threads, the view recipe)
  * and fills o; the strings point into cfg. */

@@ -1,7 +1,9 @@
 /* fuzz_jpeg — libFuzzer target for JPEG decoding as the ImageFolder and label-list sets
  * do it (dataset_get: TurboJPEG header, DCT scaling towards the training size, decode
  * to RGB, warnings as corruption), followed by the resize of the training and
- * evaluation transforms (augment_rrc, augment_resize). The input is a byte choosing
+ * evaluation transforms (augment_rrc, augment_resize); and the training path's crop
+ * decode (dataset_read_crop: libjpeg's API, rows skipped, columns cropped, DCT scaling
+ * per crop) with augment_crop_ws. The input is a byte choosing
  * the training size (16, 32, 64, 224) and the crop's random stream, then the file. Every
  * input must be refused as a bad sample (MIMIC_EFORMAT), leaving the reader able to
  * decode the next good file, or give an RGB image no smaller than the target that both
@@ -60,6 +62,40 @@ static void check_floats(const float *x, size_t n, const char *what) {
         if (!isfinite(x[i]) || x[i] < -1.01f || x[i] > 1.01f) fuzz_fail("jpeg", what, NULL);
 }
 
+static int draw_crop(void *arg, int w, int h, augment_box *box) {
+    int flip;
+    return augment_rrc_draw(box, &flip, w, h, 0.08f, 1.0f, 0.75f, 4.0f / 3.0f, 1, arg);
+}
+
+/* The crop path on the file as written: refused as a bad sample (and the reader then
+ * decodes a good crop), or a region that holds the crop, resized to finite floats. */
+static void fuzz_crop(dataset_t *ds, const char *file, image_u8 *im, int S, uint8_t key,
+                      float *out) {
+    rng_t r;
+    rng_seed(&r, key);
+    augment_box box;
+    int rc = dataset_read_crop(ds, NULL, 0, im, S, draw_crop, &r, &box);
+    if (rc) {
+        if (rc != MIMIC_EFORMAT) fuzz_check_error("jpeg crop", rc);
+        if (rc != MIMIC_EFORMAT && rc != MIMIC_ENOMEM)
+            fuzz_fail("jpeg crop", "a bad file is not a bad sample", mimic_strerror(rc));
+        if (im->w != 0 || im->h != 0)
+            fuzz_fail("jpeg crop", "a refused sample keeps its size", NULL);
+        check_recovers(ds, file, im);
+        if (dataset_read_crop(ds, NULL, 0, im, 16, draw_crop, &r, &box) != 0)
+            fuzz_fail("jpeg crop", "a good JPEG fails after a bad one", NULL);
+        return;
+    }
+    if (im->c != 3 || im->w <= 0 || im->h <= 0 || box.x < 0 || box.y < 0 ||
+        box.x + box.w > im->w + 1e-9 || box.y + box.h > im->h + 1e-9)
+        fuzz_fail("jpeg crop", "the decoded region does not hold the crop", NULL);
+    static augment_ws ws;
+    const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.5f, 0.5f, 0.5f};
+    if (augment_crop_ws(out, im, &box, S, key & 1, mean, std, 3, &ws) != 0)
+        fuzz_fail("jpeg crop", "augment_crop_ws refused a decoded crop", mimic_last_error());
+    check_floats(out, (size_t)3 * S * S, "augment_crop_ws wrote values outside [-1, 1]");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const int sizes[4] = {16, 32, 64, S_MAX};
     static float out[3 * S_MAX * S_MAX];
@@ -70,6 +106,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int S = sizes[data[0] & 3];
     fuzz_write(file, data + 1, size - 1);
     mimic_set_quiet(1);
+    fuzz_crop(ds, file, &im, S, data[0], out);
+    fuzz_write(file, data + 1, size - 1); /* the crop's recovery check wrote a good file */
     int rc = dataset_get(ds, 0, &im, S);
     if (rc) {
         if (rc != MIMIC_EFORMAT) fuzz_check_error("jpeg", rc);
@@ -133,9 +171,9 @@ static void seeds(fuzz_seeds_t *s) {
     seed(s, 5, 8, 8, 3, TJSAMP_440, 0);
 }
 
-static const char *const dict[] = {"\xff\xd8",     "\xff\xd9", "\xff\xc0", "\xff\xc2", "\xff\xc4",
-                                   "\xff\xda",     "\xff\xdb", "\xff\xdd", "\xff\xe0", "\xff\xee",
-                                   "\xff\xff\xff", NULL};
+static const char *const dict[] = {"\xff\xd8", "\xff\xd9", "\xff\xc0",     "\xff\xc2",
+                                   "\xff\xc4", "\xff\xda", "\xff\xdb",     "\xff\xdd",
+                                   "\xff\xe0", "\xff\xee", "\xff\xff\xff", NULL};
 
 int main(int argc, char **argv) {
     static const fuzz_target_t t = {"jpeg", seeds, dict, 10000};

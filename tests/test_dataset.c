@@ -2,7 +2,9 @@
 /* test_dataset — the four data set formats on small files written here: IDX (raw and
  * gzip, broken headers and sizes), FER2013 CSV (usage filter, broken header, rows and
  * values), RAF-DB label lists and ImageFolder trees of JPEGs encoded with TurboJPEG
- * (truncated, random bytes, gray, DCT scaling, mutated bytes). The FER sets in the
+ * (truncated, random bytes, gray, DCT scaling, mutated bytes), and the training path's
+ * crop decode against the full decode (4:2:0, 4:2:2, 4:4:4, 4:4:0, 4:1:1, gray,
+ * progressive; unscaled crops bit-exact). The FER sets in the
  * layouts they ship in: RAF-DB basic (its list, 1-based labels, _aligned images; MAE
  * and MIMIC train on it through mimic-worker), FERPlus votes beside fer2013.csv,
  * AffectNet-style class folders. Fashion-MNIST is checked when its Debian package is
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "augment.h"
@@ -530,6 +533,50 @@ static void test_imagefolder(void) {
     free(sub);
 }
 
+/* A photo-like w x h image: the ramp plus Gaussian texture noise of sigma 12. */
+static uint8_t *photo_image(int w, int h, int seed) {
+    uint8_t *px = ramp_image(w, h, 3, seed);
+    rng_t r;
+    rng_seed(&r, (uint64_t)seed);
+    for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+        int v = px[i] + (int)(rng_normal(&r) * 12.0f);
+        px[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+    return px;
+}
+
+/* subsamp: a TJSAMP_*, plus 100 for a progressive file */
+static void write_jpeg_sub(const char *path, const uint8_t *px, int w, int h, int subsamp) {
+    tjhandle tj = tjInitCompress();
+    unsigned char *buf = NULL;
+    unsigned long size = 0;
+    int flags = subsamp >= 100 ? TJFLAG_PROGRESSIVE : 0;
+    MIMIC_CHECK(tj &&
+                tjCompress2(tj, px, w, 0, h, TJPF_RGB, &buf, &size, subsamp % 100, 90, flags) == 0);
+    write_file(path, buf, size);
+    tjFree(buf);
+    tjDestroy(tj);
+}
+
+typedef struct {
+    rng_t *r;
+    float slo;
+    int flip;
+    augment_box drawn; /* the box in full-size pixels, for the test */
+} crop_arg;
+
+static int crop_cb(void *arg, int w, int h, augment_box *box) {
+    crop_arg *c = arg;
+    int rc = augment_rrc_draw(box, &c->flip, w, h, c->slo, 1.0f, 0.75f, 4.0f / 3.0f, 1, c->r);
+    c->drawn = *box;
+    return rc;
+}
+
+static int fail_cb(void *arg, int w, int h, augment_box *box) {
+    (void)arg, (void)w, (void)h, (void)box;
+    return MIMIC_EINVAL;
+}
+
 /* Every truncation length and a few hundred byte mutations of a valid JPEG: dataset_get
  * returns 0 or MIMIC_EFORMAT and never crashes (run under ASan to mean something). */
 static void test_jpeg_fuzz(void) {
@@ -552,7 +599,7 @@ static void test_jpeg_fuzz(void) {
     image_u8 im = {0};
     rng_t r;
     rng_seed(&r, 77);
-    int ok = 0, bad = 0, other = 0;
+    int ok = 0, bad = 0, other = 0, crop_ok = 0, crop_trunc_bad = 0;
     mimic_set_quiet(1);
     for (int t = 0; t < 400; t++) {
         size_t len = n;
@@ -572,6 +619,18 @@ static void test_jpeg_fuzz(void) {
             bad++;
         else
             other++;
+        /* the crop path (libjpeg's API, not TurboJPEG's) on the same damage */
+        rng_t rc_r;
+        rng_seed(&rc_r, (uint64_t)t);
+        crop_arg c = {.r = &rc_r, .slo = 0.2f};
+        augment_box box;
+        rc = dataset_read_crop(ds, NULL, 0, &im, t % 2 ? 16 : 0, crop_cb, &c, &box);
+        if (rc == 0)
+            crop_ok++;
+        else if (rc != MIMIC_EFORMAT)
+            other++;
+        else if (t < 100)
+            crop_trunc_bad++;
     }
     /* an unsupported marker after the start: TurboJPEG 2.1.5 kept the handle in that
      * error, so every later file failed too (found by fuzz_jpeg); the next good file
@@ -587,14 +646,180 @@ static void test_jpeg_fuzz(void) {
     write_file(p, buf, n);
     T_CHECK(dataset_get(ds, 0, &im, 16) == MIMIC_EFORMAT);
     mimic_set_quiet(0);
-    printf("fuzz: 400 damaged JPEGs: %d decoded, %d rejected, %d other\n", ok, bad, other);
+    printf("fuzz: 400 damaged JPEGs: %d decoded, %d rejected, %d other; crops: %d decoded, %d of "
+           "100 truncations rejected\n",
+           ok, bad, other, crop_ok, crop_trunc_bad);
     T_CHECK(other == 0 && bad >= 100); /* every truncation is rejected */
+    /* a crop may end above a file's cut (the rows below are never decoded) and then
+     * succeed: most truncations still fail */
+    T_CHECK(crop_trunc_bad >= 50);
     T_CHECK(dataset_bad_count(ds) == 1);
     image_u8_free(&im);
     dataset_destroy(&ds);
     free(good);
     free(buf);
     free(src);
+}
+
+/* ---------------------------------------------------------------- crops (the training path) */
+
+/* Runs dataset_read_crop on sample i with stderr captured; returns its code and puts
+ * what it printed in msg. */
+static int crop_captured(dataset_t *ds, size_t i, image_u8 *im, char *msg, size_t cap) {
+    char path[PATH_CAP];
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *f = fopen(tp(path, "stderr.txt"), "w+");
+    MIMIC_CHECK(saved >= 0 && f != NULL);
+    dup2(fileno(f), 2);
+    rng_t r;
+    rng_seed(&r, 1);
+    crop_arg c = {.r = &r, .slo = 0.2f};
+    augment_box box;
+    int rc = dataset_read_crop(ds, NULL, i, im, 224, crop_cb, &c, &box);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(f);
+    size_t n = fread(msg, 1, cap - 1, f);
+    msg[n] = 0;
+    fclose(f);
+    return rc;
+}
+
+/* The training path (header, crop drawn, only the crop decoded, DCT-scaled when the crop
+ * is >= 2x the output) against the reference (the whole image decoded at full size,
+ * augment_rrc_ws): same draws, and the same output image within a stated tolerance.
+ * Unscaled, the crop decode gives the full decode's pixels (libjpeg-turbo's skip and
+ * crop keep the upsampling context, and one extra column each side is decoded):
+ * |diff| <= 1e-5 in normalised units. Scaled (1/2, 1/4, 1/8 IDCT then the antialiased
+ * resize, against the antialiased resize alone): mean |diff| <= 1.5/255 and max <=
+ * 40/255 in [0,1] pixel units (a DCT box filter differs from a triangle one at edges
+ * and on the noise). */
+static void test_jpeg_crop(void) {
+    char dir[PATH_CAP], p[PATH_CAP];
+    mkdir(tp(dir, "crop"), 0755);
+    mkdir(tp(p, "crop/a"), 0755);
+    struct {
+        const char *name;
+        int w, h, sub;
+    } f[] = {{"crop/a/0photo420.jpg", 500, 375, TJSAMP_420},
+             {"crop/a/1photo444.jpg", 333, 250, TJSAMP_444},
+             {"crop/a/2photo422.jpg", 375, 500, TJSAMP_422},
+             {"crop/a/3big420.jpg", 1600, 1200, TJSAMP_420},
+             {"crop/a/4gray.jpg", 300, 200, -1},
+             {"crop/a/5small.jpg", 100, 90, TJSAMP_420},
+             {"crop/a/6photo440.jpg", 301, 257, TJSAMP_440},
+             {"crop/a/7photo411.jpg", 419, 233, TJSAMP_411},
+             {"crop/a/8progressive.jpg", 480, 360, 100 + TJSAMP_420}};
+    const int nf = (int)(sizeof f / sizeof f[0]);
+    for (int k = 0; k < nf; k++) {
+        uint8_t *px = photo_image(f[k].w, f[k].h, 20 + k);
+        if (f[k].sub < 0)
+            write_jpeg(tp(p, f[k].name), px, f[k].w, f[k].h, 1); /* takes channel 0 */
+        else
+            write_jpeg_sub(tp(p, f[k].name), px, f[k].w, f[k].h, f[k].sub);
+        free(px);
+    }
+    dataset_t *ds = NULL;
+    dataset_opts o = {DATASET_IMAGEFOLDER, dir, NULL, NULL, 0};
+    T_CHECK(dataset_open(&ds, &o) == 0 && ds && dataset_size(ds) == (size_t)nf);
+    if (!ds) return;
+    const int S = 224;
+    const size_t n = (size_t)3 * S * S;
+    float *ref = testutil_zeros(n), *out = testutil_zeros(n);
+    const float mean[3] = {0.485f, 0.456f, 0.406f}, sd[3] = {0.229f, 0.224f, 0.225f};
+    image_u8 full = {0}, part = {0};
+    augment_ws ws = {0};
+    int draws_same = 1, scaled = 0, unscaled = 0;
+    double worst_exact = 0, worst_mean = 0, worst_max = 0;
+    for (int k = 0; k < nf; k++) {
+        T_CHECK(dataset_get(ds, (size_t)k, &full, 0) == 0);
+        for (int t = 0; t < 24; t++) {
+            const float slo = t % 3 == 0 ? 0.08f : t % 3 == 1 ? 0.2f : 1.0f;
+            rng_t r1, r2;
+            rng_seed(&r1, 1000u * (unsigned)k + (unsigned)t);
+            r2 = r1;
+            T_CHECK(augment_rrc_ws(ref, &full, S, slo, 1.0f, 0.75f, 4.0f / 3.0f, 1, mean, sd, 3,
+                                   &r1, &ws) == 0);
+            crop_arg c = {.r = &r2, .slo = slo};
+            augment_box box;
+            int rc = dataset_read_crop(ds, NULL, (size_t)k, &part, S, crop_cb, &c, &box);
+            T_CHECK(rc == 0);
+            if (rc) continue;
+            T_CHECK(augment_crop_ws(out, &part, &box, S, c.flip, mean, sd, 3, &ws) == 0);
+            draws_same &= rng_u64(&r1) == rng_u64(&r2); /* the same number of draws */
+            /* the decoded region is no larger than the crop's iMCU columns and rows */
+            T_CHECK(part.h <= (int)ceil(c.drawn.h) + 1 &&
+                    part.w <= (int)ceil(c.drawn.w) + 2 * 16 + 2);
+            double sum = 0, max = 0;
+            for (size_t i = 0; i < n; i++) {
+                double d = fabs(out[i] - ref[i]) * sd[i / ((size_t)S * S)]; /* [0,1] units */
+                sum += d;
+                if (d > max) max = d;
+            }
+            if (c.drawn.w >= 2 * S && c.drawn.h >= 2 * S) {
+                scaled++;
+                if (sum / n > worst_mean) worst_mean = sum / n;
+                if (max > worst_max) worst_max = max;
+            } else {
+                unscaled++;
+                if (max > worst_exact) worst_exact = max;
+            }
+        }
+    }
+    printf("crop decode vs full decode: %d unscaled crops max |diff| %.2g, %d DCT-scaled crops "
+           "worst mean |diff| %.4f max %.4f (x255: %.2f, %.1f)\n",
+           unscaled, worst_exact, scaled, worst_mean, worst_max, 255 * worst_mean, 255 * worst_max);
+    T_CHECK(draws_same);
+    T_CHECK(unscaled > 50 && scaled > 5); /* both paths ran */
+    T_CHECK(worst_exact <= 1e-5);
+    T_CHECK(worst_mean <= 1.5 / 255 && worst_max <= 40.0 / 255);
+
+    /* the crop callback's error comes back unchanged, and nothing is flagged bad */
+    augment_box box;
+    T_CHECK(dataset_read_crop(ds, NULL, 0, &part, S, fail_cb, NULL, &box) == MIMIC_EINVAL);
+    T_CHECK(dataset_bad_count(ds) == 0);
+    /* truncated and corrupt files: MIMIC_EFORMAT and one warning line naming the file */
+    size_t len;
+    unsigned char *good = read_all(tp(p, f[0].name), &len);
+    char msg[1024];
+    const size_t cuts[] = {2, 100, len / 3, len - 40};
+    for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+        dataset_destroy(&ds); /* a fresh set: a file is warned about once per set */
+        write_file(tp(p, f[0].name), good, cuts[c]);
+        T_CHECK(dataset_open(&ds, &o) == 0 && ds);
+        if (!ds) break;
+        int rc = crop_captured(ds, 0, &part, msg, sizeof msg);
+        char *nl = strchr(msg, '\n');
+        int one_line = nl && nl[1] == 0;
+        printf("crop: file cut at %zu of %zu bytes: rc %d: %s", cuts[c], len, rc, msg);
+        T_CHECK(rc == MIMIC_EFORMAT && one_line && strstr(msg, f[0].name) != NULL);
+        T_CHECK(part.w == 0 && part.h == 0); /* no stale pixels */
+        /* the reader is still good: the next file decodes */
+        rng_t r;
+        rng_seed(&r, 3);
+        crop_arg ca = {.r = &r, .slo = 0.2f};
+        T_CHECK(dataset_read_crop(ds, NULL, 1, &part, S, crop_cb, &ca, &box) == 0);
+    }
+    memcpy(good + len / 2, "\xff\xd9garbage", 9); /* an end marker mid-scan */
+    for (size_t i = 600; i < 700; i++)
+        good[i] ^= 0x5a;
+    write_file(tp(p, f[0].name), good, len);
+    dataset_destroy(&ds);
+    T_CHECK(dataset_open(&ds, &o) == 0 && ds);
+    if (ds) {
+        int rc = crop_captured(ds, 0, &part, msg, sizeof msg);
+        printf("crop: corrupt file: rc %d: %s", rc, msg);
+        T_CHECK(rc == MIMIC_EFORMAT && strstr(msg, f[0].name) != NULL);
+        T_CHECK(dataset_bad_count(ds) == 1);
+    }
+    free(good);
+    image_u8_free(&full);
+    image_u8_free(&part);
+    augment_ws_free(&ws);
+    dataset_destroy(&ds);
+    testutil_release_all();
 }
 
 /* ---------------------------------------------------------------- FER layouts as shipped */
@@ -722,8 +947,8 @@ static void test_rafdb(void) {
              "--data.usage=train_",
              aligned, list);
     T_CHECK(trains("rafdb", flags, "", 4));
-    T_CHECK(trains("rafdb", flags,
-                   "--train.stage=mimic --mimic.num_classes=7 --mimic.proj_dim=16", 3));
+    T_CHECK(
+        trains("rafdb", flags, "--train.stage=mimic --mimic.num_classes=7 --mimic.proj_dim=16", 3));
     free(first);
     free(a);
     free(b);
@@ -736,11 +961,11 @@ static void test_ferplus(void) {
                             * unknown NF */
         int label;         /* -1: FERPlus leaves the image out */
     } rows[] = {
-        {"0,10,0,0,0,0,0,0,0,0", 1}, {"4,0,0,1,3,2,0,0,0,0", -1}, /* 4 of 9: no majority */
+        {"0,10,0,0,0,0,0,0,0,0", 1},  {"4,0,0,1,3,2,0,0,0,0", -1}, /* 4 of 9: no majority */
         {"0,0,0,0,0,0,0,0,0,10", -1},                              /* not a face */
-        {"6,1,1,0,0,0,0,0,2,0", 0},  /* single votes dropped: 6 of 8 */
-        {"0,0,0,0,0,0,0,6,4,0", 7},  {"0,0,0,0,0,0,0,0,8,2", -1}, /* unknown */
-        {"5,5,0,0,0,0,0,0,0,0", -1}, {"2,0,0,0,0,0,8,0,0,0", 6},
+        {"6,1,1,0,0,0,0,0,2,0", 0}, /* single votes dropped: 6 of 8 */
+        {"0,0,0,0,0,0,0,6,4,0", 7},   {"0,0,0,0,0,0,0,0,8,2", -1}, /* unknown */
+        {"5,5,0,0,0,0,0,0,0,0", -1},  {"2,0,0,0,0,0,8,0,0,0", 6},
     };
     const int n = (int)(sizeof rows / sizeof rows[0]);
     char csv[PATH_CAP], votes[PATH_CAP], bad[PATH_CAP], line[256];
@@ -936,6 +1161,19 @@ static void bench_jpeg(void) {
     printf("bench 500x375 JPEG (%lu bytes) get + rrc -> 224: %.0f images/s (1 thread; decode "
            "%.2f ms, augment %.2f ms)\n",
            size, iters / dt, 1e3 * t_dec / iters, 1e3 * (dt - t_dec) / iters);
+    /* the training path: only the crop decoded (same draws) */
+    augment_ws ws = {0};
+    t0 = mimic_now();
+    for (int i = 0; i < iters; i++) {
+        crop_arg c = {.r = &r, .slo = 0.08f};
+        augment_box box;
+        if (dataset_read_crop(ds, NULL, 0, &im, 224, crop_cb, &c, &box) ||
+            augment_crop_ws(out, &im, &box, 224, c.flip, mean, std, 3, &ws))
+            testutil_failures++;
+    }
+    printf("bench 500x375 JPEG read_crop + crop -> 224: %.0f images/s (1 thread)\n",
+           iters / (mimic_now() - t0));
+    augment_ws_free(&ws);
     free(out);
     free(px);
     image_u8_free(&im);
@@ -953,6 +1191,7 @@ int main(void) {
     test_class_folders();
     test_imagefolder();
     test_jpeg_fuzz();
+    test_jpeg_crop();
     test_fashion_mnist();
     bench_jpeg();
     return testutil_summary("test_dataset");

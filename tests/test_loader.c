@@ -6,14 +6,17 @@
  * fills). The same with two views per sample (loader_set_views): identical batches
  * whatever data.threads, view 1 != view 2, both views of a corrupt sample dropped
  * together, and no allocation per batch once warmed up; evaluation mode
- * (loader_set_eval) equals augment_resize of the decoded sample. Also: exact bad-sample
+ * (loader_set_eval) equals augment_resize of the decoded sample; one view, which decodes
+ * only its crop, equals augment_rrc_ws on the whole decoded image. Also: exact bad-sample
  * counts, duplicate indices, a hard error raised in the caller's thread, and
  * loader_count equal to loader_size for every data set kind. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <turbojpeg.h>
 
 #include "augment.h"
@@ -340,6 +343,80 @@ static void check_views_differ(const char *what, const plan_t *p, const mimic_cf
     T_CHECK(total > 0 && differ == total);
 }
 
+/* One view (the MAE transform) decodes only the crop it drew (dataset_read_crop): each
+ * good sample equals the reference built by hand from the whole image decoded at full
+ * size (augment_rrc_ws on the sample's stream, then the masking noise from the same
+ * stream): exactly when the crop is decoded unscaled, within 2/255 mean |diff| when it
+ * is under 2*S on no side and the decoder used DCT scaling. */
+static void check_crop_reference(const mimic_cfg_t *cfg) {
+    const int S = cfg->model.img_size, L = 5;
+    const size_t isz = (size_t)3 * S * S;
+    loader_t *ld = NULL;
+    dataset_opts o;
+    dataset_t *ds = NULL;
+    T_CHECK(loader_new(&ld, cfg) == 0 && loader_opts(&o, cfg) == 0 && dataset_open(&ds, &o) == 0);
+    float *got = malloc(isz * sizeof(float)), *want = malloc(isz * sizeof(float));
+    float gn[L], wn[L];
+    image_u8 im = {0};
+    augment_ws ws = {0};
+    int good = 0, exact = 0, close = 0;
+    mimic_set_quiet(1);
+    for (uint32_t i = 0; ld && ds && i < (uint32_t)dataset_size(ds); i++) {
+        if (loader_fill(ld, &i, 1, 1, got, gn, L, NULL) != 1) continue;
+        good++;
+        rng_t r;
+        rng_split(&r, cfg->train.seed, order_sample_stream(1, i));
+        T_CHECK(dataset_get(ds, i, &im, 0) == 0);
+        T_CHECK(augment_rrc_ws(want, &im, S, cfg->data.scale_min, cfg->data.scale_max, 0.75f,
+                               4.0f / 3.0f, cfg->data.hflip, cfg->data.mean, cfg->data.std, 3, &r,
+                               &ws) == 0);
+        for (int l = 0; l < L; l++)
+            wn[l] = rng_uniform(&r);
+        T_CHECK(memcmp(gn, wn, sizeof gn) == 0);
+        double sum = 0;
+        for (size_t k = 0; k < isz; k++)
+            sum += fabs(got[k] - want[k]) * cfg->data.std[0];
+        exact += sum == 0;
+        close += sum / isz <= 2.0 / 255;
+    }
+    mimic_set_quiet(0);
+    printf("imagefolder: one view from the crop decode: %d of %d samples equal the full-decode "
+           "reference, %d within 2/255\n",
+           exact, good, close);
+    T_CHECK(good > 20 && exact > good / 2 && close == good);
+
+    /* loader_ready: the threads alone finish a submitted batch (the caller only polls,
+     * for at most 60 s), after which loader_wait has nothing left to build */
+    mimic_cfg_t c2 = *cfg;
+    c2.data.threads = 2;
+    loader_t *l2 = NULL;
+    uint32_t idx[6] = {0, 1, 2, 4, 5, 6};
+    float *b6 = malloc(6 * isz * sizeof(float));
+    T_CHECK(loader_new(&l2, &c2) == 0);
+    if (l2 && b6 && loader_submit(l2, idx, 6, 0, b6, NULL, 0, NULL) == 0) {
+        int polls = 0;
+        while (!loader_ready(l2) && polls < 60000) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            polls++;
+        }
+        T_CHECK(loader_ready(l2));
+        mimic_set_quiet(1);
+        int got = loader_wait(l2);
+        mimic_set_quiet(0);
+        printf("loader_ready after %d polls of 1 ms; the batch gave %d of 6\n", polls, got);
+        T_CHECK(got == 6 - (int)loader_bad(l2));
+    }
+    free(b6);
+    loader_destroy(&l2);
+    image_u8_free(&im);
+    augment_ws_free(&ws);
+    free(got);
+    free(want);
+    dataset_destroy(&ds);
+    loader_destroy(&ld);
+}
+
 static void test_imagefolder(const char *dir) {
     char root[PATH_CAP];
     snprintf(root, sizeof root, "%s/folder", dir);
@@ -373,6 +450,7 @@ static void test_imagefolder(const char *dir) {
     loader_destroy(&l4);
     mimic_set_quiet(0);
     free(buf);
+    check_crop_reference(&cfg);
 }
 
 /* ---------------------------------------------------------------- views on gray data */
