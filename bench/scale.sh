@@ -13,15 +13,19 @@
 #     the links have only the veth's own latency.
 # Each point runs STEPS steps; the first WARMUP are dropped. The per-step phase times come
 # from every worker-<rank>.jsonl (whatever *_s fields the worker writes), the step time
-# from the scheduler's progress records. Then bench/scale_model.py collects the points
-# (RUN/points.json), fits the cost model (RUN/fit.json) and prints measured vs predicted
-# and the projection to 64 workers x 8 servers (docs/scaling.md says what the model is).
+# from the scheduler's progress records, and the cores the machine's other tenants took
+# during the measured steps from /proc (busy ticks minus the point's own processes').
+# Then bench/scale_model.py collects the points (RUN/points.json), fits the cost model
+# (RUN/fit.json) and prints measured vs predicted and the projection to 64 workers x 8
+# servers into RUN/report.md (docs/scaling.md says what the model is). Run it as root
+# (namespaces, tc) and under nice: a grid takes 15-30 minutes on 2 busy cores.
 #   bench/scale.sh [--record] [--out RUN] [--workers "1 2 4 8"] [--servers "1 2 4"]
 #                  [--rates "1gbit 10gbit"] [--net-workers "1 2 4 8"] [--net-servers "1 2"]
 #                  [--steps N] [--warmup N] [CONFIG.ini] [--section.key=value ...]
-# --rates "" skips part 2. Re-running with the same --out re-uses points already measured
-# (a point's directory with a finished scheduler.jsonl), so a grid can be completed or
-# refitted (`python3 bench/scale_model.py report RUN`) without running again.
+# --rates "" skips part 2. Re-running with the same --out keeps the points already
+# measured (those with a `done` file), so an interrupted grid can be completed; to refit
+# without running: /usr/bin/python3 bench/scale_model.py collect RUN > RUN/points.json;
+# /usr/bin/python3 bench/scale_model.py fit RUN/points.json.
 # The whole script is one { } group, so bash parses it before running it: editing the file
 # while a grid runs (hours on a busy machine) does not change the running copy.
 {
@@ -149,7 +153,7 @@ alive() {
 # one grid point: RATE (loopback or a tc rate), W, S into DIR
 point() {
   local rate=$1 W=$2 S=$3 dir=$4 i host ep pfx=()
-  if [ -s "$dir/done" ]; then echo "  $dir: measured before, kept" >&2; return 0; fi
+  if [ -s "$dir/done" ]; then echo "  $dir: measured before, kept" >&2; kept=$((kept + 1)); return 0; fi
   rm -rf "$dir"; mkdir -p "$dir"
   local common=("$cfg" --cluster.servers="$S" --cluster.workers="$W" --train.steps="$steps"
                 --train.out_dir="$dir" "${extra[@]}")
@@ -209,6 +213,7 @@ point() {
 }
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+kept=0
 # the model's size and FLOPs per image: the standalone trainer's start record, one step
 if [ ! -s "$run/model/metrics.jsonl" ]; then
   ./build/worker/mimic-worker "$cfg" "${extra[@]}" --standalone --train.steps=1 \
@@ -246,7 +251,7 @@ $PY bench/scale_model.py fit "$run/points.json" --out "$run/fit.json" > "$run/re
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 ncores=$(getconf _NPROCESSORS_ONLN)
 report=$(cat <<TXT
-$cfg, $steps steps a point, first $warmup dropped; $ncores cores ($cpu), one thread per process; load average $load_start at the start, $load_end at the end
+$cfg, $steps steps a point, first $warmup dropped; $ncores cores ($cpu), one thread per process; load average $load_start at the start, $load_end at the end$([ "$kept" -gt 0 ] && echo "; $kept points kept from an earlier run into $run (each point's load in its done file)")
 ${netnote:-no link-limited runs}
 $(cat "$run/report.md")
 TXT
