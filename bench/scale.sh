@@ -11,7 +11,9 @@
 #     The kernel must have veth, bridge and sch_tbf; sch_netem (link latency) is used when
 #     present (NETEM_DELAY, default 50us each way), else the run says it is absent and
 #     the links have only the veth's own latency.
-# Each point runs STEPS steps; the first WARMUP are dropped. The per-step phase times come
+# A point of W workers measures STEPS x 8 / W steps (at least STEPS) after WARMUP dropped
+# ones, so every point's window is about as long in wall time (a BSP step of W workers
+# on 2 cores takes about W times as long): 30-40 s a point on this machine. The per-step phase times come
 # from every worker-<rank>.jsonl (whatever *_s fields the worker writes), the step time
 # from the scheduler's progress records, and the cores the machine's other tenants took
 # during the measured steps from /proc (busy ticks minus the point's own processes').
@@ -32,7 +34,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
-record=0 run="" steps=50 warmup=15
+record=0 run="" steps=35 warmup=15
 workers="1 2 4 8" servers="1 2 4" rates="1gbit 10gbit" nworkers="1 2 4 8" nservers="1 2"
 cfg=bench/scale.ini
 extra=()
@@ -53,7 +55,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -r "$cfg" ] || { echo "bench/scale.sh: cannot read config $cfg" >&2; exit 2; }
-[ "$warmup" -lt "$steps" ] || { echo "bench/scale.sh: --warmup $warmup must be below --steps $steps" >&2; exit 2; }
+for v in "steps $steps" "warmup $warmup"; do
+  set -- $v
+  [[ "$2" =~ ^[0-9]+$ ]] || { echo "bench/scale.sh: --$1 $2 is not a whole number" >&2; exit 2; }
+done
+for v in $workers $servers $nworkers $nservers; do
+  [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale.sh: worker/server count $v is not a positive number" >&2; exit 2; }
+done
+for v in $rates; do
+  [[ "$v" =~ ^[0-9.]+[kmg]bit$ ]] || { echo "bench/scale.sh: --rates $v: expected NUMBER{k,m,g}bit" >&2; exit 2; }
+done
+[ "$steps" -gt 2 ] || { echo "bench/scale.sh: --steps $steps: at least 3 measured steps" >&2; exit 2; }
 PY=/usr/bin/python3
 bash deploy/install-deps.sh >/dev/null
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -155,7 +167,8 @@ point() {
   local rate=$1 W=$2 S=$3 dir=$4 i host ep pfx=()
   if [ -s "$dir/done" ]; then echo "  $dir: measured before, kept" >&2; kept=$((kept + 1)); return 0; fi
   rm -rf "$dir"; mkdir -p "$dir"
-  local common=("$cfg" --cluster.servers="$S" --cluster.workers="$W" --train.steps="$steps"
+  local n=$((steps * 8 / W)); [ "$n" -ge "$steps" ] || n=$steps
+  local common=("$cfg" --cluster.servers="$S" --cluster.workers="$W" --train.steps=$((warmup + n))
                 --train.out_dir="$dir" "${extra[@]}")
   node_of() { if [ "$rate" = loopback ]; then pfx=(); host=127.0.0.1;
               else pfx=(ip netns exec "$nsp-n$1"); host=10.77.0.$(($1 + 1)); fi; }
@@ -251,7 +264,7 @@ $PY bench/scale_model.py fit "$run/points.json" --out "$run/fit.json" > "$run/re
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 ncores=$(getconf _NPROCESSORS_ONLN)
 report=$(cat <<TXT
-$cfg, $steps steps a point, first $warmup dropped; $ncores cores ($cpu), one thread per process; load average $load_start at the start, $load_end at the end$([ "$kept" -gt 0 ] && echo "; $kept points kept from an earlier run into $run (each point's load in its done file)")
+$cfg, $warmup warm-up steps then $steps x 8 / W measured (at least $steps); $ncores cores ($cpu), one thread per process; load average $load_start at the start, $load_end at the end$([ "$kept" -gt 0 ] && echo "; $kept points kept from an earlier run into $run (each point's load in its done file)")
 ${netnote:-no link-limited runs}
 $(cat "$run/report.md")
 TXT
