@@ -176,7 +176,7 @@ point() {
   "${pfx[@]}" ./build/scheduler/mimic-scheduler "${common[@]}" --cluster.bind_host="$host" \
     --endpoint-file "$dir/ep" > "$dir/scheduler.log" 2>&1 &
   local sched=$!
-  pids+=($sched)
+  pids+=("$sched")
   for _ in $(seq 200); do [ -s "$dir/ep" ] && break; sleep 0.05; done
   [ -s "$dir/ep" ] || { echo "bench/scale.sh: the scheduler wrote no endpoint ($dir/scheduler.log)" >&2; return 1; }
   ep=$(cat "$dir/ep")
