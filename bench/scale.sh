@@ -222,6 +222,8 @@ point() {
   fi
   printf '{"rate":"%s","workers":%d,"servers":%d,"warmup":%d,"load1":%s,"seconds":%d,%s}\n' \
     "$rate" "$W" "$S" "$warmup" "$(cut -d' ' -f1 /proc/loadavg)" $((SECONDS - t0)) "$cores" > "$dir/done"
+  # the logs are what the model reads; the trained weights and shards (17 MB a point) go
+  rm -rf "$dir/ckpt" "$dir"/*.safetensors
   echo "  $dir: $((SECONDS - t0)) s" >&2
 }
 
