@@ -171,6 +171,7 @@ def point_of(d, params, gflop):
         "spread": spread, "jitter": jitter, "load1": meta.get("load1"),
         "server_update_s": float(np.mean(upd)) if upd else None,
         "cores": int(meta.get("cores", os.cpu_count())), "bg_cores": float(meta.get("bg_cores", 0.0)),
+        "bg_known": "window_s" in meta,
         "ours_cores": meta.get("ours_cores"),
     }
 
@@ -451,6 +452,10 @@ def cmd_fit(a):
         pts[0]["params"], pts[0]["params"] * wb / 1e6, pts[0]["gflop_per_img"]))
     print("fitted: " + fmt_params(p, pts[0].get("gflop_per_img", 0.0)))
     print("\n".join(lines))
+    unknown = [pt["name"] for pt in pts if not pt.get("bg_known", True)]
+    if unknown:
+        print("note: no CPU window for %s (too few steps after warm-up for two snapshots): "
+              "the other tenants' cores taken as 0 there" % ", ".join(unknown))
     ok = max(lo) <= 15.0
     print("loopback points (W in %s): max |error| %.1f%%, mean %.1f%% -> %s the 15%% goal" % (
         sorted({pt["workers"] for pt in pts if pt["rate"] == "loopback"}), max(lo), np.mean(lo),
