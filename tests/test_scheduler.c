@@ -1339,6 +1339,85 @@ static void test_split_queue(void) {
     workq_destroy(&q);
 }
 
+/* Random capped hand-outs, deaths, reports and snapshot/restores (when nothing is
+ * outstanding, so the snapshot is exact): every epoch that completes saw each of its
+ * samples exactly once, and its accounting says so. */
+static void test_split_random(void) {
+    printf("Q3. random capped hand-outs, deaths and restores: every epoch exactly once\n");
+    enum { N = 23, CS = 5, W = 4, EPOCHS = 40 };
+    static uint8_t seen[EPOCHS][N];
+    memset(seen, 0, sizeof seen);
+    workq_t *q = NULL;
+    T_CHECK(workq_new(&q, N, CS, 3) == 0);
+    if (!q) return;
+    struct {
+        int held;
+        workq_chunk_t c;
+        uint32_t idx[CS];
+    } w[W] = {0};
+    uint64_t rng = 12345, version = 0;
+    int finished = 0, exact = 0, restores = 0, splits = 0, deaths = 0;
+    for (int it = 0; it < 20000; it++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        int k = (int)(rng >> 33) % W, r = (int)(rng >> 40) % 100;
+        if (!w[k].held) {
+            uint32_t cap = (uint32_t)(rng >> 50) % 4; /* 0: whole chunks */
+            workq_chunk_t *c = &w[k].c;
+            if (workq_next_max(q, k + 1, version++, cap, c)) break;
+            if (c->epoch >= EPOCHS) {
+                workq_release((void *)c->idx, c->hold);
+                break;
+            }
+            T_CHECK(c->count >= 1 && c->count <= CS && (cap == 0 || c->count <= cap));
+            splits += c->id >= workq_chunks_per_epoch(q);
+            memcpy(w[k].idx, c->idx, c->count * sizeof(uint32_t));
+            workq_release((void *)c->idx, c->hold);
+            w[k].held = 1;
+        } else if (r < 85) {
+            workq_epoch_stats_t st;
+            int fin = 0;
+            char why[256];
+            T_CHECK(workq_done(q, k + 1, w[k].c.epoch, w[k].c.id, &st, &fin, why, sizeof why) ==
+                    WORKQ_DONE);
+            for (uint32_t i = 0; i < w[k].c.count; i++)
+                seen[w[k].c.epoch][w[k].idx[i]]++;
+            w[k].held = 0;
+            if (fin) {
+                int once = st.covered == N && st.duplicates == 0;
+                for (int i = 0; i < N; i++)
+                    once &= seen[st.epoch][i] == 1;
+                finished++;
+                exact += once;
+            }
+        } else if (r < 95) {
+            T_CHECK(workq_requeue_worker(q, k + 1, 1, NULL) == 1);
+            w[k].held = 0;
+            deaths++;
+        }
+        if ((rng >> 20) % 100 < 3) { /* a restart: every holder leaves, the queue as of
+                                        the next version is written and read back */
+            for (int j = 0; j < W; j++)
+                if (w[j].held) T_CHECK(workq_requeue_worker(q, j + 1, 0, NULL) == 1);
+            for (int j = 0; j < W; j++)
+                w[j].held = 0;
+            char *snap = q_snapshot(q, version);
+            workq_t *nq = NULL;
+            T_CHECK(workq_new(&nq, N, CS, 3) == 0 &&
+                    workq_restore(nq, snap, strlen(snap), "snap") == 0);
+            free(snap);
+            workq_destroy(&q);
+            q = nq;
+            restores++;
+            if (!q) return;
+        }
+    }
+    printf("  %d epochs complete, %d exactly once; %d tail pieces handed out, %d deaths, %d "
+           "restores\n",
+           finished, exact, splits, deaths, restores);
+    T_CHECK(finished >= 20 && exact == finished && splits > 100 && restores > 10);
+    workq_destroy(&q);
+}
+
 /* ---- S: stragglers ----------------------------------------------------------------- */
 
 static void test_straggler_detector(void) {
@@ -1516,6 +1595,7 @@ int main(void) {
     test_queue();
     test_poison_chunk();
     test_split_queue();
+    test_split_random();
     test_straggler_detector();
     test_straggler_config();
     test_straggler_run("asp");
