@@ -653,12 +653,12 @@ static void test_worker_join(void) {
     T_CHECK(peak == 3 && epochs >= 2 && exact == epochs);
 }
 
-/* Stragglers under ASP: worker rank 1 sleeps 40 ms more per step (the test hook); the
+/* Stragglers under ASP: worker rank 1 sleeps 100 ms more per step (the test hook); the
  * scheduler flags it after cluster.straggler_n = 3 steps over 2 x the other's step time
  * and cuts its chunks; the run finishes and every epoch is covered exactly once. */
 static void test_straggler(void) {
     cluster_t c;
-    setenv("MIMIC_TEST_SLOW_MS", "40", 1);
+    setenv("MIMIC_TEST_SLOW_MS", "100", 1);
     setenv("MIMIC_TEST_SLOW_RANK", "1", 1);
     T_CHECK(start(&c, "straggler", 1, 2,
                   "--train.batch_size=8 --train.steps=600 --cluster.consistency=asp "
