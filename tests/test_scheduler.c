@@ -29,7 +29,8 @@
  *     scheduler with fake workers reporting step times: under ASP the slow one is
  *     flagged after n steps (log line, "straggler" event), gets smaller chunks whose
  *     tails go to the other, recovers ("straggler_recovered"), and the epoch is still
- *     covered exactly once; under BSP it is flagged only; bad cluster.straggler_k/_n
+ *     covered exactly once (the same under SSP); under BSP it is flagged only; bad
+ *     cluster.straggler_k/_n
  *     values are refused naming the key. */
 #include "common.h"
 #include "json.h"
@@ -1481,7 +1482,7 @@ static int strag_step(peer_t *w, uint64_t v, double busy, int64_t *epoch, int64_
 /* Two fake workers: A's steps take 10 ms per full chunk, B's 100 ms whatever its chunk
  * (a sleep per step, like MIMIC_TEST_SLOW_MS), with k = 2 and n = 3. */
 static void test_straggler_run(const char *mode) {
-    int asp = strcmp(mode, "asp") == 0;
+    int asp = strcmp(mode, "bsp") != 0; /* ASP and SSP cut a straggler's chunks */
     printf("S2. a slow fake worker under %s\n", mode);
     char ep[512], flags[256], name[16];
     snprintf(name, sizeof name, "s-%s", mode);
@@ -1599,6 +1600,7 @@ int main(void) {
     test_straggler_detector();
     test_straggler_config();
     test_straggler_run("asp");
+    test_straggler_run("ssp");
     test_straggler_run("bsp");
     test_run();
     test_resume();
