@@ -338,6 +338,13 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
     case PROTO_KEYS_PUSH:
     case PROTO_KEYS_REPLY:
         return check_rows(h, sp, why, whylen);
+    case PROTO_CHUNK_DONE: /* a day is far beyond any step; NaN fails the comparison */
+        if (h->nf > PROTO_CDONE_BUSY_S &&
+            !(h->f[PROTO_CDONE_BUSY_S] >= 0 && h->f[PROTO_CDONE_BUSY_S] <= 86400))
+            return fail(why, whylen,
+                        "header field 'f[0]' (busy seconds): must be in [0, 86400], got %g",
+                        h->f[PROTO_CDONE_BUSY_S]);
+        return 0;
     case PROTO_CKPT_DONE:
         if (a[PROTO_CKDONE_STATUS] > 0)
             return fail(why, whylen,

@@ -103,6 +103,9 @@ enum {
 };
 enum { PROTO_CHUNK_OK = 0, PROTO_CHUNK_WAIT = 1, PROTO_CHUNK_END = 2 };
 enum { PROTO_CDONE_EPOCH = 0, PROTO_CDONE_ID = 1, PROTO_CDONE_PROCESSED = 2 };
+/* CHUNK_DONE f[] (optional): the seconds the worker was busy with the chunk, from
+ * receiving it to handing the gradient over (the scheduler's straggler detector) */
+enum { PROTO_CDONE_BUSY_S = 0 };
 enum { PROTO_PUSH_BATCH = 0 /* optional: samples behind the gradient */ };
 enum { PROTO_PULL_WHICH = 0, PROTO_PULL_MINSTEP = 1 /* optional: SSP, 0 = any */ };
 enum { PROTO_WHICH_PARAMS = 0, PROTO_WHICH_EMA = 1 };
@@ -198,8 +201,9 @@ void proto_make_chunk(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t ste
                       uint32_t id, uint32_t start, uint32_t count);
 /* A CHUNK without indices, status PROTO_CHUNK_END: training is over. */
 void proto_make_chunk_end(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step);
+/* busy_s: f[PROTO_CDONE_BUSY_S], the step time; < 0: not sent (no step used the chunk). */
 void proto_make_chunk_done(proto_hdr_t *h, int32_t sender, uint64_t seq, int64_t epoch, int64_t id,
-                           int64_t processed);
+                           int64_t processed, double busy_s);
 /* step: the version the gradient was computed on. Payload: f32 gradient of [lo, hi). */
 void proto_make_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t lo,
                      uint64_t hi, int64_t batch);

@@ -97,12 +97,16 @@ void proto_make_chunk_end(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t
 }
 
 void proto_make_chunk_done(proto_hdr_t *h, int32_t sender, uint64_t seq, int64_t epoch, int64_t id,
-                           int64_t processed) {
+                           int64_t processed, double busy_s) {
     begin(h, PROTO_CHUNK_DONE, sender, seq);
     h->na = 3;
     h->a[PROTO_CDONE_EPOCH] = epoch;
     h->a[PROTO_CDONE_ID] = id;
     h->a[PROTO_CDONE_PROCESSED] = processed;
+    if (busy_s >= 0) {
+        h->nf = 1;
+        h->f[PROTO_CDONE_BUSY_S] = busy_s;
+    }
 }
 
 void proto_make_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, uint64_t lo,

@@ -141,6 +141,13 @@ static const key_t_ KEYS[] = {
     F("cluster", "chunk_retries", K_INT, cluster.chunk_retries, "3",
       "a chunk whose holder died is handed out again at most this many times; then it is "
       "skipped as a poison chunk (counted in epoch_done's skipped; 0: retry forever)"),
+    F("cluster", "straggler_k", K_FLOAT, cluster.straggler_k, "2.0",
+      "the scheduler flags a worker whose step time exceeds k x the median of the others' "
+      "(log line, scheduler.jsonl event \"straggler\"); under ASP/SSP its chunks shrink to its "
+      "speed (0: off; else > 1)"),
+    F("cluster", "straggler_n", K_INT, cluster.straggler_n, "5",
+      "... for this many consecutive steps (>= 1); one step back under k x the median "
+      "recovers it"),
     F("cluster", "quorum_ms", K_INT, cluster.quorum_ms, "600000",
       "the scheduler ends (exit 1) when the servers and cluster.workers have not all registered "
       "within this time (0: wait forever)"),
@@ -210,7 +217,8 @@ static const key_t_ KEYS[] = {
     F("eval", "test_limit", K_LONG, eval.test_limit, "0", "use the first N test samples (0: all)"),
     F("eval", "batch_size", K_INT, eval.batch_size, "32",
       "images per encoder forward during extraction"),
-    F("eval", "probe_epochs", K_INT, eval.probe_epochs, "30", "linear probe: epochs over the features"),
+    F("eval", "probe_epochs", K_INT, eval.probe_epochs, "30",
+      "linear probe: epochs over the features"),
     F("eval", "probe_batch", K_INT, eval.probe_batch, "256",
       "linear probe: batch size (last partial batch dropped)"),
     F("eval", "probe_lr", K_FLOAT, eval.probe_lr, "0.1",

@@ -77,6 +77,8 @@ typedef struct {
         int grace_ms; /* preemption: time to checkpoint the stop step */
         int quorum_ms, idle_ms; /* the scheduler's longest waits */
         int chunk_retries;      /* hand-outs of a chunk whose holders died */
+        float straggler_k;      /* flag a worker slower than k x the median (0: off) */
+        int straggler_n;        /* ... for this many consecutive steps */
         char ckpt_dir[CFG_PATH_MAX];
         int trace;
         long max_msg_mb;

@@ -16,6 +16,7 @@
 #define MIMIC_MEMBERS_H
 
 #include "proto.h"
+#include "straggler.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,7 @@ typedef struct {
     uint64_t memb_acked;
     double memb_sent;
     int memb_resends;
+    straggler_t strag; /* workers: step times and the straggler flag (straggler.h) */
 } members_entry_t;
 
 typedef struct members members_t;

@@ -27,6 +27,7 @@ void progress_flush(progress_t *p, double now, FILE *out, metrics_t *mx, double 
     metrics_num(mx, "img_per_s", img_s);
     metrics_num(mx, "eta_s", eta);
     metrics_int(mx, "reports", p->n);
+    metrics_int(mx, "stragglers", p->stragglers);
     metrics_end(mx);
     p->t_last = now;
     p->step_last = p->step;

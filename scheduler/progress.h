@@ -28,6 +28,7 @@ typedef struct {
     long step;
     int n;
     double loss_sum, lr, first_t;
+    int stragglers; /* workers flagged now (the scheduler keeps it current) */
 } progress_t;
 
 void progress_init(progress_t *p, long total, long start_step, double now);

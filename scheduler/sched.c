@@ -56,6 +56,11 @@ struct sched {
     int started, finishing, ckpt_failed, over, exit_code;
     double t0, finish_t, dead_s, resend_s, ckpt_resent;
     double idle_since; /* when the last live worker went (0: there are workers) */
+    /* stragglers (straggler.h): flagged now, ever flagged, the others' step times */
+    int stragglers;
+    long stragglers_total;
+    double *times;
+    int times_cap;
     uint64_t memb_version;
     volatile sig_atomic_t *stop;
 };
@@ -277,6 +282,7 @@ static void end_run(sched_t *s, int code, const char *why) {
     progress_flush(&s->pg, mimic_now(), stderr, &s->mx, s->t0);
     jbegin(s, "end");
     metrics_int(&s->mx, "exit_code", code);
+    metrics_int(&s->mx, "stragglers_flagged", s->stragglers_total);
     metrics_str(&s->mx, "reason", why);
     metrics_end(&s->mx);
     mark(s, "shutdown");
@@ -319,6 +325,10 @@ static void maybe_start(sched_t *s, double now) {
 
 static void worker_gone(sched_t *s, members_entry_t *m, members_state_t st, double now) {
     m->state = st;
+    if (m->strag.flagged) { /* no longer counted: a straggler that is gone */
+        m->strag.flagged = 0;
+        s->pg.stragglers = --s->stragglers;
+    }
     int skipped = 0, r = workq_requeue_worker(s->q, m->id, st == MEMBERS_DEAD, &skipped);
     const char *what = st == MEMBERS_DEAD ? "worker_dead" : "worker_left";
     mimic_log("scheduler: worker rank %d (id %d) %s; %d chunk(s) back at the front of the queue",
@@ -480,7 +490,11 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry
     }
     if ((long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;
     workq_chunk_t c;
-    int rc = workq_next(s->q, m->id, msg->hdr.step, &c);
+    /* ASP/SSP: a flagged straggler's chunk is cut to its speed (BSP: flagged only) */
+    uint32_t cap = s->cfg.cluster.consistency == CONS_BSP
+                       ? 0
+                       : straggler_chunk(&m->strag, workq_chunk_size(s->q));
+    int rc = workq_next_max(s->q, m->id, msg->hdr.step, cap, &c);
     if (rc) {
         reply_error(s, msg, rc, "work queue: %s", mimic_last_error());
         return;
@@ -491,7 +505,68 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry
     send_to(s, m, &h, c.idx, workq_release, c.hold);
 }
 
-static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
+/* The median of the other live workers' last step times (0: none has one yet). */
+static double others_median(sched_t *s, const members_entry_t *self) {
+    int n = 0, W = members_size(s->mb);
+    if (W > s->times_cap) {
+        double *v = realloc(s->times, (size_t)W * sizeof *v);
+        if (!v) return 0; /* out of memory: nothing is compared this step */
+        s->times = v;
+        s->times_cap = W;
+    }
+    for (int i = 0; i < W; i++) {
+        const members_entry_t *o = members_at(s->mb, i);
+        if (o != self && o->role == PROTO_ROLE_WORKER && o->state == MEMBERS_LIVE &&
+            o->strag.step_s > 0)
+            s->times[n++] = o->strag.step_s;
+    }
+    return straggler_median(s->times, n);
+}
+
+/* One step of worker m took step_s (normalised to a full chunk): flag or recover it
+ * (docs/runtime.md, "Stragglers"). */
+static void straggler_report(sched_t *s, members_entry_t *m, double step_s) {
+    const mimic_cfg_t *c = &s->cfg;
+    int ev = straggler_step(&m->strag, step_s, others_median(s, m), c->cluster.straggler_k,
+                            c->cluster.straggler_n);
+    if (ev == STRAGGLER_SAME) return;
+    const straggler_t *g = &m->strag;
+    int bsp = c->cluster.consistency == CONS_BSP;
+    uint32_t cs = workq_chunk_size(s->q), cap = bsp ? 0 : straggler_chunk(g, cs);
+    if (ev == STRAGGLER_FLAGGED) {
+        s->stragglers++;
+        s->stragglers_total++;
+        char what[96];
+        if (bsp)
+            snprintf(what, sizeof what, "flagged only (BSP: every step waits for it)");
+        else
+            snprintf(what, sizeof what, "its chunks shrink to %u of %u samples", cap ? cap : cs,
+                     cs);
+        mimic_log("scheduler: worker rank %d (id %d) straggles: step %.3f s, median of the "
+                  "others %.3f s, %.1fx > cluster.straggler_k %.1f for %d steps; %s",
+                  m->rank, m->id, g->step_s, g->median_s, g->ratio, c->cluster.straggler_k, g->slow,
+                  what);
+    } else {
+        s->stragglers--;
+        mimic_log("scheduler: worker rank %d (id %d) recovered: step %.3f s, median of the "
+                  "others %.3f s (%.1fx)",
+                  m->rank, m->id, g->step_s, g->median_s, g->ratio);
+    }
+    s->pg.stragglers = s->stragglers;
+    jbegin(s, ev == STRAGGLER_FLAGGED ? "straggler" : "straggler_recovered");
+    metrics_int(&s->mx, "id", m->id);
+    metrics_int(&s->mx, "rank", m->rank);
+    metrics_num(&s->mx, "step_s", g->step_s);
+    metrics_num(&s->mx, "median_s", g->median_s);
+    metrics_num(&s->mx, "ratio", g->ratio);
+    metrics_int(&s->mx, "chunk", cap ? cap : cs);
+    metrics_int(&s->mx, "stragglers", s->stragglers);
+    metrics_int(&s->mx, "flagged_total", s->stragglers_total);
+    metrics_end(&s->mx);
+    mark(s, ev == STRAGGLER_FLAGGED ? "straggler" : "straggler_recovered");
+}
+
+static void on_chunk_done(sched_t *s, const proto_msg_t *msg, members_entry_t *m) {
     const int64_t *a = msg->hdr.a;
     if (a[PROTO_CDONE_ID] > UINT32_MAX) {
         reply_error(s, msg, MIMIC_EINVAL, "CHUNK_DONE: chunk id %" PRId64 " out of range",
@@ -509,6 +584,10 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entr
     }
     reply_ack(s, msg, PROTO_CHUNK_DONE);
     progress_samples(&s->pg, (uint64_t)a[PROTO_CDONE_PROCESSED]);
+    if (rc == WORKQ_DONE && a[PROTO_CDONE_PROCESSED] > 0 && msg->hdr.nf > PROTO_CDONE_BUSY_S)
+        straggler_report(s, m,
+                         msg->hdr.f[PROTO_CDONE_BUSY_S] * workq_chunk_size(s->q) /
+                             (double)a[PROTO_CDONE_PROCESSED]);
     if (a[PROTO_CDONE_PROCESSED] == 0 && rc != WORKQ_DUPLICATE) {
         /* a poison chunk: done (never requeued, so no worker meets it again), accounted */
         s->unreadable_chunks++;
@@ -533,11 +612,12 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, const members_entr
     metrics_int(&s->mx, "duplicates", (long long)st.duplicates);
     metrics_int(&s->mx, "requeued_chunks", st.requeued_chunks);
     metrics_int(&s->mx, "skipped", (long long)st.skipped);
+    metrics_int(&s->mx, "split_chunks", st.split_chunks);
     metrics_end(&s->mx);
     mark(s, "epoch_done");
     mimic_log("scheduler: epoch %" PRIu64 " done: %" PRIu64 "/%" PRIu64 " samples covered, %" PRIu64
-              " duplicates, %u chunk(s) requeued",
-              st.epoch, st.covered, st.samples, st.duplicates, st.requeued_chunks);
+              " duplicates, %u chunk(s) requeued, %u split",
+              st.epoch, st.covered, st.samples, st.duplicates, st.requeued_chunks, st.split_chunks);
     workq_prune(s->q, keep_version(s));
 }
 
@@ -929,6 +1009,14 @@ static int check_cfg(const mimic_cfg_t *c) {
                          c->cluster.chunk_size, c->train.batch_size);
     if (c->train.steps < 0)
         return mimic_err(MIMIC_EINVAL, "config train.steps: %ld", c->train.steps);
+    float k = c->cluster.straggler_k;
+    if (!(k == 0 || (k > 1 && k <= 1000)))
+        return mimic_err(MIMIC_EINVAL,
+                         "config cluster.straggler_k: %g (0 = off, else a factor in (1, 1000])",
+                         (double)k);
+    if (c->cluster.straggler_n < 1 || c->cluster.straggler_n > 1000000)
+        return mimic_err(MIMIC_EINVAL, "config cluster.straggler_n: %d (need 1 .. 1000000 steps)",
+                         c->cluster.straggler_n);
     return 0;
 }
 
@@ -1159,6 +1247,7 @@ void sched_destroy(sched_t **ps) {
     members_destroy(&s->mb);
     ckpt_destroy(&s->ck);
     workq_destroy(&s->q);
+    free(s->times);
     free(s);
     *ps = NULL;
 }

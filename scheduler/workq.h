@@ -6,7 +6,10 @@
  * after epoch; chunks taken back from a dead worker go to the front. Every hand-out
  * records the parameter version the worker will compute on, so that a checkpoint of
  * version N can be written as the queue "as of N" (chunks handed out for a version >= N
- * put back) and restored by a restarted scheduler. The queue owns one permutation per
+ * put back) and restored by a restarted scheduler. A hand-out may be capped below a chunk's
+ * size (workq_next_max: a straggler's smaller steps); the chunk is then split and its tail
+ * waits at the front of the queue as a piece of its own, so an epoch is still covered
+ * exactly once and the accounting counts pieces. The queue owns one permutation per
  * epoch still in play; CHUNK payloads point into it (zero-copy) and hold a reference:
  *   workq_next(q, worker, version, &c);
  *   proto_send(sock, id, n, &h, c.idx, workq_release, c.hold);
@@ -36,6 +39,7 @@ typedef struct {
     uint64_t epoch, samples, covered, duplicates;
     uint32_t requeued_chunks;
     uint64_t skipped; /* samples of poison chunks skipped: covered + skipped == samples */
+    uint32_t split_chunks; /* hand-outs capped below a chunk's size (workq_next_max) */
 } workq_epoch_stats_t;
 
 enum { WORKQ_DONE = 0, WORKQ_DUPLICATE = 1 };
@@ -45,12 +49,17 @@ int workq_new(workq_t **out, uint32_t n, uint32_t chunk_size, uint64_t seed);
 void workq_destroy(workq_t **q);
 
 uint32_t workq_chunks_per_epoch(const workq_t *q);
+uint32_t workq_chunk_size(const workq_t *q);
 /* The next fresh chunk: epoch and chunk id (the "cursor"). */
 void workq_position(const workq_t *q, uint64_t *epoch, uint32_t *next);
 
 /* Hands the next chunk (front of the queue first) to worker for `version`. 0 or
  * MIMIC_ENOMEM (when a new epoch's permutation cannot be allocated). */
 int workq_next(workq_t *q, int32_t worker, uint64_t version, workq_chunk_t *out);
+/* The same with at most max samples (0: no cap): a larger chunk or piece is split, the
+ * rest put at the front of the queue (the next hand-out, to whichever worker asks). Its
+ * id (> chunks per epoch for a tail) is what CHUNK_DONE then reports. */
+int workq_next_max(workq_t *q, int32_t worker, uint64_t version, uint32_t max, workq_chunk_t *out);
 void workq_release(void *data, void *hint);
 
 /* worker reports chunk (epoch, id) done. Returns WORKQ_DONE, WORKQ_DUPLICATE (already
@@ -75,7 +84,9 @@ void workq_prune(workq_t *q, uint64_t keep_version);
 
 /* Writes the queue as of parameter version `version` as one JSON object (format
  * "mimicps-scheduler-queue"): every chunk handed out for a version >= `version` is put
- * back (by moving the cursor back, or into "requeued"). 0 or MIMIC_EIO. */
+ * back (by moving the cursor back, or into "requeued": [epoch, chunk], or for the
+ * pending pieces of a split chunk [epoch, start, count], format_version 2). 0 or
+ * MIMIC_EIO. */
 int workq_snapshot(const workq_t *q, uint64_t version, FILE *f);
 /* Replaces q's state by a snapshot (text of len bytes read from path, for messages).
  * Checks format, samples, chunk_size and seed against q. 0 or MIMIC_EFORMAT. */

@@ -9,7 +9,10 @@
  *  2. train to a checkpoint, SIGKILL every process, restart: the result equals the
  *     uninterrupted run;
  *  3. a worker SIGKILLed mid-epoch: training finishes with the others and every epoch
- *     is covered exactly once by the chunks reported done (scheduler accounting). */
+ *     is covered exactly once by the chunks reported done (scheduler accounting);
+ *  4. a straggler (MIMIC_TEST_ONLY=straggler alone): under ASP one worker slowed by the
+ *     test hook MIMIC_TEST_SLOW_MS is flagged (log line, "straggler" event), its chunks
+ *     shrink, and every epoch is still covered exactly once. */
 #include "common.h"
 #include "config.h"
 #include "proto.h"
@@ -654,6 +657,59 @@ static void test_worker_join(void) {
     T_CHECK(peak == 3 && epochs >= 2 && exact == epochs);
 }
 
+/* Stragglers under ASP: worker rank 1 sleeps 100 ms more per step (the test hook); the
+ * scheduler flags it after cluster.straggler_n = 3 steps over 2 x the other's step time
+ * and cuts its chunks; the run finishes and every epoch is covered exactly once. */
+static void test_straggler(void) {
+    cluster_t c;
+    setenv("MIMIC_TEST_SLOW_MS", "100", 1);
+    setenv("MIMIC_TEST_SLOW_RANK", "1", 1);
+    T_CHECK(start(&c, "straggler", 1, 2,
+                  "--train.batch_size=8 --train.steps=600 --cluster.consistency=asp "
+                  "--cluster.straggler_k=2 --cluster.straggler_n=3") == 0);
+    unsetenv("MIMIC_TEST_SLOW_MS");
+    unsetenv("MIMIC_TEST_SLOW_RANK");
+    T_CHECK(finish(&c, 120000));
+    char path[1400];
+    char *log = testutil_slurp(c.log);
+    snprintf(path, sizeof path, "%s/scheduler.jsonl", c.dir);
+    char *js = testutil_slurp(path);
+    const char *line = log ? strstr(log, ") straggles: step ") : NULL;
+    while (line && line > log && line[-1] != '\n') /* back to the start of its line */
+        line--;
+    const char *ev = js ? strstr(js, "\"event\":\"straggler\"") : NULL;
+    int flagged = line && strncmp(line, "scheduler: worker rank 1 (id ", 29) == 0 &&
+                  strstr(line, "its chunks shrink");
+    int event = ev && strstr(ev, "\"rank\":1,") && strstr(ev, "\"ratio\":");
+    int splits = 0;
+    for (const char *p = js; p && (p = strstr(p, "\"split_chunks\":")); p++)
+        splits += atoi(p + 15);
+    /* the slow worker's steps: samples per step, from its worker-1.jsonl */
+    int steps[2] = {0}, full[2] = {0}, small_after = 0;
+    for (int w = 0; w < 2; w++) {
+        snprintf(path, sizeof path, "%s/worker-%d.jsonl", c.dir, w);
+        char *wl = testutil_slurp(path);
+        for (char *p = wl; p && (p = strstr(p, "\"samples\":")); p++) {
+            int n = atoi(p + 10);
+            steps[w]++;
+            full[w] += n == 8;
+            if (w == 1 && steps[w] > 3) small_after += n < 8;
+        }
+        free(wl);
+    }
+    int epochs, exact, requeued;
+    epoch_accounting(c.dir, 96, &epochs, &exact, &requeued);
+    printf("straggler: flagged %s, event %s; rank 1 %d steps (%d of 8 samples, %d smaller after "
+           "its 3rd), rank 0 %d steps (%d of 8); %d chunks split; %d epochs, %d exact\n",
+           flagged ? "yes" : "NO", event ? "yes" : "NO", steps[1], full[1], small_after, steps[0],
+           full[0], splits, epochs, exact);
+    if (line) printf("  %.*s\n", (int)strcspn(line, "\n"), line);
+    T_CHECK(flagged && event && splits >= 3 && small_after >= 3);
+    T_CHECK(steps[1] > 3 && full[1] < steps[1] && epochs >= 2 && exact == epochs);
+    free(log);
+    free(js);
+}
+
 /* A server SIGKILLed mid-run: the scheduler ends the run (exit 3: restart from the last
  * checkpoint) and every worker stops with an error instead of waiting forever. */
 static void test_server_death(void) {
@@ -962,6 +1018,10 @@ int main(void) {
         test_curve_cluster();
         return testutil_summary("test_cluster");
     }
+    if (only && strcmp(only, "straggler") == 0) {
+        test_straggler();
+        return testutil_summary("test_cluster");
+    }
     test_equivalence("mae", 1, "", "", 1e-4, NULL);
     test_equivalence("mae", 2, "", "", 1e-4, NULL);
     /* MoCo v3's heads have BatchNorm per worker: the standalone batch in 2 BN groups.
@@ -983,6 +1043,7 @@ int main(void) {
     test_worker_death();
     test_worker_sigterm();
     test_worker_join();
+    test_straggler();
     test_server_death();
     test_scheduler_death();
     test_curve_cluster();

@@ -365,9 +365,13 @@ static void test_builders_data(void) {
              (int64_t[]){0, 0, 0, 0, PROTO_CHUNK_END});
     w.dtype = PROTO_DT_U32;
     check_made("CHUNK (end)", &h, &w);
-    proto_make_chunk_done(&h, 4, 22, 2, 17, 8);
+    proto_make_chunk_done(&h, 4, 22, 2, 17, 8, -1);
     set_args(ref(&w, PROTO_CHUNK_DONE, 4, 22, 0), 3, (int64_t[]){2, 17, 8});
     check_made("CHUNK_DONE", &h, &w);
+    proto_make_chunk_done(&h, 4, 22, 2, 17, 8, 0.125);
+    w.nf = 1;
+    w.f[PROTO_CDONE_BUSY_S] = 0.125;
+    check_made("CHUNK_DONE (busy)", &h, &w);
     proto_make_push(&h, 4, 23, 3, 1000, 1256, 64);
     set_args(ref(&w, PROTO_PUSH, 4, 23, 3), 1, (int64_t[]){64});
     w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_F32, w.nbytes = 256 * sizeof(float);
@@ -858,6 +862,17 @@ static void test_semantics(void) {
     make_valid(&h, PROTO_CKPT_DONE);
     h.a[0] = 1;
     expect_hdr("ckpt_done status", &h, "'a[0]' (status)");
+    /* CHUNK_DONE's step time: absent or in [0, 1 day]; negative, NaN, inf refused */
+    const double busy_bad[] = {-0.5, NAN, INFINITY, 1e9};
+    for (int i = 0; i < 4; i++) {
+        proto_make_chunk_done(&h, 4, 22, 2, 17, 8, 0.25);
+        expect_hdr("chunk_done busy 0.25", &h, NULL);
+        h.f[PROTO_CDONE_BUSY_S] = busy_bad[i];
+        expect_hdr("chunk_done busy out of range", &h, "'f[0]' (busy seconds)");
+    }
+    proto_make_chunk_done(&h, 4, 22, 2, 17, 8, -1);
+    T_CHECK(h.nf == 0);
+    expect_hdr("chunk_done without busy", &h, NULL);
     make_valid(&h, PROTO_ACK);
     h.a[0] = 0;
     expect_hdr("ack of nothing", &h, "'a[0]' (type)");

@@ -21,13 +21,24 @@
  *     entries are reused by new registrations.
  *  Q. the work queue's snapshot/restore arithmetic directly (the mimic_workq
  *     library, in-process): requeues to the front, the queue "as of version N"
- *     across an epoch boundary with requeued chunks, restore, accounting, refusals. */
+ *     across an epoch boundary with requeued chunks, restore, accounting, refusals;
+ *     hand-outs capped below the chunk size split it, and a snapshot with pending
+ *     pieces restores to exactly those pieces.
+ *  S. stragglers: the detector in-process (flagged on exactly the n-th step above k x
+ *     the others' median, not before; recovery; the chunk cut to its speed), then the
+ *     scheduler with fake workers reporting step times: under ASP the slow one is
+ *     flagged after n steps (log line, "straggler" event), gets smaller chunks whose
+ *     tails go to the other, recovers ("straggler_recovered"), and the epoch is still
+ *     covered exactly once (the same under SSP); under BSP it is flagged only; bad
+ *     cluster.straggler_k/_n
+ *     values are refused naming the key. */
 #include "common.h"
 #include "json.h"
 #include "member.h"
 #include "order.h"
 #include "proto.h"
 #include "safetensors.h"
+#include "straggler.h"
 #include "testutil.h"
 #include "workq.h"
 
@@ -309,7 +320,7 @@ static int request_chunk(peer_t *w, uint64_t version, rmsg_t *c, int *seen) {
 static void chunk_done(peer_t *w, int64_t epoch, int64_t id, int expect_ok) {
     static uint64_t seq = 5000;
     proto_hdr_t h;
-    proto_make_chunk_done(&h, w->id, ++seq, epoch, id, CHUNK);
+    proto_make_chunk_done(&h, w->id, ++seq, epoch, id, CHUNK, -1);
     peer_send(w, &h, NULL);
     rmsg_t r;
     int ok = expect(w, expect_ok ? PROTO_ACK : PROTO_ERROR, 3000, &r);
@@ -505,7 +516,7 @@ static void run_epoch0(run_t *a) {
     char jsonl[4400];
     snprintf(jsonl, sizeof jsonl, "%s/a/scheduler.jsonl", testutil_tmpdir());
     const char *want = "{\"event\":\"epoch_done\",\"epoch\":0,\"samples\":40,\"covered\":40,"
-                       "\"duplicates\":0,\"requeued_chunks\":1,\"skipped\":0}";
+                       "\"duplicates\":0,\"requeued_chunks\":1,\"skipped\":0,\"split_chunks\":0}";
     T_CHECK(testutil_wait_file(jsonl, want, 3000));
     printf("  %s\n", want);
 }
@@ -956,7 +967,7 @@ static void test_chunk_flood(void) {
     double sent = mimic_now() - t0;
     /* a CHUNK_DONE queued behind the flood: its ACK means all of it was read */
     proto_hdr_t h;
-    proto_make_chunk_done(&h, w->id, 424242, 0, 0, CHUNK);
+    proto_make_chunk_done(&h, w->id, 424242, 0, 0, CHUNK, -1);
     peer_send(w, &h, NULL);
     int acked = 0;
     for (double end = mimic_now() + 30; !acked && mimic_now() < end;) {
@@ -1252,6 +1263,329 @@ static void test_poison_chunk(void) {
     workq_destroy(&q);
 }
 
+/* Capped hand-outs (a straggler's) split chunks; the pieces are accounted, and a snapshot
+ * with a pending piece restores to exactly that piece. */
+static void test_split_queue(void) {
+    printf("Q2. capped hand-outs split chunks; snapshot and restore of pieces\n");
+    workq_t *q = NULL, *r = NULL;
+    T_CHECK(workq_new(&q, 10, 4, 5) == 0); /* chunks 0..2 of 4, 4, 2 samples */
+    if (!q) return;
+    uint32_t perm[10];
+    order_permutation(perm, 10, 5, 0);
+    workq_chunk_t c;
+    /* the straggler (worker 2), capped at 1, gets position 0 of chunk 0 only */
+    T_CHECK(workq_next_max(q, 2, 0, 1, &c) == 0 && c.id == 0 && c.start == 0 && c.count == 1 &&
+            c.idx[0] == perm[0]);
+    workq_release((void *)c.idx, c.hold);
+    /* the next hand-out, to anyone, is the tail [1, 4) of chunk 0: piece 3 */
+    T_CHECK(workq_next(q, 1, 0, &c) == 0 && c.epoch == 0 && c.id == 3 && c.start == 1 &&
+            c.count == 3 && memcmp(c.idx, perm + 1, 3 * sizeof(uint32_t)) == 0);
+    workq_release((void *)c.idx, c.hold);
+    /* capped at 2 at version 1: [4, 6) of chunk 1; its tail [6, 8) waits as piece 4 */
+    T_CHECK(workq_next_max(q, 2, 1, 2, &c) == 0 && c.id == 1 && c.start == 4 && c.count == 2);
+    workq_release((void *)c.idx, c.hold);
+    workq_epoch_stats_t st;
+    T_CHECK(!q_done(q, 0, 0, &st) && !q_done(q, 0, 3, &st));
+    /* As of version 2: piece [4, 6) (handed out for version 1) counts as done, the
+     * queued tail [6, 8) is pending, so it is listed as a piece; chunk 2 is fresh. */
+    char *snap = q_snapshot(q, 2);
+    printf("  as of version 2: %s", snap);
+    T_CHECK(strstr(snap, "\"format_version\":2,") &&
+            strstr(snap, "\"epoch\":0,\"next_chunk\":2,\"requeued\":[[0,6,2]]"));
+    /* As of version 1 the whole of chunk 1 is pending: the cursor moves back over it. */
+    char *snap1 = q_snapshot(q, 1);
+    T_CHECK(strstr(snap1, "\"format_version\":1,") &&
+            strstr(snap1, "\"epoch\":0,\"next_chunk\":1,\"requeued\":[]"));
+    free(snap1);
+    /* A cap above the piece's size does not split: piece 4 whole, then chunk 2 whole. */
+    T_CHECK(workq_next_max(q, 1, 2, 3, &c) == 0 && c.id == 4 && c.start == 6 && c.count == 2);
+    workq_release((void *)c.idx, c.hold);
+    T_CHECK(workq_next_max(q, 1, 2, 2, &c) == 0 && c.id == 2 && c.start == 8 && c.count == 2);
+    workq_release((void *)c.idx, c.hold);
+    T_CHECK(!q_done(q, 0, 1, &st) && !q_done(q, 0, 4, &st));
+    T_CHECK(q_done(q, 0, 2, &st) && st.covered == 10 && st.duplicates == 0 &&
+            st.split_chunks == 2 && st.requeued_chunks == 0);
+
+    /* Restored, the queue hands out exactly [6, 8), then chunk 2, then epoch 1. */
+    T_CHECK(workq_new(&r, 10, 4, 5) == 0);
+    T_CHECK(workq_restore(r, snap, strlen(snap), "snap") == 0);
+    uint32_t want[][3] = {{0, 6, 2}, {0, 8, 2}, {1, 0, 4}}, ids[3];
+    for (int i = 0; i < 3; i++) {
+        T_CHECK(workq_next(r, 1, 2, &c) == 0 && c.epoch == want[i][0] && c.start == want[i][1] &&
+                c.count == want[i][2]);
+        ids[i] = c.id;
+        workq_release((void *)c.idx, c.hold);
+    }
+    T_CHECK(!q_done(r, 0, ids[0], &st));
+    T_CHECK(q_done(r, 0, ids[1], &st) && st.covered == 10 && st.duplicates == 0);
+    workq_destroy(&r);
+    /* Refusals: a piece crossing its chunk's end, overlapping entries. */
+    const char *bad[] = {"[[0,3,2]]", "[[0,1],[0,5,2]]", "[[0,4,1],[0,4,2]]", "[[0,1,0]]"};
+    mimic_set_quiet(1);
+    for (int i = 0; i < 4; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "{\"format\":\"mimicps-scheduler-queue\",\"format_version\":2,\"step\":2,"
+                 "\"samples\":10,\"chunk_size\":4,\"seed\":5,\"epoch\":0,\"next_chunk\":2,"
+                 "\"requeued\":%s}",
+                 bad[i]);
+        T_CHECK(workq_new(&r, 10, 4, 5) == 0);
+        int rc = workq_restore(r, text, strlen(text), "snap");
+        if (rc != MIMIC_EFORMAT) printf("  restore of %s: rc %d\n", bad[i], rc);
+        T_CHECK(rc == MIMIC_EFORMAT && strstr(mimic_last_error(), "requeued"));
+        workq_destroy(&r);
+    }
+    mimic_set_quiet(0);
+    free(snap);
+    workq_destroy(&q);
+}
+
+/* Random capped hand-outs, deaths, reports and snapshot/restores (when nothing is
+ * outstanding, so the snapshot is exact): every epoch that completes saw each of its
+ * samples exactly once, and its accounting says so. */
+static void test_split_random(void) {
+    printf("Q3. random capped hand-outs, deaths and restores: every epoch exactly once\n");
+    enum { N = 23, CS = 5, W = 4, EPOCHS = 40 };
+    static uint8_t seen[EPOCHS][N];
+    memset(seen, 0, sizeof seen);
+    workq_t *q = NULL;
+    T_CHECK(workq_new(&q, N, CS, 3) == 0);
+    if (!q) return;
+    struct {
+        int held;
+        workq_chunk_t c;
+        uint32_t idx[CS];
+    } w[W] = {0};
+    uint64_t rng = 12345, version = 0;
+    int finished = 0, exact = 0, restores = 0, splits = 0, deaths = 0;
+    for (int it = 0; it < 20000; it++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        int k = (int)(rng >> 33) % W, r = (int)(rng >> 40) % 100;
+        if (!w[k].held) {
+            uint32_t cap = (uint32_t)(rng >> 50) % 4; /* 0: whole chunks */
+            workq_chunk_t *c = &w[k].c;
+            if (workq_next_max(q, k + 1, version++, cap, c)) break;
+            if (c->epoch >= EPOCHS) {
+                workq_release((void *)c->idx, c->hold);
+                break;
+            }
+            T_CHECK(c->count >= 1 && c->count <= CS && (cap == 0 || c->count <= cap));
+            splits += c->id >= workq_chunks_per_epoch(q);
+            memcpy(w[k].idx, c->idx, c->count * sizeof(uint32_t));
+            workq_release((void *)c->idx, c->hold);
+            w[k].held = 1;
+        } else if (r < 85) {
+            workq_epoch_stats_t st;
+            int fin = 0;
+            char why[256];
+            T_CHECK(workq_done(q, k + 1, w[k].c.epoch, w[k].c.id, &st, &fin, why, sizeof why) ==
+                    WORKQ_DONE);
+            for (uint32_t i = 0; i < w[k].c.count; i++)
+                seen[w[k].c.epoch][w[k].idx[i]]++;
+            w[k].held = 0;
+            if (fin) {
+                int once = st.covered == N && st.duplicates == 0;
+                for (int i = 0; i < N; i++)
+                    once &= seen[st.epoch][i] == 1;
+                finished++;
+                exact += once;
+            }
+        } else if (r < 95) {
+            T_CHECK(workq_requeue_worker(q, k + 1, 1, NULL) == 1);
+            w[k].held = 0;
+            deaths++;
+        }
+        if ((rng >> 20) % 100 < 3) { /* a restart: every holder leaves, the queue as of
+                                        the next version is written and read back */
+            for (int j = 0; j < W; j++)
+                if (w[j].held) T_CHECK(workq_requeue_worker(q, j + 1, 0, NULL) == 1);
+            for (int j = 0; j < W; j++)
+                w[j].held = 0;
+            char *snap = q_snapshot(q, version);
+            workq_t *nq = NULL;
+            T_CHECK(workq_new(&nq, N, CS, 3) == 0 &&
+                    workq_restore(nq, snap, strlen(snap), "snap") == 0);
+            free(snap);
+            workq_destroy(&q);
+            q = nq;
+            restores++;
+            if (!q) return;
+        }
+    }
+    printf("  %d epochs complete, %d exactly once; %d tail pieces handed out, %d deaths, %d "
+           "restores\n",
+           finished, exact, splits, deaths, restores);
+    T_CHECK(finished >= 20 && exact == finished && splits > 100 && restores > 10);
+    workq_destroy(&q);
+}
+
+/* ---- S: stragglers ----------------------------------------------------------------- */
+
+static void test_straggler_detector(void) {
+    printf("S1. the straggler detector: n consecutive steps over k x the median\n");
+    double odd[] = {3, 1, 2}, even[] = {4, 1, 3, 2};
+    T_CHECK(straggler_median(odd, 3) == 2 && straggler_median(even, 4) == 2.5 &&
+            straggler_median(odd, 0) == 0);
+    straggler_t w = {0};
+    /* k = 2, n = 3: steps of 5 s against a median of 1 s */
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_SAME && w.slow == 1);
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_SAME && w.slow == 2);
+    T_CHECK(straggler_step(&w, 2, 1, 2, 3) == STRAGGLER_SAME && w.slow == 0); /* = k: not over */
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_SAME);
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_SAME && !w.flagged);
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_FLAGGED && w.flagged && w.ratio == 5);
+    T_CHECK(straggler_step(&w, 5, 1, 2, 3) == STRAGGLER_SAME && w.flagged);
+    T_CHECK(straggler_step(&w, 9, 0, 2, 3) == STRAGGLER_SAME && w.flagged); /* no median */
+    /* its chunk: chunk_size / ratio, at least chunk_size / 8 rounded up */
+    T_CHECK(straggler_chunk(&w, 64) == 12 && straggler_chunk(&w, 8) == 1);
+    w.ratio = 100;
+    T_CHECK(straggler_chunk(&w, 64) == 8 && straggler_chunk(&w, 7) == 1);
+    T_CHECK(straggler_step(&w, 1.5, 1, 2, 3) == STRAGGLER_RECOVERED && !w.flagged);
+    T_CHECK(straggler_chunk(&w, 64) == 0);
+    /* k = 0: never flagged */
+    straggler_t off = {0};
+    for (int i = 0; i < 10; i++)
+        T_CHECK(straggler_step(&off, 100, 1, 0, 1) == STRAGGLER_SAME && !off.flagged);
+}
+
+static int count_of(const char *text, const char *needle) {
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Worker w takes a chunk for version v and reports it done with `busy` seconds; the
+ * samples it got are counted in seen (epoch `seen_epoch` only). The chunk's count, or
+ * -1. */
+static int strag_step(peer_t *w, uint64_t v, double busy, int64_t *epoch, int64_t *id,
+                      int seen_epoch, int *seen) {
+    static uint64_t seq = 70000;
+    rmsg_t c;
+    simple(w, PROTO_CHUNK_REQ, v, ++seq);
+    if (!expect(w, PROTO_CHUNK, 3000, &c)) return -1;
+    int n = (int)c.hdr.a[PROTO_CHUNK_COUNT];
+    *epoch = c.hdr.a[PROTO_CHUNK_EPOCH];
+    *id = c.hdr.a[PROTO_CHUNK_ID];
+    T_CHECK(n > 0 && c.size == (size_t)n * 4);
+    for (int i = 0; *epoch == seen_epoch && i < n && c.size == (size_t)n * 4; i++)
+        seen[((const uint32_t *)c.data)[i] % N_SAMPLES]++;
+    rmsg_free(&c);
+    proto_hdr_t h;
+    proto_make_chunk_done(&h, w->id, ++seq, *epoch, *id, n, busy);
+    peer_send(w, &h, NULL);
+    T_CHECK(expect(w, PROTO_ACK, 3000, &c) && c.hdr.seq == seq);
+    rmsg_free(&c);
+    return n;
+}
+
+/* Two fake workers: A's steps take 10 ms per full chunk, B's 100 ms whatever its chunk
+ * (a sleep per step, like MIMIC_TEST_SLOW_MS), with k = 2 and n = 3. */
+static void test_straggler_run(const char *mode) {
+    int asp = strcmp(mode, "bsp") != 0; /* ASP and SSP cut a straggler's chunks */
+    printf("S2. a slow fake worker under %s\n", mode);
+    char ep[512], flags[256], name[16];
+    snprintf(name, sizeof name, "s-%s", mode);
+    snprintf(flags, sizeof flags,
+             "--cluster.servers=1 --cluster.workers=2 --cluster.consistency=%s "
+             "--cluster.straggler_k=2 --cluster.straggler_n=3 --train.steps=100",
+             mode);
+    if (start(name, flags, ep, sizeof ep)) {
+        T_CHECK(0);
+        return;
+    }
+    peer_t *srv = peer_new("server", ep), *wa = peer_new("A", ep), *wb = peer_new("B", ep);
+    do_register(srv, PROTO_ROLE_SERVER, "tcp://127.0.0.1:40009", 1);
+    take_ack(srv, 1, 3000);
+    do_register(wa, PROTO_ROLE_WORKER, NULL, 2);
+    do_register(wb, PROTO_ROLE_WORKER, NULL, 3);
+    take_ack(wa, 2, 3000);
+    take_ack(wb, 3, 3000);
+    int64_t e, id;
+    int seen[N_SAMPLES] = {0}, nb[6] = {0}, na[6] = {0};
+    /* rounds 0-2: B slow (flagged with its 3rd report); 3: B slow on a cut chunk;
+     * 4: B fast (recovers); 5: both fast */
+    for (int r = 0; r < 6; r++) {
+        na[r] = strag_step(wa, (uint64_t)r, 0.010, &e, &id, 1, seen);
+        double busy = r < 4 ? 0.100 : r == 4 ? 0.001 : 0.010;
+        nb[r] = strag_step(wb, (uint64_t)r, busy, &e, &id, 1, seen);
+    }
+    printf("  chunk sizes: A %d %d %d %d %d %d, B %d %d %d %d %d %d\n", na[0], na[1], na[2], na[3],
+           na[4], na[5], nb[0], nb[1], nb[2], nb[3], nb[4], nb[5]);
+    /* B's chunks are whole until its third slow report, then cut to 1 (8 / ratio 10,
+     * at least 8 / 8) while it is flagged, and whole again once it recovered; A gets
+     * the tails of the cut chunks (7 samples) */
+    for (int r = 0; r < 3; r++)
+        T_CHECK(nb[r] == CHUNK && na[r] == CHUNK);
+    if (asp)
+        T_CHECK(nb[3] == 1 && nb[4] == 1 && nb[5] == CHUNK && na[3] == CHUNK && na[4] == 7 &&
+                na[5] == 7);
+    else
+        T_CHECK(nb[3] == CHUNK && nb[4] == CHUNK && nb[5] == CHUNK);
+    pump(200);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s-log.txt", testutil_tmpdir(), name);
+    char *log = testutil_slurp(path);
+    char *js = read_out(name, "scheduler.jsonl");
+    char want[128];
+    snprintf(want, sizeof want,
+             "worker rank %d (id %d) straggles: step 0.100 s, median of the "
+             "others 0.010 s, 10.0x",
+             wb->rank, wb->id);
+    T_CHECK(log && strstr(log, want) && strstr(log, "for 3 steps"));
+    T_CHECK(log && strstr(log, asp ? "its chunks shrink to 1 of 8 samples" : "flagged only"));
+    T_CHECK(js && count_of(js, "\"event\":\"straggler\"") == 1);
+    snprintf(want, sizeof want, "\"event\":\"straggler\",\"t\":");
+    const char *ev = js ? strstr(js, want) : NULL;
+    snprintf(want, sizeof want, "\"id\":%d,\"rank\":%d,\"step_s\":0.1,\"median_s\":0.01", wb->id,
+             wb->rank);
+    T_CHECK(ev && strstr(ev, want));
+    if (asp) {
+        /* recovered at its fast step; epoch 1 (rounds 3-5 and its pieces) covered once */
+        T_CHECK(js && count_of(js, "\"event\":\"straggler_recovered\"") == 1);
+        T_CHECK(log && strstr(log, "recovered: step 0.008 s"));
+        int once = 0;
+        for (int i = 0; i < N_SAMPLES; i++)
+            once += seen[i] == 1;
+        printf("  epoch 1: %d of %d samples seen exactly once\n", once, N_SAMPLES);
+        T_CHECK(once == N_SAMPLES);
+        T_CHECK(js && count_of(js, "\"event\":\"epoch_done\"") == 2 &&
+                count_of(js, "\"covered\":40,\"duplicates\":0,") == 2 &&
+                strstr(js, "\"split_chunks\":2"));
+    }
+    if (!log || !js) printf("  no log or scheduler.jsonl\n");
+    free(log);
+    free(js);
+    kill_sched();
+    peer_destroy(&srv);
+    peer_destroy(&wa);
+    peer_destroy(&wb);
+}
+
+static void test_straggler_config(void) {
+    printf("S3. bad cluster.straggler_k / straggler_n refused\n");
+    const char *bad[][2] = {{"--cluster.straggler_k=0.5", "cluster.straggler_k"},
+                            {"--cluster.straggler_k=1", "cluster.straggler_k"},
+                            {"--cluster.straggler_k=nan", "cluster.straggler_k"},
+                            {"--cluster.straggler_k=-2", "cluster.straggler_k"},
+                            {"--cluster.straggler_n=0", "cluster.straggler_n"}};
+    for (int i = 0; i < 5; i++) {
+        char log[4300], dpath[4300];
+        snprintf(log, sizeof log, "%s/s3-%d-log.txt", testutil_tmpdir(), i);
+        snprintf(dpath, sizeof dpath, "--data.path=%s", imgs);
+        char *argv[] = {bin, dpath, "--data.labels=", (char *)bad[i][0], NULL};
+        sched_pid = testutil_spawn(argv, log);
+        int st = testutil_wait_pid(sched_pid, 20000);
+        if (st != -1) sched_pid = 0;
+        kill_sched();
+        char *text = testutil_slurp(log);
+        int ok = st == 2 && text && strstr(text, bad[i][1]);
+        printf("  %s: exit %d: %s", bad[i][0], st, text ? text : "(no output)\n");
+        T_CHECK(ok);
+        free(text);
+    }
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin, sizeof bin, "%s/scheduler/mimic-scheduler", build ? build : ".");
@@ -1261,6 +1595,13 @@ int main(void) {
     write_idx();
     test_queue();
     test_poison_chunk();
+    test_split_queue();
+    test_split_random();
+    test_straggler_detector();
+    test_straggler_config();
+    test_straggler_run("asp");
+    test_straggler_run("ssp");
+    test_straggler_run("bsp");
     test_run();
     test_resume();
     test_signal();

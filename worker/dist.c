@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <zmq.h>
 
 /* The distributed worker (docs/runtime.md): pull parameters, take a chunk from the
@@ -39,6 +40,8 @@ typedef struct {
     int shutdown;
     uint64_t seq; /* of requests to the scheduler */
     double t_push, t_done, t_pull; /* the last update's phases */
+    double t_chunk, busy;          /* when the chunk came; its step time (-1: no step used it) */
+    int slow_ms;                   /* test hook MIMIC_TEST_SLOW_MS: a sleep per step */
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
     kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */
@@ -127,13 +130,15 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
     b->count = count;
     d->have_chunk = 1;
     d->chunk_n = 0;
+    d->t_chunk = mimic_now();
+    d->busy = -1;
     return 0;
 }
 
 static int chunk_done(dist_t *d) {
     proto_hdr_t h;
     proto_msg_t r;
-    proto_make_chunk_done(&h, d->id, next_seq(d), d->chunk_epoch, d->chunk_id, d->chunk_n);
+    proto_make_chunk_done(&h, d->id, next_seq(d), d->chunk_epoch, d->chunk_id, d->chunk_n, d->busy);
     int rc = sched_call(d, &h, PROTO_ACK, &r);
     if (!rc && !d->shutdown) proto_msg_close(&r);
     d->have_chunk = 0;
@@ -244,7 +249,10 @@ static int queue_pull(dist_t *d, stage_t *s) {
 static int dist_update(void *self, stage_t *s, int n, long *step) {
     dist_t *d = self;
     int rc, ts, tq = 0;
+    if (d->slow_ms > 0) /* test hook: an artificial straggler */
+        nanosleep(&(struct timespec){d->slow_ms / 1000, (d->slow_ms % 1000) * 1000000L}, NULL);
     double t0 = mimic_now(), t1, t2;
+    d->busy = t0 - d->t_chunk; /* data + forward + backward: the scheduler's step time */
     d->chunk_n = n;
     if (s->queue && (tq = kv_queue_push(d->kv, d->version, s->keys, (size_t)s->nkeys,
                                         s->queue_dim)) < 0)
@@ -339,6 +347,12 @@ static int dist_join(dist_t *d, void *zctx, const char *ep, proto_hdr_t *ack) {
     d->S = (int)ack->a[PROTO_RACK_NSERVERS];
     d->W = (int)ack->a[PROTO_RACK_NWORKERS];
     d->rank = (int)ack->a[PROTO_RACK_RANK];
+    /* test hook (docs/runtime.md, "Stragglers"): MIMIC_TEST_SLOW_MS=ms sleeps that long
+     * every step, in the worker of rank MIMIC_TEST_SLOW_RANK only when that is set */
+    const char *slow = getenv("MIMIC_TEST_SLOW_MS"), *who = getenv("MIMIC_TEST_SLOW_RANK");
+    if (slow && (!who || atoi(who) == d->rank) && (d->slow_ms = atoi(slow)) > 0)
+        mimic_log("[worker %d] test hook MIMIC_TEST_SLOW_MS: %d ms more per step", d->rank,
+                  d->slow_ms);
     mimic_log("[worker %d] id %d, %d servers, %d workers, scheduler %s", d->rank, d->id, d->S,
               d->W, ep);
     return 0;
