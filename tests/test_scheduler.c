@@ -1,4 +1,4 @@
-// TIMEOUT: 120
+// TIMEOUT: 240
 /* test_scheduler — the real mimic-scheduler process against fake servers and workers
  * (DEALER sockets in this process), on loopback:
  *  A. registration: server ranks, worker ACKs deferred until the server registered and
