@@ -63,10 +63,9 @@ static void heads_to_bf16(uint16_t *dst, const float *src, int ld, int off, floa
     }
 }
 
-/* dst rows (B*T, leading dimension ld, head h at column off + h*hd) = or += the
- * head-major src (B*NH, T, hd). */
-static void heads_from(float *dst, int ld, int off, const float *src, int acc, int B, int T, int C,
-                       int NH) {
+/* dst rows (B*T, leading dimension ld, head h at column off + h*hd) = the head-major
+ * src (B*NH, T, hd). */
+static void heads_from(float *dst, int ld, int off, const float *src, int B, int T, int C, int NH) {
     int hd = C / NH;
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; bh++) {
@@ -74,11 +73,7 @@ static void heads_from(float *dst, int ld, int off, const float *src, int acc, i
         for (int t = 0; t < T; t++) {
             float *row = dst + ((size_t)b * T + t) * ld + off + (size_t)h * hd;
             const float *in = src + ((size_t)bh * T + t) * hd;
-            if (acc)
-                for (int d = 0; d < hd; d++)
-                    row[d] += in[d];
-            else
-                memcpy(row, in, (size_t)hd * sizeof *row);
+            memcpy(row, in, (size_t)hd * sizeof *row);
         }
     }
 }
@@ -101,7 +96,7 @@ static void attention_forward_bf16(float *out, float *att, const float *qkv, int
     mm_to_bf16(a, att, (long)BH * T * T);
     float *o = mm_fbuffer(0, nh);
     mm_bmm_bf16(BH, 0, 0, T, hd, T, a, v, 0.0f, o);
-    heads_from(out, C, 0, o, 0, B, T, C, NH);
+    heads_from(out, C, 0, o, B, T, C, NH);
 }
 
 static void attention_backward_bf16(float *dqkv, float *da, const float *dout, const float *qkv,
@@ -135,9 +130,9 @@ static void attention_backward_bf16(float *dqkv, float *da, const float *dout, c
     mm_to_bf16(a, da, (long)BH * T * T);
     mm_bmm_bf16(BH, 0, 0, T, hd, T, a, k, 0.0f, dq); /* dq = ds k */
     mm_bmm_bf16(BH, 1, 0, T, hd, T, a, q, 0.0f, dk); /* dk = ds^T q */
-    heads_from(dqkv, ld, 0, dq, 1, B, T, C, NH);
-    heads_from(dqkv, ld, C, dk, 1, B, T, C, NH);
-    heads_from(dqkv, ld, 2 * C, dv, 1, B, T, C, NH);
+    heads_from(dqkv, ld, 0, dq, B, T, C, NH);
+    heads_from(dqkv, ld, C, dk, B, T, C, NH);
+    heads_from(dqkv, ld, 2 * C, dv, B, T, C, NH);
 }
 
 /* Every (sample, head) pair is independent and owns disjoint rows of att/scratch and
@@ -186,10 +181,11 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
         const float *a = att + (size_t)bh * T * T;
         float *da = scratch + (size_t)bh * T * T;
         const float *dy = dout + (size_t)b * T * C + (size_t)h * hd;
-        /* datt = dout v^T; dv += att^T dout */
+        /* datt = dout v^T; dv = att^T dout (each (sample, head) block of dqkv is written
+         * once, so backward overwrites) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dy, C, v, ld, 0.0f, da,
                     T);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, a, T, dy, C, 1.0f, dv,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, a, T, dy, C, 0.0f, dv,
                     ld);
         /* Softmax backward: dscores_ij = att_ij * (datt_ij - sum_k att_ik datt_ik). */
         for (int i = 0; i < T; i++) {
@@ -202,11 +198,11 @@ void attention_backward(float *dqkv, float *scratch, const float *dout, const fl
             for (int j = 0; j < T; j++)
                 dr[j] = ar[j] * (dr[j] - s);
         }
-        /* scores = scale * q k^T, so the scale folds into alpha: dq += scale dS k,
-         * dk += scale dS^T q. */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, da, T, k, ld, 1.0f,
+        /* scores = scale * q k^T, so the scale folds into alpha: dq = scale dS k,
+         * dk = scale dS^T q. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, da, T, k, ld, 0.0f,
                     dq, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, da, T, q, ld, 1.0f,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, da, T, q, ld, 0.0f,
                     dk, ld);
     }
 }

@@ -37,6 +37,6 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
         float x = inp[i];
         float e = fm_expf(-0.5f * x * x);
         float d = gelu_phi(x, e) + x * e * GELU_INV_SQRT_2PI;
-        dinp[i] += dout[i] * d;
+        dinp[i] = dout[i] * d;
     }
 }

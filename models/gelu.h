@@ -10,7 +10,8 @@
 
 /* out (n); inp (n). out may alias inp. */
 void gelu_forward(float *out, const float *inp, size_t n);
-/* dinp (n) += dout * gelu'(inp) */
+/* dinp (n) = dout * gelu'(inp): written, not accumulated (its one caller, the MLP, has
+ * no other gradient for the pre-activation). */
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
 #endif

@@ -23,15 +23,15 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
     mm_gemm(0, 1, M, N, K, inp, K, w, K, beta, out, N);
 }
 
-void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                     const float *w, int M, int K, int N) {
+static void backward(float *dinp, float beta, float *dw, float *db, const float *dout,
+                     const float *inp, const float *w, int M, int K, int N) {
     if (mm_precision() == MM_BF16) {
         /* dout rounded once for both products */
         const unsigned short *d16 = dinp || dw ? mm_pack(0, dout, M, N, N) : NULL;
-        if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, mm_pack(1, w, N, K, K), 1.0f, dinp, K);
+        if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, mm_pack(1, w, N, K, K), beta, dinp, K);
         if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, mm_pack(2, inp, M, K, K), 1.0f, dw, K);
     } else {
-        if (dinp) mm_gemm(0, 0, M, K, N, dout, N, w, K, 1.0f, dinp, K);
+        if (dinp) mm_gemm(0, 0, M, K, N, dout, N, w, K, beta, dinp, K);
         if (dw) mm_gemm(1, 0, N, K, M, dout, N, inp, K, 1.0f, dw, K);
     }
     if (db) {
@@ -44,4 +44,14 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout, const
                 db[n] += row[n];
         }
     }
+}
+
+void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, int M, int K, int N) {
+    backward(dinp, 1.0f, dw, db, dout, inp, w, M, K, N);
+}
+
+void linear_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int K, int N) {
+    backward(dinp, 0.0f, dw, db, dout, inp, w, M, K, N);
 }

@@ -13,5 +13,9 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
 /* dinp (M,K) +=, dw (N,K) +=, db (N) +=; dout (M,N); inp (M,K); w (N,K) */
 void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *w, int M, int K, int N);
+/* The same, but dinp is written (=), not accumulated: for an input whose gradient has
+ * no other source, so the caller need not clear it first. */
+void linear_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int K, int N);
 
 #endif

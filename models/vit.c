@@ -191,25 +191,21 @@ void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float 
         const float *xin = l == 0 ? x : layer_view(a, l - 1).out;
         /* MLP branch: out = res1 + fc2(gelu(fc1(ln2(res1)))) */
         memcpy(a->d_res1, dout, nC * sizeof(float));
-        mimic_zero(a->d_hid, nH);
-        linear_backward(a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act,
-                        params_w(p, b->fc2_w), BT, H, C);
-        mimic_zero(a->d_fc1, nH);
+        /* the branch's intermediate gradients have one source each: written, not
+         * accumulated, so nothing is cleared first */
+        linear_backward_set(a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act,
+                            params_w(p, b->fc2_w), BT, H, C);
         gelu_backward(a->d_fc1, a->d_hid, v.fc1, nH);
-        mimic_zero(a->d_ln, nC);
-        linear_backward(a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1, v.ln2,
-                        params_w(p, b->fc1_w), BT, C, H);
+        linear_backward_set(a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1,
+                            v.ln2, params_w(p, b->fc1_w), BT, C, H);
         layernorm_backward(a->d_res1, params_g(p, b->norm2_w), params_g(p, b->norm2_b), a->d_ln,
                            v.res1, params_w(p, b->norm2_w), v.ln2_mean, v.ln2_rstd, BT, C);
         /* attention branch: res1 = xin + proj(attn(qkv(ln1(xin)))) */
-        mimic_zero(a->d_atty, nC);
-        linear_backward(a->d_atty, params_g(p, b->proj_w), params_g(p, b->proj_b), a->d_res1,
-                        v.atty, params_w(p, b->proj_w), BT, C, C);
-        mimic_zero(a->d_qkv, 3 * nC);
+        linear_backward_set(a->d_atty, params_g(p, b->proj_w), params_g(p, b->proj_b), a->d_res1,
+                            v.atty, params_w(p, b->proj_w), BT, C, C);
         attention_backward(a->d_qkv, a->d_att, a->d_atty, v.qkv, v.att, B, T, C, NH);
-        mimic_zero(a->d_ln, nC);
-        linear_backward(a->d_ln, params_g(p, b->qkv_w), params_g(p, b->qkv_b), a->d_qkv, v.ln1,
-                        params_w(p, b->qkv_w), BT, C, 3 * C);
+        linear_backward_set(a->d_ln, params_g(p, b->qkv_w), params_g(p, b->qkv_b), a->d_qkv,
+                            v.ln1, params_w(p, b->qkv_w), BT, C, 3 * C);
         /* the gradient reaching this block's input: residual path + LN1 path; layers
          * above the first write it over dout, which is no longer needed */
         float *dinp = dx;

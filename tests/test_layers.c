@@ -34,6 +34,13 @@ static float *copy(const float *src, size_t n) {
 
 
 /* Checks that a second backward call into grads already holding g1 leaves 2*g1. */
+/* g2 held g1 when the backward ran again into it: an overwriting backward leaves g1. */
+static void check_overwrites(const char *name, const float *g1, const float *g2, size_t n) {
+    char buf[96];
+    snprintf(buf, sizeof buf, "%s overwrites (2 calls = 1x)", name);
+    testutil_close(buf, g2, g1, n, 0.0);
+}
+
 static void check_twice(const char *name, const float *g1, const float *g2, size_t n) {
     float *want = testutil_zeros(n);
     for (size_t i = 0; i < n; i++)
@@ -139,7 +146,7 @@ static void test_gelu(void) {
     T_CHECK(memcmp(y2, y, n * sizeof *y) == 0);
     T_CHECK(memcmp(dx2, dx, n * sizeof *dx) == 0);
 
-    /* finite differences and accumulation on a small random case */
+    /* finite differences and overwriting on a small random case */
     size_t m = 96;
     gelu_ctx c = {rnd(m, -4.0f, 4.0f), testutil_zeros(m), rnd(m, -1.0f, 1.0f), m};
     float *g = testutil_zeros(m);
@@ -147,7 +154,7 @@ static void test_gelu(void) {
     testutil_fd_check("gelu dinp", gelu_loss, &c, c.inp, g, m, 96, 1e-2, 1e-3, 1e-4);
     float *g2 = copy(g, m);
     gelu_backward(g2, c.r, c.inp, m);
-    check_twice("gelu dinp", g, g2, m);
+    check_overwrites("gelu dinp", g, g2, m);
 
     testutil_release_all();
 }
@@ -223,6 +230,12 @@ static void test_linear(void) {
     check_twice("linear dinp", di, di2, (size_t)M * K);
     check_twice("linear dw", dw, dw2, (size_t)N * K);
     check_twice("linear db", db, db2, N);
+    /* linear_backward_set: dinp written over whatever it held; dw, db still accumulate */
+    float *di3 = rnd((size_t)M * K, -5, 5), *dw3 = copy(dw, (size_t)N * K), *db3 = copy(db, N);
+    linear_backward_set(di3, dw3, db3, c.r, c.inp, c.w, M, K, N);
+    check_overwrites("linear_backward_set dinp", di, di3, (size_t)M * K);
+    check_twice("linear_backward_set dw", dw, dw3, (size_t)N * K);
+    check_twice("linear_backward_set db", db, db3, N);
     testutil_release_all();
 }
 
@@ -400,7 +413,8 @@ static void test_attention_vs_ref(int B, int T, int C, int NH) {
     /* a wide range of scores so that the softmax is far from uniform */
     float *qkv = rnd(nq, -2, 2), *dout = rnd(no, -1, 1), *out = testutil_zeros(no), *att = testutil_zeros(na);
     float *scratch = testutil_zeros(na), *dqkv = rnd(nq, -1, 1);
-    float *out_r = testutil_zeros(no), *dqkv_r = copy(dqkv, nq), *dqkv0 = copy(dqkv, nq);
+    /* backward overwrites dqkv: it starts with garbage, the reference from zero */
+    float *out_r = testutil_zeros(no), *dqkv_r = testutil_zeros(nq), *dqkv0 = copy(dqkv, nq);
     attention_forward(out, att, qkv, B, T, C, NH);
     attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
     attention_ref(out_r, dqkv_r, dout, qkv, B, T, C, NH);
@@ -463,7 +477,7 @@ static void test_attention(void) {
     float *g2 = copy(g, nq);
     attn_loss(&c);
     attention_backward(g2, scratch, c.r, c.qkv, c.att, B, T, C, NH);
-    check_twice("attention dqkv", g, g2, nq);
+    check_overwrites("attention dqkv", g, g2, nq);
     testutil_release_all();
 }
 
