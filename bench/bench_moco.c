@@ -8,6 +8,7 @@
 #include "benchutil.h"
 #include "common.h"
 #include "config.h"
+#include "mm.h"
 #include "rng.h"
 #include "stage.h"
 
@@ -27,6 +28,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_moco: bad --bench.* value\n");
         return 2;
     }
+    if (mm_setup(0, config_enum_name("train", "precision", cfg.train.precision),
+                 "train.precision"))
+        return 2;
     cfg.train.stage = STAGE_KIND_MOCOV3;
     stage_t *s = NULL;
     if (stage_new(&s, &cfg, B)) return 1;
@@ -58,6 +62,7 @@ int main(int argc, char **argv) {
     printf("threads=%d\n", omp_get_max_threads());
     printf("batch=%d\n", B);
     printf("gflop_per_img=%.4f\n", gf);
+    printf("precision=%s\n", mm_precision_name(mm_precision()));
     printf("mimic_img_per_s=%.2f\n", med);
     printf("mimic_model_gflops=%.2f\n", med * gf);
     printf("final_loss=%.4f\n", loss);

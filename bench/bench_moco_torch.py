@@ -7,7 +7,10 @@ update), images/s as the median of N windows, float32.
 The encoder is tests/golden/gen_encoder.py's functional timm ViT (the one the C
 encoder is checked against); heads are torch.nn as in facebookresearch/moco-v3's
 _build_mlp. Thread settings are the caller's (bench/run.sh: OPENBLAS_NUM_THREADS=2,
-OMP_NUM_THREADS=1, --torch-threads 1, ../shared/BENCH.md's fair peer)."""
+OMP_NUM_THREADS=1, --torch-threads 1, ../shared/BENCH.md's fair peer). --autocast runs
+the forward passes and the loss under torch.autocast("cpu", dtype=torch.bfloat16)."""
+
+import contextlib
 
 import argparse
 import copy
@@ -54,7 +57,14 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--autocast", action="store_true")
     a = ap.parse_args()
+
+    def autocast():
+        if a.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     torch.set_num_threads(a.torch_threads)
     for k in ("img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads"):
         E.CFG[k] = getattr(a, k)
@@ -75,17 +85,19 @@ def main():
         n = a.warmup if w < 0 else a.steps
         t0 = time.perf_counter()
         for _ in range(n):
-            with torch.no_grad():  # the momentum update, then the keys
+            with torch.no_grad():  # the momentum update
                 for k in menc:
                     if k != "pos_embed":
                         menc[k].mul_(0.99).add_(enc[k].detach(), alpha=0.01)
                 for pm, po in zip(mproj.parameters(), proj.parameters()):
                     pm.mul_(0.99).add_(po.detach(), alpha=0.01)
-                k1 = F.normalize(mproj(E.encoder_forward(menc, x1)[:, 0]), dim=1)
-                k2 = F.normalize(mproj(E.encoder_forward(menc, x2)[:, 0]), dim=1)
-            q1 = F.normalize(pred(proj(E.encoder_forward(enc, x1)[:, 0])), dim=1)
-            q2 = F.normalize(pred(proj(E.encoder_forward(enc, x2)[:, 0])), dim=1)
-            loss = ctr(q1, k2, 0.2) + ctr(q2, k1, 0.2)
+            with autocast():
+                with torch.no_grad():  # the keys
+                    k1 = F.normalize(mproj(E.encoder_forward(menc, x1)[:, 0]), dim=1)
+                    k2 = F.normalize(mproj(E.encoder_forward(menc, x2)[:, 0]), dim=1)
+                q1 = F.normalize(pred(proj(E.encoder_forward(enc, x1)[:, 0])), dim=1)
+                q2 = F.normalize(pred(proj(E.encoder_forward(enc, x2)[:, 0])), dim=1)
+                loss = ctr(q1, k2, 0.2) + ctr(q2, k1, 0.2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -79,18 +79,36 @@ mflags="--mlp_dim 1024 --dim 256"
 for k in img_size in_chans patch_size embed_dim depth num_heads; do
   mflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
 done
-mours=$(OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_moco "$cfg" \
-  --contrastive.mlp_dim=1024 --contrastive.dim=256 --bench.batch 64)
-mtheirs=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=1 /usr/bin/python3 bench/bench_moco_torch.py \
-  $mflags --batch 64 --torch-threads 1)
+moco_ours() { # PRECISION
+  OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_moco "$cfg" \
+    --contrastive.mlp_dim=1024 --contrastive.dim=256 --bench.batch 64 --train.precision="$1"
+}
+moco_torch() { # fp32 | bf16, threads as for the MAE step
+  if [ "$1" = fp32 ]; then
+    OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=1 /usr/bin/python3 bench/bench_moco_torch.py \
+      $mflags --batch 64 --torch-threads 1
+  else
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=$threads /usr/bin/python3 bench/bench_moco_torch.py \
+      $mflags --batch 64 --torch-threads "$threads" --autocast
+  fi
+}
+mours=$(moco_ours fp32); mtheirs=$(moco_torch fp32)
 mmi=$(get "$mours" mimic_img_per_s); mti=$(get "$mtheirs" torch_img_per_s)
 report+=$(cat <<TXT
 
-MoCo v3 step in fp32 on both sides (batch 64, two views, momentum encoder, projector 1024 -> 256): $(get "$mours" gflop_per_img) train GFLOP/img
-mimicps: $mmi img/s ($(get "$mours" mimic_model_gflops) model GFLOP/s); PyTorch: $mti img/s
-ratio mimicps/PyTorch (MoCo v3): $(awk -v a="$mmi" -v b="$mti" 'BEGIN{printf "%.2f", a/b}')
+MoCo v3 step (batch 64, two views, momentum encoder, projector 1024 -> 256): $(get "$mours" gflop_per_img) train GFLOP/img
+fp32: mimicps $mmi img/s ($(get "$mours" mimic_model_gflops) model GFLOP/s); PyTorch $mti img/s; ratio $(ratio "$mmi" "$mti")
 TXT
 )
+if [ $bf16 = 1 ]; then
+  mours16=$(moco_ours bf16); mtheirs16=$(moco_torch bf16)
+  mmb=$(get "$mours16" mimic_img_per_s); mtb=$(get "$mtheirs16" torch_img_per_s)
+  report+=$(cat <<TXT
+
+bf16: mimicps $mmb img/s; PyTorch autocast $mtb img/s; ratio $(ratio "$mmb" "$mtb"); best vs best $(ratio "$(printf '%s\n%s\n' "$mmi" "$mmb" | sort -g | tail -1)" "$(printf '%s\n%s\n' "$mti" "$mtb" | sort -g | tail -1)")
+TXT
+)
+fi
 echo "$report"
 if [ $record -eq 1 ]; then
   { echo; echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD): bench/run.sh $cfg"; echo '```'; echo "$report"; echo '```'; } >> bench/RESULTS.md
