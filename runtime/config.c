@@ -129,6 +129,9 @@ static const key_t_ KEYS[] = {
     F("cluster", "slice_floats", K_LONG, cluster.slice_floats, "262144",
       "servers update and answer BSP pulls in slices of this many floats, so the update "
       "overlaps the transfer (0: one piece)"),
+    E("cluster", "prefetch", cluster.prefetch, "off|on", "on",
+      "a worker asks the scheduler for its next chunk one step ahead, so the loader builds "
+      "the next batch while this one computes and its push-pull is in flight"),
     F("cluster", "server_threads", K_INT, cluster.server_threads, "0",
       "a server's update threads (0: $OMP_NUM_THREADS if set, else the cores but one, left "
       "to ZeroMQ's I/O thread that streams the slices)"),

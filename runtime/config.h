@@ -71,6 +71,7 @@ typedef struct {
         int chunk_size;
         long slice_floats;  /* BSP pull replies in slices, overlapping update and send */
         int server_threads; /* a server's OpenMP threads (0: automatic) */
+        int prefetch;       /* 0 off, 1 on: the next chunk is asked for one step ahead */
         int ckpt_every;
         int keep_ckpts; /* complete checkpoints kept on disk (0: all) */
         int grace_ms; /* preemption: time to checkpoint the stop step */

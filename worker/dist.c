@@ -31,9 +31,12 @@ typedef struct {
     int id, rank, S, W;
     cons_mode_t mode;
     size_t max_payload;
-    /* the chunk of the step being trained (reported done after its update) */
-    int have_chunk, chunk_n;
-    int64_t chunk_epoch, chunk_id;
+    /* the chunks held, oldest first: the one of the step being trained (reported done
+     * after its update) and, with cluster.prefetch, the next step's */
+    struct {
+        int64_t epoch, id;
+    } held[2];
+    int nheld, chunk_n;
     uint64_t version; /* of the parameters in the stage */
     uint64_t clock;   /* ASP/SSP: pushes made */
     int shutdown;
@@ -89,17 +92,16 @@ static uint64_t next_seq(dist_t *d) {
     return ++d->seq;
 }
 
-static int chunk_done(dist_t *d);
-
-/* The next batch: the scheduler's chunk for the current version. A chunk still held
- * (every sample of it was corrupt, so no step used it) is reported first. */
+/* The next batch: the scheduler's chunk for the version it will be trained on (the
+ * current one, or with a chunk held — cluster.prefetch — the next; under ASP/SSP the
+ * version reached by then is not known, so this is a lower bound). */
 static int dist_next(void *self, train_batch_t *b, int cap) {
     dist_t *d = self;
     proto_hdr_t h;
     proto_msg_t r;
     int rc;
-    if (d->have_chunk && ((rc = chunk_done(d)) || d->shutdown)) return rc ? rc : TRAIN_END;
-    proto_make_chunk_req(&h, d->id, next_seq(d), d->version);
+    MIMIC_CHECK(d->nheld < 2);
+    proto_make_chunk_req(&h, d->id, next_seq(d), d->version + (uint64_t)d->nheld);
     if ((rc = sched_call(d, &h, PROTO_CHUNK, &r))) return rc;
     if (d->shutdown) return TRAIN_END;
     const proto_hdr_t *c = &r.hdr;
@@ -115,29 +117,46 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
         return rc;
     }
     memcpy(b->idx, proto_msg_data(&r), (size_t)count * sizeof(uint32_t));
-    d->chunk_epoch = c->a[PROTO_CHUNK_EPOCH];
-    d->chunk_id = c->a[PROTO_CHUNK_ID];
+    int64_t epoch = c->a[PROTO_CHUNK_EPOCH];
+    d->held[d->nheld].epoch = epoch;
+    d->held[d->nheld].id = c->a[PROTO_CHUNK_ID];
+    d->nheld++;
     proto_msg_close(&r);
     for (int i = 0; i < count; i++) {
         if (b->idx[i] >= loader_size(d->ld))
             return mimic_err(MIMIC_EPEER, "scheduler sent sample %u of a %zu-sample data set",
                              b->idx[i], loader_size(d->ld));
-        b->epoch[i] = (uint64_t)d->chunk_epoch;
+        b->epoch[i] = (uint64_t)epoch;
     }
     b->count = count;
-    d->have_chunk = 1;
-    d->chunk_n = 0;
     return 0;
 }
 
-static int chunk_done(dist_t *d) {
+/* Reports held chunk k done with `processed` samples and forgets it. */
+static int chunk_report(dist_t *d, int k, int processed) {
     proto_hdr_t h;
     proto_msg_t r;
-    proto_make_chunk_done(&h, d->id, next_seq(d), d->chunk_epoch, d->chunk_id, d->chunk_n);
+    MIMIC_CHECK(k >= 0 && k < d->nheld);
+    proto_make_chunk_done(&h, d->id, next_seq(d), d->held[k].epoch, d->held[k].id, processed);
     int rc = sched_call(d, &h, PROTO_ACK, &r);
     if (!rc && !d->shutdown) proto_msg_close(&r);
-    d->have_chunk = 0;
+    for (int i = k; i + 1 < d->nheld; i++)
+        d->held[i] = d->held[i + 1];
+    d->nheld--;
     return rc;
+}
+
+/* The chunk of the step just applied: the oldest held. */
+static int chunk_done(dist_t *d) {
+    return chunk_report(d, 0, d->chunk_n);
+}
+
+/* The chunk taken last had no readable sample: done with 0 processed (the scheduler
+ * never hands it out again), before the next is asked for. */
+static int dist_skip(void *self) {
+    dist_t *d = self;
+    int rc = chunk_report(d, d->nheld - 1, 0);
+    return rc ? rc : d->shutdown ? TRAIN_END : 0;
 }
 
 static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, double lr) {
@@ -362,7 +381,8 @@ static int dist_train(dist_t *d, stage_t *s) {
     const mimic_cfg_t *cfg = d->cfg;
     int B = cfg->train.batch_size;
     float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
-    train_backend_t be = {d, 0, base_lr, dist_next, dist_update, dist_after, dist_report};
+    train_backend_t be = {d,          cfg->cluster.prefetch, base_lr,    dist_next,
+                          dist_update, dist_after,            dist_report, dist_skip};
     double t0 = mimic_now();
     int rc, ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, 0, s->p->w);
     if (ts < 0) return ts;
