@@ -13,6 +13,8 @@
  * reference then runs twice, plaintext (raw_zmq_gbps, the same figure as with CURVE off)
  * and CURVE on both ends with throwaway keys and no ZAP check (raw_curve_gbps), so the
  * cost of the encryption itself is visible next to the cluster's.
+ * With cluster.wire=bf16 the push and the pull carry bf16 (half the bytes); the GB/s
+ * figures still count the f32 vector, so they compare the parameters moved per second.
  * Usage: bench_ps CONFIG.ini --scheduler tcp://H:P [--bench.iters N] (config: the
  * same model flags as the cluster, so the vector has the model's size). */
 #include "adamw.h"
@@ -219,7 +221,9 @@ int main(int argc, char **argv) {
                         .id = member_id(mb),
                         .token = member_token(mb),
                         .max_payload = bytes + 4096,
-                        .curve = curve};
+                        .curve = curve,
+                        .wire = cfg.cluster.wire == WIRE_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32,
+                        .slice = kv_slice_of(&cfg)};
         rc = kv_new(&kv, ctx, &ko);
     }
     /* Interleaved: each iteration times one raw round trip (two with CURVE: plaintext and
@@ -262,7 +266,10 @@ int main(int argc, char **argv) {
         printf("vector_floats=%zu\n", n);
         printf("vector_mb=%.2f\n", (double)bytes / 1e6);
         printf("raw_zmq_gbps=%.3f\n", raw); /* plaintext whatever cluster.curve says */
-        printf("ps_push_pull_gbps=%.3f\n", ps);
+        printf("ps_push_pull_gbps=%.3f\n", ps); /* f32 bytes of the vector, both ways */
+        printf("ps_push_pull_ms=%.3f\n", t_ps * 1e3);
+        printf("wire=%s\n", cfg.cluster.wire == WIRE_BF16 ? "bf16" : "fp32");
+        printf("wire_mb=%.2f\n", 2.0 * (double)n * (cfg.cluster.wire == WIRE_BF16 ? 2 : 4) / 1e6);
         printf("server_adamw_ms=%.2f\n", t_adamw * 1e3);
         printf("ps_transport_gbps=%.3f\n", ps_transport);
         printf("ratio_ps_raw=%.3f\n", ps / raw);

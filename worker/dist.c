@@ -421,7 +421,9 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
                     .id = d.id,
                     .token = member_token(d.mb),
                     .max_payload = d.max_payload,
-                    .curve = d.curve};
+                    .curve = d.curve,
+                    .wire = cfg->cluster.wire == WIRE_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32,
+                    .slice = kv_slice_of(cfg)};
     if ((rc = kv_new(&d.kv, zctx, &ko))) goto out;
     if ((rc = dist_open_records(&d))) goto out;
     if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
