@@ -528,7 +528,9 @@ static void piece_release(ps_piece_t *pc) {
 /* Applies every complete slice; once all are, the step is done. */
 static void apply_pieces(server_t *s) {
     kvstore_t *kv = s->kv;
-    if (s->nslots == 0 || !cons_step_due(s->cons, kv->version)) return;
+    /* once begun, the step ends with the workers it began with: a worker joining now
+     * waits for the new version (its pull is held while w is half way) */
+    if (s->nslots == 0 || (s->applied == 0 && !cons_step_due(s->cons, kv->version))) return;
     for (size_t k = 0; k < kv->npieces; k++) {
         ps_piece_t *pc = &s->pieces[k];
         if (pc->applied || !piece_complete(s, k)) continue;

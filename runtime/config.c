@@ -133,6 +133,9 @@ static const key_t_ KEYS[] = {
       "BSP: a worker pushes each server's range in pieces of cluster.slice_floats, and a "
       "server applies a slice (and sends it back) once every worker's piece of it is in, "
       "so receiving, updating and replying overlap"),
+    E("cluster", "overlap", cluster.overlap, "off|on", "on",
+      "BSP: a worker pushes each slice of its gradient as soon as backward has finished it "
+      "(MAE: after each ViT block), while the blocks below are still in backward"),
     E("cluster", "prefetch", cluster.prefetch, "off|on", "on",
       "a worker asks the scheduler for its next chunk one step ahead, so the loader builds "
       "the next batch while this one computes and its push-pull is in flight"),

@@ -74,6 +74,7 @@ typedef struct {
         int server_threads; /* a server's OpenMP threads (0: automatic) */
         int prefetch;       /* 0 off, 1 on: the next chunk is asked for one step ahead */
         int push_slices;    /* 0 off, 1 on: BSP pushes in pieces of slice_floats */
+        int overlap;        /* 0 off, 1 on: BSP pieces pushed during backward */
         wire_t wire;        /* dtype of pushes and pulls on the wire */
         int ckpt_every;
         int keep_ckpts; /* complete checkpoints kept on disk (0: all) */

@@ -470,6 +470,41 @@ static int cmp_row(const void *a, const void *b, void *dim) {
     return 0;
 }
 
+/* The step pushed in slices during backward and applied slice by slice (cluster.overlap
+ * and cluster.push_slices, the defaults, as test_equivalence("mae", 1) ran it) against
+ * one whole push after backward and one whole update: the same model bit for bit. */
+static void test_overlap_identity(void) {
+    char a[4400], b[4400];
+    cluster_t c;
+    T_CHECK(start(&c, "onepiece", 1, 2,
+                  "--train.batch_size=8 --train.steps=6 --cluster.overlap=off "
+                  "--cluster.push_slices=off") == 0);
+    T_CHECK(finish(&c, 120000));
+    snprintf(a, sizeof a, "%s/bsp-mae-1/model.safetensors", testutil_tmpdir());
+    snprintf(b, sizeof b, "%s/model.safetensors", c.dir);
+    compare_models("mae: overlap + slices == one piece (bits)", a, b, 0, NULL);
+    /* and the overlap happened: each step of the first run began its push in backward */
+    int with[2] = {0, 0}, steps[2] = {0, 0};
+    for (int r = 0; r < 2; r++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/worker-0.jsonl",
+                 r ? c.dir : testutil_tmpdir());
+        if (!r) snprintf(path, sizeof path, "%s/bsp-mae-1/worker-0.jsonl", testutil_tmpdir());
+        char *log = testutil_slurp(path);
+        for (const char *q = log; q && (q = strstr(q, "\"event\":\"step\"")); q++) {
+            const char *eol = strchr(q, '\n');
+            const char *hit = strstr(q, "\"push_in_backward_s\"");
+            steps[r]++;
+            with[r] += hit && (!eol || hit < eol);
+        }
+        free(log);
+    }
+    int ok = steps[0] == 6 && with[0] == 6 && steps[1] == 6 && with[1] == 0;
+    printf("mae: pushes began in backward in %d of %d steps (overlap), %d of %d (off) %s\n",
+           with[0], steps[0], with[1], steps[1], ok ? "ok" : "FAIL");
+    T_CHECK(ok);
+}
+
 /* cluster.wire=bf16: the cluster against the standalone trainer (f32) within bf16's
  * rounding over the whole model (relative L2; per tensor the biases, near zero after 6
  * Adam steps, differ by up to 0.18 of their largest value, as lr-sized steps on
@@ -1012,6 +1047,7 @@ int main(void) {
         return testutil_summary("test_cluster");
     }
     test_equivalence("mae", 1, "", "", 1e-4, NULL);
+    test_overlap_identity();
     test_equivalence("mae", 2, "", "", 1e-4, NULL);
     test_wire_bf16();
     /* MoCo v3's heads have BatchNorm per worker: the standalone batch in 2 BN groups.

@@ -45,6 +45,10 @@ typedef struct {
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
     kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */
+    /* cluster.overlap: the BSP push-pull begun during backward (dist_grad_final) */
+    stage_t *stage;
+    int pp_open, pp_ts, pp_err;
+    double t_pp_begin; /* when its first piece went */
     double t_queue;                /* its wait after the parameters arrived */
     metrics_t mx;
     trace_t tr;
@@ -255,6 +259,38 @@ static int queue_pull(dist_t *d, stage_t *s) {
     return rc;
 }
 
+/* cluster.overlap (BSP): the stage says p->g[offset, total) is final during backward:
+ * the push-pull begins with the first call (the pull of version+1 is sent) and every
+ * slice in that range is pushed at once, while the blocks below are still in backward.
+ * An error is kept for dist_update, which also sends the rest. */
+static void dist_grad_final(void *ctx, size_t offset) {
+    dist_t *d = ctx;
+    stage_t *s = d->stage;
+    if (d->pp_err) return;
+    if (!d->pp_open) {
+        int ts = kv_pushpull_begin(d->kv, d->version, s->n, s->p->g, s->p->w);
+        if (ts < 0) {
+            d->pp_err = ts;
+            return;
+        }
+        d->pp_ts = ts;
+        d->pp_open = 1;
+        d->t_pp_begin = mimic_now();
+    }
+    int rc = kv_push_final(d->kv, offset);
+    if (rc) d->pp_err = rc;
+}
+
+/* The BSP push-pull: finished (begun during backward) or sent whole. */
+static int pushpull(dist_t *d, stage_t *s, int n) {
+    if (!d->pp_open && !d->pp_err) return kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
+    int rc = d->pp_err;
+    d->pp_open = 0;
+    d->pp_err = 0;
+    if (rc) return rc;
+    return kv_pushpull_end(d->kv);
+}
+
 /* Applies the gradient with the servers: under BSP one push-pull (the servers stream
  * version+1 back while computing it); under ASP/SSP a push, then a pull (SSP: of a
  * version at most cluster.staleness behind). The chunk is reported done in between.
@@ -269,7 +305,7 @@ static int dist_update(void *self, stage_t *s, int n, long *step) {
                                         s->queue_dim)) < 0)
         return tq;
     if (d->mode == CONS_BSP) {
-        ts = kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
+        ts = pushpull(d, s, n);
         if (ts < 0) return ts;
         if ((rc = wait_tick(d, ts, &d->version))) return rc;
         t1 = mimic_now();
@@ -318,6 +354,9 @@ static int dist_after(void *self, stage_t *s, const train_step_t *st) {
     metrics_num(&d->mx, "backward_s", st->t_bwd);
     metrics_num(&d->mx, bsp ? "push_pull_s" : "push_s", d->t_push);
     metrics_num(&d->mx, "chunk_done_s", d->t_done);
+    if (d->t_pp_begin > 0) /* cluster.overlap: pushing began this long before backward ended */
+        metrics_num(&d->mx, "push_in_backward_s", td - d->t_pp_begin);
+    d->t_pp_begin = 0;
     if (!bsp) metrics_num(&d->mx, "pull_wait_s", d->t_pull);
     if (s->queue) { /* MoCo v2: the queue's delta pull of this step */
         metrics_num(&d->mx, "queue_s", d->t_queue);
@@ -436,6 +475,13 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         }
         s->exchange = dist_exchange;
         s->exchange_ctx = &d;
+    }
+    /* pieces go while backward runs, BSP only, and not when MoCo v2's keys must reach
+     * the queue before the gradient */
+    if (cfg->cluster.overlap && d.mode == CONS_BSP && !s->queue) {
+        d.stage = s;
+        s->grad_final = dist_grad_final;
+        s->grad_final_ctx = &d;
     }
     mimic_catch_stop_signals(1);
     rc = dist_train(&d, s);

@@ -27,6 +27,7 @@ typedef struct {
     int answered[CH_COUNT];
     size_t got[CH_COUNT]; /* values of a pull's reply received so far (it may come in slices) */
     int pushes, push_acks; /* CH_PARAMS: pieces of the push sent, and acknowledged */
+    size_t unsent_hi;      /* CH_PARAMS: [lo, unsent_hi) of the push-pull not pushed yet */
     uint64_t version[CH_COUNT];
 } kv_server_t;
 
@@ -53,6 +54,12 @@ struct kv {
     uint64_t qversion; /* the queue version the local ring holds */
     int wire;          /* PROTO_DT_F32 or PROTO_DT_BF16 */
     size_t slice;      /* pushes in pieces of this many floats (0: whole) */
+    struct {           /* the push-pull under way (kv_pushpull_begin .. _end) */
+        int open;
+        uint64_t version;
+        int batch;
+        const float *grad;
+    } pp;
     uint16_t *g16;     /* bf16 wire: the pushed gradient, rounded (total values) */
 };
 
@@ -167,6 +174,7 @@ static int start(kv_t *kv, int c, int kind, int all) {
     r->nserv = all ? kv->S : 1;
     r->failed = 0;
     r->why[0] = 0;
+    if (c == CH_PARAMS) kv->pp.open = 0; /* a push-pull under way is abandoned */
     for (int s = 0; s < kv->S; s++) {
         kv->srv[s].answered[c] = !all && s != KV_KEYS_SERVER;
         kv->srv[s].got[c] = 0;
@@ -203,17 +211,51 @@ static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, con
     return send_piece(kv, sv, version, batch, grad, sv->lo, sv->hi);
 }
 
-/* The push in pieces of kv->slice floats: the servers' slices of the range. */
-static int send_pieces(kv_t *kv, kv_server_t *sv, uint64_t version, int batch,
-                       const float *grad) {
-    if (kv->slice == 0 || sv->hi - sv->lo <= kv->slice)
-        return send_push(kv, sv, version, batch, grad);
-    for (size_t a = sv->lo; a < sv->hi; a += kv->slice) {
-        int rc = send_piece(kv, sv, version, batch, grad, a,
-                            a + kv->slice < sv->hi ? a + kv->slice : sv->hi);
+/* Pushes the pieces of server sv's range that lie in [from, hi) and were not pushed
+ * yet, last first: pieces of kv->slice floats (the servers' slices of the range), or the
+ * whole range as one. */
+static int send_pieces_from(kv_t *kv, kv_server_t *sv, size_t from) {
+    int whole = kv->slice == 0 || sv->hi - sv->lo <= kv->slice;
+    while (sv->unsent_hi > sv->lo) {
+        size_t a = whole ? sv->lo : sv->lo + (sv->unsent_hi - sv->lo - 1) / kv->slice * kv->slice;
+        if (a < from) return 0;
+        int rc = send_piece(kv, sv, kv->pp.version, kv->pp.batch, kv->pp.grad, a, sv->unsent_hi);
+        if (rc) return rc;
+        sv->unsent_hi = a;
+    }
+    return 0;
+}
+
+int kv_pushpull_begin(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
+    int ts = start(kv, CH_PARAMS, KV_PUSHPULL, 1);
+    kv->ch[CH_PARAMS].dst = dst;
+    kv->pp.open = 1;
+    kv->pp.version = version;
+    kv->pp.batch = batch;
+    kv->pp.grad = grad;
+    for (int s = 0; s < kv->S; s++) {
+        /* the pull first: it is held, so the step the push completes finds it waiting and
+         * streams the new parameters to it slice by slice as they are computed */
+        kv->srv[s].unsent_hi = kv->srv[s].hi;
+        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
+        if (rc) return rc;
+    }
+    return ts;
+}
+
+int kv_push_final(kv_t *kv, size_t from) {
+    if (!kv->pp.open) return mimic_err(MIMIC_EINVAL, "kv_push_final: no push-pull under way");
+    for (int s = kv->S - 1; s >= 0; s--) { /* backward finishes the vector from its end */
+        int rc = send_pieces_from(kv, &kv->srv[s], from);
         if (rc) return rc;
     }
     return 0;
+}
+
+int kv_pushpull_end(kv_t *kv) {
+    int rc = kv_push_final(kv, 0);
+    kv->pp.open = 0;
+    return rc ? rc : ts_of(kv->ch[CH_PARAMS].seq);
 }
 
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
@@ -237,16 +279,8 @@ int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
 }
 
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
-    int ts = start(kv, CH_PARAMS, KV_PUSHPULL, 1);
-    kv->ch[CH_PARAMS].dst = dst;
-    for (int s = 0; s < kv->S; s++) {
-        /* the pull first: it is held, so the step the push completes finds it waiting and
-         * streams the new parameters to it slice by slice as they are computed */
-        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
-        if (!rc) rc = send_pieces(kv, &kv->srv[s], version, batch, grad);
-        if (rc) return rc;
-    }
-    return ts;
+    int ts = kv_pushpull_begin(kv, version, batch, grad, dst);
+    return ts < 0 ? ts : kv_pushpull_end(kv);
 }
 
 /* Sends n x dim keys zero-copy on channel c (QUEUE_PUSH or KEYS_PUSH). */

@@ -99,6 +99,13 @@ int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad);
  * goes as one piece per slice of each server's range, so a server applies slice k
  * (every worker's piece of it in) while later pieces still arrive. */
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
+/* kv_pushpull started before the gradient is complete (cluster.overlap): _begin sends
+ * the pulls; kv_push_final(from) pushes at once every piece lying in [from, total) not
+ * pushed yet (the caller says grad[from, total) is final: it must not change until
+ * kv_wait returns); _end pushes the rest and returns the timestamp. 0 or an error. */
+int kv_pushpull_begin(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
+int kv_push_final(kv_t *kv, size_t from);
+int kv_pushpull_end(kv_t *kv);
 
 /* Appends this worker's n keys of dim floats, computed in `step`, to the negative
  * queue (under BSP the queue adds a step's keys in worker-id order once every live
