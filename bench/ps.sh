@@ -20,8 +20,9 @@
 #   --ab wire: cluster.wire fp32/bf16 (push+pull time and GB/s counted in f32 bytes, so
 #     the figures compare the same parameters moved; and the cluster step);
 #   --ab push_slices: cluster.push_slices off/on (whole pushes, or pieces the server
-#     applies as they arrive; push+pull against raw ZeroMQ, and the cluster step).
-#   bench/ps.sh [--record] [--ab curve|prefetch|wire|push_slices] [CONFIG.ini]
+#     applies as they arrive; push+pull against raw ZeroMQ, and the cluster step);
+#   --ab overlap: cluster.overlap off/on (pieces pushed after or during backward; part 2).
+#   bench/ps.sh [--record] [--ab curve|prefetch|wire|push_slices|overlap] [CONFIG.ini]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
@@ -34,7 +35,8 @@ case $ab in
   prefetch) order=(off on on off) ;;
   wire) order=(fp32 bf16 bf16 fp32) ;;
   push_slices) order=(off on on off) ;;
-  *) echo "bench/ps.sh: --ab $ab: use curve, prefetch, wire or push_slices" >&2; exit 2 ;;
+  overlap) order=(off on on off) ;;
+  *) echo "bench/ps.sh: --ab $ab: use curve, prefetch, wire, push_slices or overlap" >&2; exit 2 ;;
 esac
 cfg=${1:-deploy/mae-fmnist.ini}
 bash deploy/install-deps.sh >/dev/null
@@ -84,7 +86,7 @@ data_plane() { # MODE RUN
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   pids=()
 }
-if [ "$ab" != prefetch ]; then
+if [ "$ab" != prefetch ] && [ "$ab" != overlap ]; then
   for r in 0 1 2 3; do data_plane "${order[$r]}" "$r"; done
   ps1=$(cat "$tmp/ps-0/out")
 fi
@@ -106,7 +108,7 @@ runs() { # FIELD MODE: the runs' figures in order, for the spread
 # 2. step overhead on the same total batch
 B=$(sed -n 's/^batch_size *= *//p' "$cfg" | head -1)
 B_total=$B
-steps=40
+steps=${PS_STEPS:-40} # cluster steps per run (PS_STEPS: fewer on a loaded machine)
 windows() { # JSON lines file, field: the windows after the first
   grep -o "\"$2\":[0-9.e+-]*" "$1" | cut -d: -f2 | tail -n +2
 }
@@ -180,8 +182,8 @@ if [ "$ab" != curve ]; then
   solo_line="standalone (1 process, 2 threads) $solo img/s"
   stepA=$(step_ips "$ma"); stepB=$(step_ips "$mb")
   step_line="step on total batch $B_total: cluster (1 server, 2 workers x $((B_total / 2)), 1 thread each, median of both runs' windows) $ma $stepA img/s ($(step_runs "$ma")), $mb $stepB img/s ($(step_runs "$mb")); $mb/$ma $(ratio "$stepB" "$stepA") (pairs $(step_paired)); $solo_line"
-  if [ "$ab" = prefetch ]; then
-    report="load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); cluster.prefetch, order of runs $ma, $mb, $mb, $ma (standalone between the 2nd and 3rd)
+  if [ "$ab" = prefetch ] || [ "$ab" = overlap ]; then
+    report="load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); cluster.$ab, order of runs $ma, $mb, $mb, $ma (standalone between the 2nd and 3rd)
 $step_line"
   else
     report=$(cat <<TXT
