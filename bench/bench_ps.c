@@ -230,6 +230,8 @@ int main(int argc, char **argv) {
      * encrypted), one push-pull and one pull, so all see the same state of this noisy
      * machine. */
     double tr[BENCH_ITERS_MAX], tc[BENCH_ITERS_MAX], t[BENCH_ITERS_MAX], tp[BENCH_ITERS_MAX];
+    double tw[BENCH_ITERS_MAX], tsl[BENCH_ITERS_MAX]; /* whole push, and in slices */
+    size_t slice = (size_t)(cfg.cluster.slice_floats > 0 ? cfg.cluster.slice_floats : 0);
     uint64_t version = 0;
     if (!rc) step = "push/pull";
     for (int it = -2; it < iters && !rc; it++) {
@@ -245,7 +247,20 @@ int main(int argc, char **argv) {
          * this is the data plane without any optimizer work in the way */
         ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
         if ((rc = ts < 0 ? ts : kv_wait(kv, ts, 30000, NULL))) break;
+        /* cluster.push_slices off and on, one push-pull each, in the same iteration */
+        double tws[2];
+        for (int k = 0; k < 2 && !rc; k++) {
+            kv_set_slice(kv, k ? slice : 0);
+            double t2 = mimic_now();
+            ts = kv_pushpull(kv, version, 1, buf, m->p->w);
+            rc = ts < 0 ? ts : kv_wait(kv, ts, 30000, &version);
+            tws[k] = mimic_now() - t2;
+        }
+        kv_set_slice(kv, kv_slice_of(&cfg));
+        if (rc) break;
         if (it >= 0) {
+            tw[it] = tws[0];
+            tsl[it] = tws[1];
             tr[it] = r;
             tc[it] = rcv;
             t[it] = t1 - t0;
@@ -275,6 +290,11 @@ int main(int argc, char **argv) {
         printf("ratio_ps_raw=%.3f\n", ps / raw);
         printf("ratio_transport_raw=%.3f\n", ps_transport / raw);
         printf("pull_only_gbps=%.3f\n", pull);
+        /* whole pushes against pushes in slices applied as they arrive, same iterations */
+        double whole = 2.0 * (double)bytes / median(tw, iters) / 1e9;
+        double sliced = 2.0 * (double)bytes / median(tsl, iters) / 1e9;
+        printf("push_whole_gbps=%.3f\nratio_whole_raw=%.3f\n", whole, whole / raw);
+        printf("push_sliced_gbps=%.3f\nratio_sliced_raw=%.3f\n", sliced, sliced / raw);
         printf("ratio_pull_raw=%.3f\n", pull / raw);
         if (curve_on) { /* the same round trip with CURVE on both ends, no cluster */
             double raw_curve = 2.0 * (double)bytes / median(tc, iters) / 1e9;

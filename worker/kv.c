@@ -141,6 +141,10 @@ size_t kv_slice_of(const mimic_cfg_t *cfg) {
     return on && cfg->cluster.slice_floats > 0 ? (size_t)cfg->cluster.slice_floats : 0;
 }
 
+void kv_set_slice(kv_t *kv, size_t slice) {
+    kv->slice = slice;
+}
+
 void kv_destroy(kv_t **pkv) {
     if (!pkv || !*pkv) return;
     kv_t *kv = *pkv;

@@ -87,6 +87,8 @@ int kv_new(kv_t **out, void *zctx, const kv_opts_t *o);
 /* opts.slice as the configuration says: cluster.slice_floats under BSP with
  * cluster.push_slices on, else 0. */
 size_t kv_slice_of(const mimic_cfg_t *cfg);
+/* Changes opts.slice for the next push-pulls (bench_ps times both ways in one run). */
+void kv_set_slice(kv_t *kv, size_t slice);
 void kv_destroy(kv_t **kv);
 /* Pulls the whole vector into dst (which = PROTO_WHICH_PARAMS or _EMA); a server holds
  * its answer until its version >= min_version. Returns a timestamp (> 0) or an error. */
