@@ -153,8 +153,8 @@ static layer_view_t layer_view(const vit_acts_t *a, int l) {
 
 /* The lowest offset of a block's tensors in the flat vector. */
 static size_t block_offset(const vit_block_ix_t *b, const params_t *p) {
-    const int ix[] = {b->norm1_w, b->norm1_b, b->qkv_w,   b->qkv_b, b->proj_w, b->proj_b,
-                      b->norm2_w, b->norm2_b, b->fc1_w,   b->fc1_b, b->fc2_w,  b->fc2_b};
+    const int ix[] = {b->norm1_w, b->norm1_b, b->qkv_w, b->qkv_b, b->proj_w, b->proj_b,
+                      b->norm2_w, b->norm2_b, b->fc1_w, b->fc1_b, b->fc2_w,  b->fc2_b};
     size_t lo = p->t[ix[0]].offset;
     for (size_t i = 1; i < sizeof ix / sizeof ix[0]; i++)
         if (p->t[ix[i]].offset < lo) lo = p->t[ix[i]].offset;

@@ -46,8 +46,7 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
                             .req = KB(K_A),
                             .dtypes = DTB(PROTO_DT_U8),
                             .min_a = 4,
-                            .args = {"id", "servers", "workers", "rank", "epoch", "keys",
-                                     "token"}},
+                            .args = {"id", "servers", "workers", "rank", "epoch", "keys", "token"}},
     [PROTO_HEARTBEAT] = {.name = "HEARTBEAT", .args = {"token"}},
     [PROTO_LEAVE] = {.name = "LEAVE"},
     [PROTO_MEMBERSHIP] = {.name = "MEMBERSHIP",
@@ -335,8 +334,9 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
                         a[PROTO_PULL_WHICH]);
         if (h->type == PROTO_PULL && h->na > PROTO_PULL_DTYPE &&
             a[PROTO_PULL_DTYPE] != PROTO_DT_F32 && a[PROTO_PULL_DTYPE] != PROTO_DT_BF16)
-            return fail(why, whylen, "header field 'a[2]' (dtype): a pull's reply is f32 (%d) or "
-                                     "bf16 (%d), got %" PRId64,
+            return fail(why, whylen,
+                        "header field 'a[2]' (dtype): a pull's reply is f32 (%d) or "
+                        "bf16 (%d), got %" PRId64,
                         PROTO_DT_F32, PROTO_DT_BF16, a[PROTO_PULL_DTYPE]);
         return 0;
     case PROTO_QUEUE_PUSH:

@@ -213,8 +213,8 @@ static void apply_slice(kvstore_t *kv, const float *g, float gscale, size_t a, s
                         kvstore_snap_t *snap) {
     double t0 = mimic_now();
     int fused = snap && snap->dtype == PROTO_DT_F32 && kv->ema;
-    adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g, gscale, kv->m + a, kv->v + a,
-                     kv->lo + a, kv->lo + b, kvstore_lr(kv), (long)kv->version + 1,
+    adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g, gscale, kv->m + a, kv->v + a, kv->lo + a,
+                     kv->lo + b, kvstore_lr(kv), (long)kv->version + 1,
                      kv->ema ? kv->ema + a : NULL, next_momentum(kv),
                      fused ? kvstore_snap_at(snap, a) : NULL);
     if (snap && !fused)

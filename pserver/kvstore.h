@@ -33,8 +33,8 @@
 #define KVSTORE_SNAP_MAX 4
 
 typedef struct {
-    void *buf;  /* n values of dtype: w or ema of the range at `version` (room for f32) */
-    int dtype;  /* PROTO_DT_F32, or PROTO_DT_BF16 (rounded copies, cluster.wire=bf16) */
+    void *buf; /* n values of dtype: w or ema of the range at `version` (room for f32) */
+    int dtype; /* PROTO_DT_F32, or PROTO_DT_BF16 (rounded copies, cluster.wire=bf16) */
     uint64_t version;
     int valid;
     proto_track_t track; /* sends still reading buf */

@@ -42,7 +42,6 @@
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
 #define PS_PIECE_WORKERS 64 /* workers of one BSP step pushing in slices (a bit each) */
 
-
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
     uint8_t id[PROTO_ID_MAX];
@@ -57,9 +56,9 @@ typedef struct {
 
 /* BSP, sliced pushes: one slice of the range in the step being summed. */
 typedef struct {
-    uint64_t mask;   /* the step's workers (slot bits) whose piece of it is in */
-    int applied;     /* its update ran and its reply slice went out */
-    int has_first;   /* the first f32 piece's message, borrowed by the store */
+    uint64_t mask; /* the step's workers (slot bits) whose piece of it is in */
+    int applied;   /* its update ran and its reply slice went out */
+    int has_first; /* the first f32 piece's message, borrowed by the store */
     zmq_msg_t first;
 } ps_piece_t;
 
@@ -575,8 +574,8 @@ static void on_piece(server_t *s, proto_msg_t *m, size_t k) {
     int slot = piece_slot(s, h->sender);
     if (slot < 0) { /* the worker's first piece of the step: the rules decide */
         if (kv->sum.count > 0 || s->nslots == PS_PIECE_WORKERS) {
-            reply_err(s, s->router, m, MIMIC_EINVAL,
-                      "PUSH of [%" PRIu64 ", %" PRIu64 "): %s", h->lo, h->hi,
+            reply_err(s, s->router, m, MIMIC_EINVAL, "PUSH of [%" PRIu64 ", %" PRIu64 "): %s",
+                      h->lo, h->hi,
                       kv->sum.count ? "whole-range pushes of this version are being summed "
                                       "(every worker must use cluster.push_slices alike)"
                                     : "more than 64 workers push in slices");

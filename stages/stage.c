@@ -56,7 +56,7 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     double t1 = mimic_now();
     params_zero_grad(s->p);
     s->n = n;
-    s->grads_live = isfinite(loss); /* nothing leaves before a finite loss is known */
+    s->grads_live = isfinite(loss);         /* nothing leaves before a finite loss is known */
     if (s->grads_live) s->ops->backward(s); /* a failed forward left nothing to go back on */
     s->grads_live = 0;
     double t2 = mimic_now();

@@ -95,8 +95,8 @@ struct stage {
      * (cluster.overlap). Never called after a non-finite loss. */
     void (*grad_final)(void *ctx, size_t offset);
     void *grad_final_ctx;
-    int n;          /* samples of the last forward */
-    int grads_live; /* stage_compute's backward is running on a finite loss */
+    int n;           /* samples of the last forward */
+    int grads_live;  /* stage_compute's backward is running on a finite loss */
     mae_cfg_t model; /* the [model] keys, recorded in checkpoints */
     void *impl;      /* the objective's own state */
 };

@@ -487,8 +487,7 @@ static void test_overlap_identity(void) {
     int with[2] = {0, 0}, steps[2] = {0, 0};
     for (int r = 0; r < 2; r++) {
         char path[4400];
-        snprintf(path, sizeof path, "%s/worker-0.jsonl",
-                 r ? c.dir : testutil_tmpdir());
+        snprintf(path, sizeof path, "%s/worker-0.jsonl", r ? c.dir : testutil_tmpdir());
         if (!r) snprintf(path, sizeof path, "%s/bsp-mae-1/worker-0.jsonl", testutil_tmpdir());
         char *log = testutil_slurp(path);
         for (const char *q = log; q && (q = strstr(q, "\"event\":\"step\"")); q++) {

@@ -1375,11 +1375,11 @@ static void test_wire(void) {
     static uint16_t b[N];
     /* ties and edges: 1 + 2^-8 is a tie to 1 (even), 1 + 3*2^-8 a tie up to 1 + 2^-6;
      * the largest float rounds to infinity; NaN stays NaN, both signs */
-    const uint32_t edge[] = {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u, 0x7f7fffffu,
-                             0xff7fffffu, 0x7f800000u, 0x00000001u, 0x80000000u, 0x7fffffffu,
-                             0xffc00001u, 0x7f800001u};
-    const uint16_t want[] = {0x3f80, 0x3f82, 0x3f80, 0x3f81, 0x7f80, 0xff80, 0x7f80, 0x0000,
-                             0x8000, 0, 0, 0};
+    const uint32_t edge[] = {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u,
+                             0x7f7fffffu, 0xff7fffffu, 0x7f800000u, 0x00000001u,
+                             0x80000000u, 0x7fffffffu, 0xffc00001u, 0x7f800001u};
+    const uint16_t want[] = {0x3f80, 0x3f82, 0x3f80, 0x3f81, 0x7f80, 0xff80,
+                             0x7f80, 0x0000, 0x8000, 0,      0,      0};
     size_t ne = sizeof edge / sizeof edge[0];
     for (size_t i = 0; i < ne; i++)
         x[i] = f32_of(edge[i]);

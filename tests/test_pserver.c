@@ -852,7 +852,8 @@ static void test_wire(void *ctx, fsched_t *f) {
     wire_to_bf16(want, d.r.w, n);
     int recvd = w_expect(w1, &m, PROTO_PULL_REPLY, s) == 0;
     int ok = recvd && m.hdr.dtype == PROTO_DT_BF16 && m.hdr.step == 1 && m.hdr.lo == lo &&
-         m.hdr.hi == hi && proto_msg_size(&m) == n * 2 && memcmp(proto_msg_data(&m), want, n * 2) == 0;
+             m.hdr.hi == hi && proto_msg_size(&m) == n * 2 &&
+             memcmp(proto_msg_data(&m), want, n * 2) == 0;
     if (recvd) proto_msg_close(&m);
     printf("wire: bf16 pull = the master rounded to bf16 (%zu values, half the bytes): %s\n", n,
            ok ? "ok" : "FAIL");

@@ -48,7 +48,7 @@ typedef struct {
     /* cluster.overlap: the BSP push-pull begun during backward (dist_grad_final) */
     stage_t *stage;
     int pp_open, pp_ts, pp_err;
-    double t_pp_begin; /* when its first piece went */
+    double t_pp_begin;             /* when its first piece went */
     double t_queue;                /* its wait after the parameters arrived */
     metrics_t mx;
     trace_t tr;
@@ -420,8 +420,8 @@ static int dist_train(dist_t *d, stage_t *s) {
     const mimic_cfg_t *cfg = d->cfg;
     int B = cfg->train.batch_size;
     float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
-    train_backend_t be = {d,          cfg->cluster.prefetch, base_lr,    dist_next,
-                          dist_update, dist_after,            dist_report, dist_skip};
+    train_backend_t be = {d,          cfg->cluster.prefetch, base_lr,  dist_next, dist_update,
+                          dist_after, dist_report,           dist_skip};
     double t0 = mimic_now();
     int rc, ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, 0, s->p->w);
     if (ts < 0) return ts;

@@ -25,7 +25,7 @@ typedef struct {
     size_t lo, hi;
     /* per channel, for the request in flight */
     int answered[CH_COUNT];
-    size_t got[CH_COUNT]; /* values of a pull's reply received so far (it may come in slices) */
+    size_t got[CH_COUNT];  /* values of a pull's reply received so far (it may come in slices) */
     int pushes, push_acks; /* CH_PARAMS: pieces of the push sent, and acknowledged */
     size_t unsent_hi;      /* CH_PARAMS: [lo, unsent_hi) of the push-pull not pushed yet */
     uint64_t version[CH_COUNT];
@@ -60,7 +60,7 @@ struct kv {
         int batch;
         const float *grad;
     } pp;
-    uint16_t *g16;     /* bf16 wire: the pushed gradient, rounded (total values) */
+    uint16_t *g16; /* bf16 wire: the pushed gradient, rounded (total values) */
 };
 
 int kv_new(kv_t **out, void *zctx, const kv_opts_t *o) {
@@ -473,8 +473,8 @@ static void take_reply(kv_t *kv, int s, proto_msg_t *m) {
     }
     if (r->failed) return;
     if (c <= CH_EMA)
-        sv->answered[c] = (!pushes || sv->push_acks >= sv->pushes) &&
-                          (!pulls || sv->got[c] == sv->hi - sv->lo);
+        sv->answered[c] =
+            (!pushes || sv->push_acks >= sv->pushes) && (!pulls || sv->got[c] == sv->hi - sv->lo);
     else
         sv->answered[c] = 1;
 }

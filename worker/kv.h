@@ -77,8 +77,8 @@ typedef struct {
     int64_t token;      /* REGISTER_ACK's token: names the connections (proto_peer_ident) */
     size_t max_payload; /* cluster.max_msg_mb: larger replies are refused */
     const curve_t *curve; /* NULL: CURVE off */
-    int wire; /* cluster.wire: PROTO_DT_F32 (0 means it too) or PROTO_DT_BF16, the dtype of
-                 pushed gradients and of parameter/EMA pull replies (queue and keys: f32) */
+    int wire;     /* cluster.wire: PROTO_DT_F32 (0 means it too) or PROTO_DT_BF16, the dtype of
+                     pushed gradients and of parameter/EMA pull replies (queue and keys: f32) */
     size_t slice; /* cluster.push_slices: kv_pushpull pushes each server's range in pieces of
                      this many floats (cluster.slice_floats, the servers' slices); 0: whole */
 } kv_opts_t;
