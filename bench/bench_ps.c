@@ -13,6 +13,8 @@
  * reference then runs twice, plaintext (raw_zmq_gbps, the same figure as with CURVE off)
  * and CURVE on both ends with throwaway keys and no ZAP check (raw_curve_gbps), so the
  * cost of the encryption itself is visible next to the cluster's.
+ * With cluster.wire=bf16 the push and the pull carry bf16 (half the bytes); the GB/s
+ * figures still count the f32 vector, so they compare the parameters moved per second.
  * Usage: bench_ps CONFIG.ini --scheduler tcp://H:P [--bench.iters N] (config: the
  * same model flags as the cluster, so the vector has the model's size). */
 #include "adamw.h"
@@ -219,13 +221,17 @@ int main(int argc, char **argv) {
                         .id = member_id(mb),
                         .token = member_token(mb),
                         .max_payload = bytes + 4096,
-                        .curve = curve};
+                        .curve = curve,
+                        .wire = cfg.cluster.wire == WIRE_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32,
+                        .slice = kv_slice_of(&cfg)};
         rc = kv_new(&kv, ctx, &ko);
     }
     /* Interleaved: each iteration times one raw round trip (two with CURVE: plaintext and
      * encrypted), one push-pull and one pull, so all see the same state of this noisy
      * machine. */
     double tr[BENCH_ITERS_MAX], tc[BENCH_ITERS_MAX], t[BENCH_ITERS_MAX], tp[BENCH_ITERS_MAX];
+    double tw[BENCH_ITERS_MAX], tsl[BENCH_ITERS_MAX]; /* whole push, and in slices */
+    size_t slice = (size_t)(cfg.cluster.slice_floats > 0 ? cfg.cluster.slice_floats : 0);
     uint64_t version = 0;
     if (!rc) step = "push/pull";
     for (int it = -2; it < iters && !rc; it++) {
@@ -241,7 +247,20 @@ int main(int argc, char **argv) {
          * this is the data plane without any optimizer work in the way */
         ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
         if ((rc = ts < 0 ? ts : kv_wait(kv, ts, 30000, NULL))) break;
+        /* cluster.push_slices off and on, one push-pull each, in the same iteration */
+        double tws[2];
+        for (int k = 0; k < 2 && !rc; k++) {
+            kv_set_slice(kv, k ? slice : 0);
+            double t2 = mimic_now();
+            ts = kv_pushpull(kv, version, 1, buf, m->p->w);
+            rc = ts < 0 ? ts : kv_wait(kv, ts, 30000, &version);
+            tws[k] = mimic_now() - t2;
+        }
+        kv_set_slice(kv, kv_slice_of(&cfg));
+        if (rc) break;
         if (it >= 0) {
+            tw[it] = tws[0];
+            tsl[it] = tws[1];
             tr[it] = r;
             tc[it] = rcv;
             t[it] = t1 - t0;
@@ -262,12 +281,20 @@ int main(int argc, char **argv) {
         printf("vector_floats=%zu\n", n);
         printf("vector_mb=%.2f\n", (double)bytes / 1e6);
         printf("raw_zmq_gbps=%.3f\n", raw); /* plaintext whatever cluster.curve says */
-        printf("ps_push_pull_gbps=%.3f\n", ps);
+        printf("ps_push_pull_gbps=%.3f\n", ps); /* f32 bytes of the vector, both ways */
+        printf("ps_push_pull_ms=%.3f\n", t_ps * 1e3);
+        printf("wire=%s\n", cfg.cluster.wire == WIRE_BF16 ? "bf16" : "fp32");
+        printf("wire_mb=%.2f\n", 2.0 * (double)n * (cfg.cluster.wire == WIRE_BF16 ? 2 : 4) / 1e6);
         printf("server_adamw_ms=%.2f\n", t_adamw * 1e3);
         printf("ps_transport_gbps=%.3f\n", ps_transport);
         printf("ratio_ps_raw=%.3f\n", ps / raw);
         printf("ratio_transport_raw=%.3f\n", ps_transport / raw);
         printf("pull_only_gbps=%.3f\n", pull);
+        /* whole pushes against pushes in slices applied as they arrive, same iterations */
+        double whole = 2.0 * (double)bytes / median(tw, iters) / 1e9;
+        double sliced = 2.0 * (double)bytes / median(tsl, iters) / 1e9;
+        printf("push_whole_gbps=%.3f\nratio_whole_raw=%.3f\n", whole, whole / raw);
+        printf("push_sliced_gbps=%.3f\nratio_sliced_raw=%.3f\n", sliced, sliced / raw);
         printf("ratio_pull_raw=%.3f\n", pull / raw);
         if (curve_on) { /* the same round trip with CURVE on both ends, no cluster */
             double raw_curve = 2.0 * (double)bytes / median(tc, iters) / 1e9;

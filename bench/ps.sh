@@ -15,12 +15,29 @@
 # (part 2), and the on/off ratios are the cost of encryption. The standalone run sits
 # in the middle of part 2. The raw ZeroMQ reference is plaintext; with CURVE bench_ps
 # also times the raw round trip with CURVE on both ends (no cluster, no ZAP).
-#   bench/ps.sh [--record] [CONFIG.ini]
+# --ab KEY compares another switch the same way (A, B, B, A), CURVE off throughout:
+#   --ab prefetch: cluster.prefetch off/on (part 2 only: the data plane does not use it);
+#   --ab wire: cluster.wire fp32/bf16 (push+pull time and GB/s counted in f32 bytes, so
+#     the figures compare the same parameters moved; and the cluster step);
+#   --ab push_slices: cluster.push_slices off/on (whole pushes, or pieces the server
+#     applies as they arrive; push+pull against raw ZeroMQ, and the cluster step);
+#   --ab overlap: cluster.overlap off/on (pieces pushed after or during backward; part 2).
+#   bench/ps.sh [--record] [--ab curve|prefetch|wire|push_slices|overlap] [CONFIG.ini]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
 record=0
 if [ "${1:-}" = "--record" ]; then record=1; shift; fi
+ab=curve
+if [ "${1:-}" = "--ab" ]; then ab=${2:?--ab needs curve, prefetch or wire}; shift 2; fi
+case $ab in
+  curve) order=(off on on off) ;;
+  prefetch) order=(off on on off) ;;
+  wire) order=(fp32 bf16 bf16 fp32) ;;
+  push_slices) order=(off on on off) ;;
+  overlap) order=(off on on off) ;;
+  *) echo "bench/ps.sh: --ab $ab: use curve, prefetch, wire, push_slices or overlap" >&2; exit 2 ;;
+esac
 cfg=${1:-deploy/mae-fmnist.ini}
 bash deploy/install-deps.sh >/dev/null
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -34,11 +51,13 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 keys=$tmp/keys
 ./build/proto/mimic-keys "$keys" --servers 1 --workers 2 >/dev/null
-order=(off on on off)
 cv=()
-curve_args() { # MODE KEYFILE: the flags that put one process under CURVE, in cv
+curve_args() { # MODE KEYFILE: the flags of the A/B switch for one process, in cv
   cv=()
-  if [ "$1" = on ]; then cv=(--cluster.curve=on --cluster.keys="$keys" --cluster.key="$keys/$2"); fi
+  case $ab in
+    curve) if [ "$1" = on ]; then cv=(--cluster.curve=on --cluster.keys="$keys" --cluster.key="$keys/$2"); fi ;;
+    *) cv=("--cluster.$ab=$1") ;;
+  esac
 }
 get() { printf '%s\n' "$1" | sed -n "s/^$2=//p"; }
 mean() { printf '%s\n' "$@" | awk '{s+=$1} END{printf "%.3f", s/NR}'; }
@@ -67,8 +86,10 @@ data_plane() { # MODE RUN
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   pids=()
 }
-for r in 0 1 2 3; do data_plane "${order[$r]}" "$r"; done
-ps1=$(cat "$tmp/ps-0/out")
+if [ "$ab" != prefetch ] && [ "$ab" != overlap ]; then
+  for r in 0 1 2 3; do data_plane "${order[$r]}" "$r"; done
+  ps1=$(cat "$tmp/ps-0/out")
+fi
 pp() { # FIELD MODE: the mean over the runs in that mode
   local v=()
   for r in 0 1 2 3; do
@@ -86,7 +107,8 @@ runs() { # FIELD MODE: the runs' figures in order, for the spread
 
 # 2. step overhead on the same total batch
 B=$(sed -n 's/^batch_size *= *//p' "$cfg" | head -1)
-steps=40
+B_total=$B
+steps=${PS_STEPS:-40} # cluster steps per run (PS_STEPS: fewer on a loaded machine)
 windows() { # JSON lines file, field: the windows after the first
   grep -o "\"$2\":[0-9.e+-]*" "$1" | cut -d: -f2 | tail -n +2
 }
@@ -144,15 +166,38 @@ pp_paired() { # FIELD
   for r in 0 1 2 3; do v+=("$(get "$(cat "$tmp/ps-$r/out")" "$1")"); done
   paired "${v[@]}"
 }
-clus=$(step_ips off)
-clus_cv=$(step_ips on)
-overhead=$(awk -v a="$clus" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
-overhead_cv=$(awk -v a="$clus_cv" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
-raw=$(pp raw_zmq_gbps off); ppo=$(pp ps_push_pull_gbps off); ppc=$(pp ps_push_pull_gbps on)
-pullo=$(pp pull_only_gbps off); pullc=$(pp pull_only_gbps on)
-rawc_raw=$(pp raw_zmq_gbps on); rawc=$(pp raw_curve_gbps on)
-adamw=$(pp server_adamw_ms off); tro=$(pp ps_transport_gbps off)
+if [ "$ab" = curve ]; then
+  clus=$(step_ips off)
+  clus_cv=$(step_ips on)
+  overhead=$(awk -v a="$clus" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
+  overhead_cv=$(awk -v a="$clus_cv" -v b="$solo" 'BEGIN{printf "%.1f", 100*(1-a/b)}')
+  raw=$(pp raw_zmq_gbps off); ppo=$(pp ps_push_pull_gbps off); ppc=$(pp ps_push_pull_gbps on)
+  pullo=$(pp pull_only_gbps off); pullc=$(pp pull_only_gbps on)
+  rawc_raw=$(pp raw_zmq_gbps on); rawc=$(pp raw_curve_gbps on)
+  adamw=$(pp server_adamw_ms off); tro=$(pp ps_transport_gbps off)
+fi
+ma=${order[0]} mb=${order[1]}
+if [ "$ab" != curve ]; then
+  solo_line="standalone (1 process, 2 threads) $solo img/s"
+  stepA=$(step_ips "$ma"); stepB=$(step_ips "$mb")
+  step_line="step on total batch $B_total: cluster (1 server, 2 workers x $((B_total / 2)), 1 thread each, median of both runs' windows) $ma $stepA img/s ($(step_runs "$ma")), $mb $stepB img/s ($(step_runs "$mb")); $mb/$ma $(ratio "$stepB" "$stepA") (pairs $(step_paired)); $solo_line"
+  if [ "$ab" = prefetch ] || [ "$ab" = overlap ]; then
+    report="load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); cluster.$ab, order of runs $ma, $mb, $mb, $ma (standalone between the 2nd and 3rd)
+$step_line"
+  else
+    report=$(cat <<TXT
+load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); cluster.$ab, order of runs $ma, $mb, $mb, $ma (part 2: standalone between the 2nd and 3rd)
+vector: $(get "$ps1" vector_floats) floats ($(get "$ps1" vector_mb) MB in f32)
+raw ZeroMQ loopback round trip of the f32 vector: $(pp raw_zmq_gbps "$ma") GB/s ($ma runs), $(pp raw_zmq_gbps "$mb") GB/s ($mb runs)
+push+pull ($ma): $(pp ps_push_pull_ms "$ma") ms, $(pp ps_push_pull_gbps "$ma") GB/s ($(runs ps_push_pull_gbps "$ma")) = $(ratio "$(pp ps_push_pull_gbps "$ma")" "$(pp raw_zmq_gbps "$ma")") of raw; wire bytes per round trip $(get "$(cat "$tmp/ps-0/out")" wire_mb) MB
+push+pull ($mb): $(pp ps_push_pull_ms "$mb") ms, $(pp ps_push_pull_gbps "$mb") GB/s of f32 parameters ($(runs ps_push_pull_gbps "$mb")) = $(ratio "$(pp ps_push_pull_gbps "$mb")" "$(pp raw_zmq_gbps "$mb")") of raw f32; wire bytes per round trip $(get "$(cat "$tmp/ps-1/out")" wire_mb) MB; $mb/$ma time $(ratio "$(pp ps_push_pull_ms "$mb")" "$(pp ps_push_pull_ms "$ma")") (pairs $(pp_paired ps_push_pull_ms))
+pull only: $ma $(pp pull_only_gbps "$ma") GB/s, $mb $(pp pull_only_gbps "$mb") GB/s of f32 parameters
+$step_line
+TXT
+)
+  fi
+else
 report=$(cat <<TXT
 load average $load_start at the start, $load_end at the end; CPU $(grep -q avx512f /proc/cpuinfo && echo 'with AVX-512' || echo 'without AVX-512'); order of runs off, on, on, off (part 2: standalone between the 2nd and 3rd)
 vector: $(get "$ps1" vector_floats) floats ($(get "$ps1" vector_mb) MB)
@@ -168,7 +213,8 @@ pull only: $pullc GB/s; CURVE on/off $(ratio "$pullc" "$pullo") (pairs $(pp_pair
 step on total batch $B: standalone (1 process, 2 threads) $solo img/s; cluster (1 server, 2 workers x $((B / 2)), 1 thread each, median of both runs' windows) CURVE off $clus img/s ($(step_runs off)), overhead $overhead%; CURVE on $clus_cv img/s ($(step_runs on)), overhead $overhead_cv%; CURVE on/off $(ratio "$clus_cv" "$clus") (pairs $(step_paired))
 TXT
 )
+fi
 echo "$report"
 if [ $record -eq 1 ]; then
-  { echo; echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD): bench/ps.sh $cfg"; echo '```'; echo "$report"; echo '```'; } >> bench/RESULTS.md
+  { echo; echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD): bench/ps.sh --ab $ab $cfg"; echo '```'; echo "$report"; echo '```'; } >> bench/RESULTS.md
 fi

@@ -151,6 +151,16 @@ static layer_view_t layer_view(const vit_acts_t *a, int l) {
     return v;
 }
 
+/* The lowest offset of a block's tensors in the flat vector. */
+static size_t block_offset(const vit_block_ix_t *b, const params_t *p) {
+    const int ix[] = {b->norm1_w, b->norm1_b, b->qkv_w, b->qkv_b, b->proj_w, b->proj_b,
+                      b->norm2_w, b->norm2_b, b->fc1_w, b->fc1_b, b->fc2_w,  b->fc2_b};
+    size_t lo = p->t[ix[0]].offset;
+    for (size_t i = 1; i < sizeof ix / sizeof ix[0]; i++)
+        if (p->t[ix[i]].offset < lo) lo = p->t[ix[i]].offset;
+    return lo;
+}
+
 static void add_inplace(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] += x[i];
@@ -217,6 +227,7 @@ void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float 
         }
         layernorm_backward(dinp, params_g(p, b->norm1_w), params_g(p, b->norm1_b), a->d_ln, xin,
                            params_w(p, b->norm1_w), v.ln1_mean, v.ln1_rstd, BT, C);
+        if (s->block_done) s->block_done(s->block_ctx, block_offset(b, p));
     }
     if (s->depth == 0) add_inplace(dx, dout, nC);
 }

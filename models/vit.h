@@ -22,6 +22,11 @@ typedef struct {
     int depth, dim, heads, hidden;
     float eps;
     vit_block_ix_t *blk; /* depth entries */
+    /* NULL, or called after block l's backward with the lowest offset of its tensors: a
+     * model whose tensors after the block are all final by then (its backward runs the
+     * stack once) lets its trainer push those gradients while the blocks below run */
+    void (*block_done)(void *ctx, size_t offset);
+    void *block_ctx;
 } vit_stack_t;
 
 /* Per-layer saved activations (contiguous over layers) and backward scratch. */

@@ -46,8 +46,7 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
                             .req = KB(K_A),
                             .dtypes = DTB(PROTO_DT_U8),
                             .min_a = 4,
-                            .args = {"id", "servers", "workers", "rank", "epoch", "keys",
-                                     "token"}},
+                            .args = {"id", "servers", "workers", "rank", "epoch", "keys", "token"}},
     [PROTO_HEARTBEAT] = {.name = "HEARTBEAT", .args = {"token"}},
     [PROTO_LEAVE] = {.name = "LEAVE"},
     [PROTO_MEMBERSHIP] = {.name = "MEMBERSHIP",
@@ -67,17 +66,17 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
                           .args = {"epoch", "chunk id", "processed"}},
     [PROTO_PUSH] = {.name = "PUSH",
                     .req = KB(K_ST) | RANGE | PAYLOAD,
-                    .dtypes = DTB(PROTO_DT_F32),
+                    .dtypes = DTB(PROTO_DT_F32) | DTB(PROTO_DT_BF16),
                     .range_payload = 1,
                     .args = {"batch"}},
     [PROTO_PUSH_ACK] = {.name = "PUSH_ACK", .req = KB(K_ST) | RANGE},
     [PROTO_PULL] = {.name = "PULL",
                     .req = RANGE | KB(K_A),
                     .min_a = 1,
-                    .args = {"which", "min step"}},
+                    .args = {"which", "min step", "dtype"}},
     [PROTO_PULL_REPLY] = {.name = "PULL_REPLY",
                           .req = KB(K_ST) | RANGE | PAYLOAD | KB(K_A),
-                          .dtypes = DTB(PROTO_DT_F32),
+                          .dtypes = DTB(PROTO_DT_F32) | DTB(PROTO_DT_BF16),
                           .range_payload = 1,
                           .min_a = 1,
                           .args = {"which"}},
@@ -120,8 +119,9 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
 #undef PAYLOAD
 #undef RANGE
 
-static const char *const dtype_names[PROTO_DT_COUNT] = {"none", "f32", "i64", "u8", "i32", "u32"};
-static const size_t dtype_sizes[PROTO_DT_COUNT] = {0, 4, 8, 1, 4, 4};
+static const char *const dtype_names[PROTO_DT_COUNT] = {"none", "f32", "i64", "u8",
+                                                        "i32",  "u32", "bf16"};
+static const size_t dtype_sizes[PROTO_DT_COUNT] = {0, 4, 8, 1, 4, 4, 2};
 
 const char *proto_type_name(int type) {
     if (type <= PROTO_INVALID || type >= PROTO_TYPE_COUNT) return "?";
@@ -332,6 +332,12 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
             return fail(why, whylen,
                         "header field 'a[0]' (which): unknown parameter version %" PRId64,
                         a[PROTO_PULL_WHICH]);
+        if (h->type == PROTO_PULL && h->na > PROTO_PULL_DTYPE &&
+            a[PROTO_PULL_DTYPE] != PROTO_DT_F32 && a[PROTO_PULL_DTYPE] != PROTO_DT_BF16)
+            return fail(why, whylen,
+                        "header field 'a[2]' (dtype): a pull's reply is f32 (%d) or "
+                        "bf16 (%d), got %" PRId64,
+                        PROTO_DT_F32, PROTO_DT_BF16, a[PROTO_PULL_DTYPE]);
         return 0;
     case PROTO_QUEUE_PUSH:
     case PROTO_QUEUE_REPLY:

@@ -69,6 +69,7 @@ typedef enum {
     PROTO_DT_U8 = 3,
     PROTO_DT_I32 = 4,
     PROTO_DT_U32 = 5,
+    PROTO_DT_BF16 = 6, /* bfloat16: the top half of an IEEE f32 (proto/wire.h) */
     PROTO_DT_COUNT
 } proto_dtype_t;
 
@@ -107,7 +108,11 @@ enum { PROTO_CDONE_EPOCH = 0, PROTO_CDONE_ID = 1, PROTO_CDONE_PROCESSED = 2 };
  * receiving it to handing the gradient over (the scheduler's straggler detector) */
 enum { PROTO_CDONE_BUSY_S = 0 };
 enum { PROTO_PUSH_BATCH = 0 /* optional: samples behind the gradient */ };
-enum { PROTO_PULL_WHICH = 0, PROTO_PULL_MINSTEP = 1 /* optional: SSP, 0 = any */ };
+enum {
+    PROTO_PULL_WHICH = 0,
+    PROTO_PULL_MINSTEP = 1, /* optional: SSP, 0 = any */
+    PROTO_PULL_DTYPE = 2    /* optional: the reply's payload dtype, f32 (default) or bf16 */
+};
 enum { PROTO_WHICH_PARAMS = 0, PROTO_WHICH_EMA = 1 };
 enum { PROTO_QPUSH_COUNT = 0, PROTO_QPUSH_DIM = 1 }; /* st: the step the keys belong to */
 enum { PROTO_QPULL_SINCE = 0 }; /* st: the queue step wanted (BSP: held until reached) */
@@ -215,6 +220,9 @@ void proto_make_pull(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t min_
 /* Payload: f32 values of [lo, hi) at version. */
 void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t version,
                            uint64_t lo, uint64_t hi, int which);
+/* cluster.wire on a PUSH or PULL_REPLY built above (its payload becomes the range in
+ * dtype, PROTO_DT_F32 or PROTO_DT_BF16) or on a PULL (the dtype its reply must have). */
+void proto_make_wire(proto_hdr_t *h, proto_dtype_t dtype);
 /* step: the training step whose keys these are (BSP appends a step's keys in worker-id
  * order once every live worker's are in). Payload: count x dim f32 keys. */
 void proto_make_queue_push(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step,

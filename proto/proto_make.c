@@ -4,6 +4,8 @@
  * makes passes proto_validate with a payload of h->nbytes bytes (tests/test_proto.c). */
 #include "proto.h"
 
+#include "common.h"
+
 /* Every builder starts here: a zeroed header of type from sender, answering seq. */
 static void begin(proto_hdr_t *h, proto_type_t type, int32_t sender, uint64_t seq) {
     proto_hdr_init(h, type, sender);
@@ -138,6 +140,17 @@ void proto_make_pull_reply(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_
     range(h, version, lo, hi, 1);
     h->na = 1;
     h->a[PROTO_PULL_WHICH] = which;
+}
+
+void proto_make_wire(proto_hdr_t *h, proto_dtype_t dtype) {
+    MIMIC_CHECK(dtype == PROTO_DT_F32 || dtype == PROTO_DT_BF16);
+    if (h->type == PROTO_PULL) {
+        h->na = 3;
+        h->a[PROTO_PULL_DTYPE] = dtype;
+    } else {
+        MIMIC_CHECK(h->type == PROTO_PUSH || h->type == PROTO_PULL_REPLY);
+        proto_hdr_set_payload(h, dtype, h->hi - h->lo);
+    }
 }
 
 /* QUEUE_PUSH and KEYS_PUSH: a worker's count x dim f32 keys of `step`, a[] = count, dim

@@ -4,6 +4,7 @@
 #include "common.h"
 #include "keyrange.h"
 #include "stage.h"
+#include "wire.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -91,7 +92,7 @@ void kvstore_destroy(kvstore_t **kvp) {
     mimic_free(kv->v);
     mimic_free(kv->ema);
     mimic_free(kv->acc);
-    kvstore_drop_acc(kv);
+    free(kv->pieces);
     free(kv);
     *kvp = NULL;
 }
@@ -115,55 +116,73 @@ static void step_scaled(kvstore_t *kv, const float *g, float gscale) {
     kv->n_update++;
 }
 
-void kvstore_step(kvstore_t *kv, const float *g) {
+void kvstore_step(kvstore_t *kv, const void *g, int dtype) {
+    if (dtype == PROTO_DT_BF16) { /* ASP/SSP keep no sum: acc is free to widen into */
+        wire_from_bf16(kv->acc, g, kv->n);
+        g = kv->acc;
+    }
     step_scaled(kv, g, 1.0f);
 }
 
-void kvstore_accumulate(kvstore_t *kv, const float *g, double weight) {
-    float *acc = kv->acc;
-    if (kv->acc_count == 0) {
-        /* the step's first push is only borrowed: with one worker the step reads it in
-         * place and no accumulate pass is needed at all */
-        kv->held = g;
-        kv->held_weight = weight;
-    } else if (kv->held) { /* the second push: both go into acc in one pass */
-        const float *h = kv->held;
-        const float a = (float)kv->held_weight, b = (float)weight;
-#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
-        for (size_t i = 0; i < kv->n; i++)
+/* Adds weight * g (n values of dtype) to the sum st over acc (n floats). */
+static void sum_add(kvstore_sum_t *st, float *acc, size_t n, const void *gv, int dtype,
+                    double weight) {
+    const float *g = gv;
+    const float b = (float)weight;
+    if (dtype == PROTO_DT_BF16) { /* into acc at once; a borrowed f32 push first */
+        if (st->held) {
+            const float *h = st->held, hw = (float)st->held_weight;
+            for (size_t i = 0; i < n; i++)
+                acc[i] = hw * h[i];
+            st->held = NULL;
+        }
+        wire_axpby_bf16(acc, st->count > 0 ? 1.0f : 0.0f, gv, b, n);
+    } else if (st->count == 0) {
+        /* the first push is only borrowed: with one worker the step reads it in place
+         * and no accumulate pass is needed at all */
+        st->held = g;
+        st->held_weight = weight;
+    } else if (st->held) { /* the second push: both go into acc in one pass */
+        const float *h = st->held;
+        const float a = (float)st->held_weight;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++)
             acc[i] = a * h[i] + b * g[i];
-        kv->held = NULL;
+        st->held = NULL;
     } else {
-        const float b = (float)weight;
-#pragma omp parallel for simd schedule(static) if (kv->n > 65536)
-        for (size_t i = 0; i < kv->n; i++)
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++)
             acc[i] += b * g[i];
     }
-    kv->acc_weight += weight;
-    kv->acc_count++;
+    st->weight += weight;
+    st->count++;
+}
+
+/* The sum's gradient source and the factor that turns it into the weighted mean. */
+static const float *sum_grad(const kvstore_sum_t *st, const float *acc, float *gscale) {
+    MIMIC_CHECK(st->count > 0 && st->weight > 0);
+    if (st->held) {
+        *gscale = (float)(st->held_weight / st->weight); /* 1 */
+        return st->held;
+    }
+    /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
+    *gscale = (float)(1.0 / st->weight);
+    return acc;
+}
+
+void kvstore_accumulate(kvstore_t *kv, const void *g, int dtype, double weight) {
+    sum_add(&kv->sum, kv->acc, kv->n, g, dtype, weight);
 }
 
 void kvstore_drop_acc(kvstore_t *kv) {
-    kv->held = NULL;
-    kv->acc_weight = 0;
-    kv->acc_count = 0;
-}
-
-/* The step's gradient source and the factor that turns it into the weighted mean. */
-static const float *acc_grad(const kvstore_t *kv, float *gscale) {
-    MIMIC_CHECK(kv->acc_count > 0 && kv->acc_weight > 0);
-    if (kv->held) {
-        *gscale = (float)(kv->held_weight / kv->acc_weight); /* 1 */
-        return kv->held;
-    }
-    /* the weighted mean's 1/sum(n) rides along in AdamW's read of the gradient */
-    *gscale = (float)(1.0 / kv->acc_weight);
-    return kv->acc;
+    kv->sum = (kvstore_sum_t){0};
+    for (size_t k = 0; k < kv->npieces; k++)
+        kv->pieces[k] = (kvstore_sum_t){0};
 }
 
 void kvstore_step_mean(kvstore_t *kv) {
     float gscale;
-    const float *g = acc_grad(kv, &gscale);
+    const float *g = sum_grad(&kv->sum, kv->acc, &gscale);
     step_scaled(kv, g, gscale);
     kvstore_drop_acc(kv);
 }
@@ -179,47 +198,119 @@ static kvstore_snap_t *free_snap(kvstore_t *kv, int which) {
     return pick;
 }
 
-int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, kvstore_slice_fn fn, void *ctx) {
-    MIMIC_CHECK(slice > 0);
-    float gscale;
-    const float *g = acc_grad(kv, &gscale);
+void kvstore_copy_out(const kvstore_t *kv, int which, int dtype, void *dst, size_t a, size_t b) {
+    const float *src = (which == PROTO_WHICH_EMA ? kv->ema : kv->w) + a;
+    if (dtype == PROTO_DT_BF16)
+        wire_to_bf16(dst, src, b - a);
+    else
+        memcpy(dst, src, (b - a) * sizeof(float));
+}
+
+/* One slice [a, b) of the step to version + 1 with gradient g (indexed from a) * gscale:
+ * AdamW, EMA and the snapshot copy in one pass over the slice; without the EMA (or for a
+ * bf16 snapshot) adamw writes only w, and the slice (still in cache) is copied after. */
+static void apply_slice(kvstore_t *kv, const float *g, float gscale, size_t a, size_t b,
+                        kvstore_snap_t *snap) {
+    double t0 = mimic_now();
+    int fused = snap && snap->dtype == PROTO_DT_F32 && kv->ema;
+    adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g, gscale, kv->m + a, kv->v + a, kv->lo + a,
+                     kv->lo + b, kvstore_lr(kv), (long)kv->version + 1,
+                     kv->ema ? kv->ema + a : NULL, next_momentum(kv),
+                     fused ? kvstore_snap_at(snap, a) : NULL);
+    if (snap && !fused)
+        kvstore_copy_out(kv, PROTO_WHICH_PARAMS, snap->dtype, kvstore_snap_at(snap, a), a, b);
+    kv->t_update += mimic_now() - t0;
+}
+
+/* The PARAMS snapshot the slices of the next version are copied into, or NULL. */
+static kvstore_snap_t *next_snap(kvstore_t *kv, int dtype) {
     kvstore_snap_t *snap = free_snap(kv, PROTO_WHICH_PARAMS);
-    if (!snap) return -1;
+    if (!snap) return NULL;
     snap->valid = 0;
-    const float lr = kvstore_lr(kv), mom = next_momentum(kv);
-    const long t = (long)kv->version + 1;
-    for (size_t a = 0; a < kv->n; a += slice) {
-        size_t b = a + slice < kv->n ? a + slice : kv->n;
-        double t0 = mimic_now();
-        /* AdamW, EMA and the snapshot copy in one pass over the slice; without the EMA
-         * adamw writes only w, and the slice (still in cache) is copied after */
-        adamw_update_ema(&kv->opt, &kv->table, kv->w + a, g + a, gscale, kv->m + a, kv->v + a,
-                         kv->lo + a, kv->lo + b, lr, t, kv->ema ? kv->ema + a : NULL, mom,
-                         snap->buf + a);
-        if (!kv->ema) memcpy(snap->buf + a, kv->w + a, (b - a) * sizeof(float));
-        kv->t_update += mimic_now() - t0;
-        fn(ctx, snap, a, b, kv->version + 1);
-    }
+    snap->dtype = dtype;
+    return snap;
+}
+
+/* The step is complete: the new version, whose values snap holds. */
+static void finish_step(kvstore_t *kv, kvstore_snap_t *snap) {
     kv->version++;
     kv->n_update++;
-    snap->version = kv->version;
-    snap->valid = 1;
+    if (snap) {
+        snap->version = kv->version;
+        snap->valid = 1;
+    }
     kvstore_drop_acc(kv);
+}
+
+int kvstore_step_mean_sliced(kvstore_t *kv, size_t slice, int dtype, kvstore_slice_fn fn,
+                             void *ctx) {
+    MIMIC_CHECK(slice > 0);
+    float gscale;
+    const float *g = sum_grad(&kv->sum, kv->acc, &gscale);
+    kvstore_snap_t *snap = next_snap(kv, dtype);
+    if (!snap) return -1;
+    for (size_t a = 0; a < kv->n; a += slice) {
+        size_t b = a + slice < kv->n ? a + slice : kv->n;
+        apply_slice(kv, g + a, gscale, a, b, snap);
+        fn(ctx, snap, a, b, kv->version + 1);
+    }
+    finish_step(kv, snap);
     return 0;
 }
 
-kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which) {
+int kvstore_piece_setup(kvstore_t *kv, size_t slice) {
+    MIMIC_CHECK(slice > 0);
+    if (kv->pieces) return kv->slice == slice ? 0 : MIMIC_EINVAL;
+    kv->npieces = (kv->n + slice - 1) / slice;
+    if (!(kv->pieces = calloc(kv->npieces, sizeof *kv->pieces)))
+        return mimic_err(MIMIC_ENOMEM, "out of memory for %zu slices", kv->npieces);
+    kv->slice = slice;
+    return 0;
+}
+
+void kvstore_piece_range(const kvstore_t *kv, size_t k, size_t *a, size_t *b) {
+    MIMIC_CHECK(k < kv->npieces);
+    *a = k * kv->slice;
+    *b = *a + kv->slice < kv->n ? *a + kv->slice : kv->n;
+}
+
+void kvstore_piece_accumulate(kvstore_t *kv, size_t k, const void *g, int dtype, double weight) {
+    size_t a, b;
+    kvstore_piece_range(kv, k, &a, &b);
+    sum_add(&kv->pieces[k], kv->acc + a, b - a, g, dtype, weight);
+}
+
+kvstore_snap_t *kvstore_piece_snap(kvstore_t *kv, int dtype) {
+    return next_snap(kv, dtype);
+}
+
+void kvstore_piece_apply(kvstore_t *kv, size_t k, kvstore_snap_t *snap) {
+    size_t a, b;
+    float gscale;
+    kvstore_piece_range(kv, k, &a, &b);
+    const float *g = sum_grad(&kv->pieces[k], kv->acc + a, &gscale);
+    apply_slice(kv, g, gscale, a, b, snap);
+    kv->pieces[k] = (kvstore_sum_t){0};
+}
+
+void kvstore_piece_finish(kvstore_t *kv, kvstore_snap_t *snap) {
+    finish_step(kv, snap);
+}
+
+kvstore_snap_t *kvstore_snapshot(kvstore_t *kv, int which, int dtype) {
     MIMIC_CHECK(which == PROTO_WHICH_PARAMS || (which == PROTO_WHICH_EMA && kv->ema));
     kvstore_snap_t *pool = kv->snaps[which];
     for (int i = 0; i < KVSTORE_SNAP_MAX; i++)
-        if (pool[i].valid && pool[i].version == kv->version) return &pool[i];
+        if (pool[i].valid && pool[i].version == kv->version && pool[i].dtype == dtype)
+            return &pool[i];
     kvstore_snap_t *pick = free_snap(kv, which);
     if (!pick) {
         kv->n_snap_fallback++;
         return NULL;
     }
     double t0 = mimic_now();
-    memcpy(pick->buf, which == PROTO_WHICH_EMA ? kv->ema : kv->w, kv->n * sizeof(float));
+    kvstore_copy_out(kv, which, dtype, pick->buf, 0, kv->n);
+    pick->dtype = dtype;
     kv->t_snap += mimic_now() - t0;
     kv->n_snap++;
     pick->version = kv->version;

@@ -40,7 +40,7 @@
 #define PS_PULLS_PER_PEER 16 /* held pulls of one connection (a worker holds 1-2) */
 #define PS_CKPTS_MAX 16     /* pending CKPT requests */
 #define PS_THREADS_MAX 1024 /* cluster.server_threads */
-
+#define PS_PIECE_WORKERS 64 /* workers of one BSP step pushing in slices (a bit each) */
 
 /* A PULL waiting for its version (or, in SSP, for the slowest worker's clock). */
 typedef struct {
@@ -49,8 +49,18 @@ typedef struct {
     int32_t sender;
     uint64_t seq, want, lo, hi;
     int which;
+    int dtype;  /* of the reply: PROTO_DT_F32 or PROTO_DT_BF16 (cluster.wire) */
     int sliced; /* answered slice by slice during the step being applied */
+    int late;   /* held while a step was half applied: answered whole after it */
 } ps_pull_t;
+
+/* BSP, sliced pushes: one slice of the range in the step being summed. */
+typedef struct {
+    uint64_t mask; /* the step's workers (slot bits) whose piece of it is in */
+    int applied;   /* its update ran and its reply slice went out */
+    int has_first; /* the first f32 piece's message, borrowed by the store */
+    zmq_msg_t first;
+} ps_piece_t;
 
 /* A request answered when its step is complete: a QUEUE_PULL (since) or a KEYS_PUSH. */
 typedef struct {
@@ -81,8 +91,16 @@ struct server {
     ps_wait_t *qpulls, *xwaits; /* held QUEUE_PULLs, KEYS_PUSHes waiting for their step */
     int nqpulls, nxwaits;
     cons_t *cons;    /* the consistency rules and the worker table */
-    zmq_msg_t first; /* BSP: the step's first push, which kv->held points into */
+    zmq_msg_t first; /* BSP: the step's first push, which kv->sum.held points into */
     int has_first;
+    /* BSP sliced pushes (cluster.push_slices): the slices of the step, the workers that
+     * pushed pieces of it (slot i = bit i), the slices applied so far (w is between two
+     * versions while 0 < applied < npieces) and the new version's snapshot */
+    ps_piece_t *pieces;
+    int32_t slots[PS_PIECE_WORKERS];
+    int nslots;
+    size_t applied;
+    kvstore_snap_t *psnap;
     size_t slice_floats; /* BSP replies go out in slices of this many floats (0: whole) */
     size_t max_payload;
     ps_pull_t *pulls;
@@ -135,7 +153,13 @@ static int training_over(const server_t *s) {
     return s->cfg.train.steps > 0 && s->kv->version >= (uint64_t)s->cfg.train.steps;
 }
 
+/* A step applied in slices is under way: w and the EMA mix two versions. */
+static int mid_step(const server_t *s) {
+    return s->applied > 0;
+}
+
 static int pull_ready(const server_t *s, uint64_t want) {
+    if (mid_step(s)) return 0; /* answered with the new version once it is complete */
     /* once training is over nothing newer will ever exist */
     return training_over(s) || cons_pull_ready(s->cons, want, s->kv->version);
 }
@@ -144,28 +168,43 @@ static void free_copy(void *data, void *hint) {
     mimic_free(data);
 }
 
-static void send_pull_reply(server_t *s, const uint8_t *id, size_t idlen, int32_t sender,
-                            uint64_t seq, uint64_t lo, uint64_t hi, int which) {
+/* The pull a PULL message asks for (its header passed pull_check). */
+static ps_pull_t pull_of(const proto_msg_t *m) {
+    const proto_hdr_t *h = &m->hdr;
+    ps_pull_t p = {.idlen = m->idlen,
+                   .sender = h->sender,
+                   .seq = h->seq,
+                   .want = h->step,
+                   .lo = h->lo,
+                   .hi = h->hi,
+                   .which = (int)h->a[PROTO_PULL_WHICH],
+                   .dtype = h->na > PROTO_PULL_DTYPE ? (int)h->a[PROTO_PULL_DTYPE] : PROTO_DT_F32};
+    memcpy(p.id, m->id, m->idlen);
+    return p;
+}
+
+static void send_pull_reply(server_t *s, const ps_pull_t *p) {
     kvstore_t *kv = s->kv;
     proto_hdr_t h;
-    proto_make_pull_reply(&h, s->id, seq, kv->version, lo, hi, which);
-    size_t off = (size_t)(lo - kv->lo);
-    kvstore_snap_t *snap = kvstore_snapshot(kv, which);
+    proto_make_pull_reply(&h, s->id, p->seq, kv->version, p->lo, p->hi, p->which);
+    proto_make_wire(&h, (proto_dtype_t)p->dtype);
+    size_t off = (size_t)(p->lo - kv->lo);
+    kvstore_snap_t *snap = kvstore_snapshot(kv, p->which, p->dtype);
     int rc;
     if (snap) {
         proto_track_hold(&snap->track);
-        rc = proto_send(s->router, id, idlen, &h, snap->buf + off, proto_track_release,
-                        &snap->track);
+        rc = proto_send(s->router, p->id, p->idlen, &h, kvstore_snap_at(snap, off),
+                        proto_track_release, &snap->track);
     } else { /* every snapshot is still held by slow peers: this reply gets its own copy */
-        float *copy = mimic_alloc((size_t)h.nbytes);
+        void *copy = mimic_alloc((size_t)h.nbytes);
         if (!copy) {
-            ps_log(s, "PULL_REPLY to worker %d dropped: out of memory", (int)sender);
+            ps_log(s, "PULL_REPLY to worker %d dropped: out of memory", (int)p->sender);
             return;
         }
-        memcpy(copy, (which == PROTO_WHICH_EMA ? kv->ema : kv->w) + off, (size_t)h.nbytes);
-        rc = proto_send(s->router, id, idlen, &h, copy, free_copy, NULL);
+        kvstore_copy_out(kv, p->which, p->dtype, copy, off, (size_t)(p->hi - kv->lo));
+        rc = proto_send(s->router, p->id, p->idlen, &h, copy, free_copy, NULL);
     }
-    if (rc) ps_log(s, "PULL_REPLY to worker %d dropped: %s", (int)sender, mimic_last_error());
+    if (rc) ps_log(s, "PULL_REPLY to worker %d dropped: %s", (int)p->sender, mimic_last_error());
 }
 
 /* Answers every held pull whose condition now holds (order kept for the rest). */
@@ -174,7 +213,7 @@ static void release_pulls(server_t *s) {
     for (int i = 0; i < s->npulls; i++) {
         ps_pull_t *p = &s->pulls[i];
         if (pull_ready(s, p->want))
-            send_pull_reply(s, p->id, p->idlen, p->sender, p->seq, p->lo, p->hi, p->which);
+            send_pull_reply(s, p);
         else if (keep != i)
             s->pulls[keep++] = *p;
         else
@@ -241,25 +280,18 @@ static void hold_pull(server_t *s, const proto_msg_t *m) {
         return;
     }
     ps_pull_t *p = &s->pulls[s->npulls++];
-    memcpy(p->id, m->id, m->idlen);
-    p->idlen = m->idlen;
-    p->sender = h->sender;
-    p->seq = h->seq;
-    p->want = h->step;
-    p->lo = h->lo;
-    p->hi = h->hi;
-    p->which = (int)h->a[PROTO_PULL_WHICH];
-    p->sliced = 0;
+    *p = pull_of(m);
+    p->late = mid_step(s); /* it missed the slices already sent */
 }
 
 static void on_pull(server_t *s, const proto_msg_t *m) {
-    const proto_hdr_t *h = &m->hdr;
     if (pull_check(s, m) != 0) return;
-    if (pull_ready(s, h->step))
-        send_pull_reply(s, m->id, m->idlen, h->sender, h->seq, h->lo, h->hi,
-                        (int)h->a[PROTO_PULL_WHICH]);
-    else
+    if (pull_ready(s, m->hdr.step)) {
+        ps_pull_t p = pull_of(m);
+        send_pull_reply(s, &p);
+    } else {
         hold_pull(s, m);
+    }
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
@@ -295,6 +327,7 @@ static void write_ckpt(server_t *s, const char *dir) {
 /* Writes the pending checkpoints whose step is the current version; drops (with an
  * error to the scheduler) those that can no longer be written. */
 static void check_ckpts(server_t *s) {
+    if (mid_step(s)) return; /* w is half way to the next version: nothing to write */
     int keep = 0;
     for (int i = 0; i < s->nckpts; i++) {
         ps_ckpt_t *c = &s->ckpts[i];
@@ -383,11 +416,11 @@ static void after_step(server_t *s) {
     if (training_over(s)) ps_log(s, "version %" PRIu64 " reached train.steps", s->kv->version);
 }
 
-/* Whether held pull p gets version v slice by slice: a PARAMS pull of the whole range
- * that v satisfies. */
-static int sliceable(const server_t *s, const ps_pull_t *p, uint64_t v) {
+/* Whether held pull p gets version v slice by slice in dtype: a PARAMS pull of the whole
+ * range that v satisfies. */
+static int sliceable(const server_t *s, const ps_pull_t *p, uint64_t v, int dtype) {
     return p->which == PROTO_WHICH_PARAMS && p->lo == s->kv->lo && p->hi == s->kv->hi &&
-           p->want <= v;
+           p->want <= v && p->dtype == dtype && !p->late;
 }
 
 /* The sliced step's callback: elements [a, b) of version v are final in snap; send
@@ -397,13 +430,14 @@ static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint
     kvstore_t *kv = s->kv;
     for (int i = 0; i < s->npulls; i++) {
         ps_pull_t *p = &s->pulls[i];
-        if (!sliceable(s, p, v)) continue;
+        if (!sliceable(s, p, v, snap->dtype)) continue;
         p->sliced = 1;
         proto_hdr_t h;
         proto_make_pull_reply(&h, s->id, p->seq, v, kv->lo + a, kv->lo + b, PROTO_WHICH_PARAMS);
+        proto_make_wire(&h, (proto_dtype_t)snap->dtype);
         proto_track_hold(&snap->track);
-        if (proto_send(s->router, p->id, p->idlen, &h, snap->buf + a, proto_track_release,
-                       &snap->track))
+        if (proto_send(s->router, p->id, p->idlen, &h, kvstore_snap_at(snap, a),
+                       proto_track_release, &snap->track))
             ps_log(s, "PULL_REPLY slice to worker %d dropped: %s", (int)p->sender,
                    mimic_last_error());
     }
@@ -412,7 +446,7 @@ static void send_slice(void *ctx, kvstore_snap_t *snap, size_t a, size_t b, uint
 /* BSP: the store no longer reads the first push once a second was folded in or the
  * step ran. */
 static void release_first(server_t *s) {
-    if (!s->has_first || s->kv->held) return;
+    if (!s->has_first || kvstore_borrows(s->kv)) return;
     zmq_msg_close(&s->first);
     s->has_first = 0;
 }
@@ -420,8 +454,8 @@ static void release_first(server_t *s) {
 /* BSP: adds the push to the step's sum; the first one is kept as received (no copy). */
 static void sum_push(server_t *s, proto_msg_t *m) {
     int64_t batch = m->hdr.na > PROTO_PUSH_BATCH ? m->hdr.a[PROTO_PUSH_BATCH] : 0;
-    const float *g = proto_msg_data(m);
-    if (s->kv->acc_count == 0) {
+    const void *g = proto_msg_data(m);
+    if (s->kv->sum.count == 0 && m->hdr.dtype == PROTO_DT_F32) {
         MIMIC_CHECK(!s->has_first);
         zmq_msg_init(&s->first);
         zmq_msg_move(&s->first, &m->payload);
@@ -429,26 +463,156 @@ static void sum_push(server_t *s, proto_msg_t *m) {
         s->has_first = 1;
         g = zmq_msg_data(&s->first); /* a very small message's bytes move with it */
     }
-    kvstore_accumulate(s->kv, g, batch > 0 ? (double)batch : 1.0);
+    kvstore_accumulate(s->kv, g, m->hdr.dtype, batch > 0 ? (double)batch : 1.0);
     release_first(s);
 }
 
-static void maybe_step_bsp(server_t *s) {
-    if (!cons_step_due(s->cons, s->kv->version)) return;
-    /* Held full-range pulls get the new parameters slice by slice, each sent while the
-     * next slice is updated: the update overlaps the transfer (docs/runtime.md). */
-    int sliced = 0;
-    if (s->slice_floats > 0 && s->kv->n > s->slice_floats)
-        for (int i = 0; i < s->npulls && !sliced; i++)
-            sliced = sliceable(s, &s->pulls[i], s->kv->version + 1);
-    if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, send_slice, s) != 0)
-        kvstore_step_mean(s->kv);
-    release_first(s);
+/* Whether a held pull gets the next version slice by slice, and in which dtype: the
+ * slices go out in the dtype of the first such pull; pulls wanting the other one are
+ * answered whole after the step. */
+static int slice_dtype(const server_t *s, int *dtype) {
+    *dtype = PROTO_DT_F32;
+    if (s->slice_floats == 0 || s->kv->n <= s->slice_floats) return 0;
+    for (int i = 0; i < s->npulls; i++)
+        if (sliceable(s, &s->pulls[i], s->kv->version + 1, s->pulls[i].dtype)) {
+            *dtype = s->pulls[i].dtype;
+            return 1;
+        }
+    return 0;
+}
+
+/* After a step: the pulls answered slice by slice are done. */
+static void drop_sliced_pulls(server_t *s) {
     int keep = 0;
     for (int i = 0; i < s->npulls; i++)
         if (!s->pulls[i].sliced) s->pulls[keep++] = s->pulls[i];
     s->npulls = keep;
+}
+
+static void apply_pieces(server_t *s);
+
+static void maybe_step_bsp(server_t *s) {
+    if (s->nslots > 0) { /* a step pushed in slices */
+        apply_pieces(s);
+        return;
+    }
+    if (!cons_step_due(s->cons, s->kv->version)) return;
+    /* Held full-range pulls get the new parameters slice by slice, each sent while the
+     * next slice is updated: the update overlaps the transfer (docs/runtime.md). */
+    int dtype, sliced = slice_dtype(s, &dtype);
+    if (!sliced || kvstore_step_mean_sliced(s->kv, s->slice_floats, dtype, send_slice, s) != 0)
+        kvstore_step_mean(s->kv);
+    release_first(s);
+    drop_sliced_pulls(s);
     after_step(s);
+}
+
+/* ---- BSP in slices: each worker pushes every slice of the range as a piece, and slice
+ * k is applied as soon as every live worker's piece of it is in (its reply slice goes
+ * out at once), so the update runs while later pieces still arrive. ----------------- */
+
+/* Piece k's slice is complete: every slot of a worker that counts pushed it. */
+static int piece_complete(const server_t *s, size_t k) {
+    uint64_t need = 0;
+    for (int i = 0; i < s->nslots; i++)
+        if (cons_is_live(s->cons, s->slots[i])) need |= 1ull << i;
+    return need && (s->pieces[k].mask & need) == need;
+}
+
+static void piece_release(ps_piece_t *pc) {
+    if (pc->has_first) zmq_msg_close(&pc->first);
+    pc->has_first = 0;
+}
+
+/* Applies every complete slice; once all are, the step is done. */
+static void apply_pieces(server_t *s) {
+    kvstore_t *kv = s->kv;
+    /* once begun, the step ends with the workers it began with: a worker joining now
+     * waits for the new version (its pull is held while w is half way) */
+    if (s->nslots == 0 || (s->applied == 0 && !cons_step_due(s->cons, kv->version))) return;
+    for (size_t k = 0; k < kv->npieces; k++) {
+        ps_piece_t *pc = &s->pieces[k];
+        if (pc->applied || !piece_complete(s, k)) continue;
+        if (s->applied == 0) { /* NULL when every buffer is busy: replies go out whole */
+            int dtype;
+            slice_dtype(s, &dtype);
+            s->psnap = kvstore_piece_snap(kv, dtype);
+        }
+        size_t a, b;
+        kvstore_piece_range(kv, k, &a, &b);
+        kvstore_piece_apply(kv, k, s->psnap);
+        piece_release(pc);
+        pc->applied = 1;
+        s->applied++;
+        if (s->psnap) send_slice(s, s->psnap, a, b, kv->version + 1);
+    }
+    if (s->applied < kv->npieces) return;
+    kvstore_piece_finish(kv, s->psnap);
+    for (size_t k = 0; k < kv->npieces; k++)
+        s->pieces[k] = (ps_piece_t){0};
+    s->nslots = 0;
+    s->applied = 0;
+    s->psnap = NULL;
+    drop_sliced_pulls(s);
+    after_step(s);
+}
+
+/* The slot of the step's worker id, or -1. */
+static int piece_slot(const server_t *s, int32_t id) {
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i] == id) return i;
+    return -1;
+}
+
+static void send_push_ack(server_t *s, const proto_msg_t *m);
+static void push_refused(server_t *s, const proto_msg_t *m, cons_push_t why);
+
+/* A PUSH of slice k alone (push_check checked its range and size). */
+static void on_piece(server_t *s, proto_msg_t *m, size_t k) {
+    kvstore_t *kv = s->kv;
+    const proto_hdr_t *h = &m->hdr;
+    int slot = piece_slot(s, h->sender);
+    if (slot < 0) { /* the worker's first piece of the step: the rules decide */
+        if (kv->sum.count > 0 || s->nslots == PS_PIECE_WORKERS) {
+            reply_err(s, s->router, m, MIMIC_EINVAL, "PUSH of [%" PRIu64 ", %" PRIu64 "): %s",
+                      h->lo, h->hi,
+                      kv->sum.count ? "whole-range pushes of this version are being summed "
+                                      "(every worker must use cluster.push_slices alike)"
+                                    : "more than 64 workers push in slices");
+            return;
+        }
+        cons_push_t what = cons_push(s->cons, h->sender, h->step, kv->version);
+        if (what != CONS_SUM) {
+            push_refused(s, m, what);
+            return;
+        }
+        slot = s->nslots++;
+        s->slots[slot] = h->sender;
+    } else if (h->step != kv->version) {
+        push_refused(s, m, CONS_STALE);
+        return;
+    } else if (s->pieces[k].mask & (1ull << slot)) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "duplicate push: worker %d already pushed [%" PRIu64 ", %" PRIu64
+                  ") for version %" PRIu64,
+                  (int)h->sender, h->lo, h->hi, kv->version);
+        return;
+    }
+    ps_piece_t *pc = &s->pieces[k];
+    int64_t batch = h->na > PROTO_PUSH_BATCH ? h->a[PROTO_PUSH_BATCH] : 0;
+    const void *g = proto_msg_data(m);
+    if (kv->pieces[k].count == 0 && h->dtype == PROTO_DT_F32) { /* borrowed: keep it */
+        zmq_msg_init(&pc->first);
+        zmq_msg_move(&pc->first, &m->payload);
+        m->has_payload = 0;
+        pc->has_first = 1;
+        g = zmq_msg_data(&pc->first);
+    }
+    kvstore_piece_accumulate(kv, k, g, h->dtype, batch > 0 ? (double)batch : 1.0);
+    if (!kv->pieces[k].held) piece_release(pc);
+    pc->mask |= 1ull << slot;
+    send_push_ack(s, m);
+    apply_pieces(s);
 }
 
 static void send_push_ack(server_t *s, const proto_msg_t *m) {
@@ -458,20 +622,42 @@ static void send_push_ack(server_t *s, const proto_msg_t *m) {
         ps_log(s, "PUSH_ACK to worker %d dropped: %s", (int)m->hdr.sender, mimic_last_error());
 }
 
-/* Checks a PUSH against this server's range; 0, or -1 after answering ERROR. */
-static int push_check(server_t *s, const proto_msg_t *m) {
+/* Slice k of the range when [lo, hi) is exactly one (BSP with cluster.slice_floats), else
+ * -1. */
+static long piece_of(server_t *s, uint64_t lo, uint64_t hi) {
+    kvstore_t *kv = s->kv;
+    size_t S = s->slice_floats;
+    if (S == 0 || kv->n <= S || s->cfg.cluster.consistency != CONS_BSP || lo < kv->lo ||
+        (lo - kv->lo) % S != 0 || lo >= kv->hi)
+        return -1;
+    size_t k = (size_t)(lo - kv->lo) / S, a, b;
+    if (!s->pieces) { /* the first piece: the slices' state, once */
+        if (kvstore_piece_setup(kv, S) != 0) return -1;
+        if (!(s->pieces = calloc(kv->npieces, sizeof *s->pieces))) return -1;
+    }
+    kvstore_piece_range(kv, k, &a, &b);
+    return hi == kv->lo + b ? (long)k : -1;
+}
+
+/* Checks a PUSH against this server's range (the whole of it, or one slice: *piece gets
+ * its index, else -1); 0, or -1 after answering ERROR. */
+static int push_check(server_t *s, const proto_msg_t *m, long *piece) {
     const proto_hdr_t *h = &m->hdr;
     const kvstore_t *kv = s->kv; /* the sender is a live member's (peer_bound) */
-    if (h->lo != kv->lo || h->hi != kv->hi) {
+    *piece = h->lo == kv->lo && h->hi == kv->hi ? -1 : piece_of(s, h->lo, h->hi);
+    if (*piece < 0 && (h->lo != kv->lo || h->hi != kv->hi)) {
         reply_err(s, s->router, m, MIMIC_EINVAL,
                   "PUSH header field '%s': range [%" PRIu64 ", %" PRIu64
-                  ") is not this server's range [%zu, %zu)",
+                  ") is not this server's range [%zu, %zu) nor one of its slices",
                   h->lo != kv->lo ? "lo" : "hi", h->lo, h->hi, kv->lo, kv->hi);
         return -1;
     }
-    if (h->dtype != PROTO_DT_F32 || proto_msg_size(m) != kv->n * sizeof(float)) {
-        reply_err(s, s->router, m, MIMIC_EFORMAT, "PUSH header field 'n': need %zu bytes of f32",
-                  kv->n * sizeof(float));
+    size_t n = (size_t)(h->hi - h->lo);
+    if ((h->dtype != PROTO_DT_F32 && h->dtype != PROTO_DT_BF16) ||
+        proto_msg_size(m) != n * proto_dtype_size(h->dtype)) {
+        reply_err(s, s->router, m, MIMIC_EFORMAT,
+                  "PUSH header field 'n': need %zu bytes of f32 or %zu of bf16, got %zu of %s",
+                  n * sizeof(float), n * 2, proto_msg_size(m), proto_dtype_name(h->dtype));
         return -1;
     }
     return 0;
@@ -517,14 +703,25 @@ static void on_push(server_t *s, proto_msg_t *m) {
         send_push_ack(s, m);
         return;
     }
-    if (push_check(s, m) != 0) return;
+    long piece;
+    if (push_check(s, m, &piece) != 0) return;
+    if (piece >= 0) {
+        on_piece(s, m, (size_t)piece);
+        return;
+    }
+    if (s->nslots > 0) {
+        reply_err(s, s->router, m, MIMIC_EINVAL,
+                  "PUSH of the whole range while pushes in slices of this version are being "
+                  "summed (every worker must use cluster.push_slices alike)");
+        return;
+    }
     cons_push_t what = cons_push(s->cons, m->hdr.sender, m->hdr.step, s->kv->version);
     if (what == CONS_SUM) {
         sum_push(s, m);
         send_push_ack(s, m);
         maybe_step_bsp(s);
     } else if (what == CONS_APPLY) {
-        kvstore_step(s->kv, proto_msg_data(m));
+        kvstore_step(s->kv, proto_msg_data(m), m->hdr.dtype);
         send_push_ack(s, m);
         after_step(s);
     } else {
@@ -1190,6 +1387,9 @@ void server_destroy(server_t **sp) {
      * zero-copy reply, so the snapshots can be freed after it. */
     if (s->zctx) zmq_ctx_term(s->zctx);
     if (s->has_first) zmq_msg_close(&s->first); /* borrowed by the store, freed next */
+    for (size_t k = 0; s->pieces && k < s->kv->npieces; k++)
+        piece_release(&s->pieces[k]);
+    free(s->pieces);
     kvstore_destroy(&s->kv);
     negqueue_destroy(&s->queue);
     stepkeys_destroy(&s->qkeys);

@@ -133,6 +133,19 @@ static const key_t_ KEYS[] = {
     F("cluster", "slice_floats", K_LONG, cluster.slice_floats, "262144",
       "servers update and answer BSP pulls in slices of this many floats, so the update "
       "overlaps the transfer (0: one piece)"),
+    E("cluster", "push_slices", cluster.push_slices, "off|on", "on",
+      "BSP: a worker pushes each server's range in pieces of cluster.slice_floats, and a "
+      "server applies a slice (and sends it back) once every worker's piece of it is in, "
+      "so receiving, updating and replying overlap"),
+    E("cluster", "overlap", cluster.overlap, "off|on", "on",
+      "BSP: a worker pushes each slice of its gradient as soon as backward has finished it "
+      "(MAE: after each ViT block), while the blocks below are still in backward"),
+    E("cluster", "prefetch", cluster.prefetch, "off|on", "on",
+      "a worker asks the scheduler for its next chunk one step ahead, so the loader builds "
+      "the next batch while this one computes and its push-pull is in flight"),
+    E("cluster", "wire", cluster.wire, "fp32|bf16", "fp32",
+      "dtype of pushed gradients and pulled weights/EMA on the wire (bf16: half the bytes, "
+      "round-to-nearest-even; servers keep fp32 master weights, sums and AdamW)"),
     F("cluster", "server_threads", K_INT, cluster.server_threads, "0",
       "a server's update threads (0: $OMP_NUM_THREADS if set, else the cores but one, left "
       "to ZeroMQ's I/O thread that streams the slices)"),

@@ -26,6 +26,7 @@ typedef struct {
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 /* cluster.ema: whether servers keep the momentum copy (auto: the stage declares it). */
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
+typedef enum { WIRE_FP32, WIRE_BF16 } wire_t; /* cluster.wire */
 /* train.stage: the objective (stages/stage.h; the order of its table). */
 typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC, STAGE_KIND_MOCOV2 } stage_kind_t;
 
@@ -72,6 +73,10 @@ typedef struct {
         int chunk_size;
         long slice_floats;  /* BSP pull replies in slices, overlapping update and send */
         int server_threads; /* a server's OpenMP threads (0: automatic) */
+        int prefetch;       /* 0 off, 1 on: the next chunk is asked for one step ahead */
+        int push_slices;    /* 0 off, 1 on: BSP pushes in pieces of slice_floats */
+        int overlap;        /* 0 off, 1 on: BSP pieces pushed during backward */
+        wire_t wire;        /* dtype of pushes and pulls on the wire */
         int ckpt_every;
         int keep_ckpts; /* complete checkpoints kept on disk (0: all) */
         int grace_ms; /* preemption: time to checkpoint the stop step */

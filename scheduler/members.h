@@ -44,6 +44,14 @@ typedef struct {
      * version ack_after (the first that lists it), so no server refuses its first pull */
     int ack_due;
     uint64_t ack_after;
+    /* workers, BSP: 1 + the step of the last chunk handed out (before the first: the
+     * start step for the workers of the quorum, UINT64_MAX for an elastic joiner), and
+     * a CHUNK_REQ held until every other live worker has one for the step before (a
+     * worker asking one step ahead, cluster.prefetch, must not take a chunk of the step
+     * in progress: each step's chunks stay the consecutive ones of a run without it) */
+    uint64_t chunk_next;
+    int req_held;
+    uint64_t req_seq, req_step;
     char endpoint[PROTO_STR_MAX + 1]; /* servers: their ROUTER endpoint */
     char key[CURVE_Z85];              /* servers: the CURVE public key they registered with */
     /* servers: MEMBERSHIP delivery (version acknowledged, last send, resends) */

@@ -303,6 +303,7 @@ static void maybe_start(sched_t *s, double now) {
         if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_PENDING) {
             m->state = MEMBERS_LIVE;
             m->last_seen = now; /* its silence while it waited for us does not count */
+            m->chunk_next = (uint64_t)s->resume_step; /* its first chunk: the start step */
         }
     }
     /* Servers learn the members and the checkpoint plan before any worker can push. */
@@ -450,6 +451,7 @@ static void on_register(sched_t *s, const proto_msg_t *msg, members_entry_t *kno
     metrics_end(&s->mx);
     if (s->started) { /* an elastic join: answered at once */
         m->state = MEMBERS_LIVE;
+        m->chunk_next = UINT64_MAX; /* holds nobody's next chunk before it has its own */
         mimic_log("scheduler: worker rank %d (id %d) joined", rank, m->id);
         membership_changed(s, now);
         ack_when_known(s, m);
@@ -469,7 +471,19 @@ static uint64_t keep_version(const sched_t *s) {
     return p < 0 ? UINT64_MAX : (uint64_t)p;
 }
 
-static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
+/* BSP: whether every live worker but m was handed a chunk of the step before `step`. */
+static int chunk_step_open(sched_t *s, const members_entry_t *m, uint64_t step) {
+    if (s->cfg.cluster.consistency != CONS_BSP) return 1;
+    for (int i = 0; i < members_size(s->mb); i++) {
+        const members_entry_t *w = members_at(s->mb, i);
+        if (w != m && w->role == PROTO_ROLE_WORKER && w->state == MEMBERS_LIVE &&
+            w->chunk_next < step)
+            return 0;
+    }
+    return 1;
+}
+
+static void on_chunk_req(sched_t *s, const proto_msg_t *msg, members_entry_t *m) {
     proto_hdr_t h;
     if (s->draining && (long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;
     if (s->finishing || s->draining || msg->hdr.step >= (uint64_t)s->end_step) {
@@ -488,6 +502,12 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry
                     m->id, held, SCHED_CHUNKS_HELD_MAX);
         return;
     }
+    if (!chunk_step_open(s, m, msg->hdr.step)) { /* answered by release_chunk_reqs */
+        m->req_held = 1;
+        m->req_seq = msg->hdr.seq;
+        m->req_step = msg->hdr.step;
+        return;
+    }
     if ((long)msg->hdr.step > s->max_req) s->max_req = (long)msg->hdr.step;
     workq_chunk_t c;
     /* ASP/SSP: a flagged straggler's chunk is cut to its speed (BSP: flagged only) */
@@ -499,6 +519,7 @@ static void on_chunk_req(sched_t *s, const proto_msg_t *msg, const members_entry
         reply_error(s, msg, rc, "work queue: %s", mimic_last_error());
         return;
     }
+    m->chunk_next = msg->hdr.step + 1;
     proto_make_chunk(&h, PROTO_ID_SCHEDULER, msg->hdr.seq, msg->hdr.step, c.epoch, c.id, c.start,
                      c.count);
     /* Zero-copy out of the epoch's permutation; the send holds a reference to it. */
@@ -564,6 +585,28 @@ static void straggler_report(sched_t *s, members_entry_t *m, double step_s) {
     metrics_int(&s->mx, "flagged_total", s->stragglers_total);
     metrics_end(&s->mx);
     mark(s, ev == STRAGGLER_FLAGGED ? "straggler" : "straggler_recovered");
+}
+
+/* Answers the held CHUNK_REQs whose step is open now (after hand-outs, departures,
+ * the end of the run); a departed worker's is dropped. */
+static void release_chunk_reqs(sched_t *s) {
+    for (int i = 0; i < members_size(s->mb); i++) {
+        members_entry_t *m = members_at(s->mb, i);
+        if (!m->req_held) continue;
+        if (m->state != MEMBERS_LIVE) {
+            m->req_held = 0;
+            continue;
+        }
+        if (!chunk_step_open(s, m, m->req_step) && !s->finishing && !s->draining &&
+            m->req_step < (uint64_t)s->end_step)
+            continue;
+        proto_msg_t req = {.idlen = m->identlen};
+        memcpy(req.id, m->ident, m->identlen);
+        proto_make_chunk_req(&req.hdr, m->id, m->req_seq, m->req_step);
+        m->req_held = 0;
+        on_chunk_req(s, &req, m);
+        i = -1; /* a hand-out may open another worker's step */
+    }
 }
 
 static void on_chunk_done(sched_t *s, const proto_msg_t *msg, members_entry_t *m) {
@@ -858,6 +901,7 @@ static void tick(sched_t *s, double now) {
     }
     if (!s->over) check_waits(s, now);
     if (s->over) return;
+    release_chunk_reqs(s);
     for (int i = 0; s->started && i < members_size(s->mb); i++) {
         m = members_at(s->mb, i);
         if (m->role == PROTO_ROLE_SERVER && m->state == MEMBERS_LIVE &&

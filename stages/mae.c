@@ -12,6 +12,10 @@ typedef struct {
     mae_batch_t *b;
 } mae_stage_t;
 
+static void mae_block_done(void *ctx, size_t offset) {
+    stage_grad_final(ctx, offset);
+}
+
 static int mae_stage_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     mae_stage_t *ms = calloc(1, sizeof *ms);
     if (!ms) return mimic_err(MIMIC_ENOMEM, "out of memory for the MAE stage");
@@ -20,6 +24,11 @@ static int mae_stage_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
     if (!rc && batch > 0) rc = mae_batch_alloc(&ms->b, ms->m, batch);
     if (rc) return rc;
     s->p = ms->m->p;
+    /* the layout is cls, patch embedding, blocks, norm, mask token, decoder embedding,
+     * decoder blocks, decoder norm and head, and backward runs it from the end: after a
+     * block of either stack every tensor from the block's first on is final */
+    ms->m->enc.blocks.block_done = ms->m->dec.block_done = mae_block_done;
+    ms->m->enc.blocks.block_ctx = ms->m->dec.block_ctx = s;
     s->noise_len = ms->m->L;
     s->flops_per_image = mae_train_flops_per_image(ms->m);
     return 0;

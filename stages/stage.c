@@ -46,12 +46,19 @@ void stage_destroy(stage_t **sp) {
     *sp = NULL;
 }
 
+void stage_grad_final(stage_t *s, size_t offset) {
+    if (s->grad_final && s->grads_live) s->grad_final(s->grad_final_ctx, offset);
+}
+
 double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, double *t_bwd) {
     double t0 = mimic_now();
     double loss = s->ops->forward(s, in, n);
     double t1 = mimic_now();
     params_zero_grad(s->p);
-    if (isfinite(loss)) s->ops->backward(s); /* a failed forward left nothing to go back on */
+    s->n = n;
+    s->grads_live = isfinite(loss);         /* nothing leaves before a finite loss is known */
+    if (s->grads_live) s->ops->backward(s); /* a failed forward left nothing to go back on */
+    s->grads_live = 0;
     double t2 = mimic_now();
     if (t_fwd) *t_fwd = t1 - t0;
     if (t_bwd) *t_bwd = t2 - t1;

@@ -88,6 +88,15 @@ struct stage {
     uint64_t queue_keys;
     const float *keys;
     int nkeys;
+    /* The backend's hook for gradients final before backward ends (NULL: none): a stage
+     * that knows its backward order calls stage_grad_final(s, offset) once p->g[offset,
+     * p->total) will not change any more in this backward (MAE: after each ViT block,
+     * vit_stack_t.block_done); the cluster backend pushes those slices at once
+     * (cluster.overlap). Never called after a non-finite loss. */
+    void (*grad_final)(void *ctx, size_t offset);
+    void *grad_final_ctx;
+    int n;           /* samples of the last forward */
+    int grads_live;  /* stage_compute's backward is running on a finite loss */
     mae_cfg_t model; /* the [model] keys, recorded in checkpoints */
     void *impl;      /* the objective's own state */
 };
@@ -123,6 +132,9 @@ checkpoint_state_t stage_queue_state(const stage_t *s);
 /* Appends the last forward's keys to the stage's queue (FIFO: the oldest rows are
  * overwritten once it is full), as the servers' queue does under BSP. */
 void stage_queue_append(stage_t *s);
+
+/* Tells the backend (grad_final) that p->g[offset, p->total) is final for this step. */
+void stage_grad_final(stage_t *s, size_t offset);
 
 /* One training step's compute: forward, zero the gradients, backward. Returns the loss;
  * *t_fwd and *t_bwd (may be NULL) get the seconds each phase took. */

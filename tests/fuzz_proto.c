@@ -101,7 +101,8 @@ static void seed_hdr(proto_hdr_t *h, int type, int rich) {
     case PROTO_PUSH:
     case PROTO_PULL_REPLY:
         h->lo = 1000, h->hi = 1256, h->step = 5;
-        h->dtype = PROTO_DT_F32, h->nbytes = 1024;
+        h->dtype = rich ? PROTO_DT_BF16 : PROTO_DT_F32; /* cluster.wire */
+        h->nbytes = 256 * proto_dtype_size(h->dtype);
         if (type == PROTO_PULL_REPLY || rich) args(h, 1, rich, 0, 0, 0, 0);
         break;
     case PROTO_PUSH_ACK:
@@ -109,7 +110,7 @@ static void seed_hdr(proto_hdr_t *h, int type, int rich) {
         break;
     case PROTO_PULL:
         h->lo = 0, h->hi = 4096;
-        args(h, rich ? 2 : 1, rich, 3, 0, 0, 0);
+        args(h, rich ? 3 : 1, rich, 3, PROTO_DT_BF16, 0, 0);
         break;
     case PROTO_QUEUE_PUSH:
         args(h, 2, 8, 16, 0, 0, 0);

@@ -435,9 +435,11 @@ static void compare_models(const char *what, const char *a, const char *b, doubl
  * average the workers' mean gradients, the standalone loss is the mean over both.
  * Both compute in fp32: the check is of the system's arithmetic to fp32 rounding, and
  * bf16 products would differ at bf16's (test_bf16 checks that path against fp32). */
-static void test_equivalence(const char *tag, int S, const char *flags, const char *solo_flags,
-                             double tol, const char *skip) {
-    char solo[4300], cmd[16384], name[128], a[4400], b[4400];
+/* Runs the standalone trainer (batch 16) and the cluster (S servers, 2 workers of 8)
+ * for 6 steps; a and b get the paths of the cluster's and the standalone's models. */
+static void run_pair(const char *tag, int S, const char *flags, const char *solo_flags, char *a,
+                     char *b, size_t cap) {
+    char solo[4300], cmd[16384], name[128];
     const int steps = 6;
     snprintf(solo, sizeof solo, "%s/solo-%s", testutil_tmpdir(), tag);
     char *argv[MAXARGS], store[16384];
@@ -456,8 +458,14 @@ static void test_equivalence(const char *tag, int S, const char *flags, const ch
              steps, flags);
     T_CHECK(start(&c, name, S, 2, extra) == 0);
     T_CHECK(finish(&c, 120000));
-    snprintf(a, sizeof a, "%s/model.safetensors", c.dir);
-    snprintf(b, sizeof b, "%s/checkpoint.safetensors", solo);
+    snprintf(a, cap, "%s/model.safetensors", c.dir);
+    snprintf(b, cap, "%s/checkpoint.safetensors", solo);
+}
+
+static void test_equivalence(const char *tag, int S, const char *flags, const char *solo_flags,
+                             double tol, const char *skip) {
+    char name[128], a[4400], b[4400];
+    run_pair(tag, S, flags, solo_flags, a, b, sizeof a);
     snprintf(name, sizeof name, "%s: BSP %d server(s) x 2 workers == standalone", tag, S);
     compare_models(name, a, b, tol, skip);
 }
@@ -467,6 +475,81 @@ static int cmp_row(const void *a, const void *b, void *dim) {
     for (int d = 0; d < *(const int *)dim; d++)
         if (x[d] != y[d]) return x[d] < y[d] ? -1 : 1;
     return 0;
+}
+
+/* The step pushed in slices during backward and applied slice by slice (cluster.overlap
+ * and cluster.push_slices, the defaults, as test_equivalence("mae", 1) ran it) against
+ * one whole push after backward and one whole update: the same model bit for bit. */
+static void test_overlap_identity(void) {
+    char a[4400], b[4400];
+    cluster_t c;
+    T_CHECK(start(&c, "onepiece", 1, 2,
+                  "--train.batch_size=8 --train.steps=6 --cluster.overlap=off "
+                  "--cluster.push_slices=off") == 0);
+    T_CHECK(finish(&c, 120000));
+    snprintf(a, sizeof a, "%s/bsp-mae-1/model.safetensors", testutil_tmpdir());
+    snprintf(b, sizeof b, "%s/model.safetensors", c.dir);
+    compare_models("mae: overlap + slices == one piece (bits)", a, b, 0, NULL);
+    /* and the overlap happened: each step of the first run began its push in backward */
+    int with[2] = {0, 0}, steps[2] = {0, 0};
+    for (int r = 0; r < 2; r++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/worker-0.jsonl", r ? c.dir : testutil_tmpdir());
+        if (!r) snprintf(path, sizeof path, "%s/bsp-mae-1/worker-0.jsonl", testutil_tmpdir());
+        char *log = testutil_slurp(path);
+        for (const char *q = log; q && (q = strstr(q, "\"event\":\"step\"")); q++) {
+            const char *eol = strchr(q, '\n');
+            const char *hit = strstr(q, "\"push_in_backward_s\"");
+            steps[r]++;
+            with[r] += hit && (!eol || hit < eol);
+        }
+        free(log);
+    }
+    int ok = steps[0] == 6 && with[0] == 6 && steps[1] == 6 && with[1] == 0;
+    printf("mae: pushes began in backward in %d of %d steps (overlap), %d of %d (off) %s\n",
+           with[0], steps[0], with[1], steps[1], ok ? "ok" : "FAIL");
+    T_CHECK(ok);
+}
+
+/* cluster.wire=bf16: the cluster against the standalone trainer (f32) within bf16's
+ * rounding over the whole model (relative L2; per tensor the biases, near zero after 6
+ * Adam steps, differ by up to 0.18 of their largest value, as lr-sized steps on
+ * rounding noise do), and every trained tensor of the model a worker wrote (its pulled
+ * weights) made of bf16 values: the pulls really came rounded. Tensors equal to the
+ * standalone's bit for bit are not trained (the fixed position embeddings). */
+static void test_wire_bf16(void) {
+    char a[4400], b[4400];
+    run_pair("mae-bf16", 1, "--cluster.wire=bf16", "", a, b, sizeof a);
+    st_file_t *fa = NULL, *fb = NULL;
+    T_CHECK(st_open(&fa, a) == 0 && st_open(&fb, b) == 0);
+    size_t values = 0, wide = 0;
+    double num = 0, den = 0;
+    for (int i = 0; fa && fb && i < st_count(fa); i++) {
+        const st_tensor_t *ta = st_at(fa, i), *tb = st_find(fb, ta->name);
+        if (!tb || tb->numel != ta->numel) {
+            wide++;
+            continue;
+        }
+        const float *x = ta->data, *y = tb->data;
+        if (memcmp(x, y, (size_t)ta->numel * sizeof(float)) == 0) continue;
+        for (int64_t j = 0; j < ta->numel; j++) {
+            uint32_t u;
+            memcpy(&u, &x[j], sizeof u);
+            wide += (u & 0xffffu) != 0;
+            double d = (double)x[j] - (double)y[j];
+            num += d * d;
+            den += (double)y[j] * (double)y[j];
+        }
+        values += (size_t)ta->numel;
+    }
+    st_close(&fa);
+    st_close(&fb);
+    double rel = den > 0 ? sqrt(num / den) : INFINITY;
+    int ok = values > 0 && wide == 0 && rel <= 5e-3;
+    printf("mae-bf16: BSP 1 server x 2 workers vs standalone f32: %zu trained values, %zu not "
+           "bf16, relative L2 error %.2e (tol 5e-3, bf16's step 2^-9 = 1.95e-3) %s\n",
+           values, wide, rel, ok ? "ok" : "FAIL");
+    T_CHECK(ok);
 }
 
 /* MoCo v2 through the servers' negative queue: 1 server x 2 workers of 8 against the
@@ -1013,7 +1096,11 @@ int main(void) {
     snprintf(bin[SERVER], sizeof bin[0], "%s/pserver/mimic-pserver", build ? build : ".");
     snprintf(bin[WORKER], sizeof bin[0], "%s/worker/mimic-worker", build ? build : ".");
     write_idx(96);
-    const char *only = getenv("MIMIC_TEST_ONLY"); /* e.g. "curve": that scenario alone */
+    const char *only = getenv("MIMIC_TEST_ONLY"); /* "curve", "wire": that scenario alone */
+    if (only && strcmp(only, "wire") == 0) {
+        test_wire_bf16();
+        return testutil_summary("test_cluster");
+    }
     if (only && strcmp(only, "curve") == 0) {
         test_curve_cluster();
         return testutil_summary("test_cluster");
@@ -1023,7 +1110,9 @@ int main(void) {
         return testutil_summary("test_cluster");
     }
     test_equivalence("mae", 1, "", "", 1e-4, NULL);
+    test_overlap_identity();
     test_equivalence("mae", 2, "", "", 1e-4, NULL);
+    test_wire_bf16();
     /* MoCo v3's heads have BatchNorm per worker: the standalone batch in 2 BN groups.
      * Every tensor and its momentum copy ("momentum.*") is compared but one: the
      * encoder's final norm bias has an exactly zero gradient under MoCo v3 (it adds one

@@ -97,7 +97,7 @@ static void run(const char *data, mm_precision_t prec) {
     s->ops->init(s, 1);
     size_t n = s->p->total;
     noalloc_t na = {.mo = mimic_alloc(n * 4), .ve = mimic_alloc(n * 4)};
-    train_backend_t be = {&na, 1, 1e-3f, na_next, na_update, na_after, na_report};
+    train_backend_t be = {&na, 1, 1e-3f, na_next, na_update, na_after, na_report, NULL};
     long step = 0;
     T_CHECK(train_run(&cfg, s, ld, &be, &step, cfg.train.steps) == 0);
     T_CHECK(step == 8 && na.steps == 8 && na.reports == 4);

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "proto.h"
 #include "testutil.h"
+#include "wire.h"
 
 #include <math.h>
 #include <msgpack.h>
@@ -97,8 +98,8 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
         h->lo = lo;
         h->hi = lo + len;
         h->step = rnd_below(1000);
-        h->dtype = PROTO_DT_F32;
-        h->nbytes = len * 4;
+        h->dtype = (rnd() & 1) ? PROTO_DT_F32 : PROTO_DT_BF16;
+        h->nbytes = len * proto_dtype_size(h->dtype);
         if (type == PROTO_PULL_REPLY) {
             int64_t a[] = {(int64_t)(rnd() & 1)};
             set_args(h, 1, a);
@@ -113,10 +114,11 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
         h->step = rnd_below(1000);
         break;
     case PROTO_PULL: {
-        int64_t a[] = {(int64_t)(rnd() & 1), (int64_t)rnd_below(50)};
+        int64_t a[] = {(int64_t)(rnd() & 1), (int64_t)rnd_below(50),
+                       (rnd() & 1) ? PROTO_DT_F32 : PROTO_DT_BF16};
         h->lo = lo;
         h->hi = lo + len;
-        set_args(h, 1 + (int)(rnd() & 1), a);
+        set_args(h, 1 + (int)rnd_below(3), a);
         break;
     }
     case PROTO_QUEUE_PUSH: {
@@ -388,6 +390,22 @@ static void test_builders_data(void) {
     set_args(ref(&w, PROTO_PULL_REPLY, 1, 24, 4), 1, (int64_t[]){PROTO_WHICH_EMA});
     w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_F32, w.nbytes = 256 * sizeof(float);
     check_made("PULL_REPLY", &h, &w);
+    /* cluster.wire=bf16: the payloads are 2 bytes a key; a pull names the dtype wanted */
+    proto_make_push(&h, 4, 23, 3, 1000, 1256, 64);
+    proto_make_wire(&h, PROTO_DT_BF16);
+    set_args(ref(&w, PROTO_PUSH, 4, 23, 3), 1, (int64_t[]){64});
+    w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_BF16, w.nbytes = 256 * 2;
+    check_made("PUSH bf16", &h, &w);
+    proto_make_pull(&h, 4, 24, 4, 1000, 1256, PROTO_WHICH_PARAMS);
+    proto_make_wire(&h, PROTO_DT_BF16);
+    set_args(ref(&w, PROTO_PULL, 4, 24, 4), 3, (int64_t[]){PROTO_WHICH_PARAMS, 4, PROTO_DT_BF16});
+    w.lo = 1000, w.hi = 1256;
+    check_made("PULL bf16", &h, &w);
+    proto_make_pull_reply(&h, 1, 24, 4, 1000, 1256, PROTO_WHICH_PARAMS);
+    proto_make_wire(&h, PROTO_DT_BF16);
+    set_args(ref(&w, PROTO_PULL_REPLY, 1, 24, 4), 1, (int64_t[]){PROTO_WHICH_PARAMS});
+    w.lo = 1000, w.hi = 1256, w.dtype = PROTO_DT_BF16, w.nbytes = 256 * 2;
+    check_made("PULL_REPLY bf16", &h, &w);
     proto_make_queue_push(&h, 4, 25, 7, 8, 16);
     set_args(ref(&w, PROTO_QUEUE_PUSH, 4, 25, 7), 2, (int64_t[]){8, 16});
     w.dtype = PROTO_DT_F32, w.nbytes = 8 * 16 * sizeof(float);
@@ -631,7 +649,10 @@ static void test_field_types(void) {
     expect_field("t", (kv_t){0, V_U, 99, 0, 0, 0, 0}, MIMIC_EFORMAT, "'t': unknown");
     expect_field("dt", (kv_t){0, V_U, 9, 0, 0, 0, 0}, MIMIC_EFORMAT, "'dt': unknown");
     expect_field("dt", (kv_t){0, V_U, PROTO_DT_I64, 0, 0, 0, 0}, MIMIC_EFORMAT,
-                 "'dt': PUSH payload must be f32, got i64");
+                 "'dt': PUSH payload must be f32 or bf16, got i64");
+    /* bf16 (cluster.wire): 2 bytes a key, so the f32 length of the range is wrong */
+    expect_field("dt", (kv_t){0, V_U, PROTO_DT_BF16, 0, 0, 0, 0}, MIMIC_EFORMAT,
+                 "needs 200 bytes, header says 400");
     expect_field("dt", (kv_t){0, V_U, PROTO_DT_NONE, 0, 0, 0, 0}, MIMIC_EFORMAT, "'dt'");
     expect_field("lo", (kv_t){0, V_U, 300, 0, 0, 0, 0}, MIMIC_EFORMAT, "'lo'");
     expect_field("n", (kv_t){0, V_U, 396, 0, 0, 0, 0}, MIMIC_EFORMAT, "'n'");
@@ -803,6 +824,22 @@ static void test_semantics(void) {
     h.dtype = PROTO_DT_F32;
     h.nbytes = 4;
     expect_hdr("pull with payload", &h, "carries no payload");
+    /* cluster.wire: the reply dtype a pull asks for is f32 or bf16, and a bf16 payload's
+     * length is 2 bytes a key */
+    make_valid(&h, PROTO_PULL);
+    h.na = 3;
+    h.a[PROTO_PULL_DTYPE] = PROTO_DT_I64;
+    expect_hdr("pull dtype i64", &h, "'a[2]' (dtype)");
+    h.a[PROTO_PULL_DTYPE] = 99;
+    expect_hdr("pull dtype unknown", &h, "'a[2]' (dtype)");
+    make_valid(&h, PROTO_PULL_REPLY);
+    h.lo = 0, h.hi = 100, h.dtype = PROTO_DT_BF16, h.nbytes = 400;
+    expect_hdr("bf16 reply with f32 length", &h, "needs 200 bytes");
+    h.nbytes = 201;
+    expect_hdr("bf16 reply odd length", &h, "whole number of bf16");
+    make_valid(&h, PROTO_PUSH);
+    h.lo = 0, h.hi = 100, h.dtype = PROTO_DT_F32, h.nbytes = 200;
+    expect_hdr("f32 push with bf16 length", &h, "needs 400 bytes");
     make_valid(&h, PROTO_QUEUE_PUSH);
     h.a[1] = 0;
     expect_hdr("queue dim 0", &h, "'a[1]' (dim)");
@@ -898,6 +935,7 @@ static void test_semantics(void) {
     make_valid(&h, PROTO_PUSH);
     h.lo = 0;
     h.hi = 249;
+    h.dtype = PROTO_DT_F32;
     h.nbytes = 996;
     T_CHECK(proto_validate(&h, 1000, LIMIT, why, sizeof why) == MIMIC_EFORMAT);
     T_CHECK(strcmp(why, "header field 'n': payload is 1000 bytes but header says 996") == 0);
@@ -1145,6 +1183,21 @@ static void sock_malformed(void *router, void *dealer, uint64_t *seq) {
         expect_refused(router, dealer, "n = 400 but no payload frame", LIMIT,
                        "payload is 0 bytes but header says 400", seq);
     }
+    { /* a bf16 push of 100 keys (200 bytes) whose frame has the f32 length */
+        proto_hdr_t hb16;
+        uint8_t b16[PROTO_HDR_MAX];
+        size_t l16 = 0;
+        proto_hdr_init(&hb16, PROTO_PUSH, 3);
+        hb16.hi = 100;
+        hb16.dtype = PROTO_DT_BF16;
+        hb16.nbytes = 200;
+        T_CHECK(proto_encode_hdr(&hb16, b16, sizeof b16, &l16, why, sizeof why) == 0);
+        const void *f[] = {b16, bigp};
+        const size_t l[] = {l16, 400};
+        send_raw(dealer, f, l, 2);
+        expect_refused(router, dealer, "bf16 header, f32-sized frame", LIMIT,
+                       "payload is 400 bytes but header says 200", seq);
+    }
     {
         const void *f[] = {hb, bigp, "extra", "extra"};
         const size_t l[] = {hl, 400, 5, 5};
@@ -1309,8 +1362,91 @@ static void test_event_loop(void *ctx) {
     zmq_close(router);
 }
 
+/* ---- wire: f32 <-> bf16 ---------------------------------------------------------------- */
+
+static float f32_of(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* The reference rounding, by distance in double: the nearer of the two bf16 values
+ * around x, the even one on a tie (and infinity past the largest finite value). */
+static uint16_t bf16_ref(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    double dlo = fabs((double)x - (double)f32_of((uint32_t)lo << 16));
+    double dhi = fabs((double)f32_of((uint32_t)hi << 16) - (double)x);
+    if ((lo & 0x7fffu) == 0x7f7fu && (u & 0xffffu) >= 0x8000u) return (uint16_t)(lo + 1); /* inf */
+    if (dlo < dhi) return lo;
+    if (dhi < dlo) return hi;
+    return (lo & 1u) ? hi : lo;
+}
+
+static void test_wire(void) {
+    enum { N = 1 << 16 };
+    static float x[N], back[N], acc[N];
+    static uint16_t b[N];
+    /* ties and edges: 1 + 2^-8 is a tie to 1 (even), 1 + 3*2^-8 a tie up to 1 + 2^-6;
+     * the largest float rounds to infinity; NaN stays NaN, both signs */
+    const uint32_t edge[] = {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u,
+                             0x7f7fffffu, 0xff7fffffu, 0x7f800000u, 0x00000001u,
+                             0x80000000u, 0x7fffffffu, 0xffc00001u, 0x7f800001u};
+    const uint16_t want[] = {0x3f80, 0x3f82, 0x3f80, 0x3f81, 0x7f80, 0xff80,
+                             0x7f80, 0x0000, 0x8000, 0,      0,      0};
+    size_t ne = sizeof edge / sizeof edge[0];
+    for (size_t i = 0; i < ne; i++)
+        x[i] = f32_of(edge[i]);
+    for (size_t i = ne; i < N; i++) { /* random finite values over every exponent */
+        uint32_t u;
+        do
+            u = (uint32_t)rnd();
+        while ((u & 0x7f800000u) == 0x7f800000u);
+        x[i] = f32_of(u);
+    }
+    wire_to_bf16(b, x, N);
+    wire_from_bf16(back, b, N);
+    int bad = 0;
+    for (size_t i = 0; i < N; i++) {
+        int nan = isnan(x[i]);
+        uint16_t w = nan ? 0 : i < ne ? want[i] : bf16_ref(x[i]);
+        int ok = nan ? isnan(back[i]) && (b[i] >> 15) == (uint16_t)(signbit(x[i]) ? 1 : 0)
+                     : b[i] == w && (i >= ne || want[i] == bf16_ref(x[i]));
+        if (!ok && bad++ < 5)
+            fprintf(stderr, "  bf16 of %a: 0x%04x, want 0x%04x\n", (double)x[i], (unsigned)b[i],
+                    (unsigned)w);
+        /* widening is exact: the top half of the f32 */
+        uint32_t ub;
+        memcpy(&ub, &back[i], sizeof ub);
+        bad += (ub >> 16) != b[i] || (ub & 0xffffu) != 0;
+    }
+    T_CHECK(bad == 0);
+    /* the accumulate: overwrite (a = 0, whatever acc held), then a * acc + b * g; on
+     * values of moderate size every product is exact, so the sums are the same bits
+     * whether or not the compiler fuses them */
+    for (size_t i = 0; i < N; i++) {
+        x[i] = (float)((double)rnd_below(2000001) * 1e-3 - 1000.0);
+        acc[i] = NAN;
+    }
+    wire_to_bf16(b, x, N);
+    wire_from_bf16(back, b, N);
+    wire_axpby_bf16(acc, 0.0f, b + ne, 3.0f, N - ne);
+    int sum_bad = 0;
+    for (size_t i = 0; i < N - ne; i++)
+        sum_bad += acc[i] != 3.0f * back[ne + i];
+    wire_axpby_bf16(acc, 0.5f, b + ne, 2.0f, N - ne);
+    for (size_t i = 0; i < N - ne; i++)
+        sum_bad += acc[i] != 0.5f * (3.0f * back[ne + i]) + 2.0f * back[ne + i];
+    T_CHECK(sum_bad == 0);
+    printf("wire: f32 -> bf16 round to nearest even on %d values, NaN kept, exact widening, "
+           "accumulate: %s\n",
+           N, bad || sum_bad ? "FAILED" : "ok");
+}
+
 int main(void) {
     mimic_set_quiet(1);
+    test_wire();
     test_names();
     test_roundtrip();
     test_builders_control();

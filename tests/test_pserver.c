@@ -19,6 +19,7 @@
 #include "kvstore.h"
 #include "mae.h"
 #include "proto.h"
+#include "wire.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -257,37 +258,53 @@ static void worker_close(fworker_t *w) {
     w->sock = NULL;
 }
 
-static uint64_t w_pull(fworker_t *w, uint64_t step, size_t lo, size_t hi, int which) {
+/* A PULL; dtype (the reply's, PULL a[2]) 0: not sent (f32). */
+static uint64_t w_pull_dt(fworker_t *w, uint64_t step, size_t lo, size_t hi, int which,
+                          int64_t dtype) {
     proto_hdr_t h;
     proto_hdr_init(&h, PROTO_PULL, w->id);
     h.seq = ++w->seq;
     h.step = step;
     h.lo = lo;
     h.hi = hi;
-    h.na = 1;
+    h.na = dtype ? 3 : 1;
     h.a[PROTO_PULL_WHICH] = which;
+    h.a[PROTO_PULL_DTYPE] = dtype;
     T_CHECK(proto_send(w->sock, NULL, 0, &h, NULL, NULL, NULL) == 0);
     return h.seq;
 }
 
-static uint64_t w_push(fworker_t *w, uint64_t step, size_t lo, size_t hi, int64_t batch,
-                       const float *g) {
+static uint64_t w_pull(fworker_t *w, uint64_t step, size_t lo, size_t hi, int which) {
+    return w_pull_dt(w, step, lo, hi, which, 0);
+}
+
+/* A PUSH of g in dtype (f32, or bf16 rounded as the worker's kv does). */
+static uint64_t w_push_dt(fworker_t *w, uint64_t step, size_t lo, size_t hi, int64_t batch,
+                          const float *g, proto_dtype_t dtype) {
     proto_hdr_t h;
     proto_hdr_init(&h, PROTO_PUSH, w->id);
     h.seq = ++w->seq;
     h.step = step;
     h.lo = lo;
     h.hi = hi;
-    h.dtype = PROTO_DT_F32;
-    h.nbytes = (hi - lo) * sizeof(float);
+    h.dtype = dtype;
+    h.nbytes = (hi - lo) * proto_dtype_size(dtype);
     if (batch > 0) {
         h.na = 1;
         h.a[PROTO_PUSH_BATCH] = batch;
     }
-    float *copy = malloc((size_t)h.nbytes);
-    memcpy(copy, g, (size_t)h.nbytes);
+    void *copy = malloc((size_t)h.nbytes);
+    if (dtype == PROTO_DT_BF16)
+        wire_to_bf16(copy, g, hi - lo);
+    else
+        memcpy(copy, g, (size_t)h.nbytes);
     T_CHECK(proto_send(w->sock, NULL, 0, &h, copy, free_buf, NULL) == 0);
     return h.seq; // cppcheck-suppress memleak ; proto_send owns copy
+}
+
+static uint64_t w_push(fworker_t *w, uint64_t step, size_t lo, size_t hi, int64_t batch,
+                       const float *g) {
+    return w_push_dt(w, step, lo, hi, batch, g, PROTO_DT_F32);
 }
 
 /* Receives one message of `type` answering `seq`; 0 or -1 (printed). */
@@ -803,6 +820,97 @@ static void test_asp(void *ctx, fsched_t *f) {
     /* the MAE stage does not read the momentum copy: with cluster.ema=auto none is kept */
     w_error(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_EMA), "keeps no momentum copy");
     test_queue(w1);
+    free(g1);
+    free(g2);
+    free(got);
+    duo_close(&d, f);
+}
+
+/* cluster.wire=bf16 against a server (ASP: each push its own step): a bf16 push is
+ * widened exactly and applied in f32 (the step equals an f32 push of the widened
+ * gradient, bit for bit); a bf16 pull gets the f32 master rounded to bf16, an f32 pull
+ * of the same version the master itself; a pull asking for another dtype is refused. */
+static void test_wire(void *ctx, fsched_t *f) {
+    const char *extra[] = {"--cluster.consistency=asp", "--contrastive.dim=2", NULL};
+    duo_t d;
+    if (duo_open(&d, ctx, f, "wire", extra) != 0) return;
+    size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n;
+    fworker_t *w1 = &d.w1;
+    float *g = grad(n, 21), *g16 = malloc(n * sizeof(float)), *got = calloc(n, sizeof(float));
+    uint16_t *b = malloc(n * sizeof(uint16_t)), *want = malloc(n * sizeof(uint16_t));
+    wire_to_bf16(b, g, n);
+    wire_from_bf16(g16, b, n);
+    proto_msg_t m;
+    uint64_t s = w_push_dt(w1, 0, lo, hi, 1, g, PROTO_DT_BF16);
+    T_CHECK(w_expect(w1, &m, PROTO_PUSH_ACK, s) == 0 && m.hdr.step == 1);
+    proto_msg_close(&m);
+    mirror_step(&d.r, 1, (const float *const[]){g16}, (const int[]){1});
+    w_reply(w1, w_pull(w1, 0, lo, hi, PROTO_WHICH_PARAMS), 1, lo, hi, got);
+    T_CHECK(memcmp(got, d.r.w, n * sizeof(float)) == 0);
+    testutil_close("wire: bf16 push == f32 push of the widened gradient", got, d.r.w, n, 0);
+    s = w_pull_dt(w1, 0, lo, hi, PROTO_WHICH_PARAMS, PROTO_DT_BF16);
+    wire_to_bf16(want, d.r.w, n);
+    int recvd = w_expect(w1, &m, PROTO_PULL_REPLY, s) == 0;
+    int ok = recvd && m.hdr.dtype == PROTO_DT_BF16 && m.hdr.step == 1 && m.hdr.lo == lo &&
+             m.hdr.hi == hi && proto_msg_size(&m) == n * 2 &&
+             memcmp(proto_msg_data(&m), want, n * 2) == 0;
+    if (recvd) proto_msg_close(&m);
+    printf("wire: bf16 pull = the master rounded to bf16 (%zu values, half the bytes): %s\n", n,
+           ok ? "ok" : "FAIL");
+    T_CHECK(ok);
+    /* a bf16 PUSH whose frame has the f32 length: refused by the decoder, with a reply */
+    proto_hdr_t h;
+    proto_make_push(&h, w1->id, ++w1->seq, 1, lo, hi, 1);
+    proto_make_wire(&h, PROTO_DT_BF16);
+    uint8_t hb[PROTO_HDR_MAX];
+    size_t hl = 0;
+    char why[PROTO_WHY_MAX];
+    T_CHECK(proto_encode_hdr(&h, hb, sizeof hb, &hl, why, sizeof why) == 0);
+    w_raw(w1, hb, hl, g, n * sizeof(float));
+    w_error(w1, h.seq, "but header says");
+    free(g);
+    free(g16);
+    free(got);
+    free(b);
+    free(want);
+    duo_close(&d, f);
+}
+
+/* cluster.push_slices (BSP): two workers push their gradients as pieces of
+ * cluster.slice_floats, in opposite orders; the step equals the whole-range one (bit
+ * for bit against the local mirror's arithmetic within 1e-6, as test_bsp); a slice
+ * complete before the others is applied at once, so a pull of the current version
+ * arriving meanwhile waits and gets the new version; a duplicate, a misaligned or a
+ * stale piece, and a whole-range push while pieces are summed, are refused. */
+static void test_pieces(void *ctx, fsched_t *f) {
+    const char *extra[] = {"--cluster.slice_floats=1024", "--contrastive.dim=2", NULL};
+    duo_t d;
+    if (duo_open(&d, ctx, f, "pieces", extra) != 0) return;
+    size_t lo = d.r.lo, hi = d.r.hi, n = d.r.n, S = 1024, K = (n + S - 1) / S;
+    fworker_t *w1 = &d.w1, *w2 = &d.w2;
+    float *g1 = grad(n, 31), *g2 = grad(n, 32), *got = calloc(n, sizeof(float));
+    T_CHECK(K >= 3);
+    for (size_t k = 0; k < K; k++) { /* worker 10: every piece, slice 0 first */
+        size_t a = lo + k * S, b = a + S < hi ? a + S : hi;
+        w_ack(w1, w_push(w1, 0, a, b, 3, g1 + (a - lo)));
+    }
+    w_error(w1, w_push(w1, 0, lo, lo + S, 3, g1), "duplicate push");
+    w_error(w1, w_push(w1, 0, lo + 8, lo + 8 + S, 3, g1), "nor one of its slices");
+    w_error(w2, w_push(w2, 0, lo, hi, 1, g2), "pushes in slices");
+    /* worker 11: the last slice first, so it is applied alone: w is half way */
+    size_t la = lo + (K - 1) * S;
+    w_ack(w2, w_push(w2, 0, la, hi, 1, g2 + (la - lo)));
+    uint64_t early = w_pull(w1, 0, lo, hi, PROTO_WHICH_PARAMS);
+    T_CHECK(w_quiet(w1)); /* not answered from a half-updated range */
+    for (size_t k = K - 1; k-- > 0;) {
+        size_t a = lo + k * S, b = a + S;
+        w_ack(w2, w_push(w2, 0, a, b, 1, g2 + (a - lo)));
+    }
+    const float *gs[2] = {g1, g2};
+    mirror_step(&d.r, 2, gs, (const int[]){3, 1});
+    w_reply(w1, early, 1, lo, hi, got); /* answered once complete, with version 1 */
+    testutil_close("pieces: BSP step in slices (weights 3, 1) vs local AdamW", got, d.r.w, n, 1e-6);
+    w_error(w1, w_push(w1, 0, lo, lo + S, 3, g1), "stale push");
     free(g1);
     free(g2);
     free(got);
@@ -1506,6 +1614,8 @@ int main(void) {
     mirror_free(&r);
     test_bad_resume(&f, ckdir);
     test_asp(ctx, &f);
+    test_wire(ctx, &f);
+    test_pieces(ctx, &f);
     test_ssp(ctx, &f);
     char qdir[1100];
     snprintf(qdir, sizeof qdir, "%s/ckpt-queue", testutil_tmpdir());

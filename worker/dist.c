@@ -32,9 +32,12 @@ typedef struct {
     int id, rank, S, W;
     cons_mode_t mode;
     size_t max_payload;
-    /* the chunk of the step being trained (reported done after its update) */
-    int have_chunk, chunk_n;
-    int64_t chunk_epoch, chunk_id;
+    /* the chunks held, oldest first: the one of the step being trained (reported done
+     * after its update) and, with cluster.prefetch, the next step's */
+    struct {
+        int64_t epoch, id;
+    } held[2];
+    int nheld, chunk_n;
     uint64_t version; /* of the parameters in the stage */
     uint64_t clock;   /* ASP/SSP: pushes made */
     int shutdown;
@@ -45,6 +48,10 @@ typedef struct {
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
     kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */
+    /* cluster.overlap: the BSP push-pull begun during backward (dist_grad_final) */
+    stage_t *stage;
+    int pp_open, pp_ts, pp_err;
+    double t_pp_begin;             /* when its first piece went */
     double t_queue;                /* its wait after the parameters arrived */
     metrics_t mx;
     trace_t tr;
@@ -92,17 +99,16 @@ static uint64_t next_seq(dist_t *d) {
     return ++d->seq;
 }
 
-static int chunk_done(dist_t *d);
-
-/* The next batch: the scheduler's chunk for the current version. A chunk still held
- * (every sample of it was corrupt, so no step used it) is reported first. */
+/* The next batch: the scheduler's chunk for the version it will be trained on (the
+ * current one, or with a chunk held — cluster.prefetch — the next; under ASP/SSP the
+ * version reached by then is not known, so this is a lower bound). */
 static int dist_next(void *self, train_batch_t *b, int cap) {
     dist_t *d = self;
     proto_hdr_t h;
     proto_msg_t r;
     int rc;
-    if (d->have_chunk && ((rc = chunk_done(d)) || d->shutdown)) return rc ? rc : TRAIN_END;
-    proto_make_chunk_req(&h, d->id, next_seq(d), d->version);
+    MIMIC_CHECK(d->nheld < 2);
+    proto_make_chunk_req(&h, d->id, next_seq(d), d->version + (uint64_t)d->nheld);
     if ((rc = sched_call(d, &h, PROTO_CHUNK, &r))) return rc;
     if (d->shutdown) return TRAIN_END;
     const proto_hdr_t *c = &r.hdr;
@@ -118,31 +124,51 @@ static int dist_next(void *self, train_batch_t *b, int cap) {
         return rc;
     }
     memcpy(b->idx, proto_msg_data(&r), (size_t)count * sizeof(uint32_t));
-    d->chunk_epoch = c->a[PROTO_CHUNK_EPOCH];
-    d->chunk_id = c->a[PROTO_CHUNK_ID];
+    int64_t epoch = c->a[PROTO_CHUNK_EPOCH];
+    d->held[d->nheld].epoch = epoch;
+    d->held[d->nheld].id = c->a[PROTO_CHUNK_ID];
+    d->nheld++;
     proto_msg_close(&r);
     for (int i = 0; i < count; i++) {
         if (b->idx[i] >= loader_size(d->ld))
             return mimic_err(MIMIC_EPEER, "scheduler sent sample %u of a %zu-sample data set",
                              b->idx[i], loader_size(d->ld));
-        b->epoch[i] = (uint64_t)d->chunk_epoch;
+        b->epoch[i] = (uint64_t)epoch;
     }
     b->count = count;
-    d->have_chunk = 1;
-    d->chunk_n = 0;
-    d->t_chunk = mimic_now();
-    d->busy = -1;
+    /* nothing was held: this step starts now (with a chunk held ahead, the step starts
+     * when the previous update ends: dist_update) */
+    if (d->nheld == 1) d->t_chunk = mimic_now();
     return 0;
 }
 
-static int chunk_done(dist_t *d) {
+/* Reports held chunk k done with `processed` samples (busy: the step's compute time, -1
+ * when no step used it) and forgets it. */
+static int chunk_report(dist_t *d, int k, int processed, double busy) {
     proto_hdr_t h;
     proto_msg_t r;
-    proto_make_chunk_done(&h, d->id, next_seq(d), d->chunk_epoch, d->chunk_id, d->chunk_n, d->busy);
+    MIMIC_CHECK(k >= 0 && k < d->nheld);
+    proto_make_chunk_done(&h, d->id, next_seq(d), d->held[k].epoch, d->held[k].id, processed,
+                          busy);
     int rc = sched_call(d, &h, PROTO_ACK, &r);
     if (!rc && !d->shutdown) proto_msg_close(&r);
-    d->have_chunk = 0;
+    for (int i = k; i + 1 < d->nheld; i++)
+        d->held[i] = d->held[i + 1];
+    d->nheld--;
     return rc;
+}
+
+/* The chunk of the step just applied: the oldest held. */
+static int chunk_done(dist_t *d) {
+    return chunk_report(d, 0, d->chunk_n, d->busy);
+}
+
+/* The chunk taken last had no readable sample: done with 0 processed (the scheduler
+ * never hands it out again), before the next is asked for. */
+static int dist_skip(void *self) {
+    dist_t *d = self;
+    int rc = chunk_report(d, d->nheld - 1, 0, -1);
+    return rc ? rc : d->shutdown ? TRAIN_END : 0;
 }
 
 static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, double lr) {
@@ -241,6 +267,38 @@ static int queue_pull(dist_t *d, stage_t *s) {
     return rc;
 }
 
+/* cluster.overlap (BSP): the stage says p->g[offset, total) is final during backward:
+ * the push-pull begins with the first call (the pull of version+1 is sent) and every
+ * slice in that range is pushed at once, while the blocks below are still in backward.
+ * An error is kept for dist_update, which also sends the rest. */
+static void dist_grad_final(void *ctx, size_t offset) {
+    dist_t *d = ctx;
+    stage_t *s = d->stage;
+    if (d->pp_err) return;
+    if (!d->pp_open) {
+        int ts = kv_pushpull_begin(d->kv, d->version, s->n, s->p->g, s->p->w);
+        if (ts < 0) {
+            d->pp_err = ts;
+            return;
+        }
+        d->pp_ts = ts;
+        d->pp_open = 1;
+        d->t_pp_begin = mimic_now();
+    }
+    int rc = kv_push_final(d->kv, offset);
+    if (rc) d->pp_err = rc;
+}
+
+/* The BSP push-pull: finished (begun during backward) or sent whole. */
+static int pushpull(dist_t *d, stage_t *s, int n) {
+    if (!d->pp_open && !d->pp_err) return kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
+    int rc = d->pp_err;
+    d->pp_open = 0;
+    d->pp_err = 0;
+    if (rc) return rc;
+    return kv_pushpull_end(d->kv);
+}
+
 /* Applies the gradient with the servers: under BSP one push-pull (the servers stream
  * version+1 back while computing it); under ASP/SSP a push, then a pull (SSP: of a
  * version at most cluster.staleness behind). The chunk is reported done in between.
@@ -258,7 +316,7 @@ static int dist_update(void *self, stage_t *s, int n, long *step) {
                                         s->queue_dim)) < 0)
         return tq;
     if (d->mode == CONS_BSP) {
-        ts = kv_pushpull(d->kv, d->version, n, s->p->g, s->p->w);
+        ts = pushpull(d, s, n);
         if (ts < 0) return ts;
         if ((rc = wait_tick(d, ts, &d->version))) return rc;
         t1 = mimic_now();
@@ -283,6 +341,7 @@ static int dist_update(void *self, stage_t *s, int n, long *step) {
     d->t_done = t2 - t1;
     d->t_pull = t3 - t2;
     d->t_queue = mimic_now() - t3;
+    d->t_chunk = mimic_now(); /* the next step's compute starts now (its chunk may be held) */
     *step = (long)d->version;
     return 0;
 }
@@ -307,6 +366,9 @@ static int dist_after(void *self, stage_t *s, const train_step_t *st) {
     metrics_num(&d->mx, "backward_s", st->t_bwd);
     metrics_num(&d->mx, bsp ? "push_pull_s" : "push_s", d->t_push);
     metrics_num(&d->mx, "chunk_done_s", d->t_done);
+    if (d->t_pp_begin > 0) /* cluster.overlap: pushing began this long before backward ended */
+        metrics_num(&d->mx, "push_in_backward_s", td - d->t_pp_begin);
+    d->t_pp_begin = 0;
     if (!bsp) metrics_num(&d->mx, "pull_wait_s", d->t_pull);
     if (s->queue) { /* MoCo v2: the queue's delta pull of this step */
         metrics_num(&d->mx, "queue_s", d->t_queue);
@@ -376,7 +438,8 @@ static int dist_train(dist_t *d, stage_t *s) {
     const mimic_cfg_t *cfg = d->cfg;
     int B = cfg->train.batch_size;
     float base_lr = config_lr(cfg, B * (cfg->cluster.workers > 0 ? cfg->cluster.workers : 1));
-    train_backend_t be = {d, 0, base_lr, dist_next, dist_update, dist_after, dist_report};
+    train_backend_t be = {d,          cfg->cluster.prefetch, base_lr,  dist_next, dist_update,
+                          dist_after, dist_report,           dist_skip};
     double t0 = mimic_now();
     int rc, ts = kv_pull(d->kv, PROTO_WHICH_PARAMS, 0, s->p->w);
     if (ts < 0) return ts;
@@ -415,7 +478,9 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
                     .id = d.id,
                     .token = member_token(d.mb),
                     .max_payload = d.max_payload,
-                    .curve = d.curve};
+                    .curve = d.curve,
+                    .wire = cfg->cluster.wire == WIRE_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32,
+                    .slice = kv_slice_of(cfg)};
     if ((rc = kv_new(&d.kv, zctx, &ko))) goto out;
     if ((rc = dist_open_records(&d))) goto out;
     if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
@@ -428,6 +493,13 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
         }
         s->exchange = dist_exchange;
         s->exchange_ctx = &d;
+    }
+    /* pieces go while backward runs, BSP only, and not when MoCo v2's keys must reach
+     * the queue before the gradient */
+    if (cfg->cluster.overlap && d.mode == CONS_BSP && !s->queue) {
+        d.stage = s;
+        s->grad_final = dist_grad_final;
+        s->grad_final_ctx = &d;
     }
     mimic_catch_stop_signals(1);
     rc = dist_train(&d, s);

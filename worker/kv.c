@@ -4,6 +4,7 @@
 #include "common.h"
 #include "keyrange.h"
 #include "proto.h"
+#include "wire.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,8 +25,9 @@ typedef struct {
     size_t lo, hi;
     /* per channel, for the request in flight */
     int answered[CH_COUNT];
-    size_t got[CH_COUNT]; /* bytes of a pull's reply received so far (it may come in slices) */
-    int push_acked;       /* CH_PARAMS: the push was acknowledged */
+    size_t got[CH_COUNT];  /* values of a pull's reply received so far (it may come in slices) */
+    int pushes, push_acks; /* CH_PARAMS: pieces of the push sent, and acknowledged */
+    size_t unsent_hi;      /* CH_PARAMS: [lo, unsent_hi) of the push-pull not pushed yet */
     uint64_t version[CH_COUNT];
 } kv_server_t;
 
@@ -50,6 +52,15 @@ struct kv {
     uint64_t seq; /* last request's sequence number */
     kv_req_t ch[CH_COUNT];
     uint64_t qversion; /* the queue version the local ring holds */
+    int wire;          /* PROTO_DT_F32 or PROTO_DT_BF16 */
+    size_t slice;      /* pushes in pieces of this many floats (0: whole) */
+    struct {           /* the push-pull under way (kv_pushpull_begin .. _end) */
+        int open;
+        uint64_t version;
+        int batch;
+        const float *grad;
+    } pp;
+    uint16_t *g16; /* bf16 wire: the pushed gradient, rounded (total values) */
 };
 
 int kv_new(kv_t **out, void *zctx, const kv_opts_t *o) {
@@ -61,6 +72,16 @@ int kv_new(kv_t **out, void *zctx, const kv_opts_t *o) {
     if (!kv) return mimic_err(MIMIC_ENOMEM, "kv: out of memory");
     kv->S = o->nservers;
     kv->id = o->id;
+    kv->wire = o->wire == PROTO_DT_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32;
+    kv->slice = o->slice;
+    if (o->wire != 0 && o->wire != PROTO_DT_F32 && o->wire != PROTO_DT_BF16) {
+        free(kv);
+        return mimic_err(MIMIC_EINVAL, "kv: wire dtype %d is neither f32 nor bf16", o->wire);
+    }
+    if (kv->wire == PROTO_DT_BF16 && !(kv->g16 = mimic_alloc(o->total * sizeof(uint16_t)))) {
+        free(kv);
+        return mimic_err(MIMIC_ENOMEM, "kv: out of memory for the bf16 gradient");
+    }
     kv->max_payload = o->max_payload;
     uint8_t ident[PROTO_PEER_IDENT];
     proto_peer_ident(ident, o->id, o->token);
@@ -115,6 +136,15 @@ fail:
     return rc;
 }
 
+size_t kv_slice_of(const mimic_cfg_t *cfg) {
+    const int on = cfg->cluster.push_slices && cfg->cluster.consistency == CONS_BSP;
+    return on && cfg->cluster.slice_floats > 0 ? (size_t)cfg->cluster.slice_floats : 0;
+}
+
+void kv_set_slice(kv_t *kv, size_t slice) {
+    kv->slice = slice;
+}
+
 void kv_destroy(kv_t **pkv) {
     if (!pkv || !*pkv) return;
     kv_t *kv = *pkv;
@@ -130,6 +160,7 @@ void kv_destroy(kv_t **pkv) {
                        atomic_load(&kv->ch[c].sent.inflight));
             return; /* freeing it would let the I/O thread write into freed memory */
         }
+    mimic_free(kv->g16);
     free(kv);
 }
 
@@ -147,10 +178,11 @@ static int start(kv_t *kv, int c, int kind, int all) {
     r->nserv = all ? kv->S : 1;
     r->failed = 0;
     r->why[0] = 0;
+    if (c == CH_PARAMS) kv->pp.open = 0; /* a push-pull under way is abandoned */
     for (int s = 0; s < kv->S; s++) {
         kv->srv[s].answered[c] = !all && s != KV_KEYS_SERVER;
         kv->srv[s].got[c] = 0;
-        if (c == CH_PARAMS) kv->srv[s].push_acked = 0;
+        if (c == CH_PARAMS) kv->srv[s].pushes = kv->srv[s].push_acks = 0;
     }
     return ts_of(r->seq);
 }
@@ -158,15 +190,76 @@ static int start(kv_t *kv, int c, int kind, int all) {
 static int send_pull(kv_t *kv, kv_server_t *sv, uint64_t seq, int which, uint64_t min_version) {
     proto_hdr_t h;
     proto_make_pull(&h, kv->id, seq, min_version, sv->lo, sv->hi, which);
+    if (kv->wire != PROTO_DT_F32) proto_make_wire(&h, (proto_dtype_t)kv->wire);
     return proto_send(sv->sock, NULL, 0, &h, NULL, NULL, NULL);
 }
 
-static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
+/* Pushes grad's [lo, hi) (a server's range or a slice of it) zero-copy. */
+static int send_piece(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad,
+                      size_t lo, size_t hi) {
     proto_hdr_t h;
     kv_req_t *r = &kv->ch[CH_PARAMS];
-    proto_make_push(&h, kv->id, r->seq, version, sv->lo, sv->hi, batch);
+    proto_make_push(&h, kv->id, r->seq, version, lo, hi, batch);
+    const void *data = grad + lo;
+    if (kv->wire == PROTO_DT_BF16) { /* this part is rounded while the last one is sent */
+        wire_to_bf16(kv->g16 + lo, grad + lo, hi - lo);
+        proto_make_wire(&h, PROTO_DT_BF16);
+        data = kv->g16 + lo;
+    }
     proto_track_hold(&r->sent);
-    return proto_send(sv->sock, NULL, 0, &h, grad + sv->lo, proto_track_release, &r->sent);
+    sv->pushes++;
+    return proto_send(sv->sock, NULL, 0, &h, data, proto_track_release, &r->sent);
+}
+
+static int send_push(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, const float *grad) {
+    return send_piece(kv, sv, version, batch, grad, sv->lo, sv->hi);
+}
+
+/* Pushes the pieces of server sv's range that lie in [from, hi) and were not pushed
+ * yet, last first: pieces of kv->slice floats (the servers' slices of the range), or the
+ * whole range as one. */
+static int send_pieces_from(kv_t *kv, kv_server_t *sv, size_t from) {
+    int whole = kv->slice == 0 || sv->hi - sv->lo <= kv->slice;
+    while (sv->unsent_hi > sv->lo) {
+        size_t a = whole ? sv->lo : sv->lo + (sv->unsent_hi - sv->lo - 1) / kv->slice * kv->slice;
+        if (a < from) return 0;
+        int rc = send_piece(kv, sv, kv->pp.version, kv->pp.batch, kv->pp.grad, a, sv->unsent_hi);
+        if (rc) return rc;
+        sv->unsent_hi = a;
+    }
+    return 0;
+}
+
+int kv_pushpull_begin(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
+    int ts = start(kv, CH_PARAMS, KV_PUSHPULL, 1);
+    kv->ch[CH_PARAMS].dst = dst;
+    kv->pp.open = 1;
+    kv->pp.version = version;
+    kv->pp.batch = batch;
+    kv->pp.grad = grad;
+    for (int s = 0; s < kv->S; s++) {
+        /* the pull first: it is held, so the step the push completes finds it waiting and
+         * streams the new parameters to it slice by slice as they are computed */
+        kv->srv[s].unsent_hi = kv->srv[s].hi;
+        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
+        if (rc) return rc;
+    }
+    return ts;
+}
+
+int kv_push_final(kv_t *kv, size_t from) {
+    if (!kv->pp.open) return mimic_err(MIMIC_EINVAL, "kv_push_final: no push-pull under way");
+    for (int s = kv->S - 1; s >= 0; s--) { /* backward finishes the vector from its end */
+        int rc = send_pieces_from(kv, &kv->srv[s], from);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int kv_pushpull_end(kv_t *kv) {
+    int rc = kv_push_final(kv, 0);
+    kv->pp.open = 0;
+    return rc ? rc : ts_of(kv->ch[CH_PARAMS].seq);
 }
 
 int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst) {
@@ -190,16 +283,8 @@ int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad) {
 }
 
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst) {
-    int ts = start(kv, CH_PARAMS, KV_PUSHPULL, 1);
-    kv->ch[CH_PARAMS].dst = dst;
-    for (int s = 0; s < kv->S; s++) {
-        /* the pull first: it is held, so the step the push completes finds it waiting and
-         * streams the new parameters to it slice by slice as they are computed */
-        int rc = send_pull(kv, &kv->srv[s], kv->ch[CH_PARAMS].seq, PROTO_WHICH_PARAMS, version + 1);
-        if (!rc) rc = send_push(kv, &kv->srv[s], version, batch, grad);
-        if (rc) return rc;
-    }
-    return ts;
+    int ts = kv_pushpull_begin(kv, version, batch, grad, dst);
+    return ts < 0 ? ts : kv_pushpull_end(kv);
 }
 
 /* Sends n x dim keys zero-copy on channel c (QUEUE_PUSH or KEYS_PUSH). */
@@ -280,10 +365,15 @@ static const char *kind_name(int kind) {
 static void land_pull(kv_t *kv, int c, int s, const proto_msg_t *m) {
     kv_server_t *sv = &kv->srv[s];
     const proto_hdr_t *h = &m->hdr;
-    size_t total = (sv->hi - sv->lo) * sizeof(float);
-    if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi || h->dtype != PROTO_DT_F32 ||
-        proto_msg_size(m) != (h->hi - h->lo) * sizeof(float) ||
-        sv->got[c] + proto_msg_size(m) > total || (sv->got[c] && h->step != sv->version[c])) {
+    if ((int)h->dtype != kv->wire) {
+        req_fail(kv, c, "server %d (%s): PULL_REPLY of %s values, asked for %s", s, sv->endpoint,
+                 proto_dtype_name(h->dtype), proto_dtype_name(kv->wire));
+        return;
+    }
+    size_t count = h->hi - h->lo;
+    if (h->lo < sv->lo || h->hi > sv->hi || h->lo >= h->hi ||
+        proto_msg_size(m) != count * proto_dtype_size(kv->wire) ||
+        sv->got[c] + count > sv->hi - sv->lo || (sv->got[c] && h->step != sv->version[c])) {
         req_fail(kv, c,
                  "server %d (%s): PULL_REPLY range [%llu,%llu) (version %llu) does not fit its "
                  "range [%zu,%zu)",
@@ -291,8 +381,11 @@ static void land_pull(kv_t *kv, int c, int s, const proto_msg_t *m) {
                  (unsigned long long)h->step, sv->lo, sv->hi);
         return;
     }
-    memcpy(kv->ch[c].dst + h->lo, proto_msg_data(m), proto_msg_size(m));
-    sv->got[c] += proto_msg_size(m);
+    if (kv->wire == PROTO_DT_BF16)
+        wire_from_bf16(kv->ch[c].dst + h->lo, proto_msg_data(m), count);
+    else
+        memcpy(kv->ch[c].dst + h->lo, proto_msg_data(m), proto_msg_size(m));
+    sv->got[c] += count;
     sv->version[c] = h->step;
 }
 
@@ -363,7 +456,7 @@ static void take_reply(kv_t *kv, int s, proto_msg_t *m) {
     int pulls = r->kind == KV_PULL || r->kind == KV_PUSHPULL;
     int pushes = r->kind == KV_PUSH || r->kind == KV_PUSHPULL;
     if (c <= CH_EMA && (h->type == PROTO_PUSH_ACK || h->type == PROTO_ACK) && pushes) {
-        sv->push_acked = 1;
+        sv->push_acks++;
         if (!pulls) sv->version[c] = h->step;
     } else if (c <= CH_EMA && h->type == PROTO_PULL_REPLY && pulls) {
         land_pull(kv, c, s, m);
@@ -380,8 +473,8 @@ static void take_reply(kv_t *kv, int s, proto_msg_t *m) {
     }
     if (r->failed) return;
     if (c <= CH_EMA)
-        sv->answered[c] = (!pushes || sv->push_acked) &&
-                          (!pulls || sv->got[c] == (sv->hi - sv->lo) * sizeof(float));
+        sv->answered[c] =
+            (!pushes || sv->push_acks >= sv->pushes) && (!pulls || sv->got[c] == sv->hi - sv->lo);
     else
         sv->answered[c] = 1;
 }

@@ -9,7 +9,9 @@
  * so one of each may be in flight together; a new request on a channel abandons the
  * one still there (its late answers are ignored). Pushed gradients and keys are sent
  * zero-copy: the buffer must stay unchanged until kv_wait returns for that request;
- * destination buffers are written while kv_wait runs.
+ * destination buffers are written while kv_wait runs. With cluster.wire=bf16 gradients
+ * are rounded into kv's own bf16 buffer before they are sent, and pulled bf16 values
+ * are widened into the f32 destination as they arrive.
  *
  * One BSP step v of a contrastive stage (the worker holds weights w and momentum copy
  * ema of version v and, for MoCo v2, a local K x D copy `ring` of the queue as of
@@ -41,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "curve.h"
 
 typedef struct kv kv_t;
@@ -74,9 +77,18 @@ typedef struct {
     int64_t token;      /* REGISTER_ACK's token: names the connections (proto_peer_ident) */
     size_t max_payload; /* cluster.max_msg_mb: larger replies are refused */
     const curve_t *curve; /* NULL: CURVE off */
+    int wire;     /* cluster.wire: PROTO_DT_F32 (0 means it too) or PROTO_DT_BF16, the dtype of
+                     pushed gradients and of parameter/EMA pull replies (queue and keys: f32) */
+    size_t slice; /* cluster.push_slices: kv_pushpull pushes each server's range in pieces of
+                     this many floats (cluster.slice_floats, the servers' slices); 0: whole */
 } kv_opts_t;
 
 int kv_new(kv_t **out, void *zctx, const kv_opts_t *o);
+/* opts.slice as the configuration says: cluster.slice_floats under BSP with
+ * cluster.push_slices on, else 0. */
+size_t kv_slice_of(const mimic_cfg_t *cfg);
+/* Changes opts.slice for the next push-pulls (bench_ps times both ways in one run). */
+void kv_set_slice(kv_t *kv, size_t slice);
 void kv_destroy(kv_t **kv);
 /* Pulls the whole vector into dst (which = PROTO_WHICH_PARAMS or _EMA); a server holds
  * its answer until its version >= min_version. Returns a timestamp (> 0) or an error. */
@@ -85,8 +97,17 @@ int kv_pull(kv_t *kv, int which, uint64_t min_version, float *dst);
 int kv_push(kv_t *kv, uint64_t version, int batch, const float *grad);
 /* BSP's step in one request (ps-lite's PushPull): a pull of version+1 into dst, then
  * the push of the gradient computed on `version`. The held pull lets the servers send
- * the new parameters slice by slice while they compute them. */
+ * the new parameters slice by slice while they compute them. With opts.slice the push
+ * goes as one piece per slice of each server's range, so a server applies slice k
+ * (every worker's piece of it in) while later pieces still arrive. */
 int kv_pushpull(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
+/* kv_pushpull started before the gradient is complete (cluster.overlap): _begin sends
+ * the pulls; kv_push_final(from) pushes at once every piece lying in [from, total) not
+ * pushed yet (the caller says grad[from, total) is final: it must not change until
+ * kv_wait returns); _end pushes the rest and returns the timestamp. 0 or an error. */
+int kv_pushpull_begin(kv_t *kv, uint64_t version, int batch, const float *grad, float *dst);
+int kv_push_final(kv_t *kv, size_t from);
+int kv_pushpull_end(kv_t *kv);
 
 /* Appends this worker's n keys of dim floats, computed in `step`, to the negative
  * queue (under BSP the queue adds a step's keys in worker-id order once every live

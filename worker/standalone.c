@@ -171,7 +171,8 @@ int write_model(const mimic_cfg_t *cfg, const stage_t *s, long step) {
 /* Trains to the end (or the stop), then writes the final checkpoint. */
 static int solo_train(solo_t *so, stage_t *s, long step) {
     const mimic_cfg_t *cfg = so->cfg;
-    train_backend_t be = {so, 1, so->base_lr, solo_next, solo_update, solo_after, solo_report};
+    train_backend_t be = {so,          1,          so->base_lr, solo_next,
+                          solo_update, solo_after, solo_report, NULL};
     long stop_at = cfg->train.steps;
     if (cfg->train.stop_after > 0 && step + cfg->train.stop_after < stop_at)
         stop_at = step + cfg->train.stop_after;

@@ -90,13 +90,21 @@ static int bad_check(bad_guard_t *g, loader_t *ld, const train_batch_t *b) {
     return 0;
 }
 
+/* The batch taken last had no readable sample and is not trained: the backend may
+ * account for it (the scheduler's chunk) before the next is taken. */
+static int skip_batch(const train_backend_t *be) {
+    return be->skip ? be->skip(be->self) : 0;
+}
+
 /* Takes indices from the backend and starts the batch: on the loader's threads when
  * `ahead` and the batch lies in one epoch (slot_ready waits for it), else built here,
  * again while every sample of a batch was corrupt. 0, TRAIN_END or an error. */
 static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_backend_t *be,
                      size_t img_floats, int ahead, bad_guard_t *g) {
-    do {
-        int rc = be->next(be->self, &sl->b, s->batch);
+    for (int again = 0;; again = 1) {
+        int rc = again ? skip_batch(be) : 0;
+        if (rc) return rc;
+        rc = be->next(be->self, &sl->b, s->batch);
         if (rc) return rc;
         const train_batch_t *b = &sl->b;
         MIMIC_CHECK(b->count > 0 && b->count <= s->batch);
@@ -108,8 +116,8 @@ static int slot_take(slot_t *sl, loader_t *ld, const stage_t *s, const train_bac
             return rc;
         }
         if ((rc = slot_build(sl, ld, s, img_floats)) || (rc = bad_check(g, ld, b))) return rc;
-    } while (sl->b.n == 0 && !*mimic_stop_flag());
-    return 0;
+        if (sl->b.n > 0 || *mimic_stop_flag()) return 0;
+    }
 }
 
 /* The slot's batch, built: waits for the loader's threads when it ran ahead, and takes
@@ -124,7 +132,9 @@ static int slot_ready(slot_t *sl, loader_t *ld, const stage_t *s, const train_ba
     sl->b.n = n;
     int rc = bad_check(g, ld, &sl->b);
     if (rc) return rc;
-    return n == 0 && !*mimic_stop_flag() ? slot_take(sl, ld, s, be, img_floats, 0, g) : 0;
+    if (n > 0 || *mimic_stop_flag()) return 0;
+    if ((rc = skip_batch(be))) return rc;
+    return slot_take(sl, ld, s, be, img_floats, 0, g);
 }
 
 typedef struct {
@@ -181,11 +191,16 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
         double t0 = mimic_now();
         if ((rc = slot_ready(sl, ld, s, be, img_floats, &guard))) break;
         if (sl->b.n == 0) break; /* stopped while skipping corrupt batches */
-        /* the next batch is built on the loader's threads while this one computes */
+        /* the next batch is built on the loader's threads while this one computes and
+         * is applied; a backend with no next batch (TRAIN_END) still gets this step */
         slot_t *nx = &slots[cur ^ 1];
-        if (be->ahead && !nx->taken && *step + 1 < stop_at && *step + 1 < cfg->train.steps &&
-            (rc = slot_take(nx, ld, s, be, img_floats, 1, &guard)))
-            break;
+        int last = 0;
+        if (be->ahead && !nx->taken && *step + 1 < stop_at && *step + 1 < cfg->train.steps) {
+            rc = slot_take(nx, ld, s, be, img_floats, 1, &guard);
+            last = rc == TRAIN_END;
+            if (rc && !last) break;
+            rc = 0;
+        }
         train_step_t st = {.step = *step, .n = sl->b.n, .t_start = t0, .batch = &sl->b};
         st.t_data = mimic_now() - t0;
         st.loss = stage_compute(s, &sl->in, sl->b.n, &st.t_fwd, &st.t_bwd);
@@ -203,6 +218,7 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
         window_add(&w, &st);
         window_report(&w, cfg, be, *step);
         cur = be->ahead ? cur ^ 1 : 0;
+        if (last) rc = TRAIN_END;
     }
     for (int i = 0; i < nslots; i++)
         slot_free(&slots[i], ld);

@@ -4,8 +4,9 @@
  * push-pull with the parameter servers).
  *
  * Per step the loop asks the backend for sample indices, has the loader build the
- * batch (decode, augment, masking noise; the next batch runs ahead on the loader's
- * threads when the backend knows it in advance), runs the stage's forward and backward
+ * batch (decode, augment, masking noise; with `ahead` the next batch's indices are
+ * taken before this step computes, so it is built on the loader's threads while this
+ * step computes and is applied), runs the stage's forward and backward
  * (stages/stage.h), refuses a non-finite loss before anything is applied, hands the
  * gradient to the backend's update, and reports windows of log_every steps. */
 #ifndef MIMIC_TRAIN_H
@@ -48,7 +49,9 @@ enum { TRAIN_END = 1 }; /* a backend's "no more steps" (the run ended elsewhere)
 
 typedef struct {
     void *self;
-    /* Batches can be asked for one step ahead (the order is known in advance). */
+    /* Batches are asked for one step ahead: `next` is called for step k+1 before step k
+     * computes (the standalone order is known in advance; the cluster's scheduler hands
+     * out the chunk of the next version early, cluster.prefetch). */
     int ahead;
     float base_lr; /* the schedule's peak lr (adamw_lr), for reports */
     /* Fills b->idx/epoch/count (<= cap) and the position after it; 0, TRAIN_END or an
@@ -61,6 +64,9 @@ typedef struct {
     int (*after)(void *self, stage_t *s, const train_step_t *st);
     /* Every log_every steps and at the end of training. */
     void (*report)(void *self, const train_window_t *w);
+    /* May be NULL. The batch `next` gave last had no readable sample and will not be
+     * trained (called before `next` is asked again). 0 or an error. */
+    int (*skip)(void *self);
 } train_backend_t;
 
 /* Trains s from version *step until cfg->train.steps, `stop_at`, a stop signal or
