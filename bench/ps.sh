@@ -22,6 +22,9 @@
 #   --ab push_slices: cluster.push_slices off/on (whole pushes, or pieces the server
 #     applies as they arrive; push+pull against raw ZeroMQ, and the cluster step);
 #   --ab overlap: cluster.overlap off/on (pieces pushed after or during backward; part 2).
+#  3. (default run only; PS_TORCH=0 skips it) the cluster against PyTorch DDP gloo 2x1
+#     pinned at the same total batch, in fp32 and, on a BF16 CPU, in bf16 (our
+#     train.precision=bf16 against torch.autocast): both ratios and best vs best.
 #   bench/ps.sh [--record] [--ab curve|prefetch|wire|push_slices|overlap] [CONFIG.ini]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,9 +123,11 @@ solo_run() {
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+extra=() # more flags for every process of cluster_run (part 3: the precision)
 cluster_run() { # MODE RUN: mpirun as deploy/cluster.sh, each rank its key by cluster.key
   local common=(--train.batch_size=$((B / 2)) --train.steps=$steps --train.log_every=5 \
-                --cluster.servers=1 --cluster.workers=2 --train.out_dir="$tmp/cluster-$2")
+                --cluster.servers=1 --cluster.workers=2 --train.out_dir="$tmp/cluster-$2" \
+                "${extra[@]}")
   local sc sv w0 w1
   curve_args "$1" scheduler.key; sc=("${cv[@]}")
   curve_args "$1" server-0.key; sv=("${cv[@]}")
@@ -213,6 +218,42 @@ pull only: $pullc GB/s; CURVE on/off $(ratio "$pullc" "$pullo") (pairs $(pp_pair
 step on total batch $B: standalone (1 process, 2 threads) $solo img/s; cluster (1 server, 2 workers x $((B / 2)), 1 thread each, median of both runs' windows) CURVE off $clus img/s ($(step_runs off)), overhead $overhead%; CURVE on $clus_cv img/s ($(step_runs on)), overhead $overhead_cv%; CURVE on/off $(ratio "$clus_cv" "$clus") (pairs $(step_paired))
 TXT
 )
+fi
+
+# 3. against PyTorch's peer of a 2-worker cluster (../shared/BENCH.md): DDP with gloo,
+# 2 ranks pinned to one core each (bench/ddp_torch.py), total batch B, in fp32 and, on
+# a CPU with AVX512_BF16, with torch.autocast bf16 (its best there); our cluster in
+# train.precision=fp32 and bf16 beside it, CURVE off. PS_TORCH=0 skips this part.
+if [ "$ab" = curve ] && [ "${PS_TORCH:-1}" != 0 ]; then
+  bash deploy/install-deps.sh --bench >/dev/null
+  tflags=""
+  for k in img_size in_chans patch_size embed_dim depth num_heads; do
+    tflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
+  done
+  for k in decoder_embed_dim decoder_depth decoder_num_heads; do
+    tflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
+  done
+  precs=(fp32)
+  grep -q avx512_bf16 /proc/cpuinfo && precs+=(bf16)
+  t3=""
+  declare -A ours theirs
+  for p in "${precs[@]}"; do
+    extra=(--train.precision="$p")
+    cluster_run off "p$p"
+    extra=()
+    ours[$p]=$(windows "$tmp/cluster-p$p/scheduler.jsonl" img_per_s | median)
+    ac=""
+    [ "$p" = bf16 ] && ac=--autocast
+    # shellcheck disable=SC2086
+    theirs[$p]=$(get "$(/usr/bin/python3 bench/ddp_torch.py $tflags --batch "$B" $ac)" torch_ddp_img_per_s)
+    t3+="
+$p: cluster (1 server, 2 workers x $((B / 2)), train.precision=$p) ${ours[$p]} img/s; PyTorch DDP gloo 2x1 pinned$([ "$p" = bf16 ] && echo ' with bf16 autocast') ${theirs[$p]} img/s; ratio $(ratio "${ours[$p]}" "${theirs[$p]}")"
+  done
+  best_o=$(printf '%s\n' "${ours[@]}" | sort -g | tail -1)
+  best_t=$(printf '%s\n' "${theirs[@]}" | sort -g | tail -1)
+  report+="
+against PyTorch (total batch $B, CURVE off; load $(cut -d' ' -f1-3 /proc/loadavg) at the end):$t3
+best vs best: cluster $best_o / DDP $best_t = $(ratio "$best_o" "$best_t")"
 fi
 echo "$report"
 if [ $record -eq 1 ]; then
