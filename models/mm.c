@@ -104,16 +104,16 @@ void mm_to_bf16(unsigned short *dst, const float *src, long n) {
 static void pack_bf16(uint16_t *dst, const float *src, int rows, int cols, int ld) {
     if (ld == cols) {
         long n = (long)rows * cols;
-        long chunk = 1L << 15;
+        long chunk = 1L << 14;
         long nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (nchunks > 4)
+#pragma omp parallel for schedule(static) if (nchunks > 1)
         for (long c = 0; c < nchunks; c++) {
             long lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
             mm_to_bf16(dst + lo, src + lo, len);
         }
         return;
     }
-#pragma omp parallel for schedule(static) if ((long)rows * cols > (1L << 17))
+#pragma omp parallel for schedule(static) if ((long)rows * cols > (1L << 15))
     for (int r = 0; r < rows; r++)
         mm_to_bf16(dst + (size_t)r * cols, src + (size_t)r * ld, cols);
 }
