@@ -247,6 +247,7 @@ int main(int argc, char **argv) {
          * this is the data plane without any optimizer work in the way */
         ts = kv_pull(kv, PROTO_WHICH_PARAMS, 0, m->p->w);
         if ((rc = ts < 0 ? ts : kv_wait(kv, ts, 30000, NULL))) break;
+        double t1p = mimic_now();
         /* cluster.push_slices off and on, one push-pull each, in the same iteration */
         double tws[2];
         for (int k = 0; k < 2 && !rc; k++) {
@@ -264,7 +265,7 @@ int main(int argc, char **argv) {
             tr[it] = r;
             tc[it] = rcv;
             t[it] = t1 - t0;
-            tp[it] = mimic_now() - t1;
+            tp[it] = t1p - t1;
         }
     }
     raw_close(&raw_ep);
