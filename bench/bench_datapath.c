@@ -30,6 +30,7 @@
 #include "benchutil.h"
 #include "common.h"
 #include "config.h"
+#include "mm.h"
 #include "loader.h"
 #include "mae.h"
 #include "order.h"
@@ -136,6 +137,11 @@ int main(int argc, char **argv) {
     int v[4] = {256, 3, 3, 32}; /* jpegs, rounds, steps, batch */
     const char *const names[4] = {"jpegs", "rounds", "steps", "batch"};
     if (bench_args(&cfg, argc, argv, "bench_datapath", names, v, 4)) return 2;
+    /* the MAE-224 step in the precision a trainer would use here (auto: bf16 on a BF16
+     * CPU, the fastest consumer the loader has to keep up with) */
+    if (mm_setup(0, config_enum_name("train", "precision", cfg.train.precision),
+                 "train.precision"))
+        return 2;
     const int njpeg = v[0], rounds = v[1], steps = v[2], B = v[3];
     if (njpeg <= 0 || rounds <= 0 || rounds > MAXR || steps < 0 || B <= 0) {
         fprintf(stderr, "bench_datapath: bad --bench.* value\n");
@@ -165,6 +171,7 @@ int main(int argc, char **argv) {
     uint32_t *perm = malloc((size_t)njpeg * sizeof *perm);
     if (!imgs || !noise || !perm) return 1;
     order_permutation(perm, (uint32_t)njpeg, 0, 0);
+    printf("precision=%s\n", mm_precision_name(mm_precision()));
     printf("compute_threads=%d cores=%ld batch=%d jpegs=%d scale=(%g,%g)\n", ct,
            sysconf(_SC_NPROCESSORS_ONLN), B, njpeg, cfg.data.scale_min, cfg.data.scale_max);
     for (int s = 0; s < NSRC; s++) {
