@@ -143,9 +143,10 @@ static const key_t_ KEYS[] = {
     E("cluster", "prefetch", cluster.prefetch, "off|on", "on",
       "a worker asks the scheduler for its next chunk one step ahead, so the loader builds "
       "the next batch while this one computes and its push-pull is in flight"),
-    E("cluster", "wire", cluster.wire, "fp32|bf16", "fp32",
+    E("cluster", "wire", cluster.wire, "fp32|bf16|auto", "fp32",
       "dtype of pushed gradients and pulled weights/EMA on the wire (bf16: half the bytes, "
-      "round-to-nearest-even; servers keep fp32 master weights, sums and AdamW)"),
+      "round-to-nearest-even; servers keep fp32 master weights, sums and AdamW); auto: bf16 "
+      "when the worker computes in bf16 (train.precision), fp32 otherwise"),
     F("cluster", "server_threads", K_INT, cluster.server_threads, "0",
       "a server's update threads (0: $OMP_NUM_THREADS if set, else the cores but one, left "
       "to ZeroMQ's I/O thread that streams the slices)"),

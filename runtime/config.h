@@ -26,7 +26,7 @@ typedef struct {
 typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 /* cluster.ema: whether servers keep the momentum copy (auto: the stage declares it). */
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
-typedef enum { WIRE_FP32, WIRE_BF16 } wire_t; /* cluster.wire */
+typedef enum { WIRE_FP32, WIRE_BF16, WIRE_AUTO } wire_t; /* cluster.wire */
 /* train.stage: the objective (stages/stage.h; the order of its table). */
 typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC, STAGE_KIND_MOCOV2 } stage_kind_t;
 

@@ -2,6 +2,7 @@
 #include "adamw.h"
 #include "bootstrap.h"
 #include "common.h"
+#include "mm.h"
 #include "kv.h"
 #include "loader.h"
 #include "member.h"
@@ -433,6 +434,13 @@ static int dist_open_records(dist_t *d) {
     return trace_open(&d->tr, cfg->cluster.trace ? path : NULL, 100 + d->rank, who);
 }
 
+/* cluster.wire: bf16 when asked, or (auto) when this worker's GEMMs round to bf16
+ * anyway (docs/runtime.md, "Wire dtype"). */
+static int wire_bf16(const mimic_cfg_t *cfg) {
+    return cfg->cluster.wire == WIRE_BF16 ||
+           (cfg->cluster.wire == WIRE_AUTO && mm_precision() == MM_BF16);
+}
+
 /* Pulls the starting parameters, trains, and (rank 0) writes the trained model. */
 static int dist_train(dist_t *d, stage_t *s) {
     const mimic_cfg_t *cfg = d->cfg;
@@ -479,7 +487,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
                     .token = member_token(d.mb),
                     .max_payload = d.max_payload,
                     .curve = d.curve,
-                    .wire = cfg->cluster.wire == WIRE_BF16 ? PROTO_DT_BF16 : PROTO_DT_F32,
+                    .wire = wire_bf16(cfg) ? PROTO_DT_BF16 : PROTO_DT_F32,
                     .slice = kv_slice_of(cfg)};
     if ((rc = kv_new(&d.kv, zctx, &ko))) goto out;
     if ((rc = dist_open_records(&d))) goto out;
