@@ -1,5 +1,6 @@
 #include "mm.h"
 
+#include "bf16.h"
 #include "common.h"
 
 #include <cblas.h>
@@ -58,18 +59,11 @@ mm_precision_t mm_precision(void) { return g_precision; }
 
 /* ---- fp32 -> bf16 ------------------------------------------------------------ */
 
-/* Round to nearest even on the bit pattern: the carry from the low half rounds the
- * high half, and a tie rounds to the even high half; a NaN keeps a mantissa bit so it
- * does not round into an infinity. Vectorises; the AVX512_BF16 instruction does the
- * same in one step where the CPU has it. */
+/* runtime/bf16.h's rounding, a value at a time (the loop vectorises); the AVX512_BF16
+ * instruction does the same 32 values at once where the CPU has it. */
 static void to_bf16_portable(uint16_t *dst, const float *src, long n) {
-    for (long i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
-        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
-        dst[i] = (uint16_t)(nan ? (u >> 16) | 0x40u : r);
-    }
+    for (long i = 0; i < n; i++)
+        dst[i] = bf16_round(src[i]);
 }
 
 __attribute__((target("avx512f,avx512bf16"))) static void to_bf16_avx512(uint16_t *dst,

@@ -1,7 +1,8 @@
 /* wire — the tensor dtypes of the data plane (cluster.wire): gradients and weights go
  * on the wire as f32 or as bfloat16, the top 16 bits of an IEEE f32 (8 exponent bits:
  * the range of f32, 8 bits of mantissa). Conversions round to nearest, ties to even,
- * and keep NaN a NaN; everything on either side of the wire stays f32 (the servers'
+ * and keep NaN a NaN (runtime/bf16.h, the rounding the compute path uses too);
+ * everything on either side of the wire stays f32 (the servers'
  * master weights, AdamW moments and the step's sum of gradients).
  *
  * Used by the worker's kv client (pushes out, pull replies in) and the servers' store

@@ -16,6 +16,7 @@
  * and that auto picks fp32, then skips the rest (exit 77). */
 #include "adamw.h"
 #include "attention.h"
+#include "bf16.h"
 #include "common.h"
 #include "linear.h"
 #include "mae.h"
@@ -28,13 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 static float f32_of_bits(uint32_t u) {
     float f;
@@ -72,9 +66,9 @@ static void test_rounding(void) {
     uint32_t nan = 0x7fc00001u, snan = 0x7f800001u;
     uint16_t h;
     mm_to_bf16(&h, (const float *)&nan, 1);
-    T_CHECK(isnan(bf16_to_f32(h)));
+    T_CHECK(isnan(bf16_widen(h)));
     mm_to_bf16(&h, (const float *)&snan, 1);
-    T_CHECK(isnan(bf16_to_f32(h)));
+    T_CHECK(isnan(bf16_widen(h)));
     /* the bulk path (AVX512_BF16 where present) against one value at a time (the
      * portable rounding), on normal numbers of every magnitude */
     enum { R = 4099 };
@@ -112,8 +106,8 @@ static void ref_gemm(int ta, int tb, int M, int N, int K, const float *A, int ld
                     uint16_t ha, hb;
                     mm_to_bf16(&ha, &a, 1);
                     mm_to_bf16(&hb, &b, 1);
-                    a = bf16_to_f32(ha);
-                    b = bf16_to_f32(hb);
+                    a = bf16_widen(ha);
+                    b = bf16_widen(hb);
                 }
                 s += (double)a * b;
             }
