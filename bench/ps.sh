@@ -29,6 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
+source bench/lib.sh
 record=0
 if [ "${1:-}" = "--record" ]; then record=1; shift; fi
 ab=curve
@@ -226,13 +227,7 @@ fi
 # train.precision=fp32 and bf16 beside it, CURVE off. PS_TORCH=0 skips this part.
 if [ "$ab" = curve ] && [ "${PS_TORCH:-1}" != 0 ]; then
   bash deploy/install-deps.sh --bench >/dev/null
-  tflags=""
-  for k in img_size in_chans patch_size embed_dim depth num_heads; do
-    tflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
-  done
-  for k in decoder_embed_dim decoder_depth decoder_num_heads; do
-    tflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
-  done
+  tflags=$(cfg_flags "$cfg" "${MAE_KEYS[@]}")
   precs=(fp32)
   grep -q avx512_bf16 /proc/cpuinfo && precs+=(bf16)
   t3=""

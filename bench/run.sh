@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
+source bench/lib.sh
 record=0
 if [ "${1:-}" = "--record" ]; then record=1; shift; fi
 cfg=${1:-deploy/mae-fmnist.ini}
@@ -24,13 +25,7 @@ get() { printf '%s\n' "$1" | sed -n "s/^$2=//p"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 bf16=0
 grep -q avx512_bf16 /proc/cpuinfo && bf16=1
-flags=""
-for k in img_size in_chans patch_size embed_dim depth num_heads; do
-  flags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
-done
-for k in decoder_embed_dim decoder_depth decoder_num_heads; do
-  flags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
-done
+flags=$(cfg_flags "$cfg" "${MAE_KEYS[@]}")
 mae_ours() { # PRECISION
   OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_mae "$cfg" \
     --bench.batch "$batch" --train.precision="$1"
@@ -75,10 +70,7 @@ fi
 # The MoCo v3 step (stages/mocov3.c) on the same ViT, batch 64, two views, momentum
 # encoder, projector hidden 1024 -> 256: against PyTorch in the same fair setting.
 cmake --build build -j"$(nproc)" --target bench_moco >/dev/null
-mflags="--mlp_dim 1024 --dim 256"
-for k in img_size in_chans patch_size embed_dim depth num_heads; do
-  mflags+=" --$k $(sed -n "s/^$k *= *//p" "$cfg" | head -1)"
-done
+mflags="--mlp_dim 1024 --dim 256$(cfg_flags "$cfg" "${VIT_KEYS[@]}")"
 moco_ours() { # PRECISION
   OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ./build/bench/bench_moco "$cfg" \
     --contrastive.mlp_dim=1024 --contrastive.dim=256 --bench.batch 64 --train.precision="$1"
