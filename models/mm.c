@@ -141,8 +141,8 @@ static void check(dnnl_status_t s, const char *what) {
 static uint16_t *scratch(int i, size_t n) {
     if (n == 0) n = 1;
     if (g.buf_len[i] < n) {
-        free(g.buf[i]);
-        g.buf[i] = aligned_alloc(64, (n * sizeof(uint16_t) + 63) / 64 * 64);
+        mimic_free(g.buf[i]);
+        g.buf[i] = mimic_alloc(n * sizeof(uint16_t));
         if (!g.buf[i]) check(dnnl_out_of_memory, "bf16 scratch");
         g.buf_len[i] = n;
     }
@@ -303,7 +303,7 @@ void mm_release(void) {
         dnnl_memory_destroy(g.prims[i].d);
     }
     free(g.prims);
-    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS; i++) free(g.buf[i]);
+    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS; i++) mimic_free(g.buf[i]);
     if (g.stream) dnnl_stream_destroy(g.stream);
     if (g.engine) dnnl_engine_destroy(g.engine);
     memset(&g, 0, sizeof g);

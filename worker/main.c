@@ -24,7 +24,7 @@ static void usage(FILE *f) {
           f);
 }
 
-int worker_set_threads(const mimic_cfg_t *cfg) {
+int worker_set_compute(const mimic_cfg_t *cfg) {
     return mm_setup(cfg->train.threads, config_enum_name("train", "precision", cfg->train.precision),
                     "train.precision");
 }
@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
     worker_args_t w = {.mode = "--distributed"};
     int rc = config_start(&cfg, argc, argv, "mimic-worker", usage, worker_flag, &w);
     if (rc != CONFIG_RUN) return rc;
-    if (worker_set_threads(&cfg)) return CONFIG_EXIT_USAGE;
+    if (worker_set_compute(&cfg)) return CONFIG_EXIT_USAGE;
     int whole = cfg.pipeline.stages[0] && cfg.pipeline.run < 0;
     if (strcmp(w.mode, "--pipeline-list") == 0) {
         rc = worker_pipeline_list(&cfg);

@@ -28,6 +28,6 @@ int worker_pipeline_list(const mimic_cfg_t *cfg);
 int worker_export_encoder(const mimic_cfg_t *cfg, const char *ckpt, const char *out);
 /* Sets OpenBLAS and OpenMP threads from train.threads (0: leave the environment's) and
  * the GEMM precision from train.precision; MIMIC_EINVAL when the CPU cannot. */
-int worker_set_threads(const mimic_cfg_t *cfg);
+int worker_set_compute(const mimic_cfg_t *cfg);
 
 #endif
