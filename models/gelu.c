@@ -1,6 +1,7 @@
 #include "gelu.h"
 
 #include "fastmath.h"
+#include "mm.h"
 
 #include <math.h>
 
@@ -21,13 +22,28 @@ static inline float gelu_phi(float x, float e) {
     return z < FM_ERF_SPLIT ? small : large;
 }
 
+static inline float gelu_value(float x) { return x * gelu_phi(x, fm_expf(-0.5f * x * x)); }
+
 void gelu_forward(float *out, const float *inp, size_t n) {
     /* out may alias inp: each iteration reads inp[i] before writing out[i]. */
 #pragma omp parallel for simd schedule(static) if (n >= GELU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float e = fm_expf(-0.5f * x * x);
-        out[i] = x * gelu_phi(x, e);
+    for (size_t i = 0; i < n; i++)
+        out[i] = gelu_value(inp[i]);
+}
+
+/* Values a bf16 chunk is built in before it is rounded. */
+#define GELU_BF16_CHUNK 512
+
+void gelu_forward_bf16(unsigned short *out, const float *inp, size_t n) {
+    size_t nchunks = (n + GELU_BF16_CHUNK - 1) / GELU_BF16_CHUNK;
+#pragma omp parallel for schedule(static) if (n >= GELU_PAR_MIN)
+    for (size_t k = 0; k < nchunks; k++) {
+        size_t lo = k * GELU_BF16_CHUNK, len = n - lo < GELU_BF16_CHUNK ? n - lo : GELU_BF16_CHUNK;
+        float y[GELU_BF16_CHUNK];
+#pragma omp simd
+        for (size_t i = 0; i < len; i++)
+            y[i] = gelu_value(inp[lo + i]);
+        mm_to_bf16(out + lo, y, (long)len);
     }
 }
 

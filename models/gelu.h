@@ -10,6 +10,9 @@
 
 /* out (n); inp (n). out may alias inp. */
 void gelu_forward(float *out, const float *inp, size_t n);
+/* The same rounded to bfloat16 (models/mm.h) for the GEMM that consumes it, without an
+ * f32 copy; out must not alias inp. */
+void gelu_forward_bf16(unsigned short *out, const float *inp, size_t n);
 /* dinp (n) = dout * gelu'(inp): written, not accumulated (its one caller, the MLP, has
  * no other gradient for the pre-activation). */
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);

@@ -1,36 +1,66 @@
 #include "layernorm.h"
 
+#include "mm.h"
+
 #include <math.h>
 #include <stddef.h>
 
 /* Rows of work (M*C floats) below which threads are not worth starting. */
 #define LN_PAR_MIN 65536
 
-/* The per-row sums use `omp simd reduction` so they vectorise without -ffast-math;
- * the summation order then depends only on the vector width chosen at compile time,
- * never on the thread count. */
+/* One row: its mean and 1/std, and the normalised, scaled and shifted values of columns
+ * [c0, c1) into y[0 ..). The per-row sums use `omp simd reduction` so they vectorise
+ * without -ffast-math; the summation order then depends only on the vector width chosen
+ * at compile time, never on the thread count. */
+static inline void ln_stats(const float *x, int C, float eps, float *mu_out, float *rs_out) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int c = 0; c < C; c++)
+        s += x[c];
+    float mu = s / (float)C;
+    /* Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2,
+     * which cancels badly when |mean| >> std. */
+    float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+    for (int c = 0; c < C; c++) {
+        float d = x[c] - mu;
+        v += d * d;
+    }
+    *mu_out = mu;
+    *rs_out = 1.0f / sqrtf(v / (float)C + eps);
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int M, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((size_t)M * C >= LN_PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *x = inp + (size_t)m * C;
         float *y = out + (size_t)m * C;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int c = 0; c < C; c++)
-            s += x[c];
-        float mu = s / (float)C;
-        /* Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2,
-         * which cancels badly when |mean| >> std. */
-        float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-        for (int c = 0; c < C; c++) {
-            float d = x[c] - mu;
-            v += d * d;
-        }
-        float rs = 1.0f / sqrtf(v / (float)C + eps);
+        float mu, rs;
+        ln_stats(x, C, eps, &mu, &rs);
         for (int c = 0; c < C; c++)
             y[c] = (x[c] - mu) * rs * w[c] + b[c];
+        mean[m] = mu;
+        rstd[m] = rs;
+    }
+}
+
+/* Columns a bf16 row is built in before it is rounded. */
+#define LN_BF16_COLS 256
+
+void layernorm_forward_bf16(unsigned short *out, float *mean, float *rstd, const float *inp,
+                            const float *w, const float *b, int M, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)M * C >= LN_PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *x = inp + (size_t)m * C;
+        float mu, rs, y[LN_BF16_COLS];
+        ln_stats(x, C, eps, &mu, &rs);
+        for (int c0 = 0; c0 < C; c0 += LN_BF16_COLS) {
+            int n = C - c0 < LN_BF16_COLS ? C - c0 : LN_BF16_COLS;
+            for (int c = 0; c < n; c++)
+                y[c] = (x[c0 + c] - mu) * rs * w[c0 + c] + b[c0 + c];
+            mm_to_bf16(out + (size_t)m * C + c0, y, n);
+        }
         mean[m] = mu;
         rstd[m] = rs;
     }
@@ -62,7 +92,7 @@ static void layernorm_backward_inp(float *dinp, const float *dout, const float *
 /* dw and db sum over rows. Splitting rows across threads would need a cross-thread
  * reduction whose order depends on the thread count, so threads split the columns
  * instead and each column is summed over rows in order. */
-#define LN_COL_BLOCK 64
+#define LN_COL_BLOCK 32
 
 static void layernorm_backward_params(float *dw, float *db, const float *dout, const float *inp,
                                       const float *mean, const float *rstd, int M, int C) {

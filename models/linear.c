@@ -23,17 +23,37 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
     mm_gemm(0, 1, M, N, K, inp, K, w, K, beta, out, N);
 }
 
+void linear_forward_bf16(float *out, const unsigned short *inp, const unsigned short *w,
+                         const float *b, int M, int K, int N) {
+    mm_gemm_bf16_bias(0, 1, M, N, K, inp, w, b, 0.0f, out, N);
+}
+
+/* bf16: dout rounded once for both products, its column sums (the bias gradient) taken
+ * in the same pass; inp and w as the forward pass rounded them. */
+static void backward_bf16(float *dinp, float beta, float *dw, float *db, const float *dout,
+                          const unsigned short *inp, const unsigned short *w, int M, int K,
+                          int N) {
+    const unsigned short *d16 = mm_pack_colsum(0, dout, M, N, db);
+    if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, w, beta, dinp, K);
+    if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, inp, 1.0f, dw, K);
+}
+
+void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,
+                          const unsigned short *inp, const unsigned short *w, int M, int K,
+                          int N) {
+    backward_bf16(dinp, 0.0f, dw, db, dout, inp, w, M, K, N);
+}
+
 static void backward(float *dinp, float beta, float *dw, float *db, const float *dout,
                      const float *inp, const float *w, int M, int K, int N) {
     if (mm_precision() == MM_BF16) {
-        /* dout rounded once for both products */
-        const unsigned short *d16 = dinp || dw ? mm_pack(0, dout, M, N, N) : NULL;
-        if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, mm_pack(1, w, N, K, K), beta, dinp, K);
-        if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, mm_pack(2, inp, M, K, K), 1.0f, dw, K);
-    } else {
-        if (dinp) mm_gemm(0, 0, M, K, N, dout, N, w, K, beta, dinp, K);
-        if (dw) mm_gemm(1, 0, N, K, M, dout, N, inp, K, 1.0f, dw, K);
+        const unsigned short *w16 = dinp ? mm_pack(1, w, N, K, K) : NULL;
+        const unsigned short *i16 = dw ? mm_pack(2, inp, M, K, K) : NULL;
+        backward_bf16(dinp, beta, dw, db, dout, i16, w16, M, K, N);
+        return;
     }
+    if (dinp) mm_gemm(0, 0, M, K, N, dout, N, w, K, beta, dinp, K);
+    if (dw) mm_gemm(1, 0, N, K, M, dout, N, inp, K, 1.0f, dw, K);
     if (db) {
         /* Row by row so the inner loop runs along contiguous memory and vectorises;
          * the order of summation over rows is fixed, so results do not depend on

@@ -18,4 +18,14 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout, const
 void linear_backward_set(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int M, int K, int N);
 
+/* The bf16 path with operands the caller rounded already (models/mm.h; the process
+ * computes in bf16): inp (M,K) and w (N,K) as bfloat16. A layer stack that keeps its
+ * rounded inputs and weights from forward for backward rounds each once a step. */
+void linear_forward_bf16(float *out, const unsigned short *inp, const unsigned short *w,
+                         const float *b, int M, int K, int N);
+/* dinp (M,K) = (written), dw +=, db +=, as linear_backward_set. */
+void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,
+                          const unsigned short *inp, const unsigned short *w, int M, int K,
+                          int N);
+
 #endif

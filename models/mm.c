@@ -94,17 +94,20 @@ void mm_to_bf16(unsigned short *dst, const float *src, long n) {
         to_bf16_portable(dst, src, n);
 }
 
+void mm_round(uint16_t *dst, const float *src, long n) {
+    long chunk = 1L << 14;
+    long nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (long c = 0; c < nchunks; c++) {
+        long lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
+        mm_to_bf16(dst + lo, src + lo, len);
+    }
+}
+
 /* rows x cols of src (leading dimension ld) into dst, packed (leading dimension cols) */
 static void pack_bf16(uint16_t *dst, const float *src, int rows, int cols, int ld) {
     if (ld == cols) {
-        long n = (long)rows * cols;
-        long chunk = 1L << 14;
-        long nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (nchunks > 1)
-        for (long c = 0; c < nchunks; c++) {
-            long lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
-            mm_to_bf16(dst + lo, src + lo, len);
-        }
+        mm_round(dst, src, (long)rows * cols);
         return;
     }
 #pragma omp parallel for schedule(static) if ((long)rows * cols > (1L << 15))
@@ -125,9 +128,10 @@ static struct {
     dnnl_stream_t stream;
     mm_prim_t *prims;
     int nprims, cap;
-    /* the packed operands, the primitives' scratchpad, the float buffers */
-    uint16_t *buf[MM_SLOTS + 1 + MM_FSLOTS];
-    size_t buf_len[MM_SLOTS + 1 + MM_FSLOTS];
+    /* the packed operands, the primitives' scratchpad, the float buffers, the partial
+     * column sums of mm_pack_colsum */
+    uint16_t *buf[MM_SLOTS + 1 + MM_FSLOTS + 1];
+    size_t buf_len[MM_SLOTS + 1 + MM_FSLOTS + 1];
 } g;
 
 /* oneDNN fails only on a broken installation or exhausted memory: there is no step to
@@ -226,6 +230,50 @@ uint16_t *mm_pack(int slot, const float *src, int rows, int cols, int ld) {
     return dst;
 }
 
+/* Rows per block of mm_pack_colsum's partial sums. */
+#define COLSUM_ROWS 64
+
+uint16_t *mm_pack_colsum(int slot, const float *src, int rows, int cols, float *colsum) {
+    MIMIC_CHECK(slot >= 0 && slot < MM_SLOTS);
+    uint16_t *dst = scratch(slot, (size_t)rows * cols);
+    if (!colsum) {
+        pack_bf16(dst, src, rows, cols, cols);
+        return dst;
+    }
+    int nb = (rows + COLSUM_ROWS - 1) / COLSUM_ROWS;
+    /* one row of partial sums a block, in the engine's own float buffer */
+    float *part = (float *)scratch(MM_SLOTS + 1 + MM_FSLOTS, 2 * (size_t)nb * cols);
+    int par = (long)rows * cols > (1L << 15);
+#pragma omp parallel for schedule(static) if (par)
+    for (int k = 0; k < nb; k++) {
+        int r0 = k * COLSUM_ROWS, r1 = r0 + COLSUM_ROWS < rows ? r0 + COLSUM_ROWS : rows;
+        const float *blk = src + (size_t)r0 * cols;
+        mm_to_bf16(dst + (size_t)r0 * cols, blk, (long)(r1 - r0) * cols);
+        float *ps = part + (size_t)k * cols;
+        memcpy(ps, blk, (size_t)cols * sizeof *ps);
+        for (int r = 1; r < r1 - r0; r++) {
+            const float *row = blk + (size_t)r * cols;
+            for (int c = 0; c < cols; c++)
+                ps[c] += row[c];
+        }
+    }
+    /* the blocks in order, columns split across the threads */
+    int nc = (cols + 63) / 64;
+#pragma omp parallel for schedule(static) if (par && nc > 1)
+    for (int j = 0; j < nc; j++) {
+        int c0 = j * 64, c1 = c0 + 64 < cols ? c0 + 64 : cols;
+        float acc[64] = {0};
+        for (int k = 0; k < nb; k++) {
+            const float *ps = part + (size_t)k * cols;
+            for (int c = c0; c < c1; c++)
+                acc[c - c0] += ps[c];
+        }
+        for (int c = c0; c < c1; c++)
+            colsum[c] += acc[c - c0];
+    }
+    return dst;
+}
+
 static void run_bf16(int batch, int ta, int tb, int M, int N, int K, const uint16_t *A,
                      const uint16_t *B, const float *bias, float beta, float *C, int ldc) {
     if (M == 0 || N == 0 || batch == 0) return;
@@ -303,7 +351,7 @@ void mm_release(void) {
         dnnl_memory_destroy(g.prims[i].d);
     }
     free(g.prims);
-    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS; i++) mimic_free(g.buf[i]);
+    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS + 1; i++) mimic_free(g.buf[i]);
     if (g.stream) dnnl_stream_destroy(g.stream);
     if (g.engine) dnnl_engine_destroy(g.engine);
     memset(&g, 0, sizeof g);

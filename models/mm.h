@@ -47,6 +47,13 @@ void mm_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const
  * packed operands as stored (op(A) is A^T when ta: A packed as K x M). */
 enum { MM_SLOTS = 10, MM_FSLOTS = 3 };
 unsigned short *mm_pack(int slot, const float *src, int rows, int cols, int ld);
+/* mm_pack of a packed (ld = cols) matrix that also adds its column sums to colsum (cols
+ * floats, +=; NULL: none) in the same pass: linear_backward's bias gradient. The rows
+ * are summed in fixed blocks and the blocks in order, so the sums do not depend on the
+ * thread count. */
+unsigned short *mm_pack_colsum(int slot, const float *src, int rows, int cols, float *colsum);
+/* mm_to_bf16 of n floats into a caller's buffer, on the OpenMP threads. */
+void mm_round(unsigned short *dst, const float *src, long n);
 void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,
                   const unsigned short *B, float beta, float *C, int ldc);
 /* The same plus a bias row added to every row of C (N floats; NULL: none), in the

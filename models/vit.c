@@ -5,6 +5,7 @@
 #include "gelu.h"
 #include "layernorm.h"
 #include "linear.h"
+#include "mm.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -130,6 +131,51 @@ void vit_acts_free(vit_acts_t *a) {
         mimic_free(*all[i]);
         *all[i] = NULL;
     }
+    unsigned short **half[] = {&a->ln1_16, &a->atty16, &a->ln2_16, &a->act16, &a->w16};
+    for (size_t i = 0; i < sizeof half / sizeof half[0]; i++) {
+        mimic_free(*half[i]);
+        *half[i] = NULL;
+    }
+}
+
+/* The bf16 arrays of acts, made once (0), or MIMIC_ENOMEM (the caller then rounds each
+ * operand where it is used, as every other layer does). */
+static int acts_bf16(vit_acts_t *a) {
+    if (a->w16) return 0;
+    size_t L = (size_t)(a->depth > 0 ? a->depth : 1), BT = (size_t)a->B * (size_t)a->T;
+    size_t C = (size_t)a->dim, H = (size_t)a->hidden;
+    struct {
+        unsigned short **dst;
+        size_t n;
+    } want[] = {{&a->ln1_16, L * BT * C}, {&a->atty16, L * BT * C}, {&a->ln2_16, L * BT * C},
+                {&a->act16, L * BT * H},  {&a->w16, L * (4 * C * C + 2 * C * H)}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        *want[i].dst = mimic_alloc(want[i].n * sizeof(unsigned short));
+        if (!*want[i].dst) {
+            for (size_t j = 0; j <= i; j++) {
+                mimic_free(*want[j].dst);
+                *want[j].dst = NULL;
+            }
+            return MIMIC_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* Layer l's slice of the bf16 arrays. */
+typedef struct {
+    unsigned short *ln1, *atty, *ln2, *act, *qkv_w, *proj_w, *fc1_w, *fc2_w;
+} layer16_t;
+
+static layer16_t layer16(const vit_acts_t *a, int l) {
+    size_t BT = (size_t)a->B * (size_t)a->T, C = (size_t)a->dim, H = (size_t)a->hidden;
+    size_t L = (size_t)l;
+    unsigned short *w = a->w16 + L * (4 * C * C + 2 * C * H);
+    layer16_t v = {a->ln1_16 + L * BT * C, a->atty16 + L * BT * C, a->ln2_16 + L * BT * C,
+                   a->act16 + L * BT * H,  w,
+                   w + 3 * C * C,          w + 4 * C * C,
+                   w + 4 * C * C + H * C};
+    return v;
 }
 
 /* Pointers to layer l's slice of every saved activation. */
@@ -161,13 +207,57 @@ static size_t block_offset(const vit_block_ix_t *b, const params_t *p) {
     return lo;
 }
 
+/* Below this many floats the element-wise passes of the stack run on one thread. */
+#define VIT_PAR_MIN 65536
+
 static void add_inplace(float *y, const float *x, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= VIT_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         y[i] += x[i];
 }
 
+static void copy(float *y, const float *x, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= VIT_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i];
+}
+
+/* The bf16 forward: as the f32 one below, with every GEMM input rounded once (LayerNorm
+ * and GELU write theirs rounded) and kept for backward. */
+static const float *forward_bf16(const vit_stack_t *s, const params_t *p, vit_acts_t *a,
+                                 const float *x) {
+    int B = a->B, T = a->T, C = s->dim, H = s->hidden, NH = s->heads, BT = B * T;
+    const float *xin = x;
+    for (int l = 0; l < s->depth; l++) {
+        const vit_block_ix_t *b = &s->blk[l];
+        layer_view_t v = layer_view(a, l);
+        layer16_t h = layer16(a, l);
+        mm_round(h.qkv_w, params_w(p, b->qkv_w), 3L * C * C);
+        mm_round(h.proj_w, params_w(p, b->proj_w), (long)C * C);
+        mm_round(h.fc1_w, params_w(p, b->fc1_w), (long)H * C);
+        mm_round(h.fc2_w, params_w(p, b->fc2_w), (long)C * H);
+        layernorm_forward_bf16(h.ln1, v.ln1_mean, v.ln1_rstd, xin, params_w(p, b->norm1_w),
+                               params_w(p, b->norm1_b), BT, C, s->eps);
+        linear_forward_bf16(v.qkv, h.ln1, h.qkv_w, params_w(p, b->qkv_b), BT, C, 3 * C);
+        attention_forward(v.atty, v.att, v.qkv, B, T, C, NH);
+        mm_round(h.atty, v.atty, (long)BT * C);
+        linear_forward_bf16(v.res1, h.atty, h.proj_w, params_w(p, b->proj_b), BT, C, C);
+        add_inplace(v.res1, xin, (size_t)BT * C);
+        layernorm_forward_bf16(h.ln2, v.ln2_mean, v.ln2_rstd, v.res1, params_w(p, b->norm2_w),
+                               params_w(p, b->norm2_b), BT, C, s->eps);
+        linear_forward_bf16(v.fc1, h.ln2, h.fc1_w, params_w(p, b->fc1_b), BT, C, H);
+        gelu_forward_bf16(h.act, v.fc1, (size_t)BT * H);
+        linear_forward_bf16(v.out, h.act, h.fc2_w, params_w(p, b->fc2_b), BT, H, C);
+        add_inplace(v.out, v.res1, (size_t)BT * C);
+        xin = v.out;
+    }
+    return xin;
+}
+
 const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts_t *a,
                                const float *x) {
+    a->bf16 = mm_precision() == MM_BF16 && acts_bf16(a) == 0;
+    if (a->bf16) return forward_bf16(s, p, a, x);
     int B = a->B, T = a->T, C = s->dim, H = s->hidden, NH = s->heads, BT = B * T;
     const float *xin = x;
     for (int l = 0; l < s->depth; l++) {
@@ -191,37 +281,49 @@ const float *vit_stack_forward(const vit_stack_t *s, const params_t *p, vit_acts
 }
 
 
+/* A linear layer's backward in the precision of the last forward: dinp written. */
+static void linear_back(const vit_acts_t *a, float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const unsigned short *inp16, const float *w,
+                        const unsigned short *w16, int M, int K, int N) {
+    if (a->bf16)
+        linear_backward_bf16(dinp, dw, db, dout, inp16, w16, M, K, N);
+    else
+        linear_backward_set(dinp, dw, db, dout, inp, w, M, K, N);
+}
+
 void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float *dx, const float *x,
                         float *dout) {
     int B = a->B, T = a->T, C = s->dim, H = s->hidden, NH = s->heads, BT = B * T;
     size_t nC = (size_t)BT * C, nH = (size_t)BT * H;
+    layer16_t h = {0};
     for (int l = s->depth - 1; l >= 0; l--) {
         const vit_block_ix_t *b = &s->blk[l];
         layer_view_t v = layer_view(a, l);
+        if (a->bf16) h = layer16(a, l);
         const float *xin = l == 0 ? x : layer_view(a, l - 1).out;
         /* MLP branch: out = res1 + fc2(gelu(fc1(ln2(res1)))) */
-        memcpy(a->d_res1, dout, nC * sizeof(float));
+        copy(a->d_res1, dout, nC);
         /* the branch's intermediate gradients have one source each: written, not
          * accumulated, so nothing is cleared first */
-        linear_backward_set(a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act,
-                            params_w(p, b->fc2_w), BT, H, C);
+        linear_back(a, a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act, h.act,
+                    params_w(p, b->fc2_w), h.fc2_w, BT, H, C);
         gelu_backward(a->d_fc1, a->d_hid, v.fc1, nH);
-        linear_backward_set(a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1,
-                            v.ln2, params_w(p, b->fc1_w), BT, C, H);
+        linear_back(a, a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1, v.ln2,
+                    h.ln2, params_w(p, b->fc1_w), h.fc1_w, BT, C, H);
         layernorm_backward(a->d_res1, params_g(p, b->norm2_w), params_g(p, b->norm2_b), a->d_ln,
                            v.res1, params_w(p, b->norm2_w), v.ln2_mean, v.ln2_rstd, BT, C);
         /* attention branch: res1 = xin + proj(attn(qkv(ln1(xin)))) */
-        linear_backward_set(a->d_atty, params_g(p, b->proj_w), params_g(p, b->proj_b), a->d_res1,
-                            v.atty, params_w(p, b->proj_w), BT, C, C);
+        linear_back(a, a->d_atty, params_g(p, b->proj_w), params_g(p, b->proj_b), a->d_res1,
+                    v.atty, h.atty, params_w(p, b->proj_w), h.proj_w, BT, C, C);
         attention_backward(a->d_qkv, a->d_att, a->d_atty, v.qkv, v.att, B, T, C, NH);
-        linear_backward_set(a->d_ln, params_g(p, b->qkv_w), params_g(p, b->qkv_b), a->d_qkv,
-                            v.ln1, params_w(p, b->qkv_w), BT, C, 3 * C);
+        linear_back(a, a->d_ln, params_g(p, b->qkv_w), params_g(p, b->qkv_b), a->d_qkv, v.ln1,
+                    h.ln1, params_w(p, b->qkv_w), h.qkv_w, BT, C, 3 * C);
         /* the gradient reaching this block's input: residual path + LN1 path; layers
          * above the first write it over dout, which is no longer needed */
         float *dinp = dx;
         if (l > 0) {
             dinp = dout;
-            memcpy(dinp, a->d_res1, nC * sizeof(float));
+            copy(dinp, a->d_res1, nC);
         } else {
             add_inplace(dinp, a->d_res1, nC);
         }

@@ -36,6 +36,13 @@ typedef struct {
     float *ln2, *ln2_mean, *ln2_rstd, *fc1, *act, *out;
     /* backward scratch, one layer's worth */
     float *d_res1, *d_ln, *d_qkv, *d_atty, *d_hid, *d_fc1, *d_att;
+    /* bf16 compute (models/mm.h): each GEMM input as the forward pass rounded it (LayerNorm
+     * and GELU write it rounded, with no f32 copy), kept for the weight gradients of
+     * backward, and the blocks' weight matrices rounded once a step (qkv, proj, fc1, fc2
+     * of block l at w16 + l * (4 C^2 + 2 C H)); made at the first bf16 forward. bf16: the
+     * last forward took this path, so backward does too. */
+    unsigned short *ln1_16, *atty16, *ln2_16, *act16, *w16;
+    int bf16;
 } vit_acts_t;
 
 /* Registers depth blocks named "<prefix>.<i>.<...>". */
