@@ -702,15 +702,19 @@ int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char
     }
     if ((rc = stage_name(base, i, name, cap))) return rc;
     snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
-    for (int k = 0; k < base->pipeline.noverrides; k++) { /* a misspelt section is an error */
+    /* a misspelt section is an error; a section of a stage the pipeline does not run is
+     * kept for when it does (a config file holds one for every objective, and
+     * --pipeline.stages picks) */
+    const key_t_ *stage_key = find_key("train", "stage");
+    for (int k = 0; k < base->pipeline.noverrides; k++) {
         const char *o = base->pipeline.overrides[k];
-        int known = 0;
+        int known = strcmp(o, "eval") == 0 || enum_index(stage_key->choices, o) >= 0;
         char other[64];
         for (int j = 0; j < n && !known; j++)
             known = stage_name(base, j, other, sizeof other) == 0 && strcmp(other, o) == 0;
         if (!known)
-            return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is not one of pipeline.stages "
-                                           "'%s'",
+            return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is neither one of "
+                                           "pipeline.stages '%s' nor a train.stage",
                              o, o + strlen(o) + 1, o, base->pipeline.stages);
     }
     if (strcmp(name, "eval") != 0 && (rc = config_set(out, "train", "stage", name))) return rc;

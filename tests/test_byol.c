@@ -576,7 +576,42 @@ static void test_stage_cfg(void) {
             strcmp(stage_ops_of(&cfg)->name, "byol") == 0);
 }
 
+/* deploy/fmnist.ini switches to either objective with one key and gives it MoCo v3's
+ * step budget; its sections of stages a pipeline does not run are kept, not refused; a
+ * misspelt section still is. */
+static void test_pipeline_cfg(void) {
+    static mimic_cfg_t base, st, moco;
+    char name[64];
+    const char *stages[] = {"byol", "contrawarp"};
+    for (int k = 0; k < 2; k++) {
+        config_defaults(&base);
+        T_CHECK(config_load(&base, testutil_src_path("deploy/fmnist.ini")) == 0);
+        T_CHECK(config_pipeline_stage(&base, 1, &moco, name, sizeof name) == 0 &&
+                strcmp(name, "mocov3") == 0); /* the file's own pipeline runs as before */
+        char flag[96];
+        snprintf(flag, sizeof flag, "pipeline.stages=mae,%s,eval", stages[k]);
+        T_CHECK(config_override(&base, flag) == 0);
+        T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == 0);
+        T_CHECK(strcmp(name, stages[k]) == 0 &&
+                st.train.stage == (k ? STAGE_KIND_CONTRAWARP : STAGE_KIND_BYOL));
+        T_CHECK(st.train.steps == moco.train.steps && st.train.batch_size == moco.train.batch_size &&
+                st.train.blr == moco.train.blr && st.train.warmup_steps == moco.train.warmup_steps &&
+                st.train.weight_decay == moco.train.weight_decay);
+        T_CHECK(strstr(st.train.init_from, "0-mae/model.safetensors") != NULL);
+        T_CHECK(config_pipeline_stage(&base, 2, &st, name, sizeof name) == 0 &&
+                strcmp(name, "eval") == 0);
+        printf("deploy/fmnist.ini with pipeline.stages=mae,%s,eval: %ld steps of %d, like mocov3 ok\n",
+               stages[k], moco.train.steps, moco.train.batch_size);
+    }
+    T_CHECK(config_override(&base, "pipeline.byl.train.steps=1") == 0);
+    mimic_set_quiet(1);
+    T_CHECK(config_pipeline_stage(&base, 0, &st, name, sizeof name) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), "byl") != NULL);
+    mimic_set_quiet(0);
+}
+
 int main(void) {
+    test_pipeline_cfg();
     test_losses_fd();
     test_parity();
     test_warp();
