@@ -238,6 +238,85 @@ static void test_parity(void) {
     st_close(&f);
 }
 
+/* The whole stages through the documented gradient dump (mimic-worker --dump-grads) on
+ * gen_byol.py's tiny ViT, heads, target ("momentum.*") and batches: loss and every
+ * gradient against PyTorch. The final norm's bias has an exactly zero gradient (the
+ * projector's first BN removes a shift of every CLS feature): torch's is ~1e-17, ours
+ * rounding noise, so it is checked to be small against the largest gradient instead. */
+static void dump_parity(const char *stage, const char *kind, const char *batch) {
+    char w[1200], b[1200], out[1200], log[1200], cmd[8192];
+    snprintf(w, sizeof w, "%s", testutil_src_path("tests/golden/byol_stage_weights.safetensors"));
+    snprintf(b, sizeof b, "%s", testutil_src_path(batch));
+    snprintf(out, sizeof out, "%.1000s/dump-%s.safetensors", testutil_tmpdir(), stage);
+    snprintf(log, sizeof log, "%.1000s/dump-%s.txt", testutil_tmpdir(), stage);
+    st_file_t *fe = NULL, *fg = NULL;
+    if (st_open(&fe, testutil_src_path("tests/golden/byol_stage_expect.safetensors"))) {
+        printf("cannot open tests/golden/byol_stage_expect.safetensors FAIL\n");
+        testutil_failures++;
+        return;
+    }
+    T_CHECK(strcmp(meta_or(fe, "format"), "mimicps-golden-byol-stage") == 0 &&
+            strcmp(meta_or(fe, "version"), "1") == 0);
+    const char *build = getenv("MIMIC_BUILD_DIR");
+    snprintf(cmd, sizeof cmd,
+             "%s/worker/mimic-worker --dump-grads --train.precision=fp32 --train.stage=%s "
+             "--weights %s --batch %s --out %s --model.img_size=%s --model.in_chans=%s "
+             "--model.patch_size=%s --model.embed_dim=%s --model.depth=%s --model.num_heads=%s "
+             "--model.mlp_ratio=%s --contrastive.mlp_dim=%s --contrastive.dim=%s "
+             "--contrawarp.w_neg=%s --contrawarp.tau=%s > %s 2>&1",
+             build ? build : ".", stage, w, b, out, meta_or(fe, "img_size"),
+             meta_or(fe, "in_chans"), meta_or(fe, "patch_size"), meta_or(fe, "embed_dim"),
+             meta_or(fe, "depth"), meta_or(fe, "num_heads"), meta_or(fe, "mlp_ratio"),
+             meta_or(fe, "mlp_dim"), meta_or(fe, "out_dim"), meta_or(fe, "w_neg"),
+             meta_or(fe, "tau"), log);
+    T_CHECK(system(cmd) == 0);
+    if (st_open(&fg, out)) {
+        printf("%s: no gradient dump (log %s) FAIL\n", stage, log);
+        testutil_failures++;
+        st_close(&fe);
+        return;
+    }
+    char name[200];
+    snprintf(name, sizeof name, "%s.loss", kind);
+    const st_tensor_t *l = st_find(fg, "loss");
+    if (l) compare(fe, name, l->data, 1);
+    T_CHECK(l != NULL);
+    int compared = 0;
+    double gmax = 0, nb_max = -1;
+    for (int i = 0; i < st_count(fg); i++) {
+        const st_tensor_t *t = st_at(fg, i);
+        if (strncmp(t->name, "grad.", 5) != 0) continue;
+        const float *x = t->data;
+        for (int64_t j = 0; j < t->numel; j++)
+            gmax = fmax(gmax, fabs(x[j]));
+        snprintf(name, sizeof name, "%s.%s", kind, t->name);
+        if (strcmp(t->name, "grad.norm.bias") == 0) {
+            nb_max = 0;
+            for (int64_t j = 0; j < t->numel; j++)
+                nb_max = fmax(nb_max, fabs(x[j]));
+            T_CHECK(st_find(fe, name) != NULL);
+            continue;
+        }
+        compare(fe, name, x, (size_t)t->numel);
+        compared++;
+    }
+    /* every expected gradient was dumped: the dump's count equals the file's */
+    int expected = 0;
+    snprintf(name, sizeof name, "%s.grad.", kind);
+    for (int i = 0; i < st_count(fe); i++)
+        expected += strncmp(st_at(fe, i)->name, name, strlen(name)) == 0;
+    printf("%s dump: %d gradients compared (of %d expected), norm.bias |g| %.2e vs max %.2e\n",
+           stage, compared, expected, nb_max, gmax);
+    T_CHECK(compared == expected - 1 && compared > 20 && nb_max >= 0 && nb_max <= 1e-5 * gmax);
+    st_close(&fg);
+    st_close(&fe);
+}
+
+static void test_dump_parity(void) {
+    dump_parity("byol", "byol", "tests/golden/byol_stage_batch2.safetensors");
+    dump_parity("contrawarp", "cw", "tests/golden/byol_stage_batch4.safetensors");
+}
+
 /* ---------------------------------------------------------------- the local warp */
 
 /* 1 when pixel (i, j) lies inside a disc of f (distance < R). */
@@ -614,6 +693,7 @@ int main(void) {
     test_pipeline_cfg();
     test_losses_fd();
     test_parity();
+    test_dump_parity();
     test_warp();
     test_loader_warp();
     test_stage_cfg();

@@ -24,6 +24,16 @@ seeds, one thread). One set of heads and inputs, two losses:
   each with the gradients of every head tensor and of x1, x2.
 Before writing, the cosine form is checked against BYOL's normalised-MSE form
 ||p/|p| - z/|z|||^2 and the negative term against softplus((cos_neg - cos_pos)/tau).
+
+It also writes the whole stages for the gradient dump (`mimic-worker --dump-grads`,
+test_byol runs it): gen_encoder.py's tiny ViT (timm names; its encoder_forward, so one
+specification) with these heads, online weights and a different target ("momentum.<name>",
+the servers' EMA copy) in byol_stage_weights.safetensors; a batch of 4 samples with 2
+views each (byol_stage_batch2) and the same with each sample's two local warps appended
+(views 3, 4 = warps of views 1, 2; byol_stage_batch4); and in byol_stage_expect the loss
+and the gradient of every online tensor of both stages ("byol.*" on batch2, "cw.*" on
+batch4). Features are the CLS row of the final norm; every head's BN normalises one
+view's batch (the target's warped views too), in training mode.
 """
 
 import os
@@ -120,6 +130,79 @@ def run(weights, x1, x2, z, zw, loss_kind):
     return E
 
 
+# ----------------------------------------------------------------------------- whole stages
+
+STAGE = {"batch": 4, "mlp_dim": 16, "out_dim": 8}
+
+
+def stage_files(rng, w_neg, tau):
+    import gen_encoder as ge  # its CFG is the model; imported here, after torch is set up
+    c = STAGE
+    D = ge.CFG["embed_dim"]
+    online, target = ge.make_weights(rng), ge.make_weights(rng)
+    for W in (online, target):
+        for prefix, (i, b) in (("projector", (D, False)), ("predictor", (c["out_dim"], True))):
+            seq = build_mlp(i, c["mlp_dim"], c["out_dim"], b)
+            for name, v in randomise(seq, rng).items():
+                W[f"{prefix}.{name}"] = v
+    B, C, S = c["batch"], ge.CFG["in_chans"], ge.CFG["img_size"]
+    g = f32(rng.normal(size=(B, 2, C, S, S)))
+    # "warps": each global view changed in a block of pixels (the dump takes any images)
+    wv = g.copy()
+    wv[:, :, :, 3:8, 2:9] += f32(rng.normal(0.0, 0.7, size=(B, 2, C, 5, 7)))
+    batch2 = g.reshape(B * 2, C, S, S)
+    batch4 = np.concatenate([g, wv], axis=1).reshape(B * 4, C, S, S)
+
+    def heads(W, prefix):
+        seq = build_mlp(D if prefix == "projector" else c["out_dim"], c["mlp_dim"],
+                        c["out_dim"], prefix == "predictor")
+        with torch.no_grad():
+            for name, p in seq.named_parameters():
+                p.copy_(torch.from_numpy(W[f"{prefix}.{name}"].astype(np.float64)))
+        return seq.train()
+
+    def run_stage(kind, imgs, V):
+        P = {n: torch.tensor(w, dtype=torch.float64, requires_grad=n != "pos_embed")
+             for n, w in online.items() if not n.startswith(("projector", "predictor"))}
+        T = {n: torch.tensor(w, dtype=torch.float64) for n, w in target.items()
+             if not n.startswith(("projector", "predictor"))}
+        proj, pred, tproj = heads(online, "projector"), heads(online, "predictor"), \
+            heads(target, "projector")
+        x = torch.tensor(imgs, dtype=torch.float64).reshape(B, V, C, S, S)
+        feats = ge.encoder_forward(P, x[:, :2].reshape(B * 2, C, S, S))[:, 0].reshape(B, 2, D)
+        with torch.no_grad():
+            tf = ge.encoder_forward(T, x.reshape(B * V, C, S, S))[:, 0].reshape(B, V, D)
+            z = [tproj(tf[:, v]) for v in range(V)]
+        p = [pred(proj(feats[:, v])) for v in range(2)]
+        loss = byol_term(p[0], z[1]) + byol_term(p[1], z[0])
+        if kind == "cw":
+            loss = loss + w_neg * (neg_term(p[0], z[1], z[3], tau) + neg_term(p[1], z[0], z[2], tau))
+        loss.backward()
+        E = {f"{kind}.loss": f32([loss.item()])}
+        for n, t in P.items():
+            if n != "pos_embed":
+                E[f"{kind}.grad.{n}"] = f32(t.grad.numpy())
+        for prefix, seq in (("projector", proj), ("predictor", pred)):
+            for name, t in seq.named_parameters():
+                E[f"{kind}.grad.{prefix}.{name}"] = f32(t.grad.numpy())
+        return E
+
+    E = {}
+    E.update(run_stage("byol", batch2, 2))
+    E.update(run_stage("cw", batch4, 4))
+    weights = dict(online)
+    weights.update({f"momentum.{n}": v for n, v in target.items() if n != "pos_embed"})
+    meta = {k: str(v) for k, v in ge.CFG.items()}
+    meta.update({k: str(v) for k, v in STAGE.items()})
+    meta.update(w_neg=str(w_neg), tau=str(tau), format="mimicps-golden-byol-stage", version="1",
+                reference="torch float64")
+    d = os.path.dirname(OUT)
+    safetensors_io.save(os.path.join(d, "byol_stage_weights.safetensors"), weights, meta)
+    safetensors_io.save(os.path.join(d, "byol_stage_batch2.safetensors"), {"images": batch2}, meta)
+    safetensors_io.save(os.path.join(d, "byol_stage_batch4.safetensors"), {"images": batch4}, meta)
+    safetensors_io.save(os.path.join(d, "byol_stage_expect.safetensors"), E, meta)
+
+
 def main():
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -142,6 +225,7 @@ def main():
     meta = {k: str(v) for k, v in CFG.items()}
     meta.update(format="mimicps-golden-byol", version="1", reference="torch float64")
     safetensors_io.save(OUT, {**T, **E}, meta)
+    stage_files(np.random.default_rng(SEED + 1), c["w_neg"], c["tau"])
 
 
 if __name__ == "__main__":
