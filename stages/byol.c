@@ -64,7 +64,9 @@ typedef struct {
     float *mem;
 } byol_t;
 
-static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, int views, int heads_views) {
+/* views: images per sample the network's encoder runs on; online: the predictor runs
+ * too (the target's never does). */
+static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, int views, int online) {
     head_layer_t pl[HEAD_LAYERS], ql[HEAD_LAYERS];
     const int D = cfg->model.embed_dim, dim = cfg->contrastive.dim, G = cfg->contrastive.bn_groups;
     int rc;
@@ -81,9 +83,9 @@ static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, int views, int he
         return rc;
     if (B == 0) return 0; /* parameters only */
     if ((rc = encoder_acts_alloc(&nt->ea, &nt->enc, views * B, nt->enc.L)) < 0) return rc;
-    for (int v = 0; v < heads_views; v++)
+    for (int v = 0; v < views; v++)
         if ((rc = head_acts_alloc_groups(&nt->proj_a[v], &nt->proj, B, G)) < 0) return rc;
-    for (int v = 0; v < GLOBAL && heads_views == GLOBAL; v++) /* the online predictor */
+    for (int v = 0; v < GLOBAL && online; v++)
         if ((rc = head_acts_alloc_groups(&nt->pred_a[v], &nt->pred, B, G)) < 0) return rc;
     return 0;
 }
@@ -174,8 +176,8 @@ static int byol_create_kind(stage_t *s, const mimic_cfg_t *cfg, int batch, int c
     b->groups = G;
     b->img = (size_t)cfg->model.in_chans * cfg->model.img_size * cfg->model.img_size;
     int rc;
-    if ((rc = net_build(&b->on, cfg, batch, GLOBAL, GLOBAL)) ||
-        (rc = net_build(&b->tg, cfg, batch, b->V, b->V)) || (batch > 0 && (rc = byol_buffers(b))))
+    if ((rc = net_build(&b->on, cfg, batch, GLOBAL, 1)) ||
+        (rc = net_build(&b->tg, cfg, batch, b->V, 0)) || (batch > 0 && (rc = byol_buffers(b))))
         return rc;
     s->p = b->on.p;
     s->ema = b->tg.p->w;
