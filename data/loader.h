@@ -37,7 +37,7 @@ void loader_destroy(loader_t **ld);
  * from the sample's. No batch may be in flight. Returns 0 or MIMIC_EINVAL. */
 int loader_set_views(loader_t *ld, int views);
 int loader_views(const loader_t *ld);
-/* ContraWarping (after loader_set_views, which resets it to 0): the last `warped` of the
+/* ContraWarping (ours; after loader_set_views, which resets it to 0): the last `warped` of the
  * views become local warps (data/warp.h; data.warp_regions, .warp_radius,
  * .warp_magnitude) of the first ones: view views-warped+j is view j, augmented as
  * usual, then warped from the stream of its own view slot, so the global views are

@@ -10,13 +10,16 @@ int warp_check(const warp_cfg_t *c) {
         return mimic_err(MIMIC_EINVAL, "config data.warp_regions: %d (need 1..%d)", c->regions,
                          WARP_MAX_REGIONS);
     if (!(c->radius > 0.0f && c->radius <= 1.0f))
-        return mimic_err(MIMIC_EINVAL, "config data.warp_radius: %g (need a fraction of the image "
-                         "side in (0, 1])", (double)c->radius);
+        return mimic_err(MIMIC_EINVAL,
+                         "config data.warp_radius: %g (need a fraction of the image "
+                         "side in (0, 1])",
+                         (double)c->radius);
     /* (ours) a lone disc's map stays fold-free: Jacobian norm <= 1.72 magnitude / radius */
     if (!(c->magnitude >= 0.0f && c->magnitude <= 0.5f * c->radius))
-        return mimic_err(MIMIC_EINVAL, "config data.warp_magnitude: %g (need 0 <= magnitude <= "
-                         "data.warp_radius / 2 = %g)", (double)c->magnitude,
-                         (double)(0.5f * c->radius));
+        return mimic_err(MIMIC_EINVAL,
+                         "config data.warp_magnitude: %g (need 0 <= magnitude <= "
+                         "data.warp_radius / 2 = %g)",
+                         (double)c->magnitude, (double)(0.5f * c->radius));
     return 0;
 }
 

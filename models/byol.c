@@ -41,8 +41,8 @@ float byol_warpneg_forward(float *q, const float *p, const float *z, const float
 }
 
 /* d softplus(s- - s+) = q (ds- - ds+), s = p . (w or z) / tau */
-void byol_warpneg_backward(float *dp, const float *q, const float *z, const float *w, int N,
-                           int D, float tau, float dloss) {
+void byol_warpneg_backward(float *dp, const float *q, const float *z, const float *w, int N, int D,
+                           float tau, float dloss) {
     float c = dloss / ((float)N * tau);
     for (int i = 0; i < N; i++) {
         float a = c * q[i];

@@ -27,7 +27,7 @@ void byol_backward(float *dp, const float *z, int N, int D, float dloss);
 float byol_warpneg_forward(float *q, const float *p, const float *z, const float *w, int N, int D,
                            float tau);
 /* dp (N,D) += dloss / (N tau) * q_i (w_i - z_i). */
-void byol_warpneg_backward(float *dp, const float *q, const float *z, const float *w, int N,
-                           int D, float tau, float dloss);
+void byol_warpneg_backward(float *dp, const float *q, const float *z, const float *w, int N, int D,
+                           float tau, float dloss);
 
 #endif

@@ -200,7 +200,7 @@ static const key_t_ KEYS[] = {
     F("cluster", "key", K_STR, cluster.key, "",
       "this process's CURVE key pair file (default: picked from cluster.keys by MPI rank)"),
     F("contrastive", "momentum", K_FLOAT, contrastive.momentum, "0.99",
-      "m0 of the momentum encoder k = m*k + (1-m)*q"),
+      "m0 of the momentum encoder k = m*k + (1-m)*q (BYOL, ContraWarping: tau_base)"),
     F("contrastive", "momentum_cosine", K_INT, contrastive.momentum_cosine, "1",
       "MoCo v3's schedule m_t = 1 - (1 + cos(pi t / steps)) (1 - m0) / 2 (0: constant m0)"),
     F("contrastive", "queue_size", K_INT, contrastive.queue_size, "4096",

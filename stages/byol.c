@@ -55,9 +55,9 @@ typedef struct {
     net_t on, tg; /* online; target (its w is stage_t.ema) */
     size_t img;   /* floats per image */
     float *gimgs; /* (2B, C,S,S) the online network's images when warped views exist */
-    float *ofeat, *ofv[GLOBAL];        /* online features (2B, D) and per view (B, D) */
-    float *tfeat, *tfv[MAX_VIEWS];     /* target features (VB, D) and per view */
-    float *pn[GLOBAL], *pnorm[GLOBAL]; /* normalised predictions (B, dim), norms (B) */
+    float *ofeat, *ofv[GLOBAL];              /* online features (2B, D) and per view (B, D) */
+    float *tfeat, *tfv[MAX_VIEWS];           /* target features (VB, D) and per view */
+    float *pn[GLOBAL], *pnorm[GLOBAL];       /* normalised predictions (B, dim), norms (B) */
     float *zn[MAX_VIEWS], *znorm[MAX_VIEWS]; /* normalised target projections */
     float *q[GLOBAL];                        /* (B) the negatives' softmax weights */
     float *dpn[GLOBAL], *dp[GLOBAL], *dz[GLOBAL], *dfv[GLOBAL], *dfeat, *dout;
@@ -149,8 +149,10 @@ static int byol_create_kind(stage_t *s, const mimic_cfg_t *cfg, int batch, int c
     s->impl = b;
     const char *name = contrawarp ? "ContraWarping" : "BYOL";
     if (batch == 1)
-        return mimic_err(MIMIC_EINVAL, "config train.batch_size: %s needs at least 2 "
-                                       "(BatchNorm in its heads)", name);
+        return mimic_err(MIMIC_EINVAL,
+                         "config train.batch_size: %s needs at least 2 "
+                         "(BatchNorm in its heads)",
+                         name);
     if (cfg->contrastive.dim <= 0 || cfg->contrastive.mlp_dim <= 0)
         return mimic_err(MIMIC_EINVAL, "config contrastive.dim and mlp_dim must be positive");
     if (contrawarp && !(cfg->contrawarp.w_neg >= 0.0f && cfg->contrawarp.w_neg < 1e6f))

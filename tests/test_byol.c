@@ -55,7 +55,8 @@ static void loss_grad(loss_ctx *c, float *dp) {
     float *dpn = testutil_zeros(n);
     loss_fn(c);
     byol_backward(dpn, c->z, c->N, c->D, 1.0f);
-    if (c->w_neg != 0.0f) byol_warpneg_backward(dpn, c->q, c->z, c->w, c->N, c->D, c->tau, c->w_neg);
+    if (c->w_neg != 0.0f)
+        byol_warpneg_backward(dpn, c->q, c->z, c->w, c->N, c->D, c->tau, c->w_neg);
     l2norm_backward(dp, dpn, c->pn, c->pnorm, c->N, c->D);
 }
 
@@ -67,8 +68,16 @@ static void unit_rows(float *x, int N, int D) {
 static void test_losses_fd(void) {
     const int N = 5, D = 7;
     size_t n = (size_t)N * D;
-    loss_ctx c = {testutil_rnd(n, -1, 1, &seed), testutil_zeros(n), testutil_zeros(N), testutil_rnd(n, -1, 1, &seed),
-                  testutil_rnd(n, -1, 1, &seed), testutil_zeros(N), N, D, 0.3f, 0.0f};
+    loss_ctx c = {testutil_rnd(n, -1, 1, &seed),
+                  testutil_zeros(n),
+                  testutil_zeros(N),
+                  testutil_rnd(n, -1, 1, &seed),
+                  testutil_rnd(n, -1, 1, &seed),
+                  testutil_zeros(N),
+                  N,
+                  D,
+                  0.3f,
+                  0.0f};
     unit_rows(c.z, N, D);
     unit_rows(c.w, N, D);
     float *dp = testutil_zeros(n);
@@ -79,8 +88,8 @@ static void test_losses_fd(void) {
     for (int i = 0; i < N; i++)
         ref += 2 - 2 * testutil_dot(c.pn + i * D, c.z + i * D, D);
     T_CHECK(l >= 0 && l <= 4 && fabs(l - ref / N) < 1e-6);
-    testutil_fd_check_scaled("byol 2-2cos d/dp (through l2norm)", loss_fn, &c, c.p, dp, n, 64,
-                             1e-3, 1e-2, 1e-2);
+    testutil_fd_check_scaled("byol 2-2cos d/dp (through l2norm)", loss_fn, &c, c.p, dp, n, 64, 1e-3,
+                             1e-2, 1e-2);
     /* p = z: the loss is 0 and so is its gradient */
     memcpy(c.p, c.z, n * sizeof(float));
     T_CHECK(fabs(loss_fn(&c)) < 1e-6);
@@ -96,7 +105,8 @@ static void test_losses_fd(void) {
     double neg = byol_warpneg_forward(c.q, c.pn, c.z, c.w, N, D, c.tau), sref = 0;
     for (int i = 0; i < N; i++) {
         double x = (testutil_dot(c.pn + i * D, c.w + i * D, D) -
-                    testutil_dot(c.pn + i * D, c.z + i * D, D)) / c.tau;
+                    testutil_dot(c.pn + i * D, c.z + i * D, D)) /
+                   c.tau;
         sref += log1p(exp(x));
     }
     printf("warped-negative term %.6f, softplus reference %.6f\n", neg, sref / N);
@@ -333,7 +343,8 @@ static void test_warp(void) {
     const size_t plane = (size_t)S * S;
     warp_cfg_t wc = {3, 0.2f, 0.1f};
     T_CHECK(warp_check(&wc) == 0);
-    float *in = testutil_rnd((size_t)C * plane, -1, 1, &seed), *out = testutil_zeros((size_t)C * plane);
+    float *in = testutil_rnd((size_t)C * plane, -1, 1, &seed),
+          *out = testutil_zeros((size_t)C * plane);
     int outside_same = 1, inside_changed = 0, zero_outside = 1, trials = 20;
     double worst_slope = 0, bound = 1.72 * wc.magnitude / wc.radius; /* per disc */
     for (int t = 0; t < trials; t++) {
@@ -351,8 +362,8 @@ static void test_warp(void) {
                 if (!inside) {
                     zero_outside &= ux == 0.0f && uy == 0.0f;
                     for (int c = 0; c < C; c++)
-                        outside_same &= memcmp(&out[c * plane + i * S + j], &in[c * plane + i * S + j],
-                                               sizeof(float)) == 0;
+                        outside_same &= memcmp(&out[c * plane + i * S + j],
+                                               &in[c * plane + i * S + j], sizeof(float)) == 0;
                 } else if (out[i * S + j] != in[i * S + j]) {
                     inside_changed = 1;
                 }
@@ -361,7 +372,8 @@ static void test_warp(void) {
                 warp_displacement(&f, (float)j + h, (float)i, &ux2, &uy2);
                 warp_displacement(&f, (float)j, (float)i + h, &ux3, &uy3);
                 double sl = fmax(fmax(fabs(ux2 - ux), fabs(uy2 - uy)),
-                                 fmax(fabs(ux3 - ux), fabs(uy3 - uy))) / h;
+                                 fmax(fabs(ux3 - ux), fabs(uy3 - uy))) /
+                            h;
                 worst_slope = fmax(worst_slope, sl);
             }
     }
@@ -396,7 +408,8 @@ static void test_warp(void) {
             }
     }
     printf("warp: linear ramp resampled exactly, worst error %.2e; largest displacement %.2f px "
-           "(magnitude %.2f px per disc)\n", worst, worst_field, wc.magnitude * S);
+           "(magnitude %.2f px per disc)\n",
+           worst, worst_field, wc.magnitude * S);
     T_CHECK(worst < 1e-4 && worst_field > 0.5 * wc.magnitude * S &&
             worst_field <= wc.regions * wc.magnitude * S * 1.0001);
 
@@ -466,7 +479,8 @@ static void test_loader_warp(void) {
     double worst_frac = 0;
     for (int i = 0; i < n; i++)
         for (int v = 0; v < 2; v++) {
-            const float *g = four + ((size_t)i * 4 + v) * isz, *w = four + ((size_t)i * 4 + 2 + v) * isz;
+            const float *g = four + ((size_t)i * 4 + v) * isz,
+                        *w = four + ((size_t)i * 4 + 2 + v) * isz;
             globals_same &= memcmp(g, two + ((size_t)i * 2 + v) * isz, isz * sizeof(float)) == 0;
             int diff = 0;
             for (int k = 0; k < isz; k++)
@@ -527,7 +541,8 @@ static void test_stage_fd(const char *kind) {
     if (!s) return;
     T_CHECK(s->views == V && s->warp_views == (cw ? 2 : 0) && s->ema &&
             (s->ops->reads & STAGE_READ_EMA) && !(s->ops->pushes & STAGE_PUSH_KEYS));
-    T_CHECK(params_find(s->p, "predictor.3.bias") >= 0 && params_find(s->p, "projector.3.bias") < 0 &&
+    T_CHECK(params_find(s->p, "predictor.3.bias") >= 0 &&
+            params_find(s->p, "projector.3.bias") < 0 &&
             params_find(s->p, "blocks.0.attn.qkv.weight") >= 0);
     s->ops->init(s, 3);
     T_CHECK(memcmp(s->ema, s->p->w, s->p->total * sizeof(float)) == 0);
@@ -592,14 +607,16 @@ static void test_stage_fd(const char *kind) {
             for (int i = 0; i < B; i++)
                 memcpy(g2 + (size_t)i * 2 * 64, imgs + (size_t)i * 4 * 64, 2 * 64 * sizeof(float));
             stage_input_t in2 = {g2, NULL, NULL};
-            double lb = stage_compute(sb, &in2, B, NULL, NULL), l0 = stage_compute(s0, &c.in, B, NULL, NULL);
+            double lb = stage_compute(sb, &in2, B, NULL, NULL),
+                   l0 = stage_compute(s0, &c.in, B, NULL, NULL);
             /* not bit for bit: the target encoder runs 4 views a sample instead of 2, so
              * its GEMMs have other shapes (other blocking, other rounding), which the
              * target's BatchNorm over 4 rows amplifies to ~5e-6; a wrong pairing of
              * views or targets would differ at O(1) */
             printf("contrawarp with w_neg 0: %.7f, byol: %.7f\n", l0, lb);
             T_CHECK(fabs(l0 - lb) <= 1e-4 * fabs(lb));
-            testutil_close("contrawarp w_neg 0 gradient == byol's", s0->p->g, sb->p->g, s->p->total, 1e-4);
+            testutil_close("contrawarp w_neg 0 gradient == byol's", s0->p->g, sb->p->g, s->p->total,
+                           1e-4);
             free(g2);
         }
         stage_destroy(&sb);
@@ -640,7 +657,8 @@ static void test_stage_cfg(void) {
         stage_t *s = NULL;
         T_CHECK(stage_new(&s, &cfg, 4) == MIMIC_EINVAL && !s);
         T_CHECK(strstr(mimic_last_error(), bad[i].key) != NULL);
-        if (!strstr(mimic_last_error(), bad[i].key)) printf("  (%s: %s)\n", bad[i].set, mimic_last_error());
+        if (!strstr(mimic_last_error(), bad[i].key))
+            printf("  (%s: %s)\n", bad[i].set, mimic_last_error());
     }
     mimic_cfg_t cfg;
     config_defaults(&cfg);
@@ -673,14 +691,16 @@ static void test_pipeline_cfg(void) {
         T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == 0);
         T_CHECK(strcmp(name, stages[k]) == 0 &&
                 st.train.stage == (k ? STAGE_KIND_CONTRAWARP : STAGE_KIND_BYOL));
-        T_CHECK(st.train.steps == moco.train.steps && st.train.batch_size == moco.train.batch_size &&
-                st.train.blr == moco.train.blr && st.train.warmup_steps == moco.train.warmup_steps &&
+        T_CHECK(st.train.steps == moco.train.steps &&
+                st.train.batch_size == moco.train.batch_size && st.train.blr == moco.train.blr &&
+                st.train.warmup_steps == moco.train.warmup_steps &&
                 st.train.weight_decay == moco.train.weight_decay);
         T_CHECK(strstr(st.train.init_from, "0-mae/model.safetensors") != NULL);
         T_CHECK(config_pipeline_stage(&base, 2, &st, name, sizeof name) == 0 &&
                 strcmp(name, "eval") == 0);
-        printf("deploy/fmnist.ini with pipeline.stages=mae,%s,eval: %ld steps of %d, like mocov3 ok\n",
-               stages[k], moco.train.steps, moco.train.batch_size);
+        printf(
+            "deploy/fmnist.ini with pipeline.stages=mae,%s,eval: %ld steps of %d, like mocov3 ok\n",
+            stages[k], moco.train.steps, moco.train.batch_size);
     }
     T_CHECK(config_override(&base, "pipeline.byl.train.steps=1") == 0);
     mimic_set_quiet(1);

@@ -111,9 +111,9 @@ static void tiny_cfg(mimic_cfg_t *cfg, const char *stage) {
     config_defaults(cfg);
     char st[64];
     snprintf(st, sizeof st, "train.stage=%s", stage);
-    const char *set[] = {"model.img_size=16", "model.patch_size=4",     "model.embed_dim=32",
-                         "model.depth=2",     "model.num_heads=2",      "contrastive.mlp_dim=32",
-                         "contrastive.dim=16", st};
+    const char *set[] = {
+        "model.img_size=16", "model.patch_size=4",     "model.embed_dim=32", "model.depth=2",
+        "model.num_heads=2", "contrastive.mlp_dim=32", "contrastive.dim=16", st};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
         T_CHECK(config_override(cfg, set[i]) == 0);
 }
@@ -149,7 +149,8 @@ static void check_ema(const char *stage, const char *dir) {
         moved |= same && memcmp(m->data, w->data, t->numel * 4) != 0;
     }
     printf("%s cluster (%d servers x %d workers): the target == servers' EMA bit for bit %s, "
-           "lags the weights %s\n", stage, S, W, same ? "yes" : "NO", moved ? "yes" : "NO");
+           "lags the weights %s\n",
+           stage, S, W, same ? "yes" : "NO", moved ? "yes" : "NO");
     T_CHECK(same && moved);
     st_close(&fw);
     free(ema);
@@ -209,8 +210,8 @@ static void test_stage(const char *stage, int views) {
     }
     double first = NAN, last = NAN;
     int n = finite_losses(dir, &first, &last);
-    printf("%s cluster: %d step records, every loss finite %s (worker 0: %.4f -> %.4f)\n", stage,
-           n, n == W * STEPS ? "yes" : "NO", first, last);
+    printf("%s cluster: %d step records, every loss finite %s (worker 0: %.4f -> %.4f)\n", stage, n,
+           n == W * STEPS ? "yes" : "NO", first, last);
     T_CHECK(n == W * STEPS);
     check_ema(stage, dir);
     float l1 = dump(stage, dir, views, 1, 0.5f), l2 = dump(stage, dir, views, 2, 0.5f);
@@ -257,7 +258,8 @@ static void test_resume(void) {
     same = same && strcmp(st_meta(fa, "step"), "6") == 0 && strcmp(st_meta(fb, "step"), "6") == 0 &&
            strcmp(st_meta(fa, "cursor"), st_meta(fb, "cursor")) == 0;
     printf("contrawarp standalone: stop at 3 + resume to 6 == 6 in one go (%d tensors, %d of "
-           "them the target): %s\n", count, momentum, same ? "ok" : "FAIL");
+           "them the target): %s\n",
+           count, momentum, same ? "ok" : "FAIL");
     T_CHECK(same && momentum > 10);
     st_close(&fa);
     st_close(&fb);
