@@ -4,6 +4,7 @@
 #include "common.h"
 #include "order.h"
 #include "rng.h"
+#include "warp.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -52,6 +53,8 @@ struct loader {
     int views; /* images per sample (loader_set_views) */
     int eval;  /* the deterministic resize instead of the augmentation (loader_set_eval) */
     augment_view view[LOADER_MAX_VIEWS]; /* the recipe of view v when views >= 2 */
+    int warped;                          /* trailing views that warp the first ones */
+    warp_cfg_t warp;
 
     int nslots;    /* data.threads + 1 */
     int nthreads;  /* threads running (slots 1..nthreads) */
@@ -86,12 +89,20 @@ static int build_views(loader_t *ld, slot_t *s, float *out, rng_t *r) {
     uint64_t seeds[LOADER_MAX_VIEWS];
     for (int v = 0; v < ld->views; v++)
         seeds[v] = rng_u64(r);
-    for (int v = 0; v < ld->views; v++) {
+    const int G = ld->views - ld->warped; /* the globally augmented views come first */
+    for (int v = 0; v < G; v++) {
         rng_t rv;
         rng_seed(&rv, seeds[v]);
         int rc = augment_view_ws(out + (size_t)v * isz, &s->img, ld->S, &ld->view[v], ld->mean,
                                  ld->std, ld->C, &rv, &s->ws);
         if (rc) return rc;
+    }
+    for (int j = 0; j < ld->warped; j++) { /* warped view G+j: a local warp of view j */
+        rng_t rv;
+        warp_field_t f;
+        rng_seed(&rv, seeds[G + j]);
+        warp_draw(&f, &ld->warp, ld->S, &rv);
+        warp_apply(out + (size_t)(G + j) * isz, out + (size_t)j * isz, ld->C, ld->S, &f);
     }
     return 0;
 }
@@ -227,6 +238,8 @@ static void copy_params(loader_t *ld, const mimic_cfg_t *cfg) {
     memcpy(ld->std, cfg->data.std, sizeof ld->std);
     ld->seed = cfg->train.seed;
     ld->views = 1;
+    ld->warp = (warp_cfg_t){cfg->data.warp_regions, cfg->data.warp_radius,
+                            cfg->data.warp_magnitude};
     for (int v = 0; v < LOADER_MAX_VIEWS; v++)
         ld->view[v] = (augment_view){
             .scale_lo = ld->scale_lo,
@@ -311,6 +324,16 @@ int loader_set_views(loader_t *ld, int views) {
         return mimic_err(MIMIC_EINVAL, "loader: %d views per sample (need 1..%d)", views,
                          LOADER_MAX_VIEWS);
     ld->views = views;
+    ld->warped = 0;
+    return 0;
+}
+
+int loader_set_warp(loader_t *ld, int warped) {
+    MIMIC_CHECK(ld != NULL && !ld->in_flight);
+    if (warped < 0 || 2 * warped > ld->views)
+        return mimic_err(MIMIC_EINVAL, "loader: %d warped views of %d (need 0..%d)", warped,
+                         ld->views, ld->views / 2);
+    ld->warped = warped;
     return 0;
 }
 

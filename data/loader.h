@@ -37,6 +37,13 @@ void loader_destroy(loader_t **ld);
  * from the sample's. No batch may be in flight. Returns 0 or MIMIC_EINVAL. */
 int loader_set_views(loader_t *ld, int views);
 int loader_views(const loader_t *ld);
+/* ContraWarping (ours; after loader_set_views, which resets it to 0): the last `warped` of the
+ * views become local warps (data/warp.h; data.warp_regions, .warp_radius,
+ * .warp_magnitude) of the first ones: view views-warped+j is view j, augmented as
+ * usual, then warped from the stream of its own view slot, so the global views are
+ * drawn exactly as without warps. 0 <= warped <= views/2 (each warps a different
+ * view); MIMIC_EINVAL otherwise. The evaluation mode ignores it. No batch in flight. */
+int loader_set_warp(loader_t *ld, int warped);
 /* Evaluation mode on (1) or off (0, the default): every view of a sample is the whole
  * image resized to S x S and normalised (augment_resize), no crop, flip or colour op;
  * the masking noise is still drawn. No batch may be in flight. */

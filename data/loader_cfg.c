@@ -4,6 +4,7 @@
 #include "loader.h"
 
 #include "common.h"
+#include "warp.h"
 
 #include <string.h>
 
@@ -68,6 +69,8 @@ int loader_opts(dataset_opts *o, const mimic_cfg_t *cfg) {
         return mimic_err(MIMIC_EINVAL, "config data.threads: %d (need 0..%d)", cfg->data.threads,
                          LOADER_MAX_THREADS);
     if ((rc = check_views(cfg))) return rc;
+    warp_cfg_t wc = {cfg->data.warp_regions, cfg->data.warp_radius, cfg->data.warp_magnitude};
+    if ((rc = warp_check(&wc))) return rc; /* checked for every stage, like the view recipe */
     o->path = cfg->data.path;
     o->labels = cfg->data.labels[0] ? cfg->data.labels : NULL;
     o->usage = cfg->data.usage[0] ? cfg->data.usage : NULL;

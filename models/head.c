@@ -31,6 +31,12 @@ int head_spec_mlp2(head_layer_t *l, int hidden, int out) {
     return 2;
 }
 
+int head_spec_byol(head_layer_t *l, int hidden, int out, int last_bias) {
+    l[0] = (head_layer_t){.out = hidden, .bias = 0, .bn = HEAD_BN_AFFINE, .relu = 1};
+    l[1] = (head_layer_t){.out = out, .bias = last_bias != 0, .bn = HEAD_BN_NONE, .relu = 0};
+    return 2;
+}
+
 static int add_tensor(params_t *p, const char *prefix, int k, const char *leaf, int ndim,
                       int64_t d0, int64_t d1) {
     char name[PARAMS_NAME_MAX];

@@ -71,6 +71,12 @@ int head_spec_mocov3(head_layer_t *l, int num_layers, int mlp_dim, int out, int 
 /* Linear(hidden, bias), ReLU, Linear(out, bias): MoCo v2's head (hidden = backbone
  * width, out 128) and SupCon's (hidden = d, out 128). Writes 2 entries; returns 2. */
 int head_spec_mlp2(head_layer_t *l, int hidden, int out);
+/* BYOL's projector and predictor (METHODS.md): Linear(hidden, no bias), BN (affine), ReLU,
+ * Linear(out, bias iff last_bias): torch indices 0, 1, 3. The first Linear has no bias
+ * because the BN after it removes any shift (an exactly zero gradient, which float32
+ * turns into rounding noise that Adam would amplify into lr-sized steps). Writes 2
+ * entries; returns 2. */
+int head_spec_byol(head_layer_t *l, int hidden, int out, int last_bias);
 
 /* Registers the head's tensors as "<prefix>.<k>.weight" / "<prefix>.<k>.bias" where k
  * is the torch Sequential index: for MoCo v3's projector k = 0 Linear, 1 BN, 2 ReLU,

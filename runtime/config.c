@@ -83,11 +83,22 @@ static const key_t_ KEYS[] = {
       "two-view stages: probability of Gaussian blur for view 1, view 2"),
     F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
       "two-view stages: probability of solarize for view 1, view 2"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2", "mae",
+    F("data", "warp_regions", K_INT, data.warp_regions, "2",
+      "contrawarp: discs of the random local warp per warped view (1..16)"),
+    F("data", "warp_radius", K_FLOAT, data.warp_radius, "0.25",
+      "contrawarp: radius of each warp disc as a fraction of the image side (0..1]; the "
+      "displacement is exactly 0 outside the discs"),
+    F("data", "warp_magnitude", K_FLOAT, data.warp_magnitude, "0.08",
+      "contrawarp: largest displacement at a disc's centre as a fraction of the image side "
+      "(0..warp_radius/2, so a disc's map does not fold)"),
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|byol|contrawarp", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
       "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
-      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys)"),
+      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys), "
+      "byol = BYOL (predictor regresses the servers' EMA target, 2 - 2 cos; tau_base = "
+      "contrastive.momentum), contrawarp = ContraWarping (BYOL + contrawarp.w_neg x a negative "
+      "term against locally warped views, data.warp_* keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -189,7 +200,7 @@ static const key_t_ KEYS[] = {
     F("cluster", "key", K_STR, cluster.key, "",
       "this process's CURVE key pair file (default: picked from cluster.keys by MPI rank)"),
     F("contrastive", "momentum", K_FLOAT, contrastive.momentum, "0.99",
-      "m0 of the momentum encoder k = m*k + (1-m)*q"),
+      "m0 of the momentum encoder k = m*k + (1-m)*q (BYOL, ContraWarping: tau_base)"),
     F("contrastive", "momentum_cosine", K_INT, contrastive.momentum_cosine, "1",
       "MoCo v3's schedule m_t = 1 - (1 + cos(pi t / steps)) (1 - m0) / 2 (0: constant m0)"),
     F("contrastive", "queue_size", K_INT, contrastive.queue_size, "4096",
@@ -262,6 +273,11 @@ static const key_t_ KEYS[] = {
     F("mimic", "tau", K_FLOAT, mimic.tau, "0.1", "temperature of the contrastive term"),
     F("mimic", "proj_dim", K_INT, mimic.proj_dim, "128",
       "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
+    F("contrawarp", "w_neg", K_FLOAT, contrawarp.w_neg, "1.0",
+      "weight of the warped-negative term: L = BYOL + w_neg * softplus((p.z_warp - p.z)/tau) "
+      "(>= 0; 0: BYOL with the warped views computed and unused)"),
+    F("contrawarp", "tau", K_FLOAT, contrawarp.tau, "0.2",
+      "temperature of the warped-negative term (> 0)"),
 };
 #undef F
 #undef E
@@ -686,15 +702,19 @@ int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char
     }
     if ((rc = stage_name(base, i, name, cap))) return rc;
     snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
-    for (int k = 0; k < base->pipeline.noverrides; k++) { /* a misspelt section is an error */
+    /* a misspelt section is an error; a section of a stage the pipeline does not run is
+     * kept for when it does (a config file holds one for every objective, and
+     * --pipeline.stages picks) */
+    const key_t_ *stage_key = find_key("train", "stage");
+    for (int k = 0; k < base->pipeline.noverrides; k++) {
         const char *o = base->pipeline.overrides[k];
-        int known = 0;
+        int known = strcmp(o, "eval") == 0 || enum_index(stage_key->choices, o) >= 0;
         char other[64];
         for (int j = 0; j < n && !known; j++)
             known = stage_name(base, j, other, sizeof other) == 0 && strcmp(other, o) == 0;
         if (!known)
-            return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is not one of pipeline.stages "
-                                           "'%s'",
+            return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is neither one of "
+                                           "pipeline.stages '%s' nor a train.stage",
                              o, o + strlen(o) + 1, o, base->pipeline.stages);
     }
     if (strcmp(name, "eval") != 0 && (rc = config_set(out, "train", "stage", name))) return rc;

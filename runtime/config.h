@@ -28,7 +28,14 @@ typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
 typedef enum { WIRE_FP32, WIRE_BF16, WIRE_AUTO } wire_t; /* cluster.wire */
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC, STAGE_KIND_MOCOV2 } stage_kind_t;
+typedef enum {
+    STAGE_KIND_MAE,
+    STAGE_KIND_MOCOV3,
+    STAGE_KIND_MIMIC,
+    STAGE_KIND_MOCOV2,
+    STAGE_KIND_BYOL,
+    STAGE_KIND_CONTRAWARP,
+} stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -47,6 +54,10 @@ typedef struct {
          * recipe); [0] and [1] = view 1 and view 2 (K_FLOAT4 lists fill four) */
         float jitter_p, brightness, contrast, saturation, hue;
         float gray_p, blur_p[4], solarize_p[4];
+        /* ContraWarping's local warp (data/warp.h): discs, radius and displacement as
+         * fractions of the image side */
+        int warp_regions;
+        float warp_radius, warp_magnitude;
     } data;
     struct {
         stage_kind_t stage;
@@ -128,6 +139,10 @@ typedef struct {
         float tau;       /* its temperature */
         int proj_dim;    /* the projection head's output */
     } mimic;
+    struct {           /* ContraWarping (stages/byol.c; docs/objectives.md) */
+        float w_neg;   /* weight of the warped-negative term added to BYOL's loss */
+        float tau;     /* its temperature */
+    } contrawarp;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);

@@ -61,6 +61,9 @@ struct stage {
     params_t *p;            /* the trainable parameters: w, g (owned by the model) */
     int batch;              /* samples per batch allocated */
     int views;              /* images per sample the loader must produce */
+    /* Of those, the last warp_views are local warps (data/warp.h) of views 0.. in order
+     * (ContraWarping's negatives: view views-warp_views+j warps view j); 0: none. */
+    int warp_views;
     int noise_len;          /* masking-noise floats per sample (0: none) */
     int wants_labels;       /* 1 when the loader must fill labels */
     double flops_per_image; /* training FLOPs per sample (2*M*N*K over GEMMs, x3) */

@@ -72,8 +72,9 @@ static void na_report(void *self, const train_window_t *w) {
     ((noalloc_t *)self)->reports++;
 }
 
-/* 8 steps of the real loop in one precision; the allocation count of steps 4-8. */
-static void run(const char *data, mm_precision_t prec) {
+/* 8 steps of the real loop in one precision; the allocation count of steps 4-8. extra:
+ * more keys (another stage), or NULL for MAE. */
+static void run(const char *data, mm_precision_t prec, const char *const *extra) {
     mm_set_precision(prec);
     mimic_cfg_t cfg;
     config_defaults(&cfg);
@@ -84,6 +85,8 @@ static void run(const char *data, mm_precision_t prec) {
     T_CHECK(config_override(&cfg, "mae.decoder_embed_dim=16") == 0);
     T_CHECK(config_override(&cfg, "mae.decoder_depth=1") == 0);
     T_CHECK(config_override(&cfg, "mae.decoder_num_heads=2") == 0);
+    for (int i = 0; extra && extra[i]; i++)
+        T_CHECK(config_override(&cfg, extra[i]) == 0);
     snprintf(cfg.data.path, sizeof cfg.data.path, "%s", data);
     cfg.data.labels[0] = 0;
     cfg.train.batch_size = B;
@@ -101,8 +104,8 @@ static void run(const char *data, mm_precision_t prec) {
     long step = 0;
     T_CHECK(train_run(&cfg, s, ld, &be, &step, cfg.train.steps) == 0);
     T_CHECK(step == 8 && na.steps == 8 && na.reports == 4);
-    printf("%s: allocations in 5 training steps after warm-up: %ld\n", mm_precision_name(prec),
-           na.during);
+    printf("%s %s: allocations in 5 training steps after warm-up: %ld\n", s->ops->name,
+           mm_precision_name(prec), na.during);
     if (prec == MM_FP32) {
         T_CHECK(na.during == 0);
     } else {
@@ -130,9 +133,13 @@ int main(void) {
     char data[1024];
     snprintf(data, sizeof data, "%.900s/img.idx", testutil_tmpdir());
     T_CHECK(testutil_write_idx(data, NULL, 64, 20, 11) == 0);
-    run(data, MM_FP32);
+    run(data, MM_FP32, NULL);
     /* bf16: the engine's buffers and oneDNN's primitives are made in the warm-up steps */
-    if (mm_cpu_has_bf16()) run(data, MM_BF16);
+    if (mm_cpu_has_bf16()) run(data, MM_BF16, NULL);
+    /* ContraWarping: 4 views a sample, 2 of them warped in the loader, two networks */
+    const char *const contrawarp[] = {"train.stage=contrawarp", "contrastive.mlp_dim=32",
+                                      "contrastive.dim=16", NULL};
+    run(data, MM_FP32, contrawarp);
     mm_release();
     return testutil_summary("test_noalloc");
 }

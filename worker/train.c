@@ -181,7 +181,8 @@ int train_run(const mimic_cfg_t *cfg, stage_t *s, loader_t *ld, const train_back
     size_t img_floats = (size_t)cfg->model.in_chans * cfg->model.img_size * cfg->model.img_size;
     slot_t slots[2] = {0};
     int nslots = be->ahead ? 2 : 1, cur = 0, rc = 0;
-    if ((rc = loader_set_views(ld, s->views))) return rc;
+    if ((rc = loader_set_views(ld, s->views)) || (rc = loader_set_warp(ld, s->warp_views)))
+        return rc;
     for (int i = 0; i < nslots && !rc; i++)
         rc = slot_alloc(&slots[i], s, img_floats);
     window_t w = {.t0 = mimic_now()};
