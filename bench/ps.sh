@@ -24,7 +24,8 @@
 #   --ab overlap: cluster.overlap off/on (pieces pushed after or during backward; part 2).
 #  3. (default run only; PS_TORCH=0 skips it) the cluster against PyTorch DDP gloo 2x1
 #     pinned at the same total batch, in fp32 and, on a BF16 CPU, in bf16 (our
-#     train.precision=bf16 against torch.autocast): both ratios and best vs best.
+#     train.precision=bf16 against torch.autocast, with cluster.wire fp32 and bf16): the
+#     ratios and best vs best.
 #   bench/ps.sh [--record] [--ab curve|prefetch|wire|push_slices|overlap] [CONFIG.ini]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,7 +225,8 @@ fi
 # 3. against PyTorch's peer of a 2-worker cluster (../shared/BENCH.md): DDP with gloo,
 # 2 ranks pinned to one core each (bench/ddp_torch.py), total batch B, in fp32 and, on
 # a CPU with AVX512_BF16, with torch.autocast bf16 (its best there); our cluster in
-# train.precision=fp32 and bf16 beside it, CURVE off. PS_TORCH=0 skips this part.
+# train.precision=fp32 and bf16 beside it (bf16 also with cluster.wire=bf16, the bytes
+# halved both ways), CURVE off. PS_TORCH=0 skips this part.
 if [ "$ab" = curve ] && [ "${PS_TORCH:-1}" != 0 ]; then
   bash deploy/install-deps.sh --bench >/dev/null
   tflags=$(cfg_flags "$cfg" "${MAE_KEYS[@]}")
@@ -243,6 +245,14 @@ if [ "$ab" = curve ] && [ "${PS_TORCH:-1}" != 0 ]; then
     theirs[$p]=$(get "$(/usr/bin/python3 bench/ddp_torch.py $tflags --batch "$B" $ac)" torch_ddp_img_per_s)
     t3+="
 $p: cluster (1 server, 2 workers x $((B / 2)), train.precision=$p) ${ours[$p]} img/s; PyTorch DDP gloo 2x1 pinned$([ "$p" = bf16 ] && echo ' with bf16 autocast') ${theirs[$p]} img/s; ratio $(ratio "${ours[$p]}" "${theirs[$p]}")"
+    if [ "$p" = bf16 ]; then # bf16 compute with bf16 pulls and pushes (cluster.wire=auto)
+      extra=(--train.precision=bf16 --cluster.wire=bf16)
+      cluster_run off pwire
+      extra=()
+      ours[wire]=$(windows "$tmp/cluster-pwire/scheduler.jsonl" img_per_s | median)
+      t3+="
+bf16, cluster.wire=bf16: cluster ${ours[wire]} img/s; ratio to DDP bf16 $(ratio "${ours[wire]}" "${theirs[bf16]}")"
+    fi
   done
   best_o=$(printf '%s\n' "${ours[@]}" | sort -g | tail -1)
   best_t=$(printf '%s\n' "${theirs[@]}" | sort -g | tail -1)
