@@ -89,11 +89,13 @@ static void attention_forward_bf16(float *out, float *att, const float *qkv, int
     heads_to_bf16(k, qkv, ld, C, 1.0f, B, T, C, NH);
     heads_to_bf16(v, qkv, ld, 2 * C, 1.0f, B, T, C, NH);
     mm_bmm_bf16(BH, 0, 1, T, T, hd, q, k, 0.0f, att); /* scores = (scale q) k^T */
-#pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < BH; bh++)
-        attention_softmax(att + (size_t)bh * T * T, T);
     uint16_t *a = mm_buffer(7, (size_t)BH * T * T);
-    mm_to_bf16(a, att, (long)BH * T * T);
+    /* each pair's probabilities rounded for the second product while still in cache */
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < BH; bh++) {
+        attention_softmax(att + (size_t)bh * T * T, T);
+        mm_to_bf16(a + (size_t)bh * T * T, att + (size_t)bh * T * T, (long)T * T);
+    }
     float *o = mm_fbuffer(0, nh);
     mm_bmm_bf16(BH, 0, 0, T, hd, T, a, v, 0.0f, o);
     heads_from(out, C, 0, o, B, T, C, NH);
@@ -112,11 +114,12 @@ static void attention_backward_bf16(float *dqkv, float *da, const float *dout, c
     heads_to_bf16(dy, dout, C, 0, 1.0f, B, T, C, NH);
     float *dq = mm_fbuffer(0, nh), *dk = mm_fbuffer(1, nh), *dv = mm_fbuffer(2, nh);
     mm_bmm_bf16(BH, 0, 1, T, T, hd, dy, v, 0.0f, da); /* datt = dout v^T */
-    mm_to_bf16(a, att, (long)BH * T * T);
+    mm_round(a, att, (long)BH * T * T);
     mm_bmm_bf16(BH, 1, 0, T, hd, T, a, dy, 0.0f, dv); /* dv = att^T dout */
     /* softmax backward, with the score scale folded in: ds = scale * att * (datt - s) */
+    /* (a is free again once dv is made: each pair's ds is rounded into it in place) */
 #pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < BH; bh++)
+    for (int bh = 0; bh < BH; bh++) {
         for (int i = 0; i < T; i++) {
             const float *ar = att + ((size_t)bh * T + i) * T;
             float *dr = da + ((size_t)bh * T + i) * T;
@@ -127,7 +130,8 @@ static void attention_backward_bf16(float *dqkv, float *da, const float *dout, c
             for (int j = 0; j < T; j++)
                 dr[j] = scale * ar[j] * (dr[j] - s);
         }
-    mm_to_bf16(a, da, (long)BH * T * T);
+        mm_to_bf16(a + (size_t)bh * T * T, da + (size_t)bh * T * T, (long)T * T);
+    }
     mm_bmm_bf16(BH, 0, 0, T, hd, T, a, k, 0.0f, dq); /* dq = ds k */
     mm_bmm_bf16(BH, 1, 0, T, hd, T, a, q, 0.0f, dk); /* dk = ds^T q */
     heads_from(dqkv, ld, 0, dq, B, T, C, NH);
