@@ -249,6 +249,8 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     linear_forward(b->y, b->latent, params_w(p, m->dec_embed_w), params_w(p, m->dec_embed_b),
                    B * T1, D, Dd);
     const float *mtok = params_w(p, m->mask_token);
+    /* samples write disjoint rows: split over the threads */
+#pragma omp parallel for schedule(static) if ((size_t)B * T2 * Dd >= 65536)
     for (int s = 0; s < B; s++) {
         const float *ys = b->y + (size_t)s * T1 * Dd;
         float *zs = b->z + (size_t)s * T2 * Dd;
