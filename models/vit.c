@@ -91,7 +91,7 @@ void vit_stack_init(const vit_stack_t *s, params_t *p, rng_t *rng) {
 
 int vit_acts_alloc(vit_acts_t *a, const vit_stack_t *s, int B, int T) {
     memset(a, 0, sizeof *a);
-    a->B = B;
+    a->B = a->cap = B;
     a->T = T;
     a->depth = s->depth;
     a->dim = s->dim;
@@ -142,7 +142,7 @@ void vit_acts_free(vit_acts_t *a) {
  * operand where it is used, as every other layer does). */
 static int acts_bf16(vit_acts_t *a) {
     if (a->w16) return 0;
-    size_t L = (size_t)(a->depth > 0 ? a->depth : 1), BT = (size_t)a->B * (size_t)a->T;
+    size_t L = (size_t)(a->depth > 0 ? a->depth : 1), BT = (size_t)a->cap * (size_t)a->T;
     size_t C = (size_t)a->dim, H = (size_t)a->hidden;
     struct {
         unsigned short **dst;

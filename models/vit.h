@@ -32,6 +32,7 @@ typedef struct {
 /* Per-layer saved activations (contiguous over layers) and backward scratch. */
 typedef struct {
     int B, T, depth, dim, heads, hidden;
+    int cap; /* the B the arrays were made for (B may be set lower for a short batch) */
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res1;
     float *ln2, *ln2_mean, *ln2_rstd, *fc1, *act, *out;
     /* backward scratch, one layer's worth */
