@@ -41,6 +41,17 @@ static const key_t_ KEYS[] = {
     F("mae", "mask_ratio", K_FLOAT, model.mask_ratio, "0.75", "fraction of patches removed"),
     F("mae", "norm_pix_loss", K_INT, model.norm_pix_loss, "1",
       "regress per-patch normalised pixels (1) or raw pixels (0)"),
+    E("mae", "mask_policy", mask.policy, "random|adversarial", "random",
+      "MAE masking: random (the reference: mask the largest noise) | adversarial (Gumbel-top-k "
+      "from a running per-position reconstruction-loss score: harder positions masked more "
+      "often; docs/objectives.md)"),
+    F("mae", "mask_temp", K_FLOAT, mask.temperature, "0.5",
+      "adversarial masking: temperature of softmax(score/mean(score)/T) (> 0; small: greedier)"),
+    F("mae", "mask_mix", K_FLOAT, mask.mix, "0.5",
+      "adversarial masking: weight of the uniform distribution mixed into the scores' "
+      "(in [0,1]; 1 = random masking's distribution)"),
+    F("mae", "mask_decay", K_FLOAT, mask.decay, "0.9",
+      "adversarial masking: EMA decay of the per-position score (in [0,1))"),
     F("data", "kind", K_STR, data.kind, "idx", "idx | imagefolder | csv | labellist"),
     F("data", "path", K_STR, data.path,
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
@@ -83,11 +94,12 @@ static const key_t_ KEYS[] = {
       "two-view stages: probability of Gaussian blur for view 1, view 2"),
     F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
       "two-view stages: probability of solarize for view 1, view 2"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|densecl", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
       "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
-      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys)"),
+      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys), "
+      "densecl = DenseCL (MoCo v2 plus a dense per-patch-token InfoNCE; [densecl] keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -262,6 +274,10 @@ static const key_t_ KEYS[] = {
     F("mimic", "tau", K_FLOAT, mimic.tau, "0.1", "temperature of the contrastive term"),
     F("mimic", "proj_dim", K_INT, mimic.proj_dim, "128",
       "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
+    F("densecl", "lambda", K_FLOAT, densecl.lambda, "0.5",
+      "DenseCL: L = (1-lambda) InfoNCE_global + lambda InfoNCE_dense, in [0,1]; both use "
+      "contrastive.temperature, contrastive.dim and the one queue of contrastive.queue_size "
+      "rows [global key | pooled dense key]"),
 };
 #undef F
 #undef E

@@ -28,7 +28,15 @@ typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
 typedef enum { WIRE_FP32, WIRE_BF16, WIRE_AUTO } wire_t; /* cluster.wire */
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC, STAGE_KIND_MOCOV2 } stage_kind_t;
+typedef enum {
+    STAGE_KIND_MAE,
+    STAGE_KIND_MOCOV3,
+    STAGE_KIND_MIMIC,
+    STAGE_KIND_MOCOV2,
+    STAGE_KIND_DENSECL,
+} stage_kind_t;
+/* mae.mask_policy: how MAE's mask is drawn from the loader's noise (models/maskpolicy.h). */
+typedef enum { MASK_POLICY_RANDOM, MASK_POLICY_ADVERSARIAL } mask_policy_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -128,6 +136,15 @@ typedef struct {
         float tau;       /* its temperature */
         int proj_dim;    /* the projection head's output */
     } mimic;
+    struct { /* DenseCL (stages/densecl.c) */
+        float lambda; /* L = (1-lambda) global + lambda dense */
+    } densecl;
+    struct { /* MAE's masking policy (models/maskpolicy.h), section [mae] */
+        mask_policy_t policy;
+        float temperature; /* softmax temperature of the relative per-position scores */
+        float mix;         /* weight of the uniform distribution mixed in */
+        float decay;       /* EMA decay of the per-position scores */
+    } mask;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);

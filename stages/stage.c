@@ -9,10 +9,11 @@
 #include <string.h>
 
 extern const stage_ops_t stage_mae_ops, stage_mocov3_ops, stage_mimic_ops, stage_mocov2_ops;
+extern const stage_ops_t stage_densecl_ops;
 
 /* Indexed by cfg->train.stage (the order of the key's choices in config.c). */
 static const stage_ops_t *const STAGES[] = {&stage_mae_ops, &stage_mocov3_ops, &stage_mimic_ops,
-                                            &stage_mocov2_ops};
+                                            &stage_mocov2_ops, &stage_densecl_ops};
 
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
     int i = (int)cfg->train.stage;
@@ -63,6 +64,12 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     if (t_fwd) *t_fwd = t1 - t0;
     if (t_bwd) *t_bwd = t2 - t1;
     return loss;
+}
+
+size_t stage_queue_dim(const mimic_cfg_t *cfg) {
+    int parts = stage_ops_of(cfg)->queue_parts;
+    return (size_t)(cfg->contrastive.dim > 0 ? cfg->contrastive.dim : 0) *
+           (size_t)(parts > 1 ? parts : 1);
 }
 
 checkpoint_state_t stage_queue_state(const stage_t *s) {

@@ -40,6 +40,10 @@ typedef struct {
     const char *name; /* the train.stage value, and the progress line's tag */
     unsigned reads, pushes, server_state;
     int key_views; /* key vectors per sample in the step's key exchange (MoCo v3: 2) */
+    /* Keys of contrastive.dim floats in one row of the negative queue (0 counts as 1).
+     * DenseCL: 2, each row is [global key | pooled dense key], so its second queue
+     * rides in the servers' one ring unchanged (stage_queue_dim). */
+    int queue_parts;
     /* Builds the model of cfg and the activations for batches of up to `batch`. */
     int (*create)(stage_t *s, const mimic_cfg_t *cfg, int batch);
     void (*destroy)(stage_t *s);
@@ -124,6 +128,10 @@ int stage_init_from(stage_t *s, const char *path);
 /* Writes the encoder part of the weights (timm names: cls_token, pos_embed,
  * patch_embed.*, blocks.*, norm.*) for timm's VisionTransformer and for eval. */
 int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path);
+
+/* Floats per row of the negative queue of the stage cfg selects: contrastive.dim x its
+ * queue_parts. The servers size their ring and check pushed keys with it. */
+size_t stage_queue_dim(const mimic_cfg_t *cfg);
 
 /* The checkpoint state of the stage's queue (queue NULL when it keeps none): ring,
  * shape and keys appended, for checkpoint_save_params / _load_params / _read_queue. */
