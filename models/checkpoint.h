@@ -26,6 +26,10 @@ typedef struct {
     float *queue;
     size_t queue_cap, queue_dim;
     uint64_t queue_keys;
+    /* MAE's adversarial-masking scores (models/maskpolicy.h; NULL: none): tensor
+     * "mask_score" [len]; read back when the file has it, else left as they are. */
+    float *mask_score;
+    size_t mask_score_len;
 } checkpoint_state_t;
 
 /* m, v may be NULL (an export without optimiser state). config_ini may be NULL. */

@@ -273,6 +273,19 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     return mae_loss(m, b, imgs);
 }
 
+void mae_patch_loss(const mae_t *m, const mae_batch_t *b, float *out) {
+    int L = m->L, ppc = m->cpp, T2 = 1 + L;
+    for (int s = 0; s < b->B; s++)
+        for (int l = 0; l < L; l++) {
+            const float *pr = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
+            const float *t = b->target + ((size_t)s * L + l) * ppc;
+            double e = 0.0;
+            for (int k = 0; k < ppc; k++)
+                e += (double)(pr[k] - t[k]) * (pr[k] - t[k]);
+            out[(size_t)s * L + l] = (float)(e / ppc);
+        }
+}
+
 void mae_backward(mae_t *m, mae_batch_t *b) {
     const mae_cfg_t *c = &m->cfg;
     params_t *p = m->p;

@@ -54,6 +54,7 @@ static int na_update(void *self, stage_t *s, int n, long *step) {
     adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
     adamw_update(&oc, s->p, s->p->w, s->p->g, 1.0f, na->mo, na->ve, 0, s->p->total, 1e-3f,
                  *step + 1);
+    stage_queue_append(s); /* a queue stage's keys (DenseCL), as the standalone trainer */
     ++*step;
     return 0;
 }
@@ -72,8 +73,9 @@ static void na_report(void *self, const train_window_t *w) {
     ((noalloc_t *)self)->reports++;
 }
 
-/* 8 steps of the real loop in one precision; the allocation count of steps 4-8. */
-static void run(const char *data, mm_precision_t prec) {
+/* 8 steps of the real loop in one precision; the allocation count of steps 4-8. extra:
+ * NULL or a NULL-terminated list of further section.key=value settings (another stage). */
+static void run(const char *data, mm_precision_t prec, const char *const *extra) {
     mm_set_precision(prec);
     mimic_cfg_t cfg;
     config_defaults(&cfg);
@@ -84,6 +86,8 @@ static void run(const char *data, mm_precision_t prec) {
     T_CHECK(config_override(&cfg, "mae.decoder_embed_dim=16") == 0);
     T_CHECK(config_override(&cfg, "mae.decoder_depth=1") == 0);
     T_CHECK(config_override(&cfg, "mae.decoder_num_heads=2") == 0);
+    for (int i = 0; extra && extra[i]; i++)
+        T_CHECK(config_override(&cfg, extra[i]) == 0);
     snprintf(cfg.data.path, sizeof cfg.data.path, "%s", data);
     cfg.data.labels[0] = 0;
     cfg.train.batch_size = B;
@@ -101,8 +105,8 @@ static void run(const char *data, mm_precision_t prec) {
     long step = 0;
     T_CHECK(train_run(&cfg, s, ld, &be, &step, cfg.train.steps) == 0);
     T_CHECK(step == 8 && na.steps == 8 && na.reports == 4);
-    printf("%s: allocations in 5 training steps after warm-up: %ld\n", mm_precision_name(prec),
-           na.during);
+    printf("%s%s%s: allocations in 5 training steps after warm-up: %ld\n",
+           mm_precision_name(prec), extra ? " " : "", extra ? extra[0] : "", na.during);
     if (prec == MM_FP32) {
         T_CHECK(na.during == 0);
     } else {
@@ -130,9 +134,16 @@ int main(void) {
     char data[1024];
     snprintf(data, sizeof data, "%.900s/img.idx", testutil_tmpdir());
     T_CHECK(testutil_write_idx(data, NULL, 64, 20, 11) == 0);
-    run(data, MM_FP32);
+    run(data, MM_FP32, NULL);
     /* bf16: the engine's buffers and oneDNN's primitives are made in the warm-up steps */
-    if (mm_cpu_has_bf16()) run(data, MM_BF16);
+    if (mm_cpu_has_bf16()) run(data, MM_BF16, NULL);
+    /* MAE with adversarial masking (the scores' update and the keys), and DenseCL (two
+     * views, both heads, the match, the queue's in-place halves) */
+    const char *adv[] = {"mae.mask_policy=adversarial", NULL};
+    const char *dense[] = {"train.stage=densecl", "contrastive.dim=16", "contrastive.mlp_dim=32",
+                           "contrastive.queue_size=40", NULL};
+    run(data, MM_FP32, adv);
+    run(data, MM_FP32, dense);
     mm_release();
     return testutil_summary("test_noalloc");
 }
