@@ -145,6 +145,10 @@ int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t 
             (rc = st_writer_meta(w, "queue_keys", keys)))
             goto fail;
     }
+    if (st && st->mask_score) {
+        int64_t shape[1] = {(int64_t)st->mask_score_len};
+        if ((rc = st_writer_add(w, "mask_score", "F32", shape, 1, st->mask_score))) goto fail;
+    }
     rc = st_writer_save(w, path);
 fail:
     st_writer_destroy(&w);

@@ -89,6 +89,7 @@ void maskpolicy_keys(maskpolicy_t *mp, float *keys, const float *noise, int B) {
         memcpy(keys, noise, (size_t)B * L * sizeof(float));
         return;
     }
+    maskpolicy_distribution(mp); /* O(L): the scores may have been loaded since */
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++) {
             /* Gumbel(0,1) = -log(-log u); u = 0 gives -inf (kept first), never NaN */
@@ -97,7 +98,7 @@ void maskpolicy_keys(maskpolicy_t *mp, float *keys, const float *noise, int B) {
         }
 }
 
-void maskpolicy_update(maskpolicy_t *mp, const float *patch_loss, const float *mask, int B) {
+void maskpolicy_update(maskpolicy_t *mp, const float *value, const float *counted, int B) {
     const int L = mp->L;
     for (int l = 0; l < L; l++) {
         mp->sum[l] = 0.0;
@@ -105,8 +106,8 @@ void maskpolicy_update(maskpolicy_t *mp, const float *patch_loss, const float *m
     }
     for (int b = 0; b < B; b++)
         for (int l = 0; l < L; l++) {
-            float e = patch_loss[(size_t)b * L + l];
-            if (mask[(size_t)b * L + l] == 0.0f || !isfinite(e)) continue;
+            float e = value[(size_t)b * L + l];
+            if (counted[(size_t)b * L + l] == 0.0f || !isfinite(e)) continue;
             mp->sum[l] += e;
             mp->count[l]++;
         }
@@ -120,4 +121,38 @@ void maskpolicy_update(maskpolicy_t *mp, const float *patch_loss, const float *m
         mp->sum[l] = 0.0;
     mp->updates++;
     maskpolicy_distribution(mp);
+}
+
+void maskpolicy_argsort(int *ids, const float *keys, int B, int L) {
+    for (int b = 0; b < B; b++) {
+        int *idx = ids + (size_t)b * L;
+        const float *v = keys + (size_t)b * L;
+        for (int i = 0; i < L; i++) { /* insertion sort: stable, and L is small */
+            int j = i;
+            while (j > 0 && v[idx[j - 1]] > v[i]) {
+                idx[j] = idx[j - 1];
+                j--;
+            }
+            idx[j] = i;
+        }
+    }
+}
+
+void maskpolicy_removal_gain(float *value, float *counted, const float *x0, const float *dx0,
+                             const int *ids, int B, int K, int L, int D) {
+    const size_t T = 1 + (size_t)K;
+    memset(value, 0, (size_t)B * L * sizeof(float));
+    memset(counted, 0, (size_t)B * L * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < K; j++) {
+            /* removing token j takes its row x out of the stack input: to first order the
+             * loss moves by -g . x */
+            const float *x = x0 + ((size_t)b * T + 1 + j) * D, *g = dx0 + ((size_t)b * T + 1 + j) * D;
+            double gain = 0.0;
+            for (int d = 0; d < D; d++)
+                gain -= (double)g[d] * x[d];
+            int l = ids[(size_t)b * L + j];
+            value[(size_t)b * L + l] = gain > 0.0 ? (float)gain : 0.0f;
+            counted[(size_t)b * L + l] = 1.0f;
+        }
 }

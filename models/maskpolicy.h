@@ -35,12 +35,28 @@ void maskpolicy_destroy(maskpolicy_t **mp);
  * unseen position counts as the mean of the seen ones). */
 void maskpolicy_distribution(maskpolicy_t *mp);
 /* keys (B,L) for mae_forward's noise argument from the loader's noise (B,L) in [0,1):
- * Gumbel-top-k keys of the current distribution. (Random policy: a plain copy.) */
+ * Gumbel-top-k keys of the distribution of the current scores (recomputed here, so
+ * scores read from a checkpoint take effect). (Random policy: a plain copy.) */
 void maskpolicy_keys(maskpolicy_t *mp, float *keys, const float *noise, int B);
-/* Folds one batch into the scores: patch_loss (B,L) from mae_patch_loss, mask (B,L)
- * 1 = removed; only removed positions count (a visible one's error says nothing about
- * its removal). score = loss mean at the first sight of a position, then
- * decay * score + (1 - decay) * mean. Non-finite values are skipped. */
-void maskpolicy_update(maskpolicy_t *mp, const float *patch_loss, const float *mask, int B);
+/* Folds one batch into the scores: value (B,L) per sample and position, counted where
+ * counted (B,L) is non-zero. MAE: value = mae_patch_loss, counted = its mask (a visible
+ * patch's error says nothing about its removal); a contrastive stage: value =
+ * maskpolicy_removal_gain of its visible tokens. score = the mean over the batch at the
+ * first sight of a position, then decay * score + (1 - decay) * mean. Non-finite values
+ * are skipped. */
+void maskpolicy_update(maskpolicy_t *mp, const float *value, const float *counted, int B);
+
+/* ids (B,L): per row the stable ascending argsort of keys (B,L), i.e. MAE's ids_shuffle:
+ * the first K are the kept patches, ties keep the lower index first (torch.argsort on
+ * the reference's noise has none). */
+void maskpolicy_argsort(int *ids, const float *keys, int B, int L);
+
+/* For a contrastive stage's masked view (ours): the first-order estimate of how much the
+ * loss would rise if visible token j of sample b were removed, -dx0 . x0 of its stack
+ * input row (patch embedding + position), positive part, as value[b, ids[b, j]] with
+ * counted = 1 there (0 at the removed positions). x0, dx0 (B, 1+K, D) the encoder's stack
+ * input and its gradient (encoder_acts_t.x0, .d_x0 after encoder_backward), ids (B,L). */
+void maskpolicy_removal_gain(float *value, float *counted, const float *x0, const float *dx0,
+                             const int *ids, int B, int K, int L, int D);
 
 #endif

@@ -215,6 +215,10 @@ static const key_t_ KEYS[] = {
       "standalone only: the heads' BatchNorm statistics per group of batch_size/G contiguous "
       "samples, as G workers of batch_size/G compute them (G > 1 is refused on a cluster, whose "
       "workers each have their own)"),
+    F("contrastive", "mask_ratio", K_FLOAT, contrastive.mask_ratio, "0",
+      "mocov2 and densecl: fraction of the online (query) view's patch tokens removed before "
+      "the encoder, chosen by the masking policy mae.mask_policy (and mae.mask_temp, mask_mix, "
+      "mask_decay) from the loader's noise; the key view stays whole. 0: no masking; in [0,1)"),
     E("eval", "features", eval.features, "encoder|random|pixels", "encoder",
       "what is evaluated: encoder (the stage's or file's features) | random (an encoder of "
       "model.* at MAE's init, seed train.seed) | pixels (the normalised images)"),

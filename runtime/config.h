@@ -108,6 +108,7 @@ typedef struct {
         int mlp_dim;         /* hidden width of projector and predictor */
         float temperature;
         int bn_groups;       /* heads' BN statistics per batch/G samples (standalone) */
+        float mask_ratio;    /* patch tokens removed from the online view (mocov2, densecl) */
     } contrastive;
     struct { /* frozen-encoder evaluation (eval/eval.h) */
         int features, pool; /* encoder|random|pixels; cls|avg */

@@ -114,6 +114,8 @@ int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *p
 int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
                       long step, uint64_t epoch, uint64_t cursor, const char *ini) {
     checkpoint_state_t st = stage_queue_state(s);
+    st.mask_score = s->mask_score;
+    st.mask_score_len = s->mask_score_len;
     st.step = step;
     st.epoch = epoch;
     st.cursor = cursor;
@@ -123,6 +125,8 @@ int stage_save_params(const stage_t *s, const char *path, const float *m, const 
 int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
                       uint64_t *epoch, uint64_t *cursor) {
     checkpoint_state_t st = stage_queue_state(s);
+    st.mask_score = s->mask_score;
+    st.mask_score_len = s->mask_score_len;
     int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
     s->queue_keys = st.queue_keys;
     *step = st.step;

@@ -99,6 +99,11 @@ struct stage {
      * (cluster.overlap). Never called after a non-finite loss. */
     void (*grad_final)(void *ctx, size_t offset);
     void *grad_final_ctx;
+    /* Adversarial masking's per-position scores (models/maskpolicy.h) of a stage that
+     * masks its online view (NULL: none): saved and restored by stage_save_params /
+     * stage_load_params as tensor "mask_score". */
+    float *mask_score;
+    size_t mask_score_len;
     int n;           /* samples of the last forward */
     int grads_live;  /* stage_compute's backward is running on a finite loss */
     mae_cfg_t model; /* the [model] keys, recorded in checkpoints */

@@ -631,6 +631,11 @@ static void test_densecl_equivalence(void) {
     }
     st_close(&fa);
     st_close(&fb);
+    /* the online view masked (random policy): the loader's noise reaches each worker's
+     * stage as it reaches the standalone one, the same masks, the same model */
+    char masked[600];
+    snprintf(masked, sizeof masked, "%s --contrastive.mask_ratio=0.5", dc);
+    test_equivalence("densecl-masked", 1, masked, "", 1e-4, "queue");
 }
 
 /* MAE with adversarial masking under the servers: each worker draws its masks from its

@@ -1,7 +1,8 @@
 /* test_densecl — DenseCL's dense loss (models/densecl.h): the argmax-cosine match on a
  * case built by hand (a shuffled, rescaled copy, where a dot product would pick wrong
  * tokens), the pooled key against its formula, the dense InfoNCE's gradient by finite
- * differences with the queue read in place from a [global | dense] ring, and the whole
+ * differences with the queue read in place from a [global | dense] ring and fewer query
+ * than key tokens (a masked online view), and the whole
  * DenseCL loss (global + dense, lambda) against PyTorch on the committed golden file
  * tests/golden/densecl_expect.safetensors (gen_densecl.py; <= 1e-4). */
 #include "common.h"
@@ -25,7 +26,7 @@ static void test_match(void) {
     unsigned long long seed = 3;
     float *fq = testutil_rnd((size_t)N * S * D, -1.0f, 1.0f, &seed);
     float *fk = testutil_zeros((size_t)N * S * D);
-    float *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, D));
+    float *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, S, D));
     int perm[N][S], idx[N * S], dot_wrong = 0;
     for (int n = 0; n < N; n++)
         for (int t = 0; t < S; t++)
@@ -36,7 +37,7 @@ static void test_match(void) {
             for (int d = 0; d < D; d++)
                 fk[((size_t)n * S + t) * D + d] = c * fq[((size_t)n * S + perm[n][t]) * D + d];
         }
-    densecl_match(idx, scratch, fq, fk, N, S, D);
+    densecl_match(idx, scratch, fq, S, fk, S, N, D);
     for (int n = 0; n < N; n++)
         for (int s = 0; s < S; s++) {
             int want = -1;
@@ -55,7 +56,7 @@ static void test_match(void) {
     T_CHECK(dot_wrong > 0); /* the case tells cosine from dot product apart */
     /* gather copies the matched key rows */
     float *kd = testutil_rnd((size_t)N * S * 3, -1.0f, 1.0f, &seed), *kpos = testutil_zeros((size_t)N * S * 3);
-    densecl_gather(kpos, kd, idx, N, S, 3);
+    densecl_gather(kpos, kd, idx, N, S, S, 3);
     for (int n = 0; n < N; n++)
         for (int s = 0; s < S; s++)
             T_CHECK(memcmp(kpos + ((size_t)n * S + s) * 3, kd + ((size_t)n * S + idx[n * S + s]) * 3,
@@ -87,52 +88,64 @@ static void test_pool(void) {
 typedef struct {
     float *prob, *kpos, *scratch, *qd, *kd, *fq, *fk, *ring;
     int *idx;
-    int N, S, D, Dd, K, ldq;
+    int N, Sq, Sk, D, Dd, K, ldq;
     float T;
 } dense_ctx;
 
 static double dense_loss(void *p) {
     dense_ctx *c = p;
     return densecl_dense_forward(c->prob, c->kpos, c->idx, c->scratch, c->qd, c->kd, c->fq, c->fk,
-                                 c->ring + (c->ldq - c->Dd), c->ldq, c->K, c->N, c->S, c->D, c->Dd,
-                                 c->T);
+                                 c->ring + (c->ldq - c->Dd), c->ldq, c->K, c->N, c->Sq, c->Sk, c->D,
+                                 c->Dd, c->T);
 }
 
 /* The dense InfoNCE by finite differences on qd, the queue being the dense half of a
- * ring of [global (4) | dense] rows; and its value against a direct double sum. */
+ * ring of [global (4) | dense] rows, with fewer query tokens (4, a masked online view)
+ * than key tokens (6); and its value against a direct double sum. */
 static void test_dense_fd(void) {
     unsigned long long seed = 21;
-    dense_ctx c = {.N = 2, .S = 5, .D = 6, .Dd = 4, .K = 7, .T = 0.3f};
+    dense_ctx c = {.N = 2, .Sq = 4, .Sk = 6, .D = 6, .Dd = 4, .K = 7, .T = 0.3f};
     c.ldq = 4 + c.Dd;
-    size_t NS = (size_t)c.N * c.S;
-    c.prob = testutil_zeros(NS * (1 + c.K));
-    c.kpos = testutil_zeros(NS * c.Dd);
-    c.scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(c.S, c.D));
-    c.qd = testutil_rnd(NS * c.Dd, -0.7f, 0.7f, &seed);
-    c.kd = testutil_rnd(NS * c.Dd, -0.7f, 0.7f, &seed);
-    c.fq = testutil_rnd(NS * c.D, -1.0f, 1.0f, &seed);
-    c.fk = testutil_rnd(NS * c.D, -1.0f, 1.0f, &seed);
+    size_t NQ = (size_t)c.N * c.Sq, NK = (size_t)c.N * c.Sk;
+    c.prob = testutil_zeros(NQ * (1 + c.K));
+    c.kpos = testutil_zeros(NQ * c.Dd);
+    c.scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(c.Sq, c.Sk, c.D));
+    c.qd = testutil_rnd(NQ * c.Dd, -0.7f, 0.7f, &seed);
+    c.kd = testutil_rnd(NK * c.Dd, -0.7f, 0.7f, &seed);
+    c.fq = testutil_rnd(NQ * c.D, -1.0f, 1.0f, &seed);
+    c.fk = testutil_rnd(NK * c.D, -1.0f, 1.0f, &seed);
     c.ring = testutil_rnd((size_t)c.K * c.ldq, -0.6f, 0.6f, &seed);
-    c.idx = calloc(NS, sizeof(int));
+    c.idx = calloc(NQ, sizeof(int));
     double loss = dense_loss(&c);
-    /* the formula in double, with the matches the forward made */
+    /* the formula in double, with matches found here by brute force on the cosines */
     double want = 0.0;
-    for (size_t r = 0; r < NS; r++) {
-        size_t n = r / (size_t)c.S;
-        const float *q = c.qd + r * c.Dd, *kp = c.kd + (n * c.S + (size_t)c.idx[r]) * c.Dd;
+    int beyond = 0;
+    for (size_t r = 0; r < NQ; r++) {
+        size_t n = r / (size_t)c.Sq;
+        int best = 0;
+        double bv = -INFINITY;
+        for (int t = 0; t < c.Sk; t++) {
+            const float *fk = c.fk + (n * c.Sk + t) * c.D;
+            double v = testutil_dot(c.fq + r * c.D, fk, c.D) / sqrt(testutil_dot(fk, fk, c.D));
+            if (v > bv) bv = v, best = t;
+        }
+        T_CHECK(c.idx[r] == best);
+        beyond += best >= c.Sq;
+        const float *q = c.qd + r * c.Dd, *kp = c.kd + (n * c.Sk + (size_t)best) * c.Dd;
         double pos = testutil_dot(q, kp, (size_t)c.Dd) / c.T, z = exp(pos);
         for (int j = 0; j < c.K; j++)
             z += exp(testutil_dot(q, c.ring + (size_t)j * c.ldq + 4, (size_t)c.Dd) / c.T);
         want += log(z) - pos;
     }
-    want /= (double)NS;
+    want /= (double)NQ;
+    T_CHECK(beyond > 0); /* some matches are key tokens past the query count */
     T_CHECK(fabs(loss - want) < 1e-5 * fabs(want));
-    float *g = testutil_zeros(NS * c.Dd);
+    float *g = testutil_zeros(NQ * c.Dd);
     const float dloss = 0.7f;
-    densecl_dense_backward(g, c.prob, c.kpos, c.ring + 4, c.ldq, c.K, c.N, c.S, c.Dd, c.T, dloss);
-    for (size_t i = 0; i < NS * c.Dd; i++)
+    densecl_dense_backward(g, c.prob, c.kpos, c.ring + 4, c.ldq, c.K, c.N, c.Sq, c.Dd, c.T, dloss);
+    for (size_t i = 0; i < NQ * c.Dd; i++)
         g[i] /= dloss; /* the check compares with d loss / d qd */
-    testutil_fd_check("densecl dense d/dqd", dense_loss, &c, c.qd, g, NS * c.Dd, 40, 1e-3, 1e-2,
+    testutil_fd_check("densecl dense d/dqd", dense_loss, &c, c.qd, g, NQ * c.Dd, 32, 1e-3, 1e-2,
                       1e-4);
     /* the global half of the ring never enters the dense loss */
     for (int j = 0; j < c.K; j++)
@@ -193,7 +206,7 @@ static void test_parity(void) {
           *kd = testutil_zeros(NS * Dd), *kdn = testutil_zeros(NS), *k2 = testutil_zeros((size_t)N * Dd),
           *k2n = testutil_zeros(N), *prob = testutil_zeros((size_t)N * (1 + K)),
           *probd = testutil_zeros(NS * (1 + K)), *kpos = testutil_zeros(NS * Dd),
-          *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, D)), *dq = testutil_zeros((size_t)N * Dg),
+          *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, S, D)), *dq = testutil_zeros((size_t)N * Dg),
           *dqraw = testutil_zeros((size_t)N * Dg), *dqd = testutil_zeros(NS * Dd),
           *dqdraw = testutil_zeros(NS * Dd);
     int *idx = calloc(NS, sizeof(int));
@@ -206,7 +219,7 @@ static void test_parity(void) {
                    PARITY_TOL);
     float ls = contrastive_queue_forward_ld(prob, q, k, ring, ldq, N, K, Dg, T);
     float ld = densecl_dense_forward(probd, kpos, idx, scratch, qd, kd, gold("q_b", NS * D),
-                                     gold("k_b", NS * D), ring + Dg, ldq, K, N, S, D, Dd, T);
+                                     gold("k_b", NS * D), ring + Dg, ldq, K, N, S, S, D, Dd, T);
     float loss = (1.0f - lam) * ls + lam * ld;
     const st_tensor_t *ti = st_find(golden, "idx");
     T_CHECK(ti && ti->dtype == ST_I64 && (size_t)ti->numel == NS);

@@ -4,8 +4,10 @@
  * network, symmetric contrastive loss) checked by finite differences on every tensor,
  * the keys of other workers through the exchange hook (offset and M), the momentum copy
  * untouched by backward, and backward accumulating; MoCo v2's loss against the queue
- * the same way, its keys and the queue's FIFO; and the pipeline's per-stage
- * configuration (config_pipeline_stage). */
+ * the same way, its keys and the queue's FIFO; DenseCL's whole loss the same way, its
+ * [global | pooled dense] queue rows and lambda 0 = MoCo v2; the masked online view of
+ * MoCo v2 and DenseCL (contrastive.mask_ratio, random and adversarial policy); and the
+ * pipeline's per-stage configuration (config_pipeline_stage). */
 #include "common.h"
 #include "config.h"
 #include "stage.h"
@@ -309,6 +311,116 @@ static void test_densecl(void) {
     free(imgs);
 }
 
+/* Token masking of the online view (contrastive.mask_ratio, ours) in MoCo v2 and DenseCL:
+ * the stage asks the loader for noise; with the random policy the query view keeps the
+ * patches of the smallest noise (pixels of a removed patch do not move the loss, of a
+ * kept one do), every tensor's gradient passes finite differences at a fixed mask; the
+ * adversarial policy scores the visible positions after backward and its scores travel
+ * with the stage's checkpoint; a ratio outside [0,1) is refused. */
+static void test_masked_view(const char *stage) {
+    mimic_cfg_t cfg;
+    tiny_cfg(&cfg);
+    char set[64];
+    snprintf(set, sizeof set, "train.stage=%s", stage);
+    T_CHECK(config_override(&cfg, set) == 0 && config_override(&cfg, "contrastive.queue_size=10") == 0 &&
+            config_override(&cfg, "contrastive.mask_ratio=0.5") == 0);
+    const int B = 3, L = 4, dim = 6;
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
+    if (!s) return;
+    T_CHECK(s->noise_len == L && !s->mask_score); /* random policy: no scores to save */
+    s->ops->init(s, 5);
+    unsigned long long seed = 23;
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    testutil_fill(s->ema, s->p->total, -0.5f, 0.5f, &seed);
+    size_t nimg = (size_t)B * 2 * 8 * 8;
+    float *imgs = malloc(nimg * sizeof(float)), *noise = malloc((size_t)B * L * sizeof(float));
+    testutil_fill(imgs, nimg, -1.0f, 1.0f, &seed);
+    testutil_fill(s->queue, s->queue_cap * s->queue_dim, -0.4f, 0.4f, &seed);
+    s->queue_keys = 6;
+    /* sample i keeps patches 1 and 2 (the two smallest noise values), loses 0 and 3 */
+    for (int i = 0; i < B; i++) {
+        const float nz[4] = {0.9f, 0.1f, 0.2f, 0.7f};
+        memcpy(noise + i * L, nz, sizeof nz);
+    }
+    ctx_t c = {s, {imgs, noise, NULL}, B};
+    double loss = stage_compute(s, &c.in, B, NULL, NULL);
+    T_CHECK(isfinite(loss) && loss > 0);
+    /* patch 3 of view 0 (rows 4..7, columns 4..7): removed, so the loss stays */
+    float *v0 = imgs; /* sample 0, view 0 */
+    float saved = v0[5 * 8 + 5];
+    v0[5 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    v0[5 * 8 + 5] = saved;
+    /* patch 1 (rows 0..3, columns 4..7): kept, so it moves the loss */
+    v0[1 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) != loss);
+    v0[1 * 8 + 5] = saved = v0[1 * 8 + 5] - 3.0f;
+    /* the key view (row 1) is whole: its removed-in-view-0 patch 3 does move the loss */
+    float *v1 = imgs + 8 * 8;
+    v1[5 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) != loss);
+    v1[5 * 8 + 5] -= 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    char name[160];
+    loss = stage_compute(s, &c.in, B, NULL, NULL);
+    int checked = 0;
+    for (int i = 0; i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        snprintf(name, sizeof name, "%s masked %s", stage, t->name);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(s->p, i), params_g(s->p, i), t->numel,
+                                 12, 1e-3, 3e-2, 5e-2);
+        checked++;
+    }
+    T_CHECK(checked == s->p->n);
+    stage_destroy(&s);
+
+    /* adversarial: the kept positions 1 and 2 get scores, the removed 0 and 3 none yet */
+    T_CHECK(config_override(&cfg, "mae.mask_policy=adversarial") == 0);
+    stage_t *a = NULL, *b = NULL;
+    T_CHECK(stage_new(&a, &cfg, B) == 0 && stage_new(&b, &cfg, B) == 0);
+    if (a && b) {
+        T_CHECK(a->mask_score && a->mask_score_len == (size_t)L);
+        a->ops->init(a, 5);
+        b->ops->init(b, 5);
+        /* uniform scores: the first step's mask is the random policy's, 1 and 2 kept */
+        T_CHECK(isfinite(stage_compute(a, &c.in, B, NULL, NULL)));
+        T_CHECK(a->mask_score[1] > 0 && a->mask_score[2] > 0 && a->mask_score[0] == 0 &&
+                a->mask_score[3] == 0);
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s-masked.safetensors", testutil_tmpdir(), stage);
+        T_CHECK(a->ops->save(a, path, NULL, NULL, 1, 0, 3, NULL) == 0);
+        long step;
+        uint64_t ep, cur;
+        T_CHECK(b->ops->load(b, path, NULL, NULL, &step, &ep, &cur) == 0);
+        T_CHECK(memcmp(a->mask_score, b->mask_score, L * sizeof(float)) == 0);
+        /* the same scores draw the same masks: the same loss on new noise */
+        testutil_fill(noise, (size_t)B * L, 0.0f, 1.0f, &seed);
+        T_CHECK(a->ops->forward(a, &c.in, B) == b->ops->forward(b, &c.in, B));
+    }
+    stage_destroy(&a);
+    stage_destroy(&b);
+    mimic_set_quiet(1);
+    const char *bad[] = {"contrastive.mask_ratio=1", "contrastive.mask_ratio=-0.2"};
+    for (int i = 0; i < 2; i++) {
+        mimic_cfg_t x = cfg;
+        T_CHECK(config_override(&x, bad[i]) == 0);
+        T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL &&
+                strstr(mimic_last_error(), "contrastive.mask_ratio"));
+    }
+    mimic_cfg_t x = cfg; /* a ratio that leaves no token of L = 4 */
+    T_CHECK(config_override(&x, "contrastive.mask_ratio=0.9") == 0);
+    T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL && strstr(mimic_last_error(), "mask_ratio"));
+    /* the policy keys are checked for the contrastive stage too */
+    x = cfg;
+    T_CHECK(config_override(&x, "mae.mask_temp=0") == 0);
+    T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL && strstr(mimic_last_error(), "mae.mask_temp"));
+    mimic_set_quiet(0);
+    (void)dim;
+    free(noise);
+    free(imgs);
+}
+
 /* The pipeline's configuration: stage i gets its name as train.stage, its own
  * [pipeline.<stage>] keys, its directory and the previous stage's model; a misspelt
  * section or a bad key in one is refused, naming it. */
@@ -350,5 +462,7 @@ int main(void) {
     test_mocov3_fd(1);
     test_mocov2();
     test_densecl();
+    test_masked_view("mocov2");
+    test_masked_view("densecl");
     return testutil_summary("test_stages");
 }

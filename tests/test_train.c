@@ -477,6 +477,19 @@ static void test_densecl_resume_dump(void) {
     }
     st_close(&g);
     stage_destroy(&s);
+    /* its online view masked by the adversarial policy: the scores are in the checkpoint
+     * and the run resumes bit for bit */
+    char masked[1200];
+    snprintf(masked, sizeof masked, "%s --contrastive.mask_ratio=0.5 --mae.mask_policy=adversarial",
+             flags);
+    resume_equal("densemask", masked, pa, pb, sizeof pa);
+    T_CHECK(st_open(&f, pa) == 0);
+    const st_tensor_t *sc = f ? st_find(f, "mask_score") : NULL;
+    int seen = 0;
+    for (int64_t i = 0; sc && i < sc->numel; i++)
+        seen += ((const float *)sc->data)[i] > 0.0f;
+    T_CHECK(sc && sc->numel == 16 && seen == 16);
+    st_close(&f);
 }
 
 /* MAE with adversarial masking through the trainer: resumes bit for bit (the scores are
