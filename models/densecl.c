@@ -32,7 +32,8 @@ void densecl_gather(float *kpos, const float *kd, const int *idx, int N, int Sq,
     for (int n = 0; n < N; n++)
         for (int s = 0; s < Sq; s++)
             memcpy(kpos + ((size_t)n * Sq + s) * Dd,
-                   kd + ((size_t)n * Sk + idx[(size_t)n * Sq + s]) * Dd, (size_t)Dd * sizeof(float));
+                   kd + ((size_t)n * Sk + idx[(size_t)n * Sq + s]) * Dd,
+                   (size_t)Dd * sizeof(float));
 }
 
 void densecl_pool(float *out, float *norm, const float *zk, int N, int S, int Dd) {

@@ -19,8 +19,7 @@
 
 /* Floats of scratch densecl_match needs: the key tokens normalised and one sample's
  * similarity matrix, Sk*D + Sq*Sk. */
-#define DENSECL_MATCH_SCRATCH(Sq, Sk, D)                                                           \
-    ((size_t)(Sk) * (size_t)(D) + (size_t)(Sq) * (size_t)(Sk))
+#define DENSECL_MATCH_SCRATCH(Sq, Sk, D) ((size_t)(Sk) * (size_t)(D) + (size_t)(Sq) * (size_t)(Sk))
 
 /* idx (N,Sq): for each query token s of sample n, argmax_t cos(fq[n,s], fk[n,t]) over the
  * Sk key tokens of the same sample (the first maximum on ties). fq (N,Sq,D), fk

@@ -147,7 +147,8 @@ void maskpolicy_removal_gain(float *value, float *counted, const float *x0, cons
         for (int j = 0; j < K; j++) {
             /* removing token j takes its row x out of the stack input: to first order the
              * loss moves by -g . x */
-            const float *x = x0 + ((size_t)b * T + 1 + j) * D, *g = dx0 + ((size_t)b * T + 1 + j) * D;
+            const float *x = x0 + ((size_t)b * T + 1 + j) * D,
+                        *g = dx0 + ((size_t)b * T + 1 + j) * D;
             double gain = 0.0;
             for (int d = 0; d < D; d++)
                 gain -= (double)g[d] * x[d];

@@ -21,11 +21,11 @@ typedef struct {
     mask_policy_t policy;
     int L;
     float temperature, mix, decay;
-    float *score;  /* (L) running score; 0 = position not yet seen removed */
-    float *logp;   /* (L) log p of the current scores */
-    double *sum;   /* (L) scratch of maskpolicy_update */
-    int *count;    /* (L) */
-    long updates;  /* batches folded into the scores */
+    float *score; /* (L) running score; 0 = position not yet seen removed */
+    float *logp;  /* (L) log p of the current scores */
+    double *sum;  /* (L) scratch of maskpolicy_update */
+    int *count;   /* (L) */
+    long updates; /* batches folded into the scores */
 } maskpolicy_t;
 
 /* The policy of cfg's mae.mask_* keys for L patches; errors name the key. */

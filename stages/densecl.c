@@ -30,9 +30,9 @@
  * The adversarial policy scores a position by the first-order loss increase of removing
  * its token (maskpolicy_removal_gain on the encoder's stack input), folded in after each
  * backward; the scores are saved with the stage (stage_t.mask_score). */
+#include "densecl.h"
 #include "common.h"
 #include "contrastive.h"
-#include "densecl.h"
 #include "encoder.h"
 #include "head.h"
 #include "l2norm.h"
@@ -56,25 +56,25 @@ typedef struct {
 typedef struct {
     float tau, lambda;
     int B, D, dim, L, n, K, rows;
-    int Kq;                  /* online-view tokens: L, or the kept ones when masking */
-    maskpolicy_t *policy;    /* contrastive.mask_ratio > 0 only */
-    int *ids;                /* (B, L) ids_shuffle of the online view */
+    int Kq;                        /* online-view tokens: L, or the kept ones when masking */
+    maskpolicy_t *policy;          /* contrastive.mask_ratio > 0 only */
+    int *ids;                      /* (B, L) ids_shuffle of the online view */
     float *mkeys, *gain, *counted; /* (B, L) */
-    size_t img, ldq; /* floats per image; per queue row (2 dim) */
+    size_t img, ldq;               /* floats per image; per queue row (2 dim) */
     net_t on, mo;
     float *view[VIEWS];
-    float *feat, *featm, *dfeat;         /* (B, D) cls features */
-    float *q, *qnorm, *k, *knorm;        /* (B, dim), (B) */
-    float *dq, *dz;                      /* (B, dim) */
-    float *tokq, *tokk, *dtok;           /* (B, L, D) patch tokens of the final norm */
-    float *qd, *qdnorm, *kd, *kdnorm;    /* (B, L, dim), (B*L) normalised dense projections */
-    float *kpos, *dqd, *dzd;             /* (B, L, dim) */
-    float *pool, *poolnorm;              /* (B, dim), (B) pooled dense keys */
-    float *keys;                         /* (B, 2 dim) rows [k | pool] for the queue */
-    float *prob, *probd;                 /* (B, 1+K), (B*L, 1+K) */
-    float *scratch;                      /* densecl_match's */
-    float *dout;                         /* (B, 1+L, D) */
-    int *idx;                            /* (B, L) matched key tokens */
+    float *feat, *featm, *dfeat;      /* (B, D) cls features */
+    float *q, *qnorm, *k, *knorm;     /* (B, dim), (B) */
+    float *dq, *dz;                   /* (B, dim) */
+    float *tokq, *tokk, *dtok;        /* (B, L, D) patch tokens of the final norm */
+    float *qd, *qdnorm, *kd, *kdnorm; /* (B, L, dim), (B*L) normalised dense projections */
+    float *kpos, *dqd, *dzd;          /* (B, L, dim) */
+    float *pool, *poolnorm;           /* (B, dim), (B) pooled dense keys */
+    float *keys;                      /* (B, 2 dim) rows [k | pool] for the queue */
+    float *prob, *probd;              /* (B, 1+K), (B*L, 1+K) */
+    float *scratch;                   /* densecl_match's */
+    float *dout;                      /* (B, 1+L, D) */
+    int *idx;                         /* (B, L) matched key tokens */
     float *mem;
 } densecl_t;
 
@@ -86,8 +86,8 @@ static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, float mask_ratio)
     head_spec_mlp2(l, cfg->contrastive.mlp_dim, cfg->contrastive.dim);
     head_spec_mlp2(ld, cfg->contrastive.mlp_dim, cfg->contrastive.dim);
     if ((rc = encoder_register(&nt->enc, nt->p, &cfg->model)) < 0 ||
-        (rc = head_register(&nt->proj, nt->p, "projector", cfg->model.embed_dim, l,
-                            HEAD_LAYERS)) < 0 ||
+        (rc = head_register(&nt->proj, nt->p, "projector", cfg->model.embed_dim, l, HEAD_LAYERS)) <
+            0 ||
         (rc = head_register(&nt->dense, nt->p, "dense_projector", cfg->model.embed_dim, ld,
                             HEAD_LAYERS)) < 0 ||
         (rc = params_finalize(nt->p)) < 0)

@@ -8,9 +8,9 @@
  * standalone checkpoint but not with the servers' (a resumed cluster worker starts from
  * uniform scores and re-learns them in ~1/(1 - mae.mask_decay) steps). Random policy
  * passes the loader's noise straight through, as before the policy existed. */
+#include "mae.h"
 #include "checkpoint.h"
 #include "common.h"
-#include "mae.h"
 #include "maskpolicy.h"
 #include "stage.h"
 

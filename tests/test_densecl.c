@@ -48,19 +48,21 @@ static void test_match(void) {
             int best = 0;
             double bv = -INFINITY;
             for (int t = 0; t < S; t++) {
-                double v = testutil_dot(fq + ((size_t)n * S + s) * D, fk + ((size_t)n * S + t) * D, D);
+                double v =
+                    testutil_dot(fq + ((size_t)n * S + s) * D, fk + ((size_t)n * S + t) * D, D);
                 if (v > bv) bv = v, best = t;
             }
             dot_wrong += best != want;
         }
     T_CHECK(dot_wrong > 0); /* the case tells cosine from dot product apart */
     /* gather copies the matched key rows */
-    float *kd = testutil_rnd((size_t)N * S * 3, -1.0f, 1.0f, &seed), *kpos = testutil_zeros((size_t)N * S * 3);
+    float *kd = testutil_rnd((size_t)N * S * 3, -1.0f, 1.0f, &seed),
+          *kpos = testutil_zeros((size_t)N * S * 3);
     densecl_gather(kpos, kd, idx, N, S, S, 3);
     for (int n = 0; n < N; n++)
         for (int s = 0; s < S; s++)
-            T_CHECK(memcmp(kpos + ((size_t)n * S + s) * 3, kd + ((size_t)n * S + idx[n * S + s]) * 3,
-                           3 * sizeof(float)) == 0);
+            T_CHECK(memcmp(kpos + ((size_t)n * S + s) * 3,
+                           kd + ((size_t)n * S + idx[n * S + s]) * 3, 3 * sizeof(float)) == 0);
     testutil_release_all();
 }
 
@@ -201,14 +203,15 @@ static void test_parity(void) {
     const int ldq = Dg + Dd;
     const size_t NS = (size_t)N * S;
     const float *ring = gold("queue", (size_t)K * ldq);
-    float *q = testutil_zeros((size_t)N * Dg), *qn = testutil_zeros(N), *k = testutil_zeros((size_t)N * Dg),
-          *kn = testutil_zeros(N), *qd = testutil_zeros(NS * Dd), *qdn = testutil_zeros(NS),
-          *kd = testutil_zeros(NS * Dd), *kdn = testutil_zeros(NS), *k2 = testutil_zeros((size_t)N * Dd),
-          *k2n = testutil_zeros(N), *prob = testutil_zeros((size_t)N * (1 + K)),
-          *probd = testutil_zeros(NS * (1 + K)), *kpos = testutil_zeros(NS * Dd),
-          *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, S, D)), *dq = testutil_zeros((size_t)N * Dg),
-          *dqraw = testutil_zeros((size_t)N * Dg), *dqd = testutil_zeros(NS * Dd),
-          *dqdraw = testutil_zeros(NS * Dd);
+    float *q = testutil_zeros((size_t)N * Dg), *qn = testutil_zeros(N),
+          *k = testutil_zeros((size_t)N * Dg), *kn = testutil_zeros(N),
+          *qd = testutil_zeros(NS * Dd), *qdn = testutil_zeros(NS), *kd = testutil_zeros(NS * Dd),
+          *kdn = testutil_zeros(NS), *k2 = testutil_zeros((size_t)N * Dd), *k2n = testutil_zeros(N),
+          *prob = testutil_zeros((size_t)N * (1 + K)), *probd = testutil_zeros(NS * (1 + K)),
+          *kpos = testutil_zeros(NS * Dd),
+          *scratch = testutil_zeros(DENSECL_MATCH_SCRATCH(S, S, D)),
+          *dq = testutil_zeros((size_t)N * Dg), *dqraw = testutil_zeros((size_t)N * Dg),
+          *dqd = testutil_zeros(NS * Dd), *dqdraw = testutil_zeros(NS * Dd);
     int *idx = calloc(NS, sizeof(int));
     l2norm_forward(q, qn, gold("q_raw", (size_t)N * Dg), N, Dg);
     l2norm_forward(k, kn, gold("k_raw", (size_t)N * Dg), N, Dg);

@@ -24,10 +24,11 @@
 
 static void tiny_cfg(mimic_cfg_t *cfg, const char *ratio) {
     config_defaults(cfg);
-    const char *set[] = {"model.img_size=16",     "model.in_chans=1",      "model.patch_size=4",
-                         "model.embed_dim=8",     "model.depth=1",         "model.num_heads=2",
-                         "model.mlp_ratio=2",     "mae.decoder_embed_dim=8", "mae.decoder_depth=1",
-                         "mae.decoder_num_heads=2", "train.stage=mae"};
+    const char *set[] = {
+        "model.img_size=16",       "model.in_chans=1",        "model.patch_size=4",
+        "model.embed_dim=8",       "model.depth=1",           "model.num_heads=2",
+        "model.mlp_ratio=2",       "mae.decoder_embed_dim=8", "mae.decoder_depth=1",
+        "mae.decoder_num_heads=2", "train.stage=mae"};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
         T_CHECK(config_override(cfg, set[i]) == 0);
     char r[64];
@@ -42,7 +43,8 @@ static void removal_rates(double *rate, mae_t *m, mae_batch_t *b, maskpolicy_t *
     const int L = m->L;
     rng_t r;
     rng_seed(&r, seed);
-    float *noise = malloc((size_t)B * L * sizeof(float)), *keys = malloc((size_t)B * L * sizeof(float));
+    float *noise = malloc((size_t)B * L * sizeof(float)),
+          *keys = malloc((size_t)B * L * sizeof(float));
     float *imgs = calloc((size_t)B * 16 * 16, sizeof(float));
     for (int l = 0; l < L; l++)
         rate[l] = 0.0;
@@ -257,12 +259,10 @@ static void test_bad_keys(void) {
     mimic_cfg_t cfg;
     tiny_cfg(&cfg, "0.75");
     stage_t *s = NULL;
-    const char *bad[][2] = {{"mae.mask_temp=0", "mae.mask_temp"},
-                            {"mae.mask_temp=-1", "mae.mask_temp"},
-                            {"mae.mask_mix=1.5", "mae.mask_mix"},
-                            {"mae.mask_mix=-0.1", "mae.mask_mix"},
-                            {"mae.mask_decay=1", "mae.mask_decay"},
-                            {"mae.mask_decay=-0.5", "mae.mask_decay"}};
+    const char *bad[][2] = {
+        {"mae.mask_temp=0", "mae.mask_temp"},   {"mae.mask_temp=-1", "mae.mask_temp"},
+        {"mae.mask_mix=1.5", "mae.mask_mix"},   {"mae.mask_mix=-0.1", "mae.mask_mix"},
+        {"mae.mask_decay=1", "mae.mask_decay"}, {"mae.mask_decay=-0.5", "mae.mask_decay"}};
     mimic_set_quiet(1);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mimic_cfg_t c = cfg;
