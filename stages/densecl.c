@@ -78,7 +78,8 @@ typedef struct {
     float *mem;
 } densecl_t;
 
-/* K: tokens per image the encoder embeds (its activations are sized for them). */
+/* mask_ratio: the share of patch tokens this network's view loses (0: none); the
+ * encoder's activations are sized for the kept ones. */
 static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, float mask_ratio) {
     head_layer_t l[HEAD_LAYERS], ld[HEAD_LAYERS];
     int rc;

@@ -63,6 +63,8 @@ typedef struct {
     float *mem;
 } moco2_t;
 
+/* mask_ratio: the share of patch tokens this network's view loses (0: none); the
+ * encoder's activations are sized for the kept ones. */
 static int net_build(net_t *nt, const mimic_cfg_t *cfg, int B, float mask_ratio) {
     head_layer_t l[HEAD_LAYERS];
     int rc;
