@@ -26,8 +26,9 @@ typedef struct {
     float *queue;
     size_t queue_cap, queue_dim;
     uint64_t queue_keys;
-    /* MAE's adversarial-masking scores (models/maskpolicy.h; NULL: none): tensor
-     * "mask_score" [len]; read back when the file has it, else left as they are. */
+    /* Adversarial masking's per-position scores (models/maskpolicy.h: MAE's, or a masked
+     * contrastive view's; NULL: none): tensor "mask_score" [len]; read back when the
+     * file has it, else left as they are (a file of random masking). */
     float *mask_score;
     size_t mask_score_len;
 } checkpoint_state_t;

@@ -42,9 +42,10 @@ static const key_t_ KEYS[] = {
     F("mae", "norm_pix_loss", K_INT, model.norm_pix_loss, "1",
       "regress per-patch normalised pixels (1) or raw pixels (0)"),
     E("mae", "mask_policy", mask.policy, "random|adversarial", "random",
-      "MAE masking: random (the reference: mask the largest noise) | adversarial (Gumbel-top-k "
-      "from a running per-position reconstruction-loss score: harder positions masked more "
-      "often; docs/objectives.md)"),
+      "masking policy of MAE (and of the online view under contrastive.mask_ratio): random "
+      "(the reference: remove the largest noise) | adversarial (Gumbel-top-k from a running "
+      "per-position score, MAE: reconstruction error, contrastive: first-order loss gain of a "
+      "removal; harder positions removed more often; docs/objectives.md)"),
     F("mae", "mask_temp", K_FLOAT, mask.temperature, "0.5",
       "adversarial masking: temperature of softmax(score/mean(score)/T) (> 0; small: greedier)"),
     F("mae", "mask_mix", K_FLOAT, mask.mix, "0.5",

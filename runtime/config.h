@@ -35,7 +35,8 @@ typedef enum {
     STAGE_KIND_MOCOV2,
     STAGE_KIND_DENSECL,
 } stage_kind_t;
-/* mae.mask_policy: how MAE's mask is drawn from the loader's noise (models/maskpolicy.h). */
+/* mae.mask_policy: how a mask (MAE's; a contrastive stage's online view under
+ * contrastive.mask_ratio) is drawn from the loader's noise (models/maskpolicy.h). */
 typedef enum { MASK_POLICY_RANDOM, MASK_POLICY_ADVERSARIAL } mask_policy_t;
 
 typedef struct {
@@ -140,7 +141,7 @@ typedef struct {
     struct { /* DenseCL (stages/densecl.c) */
         float lambda; /* L = (1-lambda) global + lambda dense */
     } densecl;
-    struct { /* MAE's masking policy (models/maskpolicy.h), section [mae] */
+    struct { /* the masking policy (models/maskpolicy.h), section [mae] */
         mask_policy_t policy;
         float temperature; /* softmax temperature of the relative per-position scores */
         float mix;         /* weight of the uniform distribution mixed in */
