@@ -49,7 +49,7 @@ static const key_t_ KEYS[] = {
     F("mae", "mask_temp", K_FLOAT, mask.temperature, "0.5",
       "adversarial masking: temperature of softmax(score/mean(score)/T) (> 0; small: greedier)"),
     F("mae", "mask_mix", K_FLOAT, mask.mix, "0.5",
-      "adversarial masking: weight of the uniform distribution mixed into the scores' "
+      "adversarial masking: weight of the uniform distribution mixed into the scores' softmax "
       "(in [0,1]; 1 = random masking's distribution)"),
     F("mae", "mask_decay", K_FLOAT, mask.decay, "0.9",
       "adversarial masking: EMA decay of the per-position score (in [0,1))"),
