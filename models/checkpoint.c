@@ -103,6 +103,10 @@ static int save(const char *path, const mae_t *model, const float *m, const floa
     if ((rc = add_meta(w, &model->cfg, encoder_only ? "mimicps-encoder" : CKPT_FORMAT, st,
                        config_ini)))
         goto fail;
+    if (!encoder_only && st && st->mask_score) {
+        int64_t shape[1] = {(int64_t)st->mask_score_len};
+        if ((rc = st_writer_add(w, "mask_score", "F32", shape, 1, st->mask_score))) goto fail;
+    }
     rc = st_writer_save(w, path);
 fail:
     st_writer_destroy(&w);
@@ -140,6 +144,10 @@ int checkpoint_save_params(const char *path, const params_t *p, const mae_cfg_t 
         if ((rc = st_writer_add(w, "queue", "F32", shape, 2, st->queue)) ||
             (rc = st_writer_meta(w, "queue_keys", keys)))
             goto fail;
+    }
+    if (st && st->mask_score) {
+        int64_t shape[1] = {(int64_t)st->mask_score_len};
+        if ((rc = st_writer_add(w, "mask_score", "F32", shape, 1, st->mask_score))) goto fail;
     }
     rc = st_writer_save(w, path);
 fail:
@@ -200,6 +208,11 @@ int checkpoint_load_params(const char *path, params_t *p, float *m, float *v, fl
             goto out;
         st->step = (long)step;
         if (st->queue && (rc = checkpoint_read_queue(f, st))) goto out;
+        /* absent (a checkpoint of random masking): the scores stay as the caller set them */
+        int64_t shape[1] = {(int64_t)st->mask_score_len};
+        if (st->mask_score && st_find(f, "mask_score") &&
+            (rc = st_read_f32(f, "mask_score", st->mask_score, shape, 1)))
+            goto out;
     }
 out:
     st_close(&f);

@@ -26,6 +26,11 @@ typedef struct {
     float *queue;
     size_t queue_cap, queue_dim;
     uint64_t queue_keys;
+    /* Adversarial masking's per-position scores (models/maskpolicy.h: MAE's, or a masked
+     * contrastive view's; NULL: none): tensor "mask_score" [len]; read back when the
+     * file has it, else left as they are (a file of random masking). */
+    float *mask_score;
+    size_t mask_score_len;
 } checkpoint_state_t;
 
 /* m, v may be NULL (an export without optimiser state). config_ini may be NULL. */

@@ -9,10 +9,15 @@
 
 float contrastive_queue_forward(float *prob, const float *q, const float *k, const float *queue,
                                 int N, int K, int D, float T) {
+    return contrastive_queue_forward_ld(prob, q, k, queue, D, N, K, D, T);
+}
+
+float contrastive_queue_forward_ld(float *prob, const float *q, const float *k,
+                                   const float *queue, int ldq, int N, int K, int D, float T) {
     int ld = K + 1;
     /* columns 1..K: q queue^T / T straight into the logits rows */
     if (K > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, D, 1.0f / T, q, D, queue, D,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, D, 1.0f / T, q, D, queue, ldq,
                     0.0f, prob + 1, ld);
     double loss = 0.0;
     for (int i = 0; i < N; i++) {
@@ -30,11 +35,17 @@ float contrastive_queue_forward(float *prob, const float *q, const float *k, con
 /* d loss / d logits_i = (prob_i - onehot_0) / N, and logits = [q.k, q queue^T] / T. */
 void contrastive_queue_backward(float *dq, const float *prob, const float *k, const float *queue,
                                 int N, int K, int D, float T, float dloss) {
+    contrastive_queue_backward_ld(dq, prob, k, queue, D, N, K, D, T, dloss);
+}
+
+void contrastive_queue_backward_ld(float *dq, const float *prob, const float *k,
+                                   const float *queue, int ldq, int N, int K, int D, float T,
+                                   float dloss) {
     int ld = K + 1;
     float c = dloss / ((float)N * T);
     if (K > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, K, c, prob + 1, ld, queue, D,
-                    1.0f, dq, D);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, K, c, prob + 1, ld, queue,
+                    ldq, 1.0f, dq, D);
     for (int i = 0; i < N; i++) {
         float a = c * (prob[(size_t)i * ld] - 1.0f);
         const float *ki = k + (size_t)i * D;

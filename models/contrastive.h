@@ -17,6 +17,13 @@ float contrastive_queue_forward(float *prob, const float *q, const float *k, con
 /* dq (N,D) += dloss * d loss / d q. */
 void contrastive_queue_backward(float *dq, const float *prob, const float *k, const float *queue,
                                 int N, int K, int D, float T, float dloss);
+/* The same with queue row j at queue + j*ldq (ldq >= D): DenseCL keeps its two queues
+ * in one ring of [global key | pooled dense key] rows and reads each part in place. */
+float contrastive_queue_forward_ld(float *prob, const float *q, const float *k,
+                                   const float *queue, int ldq, int N, int K, int D, float T);
+void contrastive_queue_backward_ld(float *dq, const float *prob, const float *k,
+                                   const float *queue, int ldq, int N, int K, int D, float T,
+                                   float dloss);
 
 /* MoCo v3: ctr(q, k) = CE(q k^T / tau, targets) * 2 tau, mean over the N local rows;
  * k (M,D) holds the keys of every worker of the step and the positive of local row i

@@ -1,4 +1,5 @@
 #include "mae.h"
+#include "maskpolicy.h"
 
 #include "common.h"
 #include "layernorm.h"
@@ -176,19 +177,6 @@ void mae_batch_resize(mae_batch_t *b, int n) {
     encoder_acts_resize(&b->enc, n);
 }
 
-/* Stable argsort of one sample's noise (ties keep index order, like
- * torch.argsort(stable=True)); insertion sort is fine for L <= a few hundred. */
-static void argsort_stable(int *idx, const float *v, int n) {
-    for (int i = 0; i < n; i++) {
-        int cur = i, j = i;
-        while (j > 0 && v[idx[j - 1]] > v[cur]) {
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        idx[j] = cur;
-    }
-}
-
 /* The loss on the removed patches: target = the image's patches in (i,j,c) order
  * (patchify), normalised per patch with norm_pix_loss; mean squared error per patch,
  * averaged over the removed ones. */
@@ -235,7 +223,7 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
     /* per-sample masking: keep the K patches with the smallest noise */
     for (int s = 0; s < B; s++) {
         int *shuf = b->ids_shuffle + (size_t)s * L, *rest = b->ids_restore + (size_t)s * L;
-        argsort_stable(shuf, noise + (size_t)s * L, L);
+        maskpolicy_argsort(shuf, noise + (size_t)s * L, 1, L);
         for (int j = 0; j < L; j++)
             rest[shuf[j]] = j;
         for (int l = 0; l < L; l++)
@@ -273,6 +261,19 @@ double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const floa
                    Dd, ppc);
 
     return mae_loss(m, b, imgs);
+}
+
+void mae_patch_loss(const mae_t *m, const mae_batch_t *b, float *out) {
+    int L = m->L, ppc = m->cpp, T2 = 1 + L;
+    for (int s = 0; s < b->B; s++)
+        for (int l = 0; l < L; l++) {
+            const float *pr = b->pred + ((size_t)s * T2 + 1 + l) * ppc;
+            const float *t = b->target + ((size_t)s * L + l) * ppc;
+            double e = 0.0;
+            for (int k = 0; k < ppc; k++)
+                e += (double)(pr[k] - t[k]) * (pr[k] - t[k]);
+            out[(size_t)s * L + l] = (float)(e / ppc);
+        }
 }
 
 void mae_backward(mae_t *m, mae_batch_t *b) {

@@ -60,6 +60,10 @@ void mae_batch_resize(mae_batch_t *b, int n);
 double mae_forward(const mae_t *m, mae_batch_t *b, const float *imgs, const float *noise);
 /* Accumulates d loss / d params into m->p->g (call params_zero_grad first). */
 void mae_backward(mae_t *m, mae_batch_t *b);
+/* After mae_forward: out (B,L) = mean over the pixels of (pred - target)^2 of every
+ * patch, removed or not (the loss averages it over the removed ones): the per-position
+ * reconstruction error adversarial masking scores positions by (maskpolicy.h). */
+void mae_patch_loss(const mae_t *m, const mae_batch_t *b, float *out);
 /* Copies the per-patch predictions (B,L,ppc), dropping the cls rows. */
 void mae_pred(const mae_t *m, const mae_batch_t *b, float *out);
 

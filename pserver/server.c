@@ -1299,15 +1299,16 @@ static int keys_new(server_t *s) {
     if (cfg->contrastive.queue_size <= 0 || cfg->contrastive.dim <= 0)
         return mimic_err(MIMIC_EINVAL, "contrastive.queue_size %d, contrastive.dim %d: need >= 1",
                          cfg->contrastive.queue_size, cfg->contrastive.dim);
-    size_t dim = (size_t)cfg->contrastive.dim, rows = s->max_payload / sizeof(float) / dim;
+    /* a queue row is the stage's keys of one sample (DenseCL: global | pooled dense) */
+    size_t dim = stage_queue_dim(cfg), rows = s->max_payload / sizeof(float) / dim;
     int rc = negqueue_new(&s->queue, (size_t)cfg->contrastive.queue_size, dim);
     if (!rc && (stage_ops_of(cfg)->server_state & STAGE_STATE_QUEUE))
         rc = negqueue_alloc(s->queue, s->max_payload);
     if (!rc && cfg->cluster.consistency == CONS_BSP) rc = stepkeys_new(&s->qkeys, dim, rows);
     /* an exchanged row holds every key view of a sample (MoCo v3: both views) */
     size_t views = stage_ops_of(cfg)->key_views > 1 ? (size_t)stage_ops_of(cfg)->key_views : 1;
-    s->xdim = dim * views;
-    if (!rc) rc = stepkeys_new(&s->xkeys, s->xdim, rows / views);
+    s->xdim = (size_t)cfg->contrastive.dim * views;
+    if (!rc) rc = stepkeys_new(&s->xkeys, s->xdim, s->max_payload / sizeof(float) / s->xdim);
     if (rc) return rc;
     s->qpulls = calloc(PS_PULLS_MAX, sizeof *s->qpulls);
     s->xwaits = calloc(PS_PULLS_MAX, sizeof *s->xwaits);

@@ -41,6 +41,18 @@ static const key_t_ KEYS[] = {
     F("mae", "mask_ratio", K_FLOAT, model.mask_ratio, "0.75", "fraction of patches removed"),
     F("mae", "norm_pix_loss", K_INT, model.norm_pix_loss, "1",
       "regress per-patch normalised pixels (1) or raw pixels (0)"),
+    E("mae", "mask_policy", mask.policy, "random|adversarial", "random",
+      "masking policy of MAE (and of the online view under contrastive.mask_ratio): random "
+      "(the reference: remove the largest noise) | adversarial (Gumbel-top-k from a running "
+      "per-position score, MAE: reconstruction error, contrastive: first-order loss gain of a "
+      "removal; harder positions removed more often; docs/objectives.md)"),
+    F("mae", "mask_temp", K_FLOAT, mask.temperature, "0.5",
+      "adversarial masking: temperature of softmax(score/mean(score)/T) (> 0; small: greedier)"),
+    F("mae", "mask_mix", K_FLOAT, mask.mix, "0.5",
+      "adversarial masking: weight of the uniform distribution mixed into the scores' softmax "
+      "(in [0,1]; 1 = random masking's distribution)"),
+    F("mae", "mask_decay", K_FLOAT, mask.decay, "0.9",
+      "adversarial masking: EMA decay of the per-position score (in [0,1))"),
     F("data", "kind", K_STR, data.kind, "idx", "idx | imagefolder | csv | labellist"),
     F("data", "path", K_STR, data.path,
       "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
@@ -91,14 +103,14 @@ static const key_t_ KEYS[] = {
     F("data", "warp_magnitude", K_FLOAT, data.warp_magnitude, "0.08",
       "contrawarp: largest displacement at a disc's centre as a fraction of the image side "
       "(0..warp_radius/2, so a disc's map does not fold)"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|byol|contrawarp", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|byol|contrawarp|densecl", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
       "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
       "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys), "
       "byol = BYOL (predictor regresses the servers' EMA target, 2 - 2 cos; tau_base = "
       "contrastive.momentum), contrawarp = ContraWarping (BYOL + contrawarp.w_neg x a negative "
-      "term against locally warped views, data.warp_* keys)"),
+      "term against locally warped views, data.warp_* keys), densecl = DenseCL (MoCo v2 plus a dense per-patch-token InfoNCE; [densecl] keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -214,6 +226,10 @@ static const key_t_ KEYS[] = {
       "standalone only: the heads' BatchNorm statistics per group of batch_size/G contiguous "
       "samples, as G workers of batch_size/G compute them (G > 1 is refused on a cluster, whose "
       "workers each have their own)"),
+    F("contrastive", "mask_ratio", K_FLOAT, contrastive.mask_ratio, "0",
+      "mocov2 and densecl: fraction of the online (query) view's patch tokens removed before "
+      "the encoder, chosen by the masking policy mae.mask_policy (and mae.mask_temp, mask_mix, "
+      "mask_decay) from the loader's noise; the key view stays whole. 0: no masking; in [0,1)"),
     E("eval", "features", eval.features, "encoder|random|pixels", "encoder",
       "what is evaluated: encoder (the stage's or file's features) | random (an encoder of "
       "model.* at MAE's init, seed train.seed) | pixels (the normalised images)"),
@@ -278,6 +294,10 @@ static const key_t_ KEYS[] = {
       "(>= 0; 0: BYOL with the warped views computed and unused)"),
     F("contrawarp", "tau", K_FLOAT, contrawarp.tau, "0.2",
       "temperature of the warped-negative term (> 0)"),
+    F("densecl", "lambda", K_FLOAT, densecl.lambda, "0.5",
+      "DenseCL: L = (1-lambda) InfoNCE_global + lambda InfoNCE_dense, in [0,1]; both use "
+      "contrastive.temperature, contrastive.dim and the one queue of contrastive.queue_size "
+      "rows [global key | pooled dense key]"),
 };
 #undef F
 #undef E

@@ -35,7 +35,11 @@ typedef enum {
     STAGE_KIND_MOCOV2,
     STAGE_KIND_BYOL,
     STAGE_KIND_CONTRAWARP,
+    STAGE_KIND_DENSECL,
 } stage_kind_t;
+/* mae.mask_policy: how a mask (MAE's; a contrastive stage's online view under
+ * contrastive.mask_ratio) is drawn from the loader's noise (models/maskpolicy.h). */
+typedef enum { MASK_POLICY_RANDOM, MASK_POLICY_ADVERSARIAL } mask_policy_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -111,6 +115,7 @@ typedef struct {
         int mlp_dim;         /* hidden width of projector and predictor */
         float temperature;
         int bn_groups;       /* heads' BN statistics per batch/G samples (standalone) */
+        float mask_ratio;    /* patch tokens removed from the online view (mocov2, densecl) */
     } contrastive;
     struct { /* frozen-encoder evaluation (eval/eval.h) */
         int features, pool; /* encoder|random|pixels; cls|avg */
@@ -143,6 +148,15 @@ typedef struct {
         float w_neg;   /* weight of the warped-negative term added to BYOL's loss */
         float tau;     /* its temperature */
     } contrawarp;
+    struct { /* DenseCL (stages/densecl.c) */
+        float lambda; /* L = (1-lambda) global + lambda dense */
+    } densecl;
+    struct { /* the masking policy (models/maskpolicy.h), section [mae] */
+        mask_policy_t policy;
+        float temperature; /* softmax temperature of the relative per-position scores */
+        float mix;         /* weight of the uniform distribution mixed in */
+        float decay;       /* EMA decay of the per-position scores */
+    } mask;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);

@@ -9,12 +9,13 @@
 #include <string.h>
 
 extern const stage_ops_t stage_mae_ops, stage_mocov3_ops, stage_mimic_ops, stage_mocov2_ops;
-extern const stage_ops_t stage_byol_ops, stage_contrawarp_ops;
+extern const stage_ops_t stage_byol_ops, stage_contrawarp_ops, stage_densecl_ops;
 
 /* Indexed by cfg->train.stage (the order of the key's choices in config.c). */
-static const stage_ops_t *const STAGES[] = {&stage_mae_ops, &stage_mocov3_ops, &stage_mimic_ops,
-                                            &stage_mocov2_ops, &stage_byol_ops,
-                                            &stage_contrawarp_ops};
+static const stage_ops_t *const STAGES[] = {&stage_mae_ops,      &stage_mocov3_ops,
+                                            &stage_mimic_ops,    &stage_mocov2_ops,
+                                            &stage_byol_ops,     &stage_contrawarp_ops,
+                                            &stage_densecl_ops};
 
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
     int i = (int)cfg->train.stage;
@@ -67,6 +68,12 @@ double stage_compute(stage_t *s, const stage_input_t *in, int n, double *t_fwd, 
     return loss;
 }
 
+size_t stage_queue_dim(const mimic_cfg_t *cfg) {
+    int parts = stage_ops_of(cfg)->queue_parts;
+    return (size_t)(cfg->contrastive.dim > 0 ? cfg->contrastive.dim : 0) *
+           (size_t)(parts > 1 ? parts : 1);
+}
+
 checkpoint_state_t stage_queue_state(const stage_t *s) {
     return (checkpoint_state_t){.queue = s->queue,
                                 .queue_cap = s->queue_cap,
@@ -109,6 +116,8 @@ int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *p
 int stage_save_params(const stage_t *s, const char *path, const float *m, const float *v,
                       long step, uint64_t epoch, uint64_t cursor, const char *ini) {
     checkpoint_state_t st = stage_queue_state(s);
+    st.mask_score = s->mask_score;
+    st.mask_score_len = s->mask_score_len;
     st.step = step;
     st.epoch = epoch;
     st.cursor = cursor;
@@ -118,6 +127,8 @@ int stage_save_params(const stage_t *s, const char *path, const float *m, const 
 int stage_load_params(stage_t *s, const char *path, float *m, float *v, long *step,
                       uint64_t *epoch, uint64_t *cursor) {
     checkpoint_state_t st = stage_queue_state(s);
+    st.mask_score = s->mask_score;
+    st.mask_score_len = s->mask_score_len;
     int rc = checkpoint_load_params(path, s->p, m, v, s->ema, &st);
     s->queue_keys = st.queue_keys;
     *step = st.step;

@@ -40,6 +40,10 @@ typedef struct {
     const char *name; /* the train.stage value, and the progress line's tag */
     unsigned reads, pushes, server_state;
     int key_views; /* key vectors per sample in the step's key exchange (MoCo v3: 2) */
+    /* Keys of contrastive.dim floats in one row of the negative queue (0 counts as 1).
+     * DenseCL: 2, each row is [global key | pooled dense key], so its second queue
+     * rides in the servers' one ring unchanged (stage_queue_dim). */
+    int queue_parts;
     /* Builds the model of cfg and the activations for batches of up to `batch`. */
     int (*create)(stage_t *s, const mimic_cfg_t *cfg, int batch);
     void (*destroy)(stage_t *s);
@@ -98,6 +102,11 @@ struct stage {
      * (cluster.overlap). Never called after a non-finite loss. */
     void (*grad_final)(void *ctx, size_t offset);
     void *grad_final_ctx;
+    /* Adversarial masking's per-position scores (models/maskpolicy.h) of a stage that
+     * masks its online view (NULL: none): saved and restored by stage_save_params /
+     * stage_load_params as tensor "mask_score". */
+    float *mask_score;
+    size_t mask_score_len;
     int n;           /* samples of the last forward */
     int grads_live;  /* stage_compute's backward is running on a finite loss */
     mae_cfg_t model; /* the [model] keys, recorded in checkpoints */
@@ -127,6 +136,10 @@ int stage_init_from(stage_t *s, const char *path);
 /* Writes the encoder part of the weights (timm names: cls_token, pos_embed,
  * patch_embed.*, blocks.*, norm.*) for timm's VisionTransformer and for eval. */
 int stage_export_encoder(const stage_t *s, const mae_cfg_t *model, const char *path);
+
+/* Floats per row of the negative queue of the stage cfg selects: contrastive.dim x its
+ * queue_parts. The servers size their ring and check pushed keys with it. */
+size_t stage_queue_dim(const mimic_cfg_t *cfg);
 
 /* The checkpoint state of the stage's queue (queue NULL when it keeps none): ring,
  * shape and keys appended, for checkpoint_save_params / _load_params / _read_queue. */

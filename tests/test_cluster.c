@@ -5,7 +5,8 @@
  *  1. synchronous training with 1 server and 2 workers of batch b equals the
  *     standalone trainer with batch 2b after k steps (same seeds); also with 2 servers,
  *     and for MoCo v3 (the standalone heads' BatchNorm per group of b samples, which a
- *     cluster's worker refuses);
+ *     cluster's worker refuses), MoCo v2 and DenseCL (MIMIC_TEST_ONLY=densecl: DenseCL's
+ *     equivalence and a short MAE run with adversarial masking alone);
  *  2. train to a checkpoint, SIGKILL every process, restart: the result equals the
  *     uninterrupted run;
  *  3. a worker SIGKILLed mid-epoch: training finishes with the others and every epoch
@@ -595,6 +596,70 @@ static void test_mocov2_equivalence(void) {
     st_close(&fb);
 }
 
+/* DenseCL through the servers' queue of [global | pooled dense] rows (2 x 16 floats,
+ * stage_queue_dim): 1 server x 2 workers of 8 against the standalone trainer at 16 for 6
+ * steps, K = 48 keys, as MoCo v2's test: every tensor (momentum copy, dense head
+ * included) matches, and the queue's blocks of each step's 16 rows equal as sets. */
+static void test_densecl_equivalence(void) {
+    const char *dc = "--train.stage=densecl --contrastive.mlp_dim=32 --contrastive.dim=16 "
+                     "--contrastive.queue_size=48 --densecl.lambda=0.5 --data.scale_min=0.08";
+    test_equivalence("densecl", 1, dc, "", 1e-4, "queue");
+    char a[4400], b[4400];
+    snprintf(a, sizeof a, "%s/bsp-densecl-1/model.safetensors", testutil_tmpdir());
+    snprintf(b, sizeof b, "%s/solo-densecl/checkpoint.safetensors", testutil_tmpdir());
+    st_file_t *fa = NULL, *fb = NULL;
+    T_CHECK(st_open(&fa, a) == 0 && st_open(&fb, b) == 0);
+    const st_tensor_t *qa = fa ? st_find(fa, "queue") : NULL, *qb = fb ? st_find(fb, "queue") : NULL;
+    T_CHECK(qa && qb && qa->numel == 48 * 32 && qb->numel == qa->numel && qa->shape[1] == 32);
+    T_CHECK(fa && fb && st_find(fa, "dense_projector.0.weight") &&
+            st_find(fa, "momentum.dense_projector.2.weight"));
+    T_CHECK(fa && fb && strcmp(st_meta(fa, "queue_keys"), "96") == 0 &&
+            strcmp(st_meta(fb, "queue_keys"), "96") == 0);
+    if (qa && qb && qa->numel == qb->numel && qa->numel == 48 * 32) {
+        static float x[48 * 32], y[48 * 32];
+        memcpy(x, qa->data, sizeof x);
+        memcpy(y, qb->data, sizeof y);
+        int dim = 32;
+        for (int blk = 0; blk < 3; blk++) {
+            qsort_r(x + blk * 16 * 32, 16, dim * sizeof(float), cmp_row, &dim);
+            qsort_r(y + blk * 16 * 32, 16, dim * sizeof(float), cmp_row, &dim);
+        }
+        double e = testutil_rel_err(x, y, 48 * 32);
+        printf("densecl: the queue's 3 blocks of 16 [global | dense] rows equal as sets, rel err "
+               "%.2e\n", e);
+        T_CHECK(e <= 1e-4);
+    }
+    st_close(&fa);
+    st_close(&fb);
+    /* the online view masked (random policy): the loader's noise reaches each worker's
+     * stage as it reaches the standalone one, the same masks, the same model */
+    char masked[600];
+    snprintf(masked, sizeof masked, "%s --contrastive.mask_ratio=0.5", dc);
+    test_equivalence("densecl-masked", 1, masked, "", 1e-4, "queue");
+}
+
+/* MAE with adversarial masking under the servers: each worker draws its masks from its
+ * own scores; a short BSP run ends cleanly with a finite model. */
+static void test_adversarial_cluster(void) {
+    cluster_t c;
+    T_CHECK(start(&c, "advmae", 1, 2,
+                  "--train.precision=fp32 --train.batch_size=8 --train.steps=6 "
+                  "--mae.mask_policy=adversarial") == 0);
+    T_CHECK(finish(&c, 120000));
+    char path[4400];
+    snprintf(path, sizeof path, "%s/model.safetensors", c.dir);
+    st_file_t *f = NULL;
+    T_CHECK(st_open(&f, path) == 0);
+    const st_tensor_t *t = f ? st_find(f, "decoder_pred.weight") : NULL;
+    int finite = t != NULL;
+    for (int64_t i = 0; t && i < t->numel; i++)
+        finite &= isfinite(((const float *)t->data)[i]);
+    printf("mae adversarial masking: BSP 1 server x 2 workers, 6 steps: %s\n",
+           finite ? "ok" : "FAIL");
+    T_CHECK(finite);
+    st_close(&f);
+}
+
 /* contrastive.bn_groups > 1 is the standalone trainer's: a cluster's worker refuses it at
  * its first step, naming the key, rather than computing something else in silence. */
 static void test_bn_groups_refused(void) {
@@ -1110,6 +1175,11 @@ int main(void) {
         test_straggler();
         return testutil_summary("test_cluster");
     }
+    if (only && strcmp(only, "densecl") == 0) {
+        test_densecl_equivalence();
+        test_adversarial_cluster();
+        return testutil_summary("test_cluster");
+    }
     test_equivalence("mae", 1, "", "", 1e-4, NULL);
     test_overlap_identity();
     test_equivalence("mae", 2, "", "", 1e-4, NULL);
@@ -1127,6 +1197,8 @@ int main(void) {
      * without bn_groups the error is 1.8-2.3. */
     test_equivalence("mocov3", 1, MOCO_TINY, "--contrastive.bn_groups=2", 1e-3, "norm.bias");
     test_mocov2_equivalence();
+    test_densecl_equivalence();
+    test_adversarial_cluster();
     test_bn_groups_refused();
     test_mocov3_lockstep();
     test_restart();

@@ -54,6 +54,7 @@ static int na_update(void *self, stage_t *s, int n, long *step) {
     adamw_cfg_t oc = {0.9f, 0.95f, 1e-8f, 0.05f};
     adamw_update(&oc, s->p, s->p->w, s->p->g, 1.0f, na->mo, na->ve, 0, s->p->total, 1e-3f,
                  *step + 1);
+    stage_queue_append(s); /* a queue stage's keys (DenseCL), as the standalone trainer */
     ++*step;
     return 0;
 }
@@ -73,7 +74,7 @@ static void na_report(void *self, const train_window_t *w) {
 }
 
 /* 8 steps of the real loop in one precision; the allocation count of steps 4-8. extra:
- * more keys (another stage), or NULL for MAE. */
+ * NULL or a NULL-terminated list of further section.key=value settings (another stage). */
 static void run(const char *data, mm_precision_t prec, const char *const *extra) {
     mm_set_precision(prec);
     mimic_cfg_t cfg;
@@ -104,8 +105,12 @@ static void run(const char *data, mm_precision_t prec, const char *const *extra)
     long step = 0;
     T_CHECK(train_run(&cfg, s, ld, &be, &step, cfg.train.steps) == 0);
     T_CHECK(step == 8 && na.steps == 8 && na.reports == 4);
-    printf("%s %s: allocations in 5 training steps after warm-up: %ld\n", s->ops->name,
-           mm_precision_name(prec), na.during);
+    int ne = 0;
+    while (extra && extra[ne])
+        ne++;
+    printf("%s%s%s%s%s: allocations in 5 training steps after warm-up: %ld\n",
+           mm_precision_name(prec), ne ? " " : "", ne ? extra[0] : "", ne > 1 ? " ... " : "",
+           ne > 1 ? extra[ne - 1] : "", na.during);
     if (prec == MM_FP32) {
         T_CHECK(na.during == 0);
     } else {
@@ -140,6 +145,17 @@ int main(void) {
     const char *const contrawarp[] = {"train.stage=contrawarp", "contrastive.mlp_dim=32",
                                       "contrastive.dim=16", NULL};
     run(data, MM_FP32, contrawarp);
+    /* MAE with adversarial masking (the scores' update and the keys), and DenseCL (two
+     * views, both heads, the match, the queue's in-place halves) */
+    const char *adv[] = {"mae.mask_policy=adversarial", NULL};
+    const char *dense[] = {"train.stage=densecl", "contrastive.dim=16", "contrastive.mlp_dim=32",
+                           "contrastive.queue_size=40", NULL};
+    const char *dense_adv[] = {"train.stage=densecl",       "contrastive.dim=16",
+                               "contrastive.mlp_dim=32",    "contrastive.queue_size=40",
+                               "contrastive.mask_ratio=0.5", "mae.mask_policy=adversarial", NULL};
+    run(data, MM_FP32, adv);
+    run(data, MM_FP32, dense);
+    run(data, MM_FP32, dense_adv); /* the masked online view and its scores */
     mm_release();
     return testutil_summary("test_noalloc");
 }

@@ -4,8 +4,10 @@
  * network, symmetric contrastive loss) checked by finite differences on every tensor,
  * the keys of other workers through the exchange hook (offset and M), the momentum copy
  * untouched by backward, and backward accumulating; MoCo v2's loss against the queue
- * the same way, its keys and the queue's FIFO; and the pipeline's per-stage
- * configuration (config_pipeline_stage). */
+ * the same way, its keys and the queue's FIFO; DenseCL's whole loss the same way, its
+ * [global | pooled dense] queue rows and lambda 0 = MoCo v2; the masked online view of
+ * MoCo v2 and DenseCL (contrastive.mask_ratio, random and adversarial policy); and the
+ * pipeline's per-stage configuration (config_pipeline_stage). */
 #include "common.h"
 #include "config.h"
 #include "stage.h"
@@ -205,6 +207,220 @@ static void test_mocov2(void) {
     stage_destroy(&s);
 }
 
+/* DenseCL: the whole loss (global + dense branch, encoder, both heads) against a partly
+ * filled [global | pooled dense] queue, by finite differences on every tensor; the keys it
+ * leaves are rows [global key | pooled dense key] of unit halves from the momentum
+ * network; lambda 0 is MoCo v2's loss on the global half of the rows; bad keys refused. */
+static void test_densecl(void) {
+    mimic_cfg_t cfg;
+    tiny_cfg(&cfg);
+    T_CHECK(config_override(&cfg, "train.stage=densecl") == 0 &&
+            config_override(&cfg, "contrastive.queue_size=10") == 0 &&
+            config_override(&cfg, "densecl.lambda=0.6") == 0);
+    const int B = 3, K = 10, dim = 6;
+    T_CHECK(stage_queue_dim(&cfg) == 2 * (size_t)dim);
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
+    if (!s) return;
+    T_CHECK(s->views == 2 && s->ema && s->queue && s->queue_cap == (size_t)K &&
+            s->queue_dim == 2 * (size_t)dim && (s->ops->pushes & STAGE_PUSH_KEYS) &&
+            (s->ops->server_state & STAGE_STATE_QUEUE) && (s->ops->reads & STAGE_READ_EMA));
+    T_CHECK(params_find(s->p, "dense_projector.0.weight") >= 0 &&
+            params_find(s->p, "dense_projector.2.bias") >= 0 &&
+            params_find(s->p, "projector.2.weight") >= 0);
+    s->ops->init(s, 5);
+    unsigned long long seed = 19;
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    testutil_fill(s->ema, s->p->total, -0.5f, 0.5f, &seed);
+    size_t nimg = (size_t)B * 2 * 8 * 8;
+    float *imgs = malloc(nimg * sizeof(float));
+    testutil_fill(imgs, nimg, -1.0f, 1.0f, &seed);
+    testutil_fill(s->queue, (size_t)K * 2 * dim, -0.4f, 0.4f, &seed);
+    s->queue_keys = 7;
+    ctx_t c = {s, {imgs, NULL, NULL}, B};
+    double loss = stage_compute(s, &c.in, B, NULL, NULL);
+    T_CHECK(isfinite(loss) && loss > 0);
+    for (int j = 7 * 2 * dim; j < K * 2 * dim; j++) /* rows past the valid ones: no effect */
+        s->queue[j] = 100.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    T_CHECK(s->keys && s->nkeys == B);
+    for (int i = 0; i < B; i++)
+        for (int h = 0; h < 2; h++) {
+            double n2 = 0;
+            for (int d = 0; d < dim; d++) {
+                double v = s->keys[(size_t)i * 2 * dim + h * dim + d];
+                n2 += v * v;
+            }
+            T_CHECK(fabs(n2 - 1) < 1e-5);
+        }
+    char name[160];
+    int checked = 0;
+    loss = stage_compute(s, &c.in, B, NULL, NULL);
+    for (int i = 0; i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        snprintf(name, sizeof name, "densecl %s", t->name);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(s->p, i), params_g(s->p, i), t->numel,
+                                 12, 1e-3, 3e-2, 5e-2);
+        checked++;
+    }
+    T_CHECK(checked == s->p->n);
+    /* the dense head's gradient is there (lambda > 0) and reaches the patch embedding */
+    double gd = 0;
+    int di = params_find(s->p, "dense_projector.0.weight");
+    for (size_t j = 0; j < s->p->t[di].numel; j++)
+        gd += fabs(params_g(s->p, di)[j]);
+    T_CHECK(gd > 0);
+    stage_queue_append(s);
+    T_CHECK(s->queue_keys == 10);
+    stage_destroy(&s);
+    /* lambda = 0: the loss is MoCo v2's on the same weights and the global half of the rows */
+    T_CHECK(config_override(&cfg, "densecl.lambda=0") == 0);
+    mimic_cfg_t v2 = cfg;
+    T_CHECK(config_override(&v2, "train.stage=mocov2") == 0);
+    stage_t *a = NULL, *b = NULL;
+    T_CHECK(stage_new(&a, &cfg, B) == 0 && stage_new(&b, &v2, B) == 0);
+    if (a && b) {
+        a->ops->init(a, 9);
+        b->ops->init(b, 9);
+        seed = 4;
+        testutil_fill(a->p->w, a->p->total, -0.5f, 0.5f, &seed);
+        testutil_fill(a->ema, a->p->total, -0.5f, 0.5f, &seed);
+        for (int i = 0; i < b->p->n; i++) { /* by name: DenseCL has the dense head too */
+            int j = params_find(a->p, b->p->t[i].name);
+            T_CHECK(j >= 0);
+            memcpy(params_w(b->p, i), params_w(a->p, j), b->p->t[i].numel * sizeof(float));
+            memcpy(b->ema + b->p->t[i].offset, a->ema + a->p->t[j].offset,
+                   b->p->t[i].numel * sizeof(float));
+        }
+        testutil_fill(a->queue, (size_t)K * 2 * dim, -0.4f, 0.4f, &seed);
+        for (int r = 0; r < K; r++)
+            memcpy(b->queue + (size_t)r * dim, a->queue + (size_t)r * 2 * dim, dim * sizeof(float));
+        a->queue_keys = b->queue_keys = 12;
+        stage_input_t in = {imgs, NULL, NULL};
+        double la = stage_compute(a, &in, B, NULL, NULL), lb = stage_compute(b, &in, B, NULL, NULL);
+        T_CHECK(fabs(la - lb) < 1e-6 * fabs(lb));
+        printf("densecl lambda=0 %.7f vs mocov2 %.7f\n", la, lb);
+    }
+    stage_destroy(&a);
+    stage_destroy(&b);
+    mimic_set_quiet(1);
+    T_CHECK(config_override(&cfg, "densecl.lambda=1.5") == 0);
+    T_CHECK(stage_new(&s, &cfg, B) == MIMIC_EINVAL && strstr(mimic_last_error(), "densecl.lambda"));
+    T_CHECK(config_override(&cfg, "densecl.lambda=abc") == MIMIC_EINVAL);
+    mimic_set_quiet(0);
+    free(imgs);
+}
+
+/* Token masking of the online view (contrastive.mask_ratio, ours) in MoCo v2 and DenseCL:
+ * the stage asks the loader for noise; with the random policy the query view keeps the
+ * patches of the smallest noise (pixels of a removed patch do not move the loss, of a
+ * kept one do), every tensor's gradient passes finite differences at a fixed mask; the
+ * adversarial policy scores the visible positions after backward and its scores travel
+ * with the stage's checkpoint; a ratio outside [0,1) is refused. */
+static void test_masked_view(const char *stage) {
+    mimic_cfg_t cfg;
+    tiny_cfg(&cfg);
+    char set[64];
+    snprintf(set, sizeof set, "train.stage=%s", stage);
+    T_CHECK(config_override(&cfg, set) == 0 && config_override(&cfg, "contrastive.queue_size=10") == 0 &&
+            config_override(&cfg, "contrastive.mask_ratio=0.5") == 0);
+    const int B = 3, L = 4, dim = 6;
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &cfg, B) == 0);
+    if (!s) return;
+    T_CHECK(s->noise_len == L && !s->mask_score); /* random policy: no scores to save */
+    s->ops->init(s, 5);
+    unsigned long long seed = 23;
+    testutil_fill(s->p->w, s->p->total, -0.5f, 0.5f, &seed);
+    testutil_fill(s->ema, s->p->total, -0.5f, 0.5f, &seed);
+    size_t nimg = (size_t)B * 2 * 8 * 8;
+    float *imgs = malloc(nimg * sizeof(float)), *noise = malloc((size_t)B * L * sizeof(float));
+    testutil_fill(imgs, nimg, -1.0f, 1.0f, &seed);
+    testutil_fill(s->queue, s->queue_cap * s->queue_dim, -0.4f, 0.4f, &seed);
+    s->queue_keys = 6;
+    /* sample i keeps patches 1 and 2 (the two smallest noise values), loses 0 and 3 */
+    for (int i = 0; i < B; i++) {
+        const float nz[4] = {0.9f, 0.1f, 0.2f, 0.7f};
+        memcpy(noise + i * L, nz, sizeof nz);
+    }
+    ctx_t c = {s, {imgs, noise, NULL}, B};
+    double loss = stage_compute(s, &c.in, B, NULL, NULL);
+    T_CHECK(isfinite(loss) && loss > 0);
+    /* patch 3 of view 0 (rows 4..7, columns 4..7): removed, so the loss stays */
+    float *v0 = imgs; /* sample 0, view 0 */
+    float saved = v0[5 * 8 + 5];
+    v0[5 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    v0[5 * 8 + 5] = saved;
+    /* patch 1 (rows 0..3, columns 4..7): kept, so it moves the loss */
+    v0[1 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) != loss);
+    v0[1 * 8 + 5] = saved = v0[1 * 8 + 5] - 3.0f;
+    /* the key view (row 1) is whole: its removed-in-view-0 patch 3 does move the loss */
+    float *v1 = imgs + 8 * 8;
+    v1[5 * 8 + 5] += 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) != loss);
+    v1[5 * 8 + 5] -= 3.0f;
+    T_CHECK(s->ops->forward(s, &c.in, B) == loss);
+    char name[160];
+    loss = stage_compute(s, &c.in, B, NULL, NULL);
+    int checked = 0;
+    for (int i = 0; i < s->p->n; i++) {
+        const params_tensor_t *t = &s->p->t[i];
+        snprintf(name, sizeof name, "%s masked %s", stage, t->name);
+        testutil_fd_check_scaled(name, loss_fn, &c, params_w(s->p, i), params_g(s->p, i), t->numel,
+                                 12, 1e-3, 3e-2, 5e-2);
+        checked++;
+    }
+    T_CHECK(checked == s->p->n);
+    stage_destroy(&s);
+
+    /* adversarial: the kept positions 1 and 2 get scores, the removed 0 and 3 none yet */
+    T_CHECK(config_override(&cfg, "mae.mask_policy=adversarial") == 0);
+    stage_t *a = NULL, *b = NULL;
+    T_CHECK(stage_new(&a, &cfg, B) == 0 && stage_new(&b, &cfg, B) == 0);
+    if (a && b) {
+        T_CHECK(a->mask_score && a->mask_score_len == (size_t)L);
+        a->ops->init(a, 5);
+        b->ops->init(b, 5);
+        /* uniform scores: the first step's mask is the random policy's, 1 and 2 kept */
+        T_CHECK(isfinite(stage_compute(a, &c.in, B, NULL, NULL)));
+        T_CHECK(a->mask_score[1] > 0 && a->mask_score[2] > 0 && a->mask_score[0] == 0 &&
+                a->mask_score[3] == 0);
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s-masked.safetensors", testutil_tmpdir(), stage);
+        T_CHECK(a->ops->save(a, path, NULL, NULL, 1, 0, 3, NULL) == 0);
+        long step;
+        uint64_t ep, cur;
+        T_CHECK(b->ops->load(b, path, NULL, NULL, &step, &ep, &cur) == 0);
+        T_CHECK(memcmp(a->mask_score, b->mask_score, L * sizeof(float)) == 0);
+        /* the same scores draw the same masks: the same loss on new noise */
+        testutil_fill(noise, (size_t)B * L, 0.0f, 1.0f, &seed);
+        T_CHECK(a->ops->forward(a, &c.in, B) == b->ops->forward(b, &c.in, B));
+    }
+    stage_destroy(&a);
+    stage_destroy(&b);
+    mimic_set_quiet(1);
+    const char *bad[] = {"contrastive.mask_ratio=1", "contrastive.mask_ratio=-0.2"};
+    for (int i = 0; i < 2; i++) {
+        mimic_cfg_t x = cfg;
+        T_CHECK(config_override(&x, bad[i]) == 0);
+        T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL &&
+                strstr(mimic_last_error(), "contrastive.mask_ratio"));
+    }
+    mimic_cfg_t x = cfg; /* a ratio that leaves no token of L = 4 */
+    T_CHECK(config_override(&x, "contrastive.mask_ratio=0.9") == 0);
+    T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL && strstr(mimic_last_error(), "mask_ratio"));
+    /* the policy keys are checked for the contrastive stage too */
+    x = cfg;
+    T_CHECK(config_override(&x, "mae.mask_temp=0") == 0);
+    T_CHECK(stage_new(&s, &x, B) == MIMIC_EINVAL && strstr(mimic_last_error(), "mae.mask_temp"));
+    mimic_set_quiet(0);
+    (void)dim;
+    free(noise);
+    free(imgs);
+}
+
 /* The pipeline's configuration: stage i gets its name as train.stage, its own
  * [pipeline.<stage>] keys, its directory and the previous stage's model; a misspelt
  * section or a bad key in one is refused, naming it. */
@@ -245,5 +461,8 @@ int main(void) {
     test_mocov3_fd(0);
     test_mocov3_fd(1);
     test_mocov2();
+    test_densecl();
+    test_masked_view("mocov2");
+    test_masked_view("densecl");
     return testutil_summary("test_stages");
 }

@@ -5,7 +5,10 @@
  * cleanly, and bad input (corrupt data file, unknown flag, bad value) fails with a
  * one-line error naming it. */
 #include "common.h"
+#include "config.h"
+#include "mm.h"
 #include "safetensors.h"
+#include "stage.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -397,6 +400,178 @@ static void test_mocov3_resume(void) {
     st_close(&d2);
 }
 
+/* DenseCL standalone: resumes bit for bit, its queue rows are [global | pooled dense]
+ * (2 x contrastive.dim); the gradient dump of the stage equals the same stage computed
+ * in this process from the same checkpoint and batch (loss and every gradient). */
+static void test_densecl_resume_dump(void) {
+    const char *tmp = testutil_tmpdir();
+    char pa[1300], pb[1300], a[1200], log[1300], extra[6000], batch[1300], gout[1300];
+    const char *flags = "--train.stage=densecl --contrastive.mlp_dim=32 --contrastive.dim=16 "
+                        "--contrastive.queue_size=40 --densecl.lambda=0.5 --data.scale_min=0.08 "
+                        "--train.batch_size=8 --train.steps=12 --train.ckpt_every=0";
+    resume_equal("dense", flags, pa, pb, sizeof pa);
+    st_file_t *f = NULL;
+    T_CHECK(st_open(&f, pa) == 0);
+    const st_tensor_t *q = f ? st_find(f, "queue") : NULL;
+    T_CHECK(q && q->ndim == 2 && q->shape[0] == 40 && q->shape[1] == 32);
+    T_CHECK(f && st_meta(f, "queue_keys") && strcmp(st_meta(f, "queue_keys"), "96") == 0);
+    T_CHECK(f && st_find(f, "dense_projector.2.weight") &&
+            st_find(f, "momentum.dense_projector.0.weight"));
+    st_close(&f);
+
+    snprintf(a, sizeof a, "%.1000s/dense-a", tmp);
+    snprintf(log, sizeof log, "%.1000s/dense.txt", tmp);
+    snprintf(batch, sizeof batch, "%.1000s/dense-batch.safetensors", tmp);
+    snprintf(gout, sizeof gout, "%.1000s/dense-g.st", tmp);
+    enum { NB = 3 };
+    static float imgs[NB * 2 * 16 * 16];
+    unsigned long long seed = 6;
+    testutil_fill(imgs, sizeof imgs / sizeof imgs[0], -1.0f, 1.0f, &seed);
+    int64_t shape[4] = {NB * 2, 1, 16, 16};
+    st_writer_t *w = st_writer_new();
+    T_CHECK(w && st_writer_add(w, "images", "F32", shape, 4, imgs) == 0 &&
+            st_writer_save(w, batch) == 0);
+    st_writer_destroy(&w);
+    snprintf(extra, sizeof extra,
+             "%s --train.precision=fp32 --dump-grads --weights %s --batch %s --out %s", flags, pa,
+             batch, gout);
+    T_CHECK(run(a, extra, log) == 0);
+    /* the same in-process */
+    mimic_cfg_t cfg;
+    config_defaults(&cfg);
+    const char *set[] = {"model.img_size=16",         "model.patch_size=4",
+                         "model.embed_dim=32",        "model.depth=2",
+                         "model.num_heads=2",         "train.stage=densecl",
+                         "contrastive.mlp_dim=32",    "contrastive.dim=16",
+                         "contrastive.queue_size=40", "densecl.lambda=0.5"};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        T_CHECK(config_override(&cfg, set[i]) == 0);
+    mm_set_precision(MM_FP32);
+    stage_t *s = NULL;
+    long step;
+    uint64_t ep, cur;
+    T_CHECK(stage_new(&s, &cfg, NB) == 0);
+    st_file_t *g = NULL;
+    T_CHECK(st_open(&g, gout) == 0);
+    if (s && g && s->ops->load(s, pa, NULL, NULL, &step, &ep, &cur) == 0) {
+        T_CHECK(s->queue_keys == 96);
+        stage_input_t in = {imgs, NULL, NULL};
+        float loss = (float)stage_compute(s, &in, NB, NULL, NULL);
+        const st_tensor_t *l = st_find(g, "loss");
+        T_CHECK(l && fabsf(((const float *)l->data)[0] - loss) <= 1e-5f * fabsf(loss));
+        double worst = 0;
+        char name[PARAMS_NAME_MAX + 8];
+        for (int i = 0; i < s->p->n; i++) {
+            const params_tensor_t *t = &s->p->t[i];
+            snprintf(name, sizeof name, "grad.%s", t->name);
+            const st_tensor_t *gt = st_find(g, name);
+            T_CHECK(gt && (size_t)gt->numel == t->numel);
+            if (gt && (size_t)gt->numel == t->numel)
+                worst = fmax(worst, testutil_rel_err(gt->data, params_g(s->p, i), t->numel));
+        }
+        T_CHECK(worst < 1e-5);
+        printf("DenseCL gradient dump: loss %.5f, every gradient within %.2g of the in-process "
+               "step\n", loss, worst);
+    } else {
+        T_CHECK(0);
+    }
+    st_close(&g);
+    stage_destroy(&s);
+    /* its online view masked by the adversarial policy: the scores are in the checkpoint
+     * and the run resumes bit for bit */
+    char masked[1200];
+    snprintf(masked, sizeof masked, "%s --contrastive.mask_ratio=0.5 --mae.mask_policy=adversarial",
+             flags);
+    resume_equal("densemask", masked, pa, pb, sizeof pa);
+    T_CHECK(st_open(&f, pa) == 0);
+    const st_tensor_t *sc = f ? st_find(f, "mask_score") : NULL;
+    int seen = 0;
+    for (int64_t i = 0; sc && i < sc->numel; i++)
+        seen += ((const float *)sc->data)[i] > 0.0f;
+    T_CHECK(sc && sc->numel == 16 && seen == 16);
+    st_close(&f);
+}
+
+/* MAE with adversarial masking through the trainer: resumes bit for bit (the scores are
+ * in the checkpoint, "mask_score"), and trains other weights than random masking. */
+static void test_adversarial_resume(void) {
+    char pa[1300], pb[1300], pr[1300], pr2[1300];
+    resume_equal("adv", "--mae.mask_policy=adversarial --mae.mask_temp=0.3 --train.steps=12 "
+                 "--train.ckpt_every=0", pa, pb, sizeof pa);
+    resume_equal("rnd", "--train.steps=12 --train.ckpt_every=0", pr, pr2, sizeof pr);
+    st_file_t *fa = NULL, *fr = NULL;
+    T_CHECK(st_open(&fa, pa) == 0 && st_open(&fr, pr) == 0);
+    const st_tensor_t *sc = fa ? st_find(fa, "mask_score") : NULL;
+    T_CHECK(sc && sc->numel == 16 && fr && !st_find(fr, "mask_score"));
+    const st_tensor_t *wa = fa ? st_find(fa, "decoder_pred.weight") : NULL,
+                      *wr = fr ? st_find(fr, "decoder_pred.weight") : NULL;
+    T_CHECK(wa && wr && wa->nbytes == wr->nbytes && memcmp(wa->data, wr->data, wa->nbytes) != 0);
+    double lo = INFINITY, hi = 0;
+    for (int64_t i = 0; sc && i < sc->numel; i++) {
+        lo = fmin(lo, ((const float *)sc->data)[i]);
+        hi = fmax(hi, ((const float *)sc->data)[i]);
+    }
+    T_CHECK(lo > 0 && hi > lo);
+    printf("adversarial masking: per-position scores after 12 steps in [%.3f, %.3f]\n", lo, hi);
+    st_close(&fa);
+    st_close(&fr);
+
+    /* the gradient dump draws the mask as the next training step would (the checkpoint's
+     * scores through the policy): its loss is the stage's in-process, and its mask is not
+     * the random policy's on the same noise */
+    const char *tmp = testutil_tmpdir();
+    char batch[1300], g[2][1300], dir[1200], log[1300], extra[6000];
+    snprintf(batch, sizeof batch, "%.1000s/adv-batch.safetensors", tmp);
+    snprintf(dir, sizeof dir, "%.1000s/adv-dump", tmp);
+    snprintf(log, sizeof log, "%.1000s/adv-dump.txt", tmp);
+    enum { NB = 8 };
+    static float imgs[NB * 16 * 16], noise[NB * 16];
+    unsigned long long seed = 9;
+    testutil_fill(imgs, NB * 16 * 16, -1.0f, 1.0f, &seed);
+    testutil_fill(noise, NB * 16, 0.0f, 1.0f, &seed);
+    int64_t ishape[4] = {NB, 1, 16, 16}, nshape[2] = {NB, 16};
+    st_writer_t *w = st_writer_new();
+    T_CHECK(w && st_writer_add(w, "images", "F32", ishape, 4, imgs) == 0 &&
+            st_writer_add(w, "noise", "F32", nshape, 2, noise) == 0 && st_writer_save(w, batch) == 0);
+    st_writer_destroy(&w);
+    for (int k = 0; k < 2; k++) {
+        snprintf(g[k], sizeof g[k], "%.1000s/adv-g%d.st", tmp, k);
+        snprintf(extra, sizeof extra,
+                 "%s --train.precision=fp32 --dump-grads --weights %s --batch %s --out %s",
+                 k ? "" : "--mae.mask_policy=adversarial --mae.mask_temp=0.3", pa, batch, g[k]);
+        T_CHECK(run(dir, extra, log) == 0);
+    }
+    mimic_cfg_t cfg;
+    config_defaults(&cfg);
+    const char *set[] = {"model.img_size=16",       "model.patch_size=4",    "model.embed_dim=32",
+                         "model.depth=2",           "model.num_heads=2",     "mae.decoder_embed_dim=16",
+                         "mae.decoder_depth=1",     "mae.decoder_num_heads=2",
+                         "mae.mask_policy=adversarial", "mae.mask_temp=0.3"};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        T_CHECK(config_override(&cfg, set[i]) == 0);
+    mm_set_precision(MM_FP32);
+    stage_t *s = NULL;
+    long step;
+    uint64_t ep, cur;
+    st_file_t *d[2] = {NULL, NULL};
+    T_CHECK(stage_new(&s, &cfg, NB) == 0 && st_open(&d[0], g[0]) == 0 && st_open(&d[1], g[1]) == 0);
+    if (s && d[0] && d[1] && s->ops->load(s, pa, NULL, NULL, &step, &ep, &cur) == 0) {
+        stage_input_t in = {imgs, noise, NULL};
+        float loss = (float)s->ops->forward(s, &in, NB);
+        const st_tensor_t *l = st_find(d[0], "loss"), *m0 = st_find(d[0], "mask"),
+                          *m1 = st_find(d[1], "mask");
+        T_CHECK(l && fabsf(((const float *)l->data)[0] - loss) <= 1e-6f * fabsf(loss));
+        T_CHECK(m0 && m1 && m0->nbytes == m1->nbytes && memcmp(m0->data, m1->data, m0->nbytes) != 0);
+        printf("adversarial MAE gradient dump: loss %.6f (in-process %.6f), mask unlike random's\n",
+               l ? ((const float *)l->data)[0] : NAN, loss);
+    } else {
+        T_CHECK(0);
+    }
+    st_close(&d[0]);
+    st_close(&d[1]);
+    stage_destroy(&s);
+}
+
 int main(void) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(worker, sizeof worker, "%s/worker/mimic-worker", build ? build : ".");
@@ -460,5 +635,7 @@ int main(void) {
     test_bad_data();
     test_mocov3_resume();
     test_mocov2_resume();
+    test_densecl_resume_dump();
+    test_adversarial_resume();
     return testutil_summary("test_train");
 }

@@ -1,5 +1,6 @@
 #include "checkpoint.h"
 #include "common.h"
+#include "maskpolicy.h"
 #include "safetensors.h"
 #include "worker.h"
 
@@ -43,6 +44,10 @@ static int load_stage_weights(stage_t *s, const char *path) {
     if (!rc && s->queue && st_find(f, "queue")) { /* MoCo v2: the negatives of the file */
         checkpoint_state_t st = stage_queue_state(s);
         if (!(rc = checkpoint_read_queue(f, &st))) s->queue_keys = st.queue_keys;
+    }
+    if (!rc && s->mask_score && st_find(f, "mask_score")) { /* adversarial masking's scores */
+        int64_t shape[1] = {(int64_t)s->mask_score_len};
+        rc = st_read_f32(f, "mask_score", s->mask_score, shape, 1);
     }
     st_close(&f);
     return rc;
@@ -124,6 +129,28 @@ out:
     return rc;
 }
 
+/* noise (B, L) -> the adversarial policy's keys, in place, with the scores of the weights
+ * file when it has them. */
+static int adversarial_keys(const mimic_cfg_t *cfg, const mae_t *m, const char *weights,
+                            float *noise, int B) {
+    maskpolicy_t *mp = NULL;
+    st_file_t *f = NULL;
+    int rc = maskpolicy_new(&mp, cfg, m->L);
+    if (!rc) rc = st_open(&f, weights);
+    int64_t shape[1] = {m->L};
+    if (!rc && st_find(f, "mask_score")) rc = st_read_f32(f, "mask_score", mp->score, shape, 1);
+    float *keys = rc ? NULL : malloc((size_t)B * m->L * sizeof(float));
+    if (!rc && !keys) rc = mimic_err(MIMIC_ENOMEM, "out of memory");
+    if (!rc) {
+        maskpolicy_keys(mp, keys, noise, B);
+        memcpy(noise, keys, (size_t)B * m->L * sizeof(float));
+    }
+    free(keys);
+    st_close(&f);
+    maskpolicy_destroy(&mp);
+    return rc;
+}
+
 int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *batch,
                       const char *out) {
     if (cfg->train.stage != STAGE_KIND_MAE) return dump_stage(cfg, weights, batch, out);
@@ -156,6 +183,12 @@ int worker_dump_grads(const mimic_cfg_t *cfg, const char *weights, const char *b
         (rc = st_read_f32(in, "noise", noise, nshape, 2)))
         goto out;
     if ((rc = mae_batch_alloc(&b, m, B))) goto out;
+    /* adversarial masking: the batch's noise through the policy with the scores of the
+     * weights file (a checkpoint's "mask_score"; none: uniform), as the training step
+     * that file would take next draws its mask */
+    if (cfg->mask.policy == MASK_POLICY_ADVERSARIAL &&
+        (rc = adversarial_keys(cfg, m, weights, noise, B)))
+        goto out;
     float loss = (float)mae_forward(m, b, imgs, noise);
     params_zero_grad(m->p);
     mae_backward(m, b);
