@@ -278,6 +278,15 @@ static const key_t_ KEYS[] = {
       "(>= 0; 0: BYOL with the warped views computed and unused)"),
     F("contrawarp", "tau", K_FLOAT, contrawarp.tau, "0.2",
       "temperature of the warped-negative term (> 0)"),
+    F("metrics", "port", K_INT, metrics.port, "0",
+      "the scheduler serves /metrics (Prometheus), /api/state and the live page / on this "
+      "HTTP port (0: off; 1..65535; docs/operations.md)"),
+    F("metrics", "bind", K_STR, metrics.bind, "127.0.0.1",
+      "numeric address (or localhost) the scheduler's HTTP endpoint binds; a non-loopback "
+      "one needs metrics.public=1"),
+    F("metrics", "public", K_INT, metrics.public_ok, "0",
+      "1: allow metrics.bind on a non-loopback address (the pages reveal the job: loss, "
+      "paths, members; no authentication)"),
 };
 #undef F
 #undef E

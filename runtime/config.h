@@ -143,6 +143,11 @@ typedef struct {
         float w_neg;   /* weight of the warped-negative term added to BYOL's loss */
         float tau;     /* its temperature */
     } contrawarp;
+    struct {            /* the scheduler's HTTP endpoint (scheduler/httpd.h) */
+        char bind[128]; /* numeric address or localhost */
+        int port;       /* 0: off */
+        int public_ok;  /* 1: a non-loopback bind is allowed */
+    } metrics;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
