@@ -1125,7 +1125,7 @@ int sched_run(sched_t *s) {
 /* metrics.port > 0: the HTTP endpoint (httpd.h) and its state. */
 static int open_http(sched_t *s) {
     const mimic_cfg_t *c = &s->cfg;
-    if (c->metrics.port == 0) return httpd_check(c->metrics.bind, 0, c->metrics.public_ok);
+    if (c->metrics.port == 0) return 0; /* off (the keys were checked by check_cfg) */
     if (!(s->obs = obs_new()) || !(s->ost = calloc(1, sizeof *s->ost)))
         return mimic_err(MIMIC_ENOMEM, "metrics: out of memory");
     obs_state_t *o = s->ost;
@@ -1169,7 +1169,8 @@ static int check_cfg(const mimic_cfg_t *c) {
     if (c->cluster.straggler_n < 1 || c->cluster.straggler_n > 1000000)
         return mimic_err(MIMIC_EINVAL, "config cluster.straggler_n: %d (need 1 .. 1000000 steps)",
                          c->cluster.straggler_n);
-    return 0;
+    /* before anything is read or bound: a public bind without metrics.public is refused */
+    return httpd_check(c->metrics.bind, c->metrics.port, c->metrics.public_ok);
 }
 
 /* Number of samples: the data set is opened once, as the workers will open it. */
