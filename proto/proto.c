@@ -362,8 +362,8 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
         for (uint32_t i = PROTO_METRIC_DATA_S; i < h->nf; i++)
             if (!(h->f[i] >= 0 && h->f[i] <= 1e12)) /* NaN fails the comparison */
                 return fail(why, whylen,
-                            "header field 'f[%u]' (phase seconds): must be in [0, 1e12], got %g",
-                            i, h->f[i]);
+                            "header field 'f[%u]' (phase seconds): must be in [0, 1e12], got %g", i,
+                            h->f[i]);
         return 0;
     case PROTO_CKPT_DONE:
         if (a[PROTO_CKDONE_STATUS] > 0)

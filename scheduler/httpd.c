@@ -116,8 +116,8 @@ static enum MHD_Result reply_state(struct MHD_Connection *c, httpd_t *h, int pro
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     }
     return reply(c, MHD_HTTP_OK,
-                 prom ? "text/plain; version=0.0.4; charset=utf-8" : "application/json", b.p,
-                 b.len, MHD_RESPMEM_MUST_FREE);
+                 prom ? "text/plain; version=0.0.4; charset=utf-8" : "application/json", b.p, b.len,
+                 MHD_RESPMEM_MUST_FREE);
 }
 
 static int has_body(struct MHD_Connection *c) {
@@ -127,9 +127,8 @@ static int has_body(struct MHD_Connection *c) {
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     (void)version;
     (void)upload_data;
     httpd_t *h = cls;
@@ -162,13 +161,12 @@ int httpd_start(httpd_t **out, const char *bind, int port, int allow_public, obs
     h->obs = obs;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h,
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTPD_CONN_MAX,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTPD_CONN_PER_IP,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTPD_TIMEOUT_S,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTPD_MEM_LIMIT,
-                            MHD_OPTION_END);
+    h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)HTTPD_CONN_MAX, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                            (unsigned)HTTPD_CONN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)HTTPD_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                            (size_t)HTTPD_MEM_LIMIT, MHD_OPTION_END);
     if (!h->d) {
         free(h);
         return mimic_err(MIMIC_EIO, "metrics: cannot serve HTTP on %s port %d (in use?)", bind,

@@ -166,8 +166,8 @@ static void scalar(obs_buf_t *b, const char *name, const char *type, const char 
     prom_value(b, v);
 }
 
-static void worker_sample(obs_buf_t *b, const char *name, const obs_worker_t *w,
-                          const char *phase, double v) {
+static void worker_sample(obs_buf_t *b, const char *name, const obs_worker_t *w, const char *phase,
+                          double v) {
     obs_buf_printf(b, "%s{worker=\"%d\",rank=\"%d\"", name, (int)w->id, w->rank);
     if (phase) obs_buf_printf(b, ",phase=\"%s\"", phase);
     obs_buf_printf(b, "} ");
@@ -175,7 +175,8 @@ static void worker_sample(obs_buf_t *b, const char *name, const obs_worker_t *w,
 }
 
 void obs_render_prom(obs_buf_t *b, const obs_state_t *st, double now) {
-    head(b, "mimicps_info", "gauge", "The run: training stage, consistency model, output directory.");
+    head(b, "mimicps_info", "gauge",
+         "The run: training stage, consistency model, output directory.");
     obs_buf_printf(b, "mimicps_info{stage=\"");
     obs_buf_label(b, st->stage);
     obs_buf_printf(b, "\",consistency=\"");
@@ -194,8 +195,8 @@ void obs_render_prom(obs_buf_t *b, const obs_state_t *st, double now) {
            (double)st->images);
     scalar(b, "mimicps_workers_live", "gauge", "Live workers.", st->workers_live);
     scalar(b, "mimicps_servers_live", "gauge", "Live parameter servers.", st->servers_live);
-    scalar(b, "mimicps_checkpoint_step", "gauge", "Step of the last complete checkpoint (-1: none).",
-           (double)st->ckpt_step);
+    scalar(b, "mimicps_checkpoint_step", "gauge",
+           "Step of the last complete checkpoint (-1: none).", (double)st->ckpt_step);
     scalar(b, "mimicps_checkpoint_age_seconds", "gauge",
            "Seconds since the last complete checkpoint (NaN: none yet).",
            st->ckpt_wall > 0 ? now - st->ckpt_wall : NAN);

@@ -33,8 +33,8 @@ typedef struct {
 typedef struct {
     int32_t id;
     int rank, live, flagged;
-    double ratio;            /* step time over the others' median (straggler.h) */
-    long step;               /* METRICS st of its last report */
+    double ratio;               /* step time over the others' median (straggler.h) */
+    long step;                  /* METRICS st of its last report */
     double phase_s[OBS_PHASES]; /* summed since the worker started */
     uint64_t steps, bytes_out, bytes_in, bad_images;
 } obs_worker_t;
@@ -46,13 +46,13 @@ typedef struct {
     double loss, lr, img_s; /* of the last progress line */
     uint64_t images;        /* samples processed (CHUNK_DONE), since the start */
     int workers_live, servers_live;
-    long ckpt_step;   /* -1: none yet */
-    double ckpt_wall; /* unix time of that checkpoint (0: none) */
-    uint64_t bad_images;     /* unreadable images the workers' loaders met */
-    long unreadable_chunks;  /* chunks with no readable sample */
+    long ckpt_step;         /* -1: none yet */
+    double ckpt_wall;       /* unix time of that checkpoint (0: none) */
+    uint64_t bad_images;    /* unreadable images the workers' loaders met */
+    long unreadable_chunks; /* chunks with no readable sample */
     uint64_t requeued_chunks;
-    int stragglers;          /* flagged now */
-    long stragglers_total;   /* ever flagged */
+    int stragglers;                                 /* flagged now */
+    long stragglers_total;                          /* ever flagged */
     uint64_t departed_bytes_out, departed_bytes_in; /* of workers no longer in w[] */
     char stage[32], consistency[8], out_dir[1024];
     int nworkers;

@@ -91,7 +91,8 @@ static void test_prom_text(void) {
     T_CHECK(strstr(b.p, "out_dir=\"runs/a \\\"quoted\\\" dir\\\\with\\nnewline\"} 1\n") != NULL);
     T_CHECK(strstr(b.p, "# TYPE mimicps_step gauge\nmimicps_step 42\n") != NULL);
     T_CHECK(strstr(b.p, "mimicps_images_per_second 250.5\n") != NULL);
-    T_CHECK(strstr(b.p, "# TYPE mimicps_images_total counter\nmimicps_images_total 4096\n") != NULL);
+    T_CHECK(strstr(b.p, "# TYPE mimicps_images_total counter\nmimicps_images_total 4096\n") !=
+            NULL);
     T_CHECK(strstr(b.p, "mimicps_checkpoint_age_seconds NaN\n") != NULL);
     T_CHECK(strstr(b.p, "mimicps_checkpoint_step -1\n") != NULL);
     T_CHECK(strstr(b.p, "mimicps_worker_phase_seconds_total{worker=\"11\",rank=\"1\","
@@ -129,7 +130,7 @@ static void test_history(void) {
         obs_history_add(st, &p);
     }
     T_CHECK(st->nhist > OBS_HIST / 4 && st->nhist <= OBS_HIST);
-    T_CHECK(st->hist[0].step == 0);               /* the start stays */
+    T_CHECK(st->hist[0].step == 0);                            /* the start stays */
     T_CHECK(st->hist[st->nhist - 1].step == 3 * OBS_HIST - 1); /* the newest is in */
     int sorted = 1;
     for (int i = 1; i < st->nhist; i++)
@@ -211,8 +212,8 @@ static void test_requests(void) {
     T_CHECK(get(port, "GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
                 sizeof buf) == 200);
     T_CHECK(strstr(buf, "application/json") && strstr(buf, "\"step\":42"));
-    T_CHECK(get(port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
-                sizeof buf) == 200);
+    T_CHECK(get(port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf, sizeof buf) ==
+            200);
     T_CHECK(strstr(buf, "text/html") && strstr(buf, "id=\"loss-chart\"") &&
             strstr(buf, "id=\"phase-bars\""));
     /* nothing loaded from elsewhere: no src= and no https:// anywhere in the page */
@@ -225,14 +226,16 @@ static void test_requests(void) {
                 sizeof buf) == 404);
     T_CHECK(get(port, "GET /metrics/../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 buf, sizeof buf) == 404);
-    T_CHECK(get(port, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: "
-                      "close\r\n\r\n",
+    T_CHECK(get(port,
+                "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: "
+                "close\r\n\r\n",
                 buf, sizeof buf) == 405);
     T_CHECK(strstr(buf, "Allow: GET, HEAD") != NULL);
     T_CHECK(get(port, "DELETE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
                 sizeof buf) == 405);
-    T_CHECK(get(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: "
-                      "close\r\n\r\nhello",
+    T_CHECK(get(port,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: "
+                "close\r\n\r\nhello",
                 buf, sizeof buf) == 413);
     /* a malformed request line: a 400 (or the connection closed), never a page */
     int s = get(port, "GARBAGE\r\n\r\n", buf, sizeof buf);
@@ -304,8 +307,7 @@ static void test_bind_rules(void) {
     char bin[1100];
     snprintf(bin, sizeof bin, "%s/scheduler/mimic-scheduler",
              getenv("MIMIC_BUILD_DIR") ? getenv("MIMIC_BUILD_DIR") : "build");
-    char *argv[] = {bin, "--metrics.port=9", "--metrics.bind=0.0.0.0", "--cluster.workers=1",
-                    NULL};
+    char *argv[] = {bin, "--metrics.port=9", "--metrics.bind=0.0.0.0", "--cluster.workers=1", NULL};
     int pid = testutil_spawn(argv, log);
     T_CHECK(pid > 0);
     int rc = testutil_wait_pid(pid, 20000);

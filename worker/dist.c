@@ -49,7 +49,7 @@ typedef struct {
     double t_slow;                 /* the last step's test-hook sleep */
     /* phase seconds summed since the start (METRICS f[PROTO_METRIC_DATA_S..]) */
     double phase_s[PROTO_METRIC_PHASES];
-    uint64_t steps; /* trained by this worker */
+    uint64_t steps;                /* trained by this worker */
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
     kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */

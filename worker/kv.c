@@ -60,7 +60,7 @@ struct kv {
         int batch;
         const float *grad;
     } pp;
-    uint16_t *g16; /* bf16 wire: the pushed gradient, rounded (total values) */
+    uint16_t *g16;                /* bf16 wire: the pushed gradient, rounded (total values) */
     uint64_t bytes_out, bytes_in; /* payload bytes sent and received (kv_bytes) */
 };
 
