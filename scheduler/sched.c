@@ -965,9 +965,13 @@ static void obs_tick(sched_t *s, double now) {
             if (w) w->rank = m->rank;
         }
     }
-    if (s->pg.lines != s->obs_lines) {
+    /* a point per progress line, and one when membership changed (a departure shows
+     * even while no step completes) */
+    const obs_point_t *last = o->nhist ? &o->hist[o->nhist - 1] : NULL;
+    int moved = last && (last->workers != o->workers_live || last->servers != o->servers_live);
+    if (s->pg.lines != s->obs_lines || moved) {
         s->obs_lines = s->pg.lines;
-        obs_point_t p = {.t = s->pg.last_t - s->t0,
+        obs_point_t p = {.t = moved ? now - s->t0 : s->pg.last_t - s->t0,
                          .step = s->pg.last_step,
                          .loss = s->pg.last_loss,
                          .img_s = s->pg.last_img_s,

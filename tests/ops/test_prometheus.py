@@ -112,6 +112,29 @@ def main():
         back = [float(s["value"][1]) for s in phases if s["metric"]["phase"] == "backward"]
         if min(back) <= 0:
             fail("a worker's backward seconds are not positive: %s" % back)
+        # the counters are the sums of the worker's step records: at one scrape, a
+        # worker's data, forward and push seconds equal the sums over the first `steps`
+        # records of its worker-<rank>.jsonl (records are written before each METRICS)
+        ts = phases[0]["value"][0]
+        steps = {s["metric"]["worker"]: int(float(s["value"][1]))
+                 for s in query(pport, "mimicps_worker_steps_total", ts)}
+        at = {(s["metric"]["worker"], s["metric"]["phase"]): (s["metric"]["rank"],
+                                                              float(s["value"][1]))
+              for s in query(pport, "mimicps_worker_phase_seconds_total", ts)}
+        for (worker, phase), (rank, value) in sorted(at.items()):
+            field = {"data": "data_s", "forward": "forward_s", "push": "push_pull_s"}.get(phase)
+            if not field:
+                continue  # backward holds the test hook's sleep; pull_wait unlogged parts
+            path = os.path.join(c.out, "worker-%s.jsonl" % rank)
+            recs = [json.loads(l) for l in open(path) if l.strip()]
+            recs = [r for r in recs if r.get("event") == "step"][:steps[worker]]
+            want = sum(r[field] for r in recs)
+            if len(recs) != steps[worker] or abs(want - value) > 1e-5 * max(want, 1e-3) * 10:
+                fail("worker %s (rank %s) %s: Prometheus %g s over %d steps, %s sums to %g "
+                     "over %d records" % (worker, rank, phase, value, steps[worker], path,
+                                          want, len(recs)))
+        print("phase counters equal the sums of the workers' step records (%s)" %
+              {w: n for w, n in steps.items()})
         pushed = query(pport, "mimicps_pushed_bytes_total")
         if not pushed or float(pushed[0]["value"][1]) <= 0:
             fail("no pushed bytes: %s" % pushed)
