@@ -222,6 +222,10 @@ static void test_requests(void) {
     T_CHECK(get(port, "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
                 sizeof buf) == 200);
 
+    /* HEAD: the headers of the page, no body */
+    T_CHECK(get(port, "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
+                sizeof buf) == 200);
+    T_CHECK(strstr(buf, "# HELP") == NULL);
     T_CHECK(get(port, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf,
                 sizeof buf) == 404);
     T_CHECK(get(port, "GET /metrics/../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -276,6 +280,13 @@ static void test_requests(void) {
                 sizeof buf) == 200);
     httpd_stop(&h);
     T_CHECK(h == NULL);
+    /* IPv6 loopback (skipped where the machine has no IPv6) */
+    int fd6 = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd6 >= 0) {
+        close(fd6);
+        T_CHECK(httpd_start(&h, "::1", 0, 0, o) == 0 && h && httpd_port(h) > 0);
+        httpd_stop(&h);
+    }
     obs_destroy(&o);
     free(st);
 }
