@@ -170,6 +170,9 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
         h->f[0] = (rnd() & 1) ? 6.2831 : NAN;
         h->f[1] = 1234.5;
         h->f[2] = -0.0;
+        if (rnd() & 1) /* the optional counters (scheduler /metrics) */
+            proto_make_metrics_counters(h, (const double[]){0.5, 1e-9, 0, 1e6, 3.25},
+                                        rnd_below(1u << 30), 1ull << 40, rnd_below(7), 12);
         break;
     case PROTO_ERROR: {
         int64_t a[] = {MIMIC_EFORMAT, PROTO_PUSH};
