@@ -153,6 +153,12 @@ class Cluster:
                 p.wait()
         self.log.close()
 
+    def sanitizer_errors(self):
+        """Lines of AddressSanitizer/UBSan/LeakSanitizer reports in the processes' log
+        (a sanitizer build run by ctest; empty otherwise)."""
+        keys = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+        return [l for l in open(self.log.name, errors="replace") if any(k in l for k in keys)]
+
 
 def fail(msg):
     print("FAIL: " + msg, file=sys.stderr)

@@ -122,6 +122,9 @@ def main():
         if d is not None:
             d.quit()
         c.stop()
+        bad = c.sanitizer_errors()
+        if bad:
+            fail("sanitizer reports in the cluster's processes:\n" + "".join(bad[:20]))
         shutil.rmtree(c.dir, ignore_errors=True)
 
 

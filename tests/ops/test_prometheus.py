@@ -156,6 +156,9 @@ def main():
                 prom.wait()
         plog.close()
         c.stop()
+        bad = c.sanitizer_errors()
+        if bad:
+            fail("sanitizer reports in the cluster's processes:\n" + "".join(bad[:20]))
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(c.dir, ignore_errors=True)
 
