@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
-bash deploy/install-deps.sh
+bash deploy/install-deps.sh --test
 BUILD=${BUILD:-build}
 BUILD_ASAN=${BUILD_ASAN:-build-asan}
 jobs=$(nproc)

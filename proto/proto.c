@@ -97,7 +97,10 @@ static const spec_t specs[PROTO_TYPE_COUNT] = {
                          .min_a = 1,
                          .signed_args = 1u << 0,
                          .args = {"status"}},
-    [PROTO_METRICS] = {.name = "METRICS", .req = KB(K_F), .min_f = 1},
+    [PROTO_METRICS] = {.name = "METRICS",
+                       .req = KB(K_F),
+                       .min_f = 1,
+                       .args = {"bytes pushed", "bytes pulled", "bad images", "steps"}},
     [PROTO_SHUTDOWN] = {.name = "SHUTDOWN"},
     [PROTO_ERROR] = {.name = "ERROR",
                      .req = KB(K_A) | KB(K_STR),
@@ -350,6 +353,17 @@ static int check_args(const proto_hdr_t *h, const spec_t *sp, char *why, size_t 
             return fail(why, whylen,
                         "header field 'f[0]' (busy seconds): must be in [0, 86400], got %g",
                         h->f[PROTO_CDONE_BUSY_S]);
+        return 0;
+    case PROTO_METRICS: /* the phase counters: all five or none, finite and >= 0 */
+        if (h->nf > PROTO_METRIC_DATA_S && h->nf != PROTO_METRIC_DATA_S + PROTO_METRIC_PHASES)
+            return fail(why, whylen,
+                        "header field 'f': METRICS carries 3 or %d values, got %" PRIu32,
+                        PROTO_METRIC_DATA_S + PROTO_METRIC_PHASES, h->nf);
+        for (uint32_t i = PROTO_METRIC_DATA_S; i < h->nf; i++)
+            if (!(h->f[i] >= 0 && h->f[i] <= 1e12)) /* NaN fails the comparison */
+                return fail(why, whylen,
+                            "header field 'f[%u]' (phase seconds): must be in [0, 1e12], got %g", i,
+                            h->f[i]);
         return 0;
     case PROTO_CKPT_DONE:
         if (a[PROTO_CKDONE_STATUS] > 0)

@@ -134,6 +134,25 @@ enum {
 };
 enum { PROTO_CKDONE_STATUS = 0 /* 0 or a negative MIMIC_E* code */ };
 enum { PROTO_METRIC_LOSS = 0, PROTO_METRIC_IMGS = 1, PROTO_METRIC_LR = 2 }; /* f[] */
+/* METRICS f[3..7] (optional, all or none): the worker's phase seconds summed since it
+ * started (counters, so a lost METRICS loses nothing): data, forward, backward, push
+ * (BSP: push+pull), pull+wait. a[] (optional): payload bytes it pushed and pulled since it
+ * started, the unreadable images its loader met and the steps it trained. The
+ * scheduler's /metrics and live page (docs/operations.md). */
+enum {
+    PROTO_METRIC_DATA_S = 3,
+    PROTO_METRIC_FWD_S = 4,
+    PROTO_METRIC_BWD_S = 5,
+    PROTO_METRIC_PUSH_S = 6,
+    PROTO_METRIC_PULL_S = 7,
+};
+#define PROTO_METRIC_PHASES 5
+enum { /* a[] */
+    PROTO_METRIC_BYTES_OUT = 0,
+    PROTO_METRIC_BYTES_IN = 1,
+    PROTO_METRIC_BAD = 2,
+    PROTO_METRIC_STEPS = 3 /* steps this worker trained since it started */
+};
 enum { PROTO_ERR_CODE = 0, PROTO_ERR_REQTYPE = 1 /* optional: the refused type */ };
 enum { PROTO_ACK_TYPE = 0 /* the acknowledged message type */ };
 
@@ -251,6 +270,11 @@ void proto_make_ckpt_done(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t
                           const char *text);
 void proto_make_metrics(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t step, double loss,
                         double imgs_per_s, double lr);
+/* Adds the optional counters to a METRICS built by proto_make_metrics: phase_s[i] is
+ * f[PROTO_METRIC_DATA_S + i]. */
+void proto_make_metrics_counters(proto_hdr_t *h, const double phase_s[PROTO_METRIC_PHASES],
+                                 uint64_t bytes_out, uint64_t bytes_in, uint64_t bad_images,
+                                 uint64_t steps);
 void proto_make_shutdown(proto_hdr_t *h, int32_t sender, uint64_t seq, const char *reason);
 /* code: a negative MIMIC_E* code; req_type: the refused type (0: unknown). seq and step
  * echo the request (proto_reply_error does all of it). */

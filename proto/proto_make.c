@@ -239,6 +239,19 @@ void proto_make_metrics(proto_hdr_t *h, int32_t sender, uint64_t seq, uint64_t s
     h->f[PROTO_METRIC_LR] = lr;
 }
 
+void proto_make_metrics_counters(proto_hdr_t *h, const double phase_s[PROTO_METRIC_PHASES],
+                                 uint64_t bytes_out, uint64_t bytes_in, uint64_t bad_images,
+                                 uint64_t steps) {
+    h->nf = PROTO_METRIC_DATA_S + PROTO_METRIC_PHASES;
+    for (int i = 0; i < PROTO_METRIC_PHASES; i++)
+        h->f[PROTO_METRIC_DATA_S + i] = phase_s[i];
+    h->na = 4;
+    h->a[PROTO_METRIC_STEPS] = (int64_t)(steps & INT64_MAX);
+    h->a[PROTO_METRIC_BYTES_OUT] = (int64_t)(bytes_out & INT64_MAX);
+    h->a[PROTO_METRIC_BYTES_IN] = (int64_t)(bytes_in & INT64_MAX);
+    h->a[PROTO_METRIC_BAD] = (int64_t)(bad_images & INT64_MAX);
+}
+
 void proto_make_shutdown(proto_hdr_t *h, int32_t sender, uint64_t seq, const char *reason) {
     begin(h, PROTO_SHUTDOWN, sender, seq);
     set_str(h, reason);

@@ -298,6 +298,15 @@ static const key_t_ KEYS[] = {
       "DenseCL: L = (1-lambda) InfoNCE_global + lambda InfoNCE_dense, in [0,1]; both use "
       "contrastive.temperature, contrastive.dim and the one queue of contrastive.queue_size "
       "rows [global key | pooled dense key]"),
+    F("metrics", "port", K_INT, metrics.port, "0",
+      "the scheduler serves /metrics (Prometheus), /api/state and the live page / on this "
+      "HTTP port (0: off; 1..65535; docs/operations.md)"),
+    F("metrics", "bind", K_STR, metrics.bind, "127.0.0.1",
+      "numeric address (or localhost) the scheduler's HTTP endpoint binds; a non-loopback "
+      "one needs metrics.public=1"),
+    F("metrics", "public", K_INT, metrics.public_ok, "0",
+      "1: allow metrics.bind on a non-loopback address (the pages reveal the job: loss, "
+      "paths, members; no authentication)"),
 };
 #undef F
 #undef E

@@ -157,6 +157,11 @@ typedef struct {
         float mix;         /* weight of the uniform distribution mixed in */
         float decay;       /* EMA decay of the per-position scores */
     } mask;
+    struct {            /* the scheduler's HTTP endpoint (scheduler/httpd.h) */
+        char bind[128]; /* numeric address or localhost */
+        int port;       /* 0: off */
+        int public_ok;  /* 1: a non-loopback bind is allowed */
+    } metrics;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);

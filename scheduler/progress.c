@@ -29,6 +29,12 @@ void progress_flush(progress_t *p, double now, FILE *out, metrics_t *mx, double 
     metrics_int(mx, "reports", p->n);
     metrics_int(mx, "stragglers", p->stragglers);
     metrics_end(mx);
+    p->lines++;
+    p->last_step = p->step;
+    p->last_t = now;
+    p->last_loss = loss;
+    p->last_lr = p->lr;
+    p->last_img_s = img_s;
     p->t_last = now;
     p->step_last = p->step;
     p->samples = 0;

@@ -29,6 +29,9 @@ typedef struct {
     int n;
     double loss_sum, lr, first_t;
     int stragglers; /* workers flagged now (the scheduler keeps it current) */
+    /* the last line written (the scheduler's /metrics and live page) */
+    long lines, last_step;
+    double last_t, last_loss, last_lr, last_img_s;
 } progress_t;
 
 void progress_init(progress_t *p, long total, long start_step, double now);

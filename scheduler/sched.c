@@ -3,9 +3,11 @@
 
 #include "ckpt.h"
 #include "common.h"
+#include "httpd.h"
 #include "loader.h"
 #include "members.h"
 #include "metrics.h"
+#include "obs.h"
 #include "progress.h"
 #include "proto.h"
 #include "trace.h"
@@ -14,10 +16,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 #define SCHED_CHUNKS_HELD_MAX 2 /* chunks a worker may hold not reported done */
@@ -29,6 +33,7 @@
 #define MEMB_RESENDS_MAX 20  /* MEMBERSHIP resends per version to a server that does not ACK */
 #define SCHED_BURST 256      /* messages read per wake-up before the timers run */
 #define SCHED_LINGER_MS 2000 /* closing lets the last SHUTDOWNs go out this long */
+#define SCHED_OBS_S 0.25     /* the HTTP snapshot is published at most this often */
 
 struct sched {
     mimic_cfg_t cfg;
@@ -63,7 +68,20 @@ struct sched {
     int times_cap;
     uint64_t memb_version;
     volatile sig_atomic_t *stop;
+    /* metrics.port: the HTTP endpoint and the state it shows (obs.h); the event loop
+     * fills `ost` and publishes it every SCHED_OBS_S without ever waiting on a reader */
+    obs_t *obs;
+    httpd_t *http;
+    obs_state_t *ost;
+    double obs_t_pub;
+    long obs_lines; /* progress lines already in the history */
 };
+
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* ---- output: JSON lines and trace -------------------------------------------------- */
 
@@ -331,6 +349,7 @@ static void worker_gone(sched_t *s, members_entry_t *m, members_state_t st, doub
         s->pg.stragglers = --s->stragglers;
     }
     int skipped = 0, r = workq_requeue_worker(s->q, m->id, st == MEMBERS_DEAD, &skipped);
+    if (s->ost && r > 0) s->ost->requeued_chunks += (uint64_t)r;
     const char *what = st == MEMBERS_DEAD ? "worker_dead" : "worker_left";
     mimic_log("scheduler: worker rank %d (id %d) %s; %d chunk(s) back at the front of the queue",
               m->rank, m->id, st == MEMBERS_DEAD ? "declared dead (no heartbeat)" : "left", r);
@@ -627,6 +646,7 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, members_entry_t *m
     }
     reply_ack(s, msg, PROTO_CHUNK_DONE);
     progress_samples(&s->pg, (uint64_t)a[PROTO_CDONE_PROCESSED]);
+    if (s->ost) s->ost->images += (uint64_t)a[PROTO_CDONE_PROCESSED];
     if (rc == WORKQ_DONE && a[PROTO_CDONE_PROCESSED] > 0 && msg->hdr.nf > PROTO_CDONE_BUSY_S)
         straggler_report(s, m,
                          msg->hdr.f[PROTO_CDONE_BUSY_S] * workq_chunk_size(s->q) /
@@ -634,6 +654,7 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, members_entry_t *m
     if (a[PROTO_CDONE_PROCESSED] == 0 && rc != WORKQ_DUPLICATE) {
         /* a poison chunk: done (never requeued, so no worker meets it again), accounted */
         s->unreadable_chunks++;
+        if (s->ost) s->ost->unreadable_chunks = s->unreadable_chunks;
         mimic_warn("scheduler: chunk %" PRId64 "/%" PRId64 " had no readable sample (worker id "
                    "%d); skipped, %ld such chunk(s) so far",
                    a[PROTO_CDONE_EPOCH], a[PROTO_CDONE_ID], m->id, s->unreadable_chunks);
@@ -664,8 +685,26 @@ static void on_chunk_done(sched_t *s, const proto_msg_t *msg, members_entry_t *m
     workq_prune(s->q, keep_version(s));
 }
 
-static void on_metrics(sched_t *s, const proto_msg_t *msg) {
+/* A worker's counters (METRICS f[3..7], a[]) into its row of the HTTP state. */
+static void obs_metrics(sched_t *s, const proto_hdr_t *h, const members_entry_t *m) {
+    obs_worker_t *w = s->ost ? obs_worker(s->ost, m->id) : NULL;
+    if (!w) return;
+    w->rank = m->rank;
+    w->step = (long)h->step;
+    if (h->nf == PROTO_METRIC_DATA_S + PROTO_METRIC_PHASES)
+        for (int i = 0; i < PROTO_METRIC_PHASES; i++)
+            w->phase_s[i] = h->f[PROTO_METRIC_DATA_S + i];
+    if (h->na > PROTO_METRIC_BYTES_IN) {
+        w->bytes_out = (uint64_t)h->a[PROTO_METRIC_BYTES_OUT];
+        w->bytes_in = (uint64_t)h->a[PROTO_METRIC_BYTES_IN];
+    }
+    if (h->na > PROTO_METRIC_BAD) w->bad_images = (uint64_t)h->a[PROTO_METRIC_BAD];
+    if (h->na > PROTO_METRIC_STEPS) w->steps = (uint64_t)h->a[PROTO_METRIC_STEPS];
+}
+
+static void on_metrics(sched_t *s, const proto_msg_t *msg, const members_entry_t *m) {
     const proto_hdr_t *h = &msg->hdr;
+    obs_metrics(s, h, m);
     double lr = h->nf > PROTO_METRIC_LR ? h->f[PROTO_METRIC_LR] : 0;
     int live = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
     progress_metrics(&s->pg, (long)h->step, h->f[PROTO_METRIC_LOSS], lr, live, mimic_now(), stderr,
@@ -723,6 +762,10 @@ static void on_ckpt_done(sched_t *s, const proto_msg_t *msg, const members_entry
         metrics_str(&s->mx, "dir", s->ckdir);
         metrics_end(&s->mx);
         mimic_log("scheduler: checkpoint of step %ld complete in %s", step, s->ckdir);
+        if (s->ost) {
+            s->ost->ckpt_step = step;
+            s->ost->ckpt_wall = wall_now();
+        }
         prune_checkpoints(s);
     }
     mark(s, "checkpoint");
@@ -796,7 +839,7 @@ static void handle_member(sched_t *s, const proto_msg_t *msg, members_entry_t *m
         if (only(s, msg, m, PROTO_ROLE_WORKER)) on_chunk_done(s, msg, m);
         break;
     case PROTO_METRICS:
-        if (only(s, msg, m, PROTO_ROLE_WORKER)) on_metrics(s, msg);
+        if (only(s, msg, m, PROTO_ROLE_WORKER)) on_metrics(s, msg, m);
         break;
     case PROTO_CKPT_DONE:
         if (only(s, msg, m, PROTO_ROLE_SERVER)) on_ckpt_done(s, msg, m, now);
@@ -891,6 +934,54 @@ static void check_waits(sched_t *s, double now) {
     }
 }
 
+/* The HTTP state from the members and the progress lines, published every SCHED_OBS_S
+ * (obs_publish never waits: when a reader holds the snapshot, the next tick publishes). */
+static void obs_tick(sched_t *s, double now) {
+    obs_state_t *o = s->ost;
+    if (!o || now - s->obs_t_pub < SCHED_OBS_S) return;
+    o->t = now - s->t0;
+    o->wall = wall_now();
+    o->step = s->pg.lines ? s->pg.last_step : s->resume_step;
+    o->total = s->end_step;
+    o->loss = s->pg.lines ? s->pg.last_loss : NAN;
+    o->lr = s->pg.lines ? s->pg.last_lr : NAN;
+    o->img_s = s->pg.lines ? s->pg.last_img_s : 0;
+    o->workers_live = members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE);
+    o->servers_live = members_count(s->mb, PROTO_ROLE_SERVER, MEMBERS_LIVE);
+    o->stragglers = s->stragglers;
+    o->stragglers_total = s->stragglers_total;
+    o->bad_images = 0;
+    for (int i = 0; i < o->nworkers; i++) {
+        const members_entry_t *m = members_by_id(s->mb, o->w[i].id);
+        o->w[i].live = m && m->state == MEMBERS_LIVE;
+        o->w[i].flagged = m ? m->strag.flagged : 0;
+        o->w[i].ratio = m ? m->strag.ratio : 0;
+        o->bad_images += o->w[i].bad_images;
+    }
+    for (int i = 0; i < members_size(s->mb); i++) { /* live workers that have not reported */
+        const members_entry_t *m = members_at(s->mb, i);
+        if (m->role == PROTO_ROLE_WORKER && m->state == MEMBERS_LIVE) {
+            obs_worker_t *w = obs_worker(o, m->id);
+            if (w) w->rank = m->rank;
+        }
+    }
+    /* a point per progress line, and one when membership changed (a departure shows
+     * even while no step completes) */
+    const obs_point_t *last = o->nhist ? &o->hist[o->nhist - 1] : NULL;
+    int moved = last && (last->workers != o->workers_live || last->servers != o->servers_live);
+    if (s->pg.lines != s->obs_lines || moved) {
+        s->obs_lines = s->pg.lines;
+        obs_point_t p = {.t = moved ? now - s->t0 : s->pg.last_t - s->t0,
+                         .step = s->pg.last_step,
+                         .loss = s->pg.last_loss,
+                         .img_s = s->pg.last_img_s,
+                         .workers = o->workers_live,
+                         .servers = o->servers_live};
+        obs_history_add(o, &p);
+    }
+    if (obs_publish(s->obs, o)) s->obs_t_pub = now;
+}
+
 static void tick(sched_t *s, double now) {
     members_entry_t *m;
     while (!s->over && (m = members_expired(s->mb, now, s->dead_s))) {
@@ -913,6 +1004,7 @@ static void tick(sched_t *s, double now) {
     }
     if (s->started) resend_checkpoints(s, now);
     progress_tick(&s->pg, now, stderr, &s->mx, s->t0);
+    obs_tick(s, now);
     if (s->finishing && (members_count(s->mb, PROTO_ROLE_WORKER, MEMBERS_LIVE) == 0 ||
                          now - s->finish_t > 2 * s->dead_s)) {
         char why[128];
@@ -1034,6 +1126,26 @@ int sched_run(sched_t *s) {
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
+/* metrics.port > 0: the HTTP endpoint (httpd.h) and its state. */
+static int open_http(sched_t *s) {
+    const mimic_cfg_t *c = &s->cfg;
+    if (c->metrics.port == 0) return 0; /* off (the keys were checked by check_cfg) */
+    if (!(s->obs = obs_new()) || !(s->ost = calloc(1, sizeof *s->ost)))
+        return mimic_err(MIMIC_ENOMEM, "metrics: out of memory");
+    obs_state_t *o = s->ost;
+    o->ckpt_step = s->resumed ? s->resume_step : -1;
+    snprintf(o->stage, sizeof o->stage, "%s", config_enum_name("train", "stage", c->train.stage));
+    snprintf(o->consistency, sizeof o->consistency, "%s",
+             config_enum_name("cluster", "consistency", c->cluster.consistency));
+    snprintf(o->out_dir, sizeof o->out_dir, "%s", c->train.out_dir);
+    int rc = httpd_start(&s->http, c->metrics.bind, c->metrics.port, c->metrics.public_ok, s->obs);
+    if (rc) return rc;
+    mimic_log("scheduler: metrics on http://%s%s%s:%d/metrics, live page on /",
+              strchr(c->metrics.bind, ':') ? "[" : "", c->metrics.bind,
+              strchr(c->metrics.bind, ':') ? "]" : "", httpd_port(s->http));
+    return 0;
+}
+
 static int check_cfg(const mimic_cfg_t *c) {
     if (c->cluster.servers < 1)
         return mimic_err(MIMIC_EINVAL, "config cluster.servers: %d (need >= 1)",
@@ -1061,7 +1173,8 @@ static int check_cfg(const mimic_cfg_t *c) {
     if (c->cluster.straggler_n < 1 || c->cluster.straggler_n > 1000000)
         return mimic_err(MIMIC_EINVAL, "config cluster.straggler_n: %d (need 1 .. 1000000 steps)",
                          c->cluster.straggler_n);
-    return 0;
+    /* before anything is read or bound: a public bind without metrics.public is refused */
+    return httpd_check(c->metrics.bind, c->metrics.port, c->metrics.public_ok);
 }
 
 /* Number of samples: the data set is opened once, as the workers will open it. */
@@ -1239,6 +1352,7 @@ int sched_new(sched_t **out, const mimic_cfg_t *cfg, const sched_opts_t *o) {
     snprintf(path, sizeof path, "%s/trace-scheduler.json", cfg->train.out_dir);
     if ((rc = trace_open(&s->tr, cfg->cluster.trace ? path : NULL, 0, "scheduler"))) goto fail;
     if ((rc = open_socket(s, o ? o->port : 0))) goto fail;
+    if ((rc = open_http(s))) goto fail;
     progress_init(&s->pg, s->end_step, s->resume_step, s->t0);
     jbegin(s, "start");
     metrics_str(&s->mx, "endpoint", s->endpoint);
@@ -1283,6 +1397,9 @@ const char *sched_endpoint(const sched_t *s) {
 void sched_destroy(sched_t **ps) {
     if (!ps || !*ps) return;
     sched_t *s = *ps;
+    httpd_stop(&s->http); /* first: its thread reads s->obs */
+    obs_destroy(&s->obs);
+    free(s->ost);
     if (s->sock) zmq_close(s->sock); /* LINGER lets the SHUTDOWNs go out */
     curve_close(&s->curve);
     if (s->zctx) zmq_ctx_term(s->zctx);

@@ -170,6 +170,9 @@ static void make_valid(proto_hdr_t *h, proto_type_t type) {
         h->f[0] = (rnd() & 1) ? 6.2831 : NAN;
         h->f[1] = 1234.5;
         h->f[2] = -0.0;
+        if (rnd() & 1) /* the optional counters (scheduler /metrics) */
+            proto_make_metrics_counters(h, (const double[]){0.5, 1e-9, 0, 1e6, 3.25},
+                                        rnd_below(1u << 30), 1ull << 40, rnd_below(7), 12);
         break;
     case PROTO_ERROR: {
         int64_t a[] = {MIMIC_EFORMAT, PROTO_PUSH};
@@ -434,6 +437,12 @@ static void test_builders_data(void) {
     w.nf = 3, w.f[PROTO_METRIC_LOSS] = 0.5, w.f[PROTO_METRIC_IMGS] = 1234.5;
     w.f[PROTO_METRIC_LR] = 1e-3;
     check_made("METRICS", &h, &w);
+    proto_make_metrics_counters(&h, (const double[]){1, 2, 3, 4, 5}, 1000, 2000, 7, 9);
+    w.nf = 8;
+    for (int i = 0; i < 5; i++)
+        w.f[PROTO_METRIC_DATA_S + i] = i + 1;
+    set_args(&w, 4, (int64_t[]){1000, 2000, 7, 9});
+    check_made("METRICS with counters", &h, &w);
 }
 
 /* The encoder refuses headers that a peer would reject. */
@@ -916,6 +925,21 @@ static void test_semantics(void) {
     make_valid(&h, PROTO_METRICS);
     h.nf = 0;
     expect_hdr("metrics without values", &h, "'f'");
+    /* the phase counters: all five or none; finite, >= 0; the byte counts >= 0 */
+    proto_make_metrics(&h, 4, 28, 60, 0.5, 100, 1e-3);
+    proto_make_metrics_counters(&h, (const double[]){1, 2, 3, 4, 5}, 10, 20, 0, 3);
+    expect_hdr("metrics with counters", &h, NULL);
+    h.nf = 5;
+    expect_hdr("metrics with 2 of 5 phases", &h, "'f': METRICS carries 3 or 8");
+    const double phase_bad[] = {-1, NAN, INFINITY, 1e13};
+    for (int i = 0; i < 4; i++) {
+        proto_make_metrics_counters(&h, (const double[]){1, 2, 3, 4, 5}, 10, 20, 0, 3);
+        h.f[PROTO_METRIC_BWD_S] = phase_bad[i];
+        expect_hdr("metrics phase out of range", &h, "'f[5]' (phase seconds)");
+    }
+    proto_make_metrics_counters(&h, (const double[]){1, 2, 3, 4, 5}, 10, 20, 0, 3);
+    h.a[PROTO_METRIC_BYTES_IN] = -1;
+    expect_hdr("metrics negative bytes pulled", &h, "'a[1]' (bytes pulled)");
     make_valid(&h, PROTO_HEARTBEAT);
     h.sender = -2;
     expect_hdr("sender -2", &h, "'s'");
@@ -959,7 +983,7 @@ static void test_garbage(void) {
     /* Every truncation of a full header fails. */
     make_valid(&h, PROTO_METRICS);
     h.na = 3;
-    h.a[0] = h.a[1] = h.a[2] = -123456789;
+    h.a[0] = h.a[1] = h.a[2] = 123456789; /* METRICS' counters: >= 0 */
     proto_hdr_set_str(&h, "loss went up");
     T_CHECK(proto_encode_hdr(&h, buf, sizeof buf, &len, why, sizeof why) == 0);
     int bad = 0;

@@ -46,6 +46,10 @@ typedef struct {
     double t_push, t_done, t_pull; /* the last update's phases */
     double t_chunk, busy;          /* when the chunk came; its step time (-1: no step used it) */
     int slow_ms;                   /* test hook MIMIC_TEST_SLOW_MS: a sleep per step */
+    double t_slow;                 /* the last step's test-hook sleep */
+    /* phase seconds summed since the start (METRICS f[PROTO_METRIC_DATA_S..]) */
+    double phase_s[PROTO_METRIC_PHASES];
+    uint64_t steps;                /* trained by this worker */
     float *keys_all;               /* MoCo v3: every worker's keys of the step */
     size_t keys_cap;               /* rows keys_all holds */
     kv_queue_info_t qi;            /* MoCo v2: what the last queue pull brought */
@@ -174,7 +178,10 @@ static int dist_skip(void *self) {
 
 static void send_metrics(dist_t *d, uint64_t step, double loss, double imgs, double lr) {
     proto_hdr_t h;
+    uint64_t out, in;
+    kv_bytes(d->kv, &out, &in);
     proto_make_metrics(&h, d->id, next_seq(d), step, loss, imgs, lr);
+    proto_make_metrics_counters(&h, d->phase_s, out, in, loader_bad(d->ld), d->steps);
     proto_send(member_socket(d->mb), NULL, 0, &h, NULL, NULL, NULL); /* no reply needed */
 }
 
@@ -308,9 +315,11 @@ static int pushpull(dist_t *d, stage_t *s, int n) {
 static int dist_update(void *self, stage_t *s, int n, long *step) {
     dist_t *d = self;
     int rc, ts, tq = 0;
+    double t0 = mimic_now(), t1, t2;
     if (d->slow_ms > 0) /* test hook: an artificial straggler */
         nanosleep(&(struct timespec){d->slow_ms / 1000, (d->slow_ms % 1000) * 1000000L}, NULL);
-    double t0 = mimic_now(), t1, t2;
+    d->t_slow = mimic_now() - t0;
+    t0 = mimic_now();
     d->busy = t0 - d->t_chunk; /* data + forward + backward: the scheduler's step time */
     d->chunk_n = n;
     if (s->queue && (tq = kv_queue_push(d->kv, d->version, s->keys, (size_t)s->nkeys,
@@ -353,6 +362,13 @@ static int dist_after(void *self, stage_t *s, const train_step_t *st) {
     double ta = st->t_start, tb = ta + st->t_data, tc = tb + st->t_fwd, td = tc + st->t_bwd,
            te = td + d->t_push, tf = te + d->t_done;
     int bsp = d->mode == CONS_BSP;
+    /* the test hook's sleep stands for a slow machine's compute: counted as backward, the
+     * phase it follows (ours), so the live page shows the straggler where it spends it */
+    const double ph[PROTO_METRIC_PHASES] = {st->t_data, st->t_fwd, st->t_bwd + d->t_slow,
+                                            d->t_push, d->t_done + d->t_pull + d->t_queue};
+    for (int i = 0; i < PROTO_METRIC_PHASES; i++)
+        d->phase_s[i] += ph[i];
+    d->steps++;
     trace_event(&d->tr, "data", ta, tb);
     trace_event(&d->tr, "forward", tb, tc);
     trace_event(&d->tr, "backward", tc, td);

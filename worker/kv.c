@@ -60,8 +60,14 @@ struct kv {
         int batch;
         const float *grad;
     } pp;
-    uint16_t *g16; /* bf16 wire: the pushed gradient, rounded (total values) */
+    uint16_t *g16;                /* bf16 wire: the pushed gradient, rounded (total values) */
+    uint64_t bytes_out, bytes_in; /* payload bytes sent and received (kv_bytes) */
 };
+
+void kv_bytes(const kv_t *kv, uint64_t *out, uint64_t *in) {
+    *out = kv->bytes_out;
+    *in = kv->bytes_in;
+}
 
 int kv_new(kv_t **out, void *zctx, const kv_opts_t *o) {
     *out = NULL;
@@ -208,6 +214,7 @@ static int send_piece(kv_t *kv, kv_server_t *sv, uint64_t version, int batch, co
     }
     proto_track_hold(&r->sent);
     sv->pushes++;
+    kv->bytes_out += h.nbytes;
     return proto_send(sv->sock, NULL, 0, &h, data, proto_track_release, &r->sent);
 }
 
@@ -297,6 +304,7 @@ static int send_keys(kv_t *kv, int c, uint64_t step, const float *keys, size_t n
         proto_make_keys_push(&h, kv->id, r->seq, step, n, dim);
     if (n == 0) return proto_send(kv->srv[KV_KEYS_SERVER].sock, NULL, 0, &h, NULL, NULL, NULL);
     proto_track_hold(&r->sent);
+    kv->bytes_out += h.nbytes;
     return proto_send(kv->srv[KV_KEYS_SERVER].sock, NULL, 0, &h, keys, proto_track_release,
                       &r->sent);
 }
@@ -514,6 +522,7 @@ int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version) {
             proto_msg_t m;
             int rc = proto_recv(kv->srv[s].sock, &m, kv->max_payload, 0);
             if (rc == 0) {
+                kv->bytes_in += m.hdr.nbytes;
                 take_reply(kv, s, &m);
             } else if (rc == MIMIC_EFORMAT) { /* which request it answered is unknown */
                 rc = mimic_err(MIMIC_EPEER, "server %d (%s): malformed reply: %s", s,

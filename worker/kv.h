@@ -131,5 +131,8 @@ int kv_keys_exchange(kv_t *kv, uint64_t step, const float *keys, size_t n, size_
  * server and its reason, or MIMIC_ETIMEOUT when the time ran out (the request stays in
  * flight: wait again). */
 int kv_wait(kv_t *kv, int ts, int timeout_ms, uint64_t *version);
+/* Payload bytes this kv sent (gradients, keys) and received (parameters, queue rows,
+ * keys) since kv_new: the scheduler's /metrics (METRICS a[]). */
+void kv_bytes(const kv_t *kv, uint64_t *out, uint64_t *in);
 
 #endif
