@@ -8,7 +8,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libopenblas-dev libopenblas0-openmp libopenmpi-dev openmpi-bin
       libzmq3-dev libmsgpack-dev libdnnl-dev libturbojpeg0-dev libjpeg62-turbo-dev
-      libinih-dev zlib1g-dev
+      libinih-dev zlib1g-dev libjansson-dev
       dataset-fashion-mnist clang libclang-rt-14-dev libomp-14-dev
       python3-numpy)
 if [ "${1:-}" = "--bench" ]; then pkgs+=(python3-torch); fi
