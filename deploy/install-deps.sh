@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Installs every Debian package mimicps needs to build, test and run. Idempotent:
 # packages already present are not touched and apt is not even asked.
-# Usage: deploy/install-deps.sh [--bench]   (--bench adds python3-torch for bench/)
+# Usage: deploy/install-deps.sh [--bench] [--image]
+#   --bench adds python3-torch for bench/; --image adds what the container image
+#   (deploy/Dockerfile) needs to run under the Kubeflow MPI Operator: sshd and ssh.
 # python3-numpy is always installed: test_scale_model checks the cost model of
-# bench/scale_model.py (the product itself never runs Python).
+# bench/scale_model.py; python3-yaml: test_deploy parses the Kubernetes manifests (the
+# product itself never runs Python).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libopenblas-dev libopenblas0-openmp libopenmpi-dev openmpi-bin
       libzmq3-dev libmsgpack-dev libdnnl-dev libturbojpeg0-dev libjpeg62-turbo-dev
       libinih-dev zlib1g-dev libjansson-dev
       dataset-fashion-mnist clang libclang-rt-14-dev libomp-14-dev
-      python3-numpy)
-if [ "${1:-}" = "--bench" ]; then pkgs+=(python3-torch); fi
+      python3-numpy python3-yaml)
+for a in "$@"; do
+  case "$a" in
+    --bench) pkgs+=(python3-torch) ;;
+    --image) pkgs+=(openssh-server openssh-client) ;;
+    *) echo "install-deps: unknown option $a (--bench, --image)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
