@@ -162,7 +162,7 @@ static void explain(const json_error_t *e, char *err, size_t errlen) {
     } words[] = {
         {"duplicate object key", "duplicate key"},
         {"\\u0000 is not allowed", "NUL character (\\u0000) in a string"},
-        {"unable to decode byte", "invalid UTF-8 in a string"},
+        {"unable to decode byte", "invalid UTF-8"},
         {"invalid Unicode", "invalid \\u escape (lone or unpaired surrogate)"},
         {"invalid escape", "bad escape in a string"},
         {"unexpected newline", "raw control character in a string"},

@@ -226,7 +226,7 @@ static void load(report_t *r) {
         r->nw++;
     }
     closedir(d);
-    qsort(r->w, (size_t)r->nw, sizeof *r->w, cmp_rank);
+    if (r->nw > 1) qsort(r->w, (size_t)r->nw, sizeof *r->w, cmp_rank);
     snprintf(path, sizeof path, "%s/scheduler.jsonl", r->dir);
     int have = each_line(r, path, progress_line, "progress") == 0;
     if (!have) {
