@@ -5,7 +5,7 @@
  *    --lenient skips such lines instead;
  *  - on hand-written records it names the slow worker, sums the phases and the
  *    bandwidth, and its three SVGs parse as XML (/usr/bin/python3, xml.etree) with one
- *    bar group per worker;
+ *    bar group per worker, the straggler's labelled;
  *  - on a real local cluster (1 scheduler, 1 server, 3 workers, BSP) whose worker rank 1
  *    is slowed by the test hook MIMIC_TEST_SLOW_MS/_RANK, it names rank 1 the straggler. */
 #include "testutil.h"
@@ -129,8 +129,9 @@ static void test_bad_input(void) {
     free(out);
 }
 
-/* The three SVGs of dir/report parse as XML; phases.svg has `workers` bar groups. */
-static void check_svgs(const char *dir, int workers) {
+/* The three SVGs of dir/report parse as XML; phases.svg has `workers` bar groups, and
+ * the group of worker rank `straggler` (-1: none) alone is labelled straggler. */
+static void check_svgs(const char *dir, int workers, int straggler, int has_progress) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 -c '\n"
@@ -140,13 +141,16 @@ static void check_svgs(const char *dir, int workers) {
              "    root = ET.parse(\"%s/report/\" + n + \".svg\").getroot()\n"
              "    assert root.tag == ns + \"svg\", root.tag\n"
              "    if n != \"phases\":\n"
-             "        assert root.find(ns + \"polyline\") is not None, n + \": no line\"\n"
+             "        assert (root.find(ns + \"polyline\") is not None) == %d, n + \": line?\"\n"
              "g = [e for e in ET.parse(\"%s/report/phases.svg\").getroot().iter(ns + \"g\")]\n"
              "assert len(g) == %d, len(g)\n"
+             "marked = [e.get(\"data-rank\") for e in g for t in e.iter(ns + \"text\")"
+             " if t.get(\"class\") == \"straggler\"]\n"
+             "assert marked == ([] if %d < 0 else [\"%d\"]), marked\n"
              "assert all(float(r.get(\"width\")) > 0 for e in g for r in e.iter(ns + \"rect\")"
              " if r.get(\"class\") == \"phase\" and \"forward\" in r.find(ns + \"title\").text)\n"
              "'",
-             dir, dir, workers);
+             dir, has_progress, dir, workers, straggler, straggler);
     int rc = system(cmd);
     printf("SVGs of %s parse as XML with %d worker bars: %s\n", dir, workers, rc == 0 ? "yes" : "NO");
     T_CHECK(rc == 0);
@@ -180,7 +184,7 @@ static void test_synthetic(void) {
     T_CHECK(strstr(out, " 48.0 MB in     2.24 s:     21.4 MB/s") != NULL);
     T_CHECK(strstr(out, "3 worker(s), 2 progress record(s)") != NULL);
     free(out);
-    check_svgs(d, 3);
+    check_svgs(d, 3, 2, 1);
     /* no straggler when the workers are alike */
     d = mkrun("alike");
     for (int w = 0; w < 2; w++) {
@@ -190,6 +194,7 @@ static void test_synthetic(void) {
     st = run_report(d, NULL, NULL, &out);
     T_CHECK(st == 0 && strstr(out, "(no straggler: under 1.5x)") && !strstr(out, "\nstraggler: "));
     free(out);
+    check_svgs(d, 2, -1, 0); /* no scheduler.jsonl */
 }
 
 /* A real cluster on loopback, launched the elastic way (the scheduler writes its
@@ -260,7 +265,7 @@ static void test_cluster_straggler(void) {
     T_CHECK(strstr(out, "straggler: worker rank 1 (worker-1.jsonl)") != NULL);
     T_CHECK(strstr(out, "MB/s") != NULL);
     free(out);
-    check_svgs(dir, 3);
+    check_svgs(dir, 3, 1, 1);
 }
 
 int main(void) {

@@ -56,6 +56,7 @@ typedef struct {
     point_t *pt;
     size_t npt, cappt;
     int skipped;
+    int straggler; /* index into w of the worker print_table named the straggler, or -1 */
 } report_t;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -264,7 +265,7 @@ static void print_bw(const char *what, double bytes, double secs) {
                bytes / 1e6 / secs);
 }
 
-static void print_table(const report_t *r) {
+static void print_table(report_t *r) {
     printf("run %s: %d worker(s), %zu progress record(s)\n", r->dir, r->nw, r->npt);
     if (r->skipped) printf("(%d malformed line(s) skipped, --lenient)\n", r->skipped);
     if (r->nw == 0) {
@@ -316,8 +317,9 @@ static void print_table(const report_t *r) {
         double med = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
         double ratio = med > 0 ? own_ms(&r->w[slow]) / med : 1;
         const worker_t *w = &r->w[slow];
-        int worst = PH_DATA; /* the phase where it loses most against the median worker */
+        int worst = PH_DATA; /* its largest phase of its own (not push or pull/wait) */
         printf("\n");
+        if (n > 1 && ratio >= STRAGGLER_RATIO) r->straggler = slow;
         if (n > 1 && ratio >= STRAGGLER_RATIO)
             printf("straggler: worker rank %d (worker-%d.jsonl): %.2f ms per step outside "
                    "push and pull, %.2fx the median worker's %.2f ms; ",
@@ -347,7 +349,7 @@ static void print_table(const report_t *r) {
 
 /* ------------------------------------------------------------------ SVG */
 
-enum { SVG_W = 720, SVG_H = 400, ML = 70, MR = 20, MT = 40, MB = 50 };
+enum { SVG_W = 720, SVG_H = 400, ML = 84, MR = 20, MT = 40, MB = 50 };
 
 static FILE *svg_open(const report_t *r, const char *name, char *path, size_t cap, int h) {
     snprintf(path, cap, "%s/%s", r->out, name);
@@ -450,7 +452,12 @@ static void svg_phases(const report_t *r) {
         double y = MT + i * (bar + gap), x = ML;
         fprintf(f, "<g class=\"worker\" data-rank=\"%d\">\n", w->rank);
         snprintf(buf, sizeof buf, "worker %d", w->rank);
-        svg_text(f, ML - 6, y + bar / 2.0 + 4, "end", buf);
+        if (i == r->straggler) { /* named as in the table, in red */
+            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"#c00\" "
+                       "font-weight=\"bold\" class=\"straggler\">straggler</text>\n",
+                    ML - 6, y + bar / 2.0 - 6);
+        }
+        svg_text(f, ML - 6, y + bar / 2.0 + 8 * (i == r->straggler), "end", buf);
         for (int p = 0; p < NPH && w->steps; p++) {
             double ms = 1e3 * w->ph[p] / (double)w->steps, wd = pw * ms / most;
             fprintf(f, "<rect class=\"phase\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%d\" "
@@ -473,7 +480,7 @@ static void svg_phases(const report_t *r) {
 }
 
 int main(int argc, char **argv) {
-    report_t r = {0};
+    report_t r = {.straggler = -1};
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             r.out = argv[++i];
