@@ -11,9 +11,11 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libopenblas-dev libopenblas0-openmp libopenmpi-dev openmpi-bin
       libzmq3-dev libmsgpack-dev libdnnl-dev libturbojpeg0-dev libjpeg62-turbo-dev
-      libinih-dev zlib1g-dev libjansson-dev
+      libinih-dev zlib1g-dev
       dataset-fashion-mnist clang libclang-rt-14-dev libomp-14-dev
-      python3-numpy python3-yaml)
+      python3-numpy)
+# jansson: the JSON parser of formats/json.c; python3-yaml: test_deploy's manifest checks
+pkgs+=(libjansson-dev python3-yaml)
 for a in "$@"; do
   case "$a" in
     --bench) pkgs+=(python3-torch) ;;
