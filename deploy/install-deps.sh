@@ -3,7 +3,8 @@
 # packages already present are not touched and apt is not even asked.
 # Usage: deploy/install-deps.sh [--bench] [--image]
 #   --bench adds python3-torch for bench/; --image adds what the container image
-#   (deploy/Dockerfile) needs to run under the Kubeflow MPI Operator: sshd and ssh.
+#   (deploy/Dockerfile) needs to run under the Kubeflow MPI Operator: sshd and ssh, and
+#   ip (deploy/rank.sh with MIMIC_BIND_IFACE).
 # python3-numpy is always installed: test_scale_model checks the cost model of
 # bench/scale_model.py; python3-yaml: test_deploy parses the Kubernetes manifests (the
 # product itself never runs Python).
@@ -19,7 +20,7 @@ pkgs+=(libjansson-dev python3-yaml)
 for a in "$@"; do
   case "$a" in
     --bench) pkgs+=(python3-torch) ;;
-    --image) pkgs+=(openssh-server openssh-client) ;;
+    --image) pkgs+=(openssh-server openssh-client iproute2) ;;
     *) echo "install-deps: unknown option $a (--bench, --image)" >&2; exit 2 ;;
   esac
 done

@@ -195,6 +195,17 @@ static void test_synthetic(void) {
     T_CHECK(st == 0 && strstr(out, "(no straggler: under 1.5x)") && !strstr(out, "\nstraggler: "));
     free(out);
     check_svgs(d, 2, -1, 0); /* no scheduler.jsonl */
+    /* a standalone run: metrics.jsonl only (loss and images/s, no per-worker table) */
+    d = mkrun("standalone");
+    snprintf(path, sizeof path, "%s/metrics.jsonl", d);
+    write_file(path, "{\"event\":\"start\",\"params\":10}\n"
+                     "{\"event\":\"step\",\"step\":1,\"loss\":2.0,\"lr\":1e-3,\"images_per_s\":50}\n"
+                     "{\"event\":\"step\",\"step\":2,\"loss\":1.5,\"lr\":1e-3,\"images_per_s\":60}\n");
+    st = run_report(d, NULL, NULL, &out);
+    T_CHECK(st == 0 && strstr(out, "0 worker(s), 2 progress record(s)") &&
+            strstr(out, "a standalone run"));
+    free(out);
+    check_svgs(d, 0, -1, 1);
 }
 
 /* A real cluster on loopback, launched the elastic way (the scheduler writes its
