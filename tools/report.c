@@ -303,7 +303,8 @@ static void print_table(report_t *r) {
         }
         printf(" %9.2f %9.2f\n", step_ms(w), own_ms(w));
     }
-    /* the slowest worker against the median worker (own_ms) */
+    /* the slowest worker against the median of the others (own_ms), as the scheduler
+     * judges stragglers (cluster.straggler_k): with two workers, the other one */
     double *t = malloc((size_t)(r->nw > 0 ? r->nw : 1) * sizeof *t);
     if (!t) die("out of memory");
     int slow = -1, n = 0;
@@ -314,7 +315,8 @@ static void print_table(report_t *r) {
     }
     if (n) {
         qsort(t, (size_t)n, sizeof *t, cmp_double);
-        double med = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+        int m = n > 1 ? n - 1 : 1; /* t[0..m): the others, the slowest being t[n - 1] */
+        double med = m % 2 ? t[m / 2] : 0.5 * (t[m / 2 - 1] + t[m / 2]);
         double ratio = med > 0 ? own_ms(&r->w[slow]) / med : 1;
         const worker_t *w = &r->w[slow];
         int worst = PH_DATA; /* its largest phase of its own (not push or pull/wait) */
@@ -322,11 +324,11 @@ static void print_table(report_t *r) {
         if (n > 1 && ratio >= STRAGGLER_RATIO) r->straggler = slow;
         if (n > 1 && ratio >= STRAGGLER_RATIO)
             printf("straggler: worker rank %d (worker-%d.jsonl): %.2f ms per step outside "
-                   "push and pull, %.2fx the median worker's %.2f ms; ",
+                   "push and pull, %.2fx the median of the others, %.2f ms; ",
                    w->rank, w->rank, own_ms(w), ratio, med);
         else
             printf("slowest worker: rank %d: %.2f ms per step outside push and pull, %.2fx the "
-                   "median worker's %.2f ms (no straggler: under %.1fx); ",
+                   "median of the others, %.2f ms (no straggler: under %.1fx); ",
                    w->rank, own_ms(w), ratio, med, STRAGGLER_RATIO);
         for (int p = 1; p < NPH; p++)
             if (p != PH_PUSH && p != PH_PULL && w->ph[p] > w->ph[worst]) worst = p;
