@@ -7,9 +7,10 @@
 # --curve (or MIMIC_CURVE=1) encrypts and authenticates every socket: a key pair per rank
 # is made once in KEYS (default runs/cluster/keys, mode 0700; MIMIC_KEYS to choose) by
 # mimic-keys, and each rank picks its own by its MPI rank (docs/security.md).
-# Each process gets its own thread budget: workers share the cores, one OpenBLAS/OpenMP
-# thread each (OMP_THREADS_PER_WORKER to change); the scheduler one; a server updates
-# with all cores but one and leaves that to ZeroMQ (cluster.server_threads).
+# Each process gets its own thread budget (deploy/mpmd.sh, shared with the multi-host
+# launches deploy/hostfile.sh and deploy/slurm/mimicps.sbatch): workers share the cores,
+# one OpenBLAS/OpenMP thread each (OMP_THREADS_PER_WORKER to change); the scheduler one;
+# a server updates with all cores but one and leaves that to ZeroMQ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/env.sh
@@ -29,7 +30,6 @@ bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 cfg=${MIMIC_CONFIG:-deploy/mae-fmnist.ini}
-t=${OMP_THREADS_PER_WORKER:-1}
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 common=(--cluster.servers=$S --cluster.workers=$W --train.out_dir=runs/cluster)
@@ -39,16 +39,12 @@ if [ "$curve" = 1 ]; then
   common+=(--cluster.curve=on --cluster.keys="$keys")
 fi
 common+=("${args[@]}")
-one=(env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+source deploy/mpmd.sh
+mimic_mpmd "$S" "$W" ./build "$cfg" "${common[@]}"
 # deploy/supervise.sh runs mpirun: a SIGTERM/SIGINT to this script reaches every rank as
 # SIGUSR1, on which the scheduler checkpoints the step the cluster stops at and ends
 # (docs/runtime.md, "Preemption"); a cluster that fails because a process died (a
 # killed server) is started again from its last checkpoint, up to MIMIC_RESTARTS (3)
 # times ("Servers that come back").
 exec bash deploy/supervise.sh --restarts "${MIMIC_RESTARTS:-3}" -- \
-  mpirun "${root[@]}" --oversubscribe --bind-to none \
-  -np 1 "${one[@]}" ./build/scheduler/mimic-scheduler "$cfg" "${common[@]}" : \
-  -np "$S" env -u OMP_NUM_THREADS OPENBLAS_NUM_THREADS=1 \
-      ./build/pserver/mimic-pserver "$cfg" "${common[@]}" : \
-  -np "$W" env OMP_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
-      ./build/worker/mimic-worker "$cfg" "${common[@]}"
+  mpirun "${root[@]}" --oversubscribe --bind-to none "${MPMD[@]}"

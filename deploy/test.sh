@@ -11,8 +11,7 @@ bash deploy/install-deps.sh --test
 BUILD=${BUILD:-build}
 BUILD_ASAN=${BUILD_ASAN:-build-asan}
 jobs=$(nproc)
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release
-cmake --build "$BUILD" -j"$jobs"
+BUILD=$BUILD bash deploy/build.sh
 ctest --test-dir "$BUILD" --output-on-failure -j1
 cmake -S . -B "$BUILD_ASAN" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIMIC_SANITIZE=ON
 cmake --build "$BUILD_ASAN" -j"$jobs"

@@ -1,40 +1,40 @@
+/* The JSON parser is Debian's jansson (libjansson-dev), strict on its own: it rejects
+ * invalid UTF-8, bad escapes and lone surrogates, raw control characters in strings,
+ * \u0000 (JSON_ALLOW_NUL not given), leading zeros, "1.", duplicate keys
+ * (JSON_REJECT_DUPLICATES), trailing input, integers beyond int64 and reals beyond
+ * double, and keeps object keys in file order. This file turns its tree into ours and
+ * its error into our words. What we still enforce ourselves: the nesting limit
+ * (JSON_MAX_DEPTH, below jansson's own 2048), one-line error messages (jansson quotes the
+ * input near the error, raw: control bytes become '?'), and, in safetensors.c, the
+ * header size (100 MB) and every field's type and range. Why not cJSON: docs/fuzzing.md,
+ * "The JSON parser". */
+/* jansson.h names its value types JSON_NULL, JSON_OBJECT, ... as json.h does; here
+ * json.h's are spelled JV_* (the same enumerators, so the same values elsewhere) */
+#define JSON_NULL JV_NULL
+#define JSON_BOOL JV_BOOL
+#define JSON_NUMBER JV_NUMBER
+#define JSON_STRING JV_STRING
+#define JSON_ARRAY JV_ARRAY
+#define JSON_OBJECT JV_OBJECT
 #include "json.h"
+#undef JSON_NULL
+#undef JSON_BOOL
+#undef JSON_NUMBER
+#undef JSON_STRING
+#undef JSON_ARRAY
+#undef JSON_OBJECT
 
 #include "common.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    const unsigned char *s;
-    size_t len, pos;
-    char *err;
-    size_t errlen;
-} parser_t;
-
-static int fail(parser_t *p, const char *what) {
-    if (p->errlen) snprintf(p->err, p->errlen, "%s at byte %zu", what, p->pos);
-    return MIMIC_EFORMAT;
-}
-
-static int nomem(parser_t *p) {
-    if (p->errlen) snprintf(p->err, p->errlen, "out of memory at byte %zu", p->pos);
-    return MIMIC_ENOMEM;
-}
-
-static void skip_ws(parser_t *p) {
-    while (p->pos < p->len) {
-        unsigned char c = p->s[p->pos];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-        p->pos++;
-    }
-}
-
 /* Frees what v owns (not v itself). */
 static void value_clear(json_value_t *v) {
-    if (v->type == JSON_STRING) free(v->str);
-    if (v->type == JSON_ARRAY || v->type == JSON_OBJECT) {
+    if (v->type == JV_STRING) free(v->str);
+    if (v->type == JV_ARRAY || v->type == JV_OBJECT) {
         for (int k = 0; k < v->n; k++) {
             value_clear(&v->items[k]);
             if (v->keys) value_clear(&v->keys[k]);
@@ -79,360 +79,175 @@ int json_utf8_valid(const char *s, size_t len) {
     return 1;
 }
 
-static int hex4(parser_t *p, unsigned *out) {
-    if (p->len - p->pos < 4) return fail(p, "truncated \\u escape");
-    unsigned v = 0;
-    for (int k = 0; k < 4; k++) {
-        unsigned char c = p->s[p->pos + (size_t)k];
-        unsigned d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            d = c - 'A' + 10;
-        else
-            return fail(p, "bad hex digit in \\u escape");
-        v = (v << 4) | d;
-    }
-    p->pos += 4;
-    *out = v;
+typedef struct {
+    char *err;
+    size_t errlen;
+} conv_t;
+
+static int set_string(json_value_t *v, const char *s, size_t len) {
+    v->type = JV_STRING;
+    v->len = len;
+    if (!(v->str = malloc(len + 1))) return MIMIC_ENOMEM;
+    memcpy(v->str, s, len);
+    v->str[len] = '\0';
     return 0;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
+/* jansson's value j as ours in v; depth counts the arrays and objects around it. */
+static int convert(conv_t *c, const json_t *j, json_value_t *v, int depth) {
+    memset(v, 0, sizeof *v);
+    switch (json_typeof(j)) {
+    case JSON_NULL:
+        v->type = JV_NULL;
+        return 0;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        v->type = JV_BOOL;
+        v->boolean = json_is_true(j);
+        return 0;
+    case JSON_INTEGER:
+        v->type = JV_NUMBER;
+        v->is_int = 1;
+        v->i = json_integer_value(j);
+        v->num = (double)v->i;
+        return 0;
+    case JSON_REAL:
+        v->type = JV_NUMBER;
+        v->num = json_real_value(j);
+        return 0;
+    case JSON_STRING:
+        return set_string(v, json_string_value(j), json_string_length(j));
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
     }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
+    if (depth >= JSON_MAX_DEPTH) {
+        if (c->errlen) snprintf(c->err, c->errlen, "nesting too deep (over %d levels)", JSON_MAX_DEPTH);
+        return MIMIC_EFORMAT;
     }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-/* \uXXXX (already past the 'u'), joining a surrogate pair into one code point. */
-static int unicode_escape(parser_t *p, unsigned *cp) {
-    int rc = hex4(p, cp);
-    if (rc) return rc;
-    if (*cp >= 0xDC00 && *cp <= 0xDFFF) return fail(p, "lone low surrogate");
-    if (*cp < 0xD800 || *cp > 0xDBFF) return 0;
-    if (p->len - p->pos < 2 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u')
-        return fail(p, "high surrogate without low surrogate");
-    p->pos += 2;
-    unsigned lo = 0;
-    if ((rc = hex4(p, &lo))) return rc;
-    if (lo < 0xDC00 || lo > 0xDFFF) return fail(p, "high surrogate without low surrogate");
-    *cp = 0x10000 + ((*cp - 0xD800) << 10) + (lo - 0xDC00);
-    return 0;
-}
-
-static int parse_string(parser_t *p, json_value_t *v) {
-    p->pos++; /* opening quote */
-    /* The decoded text is never longer than the source span, so size the buffer by it. */
-    size_t end = p->pos;
-    while (end < p->len && p->s[end] != '"')
-        end += p->s[end] == '\\' ? 2 : 1;
-    if (end >= p->len) return fail(p, "unterminated string");
-    char *out = malloc(end - p->pos + 1);
-    if (!out) return nomem(p);
-    size_t n = 0;
-    int rc = 0;
-    while (p->s[p->pos] != '"') {
-        unsigned char c = p->s[p->pos];
-        if (c < 0x20) {
-            rc = fail(p, "control character in string");
-            goto fail;
+    int obj = json_is_object(j);
+    size_t n = obj ? json_object_size(j) : json_array_size(j);
+    v->type = obj ? JV_OBJECT : JV_ARRAY;
+    if (n > (size_t)0x7fffffff) return MIMIC_ENOMEM;
+    if (!(v->items = calloc(n + 1, sizeof *v->items)) ||
+        (obj && !(v->keys = calloc(n + 1, sizeof *v->keys))))
+        return MIMIC_ENOMEM;
+    if (!obj) {
+        for (size_t k = 0; k < n; k++) {
+            int rc = convert(c, json_array_get(j, k), &v->items[k], depth + 1);
+            v->n = (int)k + 1;
+            if (rc) return rc;
         }
-        if (c != '\\') {
-            size_t k = utf8_seq(p->s + p->pos, p->len - p->pos);
-            if (!k) {
-                rc = fail(p, "invalid UTF-8 in string");
-                goto fail;
-            }
-            memcpy(out + n, p->s + p->pos, k);
-            n += k;
-            p->pos += k;
-            continue;
-        }
-        p->pos++;
-        char e = (char)p->s[p->pos++];
-        unsigned cp = 0;
-        switch (e) {
-        case '"':
-            out[n++] = '"';
-            break;
-        case '\\':
-            out[n++] = '\\';
-            break;
-        case '/':
-            out[n++] = '/';
-            break;
-        case 'b':
-            out[n++] = '\b';
-            break;
-        case 'f':
-            out[n++] = '\f';
-            break;
-        case 'n':
-            out[n++] = '\n';
-            break;
-        case 'r':
-            out[n++] = '\r';
-            break;
-        case 't':
-            out[n++] = '\t';
-            break;
-        case 'u':
-            if ((rc = unicode_escape(p, &cp))) goto fail;
-            n += put_utf8(out + n, cp);
-            break;
-        default:
-            p->pos--;
-            rc = fail(p, "bad escape in string");
-            goto fail;
-        }
-    }
-    p->pos++; /* closing quote */
-    out[n] = '\0';
-    v->type = JSON_STRING;
-    v->str = out;
-    v->len = n;
-    return 0;
-fail:
-    free(out);
-    return rc;
-}
-
-static int parse_number(parser_t *p, json_value_t *v) {
-    size_t start = p->pos;
-    const unsigned char *s = p->s;
-    int neg = 0, integral = 1;
-    if (p->pos < p->len && s[p->pos] == '-') neg = 1, p->pos++;
-    if (p->pos >= p->len || s[p->pos] < '0' || s[p->pos] > '9') return fail(p, "bad number");
-    if (s[p->pos] == '0') {
-        p->pos++;
-        if (p->pos < p->len && s[p->pos] >= '0' && s[p->pos] <= '9')
-            return fail(p, "leading zero in number");
-    } else {
-        while (p->pos < p->len && s[p->pos] >= '0' && s[p->pos] <= '9')
-            p->pos++;
-    }
-    size_t int_end = p->pos;
-    if (p->pos < p->len && s[p->pos] == '.') {
-        integral = 0;
-        p->pos++;
-        if (p->pos >= p->len || s[p->pos] < '0' || s[p->pos] > '9')
-            return fail(p, "digit expected after '.'");
-        while (p->pos < p->len && s[p->pos] >= '0' && s[p->pos] <= '9')
-            p->pos++;
-    }
-    if (p->pos < p->len && (s[p->pos] == 'e' || s[p->pos] == 'E')) {
-        integral = 0;
-        p->pos++;
-        if (p->pos < p->len && (s[p->pos] == '+' || s[p->pos] == '-')) p->pos++;
-        if (p->pos >= p->len || s[p->pos] < '0' || s[p->pos] > '9')
-            return fail(p, "digit expected in exponent");
-        while (p->pos < p->len && s[p->pos] >= '0' && s[p->pos] <= '9')
-            p->pos++;
-    }
-    size_t toklen = p->pos - start;
-    char small[64], *tok = toklen < sizeof small ? small : malloc(toklen + 1);
-    if (!tok) return nomem(p);
-    memcpy(tok, s + start, toklen);
-    tok[toklen] = '\0';
-    v->type = JSON_NUMBER;
-    v->num = strtod(tok, NULL);
-    if (tok != small) free(tok);
-    if (integral) {
-        /* Exact integer path: offsets and shapes must not go through a double. */
-        uint64_t mag = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-        int fits = 1;
-        for (size_t k = start + (size_t)neg; k < int_end && fits; k++) {
-            unsigned d = s[k] - '0';
-            if (mag > (limit - d) / 10)
-                fits = 0;
-            else
-                mag = mag * 10 + d;
-        }
-        if (fits) {
-            v->is_int = 1;
-            v->i =
-                neg ? (mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
-        }
-    }
-    return 0;
-}
-
-static int parse_value(parser_t *p, json_value_t *v, int depth);
-
-/* Appends one zeroed slot to a growing item array. */
-static json_value_t *grow(json_value_t **arr, int n, int *cap) {
-    if (n == *cap) {
-        int ncap = *cap ? *cap * 2 : 4;
-        json_value_t *a = realloc(*arr, (size_t)ncap * sizeof *a);
-        if (!a) return NULL;
-        *arr = a;
-        *cap = ncap;
-    }
-    memset(&(*arr)[n], 0, sizeof **arr);
-    return &(*arr)[n];
-}
-
-static int parse_array(parser_t *p, json_value_t *v, int depth) {
-    int cap = 0;
-    v->type = JSON_ARRAY;
-    p->pos++;
-    skip_ws(p);
-    if (p->pos < p->len && p->s[p->pos] == ']') {
-        p->pos++;
         return 0;
     }
-    for (;;) {
-        json_value_t *item = grow(&v->items, v->n, &cap);
-        if (!item) return nomem(p);
-        v->n++; /* counted before parsing so that a failure frees what it built */
-        int rc = parse_value(p, item, depth + 1);
+    /* jansson iterates an object in insertion (file) order */
+    int k = 0;
+    for (void *it = json_object_iter((json_t *)j); it; it = json_object_iter_next((json_t *)j, it), k++) {
+        const char *key = json_object_iter_key(it);
+        int rc = set_string(&v->keys[k], key, json_object_iter_key_len(it));
+        if (!rc) rc = convert(c, json_object_iter_value(it), &v->items[k], depth + 1);
+        v->n = k + 1;
         if (rc) return rc;
-        skip_ws(p);
-        if (p->pos >= p->len) return fail(p, "unterminated array");
-        if (p->s[p->pos] == ']') break;
-        if (p->s[p->pos] != ',') return fail(p, "',' or ']' expected");
-        p->pos++;
     }
-    p->pos++;
     return 0;
 }
 
-static int key_cmp(const void *a, const void *b) {
-    const json_value_t *x = *(const json_value_t *const *)a, *y = *(const json_value_t *const *)b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->str, y->str, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
+/* jansson's error text in our words, one line, with the byte offset. Its text quotes the
+ * input near the error ("near '...'"): printed only for a duplicate key, with bytes
+ * outside printable ASCII as '?' (a key holding a newline once split the message:
+ * tests/fuzz_corpus/safetensors/crash-json-duplicate-key-newline). */
+static void explain(const json_error_t *e, char *err, size_t errlen) {
+    static const struct {
+        const char *theirs, *ours;
+    } words[] = {
+        {"duplicate object key", "duplicate key"},
+        {"\\u0000 is not allowed", "NUL character (\\u0000) in a string"},
+        {"unable to decode byte", "invalid UTF-8"},
+        {"invalid Unicode", "invalid \\u escape (lone or unpaired surrogate)"},
+        {"invalid escape", "bad escape in a string"},
+        {"unexpected newline", "raw control character in a string"},
+        {"control character", "raw control character in a string"},
+        {"end of file expected", "trailing characters after the value"},
+        {"maximum parsing depth reached", "nesting too deep"},
+        {"real number overflow", "number out of range"},
+        {"too big integer", "integer out of the int64 range"},
+        {"string or '}' expected", "object key (a string) expected"},
+    };
+    const char *ours = NULL, *near = strstr(e->text, " near ");
+    for (size_t k = 0; k < sizeof words / sizeof *words && !ours; k++)
+        if (strncmp(e->text, words[k].theirs, strlen(words[k].theirs)) == 0) ours = words[k].ours;
+    const char *tok = near ? near + 7 : ""; /* past " near '" */
+    if (!ours && strncmp(e->text, "premature end of input", 22) == 0)
+        ours = tok[0] == '"' ? "unterminated string" : "unexpected end of input";
+    if (!ours && strncmp(e->text, "invalid token", 13) == 0)
+        ours = (tok[0] >= '0' && tok[0] <= '9') || tok[0] == '-' || tok[0] == '+' || tok[0] == '.'
+                   ? "malformed number (a leading zero, a sign or no digit after '.' or 'e')"
+               : (tok[0] >= 'a' && tok[0] <= 'z') || (tok[0] >= 'A' && tok[0] <= 'Z')
+                   ? "unknown literal (only true, false and null)"
+                   : "unexpected character";
+    char what[200];
+    if (!ours) { /* anything else: jansson's words up to "near", printable */
+        size_t n = near ? (size_t)(near - e->text) : strlen(e->text);
+        snprintf(what, sizeof what, "%.*s", (int)(n < 120 ? n : 120), e->text);
+        for (char *p = what; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+        ours = what;
+    }
+    if (ours == words[0].ours && near) { /* duplicate key "<the key as written>" */
+        char key[64];
+        size_t n = 0;
+        for (const char *p = tok; *p && *p != '\'' && n + 1 < sizeof key; p++)
+            key[n++] = (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f ? '?' : *p;
+        key[n] = '\0';
+        snprintf(err, errlen, "duplicate key %s at byte %d", key, e->position);
+        return;
+    }
+    snprintf(err, errlen, "%s at byte %d", ours, e->position);
 }
 
-/* Sorting pointers keeps the check O(n log n) for headers with many tensors. */
-static int check_unique_keys(parser_t *p, const json_value_t *v) {
-    if (v->n < 2) return 0;
-    const json_value_t **idx = malloc((size_t)v->n * sizeof *idx);
-    if (!idx) return nomem(p);
-    for (int k = 0; k < v->n; k++)
-        idx[k] = &v->keys[k];
-    qsort(idx, (size_t)v->n, sizeof *idx, key_cmp);
-    int rc = 0;
-    for (int k = 1; k < v->n && !rc; k++) {
-        if (key_cmp(&idx[k - 1], &idx[k]) == 0) {
-            /* the key comes from the file: control bytes (a newline, found by fuzz_safetensors)
-             * would break the one-line message */
-            char shown[101];
-            size_t n = 0;
-            for (; n < 100 && n < idx[k]->len; n++)
-                shown[n] = (unsigned char)idx[k]->str[n] < 0x20 ? '?' : idx[k]->str[n];
-            shown[n] = '\0';
-            if (p->errlen)
-                snprintf(p->err, p->errlen, "duplicate key \"%s\" in object ending at byte %zu",
-                         shown, p->pos);
-            rc = MIMIC_EFORMAT;
-        }
+/* After a reparse with integers as doubles: a whole number of magnitude up to 2^53 is
+ * exact and an integer again; larger ones are not (a double rounds them). */
+static void mark_exact(json_value_t *v) {
+    if (v->type == JV_NUMBER && v->num >= -9007199254740992.0 && v->num <= 9007199254740992.0 &&
+        v->num == (double)(int64_t)v->num) {
+        v->is_int = 1;
+        v->i = (int64_t)v->num;
     }
-    free(idx);
-    return rc;
-}
-
-static int parse_object(parser_t *p, json_value_t *v, int depth) {
-    int cap = 0, kcap = 0, rc;
-    v->type = JSON_OBJECT;
-    p->pos++;
-    skip_ws(p);
-    if (p->pos < p->len && p->s[p->pos] == '}') {
-        p->pos++;
-        return 0;
-    }
-    for (;;) {
-        if (p->pos >= p->len || p->s[p->pos] != '"') return fail(p, "string key expected");
-        json_value_t *key = grow(&v->keys, v->n, &kcap);
-        json_value_t *item = key ? grow(&v->items, v->n, &cap) : NULL;
-        if (!item) return nomem(p);
-        if ((rc = parse_string(p, key))) return rc;
-        v->n++; /* counted now so that a failure below frees the key */
-        skip_ws(p);
-        if (p->pos >= p->len || p->s[p->pos] != ':') return fail(p, "':' expected");
-        p->pos++;
-        if ((rc = parse_value(p, item, depth + 1))) return rc;
-        skip_ws(p);
-        if (p->pos >= p->len) return fail(p, "unterminated object");
-        if (p->s[p->pos] == '}') break;
-        if (p->s[p->pos] != ',') return fail(p, "',' or '}' expected");
-        p->pos++;
-        skip_ws(p);
-    }
-    p->pos++;
-    return check_unique_keys(p, v);
-}
-
-static int literal(parser_t *p, const char *word) {
-    size_t n = strlen(word);
-    if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0) return fail(p, "bad literal");
-    p->pos += n;
-    return 0;
-}
-
-static int parse_value(parser_t *p, json_value_t *v, int depth) {
-    if (depth > JSON_MAX_DEPTH) return fail(p, "nesting too deep");
-    skip_ws(p);
-    if (p->pos >= p->len) return fail(p, "value expected");
-    switch (p->s[p->pos]) {
-    case '{':
-        return parse_object(p, v, depth);
-    case '[':
-        return parse_array(p, v, depth);
-    case '"':
-        return parse_string(p, v);
-    case 't':
-        v->type = JSON_BOOL, v->boolean = 1;
-        return literal(p, "true");
-    case 'f':
-        v->type = JSON_BOOL, v->boolean = 0;
-        return literal(p, "false");
-    case 'n':
-        v->type = JSON_NULL;
-        return literal(p, "null");
-    default:
-        if (p->s[p->pos] == '-' || (p->s[p->pos] >= '0' && p->s[p->pos] <= '9'))
-            return parse_number(p, v);
-        return fail(p, "unexpected character");
-    }
+    if (v->type == JV_ARRAY || v->type == JV_OBJECT)
+        for (int k = 0; k < v->n; k++)
+            mark_exact(&v->items[k]);
 }
 
 int json_parse(json_value_t **out, const char *text, size_t len, char *err, size_t errlen) {
-    parser_t p = {(const unsigned char *)text, len, 0, err, errlen};
     *out = NULL;
     if (errlen) err[0] = '\0';
-    json_value_t *root = calloc(1, sizeof *root);
-    if (!root) return nomem(&p);
-    int rc = parse_value(&p, root, 1);
-    if (!rc) {
-        skip_ws(&p);
-        if (p.pos != p.len) rc = fail(&p, "trailing characters after JSON value");
+    json_error_t e;
+    /* JSON_DECODE_ANY: any value at the top (the callers check it is an object) */
+    json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &e);
+    int as_real = 0;
+    if (!j && strncmp(e.text, "too big integer", 15) == 0) {
+        /* A shape or offset beyond int64 should be reported by the reader that knows the
+         * field (safetensors.c: "shape[0] is not a non-negative integer"), as our own
+         * parser did: read such a header again with every integer as a double; an exact
+         * integer is then only one that a double holds exactly (ours). */
+        as_real = 1;
+        j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &e);
     }
+    if (!j) {
+        if (errlen) explain(&e, err, errlen);
+        return strncmp(e.text, "out of memory", 13) == 0 ? MIMIC_ENOMEM : MIMIC_EFORMAT;
+    }
+    json_value_t *v = calloc(1, sizeof *v);
+    conv_t c = {err, errlen};
+    int rc = v ? convert(&c, j, v, 0) : MIMIC_ENOMEM;
+    json_decref(j);
+    if (rc == MIMIC_ENOMEM && errlen) snprintf(err, errlen, "out of memory");
     if (rc) {
-        value_clear(root);
-        free(root);
+        json_destroy(&v);
         return rc;
     }
-    *out = root;
+    if (as_real) mark_exact(v);
+    *out = v;
     return 0;
 }
 
@@ -444,7 +259,7 @@ void json_destroy(json_value_t **v) {
 }
 
 const json_value_t *json_get(const json_value_t *obj, const char *key) {
-    if (!obj || obj->type != JSON_OBJECT) return NULL;
+    if (!obj || obj->type != JV_OBJECT) return NULL;
     size_t n = strlen(key);
     for (int k = 0; k < obj->n; k++)
         if (obj->keys[k].len == n && memcmp(obj->keys[k].str, key, n) == 0) return &obj->items[k];

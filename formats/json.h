@@ -1,9 +1,11 @@
-/* json — a small strict JSON (RFC 8259) parser into an owned tree, plus string escaping.
+/* json — strict JSON (RFC 8259) parsing into an owned tree, plus string escaping.
  *
- * Written for safetensors headers, which come from files we did not write, so it
- * rejects rather than guesses: invalid UTF-8, bad escapes, leading zeros, trailing
- * garbage, duplicate object keys and nesting deeper than JSON_MAX_DEPTH all fail with
- * a reason and a byte offset. Objects keep their keys in file order.
+ * For safetensors headers, which come from files we did not write, so it rejects
+ * rather than guesses: invalid UTF-8, bad escapes, leading zeros, trailing garbage,
+ * duplicate object keys, \u0000 and nesting deeper than JSON_MAX_DEPTH all fail with a
+ * one-line reason and a byte offset. Objects keep their keys in file order. The parser
+ * is Debian's jansson; json.c maps its tree and errors to these (docs/fuzzing.md, "The
+ * JSON parser").
  * Use: json_parse(&root, text, len, err, sizeof err) ... json_get(root, "key") ...
  * json_destroy(&root). */
 #ifndef MIMIC_JSON_H

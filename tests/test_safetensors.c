@@ -579,6 +579,21 @@ static void test_malformed(void) {
     deep[dn++] = '}';
     deep[dn] = '\0';
     expect_bad_json("2000-deep nesting", deep, 0, "too deep");
+    /* beyond jansson's own limit (JSON_PARSER_MAX_DEPTH 2048): its error, in our words */
+    static char deeper[6100] = "{\"a\":";
+    dn = strlen(deeper);
+    for (int k = 0; k < 3000; k++)
+        deeper[dn++] = '[';
+    for (int k = 0; k < 3000; k++)
+        deeper[dn++] = ']';
+    deeper[dn++] = '}';
+    deeper[dn] = '\0';
+    expect_bad_json("3000-deep nesting", deeper, 0, "too deep");
+    expect_bad_json("NUL in metadata value", "{\"__metadata__\":{\"k\":\"a\\u0000b\"}}", 0, "NUL");
+    expect_bad_json("number 1.", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1.],\"data_offsets\":[0,1]}}", 1,
+                    "malformed number");
+    expect_bad_json("duplicate key with a newline",
+                    "{\"a\\n\":{},\"a\\n\":{}}", 0, "duplicate key \"a\\n\"");
 
     /* Things the format allows: padding, whitespace, gaps, empty header, no metadata. */
     expect_good_json("space padding",

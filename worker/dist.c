@@ -58,6 +58,8 @@ typedef struct {
     int pp_open, pp_ts, pp_err;
     double t_pp_begin;             /* when its first piece went */
     double t_queue;                /* its wait after the parameters arrived */
+    double t_rec;                  /* when the last step record was written (wall_s) */
+    size_t wire_bytes;             /* payload bytes of one push (and of one pull) */
     metrics_t mx;
     trace_t tr;
 } dist_t;
@@ -383,6 +385,14 @@ static int dist_after(void *self, stage_t *s, const train_step_t *st) {
     metrics_num(&d->mx, "backward_s", st->t_bwd);
     metrics_num(&d->mx, bsp ? "push_pull_s" : "push_s", d->t_push);
     metrics_num(&d->mx, "chunk_done_s", d->t_done);
+    /* the step's wall time, record to record: what the phases above do not cover (chunk
+     * waits, scheduler calls, a slowed worker's sleep) is wall_s minus their sum, and the
+     * payload of the parameter traffic; both for mimic-report's table and bandwidth */
+    double now = mimic_now();
+    metrics_num(&d->mx, "wall_s", now - (d->t_rec > 0 ? d->t_rec : ta));
+    d->t_rec = now;
+    metrics_int(&d->mx, "push_bytes", (long long)d->wire_bytes);
+    metrics_int(&d->mx, "pull_bytes", (long long)d->wire_bytes);
     if (d->t_pp_begin > 0) /* cluster.overlap: pushing began this long before backward ended */
         metrics_num(&d->mx, "push_in_backward_s", td - d->t_pp_begin);
     d->t_pp_begin = 0;
@@ -506,6 +516,7 @@ int worker_distributed(const mimic_cfg_t *cfg, const char *sched_flag) {
                     .wire = wire_bf16(cfg) ? PROTO_DT_BF16 : PROTO_DT_F32,
                     .slice = kv_slice_of(cfg)};
     if ((rc = kv_new(&d.kv, zctx, &ko))) goto out;
+    d.wire_bytes = s->p->total * (ko.wire == PROTO_DT_BF16 ? 2 : 4);
     if ((rc = dist_open_records(&d))) goto out;
     if (s->ops->reads & STAGE_READ_EMA) { /* room for the keys of twice the cluster */
         int W = cfg->cluster.workers > 1 ? cfg->cluster.workers : 1;
