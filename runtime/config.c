@@ -83,11 +83,13 @@ static const key_t_ KEYS[] = {
       "two-view stages: probability of Gaussian blur for view 1, view 2"),
     F("data", "solarize_p", K_FLOAT4, data.solarize_p, "0,0.2",
       "two-view stages: probability of solarize for view 1, view 2"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|crscont", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
       "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
-      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys)"),
+      "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys), "
+      "crscont = CRS-CONT (two views, labels mapped to coarse groups, weighted SupCon + "
+      "coarse CE + SimCLR; [crscont] keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -261,6 +263,23 @@ static const key_t_ KEYS[] = {
       "weight of the mix-supervised contrastive term: L = CE + w_con * SupCon (0: CE only)"),
     F("mimic", "tau", K_FLOAT, mimic.tau, "0.1", "temperature of the contrastive term"),
     F("mimic", "proj_dim", K_INT, mimic.proj_dim, "128",
+      "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
+    F("crscont", "coarse_map", K_STR, crscont.coarse_map, "1,1,1,2,1,3,0",
+      "fine label i -> coarse group (comma list, one entry per fine class, groups 0..G-1 each "
+      "used); default: FER2013's order angry,disgust,fear,happy,sad,surprise,neutral -> "
+      "0 neutral, 1 negative, 2 positive, 3 surprise (RAF-DB, label_base 1: 3,1,1,2,1,1,0)"),
+    F("crscont", "weights", K_STR, crscont.weights, "1,0.5,1,1",
+      "per coarse group weight (>= 0) of its anchors in the supervised contrastive term, one "
+      "per group of crscont.coarse_map (CRS-CONT: 0.5 for the negative group)"),
+    F("crscont", "tau", K_FLOAT, crscont.tau, "0.07",
+      "temperature of the SupCon and SimCLR terms"),
+    F("crscont", "base_tau", K_FLOAT, crscont.base_tau, "0.07",
+      "SupContrast's base temperature: both terms are scaled by tau / base_tau"),
+    F("crscont", "w_ce", K_FLOAT, crscont.w_ce, "1.0",
+      "weight of the coarse classifier's cross-entropy (view 1, coarse labels)"),
+    F("crscont", "w_simclr", K_FLOAT, crscont.w_simclr, "0.4",
+      "weight of the SimCLR term on the two views' normalised coarse probabilities"),
+    F("crscont", "proj_dim", K_INT, crscont.proj_dim, "128",
       "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
 };
 #undef F

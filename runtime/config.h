@@ -28,7 +28,13 @@ typedef enum { CONS_BSP, CONS_ASP, CONS_SSP } cons_mode_t;
 typedef enum { EMA_AUTO, EMA_ON, EMA_OFF } ema_mode_t;
 typedef enum { WIRE_FP32, WIRE_BF16, WIRE_AUTO } wire_t; /* cluster.wire */
 /* train.stage: the objective (stages/stage.h; the order of its table). */
-typedef enum { STAGE_KIND_MAE, STAGE_KIND_MOCOV3, STAGE_KIND_MIMIC, STAGE_KIND_MOCOV2 } stage_kind_t;
+typedef enum {
+    STAGE_KIND_MAE,
+    STAGE_KIND_MOCOV3,
+    STAGE_KIND_MIMIC,
+    STAGE_KIND_MOCOV2,
+    STAGE_KIND_CRSCONT,
+} stage_kind_t;
 
 typedef struct {
     mae_cfg_t model; /* sections [model] and [mae] */
@@ -128,6 +134,13 @@ typedef struct {
         float tau;       /* its temperature */
         int proj_dim;    /* the projection head's output */
     } mimic;
+    struct { /* CRS-CONT (stages/crscont.c) */
+        char coarse_map[256]; /* fine label i -> coarse group, "1,1,1,2,1,3,0" */
+        char weights[256];    /* per coarse group weight of its SupCon anchors */
+        float tau, base_tau;  /* temperature; SupContrast's base temperature */
+        float w_ce, w_simclr; /* weights of the coarse CE and of the SimCLR term */
+        int proj_dim;         /* the projection head's output */
+    } crscont;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
