@@ -707,13 +707,15 @@ int config_pipeline_stage(const mimic_cfg_t *base, int i, mimic_cfg_t *out, char
     snprintf(out->pipeline.name, sizeof out->pipeline.name, "%s", name);
     for (int k = 0; k < base->pipeline.noverrides; k++) { /* a misspelt section is an error */
         const char *o = base->pipeline.overrides[k];
-        int known = 0;
+        /* a section of any objective is kept, so that one config file holds the budget of
+         * every objective and pipeline.stages alone switches between them */
+        int known = enum_index(find_key("train", "stage")->choices, o) >= 0;
         char other[64];
         for (int j = 0; j < n && !known; j++)
             known = stage_name(base, j, other, sizeof other) == 0 && strcmp(other, o) == 0;
         if (!known)
             return mimic_err(MIMIC_EINVAL, "[pipeline.%s] (%s): '%s' is not one of pipeline.stages "
-                                           "'%s'",
+                                           "'%s' nor an objective of train.stage",
                              o, o + strlen(o) + 1, o, base->pipeline.stages);
     }
     if (strcmp(name, "eval") != 0 && (rc = config_set(out, "train", "stage", name))) return rc;

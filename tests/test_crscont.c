@@ -254,6 +254,32 @@ static void test_bad_keys(void) {
     }
 }
 
+/* deploy/fmnist.ini's [pipeline.crscont]: kept while pipeline.stages does not name it (the
+ * main job's mae,mocov3,eval still loads), applied when it does, and its Fashion-MNIST map
+ * builds a 4-group classifier; a misspelt objective's section is still refused. */
+static void test_fmnist_ini(void) {
+    static mimic_cfg_t base, st;
+    char name[64];
+    config_defaults(&base);
+    T_CHECK(config_load(&base, testutil_src_path("deploy/fmnist.ini")) == 0);
+    for (int i = 0; i < config_pipeline_count(&base); i++)
+        T_CHECK(config_pipeline_stage(&base, i, &st, name, sizeof name) == 0);
+    T_CHECK(config_override(&base, "pipeline.stages=mae,crscont,eval") == 0);
+    T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == 0);
+    T_CHECK(st.train.stage == STAGE_KIND_CRSCONT && st.train.steps == 60 &&
+            strcmp(st.crscont.coarse_map, "0,1,0,1,0,2,0,2,3,2") == 0);
+    stage_t *s = NULL;
+    T_CHECK(stage_new(&s, &st, 0) == 0 && s);
+    int hw = s ? params_find(s->p, "head.weight") : -1;
+    T_CHECK(hw >= 0 && s->p->t[hw].shape[0] == 4);
+    stage_destroy(&s);
+    T_CHECK(config_override(&base, "pipeline.crscnt.train.steps=1") == 0);
+    mimic_set_quiet(1);
+    T_CHECK(config_pipeline_stage(&base, 1, &st, name, sizeof name) == MIMIC_EINVAL);
+    T_CHECK(strstr(mimic_last_error(), "crscnt") != NULL);
+    mimic_set_quiet(0);
+}
+
 /* ------------------------------------------------------------------ parity (dump) */
 
 static void test_parity_dump(void) {
@@ -414,6 +440,7 @@ int main(void) {
     test_pieces();
     test_stage_fd();
     test_bad_keys();
+    test_fmnist_ini();
     test_parity_dump();
     test_cluster_smoke();
     return testutil_summary("test_crscont");
