@@ -281,6 +281,23 @@ static const key_t_ KEYS[] = {
       "weight of the SimCLR term on the two views' normalised coarse probabilities"),
     F("crscont", "proj_dim", K_INT, crscont.proj_dim, "128",
       "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
+    F("fiqa", "m", K_INT, fiqa.m, "24",
+      "mimic-fiqa: same-class and other-class images drawn per repeat (>= 1; at most the "
+      "smallest class minus one)"),
+    F("fiqa", "repeats", K_INT, fiqa.repeats, "12",
+      "mimic-fiqa: repeats K of the draw, whose Wasserstein distances are averaged (>= 1)"),
+    F("fiqa", "drop", K_FLOAT, fiqa.drop, "0",
+      "mimic-fiqa --filtered: fraction of the lowest-scoring images left out, in [0, 1)"),
+    F("fiqa", "limit", K_LONG, fiqa.limit, "0",
+      "mimic-fiqa: score the first N samples of the data.* set (0: all)"),
+    F("fiqa", "head_epochs", K_INT, fiqa.head_epochs, "0",
+      "mimic-fiqa: epochs of the quality regression head (Linear on the frozen features, "
+      "SmoothL1 on score/100; 0: no head)"),
+    F("fiqa", "head_lr", K_FLOAT, fiqa.head_lr, "0.2",
+      "mimic-fiqa: SGD (momentum 0.9) learning rate of the regression head, half-cosine to 0"),
+    F("fiqa", "head_beta", K_FLOAT, fiqa.head_beta, "0.01",
+      "mimic-fiqa: SmoothL1 beta of the head on scores / 100 (0.01: the paper's beta 1 on "
+      "0..100 labels)"),
 };
 #undef F
 #undef E

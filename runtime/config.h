@@ -141,6 +141,13 @@ typedef struct {
         float w_ce, w_simclr; /* weights of the coarse CE and of the SimCLR term */
         int proj_dim;         /* the projection head's output */
     } crscont;
+    struct { /* SDD-FIQA quality scores (eval/fiqa.h, mimic-fiqa) */
+        int m, repeats;   /* same-/other-class images per repeat; repeats averaged */
+        float drop;       /* fraction of the lowest scores left out of the filtered copy */
+        long limit;       /* score the first N samples of data.* (0: all) */
+        int head_epochs;  /* regression head epochs (0: none) */
+        float head_lr, head_beta; /* its SGD lr; SmoothL1 beta on scores / 100 */
+    } fiqa;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);
