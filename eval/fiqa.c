@@ -350,19 +350,28 @@ static int cmp_rank(const void *a, const void *b) {
     return (x->i > y->i) - (x->i < y->i);
 }
 
-int fiqa_keep(uint8_t *keep, const float *q, int n, float drop) {
+int fiqa_keep(uint8_t *keep, const float *q, const int *y, int n, float drop) {
     if (!(drop >= 0.0f && drop < 1.0f))
         return mimic_err(MIMIC_EINVAL, "config fiqa.drop: %g, must be in [0, 1)", drop);
     rank_t *rk = malloc((size_t)n * sizeof *rk);
     if (!rk) return mimic_err(MIMIC_ENOMEM, "fiqa: out of memory");
-    for (int i = 0; i < n; i++)
-        rk[i] = (rank_t){q[i], i};
-    qsort(rk, (size_t)n, sizeof *rk, cmp_rank);
-    int ndrop = (int)floor((double)drop * n);
-    for (int k = 0; k < n; k++)
-        keep[rk[k].i] = k >= ndrop;
+    int K = 1, kept = 0;
+    for (int i = 0; y && i < n; i++)
+        if (y[i] + 1 > K) K = y[i] + 1;
+    /* one ranking of the whole set, or one per class (y given): each class then loses
+     * floor(drop * its size), so the filtered set keeps the class balance (ours) */
+    for (int c = 0; c < K; c++) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (!y || y[i] == c) rk[m++] = (rank_t){q[i], i};
+        qsort(rk, (size_t)m, sizeof *rk, cmp_rank);
+        int ndrop = (int)floor((double)drop * m);
+        for (int k = 0; k < m; k++)
+            keep[rk[k].i] = k >= ndrop;
+        kept += m - ndrop;
+    }
     free(rk);
-    return n - ndrop;
+    return kept;
 }
 
 int fiqa_write_csv(const char *path, const uint32_t *ids, const int *y, const float *q, int n) {

@@ -58,9 +58,10 @@ typedef struct {
 int fiqa_head_fit(float *w, float *b, fiqa_head_result_t *r, const float *x, const float *q,
                   int n, int D, const fiqa_head_cfg_t *c);
 
-/* keep (n): 0 for the floor(drop * n) lowest scores (ties: the lower index first), else 1.
- * Returns how many are kept. drop in [0, 1). */
-int fiqa_keep(uint8_t *keep, const float *q, int n, float drop);
+/* keep (n): 0 for the floor(drop * n) lowest scores (ties: the lower index first), else 1;
+ * with labels y (n, >= 0; NULL: the whole set) the same within each class. Returns how
+ * many are kept. drop in [0, 1). */
+int fiqa_keep(uint8_t *keep, const float *q, const int *y, int n, float drop);
 
 /* The CSV: a header "index,label,score" and one line per image (index = data set index). */
 int fiqa_write_csv(const char *path, const uint32_t *ids, const int *y, const float *q, int n);

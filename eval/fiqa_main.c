@@ -25,7 +25,7 @@ static void usage(FILE *f) {
           "  --filtered P   write the set without its fiqa.drop lowest-scoring fraction: P-images-\n"
           "                 idx3-ubyte + P-labels-idx1-ubyte (IDX, CSV sets) or P-labels.txt (a\n"
           "                 label list of JPEG sets); the log line names the data.* keys to use\n"
-          "Keys: data.* (the set), fiqa.* (m, repeats, drop, limit, head_*), eval.features,\n"
+          "Keys: data.* (the set), fiqa.* (m, repeats, drop, per_class, limit, head_*), eval.features,\n"
           "eval.pool, eval.batch_size, train.seed, train.threads (--help-config lists them).\n",
           f);
 }
@@ -154,14 +154,14 @@ int main(int argc, char **argv) {
         if (head) printf("fiqa head: written to %s\n", head);
     }
     if (filtered) {
-        int kept = fiqa_keep(keep, q, set.n, cfg->fiqa.drop);
+        int kept = fiqa_keep(keep, q, cfg->fiqa.per_class ? set.y : NULL, set.n, cfg->fiqa.drop);
         if (kept < 0) {
             rc = kept;
             goto out;
         }
         if ((rc = fiqa_write_filtered(cfg, set.ids, keep, set.n, filtered))) goto out;
-        printf("fiqa: %d of %d images kept (fiqa.drop %g) in %s-*\n", kept, set.n,
-               cfg->fiqa.drop, filtered);
+        printf("fiqa: %d of %d images kept (fiqa.drop %g%s) in %s-*\n", kept, set.n,
+               cfg->fiqa.drop, cfg->fiqa.per_class ? " per class" : "", filtered);
     }
 out:
     eval_set_free(&set);

@@ -288,6 +288,9 @@ static const key_t_ KEYS[] = {
       "mimic-fiqa: repeats K of the draw, whose Wasserstein distances are averaged (>= 1)"),
     F("fiqa", "drop", K_FLOAT, fiqa.drop, "0",
       "mimic-fiqa --filtered: fraction of the lowest-scoring images left out, in [0, 1)"),
+    F("fiqa", "per_class", K_INT, fiqa.per_class, "0",
+      "mimic-fiqa --filtered: 1 drops the fiqa.drop fraction within each class (keeps the "
+      "class balance), 0 over the whole set"),
     F("fiqa", "limit", K_LONG, fiqa.limit, "0",
       "mimic-fiqa: score the first N samples of the data.* set (0: all)"),
     F("fiqa", "head_epochs", K_INT, fiqa.head_epochs, "0",

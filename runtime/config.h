@@ -144,6 +144,7 @@ typedef struct {
     struct { /* SDD-FIQA quality scores (eval/fiqa.h, mimic-fiqa) */
         int m, repeats;   /* same-/other-class images per repeat; repeats averaged */
         float drop;       /* fraction of the lowest scores left out of the filtered copy */
+        int per_class;    /* 1: drop that fraction within each class */
         long limit;       /* score the first N samples of data.* (0: all) */
         int head_epochs;  /* regression head epochs (0: none) */
         float head_lr, head_beta; /* its SGD lr; SmoothL1 beta on scores / 100 */

@@ -224,7 +224,7 @@ static void test_synthetic(void) {
     T_CHECK(dataset_open(&ds, &o) == 0);
     int kept = ds ? (int)dataset_size(ds) : -1;
     uint8_t keep[N];
-    T_CHECK(fiqa_keep(keep, q, N, 0.25f) == N - 60 && kept == N - 60);
+    T_CHECK(fiqa_keep(keep, q, NULL, N, 0.25f) == N - 60 && kept == N - 60);
     int dropped_bad = 0;
     for (int i = 0; i < N; i++)
         dropped_bad += !keep[i] && (noisy(i) || wrong(i));
@@ -237,6 +237,17 @@ static void test_synthetic(void) {
         if (keep[i]) same &= dataset_label(ds, (size_t)k++) == y[i];
     T_CHECK(same);
     dataset_destroy(&ds);
+    /* per class: each class of 60 loses its 15 lowest */
+    int cls[N], per[CLASSES] = {0};
+    for (int i = 0; i < N; i++)
+        cls[i] = i % CLASSES;
+    T_CHECK(fiqa_keep(keep, q, cls, N, 0.25f) == N - 60);
+    for (int i = 0; i < N; i++) {
+        per[cls[i]] += keep[i];
+        for (int j = 0; j < N; j++) /* a kept image outscores every dropped one of its class */
+            if (cls[j] == cls[i] && keep[i] && !keep[j]) T_CHECK(q[i] >= q[j]);
+    }
+    T_CHECK(per[0] == 45 && per[1] == 45 && per[2] == 45 && per[3] == 45);
 
     /* deterministic; another seed draws other partners */
     T_CHECK(run_fiqa(flags, log) == 0);
@@ -317,7 +328,7 @@ static void test_bad(void) {
     c.repeats = 1;
     one_line("one class", fiqa_score(q, NULL, x, y0, 11, 2, &c), "1 class");
     uint8_t keep[11];
-    one_line("drop 1", fiqa_keep(keep, q, 11, 1.0f), "config fiqa.drop");
+    one_line("drop 1", fiqa_keep(keep, q, NULL, 11, 1.0f), "config fiqa.drop");
     mimic_set_quiet(0);
     c.m = 2;
     T_CHECK(fiqa_score(q, NULL, x, y3, 11, 2, &c) == 0);
