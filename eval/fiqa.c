@@ -105,8 +105,8 @@ static int class_lists(int **start, int **members, int *K, const int *y, int n, 
                            c);
         else if (m > size - 1)
             rc = mimic_err(MIMIC_EINVAL,
-                           "config fiqa.m: %d is larger than the %d other images of class %d",
-                           m, size - 1, c);
+                           "config fiqa.m: %d is larger than the %d other images of class %d", m,
+                           size - 1, c);
         else if (m > n - size)
             rc = mimic_err(MIMIC_EINVAL,
                            "config fiqa.m: %d is larger than the %d images outside class %d", m,
@@ -219,12 +219,13 @@ static double pearson(const double *a, const float *b, const uint8_t *sel, int w
     return va > 0 && vb > 0 ? (sab - sa * sb / k) / sqrt(va * vb) : 0.0;
 }
 
-int fiqa_head_fit(float *w, float *b, fiqa_head_result_t *r, const float *x, const float *q,
-                  int n, int D, const fiqa_head_cfg_t *c) {
+int fiqa_head_fit(float *w, float *b, fiqa_head_result_t *r, const float *x, const float *q, int n,
+                  int D, const fiqa_head_cfg_t *c) {
     memset(r, 0, sizeof *r);
     if (c->epochs < 1 || !(c->lr > 0.0f) || !(c->beta > 0.0f))
-        return mimic_err(MIMIC_EINVAL, "config fiqa.head_epochs/head_lr/head_beta: need >= 1, "
-                                       "> 0 and > 0 (got %d, %g, %g)",
+        return mimic_err(MIMIC_EINVAL,
+                         "config fiqa.head_epochs/head_lr/head_beta: need >= 1, "
+                         "> 0 and > 0 (got %d, %g, %g)",
                          c->epochs, c->lr, c->beta);
     double *mu = calloc((size_t)D, sizeof *mu), *sd = calloc((size_t)D, sizeof *sd);
     double *ww = calloc((size_t)D, sizeof *ww), *vw = calloc((size_t)D, sizeof *vw);
@@ -418,7 +419,8 @@ static int write_idx(dataset_t *ds, const uint32_t *ids, const uint8_t *keep, in
         if (!keep[i]) continue;
         int lab = dataset_label(ds, ids[i]);
         if (lab < 0 || lab > 255) {
-            rc = mimic_err(MIMIC_EINVAL, "sample %u: label %d does not fit an IDX byte", ids[i], lab);
+            rc = mimic_err(MIMIC_EINVAL, "sample %u: label %d does not fit an IDX byte", ids[i],
+                           lab);
             break;
         }
         if ((rc = dataset_get(ds, ids[i], &img, 0))) break;
@@ -452,7 +454,8 @@ static int write_list(dataset_t *ds, const mimic_cfg_t *cfg, const uint32_t *ids
             break;
         }
         const char *rel = file + root;
-        while (*rel == '/') rel++;
+        while (*rel == '/')
+            rel++;
         if (strchr(rel, ' ')) {
             rc = mimic_err(MIMIC_EINVAL, "%s: a name with a blank cannot go in a label list", file);
             break;

@@ -27,8 +27,8 @@
 double fiqa_wasserstein1(float *a, int n, float *b, int m);
 
 typedef struct {
-    int m;        /* same-class and other-class images per draw */
-    int repeats;  /* K draws averaged */
+    int m;       /* same-class and other-class images per draw */
+    int repeats; /* K draws averaged */
     uint64_t seed;
 } fiqa_cfg_t;
 
@@ -46,17 +46,17 @@ typedef struct {
 } fiqa_head_cfg_t;
 
 typedef struct {
-    int n_fit, n_held;       /* rows trained on; held out (every 10th image) */
-    double loss;             /* SmoothL1 on the training rows, last epoch */
+    int n_fit, n_held;        /* rows trained on; held out (every 10th image) */
+    double loss;              /* SmoothL1 on the training rows, last epoch */
     double mae_fit, mae_held; /* mean |prediction - q| in score units (0..100) */
-    double r_fit, r_held;    /* Pearson correlation of prediction and q */
+    double r_fit, r_held;     /* Pearson correlation of prediction and q */
 } fiqa_head_result_t;
 
 /* Fits w (D), b: q ~ x w + b (in 0..100 units) by SmoothL1 on q / 100 over the rows not
  * held out, on standardised features (folded back into w and b, so the head applies to
  * raw features). Returns 0 or an error. */
-int fiqa_head_fit(float *w, float *b, fiqa_head_result_t *r, const float *x, const float *q,
-                  int n, int D, const fiqa_head_cfg_t *c);
+int fiqa_head_fit(float *w, float *b, fiqa_head_result_t *r, const float *x, const float *q, int n,
+                  int D, const fiqa_head_cfg_t *c);
 
 /* keep (n): 0 for the floor(drop * n) lowest scores (ties: the lower index first), else 1;
  * with labels y (n, >= 0; NULL: the whole set) the same within each class. Returns how

@@ -14,20 +14,22 @@
 #include <string.h>
 
 static void usage(FILE *f) {
-    fputs("usage: mimic-fiqa [CONFIG.ini] [--section.key=value ...] --scores SCORES.csv\n"
-          "                  [--encoder ENCODER.safetensors] [--head HEAD.safetensors]\n"
-          "                  [--filtered PREFIX]\n"
-          "  --encoder F    the encoder (timm names; its [model] metadata overrides model.*);\n"
-          "                 not read with --eval.features=random or pixels\n"
-          "  --scores F     write index,label,score (0..100) of every image of the data.* set\n"
-          "  --head F       with fiqa.head_epochs > 0: write the regression head\n"
-          "                 quality_head.weight (1, D), quality_head.bias (1) on raw features\n"
-          "  --filtered P   write the set without its fiqa.drop lowest-scoring fraction: P-images-\n"
-          "                 idx3-ubyte + P-labels-idx1-ubyte (IDX, CSV sets) or P-labels.txt (a\n"
-          "                 label list of JPEG sets); the log line names the data.* keys to use\n"
-          "Keys: data.* (the set), fiqa.* (m, repeats, drop, per_class, limit, head_*), eval.features,\n"
-          "eval.pool, eval.batch_size, train.seed, train.threads (--help-config lists them).\n",
-          f);
+    fputs(
+        "usage: mimic-fiqa [CONFIG.ini] [--section.key=value ...] --scores SCORES.csv\n"
+        "                  [--encoder ENCODER.safetensors] [--head HEAD.safetensors]\n"
+        "                  [--filtered PREFIX]\n"
+        "  --encoder F    the encoder (timm names; its [model] metadata overrides model.*);\n"
+        "                 not read with --eval.features=random or pixels\n"
+        "  --scores F     write index,label,score (0..100) of every image of the data.* set\n"
+        "  --head F       with fiqa.head_epochs > 0: write the regression head\n"
+        "                 quality_head.weight (1, D), quality_head.bias (1) on raw features\n"
+        "  --filtered P   write the set without its fiqa.drop lowest-scoring fraction: P-images-\n"
+        "                 idx3-ubyte + P-labels-idx1-ubyte (IDX, CSV sets) or P-labels.txt (a\n"
+        "                 label list of JPEG sets); the log line names the data.* keys to use\n"
+        "Keys: data.* (the set), fiqa.* (m, repeats, drop, per_class, limit, head_*), "
+        "eval.features,\n"
+        "eval.pool, eval.batch_size, train.seed, train.threads (--help-config lists them).\n",
+        f);
 }
 
 /* The encoder of path (or MAE's init with seed for random features) into e and *pp; the
@@ -137,8 +139,7 @@ int main(int argc, char **argv) {
     }
     printf("fiqa: %d images, %d classes, features of %d floats (%.1f s); m %d, K %d: W1 %.4f .. "
            "%.4f, mean score %.2f (%.1f s)\n",
-           set.n, set.classes, set.dim, t1 - t0, fc.m, fc.repeats, lo, hi, mean,
-           mimic_now() - t1);
+           set.n, set.classes, set.dim, t1 - t0, fc.m, fc.repeats, lo, hi, mean, mimic_now() - t1);
     if ((rc = fiqa_write_csv(scores, set.ids, set.y, q, set.n))) goto out;
     printf("fiqa: scores written to %s\n", scores);
     if (cfg->fiqa.head_epochs > 0) {
@@ -160,8 +161,8 @@ int main(int argc, char **argv) {
             goto out;
         }
         if ((rc = fiqa_write_filtered(cfg, set.ids, keep, set.n, filtered))) goto out;
-        printf("fiqa: %d of %d images kept (fiqa.drop %g%s) in %s-*\n", kept, set.n,
-               cfg->fiqa.drop, cfg->fiqa.per_class ? " per class" : "", filtered);
+        printf("fiqa: %d of %d images kept (fiqa.drop %g%s) in %s-*\n", kept, set.n, cfg->fiqa.drop,
+               cfg->fiqa.per_class ? " per class" : "", filtered);
     }
 out:
     eval_set_free(&set);

@@ -49,26 +49,26 @@ enum { PROJ_LAYERS = 2, VIEWS = 2, MAX_FINE = 64 };
 typedef struct {
     float tau, scale, w_ce, w_simclr;
     int B, D, G, nfine, dim, n;
-    size_t img;                  /* floats per image */
-    int coarse[MAX_FINE];        /* fine label -> coarse group */
-    float gweight[MAX_FINE];     /* coarse group -> anchor weight */
+    size_t img;              /* floats per image */
+    int coarse[MAX_FINE];    /* fine label -> coarse group */
+    float gweight[MAX_FINE]; /* coarse group -> anchor weight */
     params_t *p;
     encoder_t enc;
     int head_w, head_b;
     head_t proj;
     encoder_acts_t ea;
     head_acts_t proj_a;
-    int *lab2;                  /* (2B) coarse label of each row */
-    float *x;                   /* (2B, img) both views, view-major */
-    float *feat;                /* (2B, D) CLS features */
-    float *logits, *prob;       /* (2B, G) coarse logits; their softmax */
-    float *onehot;              /* (B, G) CE targets of view 1 */
-    float *u, *unorm;           /* (2B, G) normalised probabilities; (2B) their norms */
-    float *zn, *znorm;          /* (2B, dim) normalised projections; (2B) norms */
-    float *aw;                  /* (2B) anchor weights */
-    float *wl, *wv;             /* (2B, 2B) positives: same coarse label; same sample */
-    float *cprob, *sprob;       /* (2B, 2B) softmaxes of the SupCon and SimCLR terms */
-    float *scratch;             /* (2B, 2B) */
+    int *lab2;            /* (2B) coarse label of each row */
+    float *x;             /* (2B, img) both views, view-major */
+    float *feat;          /* (2B, D) CLS features */
+    float *logits, *prob; /* (2B, G) coarse logits; their softmax */
+    float *onehot;        /* (B, G) CE targets of view 1 */
+    float *u, *unorm;     /* (2B, G) normalised probabilities; (2B) their norms */
+    float *zn, *znorm;    /* (2B, dim) normalised projections; (2B) norms */
+    float *aw;            /* (2B) anchor weights */
+    float *wl, *wv;       /* (2B, 2B) positives: same coarse label; same sample */
+    float *cprob, *sprob; /* (2B, 2B) softmaxes of the SupCon and SimCLR terms */
+    float *scratch;       /* (2B, 2B) */
     float *dlogits, *du, *dp, *dzn, *dz, *dfeat, *dout;
     float *mem;
     double loss_con, loss_ce, loss_simclr; /* of the last forward */
@@ -80,7 +80,8 @@ static int parse_list(const char *key, const char *text, int *ints, float *float
     int n = 0;
     const char *p = text;
     while (*p) {
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (n == cap)
             return mimic_err(MIMIC_EINVAL, "config %s: more than %d entries in '%s'", key, cap,
                              text);
@@ -97,13 +98,14 @@ static int parse_list(const char *key, const char *text, int *ints, float *float
             double v = strtod(p, &end);
             if (end == p || errno || !isfinite(v) || v < 0.0)
                 return mimic_err(MIMIC_EINVAL,
-                                 "config %s: entry %d of '%s' is not a finite weight >= 0", key,
-                                 n, text);
+                                 "config %s: entry %d of '%s' is not a finite weight >= 0", key, n,
+                                 text);
             floats[n] = (float)v;
         }
         n++;
         p = end;
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (*p == ',') {
             p++;
             if (!*p) break; /* a trailing comma: caught below as an empty entry */
@@ -168,14 +170,13 @@ static int crs_check_cfg(crs_t *cs, const mimic_cfg_t *cfg, int batch) {
 static int crs_buffers(crs_t *cs) {
     size_t R = VIEWS * (size_t)cs->B, D = (size_t)cs->D, G = (size_t)cs->G, k = (size_t)cs->dim;
     size_t T = 1 + (size_t)cs->enc.L;
-    float **take[] = {&cs->x,     &cs->feat,  &cs->logits, &cs->prob,  &cs->onehot, &cs->u,
-                      &cs->unorm, &cs->zn,    &cs->znorm,  &cs->aw,    &cs->wl,     &cs->wv,
-                      &cs->cprob, &cs->sprob, &cs->scratch, &cs->dlogits, &cs->du,  &cs->dp,
-                      &cs->dzn,   &cs->dz,    &cs->dfeat,  &cs->dout};
-    const size_t sizes[] = {R * cs->img, R * D, R * G, R * G, R / VIEWS * G, R * G,
-                            R,           R * k, R,     R,     R * R,         R * R,
-                            R * R,       R * R, R * R, R * G, R * G,         R * G,
-                            R * k,       R * k, R * D, R * T * D};
+    float **take[] = {&cs->x,     &cs->feat,  &cs->logits,  &cs->prob,    &cs->onehot, &cs->u,
+                      &cs->unorm, &cs->zn,    &cs->znorm,   &cs->aw,      &cs->wl,     &cs->wv,
+                      &cs->cprob, &cs->sprob, &cs->scratch, &cs->dlogits, &cs->du,     &cs->dp,
+                      &cs->dzn,   &cs->dz,    &cs->dfeat,   &cs->dout};
+    const size_t sizes[] = {R * cs->img, R * D, R * G, R * G, R / VIEWS * G, R * G,    R,     R * k,
+                            R,           R,     R * R, R * R, R * R,         R * R,    R * R, R * G,
+                            R * G,       R * G, R * k, R * k, R * D,         R * T * D};
     enum { NBUF = sizeof sizes / sizeof sizes[0] };
     _Static_assert(sizeof take / sizeof take[0] == NBUF, "a size for every buffer");
     size_t total = 0;

@@ -78,8 +78,13 @@ static void test_pieces(void) {
     const int M = 10, D = 5;
     int labels[10] = {0, 1, 2, 1, 0, 0, 1, 2, 1, 0};
     float aw[10] = {1, 0.5f, 1, 0.5f, 1, 1, 0.5f, 1, 0.5f, 0};
-    piece_t c = {.prob = testutil_zeros(M * M), .z = testutil_rnd(M * D, -0.6f, 0.6f, &seed),
-                 .w = testutil_zeros(M * M), .aw = aw, .M = M, .D = D, .tau = 0.2f,
+    piece_t c = {.prob = testutil_zeros(M * M),
+                 .z = testutil_rnd(M * D, -0.6f, 0.6f, &seed),
+                 .w = testutil_zeros(M * M),
+                 .aw = aw,
+                 .M = M,
+                 .D = D,
+                 .tau = 0.2f,
                  .scale = 0.2f / 0.07f};
     float *zn = testutil_zeros(M * D), *norm = testutil_zeros(M), *g = testutil_zeros(M * D);
     float *scratch = testutil_zeros(M * M);
@@ -106,8 +111,11 @@ static void test_pieces(void) {
 
     /* softmax as a value */
     const int N = 4, K = 5;
-    piece_t s = {.prob = testutil_zeros(N * K), .x = testutil_rnd(N * K, -2, 2, &seed),
-                 .r = testutil_rnd(N * K, -1, 1, &seed), .N = N, .K = K};
+    piece_t s = {.prob = testutil_zeros(N * K),
+                 .x = testutil_rnd(N * K, -2, 2, &seed),
+                 .r = testutil_rnd(N * K, -1, 1, &seed),
+                 .N = N,
+                 .K = K};
     float *dx = testutil_zeros(N * K);
     softmax_loss(&s);
     xent_softmax_backward(dx, s.prob, s.r, N, K);
@@ -132,10 +140,10 @@ static double loss_fn(void *p) {
 
 static void tiny_cfg(mimic_cfg_t *cfg, const char *extra) {
     config_defaults(cfg);
-    const char *set[] = {"model.img_size=8",     "model.in_chans=1",     "model.patch_size=4",
-                         "model.embed_dim=8",    "model.depth=1",        "model.num_heads=2",
-                         "model.mlp_ratio=2",    "train.stage=crscont",  "crscont.proj_dim=6",
-                         "crscont.tau=0.5",      "crscont.base_tau=0.4", "train.seed=7"};
+    const char *set[] = {"model.img_size=8",  "model.in_chans=1",     "model.patch_size=4",
+                         "model.embed_dim=8", "model.depth=1",        "model.num_heads=2",
+                         "model.mlp_ratio=2", "train.stage=crscont",  "crscont.proj_dim=6",
+                         "crscont.tau=0.5",   "crscont.base_tau=0.4", "train.seed=7"};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
         T_CHECK(config_override(cfg, set[i]) == 0);
     if (extra) T_CHECK(config_override(cfg, extra) == 0);
@@ -215,19 +223,19 @@ static void test_bad_keys(void) {
     static const struct {
         const char *set, *key;
     } bad[] = {
-        {"crscont.coarse_map=0,1,1,1,2,3,0", "crscont.weights"},  /* 4 groups, 4 weights: ok? */
-        {"crscont.weights=1,0.5,1", "crscont.weights"},           /* 3 weights for 4 groups */
-        {"crscont.weights=1,0.5,1,1,1", "crscont.weights"},       /* 5 */
-        {"crscont.weights=1,-0.5,1,1", "crscont.weights"},        /* negative */
-        {"crscont.weights=1,x,1,1", "crscont.weights"},           /* not a number */
-        {"crscont.weights=1,nan,1,1", "crscont.weights"},         /* not finite */
+        {"crscont.coarse_map=0,1,1,1,2,3,0", "crscont.weights"},     /* 4 groups, 4 weights: ok? */
+        {"crscont.weights=1,0.5,1", "crscont.weights"},              /* 3 weights for 4 groups */
+        {"crscont.weights=1,0.5,1,1,1", "crscont.weights"},          /* 5 */
+        {"crscont.weights=1,-0.5,1,1", "crscont.weights"},           /* negative */
+        {"crscont.weights=1,x,1,1", "crscont.weights"},              /* not a number */
+        {"crscont.weights=1,nan,1,1", "crscont.weights"},            /* not finite */
         {"crscont.coarse_map=1,1,-1,2,1,3,0", "crscont.coarse_map"}, /* negative group */
         {"crscont.coarse_map=1,1,1,2,1,99,0", "crscont.coarse_map"}, /* out of range */
         {"crscont.coarse_map=0,1,1,2,1,4,0", "crscont.coarse_map"},  /* group 3 empty */
-        {"crscont.coarse_map=1,1,,2", "crscont.coarse_map"},       /* empty entry */
-        {"crscont.coarse_map=1,1,2,", "crscont.coarse_map"},       /* trailing comma */
-        {"crscont.coarse_map=0,0,0", "crscont.coarse_map"},        /* one group */
-        {"crscont.coarse_map=1;2", "crscont.coarse_map"},          /* not a list */
+        {"crscont.coarse_map=1,1,,2", "crscont.coarse_map"},         /* empty entry */
+        {"crscont.coarse_map=1,1,2,", "crscont.coarse_map"},         /* trailing comma */
+        {"crscont.coarse_map=0,0,0", "crscont.coarse_map"},          /* one group */
+        {"crscont.coarse_map=1;2", "crscont.coarse_map"},            /* not a list */
         {"crscont.tau=0", "crscont.tau"},
         {"crscont.base_tau=-1", "crscont.base_tau"},
         {"crscont.w_ce=-1", "crscont.w_ce"},
@@ -295,8 +303,8 @@ static void test_parity_dump(void) {
     }
     T_CHECK(strcmp(st_meta(e, "format"), "mimicps-golden-crscont") == 0 &&
             strcmp(st_meta(e, "version"), "1") == 0);
-    const char *keys[] = {"img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads",
-                          "mlp_ratio"};
+    const char *keys[] = {"img_size", "in_chans",  "patch_size", "embed_dim",
+                          "depth",    "num_heads", "mlp_ratio"};
     char flags[2048] = "";
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         size_t len = strlen(flags);

@@ -122,7 +122,10 @@ static int write_set(const char *images, const char *labels) {
         testutil_fill(gain, 1, 0.6f, 1.0f, &seed);
         for (int y = 0; y < SIDE; y++)
             for (int x = 0; x < SIDE; x++) {
-                double ph = c == 0 ? x * 0.8 : c == 1 ? y * 0.8 : c == 2 ? (x + y) * 0.6 : (x - y) * 0.6;
+                double ph = c == 0   ? x * 0.8
+                            : c == 1 ? y * 0.8
+                            : c == 2 ? (x + y) * 0.6
+                                     : (x - y) * 0.6;
                 double v = 0.5 + 0.4 * gain[0] * sin(ph) + 0.05 * u[y * SIDE + x];
                 if (noisy(i)) v = 0.5 + 0.5 * u[y * SIDE + x] + 0.1 * sin(ph);
                 fputc((int)(255 * fmin(1, fmax(0, v))), f);
@@ -311,8 +314,10 @@ static void one_line(const char *what, int rc, const char *want) {
 
 static void test_bad(void) {
     /* 3 classes of 4, 4, 1 and of 4, 4, 3 images */
-    const float x[11 * 2] = {1, 0, 1, .1f, 1, .2f, 1, .3f, 0, 1, .1f, 1, .2f, 1, .3f, 1, -1, 0, -1, .1f, -1, .2f};
-    const int y1[11] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 0, 0}, y3[11] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2};
+    const float x[11 * 2] = {1, 0,   1, .1f, 1, .2f, 1, .3f, 0,   1,  .1f,
+                             1, .2f, 1, .3f, 1, -1,  0, -1,  .1f, -1, .2f};
+    const int y1[11] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 0, 0},
+              y3[11] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2};
     float q[11];
     fiqa_cfg_t c = {3, 2, 1};
     mimic_set_quiet(1);
