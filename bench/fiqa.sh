@@ -15,7 +15,7 @@
 #    lowest 20%; reported: how many of the dropped images are the corrupted ones.
 #    Filtered twice: the lowest 20% of the whole set, and the lowest 20% of each class
 #    (fiqa.per_class=1, which keeps the class balance).
-# 4. The next stage: a linear probe (30 epochs) and 20-NN (mimic-eval) on the scorer's
+# 4. The next stage: a linear probe (30 epochs), 1-NN and 20-NN (mimic-eval) on the scorer's
 #    frozen features, trained on (searching) the unfiltered set, the filtered sets, a
 #    random 80% (the control: same size, no scores) and the oracle (the corrupted ones
 #    removed), all tested on the first 5000 t10k images (clean).
@@ -89,9 +89,10 @@ enc=$out/scorer/encoder.safetensors
 t1=$(date +%s)
 
 # 3. scores and filtered copies; 4. probes on each training set
-probe() { # FLAGS...: "probe-top1 knn20-top1" on the test set
-  $E "${model[@]}" "${test_set[@]}" --eval.probe_epochs=30 --eval.knn_k=20 "$@" "${flags[@]}" |
-    awk '/linear probe/ {p = $4} /k-NN k=20/ {k = $4} END {sub("%", "", p); sub("%", "", k); print p, k}'
+probe() { # FLAGS...: "probe-top1 1nn-top1 20nn-top1" on the test set
+  $E "${model[@]}" "${test_set[@]}" --eval.probe_epochs=30 --eval.knn_k=1,20 "$@" "${flags[@]}" |
+    awk '/linear probe/ {p = $4} /k-NN k=1 / {a = $4} /k-NN k=20/ {k = $4}
+         END {gsub("%", "", p); gsub("%", "", a); gsub("%", "", k); print p, a, k}'
 }
 summary=$out/fiqa.txt
 : > "$summary"
@@ -138,8 +139,8 @@ for name, keep in (("random", np.sort(np.random.default_rng(7).permutation(n)[: 
 EOF
 set_of() { echo "--eval.train_path=$out/$1-images-idx3-ubyte --eval.train_labels=$out/$1-labels-idx1-ubyte"; }
 {
-  printf '\nnext stage: linear probe and 20-NN on the frozen scorer encoder, top-1 %% on 5000 clean t10k images\n'
-  printf '%-44s %7s %8s %8s\n' "trained on / searched in" "images" "probe" "20-NN"
+  printf '\nnext stage: linear probe, 1-NN and 20-NN on the frozen scorer encoder, top-1 %% on 5000 clean t10k images\n'
+  printf '%-44s %7s %8s %8s %8s\n' "trained on / searched in" "images" "probe" "1-NN" "20-NN"
   for arm in "all (unfiltered)|train" "SDD-FIQA crscont scores, -20% overall|crscont-kept" \
              "SDD-FIQA crscont scores, -20% per class|crscont-pc-kept" \
              "SDD-FIQA pixel scores, -20% overall|pixels-kept" \
@@ -148,8 +149,8 @@ set_of() { echo "--eval.train_path=$out/$1-images-idx3-ubyte --eval.train_labels
     name=${arm%%|*} set=${arm##*|}
     count=$(( ($(stat -c %s "$out/$set-labels-idx1-ubyte") - 8) ))
     # shellcheck disable=SC2046
-    read -r p k <<< "$(probe --encoder "$enc" $(set_of "$set"))"
-    printf '%-44s %7d %7s%% %7s%%\n' "$name" "$count" "$p" "$k"
+    read -r p a k <<< "$(probe --encoder "$enc" $(set_of "$set"))"
+    printf '%-44s %7d %7s%% %7s%% %7s%%\n' "$name" "$count" "$p" "$a" "$k"
   done
   printf '(scorer: crscont %d steps, %ds; whole run %ds)\n' "$steps" $((t1 - t0)) $(($(date +%s) - t0))
 } | tee -a "$summary"

@@ -62,10 +62,9 @@ static int write_head(const char *path, const float *w, float b, int D) {
     return rc;
 }
 
-int main(int argc, char **argv) {
-    mimic_cfg_t *cfg = malloc(sizeof *cfg);
-    char **rest = malloc((size_t)(argc + 1) * sizeof *rest);
-    if (!cfg || !rest) return 1;
+/* The command on the caller's cfg and rest (argc + 1 pointers): the exit code (0 done, 1
+ * failed, 2 usage), every message one line. */
+static int run(mimic_cfg_t *cfg, char **rest, int argc, char **argv) {
     config_defaults(cfg);
     for (int i = 1; i < argc; i++)
         if (config_help_flag(argv[i], usage)) return 0;
@@ -172,7 +171,14 @@ out:
     free(raw);
     free(keep);
     free(w);
+    return rc == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    mimic_cfg_t *cfg = malloc(sizeof *cfg); /* too large for the stack */
+    char **rest = malloc((size_t)(argc + 1) * sizeof *rest);
+    int code = cfg && rest ? run(cfg, rest, argc, argv) : 1;
     free(cfg);
     free(rest);
-    return rc == 0 ? 0 : 1;
+    return code;
 }
