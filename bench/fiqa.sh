@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SDD-FIQA on Fashion-MNIST (issue 15): does dropping the lowest quality scores of a set
 # with known corrupted images help the next stage? About 4 minutes on 1 core.
-#   bench/fiqa.sh [--out DIR] [--n N] [--steps S] [--section.key=value ...]
+#   bench/fiqa.sh [--out DIR] [--n N] [--steps S] [--train-arms] [--section.key=value ...]
 # (default OUT runs/fiqa, N 6000 training images, S 200 scorer steps; extra flags go to
-# every command). Prints a table and writes OUT/fiqa.txt.
+# every command). Prints a table and writes OUT/fiqa.txt. --train-arms adds step 5
+# (about 3 x the scorer's time more).
 #
 # 1. The first N images of train-images-idx3-ubyte, with a known 20% corrupted
 #    (seeded): 10% heavy noise (70% uniform noise over the image), 10% a wrong label.
@@ -19,17 +20,22 @@
 #    frozen features, trained on (searching) the unfiltered set, the filtered sets, a
 #    random 80% (the control: same size, no scores) and the oracle (the corrupted ones
 #    removed), all tested on the first 5000 t10k images (clean).
+# 5. (--train-arms) The next stage as training: the scorer's recipe from scratch on the
+#    unfiltered set, the per-class pixel-filtered set and the oracle set, each encoder
+#    then probed on the same clean probe set (training images N..2N-1, unseen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/fiqa
 n=6000
 steps=200
+train_arms=0
 flags=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --n) n=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --train-arms) train_arms=1; shift ;;
     *) flags+=("$1"); shift ;;
   esac
 done
@@ -70,6 +76,12 @@ img[noisy] = (0.3 * img[noisy] + 0.7 * u).astype(np.uint8)
 lab[wrong] = (lab[wrong] + rng.integers(1, 10, size=len(wrong))) % 10
 hdr = lambda *d: b"".join(int(x).to_bytes(4, "big") for x in d)
 open(f"{out}/train-images-idx3-ubyte", "wb").write(hdr(0x803, n, 28, 28) + img.tobytes())
+with gzip.open(f"{src}/train-images-idx3-ubyte.gz") as f:  # a clean probe set, unseen
+    pimg = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[n: 2 * n]
+with gzip.open(f"{src}/train-labels-idx1-ubyte.gz") as f:
+    plab = np.frombuffer(f.read(), np.uint8, offset=8)[n: 2 * n]
+open(f"{out}/probe-images-idx3-ubyte", "wb").write(hdr(0x803, len(pimg), 28, 28) + pimg.tobytes())
+open(f"{out}/probe-labels-idx1-ubyte", "wb").write(hdr(0x801, len(plab)) + plab.tobytes())
 open(f"{out}/train-labels-idx1-ubyte", "wb").write(hdr(0x801, n) + lab.tobytes())
 with open(f"{out}/truth.csv", "w") as f:
     f.write("index,kind\n")
@@ -79,12 +91,18 @@ data=(--data.kind=idx --data.path=$out/train-images-idx3-ubyte
       --data.labels=$out/train-labels-idx1-ubyte)
 
 # 2. the scorer: CRS-CONT with the identity map on the corrupted set
-$W --standalone "${model[@]}" "${data[@]}" --train.stage=crscont --train.steps="$steps" \
-  --train.batch_size=64 --train.blr=1e-3 --train.warmup_steps=20 --train.weight_decay=0.05 \
-  --crscont.coarse_map=0,1,2,3,4,5,6,7,8,9 --crscont.weights=1,1,1,1,1,1,1,1,1,1 \
-  --crscont.tau=0.1 --crscont.base_tau=0.1 --crscont.proj_dim=64 --data.scale_min=0.5 \
-  --data.threads=0 --train.log_every=50 --train.ckpt_every=0 --train.out_dir="$out/scorer" \
-  "${flags[@]}" 2>&1 | grep -E "step .*/$steps|^done" | tail -2
+train() { # OUT_DIR DATA_FLAGS...: the recipe, S steps
+  local dir=$1
+  shift
+  $W --standalone "${model[@]}" "$@" --train.stage=crscont --train.steps="$steps" \
+    --train.batch_size=64 --train.blr=1e-3 --train.warmup_steps=20 --train.weight_decay=0.05 \
+    --crscont.coarse_map=0,1,2,3,4,5,6,7,8,9 --crscont.weights=1,1,1,1,1,1,1,1,1,1 \
+    --crscont.tau=0.1 --crscont.base_tau=0.1 --crscont.proj_dim=64 --data.scale_min=0.5 \
+    --data.blur_p=0,0 --data.solarize_p=0,0 --data.threads=0 --train.log_every=50 \
+    --train.ckpt_every=0 --train.out_dir="$dir" "${flags[@]}" 2>&1 |
+    grep -E "step .*/$steps|^done" | tail -2
+}
+train "$out/scorer" "${data[@]}"
 enc=$out/scorer/encoder.safetensors
 t1=$(date +%s)
 
@@ -154,3 +172,21 @@ set_of() { echo "--eval.train_path=$out/$1-images-idx3-ubyte --eval.train_labels
   done
   printf '(scorer: crscont %d steps, %ds; whole run %ds)\n' "$steps" $((t1 - t0)) $(($(date +%s) - t0))
 } | tee -a "$summary"
+
+[ "$train_arms" = 1 ] || exit 0
+{
+  printf '\nnext stage as training: crscont %d steps from scratch on each set, then a linear probe\n' "$steps"
+  printf 'and 1-/20-NN on the clean probe set (training images %d..%d), top-1 %% on 5000 t10k\n' "$n" $((2 * n - 1))
+  printf '%-44s %7s %8s %8s %8s\n' "trained on" "images" "probe" "1-NN" "20-NN"
+} | tee -a "$summary"
+for arm in "all (unfiltered)|train" "SDD-FIQA pixel scores, -20% per class|pixels-pc-kept" \
+           "oracle (corrupted removed)|oracle-kept"; do
+  name=${arm%%|*} set=${arm##*|}
+  count=$(( ($(stat -c %s "$out/$set-labels-idx1-ubyte") - 8) ))
+  train "$out/next-$set" --data.kind=idx --data.path="$out/$set-images-idx3-ubyte" \
+    --data.labels="$out/$set-labels-idx1-ubyte" > /dev/null
+  # shellcheck disable=SC2046
+  read -r p a k <<< "$(probe --encoder "$out/next-$set/encoder.safetensors" $(set_of probe))"
+  printf '%-44s %7d %7s%% %7s%% %7s%%\n' "$name" "$count" "$p" "$a" "$k" | tee -a "$summary"
+done
+printf '(whole run %ds)\n' $(($(date +%s) - t0)) | tee -a "$summary"

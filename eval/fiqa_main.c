@@ -96,6 +96,10 @@ static int run(mimic_cfg_t *cfg, char **rest, int argc, char **argv) {
         mimic_err(MIMIC_EINVAL, "config fiqa.drop: %g, must be in [0, 1)", cfg->fiqa.drop);
         return 2;
     }
+    if (cfg->fiqa.per_class != 0 && cfg->fiqa.per_class != 1) {
+        mimic_err(MIMIC_EINVAL, "config fiqa.per_class: %d, must be 0 or 1", cfg->fiqa.per_class);
+        return 2;
+    }
     if (cfg->fiqa.limit < 0) {
         mimic_err(MIMIC_EINVAL, "config fiqa.limit: %ld, must be >= 0", cfg->fiqa.limit);
         return 2;

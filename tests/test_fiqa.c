@@ -351,6 +351,9 @@ static void test_bad(void) {
         {"--eval.features=pixels --fiqa.m=100", "config fiqa.m: 100", 1},
         {"--eval.features=pixels --fiqa.limit=5", "class", 1},
         {"--eval.features=pixels --fiqa.drop=1.5 --filtered /tmp/x", "config fiqa.drop", 2},
+        {"--eval.features=pixels --fiqa.per_class=2", "config fiqa.per_class", 2},
+        {"--eval.features=pixels --fiqa.limit=-1", "config fiqa.limit", 2},
+        {"--eval.features=pixels --fiqa.repeats=0", "config fiqa.repeats", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(flags, sizeof flags, "%s --scores %s", cases[i].flags, csv);
