@@ -4,7 +4,7 @@
 #   bench/fiqa.sh [--out DIR] [--n N] [--steps S] [--train-arms] [--section.key=value ...]
 # (default OUT runs/fiqa, N 6000 training images, S 200 scorer steps; extra flags go to
 # every command). Prints a table and writes OUT/fiqa.txt. --train-arms adds step 5
-# (about 3 x the scorer's time more).
+# (about 4 x the scorer's time more).
 #
 # 1. The first N images of train-images-idx3-ubyte, with a known 20% corrupted
 #    (seeded): 10% heavy noise (70% uniform noise over the image), 10% a wrong label.
@@ -21,7 +21,7 @@
 #    random 80% (the control: same size, no scores) and the oracle (the corrupted ones
 #    removed), all tested on the first 5000 t10k images (clean).
 # 5. (--train-arms) The next stage as training: the scorer's recipe from scratch on the
-#    unfiltered set, the per-class pixel-filtered set and the oracle set, each encoder
+#    unfiltered set, the per-class pixel-filtered set, a random 80% and the oracle set, each encoder
 #    then probed on the same clean probe set (training images N..2N-1, unseen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -180,7 +180,7 @@ set_of() { echo "--eval.train_path=$out/$1-images-idx3-ubyte --eval.train_labels
   printf '%-44s %7s %8s %8s %8s\n' "trained on" "images" "probe" "1-NN" "20-NN"
 } | tee -a "$summary"
 for arm in "all (unfiltered)|train" "SDD-FIQA pixel scores, -20% per class|pixels-pc-kept" \
-           "oracle (corrupted removed)|oracle-kept"; do
+           "random -20% (control)|random-kept" "oracle (corrupted removed)|oracle-kept"; do
   name=${arm%%|*} set=${arm##*|}
   count=$(( ($(stat -c %s "$out/$set-labels-idx1-ubyte") - 8) ))
   train "$out/next-$set" --data.kind=idx --data.path="$out/$set-images-idx3-ubyte" \
