@@ -55,6 +55,11 @@ int dataset_fixed_size(const dataset_t *ds, int *w, int *h) {
     return 1;
 }
 
+const char *dataset_file(const dataset_t *ds, size_t i) {
+    MIMIC_CHECK(i < ds->n);
+    return ds->files ? ds->files[i] : NULL;
+}
+
 int dataset_label(const dataset_t *ds, size_t i) {
     MIMIC_CHECK(i < ds->n);
     return ds->labels ? ds->labels[i] : -1;

@@ -62,6 +62,9 @@ size_t dataset_size(const dataset_t *ds);
 int dataset_num_classes(const dataset_t *ds);
 /* Label of sample i (i < dataset_size), -1 when the set has no labels. */
 int dataset_label(const dataset_t *ds, size_t i);
+/* The file of sample i of a JPEG set (the root joined with its name, as opened), NULL
+ * for in-memory sets (IDX, CSV). A filtered copy of a set (mimic-fiqa) lists these. */
+const char *dataset_file(const dataset_t *ds, size_t i);
 /* Channels dataset_get produces: 1 for IDX (C=1) and CSV, 3 for JPEG sets. */
 int dataset_channels(const dataset_t *ds);
 

@@ -171,6 +171,8 @@ typedef struct {
     const char *what; /* "train" / "test" */
     float *x;         /* (n, dim) */
     int *y;           /* (n) */
+    uint32_t *ids;    /* (n) the data set index of each row, when want_ids (else NULL) */
+    int want_ids;
     int n, dim, classes;
     long head_right; /* samples the model's classifier labels right */
     double secs;
@@ -179,8 +181,35 @@ typedef struct {
 static void feats_free(feats_t *f) {
     free(f->x);
     free(f->y);
+    free(f->ids);
     f->x = NULL;
     f->y = NULL;
+    f->ids = NULL;
+}
+
+/* The indices of the samples of idx[0..want) that the loader kept (got of them), in
+ * order: all of them, or, when some were unreadable, each sample is asked for alone
+ * (a rare path: the loader warned once per bad sample already). */
+static int kept_ids(uint32_t *out, loader_t *ld, const uint32_t *idx, int want, int got,
+                    size_t img_sz) {
+    if (got == want) {
+        memcpy(out, idx, (size_t)want * sizeof *idx);
+        return 0;
+    }
+    float *one = malloc(img_sz * loader_views(ld) * sizeof(float));
+    if (!one) return mimic_err(MIMIC_ENOMEM, "out of memory");
+    int k = 0, rc = 0;
+    for (int i = 0; i < want && k < got; i++) {
+        int label, r = loader_fill(ld, idx + i, 1, 0, one, NULL, 0, &label);
+        if (r < 0) {
+            rc = r;
+            break;
+        }
+        if (r == 1) out[k++] = idx[i];
+    }
+    free(one);
+    if (!rc && k != got) rc = mimic_err(MIMIC_EIO, "the data set changed while it was read");
+    return rc;
 }
 
 /* The loader's configuration for one set: no augmentation. With scale_min = scale_max
@@ -242,6 +271,10 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
     f->dim = pixels ? (int)img_sz : e->dim;
     f->x = malloc(total * (size_t)f->dim * sizeof(float));
     f->y = malloc(total * sizeof(int));
+    if (f->want_ids && !(f->ids = malloc(total * sizeof *f->ids))) {
+        rc = mimic_err(MIMIC_ENOMEM, "%s: out of memory for %zu sample indices", path, total);
+        goto out;
+    }
     imgs = malloc((size_t)B * img_sz * sizeof(float));
     idx = malloc((size_t)B * sizeof *idx);
     if (!f->x || !f->y || !imgs || !idx) {
@@ -262,6 +295,7 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
             goto out;
         }
         if (got == 0) continue; /* every sample of the batch was corrupt (warned) */
+        if (f->ids && (rc = kept_ids(f->ids + f->n, ld, idx, want, got, img_sz))) goto out;
         for (int i = 0; i < got; i++)
             if (f->y[f->n + i] < 0) {
                 rc = mimic_err(MIMIC_EINVAL, "%s: sample without a label; evaluation needs labels",
@@ -492,4 +526,29 @@ out:
     params_destroy(&p);
     free(c);
     return rc;
+}
+
+int eval_extract(eval_set_t *set, const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
+                 const params_t *p, int train) {
+    feats_t f = {.what = train ? "train" : "test", .want_ids = 1};
+    classifier_t none = {0}; /* the model's own classifier is not scored here */
+    memset(set, 0, sizeof *set);
+    int pixels = ec->features == EVAL_FEATURES_PIXELS, rc;
+    if (!pixels && (!e || !p))
+        return mimic_err(MIMIC_EINVAL, "eval: encoder features need an encoder");
+    if (ec->batch_size < 1) return mimic_err(MIMIC_EINVAL, "config eval.batch_size: must be >= 1");
+    if (!pixels && (rc = check_model(cfg, e))) return rc;
+    if ((rc = extract(&f, cfg, ec, e, p, &none, train))) {
+        feats_free(&f);
+        return rc;
+    }
+    *set = (eval_set_t){f.x, f.y, f.ids, f.n, f.dim, f.classes};
+    return 0;
+}
+
+void eval_set_free(eval_set_t *set) {
+    free(set->x);
+    free(set->y);
+    free(set->ids);
+    memset(set, 0, sizeof *set);
 }

@@ -20,6 +20,7 @@
 #include "knn.h"
 #include "params.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 #define EVAL_MAX_KS 8
@@ -75,6 +76,21 @@ int eval_run(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const char *encoder_p
  * too; a test label outside its classes is an error. */
 int eval_run_model(const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
                    const params_t *p, const char *name, const char *out_json, eval_result_t *res);
+
+/* The features of one labelled set, extracted as eval_run_model does (no augmentation,
+ * batched, corrupt samples skipped): the train set (eval.train_*, empty: data.*, limited
+ * to eval.train_limit) when train is 1, else the test set. ids gives each row's index in
+ * the data set (rows of skipped samples are absent). Other tools (SDD-FIQA, fiqa.h)
+ * build on it. eval_set_free frees what it filled. */
+typedef struct {
+    float *x;      /* (n, dim) */
+    int *y;        /* (n) labels */
+    uint32_t *ids; /* (n) data set indices */
+    int n, dim, classes;
+} eval_set_t;
+int eval_extract(eval_set_t *set, const mimic_cfg_t *cfg, const eval_cfg_t *ec, const encoder_t *e,
+                 const params_t *p, int train);
+void eval_set_free(eval_set_t *set);
 
 /* The table of a result, for people. */
 void eval_print(FILE *f, const eval_result_t *r);

@@ -93,6 +93,11 @@ static double row_weight(const float *w, int i, int M) {
 
 float contrastive_supcon_forward(float *prob, const float *z, const float *w, int M, int D,
                                  float tau, float scale) {
+    return contrastive_supcon_anchor_forward(prob, z, w, NULL, M, D, tau, scale);
+}
+
+float contrastive_supcon_anchor_forward(float *prob, const float *z, const float *w,
+                                        const float *aw, int M, int D, float tau, float scale) {
     MIMIC_CHECK(M >= 2); /* a lone row has nothing to contrast with */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, M, D, 1.0f / tau, z, D, z, D, 0.0f,
                 prob, M);
@@ -105,24 +110,30 @@ float contrastive_supcon_forward(float *prob, const float *z, const float *w, in
             if (j != i) sws += (double)wi[j] * row[j];
         row[i] = -INFINITY; /* the anchor is not its own contrast */
         double lse = xent_softmax_row(row, M);
-        /* -(1/W) sum_j w_ij (s_ij - lse) */
-        if (W > 0.0) loss += lse - sws / W;
+        /* -(a_i/W) sum_j w_ij (s_ij - lse) */
+        if (W > 0.0) loss += (aw ? (double)aw[i] : 1.0) * (lse - sws / W);
     }
     return (float)(scale * loss / M);
 }
 
 /* With p the softmax over a != i and W_i = sum_j w_ij, row i's term has
- * d/ds_ij = scale/M (p_ij - w_ij / W_i) (j != i), and s = z z^T / tau, so
+ * d/ds_ij = a_i scale/M (p_ij - w_ij / W_i) (j != i), and s = z z^T / tau, so
  * dz = (G + G^T) z / tau for that matrix G. */
 void contrastive_supcon_backward(float *dz, float *scratch, const float *prob, const float *w,
                                  const float *z, int M, int D, float tau, float scale,
                                  float dloss) {
-    float c = dloss * scale / (float)M;
+    contrastive_supcon_anchor_backward(dz, scratch, prob, w, NULL, z, M, D, tau, scale, dloss);
+}
+
+void contrastive_supcon_anchor_backward(float *dz, float *scratch, const float *prob,
+                                        const float *w, const float *aw, const float *z, int M,
+                                        int D, float tau, float scale, float dloss) {
+    float c0 = dloss * scale / (float)M;
     for (int i = 0; i < M; i++) {
         const float *p = prob + (size_t)i * M, *wi = w + (size_t)i * M;
         float *g = scratch + (size_t)i * M;
         double W = row_weight(w, i, M);
-        float inv = W > 0.0 ? (float)(1.0 / W) : 0.0f;
+        float inv = W > 0.0 ? (float)(1.0 / W) : 0.0f, c = aw ? c0 * aw[i] : c0;
         for (int j = 0; j < M; j++)
             g[j] = W > 0.0 ? c * (p[j] - wi[j] * inv) : 0.0f;
         g[i] = 0.0f;

@@ -1,6 +1,7 @@
 /* contrastive — the losses of the contrastive stages: InfoNCE against a queue (MoCo v2),
  * MoCo v3's in-batch loss over every worker's keys, and SupCon with a general
- * positive-weight matrix (SupCon, SimCLR and MIMIC's mix-supervised loss).
+ * positive-weight matrix and optional per-anchor weights (SupCon, SimCLR, MIMIC's
+ * mix-supervised loss and CRS-CONT's weighted SupCon).
  *
  * Each forward returns the loss and keeps the row softmax (the caller's buffer) that
  * its backward needs; each backward accumulates (+=) dloss * d loss / d input, so a
@@ -51,6 +52,17 @@ float contrastive_supcon_forward(float *prob, const float *z, const float *w, in
  * overwritten. */
 void contrastive_supcon_backward(float *dz, float *scratch, const float *prob, const float *w,
                                  const float *z, int M, int D, float tau, float scale, float dloss);
+
+/* The same with a weight a_i per anchor (aw (M); NULL: all 1), CRS-CONT's SupCon_w:
+ *   L = scale * mean_i a_i [ -(1/W_i) sum_{j!=i} w_ij log softmax_{a!=i}(z_i . z_a / tau)_j ],
+ * the mean still over all M rows (hangyu94/CRS-CONT multiplies each anchor's
+ * mean_log_prob_pos by its weight, then averages). The two functions above are this one
+ * with aw = NULL. */
+float contrastive_supcon_anchor_forward(float *prob, const float *z, const float *w,
+                                        const float *aw, int M, int D, float tau, float scale);
+void contrastive_supcon_anchor_backward(float *dz, float *scratch, const float *prob,
+                                        const float *w, const float *aw, const float *z, int M,
+                                        int D, float tau, float scale, float dloss);
 
 /* Positive weights w (M,M) with a zero diagonal, for contrastive_supcon_*:
  * SupCon: w_ij = [labels_i == labels_j]; labels (M), one per row (repeat a sample's

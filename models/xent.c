@@ -52,3 +52,15 @@ void xent_soft_backward(float *dlogits, const float *prob, const float *target, 
             d[k] += c * (p[k] * st - t[k]);
     }
 }
+
+void xent_softmax_backward(float *dx, const float *p, const float *dp, int N, int K) {
+    for (int i = 0; i < N; i++) {
+        const float *pi = p + (size_t)i * K, *gi = dp + (size_t)i * K;
+        double dot = 0.0;
+        for (int k = 0; k < K; k++)
+            dot += (double)pi[k] * gi[k];
+        float *di = dx + (size_t)i * K;
+        for (int k = 0; k < K; k++)
+            di[k] += pi[k] * (gi[k] - (float)dot);
+    }
+}

@@ -20,4 +20,8 @@ float xent_soft_forward(float *prob, const float *logits, const float *target, i
 void xent_soft_backward(float *dlogits, const float *prob, const float *target, int N, int K,
                         float dloss);
 
+/* Backward of a row softmax p = softmax(x) (N,K) used as a value (CRS-CONT's SimCLR term
+ * on the coarse classifier's probabilities): dx (N,K) += p * (dp - sum_k p_k dp_k). */
+void xent_softmax_backward(float *dx, const float *p, const float *dp, int N, int K);
+
 #endif

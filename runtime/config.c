@@ -103,14 +103,14 @@ static const key_t_ KEYS[] = {
     F("data", "warp_magnitude", K_FLOAT, data.warp_magnitude, "0.08",
       "contrawarp: largest displacement at a disc's centre as a fraction of the image side "
       "(0..warp_radius/2, so a disc's map does not fold)"),
-    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|byol|contrawarp|densecl", "mae",
+    E("train", "stage", train.stage, "mae|mocov3|mimic|mocov2|byol|contrawarp|densecl|crscont", "mae",
       "the objective trained (stages/): mae = masked-autoencoder pre-training, mocov3 = "
       "MoCo v3 (two views, momentum encoder, keys of every worker; [contrastive] keys), "
       "mimic = mix-supervised contrastive fine-tuning on labels ([mimic] keys), mocov2 = "
       "MoCo v2 (InfoNCE against the servers' negative queue of contrastive.queue_size keys), "
       "byol = BYOL (predictor regresses the servers' EMA target, 2 - 2 cos; tau_base = "
       "contrastive.momentum), contrawarp = ContraWarping (BYOL + contrawarp.w_neg x a negative "
-      "term against locally warped views, data.warp_* keys), densecl = DenseCL (MoCo v2 plus a dense per-patch-token InfoNCE; [densecl] keys)"),
+      "term against locally warped views, data.warp_* keys), densecl = DenseCL (MoCo v2 plus a dense per-patch-token InfoNCE; [densecl] keys), crscont = CRS-CONT (two views, labels mapped to coarse groups, weighted SupCon + coarse CE + SimCLR; [crscont] keys)"),
     F("train", "batch_size", K_INT, train.batch_size, "128", "images per step per worker"),
     F("train", "steps", K_LONG, train.steps, "2000", "optimiser steps in the run"),
     F("train", "stop_after", K_LONG, train.stop_after, "0",
@@ -307,6 +307,43 @@ static const key_t_ KEYS[] = {
     F("metrics", "public", K_INT, metrics.public_ok, "0",
       "1: allow metrics.bind on a non-loopback address (the pages reveal the job: loss, "
       "paths, members; no authentication)"),
+    F("crscont", "coarse_map", K_STR, crscont.coarse_map, "1,1,1,2,1,3,0",
+      "fine label i -> coarse group (comma list, one entry per fine class, groups 0..G-1 each "
+      "used); default: FER2013's order angry,disgust,fear,happy,sad,surprise,neutral -> "
+      "0 neutral, 1 negative, 2 positive, 3 surprise (RAF-DB, label_base 1: 3,1,1,2,1,1,0)"),
+    F("crscont", "weights", K_STR, crscont.weights, "1,0.5,1,1",
+      "per coarse group weight (>= 0) of its anchors in the supervised contrastive term, one "
+      "per group of crscont.coarse_map (CRS-CONT: 0.5 for the negative group)"),
+    F("crscont", "tau", K_FLOAT, crscont.tau, "0.07",
+      "temperature of the SupCon and SimCLR terms"),
+    F("crscont", "base_tau", K_FLOAT, crscont.base_tau, "0.07",
+      "SupContrast's base temperature: both terms are scaled by tau / base_tau"),
+    F("crscont", "w_ce", K_FLOAT, crscont.w_ce, "1.0",
+      "weight of the coarse classifier's cross-entropy (view 1, coarse labels)"),
+    F("crscont", "w_simclr", K_FLOAT, crscont.w_simclr, "0.4",
+      "weight of the SimCLR term on the two views' normalised coarse probabilities"),
+    F("crscont", "proj_dim", K_INT, crscont.proj_dim, "128",
+      "projection head output: Linear(D,D), ReLU, Linear(D,proj_dim)"),
+    F("fiqa", "m", K_INT, fiqa.m, "24",
+      "mimic-fiqa: same-class and other-class images drawn per repeat (>= 1; at most the "
+      "smallest class minus one)"),
+    F("fiqa", "repeats", K_INT, fiqa.repeats, "12",
+      "mimic-fiqa: repeats K of the draw, whose Wasserstein distances are averaged (>= 1)"),
+    F("fiqa", "drop", K_FLOAT, fiqa.drop, "0",
+      "mimic-fiqa --filtered: fraction of the lowest-scoring images left out, in [0, 1)"),
+    F("fiqa", "per_class", K_INT, fiqa.per_class, "0",
+      "mimic-fiqa --filtered: 1 drops the fiqa.drop fraction within each class (keeps the "
+      "class balance), 0 over the whole set"),
+    F("fiqa", "limit", K_LONG, fiqa.limit, "0",
+      "mimic-fiqa: score the first N samples of the data.* set (0: all)"),
+    F("fiqa", "head_epochs", K_INT, fiqa.head_epochs, "0",
+      "mimic-fiqa: epochs of the quality regression head (Linear on the frozen features, "
+      "SmoothL1 on score/100; 0: no head)"),
+    F("fiqa", "head_lr", K_FLOAT, fiqa.head_lr, "0.2",
+      "mimic-fiqa: SGD (momentum 0.9) learning rate of the regression head, half-cosine to 0"),
+    F("fiqa", "head_beta", K_FLOAT, fiqa.head_beta, "0.01",
+      "mimic-fiqa: SmoothL1 beta of the head on scores / 100 (0.01: the paper's beta 1 on "
+      "0..100 labels)"),
 };
 #undef F
 #undef E

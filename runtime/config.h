@@ -36,6 +36,7 @@ typedef enum {
     STAGE_KIND_BYOL,
     STAGE_KIND_CONTRAWARP,
     STAGE_KIND_DENSECL,
+    STAGE_KIND_CRSCONT,
 } stage_kind_t;
 /* mae.mask_policy: how a mask (MAE's; a contrastive stage's online view under
  * contrastive.mask_ratio) is drawn from the loader's noise (models/maskpolicy.h). */
@@ -162,6 +163,21 @@ typedef struct {
         int port;       /* 0: off */
         int public_ok;  /* 1: a non-loopback bind is allowed */
     } metrics;
+    struct { /* CRS-CONT (stages/crscont.c) */
+        char coarse_map[256]; /* fine label i -> coarse group, "1,1,1,2,1,3,0" */
+        char weights[256];    /* per coarse group weight of its SupCon anchors */
+        float tau, base_tau;  /* temperature; SupContrast's base temperature */
+        float w_ce, w_simclr; /* weights of the coarse CE and of the SimCLR term */
+        int proj_dim;         /* the projection head's output */
+    } crscont;
+    struct { /* SDD-FIQA quality scores (eval/fiqa.h, mimic-fiqa) */
+        int m, repeats;   /* same-/other-class images per repeat; repeats averaged */
+        float drop;       /* fraction of the lowest scores left out of the filtered copy */
+        int per_class;    /* 1: drop that fraction within each class */
+        long limit;       /* score the first N samples of data.* (0: all) */
+        int head_epochs;  /* regression head epochs (0: none) */
+        float head_lr, head_beta; /* its SGD lr; SmoothL1 beta on scores / 100 */
+    } fiqa;
 } mimic_cfg_t;
 
 void config_defaults(mimic_cfg_t *c);

@@ -9,13 +9,14 @@
 #include <string.h>
 
 extern const stage_ops_t stage_mae_ops, stage_mocov3_ops, stage_mimic_ops, stage_mocov2_ops;
-extern const stage_ops_t stage_byol_ops, stage_contrawarp_ops, stage_densecl_ops;
+extern const stage_ops_t stage_byol_ops, stage_contrawarp_ops, stage_densecl_ops,
+    stage_crscont_ops;
 
 /* Indexed by cfg->train.stage (the order of the key's choices in config.c). */
 static const stage_ops_t *const STAGES[] = {&stage_mae_ops,      &stage_mocov3_ops,
                                             &stage_mimic_ops,    &stage_mocov2_ops,
                                             &stage_byol_ops,     &stage_contrawarp_ops,
-                                            &stage_densecl_ops};
+                                            &stage_densecl_ops,  &stage_crscont_ops};
 
 const stage_ops_t *stage_ops_of(const mimic_cfg_t *cfg) {
     int i = (int)cfg->train.stage;
