@@ -430,7 +430,7 @@ static int pipeline_override(mimic_cfg_t *c, const char *stage, size_t stage_len
                              const char *assign_key, const char *value) {
     if (c->pipeline.noverrides == (int)(sizeof c->pipeline.overrides /
                                         sizeof c->pipeline.overrides[0]))
-        return mimic_err(MIMIC_EINVAL, "pipeline: more than 64 stage keys");
+        return mimic_err(MIMIC_EINVAL, "pipeline: more than %d stage keys", CFG_PIPELINE_KEYS);
     char *dst = c->pipeline.overrides[c->pipeline.noverrides];
     size_t cap = sizeof c->pipeline.overrides[0];
     if (stage_len == 0 || !strchr(assign_key, '.') ||

@@ -11,6 +11,8 @@
 #include <stdio.h>
 
 #define CFG_PATH_MAX 1024
+/* [pipeline.<stage>] keys a config may hold over all its stages (8 objectives x ~12) */
+#define CFG_PIPELINE_KEYS 160
 
 /* The [model] and [mae] sections: the ViT and its MAE decoder (mae_new validates them). */
 typedef struct {
@@ -134,7 +136,7 @@ typedef struct {
         char name[64];    /* its name, set by config_pipeline_stage */
         int noverrides;
         /* [pipeline.<stage>] keys: "<stage>\0section.key=value" */
-        char overrides[64][CFG_PATH_MAX + 128];
+        char overrides[CFG_PIPELINE_KEYS][CFG_PATH_MAX + 128];
     } pipeline;
     struct {
         int num_classes; /* classes of the labelled set (the classifier's outputs) */

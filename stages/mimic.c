@@ -121,7 +121,8 @@ static int mimic_check_cfg(const mimic_cfg_t *cfg, int batch) {
     if (cfg->mimic.proj_dim <= 0)
         return mimic_err(MIMIC_EINVAL, "config mimic.proj_dim: %d, must be > 0",
                          cfg->mimic.proj_dim);
-    if (batch < 2)
+    /* batch 0 builds the parameters only (a server's table, the dump's first pass) */
+    if (batch == 1 || batch < 0)
         return mimic_err(MIMIC_EINVAL, "config train.batch_size: MIMIC needs at least 2 "
                                        "(pairs to mix, anchors to contrast)");
     return 0;
@@ -137,8 +138,10 @@ static int mimic_build(mimic_t *mm, const mimic_cfg_t *cfg, int B) {
         (rc = mm->head_b = params_add(mm->p, "head.bias", 1, bshape)) < 0 ||
         (rc = head_spec_mlp2(pl, mm->D, mm->dim)) < 0 ||
         (rc = head_register(&mm->proj, mm->p, "projector", mm->D, pl, PROJ_LAYERS)) < 0 ||
-        (rc = params_finalize(mm->p)) < 0 ||
-        (rc = encoder_acts_alloc(&mm->ea, &mm->enc, B, mm->enc.L)) < 0 ||
+        (rc = params_finalize(mm->p)) < 0)
+        return rc;
+    if (B == 0) return 0; /* parameters only (a server's table, the dump's probe) */
+    if ((rc = encoder_acts_alloc(&mm->ea, &mm->enc, B, mm->enc.L)) < 0 ||
         (rc = head_acts_alloc(&mm->proj_a, &mm->proj, B)) < 0)
         return rc;
     return 0;
@@ -163,7 +166,7 @@ static int mimic_create(stage_t *s, const mimic_cfg_t *cfg, int batch) {
                             .cutmix_alpha = cfg->mimic.cutmix_p > 0.0f ? cfg->mimic.alpha : 0.0f,
                             .switch_prob = cfg->mimic.cutmix_p,
                             .smoothing = cfg->mimic.smoothing};
-    if ((rc = mimic_build(mm, cfg, batch)) || (rc = mimic_buffers(mm))) return rc;
+    if ((rc = mimic_build(mm, cfg, batch)) || (batch > 0 && (rc = mimic_buffers(mm)))) return rc;
     s->p = mm->p;
     s->views = 1;
     s->wants_labels = 1;

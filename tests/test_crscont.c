@@ -371,7 +371,9 @@ static int spawn(int role, const char *flags, const char *log) {
     return testutil_spawn(argv, log);
 }
 
-static void test_cluster_smoke(void) {
+/* A labelled stage (CRS-CONT; MIMIC, whose servers build its table with batch 0 too) on
+ * 1 server x 2 workers: `stage` flags, its classifier's rows. */
+static void cluster_smoke(const char *name, const char *stage, int head_rows) {
     const char *build = getenv("MIMIC_BUILD_DIR");
     snprintf(bin[SCHED], sizeof bin[0], "%s/scheduler/mimic-scheduler", build ? build : ".");
     snprintf(bin[SERVER], sizeof bin[0], "%s/pserver/mimic-pserver", build ? build : ".");
@@ -379,25 +381,22 @@ static void test_cluster_smoke(void) {
     char data[1100], labels[1100], dir[1100], log[1200], ep[1200], flags[8192], more[10000];
     snprintf(data, sizeof data, "%.1000s/img.idx", testutil_tmpdir());
     snprintf(labels, sizeof labels, "%.1000s/lab.idx", testutil_tmpdir());
-    snprintf(dir, sizeof dir, "%.1000s/cluster", testutil_tmpdir());
+    snprintf(dir, sizeof dir, "%.1000s/cluster-%s", testutil_tmpdir(), name);
     snprintf(log, sizeof log, "%s-log.txt", dir);
     snprintf(ep, sizeof ep, "%s-endpoint", dir);
     T_CHECK(testutil_write_idx(data, labels, 64, 16, 5) == 0); /* labels i % 10 */
-    /* deploy/fmnist.ini's map: tops, bottoms, footwear, bags */
     snprintf(flags, sizeof flags,
              "--model.img_size=16 --model.patch_size=4 --model.embed_dim=32 --model.depth=2 "
              "--model.num_heads=2 --data.kind=idx --data.path=%s --data.labels=%s "
              "--data.mean=0.5 --data.std=0.25 --train.warmup_steps=2 --train.lr=2e-3 "
              "--train.log_every=1 --train.out_dir=%s --cluster.heartbeat_ms=100 "
              "--cluster.dead_ms=1500 --train.precision=fp32 --train.batch_size=8 "
-             "--train.steps=4 --train.stage=crscont --crscont.proj_dim=16 "
-             "--crscont.coarse_map=0,1,0,1,0,2,0,2,3,2 --crscont.weights=0.5,1,1,1 "
-             "--data.scale_min=0.5 --cluster.servers=1 --cluster.workers=2",
-             data, labels, dir);
+             "--train.steps=4 --data.scale_min=0.5 --cluster.servers=1 --cluster.workers=2 %s",
+             data, labels, dir, stage);
     snprintf(more, sizeof more, "%s --endpoint-file %s", flags, ep);
     int sched = spawn(SCHED, more, log), pids[3] = {0, 0, 0};
     if (!testutil_wait_file(ep, "tcp://", 10000)) {
-        printf("crscont cluster: the scheduler wrote no endpoint FAIL\n");
+        printf("%s cluster: the scheduler wrote no endpoint FAIL\n", name);
         testutil_failures++;
         testutil_kill(sched);
         return;
@@ -423,23 +422,23 @@ static void test_cluster_smoke(void) {
         if (lines < 6) printf("  %.*s\n", (int)strcspn(q, "\n"), q);
     T_CHECK(lines >= 2);
     free(text);
-    /* the model the cluster wrote: CRS-CONT's table, trained away from its init */
+    /* the model the cluster wrote: the stage's table, trained away from its init */
     char model[1300];
     snprintf(model, sizeof model, "%s/model.safetensors", dir);
     st_file_t *f = NULL;
     int trained = 0;
     if (ok && st_open(&f, model) == 0) {
         const st_tensor_t *h = st_find(f, "head.weight");
-        T_CHECK(h && h->ndim == 2 && h->shape[0] == 4 && h->shape[1] == 32);
+        T_CHECK(h && h->ndim == 2 && h->shape[0] == head_rows && h->shape[1] == 32);
         /* the classifier starts at ~2e-5: after 4 steps at lr 2e-3 it has moved */
         double mx = 0;
         for (int64_t i = 0; h && i < h->numel; i++)
             mx = fmax(mx, fabs(((const float *)h->data)[i]));
         trained = mx > 1e-4;
-        printf("crscont cluster: head.weight max |w| %.2e after 4 steps\n", mx);
+        printf("%s cluster: head.weight max |w| %.2e after 4 steps\n", name, mx);
         st_close(&f);
     }
-    printf("crscont cluster (1 server x 2 workers, 4 steps): %s\n",
+    printf("%s cluster (1 server x 2 workers, 4 steps): %s\n", name,
            ok && !nan && trained ? "ok" : "FAIL");
     T_CHECK(ok && !nan && trained);
 }
@@ -450,6 +449,11 @@ int main(void) {
     test_bad_keys();
     test_fmnist_ini();
     test_parity_dump();
-    test_cluster_smoke();
+    /* deploy/fmnist.ini's map: tops, bottoms, footwear, bags */
+    cluster_smoke("crscont",
+                  "--train.stage=crscont --crscont.proj_dim=16 "
+                  "--crscont.coarse_map=0,1,0,1,0,2,0,2,3,2 --crscont.weights=0.5,1,1,1",
+                  4);
+    cluster_smoke("mimic", "--train.stage=mimic --mimic.proj_dim=16 --mimic.num_classes=10", 10);
     return testutil_summary("test_crscont");
 }
