@@ -47,12 +47,34 @@ void gelu_forward_bf16(unsigned short *out, const float *inp, size_t n) {
     }
 }
 
+/* gelu'(x) */
+static inline float gelu_grad(float x) {
+    float e = fm_expf(-0.5f * x * x);
+    return gelu_phi(x, e) + x * e * GELU_INV_SQRT_2PI;
+}
+
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= GELU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float e = fm_expf(-0.5f * x * x);
-        float d = gelu_phi(x, e) + x * e * GELU_INV_SQRT_2PI;
-        dinp[i] = dout[i] * d;
-    }
+    for (size_t i = 0; i < n; i++)
+        dinp[i] = dout[i] * gelu_grad(inp[i]);
+}
+
+typedef struct {
+    const float *dout, *inp;
+} gelu_rows_t;
+
+/* mm_pack_rows' producer: rows r0 .. r0+n-1 of dout * gelu'(inp) into tmp */
+static const float *gelu_backward_rows(void *ctx, int r0, int n, int cols, float *tmp) {
+    const gelu_rows_t *g = ctx;
+    size_t lo = (size_t)r0 * cols, len = (size_t)n * cols;
+#pragma omp simd
+    for (size_t i = 0; i < len; i++)
+        tmp[i] = g->dout[lo + i] * gelu_grad(g->inp[lo + i]);
+    return tmp;
+}
+
+unsigned short *gelu_backward_pack(int slot, float *colsum, const float *dout, const float *inp,
+                                   int rows, int cols) {
+    gelu_rows_t g = {dout, inp};
+    return mm_pack_rows(slot, rows, cols, colsum, gelu_backward_rows, &g);
 }

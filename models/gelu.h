@@ -17,4 +17,10 @@ void gelu_forward_bf16(unsigned short *out, const float *inp, size_t n);
  * no other gradient for the pre-activation). */
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
+/* bf16 (models/mm.h): gelu_backward's dinp (rows x cols) rounded into the engine's packed
+ * buffer `slot` for the GEMMs that consume it, its column sums added to colsum (the next
+ * linear layer's bias gradient; NULL: none) in the same pass, without an f32 copy. */
+unsigned short *gelu_backward_pack(int slot, float *colsum, const float *dout, const float *inp,
+                                   int rows, int cols);
+
 #endif

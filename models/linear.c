@@ -30,12 +30,23 @@ void linear_forward_bf16(float *out, const unsigned short *inp, const unsigned s
 
 /* bf16: dout rounded once for both products, its column sums (the bias gradient) taken
  * in the same pass; inp and w as the forward pass rounded them. */
+static void products_bf16(float *dinp, float beta, float *dw, const unsigned short *d16,
+                          const unsigned short *inp, const unsigned short *w, int M, int K,
+                          int N) {
+    if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, w, beta, dinp, K);
+    if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, inp, 1.0f, dw, K);
+}
+
 static void backward_bf16(float *dinp, float beta, float *dw, float *db, const float *dout,
                           const unsigned short *inp, const unsigned short *w, int M, int K,
                           int N) {
-    const unsigned short *d16 = mm_pack_colsum(0, dout, M, N, db);
-    if (dinp) mm_gemm_bf16(0, 0, M, K, N, d16, w, beta, dinp, K);
-    if (dw) mm_gemm_bf16(1, 0, N, K, M, d16, inp, 1.0f, dw, K);
+    products_bf16(dinp, beta, dw, mm_pack_colsum(0, dout, M, N, db), inp, w, M, K, N);
+}
+
+void linear_backward_bf16_packed(float *dinp, float *dw, const unsigned short *dout,
+                                 const unsigned short *inp, const unsigned short *w, int M, int K,
+                                 int N) {
+    products_bf16(dinp, 0.0f, dw, dout, inp, w, M, K, N);
 }
 
 void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,

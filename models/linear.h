@@ -28,4 +28,10 @@ void linear_backward_bf16(float *dinp, float *dw, float *db, const float *dout,
                           const unsigned short *inp, const unsigned short *w, int M, int K,
                           int N);
 
+/* The same with dout rounded already (and the bias gradient taken where it was rounded:
+ * gelu_backward_pack): the two products only. */
+void linear_backward_bf16_packed(float *dinp, float *dw, const unsigned short *dout,
+                                 const unsigned short *inp, const unsigned short *w, int M, int K,
+                                 int N);
+
 #endif

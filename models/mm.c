@@ -129,9 +129,9 @@ static struct {
     mm_prim_t *prims;
     int nprims, cap;
     /* the packed operands, the primitives' scratchpad, the float buffers, the partial
-     * column sums of mm_pack_colsum */
-    uint16_t *buf[MM_SLOTS + 1 + MM_FSLOTS + 1];
-    size_t buf_len[MM_SLOTS + 1 + MM_FSLOTS + 1];
+     * column sums and the threads' row blocks of mm_pack_rows */
+    uint16_t *buf[MM_SLOTS + 1 + MM_FSLOTS + 2];
+    size_t buf_len[MM_SLOTS + 1 + MM_FSLOTS + 2];
 } g;
 
 /* oneDNN fails only on a broken installation or exhausted memory: there is no step to
@@ -233,30 +233,50 @@ uint16_t *mm_pack(int slot, const float *src, int rows, int cols, int ld) {
 /* Rows per block of mm_pack_colsum's partial sums. */
 #define COLSUM_ROWS 64
 
+/* mm_pack_colsum's rows as stored */
+static const float *rows_as_stored(void *ctx, int r0, int n, int cols, float *tmp) {
+    (void)n;
+    (void)tmp;
+    return (const float *)ctx + (size_t)r0 * cols;
+}
+
 uint16_t *mm_pack_colsum(int slot, const float *src, int rows, int cols, float *colsum) {
     MIMIC_CHECK(slot >= 0 && slot < MM_SLOTS);
-    uint16_t *dst = scratch(slot, (size_t)rows * cols);
     if (!colsum) {
+        uint16_t *dst = scratch(slot, (size_t)rows * cols);
         pack_bf16(dst, src, rows, cols, cols);
         return dst;
     }
+    return mm_pack_rows(slot, rows, cols, colsum, rows_as_stored, (void *)src);
+}
+
+uint16_t *mm_pack_rows(int slot, int rows, int cols, float *colsum, mm_rows_fn make, void *ctx) {
+    MIMIC_CHECK(slot >= 0 && slot < MM_SLOTS);
+    uint16_t *dst = scratch(slot, (size_t)rows * cols);
     int nb = (rows + COLSUM_ROWS - 1) / COLSUM_ROWS;
-    /* one row of partial sums a block, in the engine's own float buffer */
-    float *part = (float *)scratch(MM_SLOTS + 1 + MM_FSLOTS, 2 * (size_t)nb * cols);
     int par = (long)rows * cols > (1L << 15);
-#pragma omp parallel for schedule(static) if (par)
+    int nt = par ? omp_get_max_threads() : 1;
+    /* one row of partial sums a block, and a block of rows a thread for make, in the
+     * engine's own float buffers */
+    float *part = colsum ? (float *)scratch(MM_SLOTS + 1 + MM_FSLOTS, 2 * (size_t)nb * cols)
+                         : NULL;
+    float *tmp = (float *)scratch(MM_SLOTS + 2 + MM_FSLOTS, 2 * (size_t)nt * COLSUM_ROWS * cols);
+#pragma omp parallel for schedule(static) num_threads(nt) if (par)
     for (int k = 0; k < nb; k++) {
-        int r0 = k * COLSUM_ROWS, r1 = r0 + COLSUM_ROWS < rows ? r0 + COLSUM_ROWS : rows;
-        const float *blk = src + (size_t)r0 * cols;
-        mm_to_bf16(dst + (size_t)r0 * cols, blk, (long)(r1 - r0) * cols);
+        int r0 = k * COLSUM_ROWS, n = r0 + COLSUM_ROWS < rows ? COLSUM_ROWS : rows - r0;
+        float *t = tmp + (size_t)omp_get_thread_num() * COLSUM_ROWS * cols;
+        const float *blk = make(ctx, r0, n, cols, t);
+        mm_to_bf16(dst + (size_t)r0 * cols, blk, (long)n * cols);
+        if (!part) continue;
         float *ps = part + (size_t)k * cols;
         memcpy(ps, blk, (size_t)cols * sizeof *ps);
-        for (int r = 1; r < r1 - r0; r++) {
+        for (int r = 1; r < n; r++) {
             const float *row = blk + (size_t)r * cols;
             for (int c = 0; c < cols; c++)
                 ps[c] += row[c];
         }
     }
+    if (!colsum) return dst;
     /* the blocks in order, columns split across the threads */
     int nc = (cols + 63) / 64;
 #pragma omp parallel for schedule(static) if (par && nc > 1)
@@ -351,7 +371,7 @@ void mm_release(void) {
         dnnl_memory_destroy(g.prims[i].d);
     }
     free(g.prims);
-    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS + 1; i++) mimic_free(g.buf[i]);
+    for (int i = 0; i < MM_SLOTS + 1 + MM_FSLOTS + 2; i++) mimic_free(g.buf[i]);
     if (g.stream) dnnl_stream_destroy(g.stream);
     if (g.engine) dnnl_engine_destroy(g.engine);
     memset(&g, 0, sizeof g);

@@ -52,6 +52,13 @@ unsigned short *mm_pack(int slot, const float *src, int rows, int cols, int ld);
  * are summed in fixed blocks and the blocks in order, so the sums do not depend on the
  * thread count. */
 unsigned short *mm_pack_colsum(int slot, const float *src, int rows, int cols, float *colsum);
+/* The same for a matrix made block by block as it is packed, never stored in f32 (GELU's
+ * backward output): make(ctx, r0, n, cols, tmp) returns rows r0 .. r0+n-1 (n <= 64),
+ * either computed into tmp (room for n x cols floats, the calling thread's) or stored
+ * elsewhere. colsum may be NULL. */
+typedef const float *(*mm_rows_fn)(void *ctx, int r0, int n, int cols, float *tmp);
+unsigned short *mm_pack_rows(int slot, int rows, int cols, float *colsum, mm_rows_fn make,
+                             void *ctx);
 /* mm_to_bf16 of n floats into a caller's buffer, on the OpenMP threads. */
 void mm_round(unsigned short *dst, const float *src, long n);
 void mm_gemm_bf16(int ta, int tb, int M, int N, int K, const unsigned short *A,

@@ -307,9 +307,16 @@ void vit_stack_backward(const vit_stack_t *s, params_t *p, vit_acts_t *a, float 
          * accumulated, so nothing is cleared first */
         linear_back(a, a->d_hid, params_g(p, b->fc2_w), params_g(p, b->fc2_b), dout, v.act, h.act,
                     params_w(p, b->fc2_w), h.fc2_w, BT, H, C);
-        gelu_backward(a->d_fc1, a->d_hid, v.fc1, nH);
-        linear_back(a, a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1, v.ln2,
-                    h.ln2, params_w(p, b->fc1_w), h.fc1_w, BT, C, H);
+        if (a->bf16) { /* GELU's gradient made, rounded and bias-summed in one pass */
+            const unsigned short *d16 =
+                gelu_backward_pack(0, params_g(p, b->fc1_b), a->d_hid, v.fc1, BT, H);
+            linear_backward_bf16_packed(a->d_ln, params_g(p, b->fc1_w), d16, h.ln2, h.fc1_w, BT,
+                                        C, H);
+        } else {
+            gelu_backward(a->d_fc1, a->d_hid, v.fc1, nH);
+            linear_backward_set(a->d_ln, params_g(p, b->fc1_w), params_g(p, b->fc1_b), a->d_fc1,
+                                v.ln2, params_w(p, b->fc1_w), BT, C, H);
+        }
         layernorm_backward(a->d_res1, params_g(p, b->norm2_w), params_g(p, b->norm2_b), a->d_ln,
                            v.res1, params_w(p, b->norm2_w), v.ln2_mean, v.ln2_rstd, BT, C);
         /* attention branch: res1 = xin + proj(attn(qkv(ln1(xin)))) */
