@@ -36,7 +36,6 @@ root=runs/objectives
 mkdir -p "$root"
 read -r -a extra <<< "${OBJ_FLAGS:-}"
 t_all=$(date +%s)
-declare -A secs
 run_one() { # OBJECTIVE: its pipeline in $root/<objective>, the shared MAE stage linked in
   local o=$1 dir=$root/$1 stages
   case "$o" in
@@ -54,14 +53,11 @@ run_one() { # OBJECTIVE: its pipeline in $root/<objective>, the shared MAE stage
   if [ "$o" != mae-adv ] && [ "$o" != pixels ] && [ "$o" != mae ] && [ -f "$root/mae/0-mae/model.safetensors" ]; then
     [ -e "$dir/0-mae" ] || ln -s "$(realpath "$root/mae/0-mae")" "$dir/0-mae"
   fi
-  local t0
-  t0=$(date +%s)
   MIMIC_CONFIG=$cfg bash deploy/pipeline.sh "${flags[@]}" > "$dir.log" 2>&1 || {
     echo "bench/objectives.sh: $o failed; see $dir.log" >&2
     tail -5 "$dir.log" >&2
     return 1
   }
-  secs[$o]=$(( $(date +%s) - t0 ))
 }
 # MAE first: the others start from its model
 ordered=()
@@ -74,7 +70,7 @@ for o in "${ordered[@]}"; do
 done
 field() { grep -o "\"$2\":[0-9.eE+-]*" "$1" | tail -1 | cut -d: -f2; }
 pct() { awk -v x="$1" 'BEGIN{ if (x == "") print "-"; else printf "%.2f", 100 * x }'; }
-table="| objective | stages | linear probe top-1 % | k-NN k=20 top-1 % | seconds |
+table="| objective | stages | linear probe top-1 % | k-NN k=20 top-1 % | k-NN k=1 top-1 % |
 | --- | --- | --- | --- | --- |"
 for o in "${ordered[@]}"; do
   e=$(ls "$root/$o"/*-eval/eval.jsonl 2>/dev/null | tail -1 || true)
@@ -85,9 +81,9 @@ for o in "${ordered[@]}"; do
   fi
   st=$(basename "$(dirname "$e")")
   table+="
-| $o | $(ls -d "$root/$o"/[0-9]-* | xargs -n1 basename | sed 's/^[0-9]*-//' | paste -sd, -) | $(pct "$(field "$e" probe_top1)") | $(pct "$(field "$e" knn20_top1)") | ${secs[$o]:-0} |"
+| $o | $(ls -d "$root/$o"/[0-9]-* | xargs -n1 basename | sed 's/^[0-9]*-//' | paste -sd, -) | $(pct "$(field "$e" probe_top1)") | $(pct "$(field "$e" knn20_top1)") | $(pct "$(field "$e" knn1_top1)") |"
 done
-report="config: $cfg$([ ${#extra[@]} -gt 0 ] && echo " ${extra[*]}"); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); local cluster 1 server x 2 workers; every contrastive stage from the same MAE model ($root/mae/0-mae), budgets from [pipeline.<stage>]
+report="config: $cfg$([ ${#extra[@]} -gt 0 ] && echo " ${extra[*]}"); $(( $(date +%s) - t_all )) s (stages already trained in $root are skipped, evaluations rerun); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); local cluster 1 server x 2 workers; every contrastive stage from the same MAE model ($root/mae/0-mae), budgets from [pipeline.<stage>]
 $table"
 echo "$report"
 if [ $record -eq 1 ]; then
