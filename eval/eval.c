@@ -257,6 +257,14 @@ static int extract(feats_t *f, const mimic_cfg_t *cfg, const eval_cfg_t *ec, con
                        path, f->what);
         goto out;
     }
+    if (cl && cl->w && cl->K < f->classes) {
+        /* a classifier for other labels (CRS-CONT's coarse groups): the frozen-encoder
+         * probe and k-NN still run; its own accuracy has no meaning here */
+        mimic_log("eval: %s of %s has %d classes, the labels of %s %d: its accuracy is not "
+                  "reported",
+                  HEAD_WEIGHT, cl->name, cl->K, path, f->classes);
+        cl->w = NULL;
+    }
     long limit = train ? ec->train_limit : ec->test_limit;
     size_t total = loader_size(ld);
     if (limit > 0 && (size_t)limit < total) total = (size_t)limit;

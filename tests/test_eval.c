@@ -439,10 +439,11 @@ static void test_finetune(void) {
     write_head(bad, p, e.ntensors, wrot, wshape, 2, NULL, 0);
     T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_EFORMAT);
     T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "head.bias"));
-    /* a head of 5 classes on labels 0..9 */
+    /* a head of 5 classes on labels 0..9 (another label set: CRS-CONT's coarse groups):
+     * the encoder is evaluated, the head's accuracy is not reported */
     write_head(bad, p, e.ntensors, wrot, five, 2, brot, 5);
-    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == MIMIC_EINVAL);
-    T_CHECK(strstr(mimic_last_error(), bad) && strstr(mimic_last_error(), "5 classes"));
+    T_CHECK(eval_run(c, &ec, bad, NULL, &r2) == 0);
+    T_CHECK(r2.finetune == 0 && r2.classes == NCLS && r2.probe_test_top1 > 0.2);
     /* in memory: a bias that does not match */
     params_t *q = params_new();
     encoder_t e2;
